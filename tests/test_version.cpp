@@ -1,0 +1,44 @@
+// Tests for lowbit/version.hpp, config.hpp, error.hpp and types.hpp (the core headers).
+#include <lowbit/config.hpp>
+#include <lowbit/detail/xsimd_compat.hpp>
+#include <lowbit/error.hpp>
+#include <lowbit/types.hpp>
+#include <lowbit/version.hpp>
+
+#include <doctest/doctest.h>
+
+#include <limits>
+#include <type_traits>
+
+TEST_CASE("version macros and value agree") {
+    CHECK(lowbit::version.major == LOWBIT_VERSION_MAJOR);
+    CHECK(lowbit::version.minor == LOWBIT_VERSION_MINOR);
+    CHECK(lowbit::version.patch == LOWBIT_VERSION_PATCH);
+}
+
+TEST_CASE("every lowbit exception derives from lowbit::error and std::runtime_error") {
+    static_assert(std::is_base_of_v<lowbit::error, lowbit::shape_error>);
+    static_assert(std::is_base_of_v<lowbit::error, lowbit::numeric_error>);
+    static_assert(std::is_base_of_v<lowbit::error, lowbit::format_error>);
+    static_assert(std::is_base_of_v<lowbit::error, lowbit::invalid_argument>);
+    static_assert(std::is_base_of_v<std::runtime_error, lowbit::error>);
+    CHECK_THROWS_WITH(lowbit::detail::require(false, "f", "rule broken"), "lowbit: f: rule broken");
+    CHECK_NOTHROW(lowbit::detail::require(true, "f", "never"));
+}
+
+TEST_CASE("argument checks name the argument") {
+    lowbit::matrix_f m = lowbit::matrix_f::Zero(2, 2);
+    CHECK_NOTHROW(lowbit::detail::require_finite(m, "f", "x"));
+    m(1, 0) = -std::numeric_limits<float>::infinity();
+    CHECK_THROWS_WITH(lowbit::detail::require_finite(m, "f", "x"), "lowbit: f: argument 'x' contains NaN or Inf");
+    CHECK_THROWS_AS(lowbit::detail::require_dim(3, 4, "f", "x.cols()"), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::detail::require_nonempty(lowbit::matrix_f(0, 3), "f", "x"), lowbit::shape_error);
+}
+
+TEST_CASE("xsimd compat reduce_add sums all lanes") {
+    using batch = xsimd::batch<float>;
+    alignas(64) float v[batch::size];
+    float want = 0;
+    for (std::size_t i = 0; i < batch::size; ++i) want += (v[i] = static_cast<float>(i + 1));
+    CHECK(lowbit::detail::reduce_add(batch::load_aligned(v)) == want);
+}
