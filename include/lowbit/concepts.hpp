@@ -1,0 +1,35 @@
+#pragma once
+/// \file concepts.hpp
+/// The concepts that connect lowbit's layers. Each is a requirement block; a type models it by
+/// providing the members, no registration needed.
+///
+/// ```
+/// concept GroupQuantizer<Q> {
+///     typename Q::params;                                   // per-row parameters of one column group
+///     Q::params fit(cref_matrix_f block) const;             // block: [rows x g] weights of one group
+///     void round_column(const Q::params&, cref_vector_f col, // col: (rows) one column of that group
+///                       Eigen::Ref<vector_f> out) const;    // out(i): value of col(i) after quantization
+///                                                           //         with row i's parameters
+/// }
+/// ```
+/// Solvers that quantize column by column with error feedback (GPTQ) call `fit` once per column
+/// group — on the group's weights as updated so far — then `round_column` for every column of the
+/// group. Group width and tail handling come from the solver's granularity, not the quantizer.
+
+#include <lowbit/config.hpp>
+#include <lowbit/types.hpp>
+
+#include <concepts>
+
+LOWBIT_BEGIN_NAMESPACE
+
+/// A per-row element quantizer a column-wise solver can drive (see the file comment).
+template <class Q>
+concept GroupQuantizer = requires(const Q& q, const cref_matrix_f& block, const typename Q::params& p,
+                                  const cref_vector_f& col, Eigen::Ref<vector_f> out) {
+    typename Q::params;
+    { q.fit(block) } -> std::same_as<typename Q::params>;
+    { q.round_column(p, col, out) } -> std::same_as<void>;
+};
+
+LOWBIT_END_NAMESPACE
