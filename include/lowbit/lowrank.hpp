@@ -1,0 +1,514 @@
+#pragma once
+/// \file lowrank.hpp
+/// Low-rank approximation of weight matrices: truncated SVD (exact or randomized), whitened SVD
+/// minimising the output error, SAES-SVD's cumulative-error-aware closed form with its ACES search,
+/// BWLA's proximal SVD projection (PSP) around any fake quantizer, and joint SVD across MoE experts
+/// with a shared basis (MoBiE CEJD, KBVQ-MoE IDRE).
+///
+/// Layout: weights `W` are row-major `[m x n]` (`[out x in]`), calibration activations `X` are
+/// `[tokens x n]`; the input Gram is `S = XᵀX` (`[n x n]`, double). A rank-r approximation is returned
+/// as two thin factors `W' = a·b` with `a` `[m x r]` and `b` `[r x n]` (balanced: `a = U_r Σ_r^{1/2}`,
+/// `b = Σ_r^{1/2} V_rᵀ`, un-whitened where a whitening applies).
+///
+/// SVD method policies: `exact_svd` (Eigen BDCSVD in double) and `randomized_svd` (Halko–Martinsson–
+/// Tropp range finder with power iterations, double, seeded `std::mt19937_64`).
+///
+/// Reconstructions (algorithms.md marks them RECON): SAES-SVD's closed form and ACES ratio (§7.2),
+/// PSP reading (a) (§3.2), CEJD (§4.2), KLT-guided IDRE (§5.2). See docs/lowrank.md.
+
+#include <lowbit/config.hpp>
+#include <lowbit/detail/dependent_false.hpp>
+#include <lowbit/error.hpp>
+#include <lowbit/types.hpp>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Eigenvalues>
+#include <Eigen/QR>
+#include <Eigen/SVD>
+
+#include <algorithm>
+#include <cmath>
+#include <concepts>
+#include <cstdint>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+LOWBIT_BEGIN_NAMESPACE
+
+/// SVD policy: the exact SVD (Eigen `BDCSVD`, double precision). O(m·n·min(m,n)).
+struct exact_svd {};
+
+/// SVD policy: randomized truncated SVD (Halko et al. 2011, Alg. 4.4 + 5.1): Gaussian test matrix
+/// with `rank + oversample` columns, `power_iterations` QR-stabilised subspace iterations, then an
+/// exact SVD of the small projected matrix. O((2q+2)·m·n·(r+p)). Deterministic for a fixed `seed`.
+struct randomized_svd {
+    Eigen::Index oversample = 10; ///< extra test vectors p ≥ 0
+    int power_iterations = 2;     ///< subspace iterations q ≥ 0
+    std::uint64_t seed = 0;       ///< seed of the std::mt19937_64 drawing the test matrix
+};
+
+/// A rank-r factorisation `W' = a·b`, `a` `[m x r]`, `b` `[r x n]`.
+struct low_rank {
+    matrix_f a;                 ///< (m, r) left factor U_r Σ_r^{1/2}
+    matrix_f b;                 ///< (r, n) right factor Σ_r^{1/2} V_rᵀ (times L⁻¹ when whitened)
+    vector_d singular_values;   ///< (r) the kept singular values (of the whitened matrix when whitened)
+    double discarded_energy = 0; ///< Σ_{k>r} σ_k², i.e. the truncation loss in the (whitened) metric
+
+    /// The rank. O(1).
+    [[nodiscard]] Eigen::Index rank() const { return a.cols(); }
+    /// The dense `[m x n]` product a·b. O(m·n·r).
+    [[nodiscard]] matrix_f reconstruct() const { return a * b; }
+};
+
+namespace detail {
+
+/// Top-r singular triplets of a double matrix (U `[m x r]`, s `(r)`, V `[n x r]`).
+struct svd_triplets {
+    Eigen::MatrixXd u;
+    Eigen::VectorXd s;
+    Eigen::MatrixXd v;
+};
+
+template <class Method>
+inline svd_triplets top_svd(const Eigen::MatrixXd&, Eigen::Index, const Method&) {
+    static_assert(dependent_false<Method>, "lowbit: unknown SVD method (use exact_svd or randomized_svd)");
+    return {};
+}
+
+inline svd_triplets top_svd(const Eigen::MatrixXd& m, Eigen::Index r, const exact_svd&) {
+    Eigen::BDCSVD<Eigen::MatrixXd> svd(m, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    return {svd.matrixU().leftCols(r), svd.singularValues().head(r), svd.matrixV().leftCols(r)};
+}
+
+/// Orthonormal basis of the columns of `y` (thin Householder QR).
+inline Eigen::MatrixXd orthonormal_columns(const Eigen::MatrixXd& y) {
+    Eigen::HouseholderQR<Eigen::MatrixXd> qr(y);
+    return qr.householderQ() * Eigen::MatrixXd::Identity(y.rows(), y.cols());
+}
+
+inline svd_triplets top_svd(const Eigen::MatrixXd& m, Eigen::Index r, const randomized_svd& p) {
+    const Eigen::Index k = std::min<Eigen::Index>(r + p.oversample, std::min(m.rows(), m.cols()));
+    std::mt19937_64 rng(p.seed);
+    std::normal_distribution<double> g(0.0, 1.0);
+    Eigen::MatrixXd omega(m.cols(), k);
+    for (Eigen::Index j = 0; j < k; ++j)
+        for (Eigen::Index i = 0; i < m.cols(); ++i) omega(i, j) = g(rng);
+    Eigen::MatrixXd q = orthonormal_columns(m * omega);
+    for (int it = 0; it < p.power_iterations; ++it) {
+        const Eigen::MatrixXd z = orthonormal_columns(m.transpose() * q);
+        q = orthonormal_columns(m * z);
+    }
+    const Eigen::MatrixXd small = q.transpose() * m; // [k x n]
+    Eigen::BDCSVD<Eigen::MatrixXd> svd(small, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    return {q * svd.matrixU().leftCols(r), svd.singularValues().head(r), svd.matrixV().leftCols(r)};
+}
+
+inline void check_rank(Eigen::Index rank, Eigen::Index rows, Eigen::Index cols, const char* where) {
+    require(rank >= 1, where, "argument 'rank' must be at least 1, got " + std::to_string(rank));
+    require(rank <= std::min(rows, cols), where,
+            "argument 'rank' (" + std::to_string(rank) + ") is larger than min(rows, cols) = " +
+                std::to_string(std::min(rows, cols)));
+}
+
+template <class Method>
+inline void check_method(const Method& m, const char* where) {
+    if constexpr (std::is_same_v<Method, randomized_svd>) {
+        require(m.oversample >= 0, where, "randomized_svd.oversample must be >= 0");
+        require(m.power_iterations >= 0, where, "randomized_svd.power_iterations must be >= 0");
+    }
+}
+
+/// Lower Cholesky factor L of `gram + damping·mean(diag)·I` (gram = L Lᵀ).
+struct whitening {
+    Eigen::MatrixXd l; ///< lower-triangular [n x n]
+
+    /// M·L.
+    [[nodiscard]] Eigen::MatrixXd whiten(const Eigen::MatrixXd& m) const {
+        return m * l.triangularView<Eigen::Lower>();
+    }
+    /// B·L⁻¹ (B [r x n]).
+    [[nodiscard]] Eigen::MatrixXd unwhiten(const Eigen::MatrixXd& b) const {
+        // (B L⁻¹)ᵀ = L⁻ᵀ Bᵀ
+        return l.transpose().triangularView<Eigen::Upper>().solve(b.transpose()).transpose();
+    }
+};
+
+inline whitening make_whitening(const Eigen::Ref<const matrix_d>& gram, double damping, Eigen::Index n,
+                                const char* where) {
+    require_dim(gram.rows(), n, where, "gram rows (must equal the weight's column count)");
+    require_dim(gram.cols(), n, where, "gram cols (must equal the weight's column count)");
+    require_finite(gram, where, "gram");
+    require(damping >= 0.0 && std::isfinite(damping), where, "argument 'damping' must be finite and >= 0");
+    Eigen::MatrixXd s = 0.5 * (gram + gram.transpose());
+    const double mean_diag = s.diagonal().mean();
+    require<numeric_error>(mean_diag > 0.0, where, "argument 'gram' has a non-positive mean diagonal");
+    s.diagonal().array() += damping * mean_diag;
+    Eigen::LLT<Eigen::MatrixXd> llt(s);
+    bool ok = llt.info() == Eigen::Success;
+    Eigen::MatrixXd l;
+    if (ok) {
+        l = llt.matrixL();
+        const double dmax = l.diagonal().cwiseAbs().maxCoeff();
+        const double dmin = l.diagonal().cwiseAbs().minCoeff();
+        ok = dmin > 1e-7 * dmax; // condition number of the Gram below ~1e14
+    }
+    require<numeric_error>(ok, where,
+                           "argument 'gram' (XᵀX) is singular or not positive definite; pass damping > 0");
+    return {std::move(l)};
+}
+
+inline low_rank factors_from(const svd_triplets& t, double total_energy) {
+    low_rank out;
+    const Eigen::VectorXd root = t.s.cwiseSqrt();
+    out.a = (t.u * root.asDiagonal()).cast<float>();
+    out.b = (root.asDiagonal() * t.v.transpose()).cast<float>();
+    out.singular_values = t.s;
+    out.discarded_energy = std::max(0.0, total_energy - t.s.squaredNorm());
+    return out;
+}
+
+inline Eigen::MatrixXd to_double(const cref_matrix_f& w) { return w.cast<double>(); }
+
+} // namespace detail
+
+/// Truncated SVD: the best rank-`rank` approximation of `w` in Frobenius norm (Eckart–Young).
+///
+/// \param w       `[m x n]`, finite, non-empty.
+/// \param rank    1 ≤ rank ≤ min(m, n).
+/// \param method  `exact_svd{}` or `randomized_svd{...}`.
+/// \returns factors with `‖w − a·b‖_F² = discarded_energy` (exact for `exact_svd`; the randomized
+///          method's error is within a small factor of it for decaying spectra).
+/// \throws shape_error (empty), numeric_error (NaN/Inf), invalid_argument (rank out of range).
+template <class Method = exact_svd>
+[[nodiscard]] low_rank truncated_svd(const cref_matrix_f& w, Eigen::Index rank, const Method& method = Method{}) {
+    constexpr const char* where = "truncated_svd";
+    detail::require_nonempty(w, where, "w");
+    detail::require_finite(w, where, "w");
+    detail::check_rank(rank, w.rows(), w.cols(), where);
+    detail::check_method(method, where);
+    const Eigen::MatrixXd m = detail::to_double(w);
+    return detail::factors_from(detail::top_svd(m, rank, method), m.squaredNorm());
+}
+
+/// Whitened SVD (SVD-LLM): the rank-`rank` W' minimising the output error ‖(W − W')Xᵀ‖_F given
+/// the input Gram `gram = XᵀX` (`[n x n]`). With `S + λ·mean(diag S)·I = L Lᵀ`,
+/// `W' = SVD_r(W L)·L⁻¹`, and `‖(W − W')L‖_F² = discarded_energy = Σ_{k>r} σ_k(W L)²`.
+///
+/// \param damping  λ ≥ 0 (relative to the mean diagonal). With λ = 0 a singular Gram throws.
+/// \throws numeric_error if the (damped) Gram is not positive definite; shape_error on sizes.
+/// Complexity: O(n³) Cholesky + O(m n²) whitening + the SVD method.
+template <class Method = exact_svd>
+[[nodiscard]] low_rank whitened_svd(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& gram,
+                                    Eigen::Index rank, double damping = 0.0, const Method& method = Method{}) {
+    constexpr const char* where = "whitened_svd";
+    detail::require_nonempty(w, where, "w");
+    detail::require_finite(w, where, "w");
+    detail::check_rank(rank, w.rows(), w.cols(), where);
+    detail::check_method(method, where);
+    const auto wh = detail::make_whitening(gram, damping, w.cols(), where);
+    const Eigen::MatrixXd wl = wh.whiten(detail::to_double(w));
+    const detail::svd_triplets t = detail::top_svd(wl, rank, method);
+    low_rank out = detail::factors_from(t, wl.squaredNorm());
+    out.b = wh.unwhiten(out.b.cast<double>()).cast<float>();
+    return out;
+}
+
+/// Second-order statistics for SAES-SVD (RECON of §7.2). With `x` the full-precision inputs and
+/// `x_hat` the inputs seen by the compressed model (both `[tokens x n]`):
+/// `h_hat = x_hatᵀ x_hat`, `cross = xᵀ x_hat`.
+struct saes_statistics {
+    matrix_d h_hat; ///< (n, n) Gram of the compressed-model inputs
+    matrix_d cross; ///< (n, n) cross moment Xᵀ X̂
+
+    /// Accumulates one batch of matching rows of `x` and `x_hat` (`[tokens x n]`). O(tokens·n²).
+    /// \throws shape_error if the shapes differ or n does not match earlier batches.
+    void accumulate(const cref_matrix_f& x, const cref_matrix_f& x_hat) {
+        constexpr const char* where = "saes_statistics::accumulate";
+        detail::require_dim(x_hat.rows(), x.rows(), where, "x_hat rows (must equal x rows)");
+        detail::require_dim(x_hat.cols(), x.cols(), where, "x_hat cols (must equal x cols)");
+        detail::require_finite(x, where, "x");
+        detail::require_finite(x_hat, where, "x_hat");
+        if (h_hat.size() == 0) {
+            h_hat = matrix_d::Zero(x.cols(), x.cols());
+            cross = matrix_d::Zero(x.cols(), x.cols());
+        }
+        detail::require_dim(x.cols(), h_hat.cols(), where, "x cols (must match earlier batches)");
+        const Eigen::MatrixXd xd = x.cast<double>(), xh = x_hat.cast<double>();
+        h_hat.noalias() += xh.transpose() * xh;
+        cross.noalias() += xd.transpose() * xh;
+    }
+};
+
+namespace detail {
+/// W*(γ) = W[(1−γ)I + γ C Ĥ⁻¹] computed with the damped factor (Ĥ ≈ L Lᵀ).
+inline Eigen::MatrixXd saes_target(const Eigen::MatrixXd& w, const saes_statistics& st, const whitening& wh,
+                                   double gamma) {
+    if (gamma == 0.0) return w;
+    // C Ĥ⁻¹ = C L⁻ᵀ L⁻¹  → W C Ĥ⁻¹ = ((W C) L⁻ᵀ) L⁻¹
+    const Eigen::MatrixXd wc = w * st.cross;
+    const Eigen::MatrixXd t1 = wh.l.triangularView<Eigen::Lower>().solve(wc.transpose()).transpose(); // wc L⁻ᵀ
+    const Eigen::MatrixXd wchinv = wh.unwhiten(t1);
+    return (1.0 - gamma) * w + gamma * wchinv;
+}
+inline void check_saes(const cref_matrix_f& w, const saes_statistics& st, const char* where) {
+    detail::require_nonempty(w, where, "w");
+    detail::require_finite(w, where, "w");
+    detail::require_nonempty(st.h_hat, where, "stats.h_hat");
+    detail::require_dim(st.cross.rows(), w.cols(), where, "stats.cross rows");
+    detail::require_dim(st.cross.cols(), w.cols(), where, "stats.cross cols");
+    detail::require_finite(st.cross, where, "stats.cross");
+}
+} // namespace detail
+
+/// SAES-SVD closed form (RECON, algorithms.md §7.2): minimises
+/// `‖(W − W')X̂ᵀ‖² + λ‖W Xᵀ − W' X̂ᵀ‖²` over rank-r W', with γ = λ/(1+λ) ∈ [0, 1):
+/// `W' = SVD_r(W* L)·L⁻¹`, `W* = W[(1−γ)I + γ C Ĥ⁻¹]`, `Ĥ + damping·mean(diag)·I = L Lᵀ`.
+/// At γ = 0 it is `whitened_svd(w, stats.h_hat, rank, damping)`.
+/// \throws invalid_argument for γ outside [0, 1) or a bad rank; numeric_error for a singular Ĥ.
+template <class Method = exact_svd>
+[[nodiscard]] low_rank saes_svd(const cref_matrix_f& w, const saes_statistics& stats, Eigen::Index rank,
+                                double gamma, double damping = 0.0, const Method& method = Method{}) {
+    constexpr const char* where = "saes_svd";
+    detail::check_saes(w, stats, where);
+    detail::check_rank(rank, w.rows(), w.cols(), where);
+    detail::check_method(method, where);
+    detail::require(gamma >= 0.0 && gamma < 1.0, where, "argument 'gamma' must lie in [0, 1)");
+    const auto wh = detail::make_whitening(stats.h_hat, damping, w.cols(), where);
+    const Eigen::MatrixXd wl = wh.whiten(detail::saes_target(detail::to_double(w), stats, wh, gamma));
+    low_rank out = detail::factors_from(detail::top_svd(wl, rank, method), wl.squaredNorm());
+    out.b = wh.unwhiten(out.b.cast<double>()).cast<float>();
+    return out;
+}
+
+/// Result of the ACES search.
+struct aces_result {
+    double gamma = 0;   ///< the chosen γ
+    double ratio = 0;   ///< ρ(γ) = ‖SVD_r(W* L)‖_F² / ‖W* L‖_F² at the chosen γ
+    std::vector<double> grid;   ///< the γ values tried
+    std::vector<double> ratios; ///< ρ at each grid value
+    low_rank factors;   ///< saes_svd at the chosen γ
+};
+
+/// ACES (RECON, §7.2): evaluates ρ(γ) on the grid γ_k = k/points·γ_max, k = 0..points−1, and keeps
+/// the γ with the largest captured-energy ratio (ties: smallest γ). O(points · SVD).
+/// \throws invalid_argument if points < 1 or γ_max outside (0, 1).
+template <class Method = exact_svd>
+[[nodiscard]] aces_result aces_search(const cref_matrix_f& w, const saes_statistics& stats, Eigen::Index rank,
+                                      int points = 20, double gamma_max = 0.95, double damping = 0.0,
+                                      const Method& method = Method{}) {
+    constexpr const char* where = "aces_search";
+    detail::check_saes(w, stats, where);
+    detail::check_rank(rank, w.rows(), w.cols(), where);
+    detail::check_method(method, where);
+    detail::require(points >= 1, where, "argument 'points' must be >= 1");
+    detail::require(gamma_max > 0.0 && gamma_max < 1.0, where, "argument 'gamma_max' must lie in (0, 1)");
+    const auto wh = detail::make_whitening(stats.h_hat, damping, w.cols(), where);
+    const Eigen::MatrixXd wd = detail::to_double(w);
+    aces_result res;
+    res.ratio = -1.0;
+    for (int k = 0; k < points; ++k) {
+        const double g = gamma_max * static_cast<double>(k) / static_cast<double>(points);
+        const Eigen::MatrixXd wl = wh.whiten(detail::saes_target(wd, stats, wh, g));
+        const detail::svd_triplets t = detail::top_svd(wl, rank, method);
+        const double total = wl.squaredNorm();
+        const double rho = total > 0 ? t.s.squaredNorm() / total : 1.0;
+        res.grid.push_back(g);
+        res.ratios.push_back(rho);
+        if (rho > res.ratio) {
+            res.ratio = rho;
+            res.gamma = g;
+            res.factors = detail::factors_from(t, total);
+        }
+    }
+    res.factors.b = wh.unwhiten(res.factors.b.cast<double>()).cast<float>();
+    return res;
+}
+
+/// A fake quantizer PSP can wrap: maps a `[m x n]` float matrix to its dequantized quantization.
+template <class F>
+concept MatrixFakeQuantizer = requires(const F& f, const cref_matrix_f& w) {
+    { f(w) } -> std::convertible_to<matrix_f>;
+};
+
+/// Result of PSP.
+struct psp_result {
+    matrix_f quantized;             ///< Q(W − L) at the best iterate (dequantized)
+    low_rank correction;            ///< L = a·b, rank r
+    std::vector<double> objective;  ///< objective after each iteration; [0] = without correction
+    /// Ŵ = quantized + correction.
+    [[nodiscard]] matrix_f reconstruct() const { return quantized + correction.reconstruct(); }
+};
+
+/// PSP — proximal SVD projection around a quantizer (RECON of BWLA, algorithms.md §3.2 reading (a)).
+/// Minimises `f(L) = ‖(W − L − Q(W − L))·L_S‖_F²` over rank-r L by alternation:
+/// `B_k = Q(W − L_k)`, `L_{k+1} = argmin_rank r ‖(W − B_k − L)·L_S‖` (whitened SVD, or plain SVD
+/// when `gram` is empty: L_S = I). A new code set B is kept only if it does not increase f (otherwise
+/// the previous one is retained and the loop stops), so `objective` is non-increasing, and
+/// `objective[1] < objective[0]` unless W − Q(W) is already zero.
+///
+/// \param quantizer   any MatrixFakeQuantizer (e.g. a binarizer returning its dequantized matrix).
+/// \param gram        `[n x n]` input Gram XᵀX, or an empty matrix for the plain Frobenius metric.
+/// \param iterations  ≥ 1 alternations.
+/// Complexity: iterations · (quantizer + SVD of `[m x n]`).
+template <MatrixFakeQuantizer Q, class Method = exact_svd>
+[[nodiscard]] psp_result psp_refine(const cref_matrix_f& w, const Q& quantizer, Eigen::Index rank, int iterations,
+                                    const Eigen::Ref<const matrix_d>& gram = matrix_d(), double damping = 0.0,
+                                    const Method& method = Method{}) {
+    constexpr const char* where = "psp_refine";
+    detail::require_nonempty(w, where, "w");
+    detail::require_finite(w, where, "w");
+    detail::check_rank(rank, w.rows(), w.cols(), where);
+    detail::check_method(method, where);
+    detail::require(iterations >= 1, where, "argument 'iterations' must be >= 1");
+    const bool weighted = gram.size() != 0;
+    detail::whitening wh;
+    if (weighted) wh = detail::make_whitening(gram, damping, w.cols(), where);
+    const Eigen::MatrixXd wd = detail::to_double(w);
+    auto metric = [&](const Eigen::MatrixXd& r) { return weighted ? wh.whiten(r).squaredNorm() : r.squaredNorm(); };
+    auto run_quantizer = [&](const Eigen::MatrixXd& m) {
+        matrix_f in = m.cast<float>();
+        matrix_f q = quantizer(in);
+        detail::require_dim(q.rows(), w.rows(), where, "quantizer output rows");
+        detail::require_dim(q.cols(), w.cols(), where, "quantizer output cols");
+        return Eigen::MatrixXd(q.cast<double>());
+    };
+    psp_result res;
+    Eigen::MatrixXd lmat = Eigen::MatrixXd::Zero(w.rows(), w.cols());
+    Eigen::MatrixXd b = run_quantizer(wd);
+    double f = metric(wd - b);
+    res.objective.push_back(f);
+    res.correction.a = matrix_f::Zero(w.rows(), rank);
+    res.correction.b = matrix_f::Zero(rank, w.cols());
+    for (int it = 0; it < iterations; ++it) {
+        // L-step: best rank-r fit of the residual W − B in the metric.
+        const Eigen::MatrixXd resid = wd - b;
+        low_rank lr;
+        if (weighted) {
+            const Eigen::MatrixXd rl = wh.whiten(resid);
+            lr = detail::factors_from(detail::top_svd(rl, rank, method), rl.squaredNorm());
+            lr.b = wh.unwhiten(lr.b.cast<double>()).cast<float>();
+        } else {
+            lr = detail::factors_from(detail::top_svd(resid, rank, method), resid.squaredNorm());
+        }
+        const Eigen::MatrixXd lnew = lr.a.cast<double>() * lr.b.cast<double>();
+        const double f_l = metric(wd - b - lnew);
+        if (f_l <= f) {
+            lmat = lnew;
+            res.correction = lr;
+            f = f_l;
+        }
+        // B-step: re-quantize W − L; keep only if it does not increase f.
+        const Eigen::MatrixXd bnew = run_quantizer(wd - lmat);
+        const double f_b = metric(wd - bnew - lmat);
+        const bool improved = f_b < f;
+        if (f_b <= f) {
+            b = bnew;
+            f = f_b;
+        }
+        res.objective.push_back(f);
+        if (!improved && res.objective.size() >= 2 &&
+            res.objective[res.objective.size() - 2] - f <= 1e-12 * res.objective.front())
+            break;
+    }
+    res.quantized = b.cast<float>();
+    return res;
+}
+
+/// CEJD result: `W_e ≈ basis · factors[e]` with one shared basis.
+struct joint_left_basis {
+    matrix_f basis;               ///< (m, k) shared backbone G = U_k Σ_k
+    std::vector<matrix_f> factors; ///< per expert (k, n): V_eᵀ (the expert-specific part)
+    double discarded_energy = 0;  ///< Σ_{j>k} σ_j(W_cat)² = Σ_e ‖W_e − G V_eᵀ‖_F²
+};
+
+/// MoBiE CEJD (RECON, §4.2): SVD of the column-stacked experts `W_cat = [W_1, …, W_E]`
+/// (`[m x E·n]`) = U Σ [V_1ᵀ … V_Eᵀ]; shared G = U_k Σ_k, expert factor V_eᵀ (`[k x n]`).
+/// k = m is lossless. Optimal (Eckart–Young) among all factorisations with a shared left basis.
+/// \throws invalid_argument for an empty expert list or k outside [1, min(m, E·n)];
+///         shape_error if the experts' shapes differ.
+template <class Method = exact_svd>
+[[nodiscard]] joint_left_basis joint_svd_shared_left(std::span<const matrix_f> experts, Eigen::Index k,
+                                                     const Method& method = Method{}) {
+    constexpr const char* where = "joint_svd_shared_left";
+    detail::require(!experts.empty(), where, "argument 'experts' is an empty expert list");
+    const Eigen::Index m = experts[0].rows(), n = experts[0].cols();
+    for (const auto& e : experts) {
+        detail::require_nonempty(e, where, "experts[e]");
+        detail::require_dim(e.rows(), m, where, "experts[e] rows (must equal experts[0] rows)");
+        detail::require_dim(e.cols(), n, where, "experts[e] cols (must equal experts[0] cols)");
+        detail::require_finite(e, where, "experts[e]");
+    }
+    const Eigen::Index ne = static_cast<Eigen::Index>(experts.size());
+    detail::check_rank(k, m, ne * n, where);
+    detail::check_method(method, where);
+    Eigen::MatrixXd cat(m, ne * n);
+    for (Eigen::Index e = 0; e < ne; ++e) cat.middleCols(e * n, n) = experts[static_cast<std::size_t>(e)].cast<double>();
+    const detail::svd_triplets t = detail::top_svd(cat, k, method);
+    joint_left_basis out;
+    out.basis = (t.u * t.s.asDiagonal()).cast<float>();
+    for (Eigen::Index e = 0; e < ne; ++e) out.factors.push_back(t.v.middleRows(e * n, n).transpose().cast<float>());
+    out.discarded_energy = std::max(0.0, cat.squaredNorm() - t.s.squaredNorm());
+    return out;
+}
+
+/// IDRE result: `W_e ≈ coefficients[e] · basis + residual_e` with one shared input-side basis.
+struct joint_input_basis {
+    matrix_f basis;                     ///< (r, n) shared Bₛ = V_rᵀ Σ^{−1/2}
+    std::vector<matrix_f> coefficients; ///< per expert (m, r): C_e = W_e Σ^{1/2} V_r
+    double discarded_energy = 0;        ///< Σ_e ‖(W_e − C_e Bₛ) Σ^{1/2}‖_F² = Σ_{j>r} σ_j(M)²
+
+    /// R_e = W_e − C_e Bₛ, the expert-specific residual that KBVQ quantizes.
+    [[nodiscard]] matrix_f residual(const cref_matrix_f& w, std::size_t e) const {
+        return w - coefficients.at(e) * basis;
+    }
+};
+
+/// KBVQ-MoE IDRE (RECON, §5.2): KLT-guided joint SVD. Σ = covariance (`[n x n]`, e.g. XᵀX/T) with
+/// eigen-decomposition U Λ Uᵀ (damped: Λ + damping·mean(Λ)); M = [W_1; …; W_E]·Σ^{1/2} (row-stacked,
+/// `[E·m x n]`) = P D Vᵀ; Bₛ = V_rᵀ Σ^{−1/2}, C_e = W_e Σ^{1/2} V_r. Optimal in the Σ-weighted metric
+/// among factorisations with a shared r-dimensional input basis.
+/// \throws invalid_argument (empty list, bad rank), shape_error, numeric_error (singular Σ, no damping).
+template <class Method = exact_svd>
+[[nodiscard]] joint_input_basis joint_svd_klt(std::span<const matrix_f> experts, const Eigen::Ref<const matrix_d>& covariance,
+                                              Eigen::Index rank, double damping = 0.0, const Method& method = Method{}) {
+    constexpr const char* where = "joint_svd_klt";
+    detail::require(!experts.empty(), where, "argument 'experts' is an empty expert list");
+    const Eigen::Index m = experts[0].rows(), n = experts[0].cols();
+    for (const auto& e : experts) {
+        detail::require_nonempty(e, where, "experts[e]");
+        detail::require_dim(e.rows(), m, where, "experts[e] rows (must equal experts[0] rows)");
+        detail::require_dim(e.cols(), n, where, "experts[e] cols (must equal experts[0] cols)");
+        detail::require_finite(e, where, "experts[e]");
+    }
+    const Eigen::Index ne = static_cast<Eigen::Index>(experts.size());
+    detail::check_rank(rank, ne * m, n, where);
+    detail::check_method(method, where);
+    detail::require_dim(covariance.rows(), n, where, "covariance rows (must equal the experts' column count)");
+    detail::require_dim(covariance.cols(), n, where, "covariance cols (must equal the experts' column count)");
+    detail::require_finite(covariance, where, "covariance");
+    detail::require(damping >= 0.0 && std::isfinite(damping), where, "argument 'damping' must be finite and >= 0");
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(Eigen::MatrixXd(0.5 * (covariance + covariance.transpose())));
+    Eigen::VectorXd lam = es.eigenvalues();
+    const double mean = lam.mean();
+    detail::require<numeric_error>(mean > 0.0, where, "argument 'covariance' has a non-positive trace");
+    lam.array() += damping * mean;
+    detail::require<numeric_error>(lam.minCoeff() > 1e-12 * lam.maxCoeff(), where,
+                                   "argument 'covariance' is singular; pass damping > 0");
+    const Eigen::MatrixXd& ux = es.eigenvectors();
+    const Eigen::MatrixXd half = ux * lam.cwiseSqrt().asDiagonal() * ux.transpose();
+    const Eigen::MatrixXd inv_half = ux * lam.cwiseSqrt().cwiseInverse().asDiagonal() * ux.transpose();
+    Eigen::MatrixXd stacked(ne * m, n);
+    for (Eigen::Index e = 0; e < ne; ++e)
+        stacked.middleRows(e * m, m) = experts[static_cast<std::size_t>(e)].cast<double>() * half;
+    const detail::svd_triplets t = detail::top_svd(stacked, rank, method);
+    joint_input_basis out;
+    out.basis = (t.v.transpose() * inv_half).cast<float>();
+    for (Eigen::Index e = 0; e < ne; ++e)
+        out.coefficients.push_back((stacked.middleRows(e * m, m) * t.v).cast<float>());
+    out.discarded_energy = std::max(0.0, stacked.squaredNorm() - t.s.squaredNorm());
+    return out;
+}
+
+LOWBIT_END_NAMESPACE
