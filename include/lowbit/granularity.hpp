@@ -144,6 +144,11 @@ template <Granularity G>
 
 namespace detail {
 
+/// True for granularities that give every row its own parameters over column groups (per_row,
+/// per_group): the ones weight quantizers without a shared-across-rows fit accept.
+template <class G>
+inline constexpr bool row_wise_granularity = std::is_same_v<G, per_row> || std::is_same_v<G, per_group>;
+
 /// Copies the columns of group `cg` of `w` into a `[rows x padded_width]` matrix, zero-padded.
 inline matrix_f padded_block(const cref_matrix_f& w, const column_group& cg) {
     matrix_f b = matrix_f::Zero(w.rows(), cg.padded_width);

@@ -1,0 +1,288 @@
+#pragma once
+/// \file binary.hpp
+/// Binarization of weights, per row or per column group: ŵ = μ + α₀ b₀ (+ α₁ b₁), b ∈ {−1, +1}
+/// (sign(0) = +1), with four methods as policy values:
+/// - `sign_scale{mean}` — b = sign(w − μ), α = mean|w − μ|, μ = mean(w) if `mean` else 0. For fixed
+///   μ this (b, α) is the exact minimiser of ‖w − μ − α b‖² (XNOR-Net / BiLLM base).
+/// - `arb{iters}`       — ARB-LLM alternating refinement (algorithms.md §1.4): init as
+///   sign_scale{true}; `iters` times: r = w − ŵ, μ += mean(r), b = sign(w − μ), α = mean(b⊙(w − μ));
+///   finally (μ, α) are re-solved by least squares for the final b (2×2 normal equations), so the
+///   result is never worse than the last iterate.
+/// - `residual_binary{}` — order 2 (BiLLM residual approximation): plane 0 as sign_scale{true},
+///   plane 1 = sign_scale{false} of the residual; then (μ, α₀, α₁) re-solved by least squares for
+///   the two code planes (3×3 normal equations).
+/// - `arb_x{iters}`     — ARB-X: the same model, but (μ, α) minimise the output error
+///   (w − ŵ) S (w − ŵ)ᵀ with S = XᵀX of the group's input columns. RECONSTRUCTION (the ARB-LLM
+///   equations were not available): init with `arb`; `iters` times: (μ, α) ← S-weighted 2×2 solve for
+///   the current b, then b ← sign(w − μ); the best (b, μ, α) by the S-weighted error is kept.
+///
+/// Layout: `codes[p]` `[rows x cols]` int8 in {−1, +1}; `mean`, `alpha[p]` `[rows x groups]`.
+
+#include <lowbit/concepts.hpp>
+#include <lowbit/config.hpp>
+#include <lowbit/detail/affine_codes.hpp>
+#include <lowbit/detail/dependent_false.hpp>
+#include <lowbit/error.hpp>
+#include <lowbit/granularity.hpp>
+#include <lowbit/types.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+LOWBIT_BEGIN_NAMESPACE
+
+/// Binarization rule: sign and mean-|w| scale, optionally around the row mean.
+struct sign_scale {
+    bool mean = false; ///< subtract the (group) row mean first
+};
+/// Binarization rule: ARB-LLM alternating refinement of (μ, α, b).
+struct arb {
+    int iters = 15; ///< refinement rounds, ≥ 0
+};
+/// Binarization rule: order-2 residual binarization μ + α₀b₀ + α₁b₁.
+struct residual_binary {};
+/// Binarization rule: ARB-X, output-error (S-weighted) refinement (a reconstruction, see file comment).
+struct arb_x {
+    int iters = 15; ///< refinement rounds, ≥ 0
+};
+
+/// Number of code planes of a binarization rule (1, or 2 for `residual_binary`).
+template <class Rule>
+inline constexpr int binary_order = std::is_same_v<Rule, residual_binary> ? 2 : 1;
+
+/// A binarized matrix: one or two sign planes plus mean and scales per row and group.
+struct binary_tensor {
+    int order = 1;                   ///< planes used (1 or 2)
+    std::array<matrix_i8, 2> codes;  ///< (rows, cols) in {−1, +1}; codes[1] empty when order = 1
+    matrix_f mean;                   ///< (rows, groups) μ
+    std::array<matrix_f, 2> alpha;   ///< (rows, groups) α_p; alpha[1] empty when order = 1
+    Eigen::Index group_size = 1;     ///< columns per parameter column
+
+    /// μ + Σ_p α_p b_p per element. O(rows·cols).
+    [[nodiscard]] matrix_f dequantize() const {
+        matrix_f out(codes[0].rows(), codes[0].cols());
+        for (Eigen::Index r = 0; r < out.rows(); ++r)
+            for (Eigen::Index c = 0; c < out.cols(); ++c) {
+                const Eigen::Index g = c / group_size;
+                float v = mean(r, g) + alpha[0](r, g) * static_cast<float>(codes[0](r, c));
+                if (order == 2) v += alpha[1](r, g) * static_cast<float>(codes[1](r, c));
+                out(r, c) = v;
+            }
+        return out;
+    }
+};
+
+namespace detail {
+
+/// Per-row binarization result.
+struct binary_row_params {
+    float mean = 0.0f;
+    float alpha[2] = {0.0f, 0.0f};
+};
+
+inline std::int8_t sign_code(double x) { return x >= 0.0 ? std::int8_t{1} : std::int8_t{-1}; }
+
+inline double row_mean(const float* w, Eigen::Index n) {
+    double s = 0.0;
+    for (Eigen::Index j = 0; j < n; ++j) s += static_cast<double>(w[j]);
+    return s / static_cast<double>(n);
+}
+
+/// b = sign(w − μ), returns mean|w − μ|.
+inline double sign_and_scale(const float* w, Eigen::Index n, double mu, std::int8_t* b) {
+    double s = 0.0;
+    for (Eigen::Index j = 0; j < n; ++j) {
+        const double c = static_cast<double>(w[j]) - mu;
+        b[j] = sign_code(c);
+        s += std::fabs(c);
+    }
+    return s / static_cast<double>(n);
+}
+
+template <class Rule>
+inline binary_row_params binary_row(const Rule&, const float*, Eigen::Index, const matrix_d*, std::int8_t*,
+                                    std::int8_t*) {
+    static_assert(dependent_false<Rule>,
+                  "lowbit: no binarization rule for this tag (use sign_scale, arb, residual_binary or arb_x)");
+    return {};
+}
+
+inline binary_row_params binary_row(const sign_scale& r, const float* w, Eigen::Index n, const matrix_d*,
+                                    std::int8_t* b, std::int8_t*) {
+    const double mu = r.mean ? row_mean(w, n) : 0.0;
+    const double a = sign_and_scale(w, n, mu, b);
+    return {static_cast<float>(mu), {static_cast<float>(a), 0.0f}};
+}
+
+/// Least-squares (μ, α…) for the given planes; S = nullptr is the identity.
+inline binary_row_params binary_refit(const float* w, Eigen::Index n, const matrix_d* s, const std::int8_t* b0,
+                                      const std::int8_t* b1) {
+    affine_codes_row row{w, nullptr, {b0}, n};
+    if (b1) row.planes.push_back(b1);
+    const vector_d x = affine_codes_solve(row, s);
+    binary_row_params p{static_cast<float>(x(0)), {static_cast<float>(x(1)), 0.0f}};
+    if (b1) p.alpha[1] = static_cast<float>(x(2));
+    return p;
+}
+
+inline binary_row_params binary_row(const arb& r, const float* w, Eigen::Index n, const matrix_d*, std::int8_t* b,
+                                    std::int8_t*) {
+    double mu = row_mean(w, n);
+    double a = sign_and_scale(w, n, mu, b);
+    for (int it = 0; it < r.iters; ++it) {
+        double res = 0.0;
+        for (Eigen::Index j = 0; j < n; ++j) res += static_cast<double>(w[j]) - (mu + a * b[j]);
+        mu += res / static_cast<double>(n);
+        a = sign_and_scale(w, n, mu, b); // mean(b ⊙ (w − μ)) with b = sign(w − μ)
+    }
+    return binary_refit(w, n, nullptr, b, nullptr);
+}
+
+inline binary_row_params binary_row(const residual_binary&, const float* w, Eigen::Index n, const matrix_d*,
+                                    std::int8_t* b0, std::int8_t* b1) {
+    const double mu = row_mean(w, n);
+    const double a0 = sign_and_scale(w, n, mu, b0);
+    for (Eigen::Index j = 0; j < n; ++j) b1[j] = sign_code(static_cast<double>(w[j]) - mu - a0 * b0[j]);
+    return binary_refit(w, n, nullptr, b0, b1);
+}
+
+inline binary_row_params binary_row(const arb_x& r, const float* w, Eigen::Index n, const matrix_d* s,
+                                    std::int8_t* b, std::int8_t*) {
+    (void)binary_row(arb{r.iters}, w, n, nullptr, b, nullptr); // Euclidean start: codes b
+    std::vector<std::int8_t> cur(b, b + n);
+    binary_row_params best = binary_refit(w, n, s, b, nullptr);
+    auto objective = [&](const std::int8_t* codes, const binary_row_params& p) {
+        vector_d x(2);
+        x << p.mean, p.alpha[0];
+        return affine_codes_objective({w, nullptr, {codes}, n}, s, x);
+    };
+    double best_obj = objective(b, best);
+    binary_row_params p = best;
+    for (int it = 0; it < r.iters; ++it) {
+        for (Eigen::Index j = 0; j < n; ++j) cur[static_cast<std::size_t>(j)] = sign_code(static_cast<double>(w[j]) - p.mean);
+        p = binary_refit(w, n, s, cur.data(), nullptr);
+        const double obj = objective(cur.data(), p);
+        if (obj < best_obj) {
+            best_obj = obj;
+            best = p;
+            std::copy(cur.begin(), cur.end(), b);
+        }
+    }
+    return best;
+}
+
+template <class Rule>
+inline void check_binary_rule(const Rule& r, const char* where) {
+    if constexpr (std::is_same_v<Rule, arb> || std::is_same_v<Rule, arb_x>)
+        require(r.iters >= 0, where, "iters must be >= 0");
+}
+
+template <class Rule, class G>
+inline binary_tensor binarize_impl(const cref_matrix_f& w, const Rule& rule, const G& gran, const matrix_d* s) {
+    static_assert(row_wise_granularity<G>, "lowbit: binarization supports per_row and per_group granularity");
+    constexpr const char* where = "binarize";
+    check_binary_rule(rule, where);
+    require_nonempty(w, where, "w");
+    require_finite(w, where, "w");
+    const auto groups = column_groups(w.cols(), gran, where);
+    const auto ng = static_cast<Eigen::Index>(groups.size());
+    constexpr int order = binary_order<Rule>;
+    binary_tensor t;
+    t.order = order;
+    t.group_size = group_width(w.cols(), gran);
+    t.mean.resize(w.rows(), ng);
+    for (int p = 0; p < order; ++p) {
+        t.codes[static_cast<std::size_t>(p)].resize(w.rows(), w.cols());
+        t.alpha[static_cast<std::size_t>(p)].resize(w.rows(), ng);
+    }
+    for (Eigen::Index gi = 0; gi < ng; ++gi) {
+        const column_group& cg = groups[static_cast<std::size_t>(gi)];
+        const matrix_f block = padded_block(w, cg);
+        matrix_d sg;
+        if (s) {
+            sg = matrix_d::Zero(cg.padded_width, cg.padded_width);
+            sg.topLeftCorner(cg.width, cg.width) = s->block(cg.begin, cg.begin, cg.width, cg.width);
+        }
+        std::vector<std::int8_t> b0(static_cast<std::size_t>(cg.padded_width)), b1(b0.size());
+        for (Eigen::Index r = 0; r < w.rows(); ++r) {
+            const auto p = binary_row(rule, block.row(r).data(), cg.padded_width, s ? &sg : nullptr, b0.data(),
+                                      b1.data());
+            t.mean(r, gi) = p.mean;
+            for (int q = 0; q < order; ++q) t.alpha[static_cast<std::size_t>(q)](r, gi) = p.alpha[q];
+            for (Eigen::Index j = 0; j < cg.width; ++j) {
+                t.codes[0](r, cg.begin + j) = b0[static_cast<std::size_t>(j)];
+                if (order == 2) t.codes[1](r, cg.begin + j) = b1[static_cast<std::size_t>(j)];
+            }
+        }
+    }
+    return t;
+}
+
+} // namespace detail
+
+/// Binarizes `w` `[rows x cols]` with `rule` (sign_scale, arb, residual_binary) per row or per
+/// group (`per_row`, `per_group{G, tail}`; zero-padded tails take part in the fit).
+/// \throws shape_error (empty, G not dividing cols), numeric_error (NaN/Inf), invalid_argument
+///         (iters < 0, G < 1). Complexity O(rows·cols·(iters + 1)).
+template <class Rule, class G = per_row>
+[[nodiscard]] binary_tensor binarize(const cref_matrix_f& w, const Rule& rule, const G& gran = {}) {
+    static_assert(!std::is_same_v<Rule, arb_x>, "lowbit: arb_x needs S; call binarize(w, arb_x{}, gran, S)");
+    return detail::binarize_impl(w, rule, gran, nullptr);
+}
+
+/// ARB-X binarization with the input Gram matrix `s` `[cols x cols]` (S = XᵀX, symmetric PSD, finite).
+/// Each group uses the diagonal block of S for its columns (no cross-group terms).
+/// \throws as above, plus shape_error for a wrong S shape and numeric_error for NaN/Inf in S.
+/// Complexity O(rows·iters·(G² + cols)).
+template <class G = per_row>
+[[nodiscard]] binary_tensor binarize(const cref_matrix_f& w, const arb_x& rule, const G& gran,
+                                     const Eigen::Ref<const matrix_d>& s) {
+    detail::require_dim(s.rows(), w.cols(), "binarize", "rows of 'S'");
+    detail::require_dim(s.cols(), w.cols(), "binarize", "columns of 'S'");
+    detail::require_finite(s, "binarize", "S");
+    const matrix_d sm = s;
+    return detail::binarize_impl(w, rule, gran, &sm);
+}
+
+/// `GroupQuantizer` model for binarization with `Rule` (sign_scale, arb, residual_binary):
+/// `fit` binarizes each row of a `[rows x g]` block; `round_column` gives μ + α₀ sign(x − μ) (+ α₁
+/// sign(x − μ − α₀ b₀) for order 2).
+template <class Rule>
+struct binary_quantizer {
+    static_assert(!std::is_same_v<Rule, arb_x>, "lowbit: arb_x needs S and cannot be driven as a GroupQuantizer");
+    Rule rule{}; ///< the rule and its settings
+
+    /// Per-row parameters of one column group.
+    struct params {
+        vector_f mean;   ///< (rows) μ
+        vector_f alpha0; ///< (rows) α₀
+        vector_f alpha1; ///< (rows) α₁ (zero for order 1)
+    };
+
+    /// Fits every row of `block` (non-empty, finite).
+    [[nodiscard]] params fit(const cref_matrix_f& block) const {
+        const binary_tensor t = binarize(block, rule, per_row{});
+        params p{t.mean.col(0), t.alpha[0].col(0), vector_f::Zero(block.rows())};
+        if (t.order == 2) p.alpha1 = t.alpha[1].col(0);
+        return p;
+    }
+
+    /// Rounds one column with each row's parameters.
+    void round_column(const params& p, const cref_vector_f& col, Eigen::Ref<vector_f> out) const {
+        for (Eigen::Index i = 0; i < col.size(); ++i) {
+            const double c = static_cast<double>(col(i)) - p.mean(i);
+            const std::int8_t b0 = detail::sign_code(c);
+            float v = p.mean(i) + p.alpha0(i) * b0;
+            if constexpr (binary_order<Rule> == 2)
+                v += p.alpha1(i) * detail::sign_code(c - static_cast<double>(p.alpha0(i)) * b0);
+            out(i) = v;
+        }
+    }
+};
+
+static_assert(GroupQuantizer<binary_quantizer<arb>>);
+
+LOWBIT_END_NAMESPACE

@@ -1,0 +1,73 @@
+#pragma once
+/// \file detail/affine_codes.hpp
+/// Least-squares scales and offset for fixed codes, optionally weighted by an input Gram matrix S:
+/// for one row w (length n), a group mask m ∈ {0,1}ⁿ and P code planes t_p (zero outside the mask),
+///   minimise  e S eᵀ,  e = w⊙m − μ m − Σ_p α_p t_p      over (μ, α_1 … α_P)
+/// (S = I when no S is given). The normal equations are the (P+1)×(P+1) system G x = b with
+/// G = [m; t_1; …] S [m; t_1; …]ᵀ and b = [m; t_1; …] S (w⊙m)ᵀ, solved in double by a complete
+/// orthogonal decomposition (the minimum-norm solution when a plane is empty or planes coincide).
+/// Used by binary.hpp (ARB, ARB-X) and asym_ternary.hpp (E2M-ATQ stage 2).
+
+#include <lowbit/config.hpp>
+#include <lowbit/types.hpp>
+
+#include <Eigen/Dense>
+
+#include <cstdint>
+#include <vector>
+
+LOWBIT_BEGIN_NAMESPACE
+namespace detail {
+
+/// One row's data for `affine_codes_solve`: w (n floats), mask (n bools, nullptr = all ones),
+/// `planes` pointers to P int8 code rows (values in {−1, 0, 1}).
+struct affine_codes_row {
+    const float* w = nullptr;
+    const bool* mask = nullptr;
+    std::vector<const std::int8_t*> planes;
+    Eigen::Index n = 0;
+};
+
+/// Builds the (P+1) basis vectors [m, t_1, …] and the masked target as double columns.
+inline void affine_codes_basis(const affine_codes_row& r, matrix_d& basis, vector_d& target) {
+    const auto k = static_cast<Eigen::Index>(r.planes.size()) + 1;
+    basis.resize(k, r.n);
+    target.resize(r.n);
+    for (Eigen::Index j = 0; j < r.n; ++j) {
+        const double m = r.mask ? (r.mask[j] ? 1.0 : 0.0) : 1.0;
+        basis(0, j) = m;
+        target(j) = m * static_cast<double>(r.w[j]);
+        for (Eigen::Index p = 1; p < k; ++p) basis(p, j) = static_cast<double>(r.planes[static_cast<std::size_t>(p - 1)][j]);
+    }
+}
+
+/// Solution x = (μ, α_1 … α_P) of the normal equations; `s` nullptr means S = I. With
+/// `fit_mean == false`, μ is fixed at 0 (x(0) = 0). O(n²·(P+1)) with S, O(n·(P+1)²) without.
+inline vector_d affine_codes_solve(const affine_codes_row& r, const matrix_d* s, bool fit_mean = true) {
+    matrix_d basis;
+    vector_d target;
+    affine_codes_basis(r, basis, target);
+    const Eigen::Index k = basis.rows();
+    matrix_d sb = s ? matrix_d(basis * (*s)) : basis; // [k x n] rows are S·basis_p (S symmetric)
+    matrix_d g = sb * basis.transpose();
+    vector_d b = sb * target;
+    vector_d x = vector_d::Zero(k);
+    if (fit_mean) {
+        x = g.completeOrthogonalDecomposition().solve(b);
+    } else if (k > 1) {
+        x.tail(k - 1) = g.bottomRightCorner(k - 1, k - 1).completeOrthogonalDecomposition().solve(b.tail(k - 1));
+    }
+    return x;
+}
+
+/// e S eᵀ for the row with parameters x (as returned by `affine_codes_solve`).
+inline double affine_codes_objective(const affine_codes_row& r, const matrix_d* s, const vector_d& x) {
+    matrix_d basis;
+    vector_d target;
+    affine_codes_basis(r, basis, target);
+    const vector_d e = target - basis.transpose() * x;
+    return s ? e.dot((*s) * e) : e.squaredNorm();
+}
+
+} // namespace detail
+LOWBIT_END_NAMESPACE
