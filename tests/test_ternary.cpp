@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -118,4 +119,69 @@ TEST_CASE("bad input is refused with lowbit errors") {
     CHECK_THROWS_AS((void)lowbit::quantize_ternary(w, lowbit::twn{1.5f}), lowbit::invalid_argument);
     CHECK_THROWS_WITH((void)lowbit::quantize_ternary(empty, lowbit::absmean{}),
                       doctest::Contains("argument 'w' is empty"));
+}
+
+TEST_CASE("per_group ternary equals quantizing each column slice") {
+    std::mt19937 rng(13);
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    lowbit::matrix_f w(4, 24);
+    for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = g(rng);
+    const auto t = lowbit::quantize_ternary(w, lowbit::optimal_threshold{}, lowbit::per_group{8});
+    REQUIRE(t.scale.cols() == 3);
+    CHECK(t.group_size == 8);
+    for (int k = 0; k < 3; ++k) {
+        const lowbit::matrix_f slice = w.middleCols(8 * k, 8);
+        const auto u = lowbit::quantize_ternary(slice, lowbit::optimal_threshold{});
+        CHECK(u.scale.col(0) == t.scale.col(k));
+        CHECK(u.codes == t.codes.middleCols(8 * k, 8));
+        CHECK(u.dequantize() == t.dequantize().middleCols(8 * k, 8));
+    }
+}
+
+TEST_CASE("tail policies of per_group ternary worked by hand") {
+    lowbit::matrix_f w(1, 5);
+    w << 1, 2, 3, 4, 5;
+    // zero_pad: last group [5, 0, 0, 0], mean|w| = 1.25; smaller_last: last group [5], mean 5
+    const auto zp = lowbit::quantize_ternary(w, lowbit::absmean{}, lowbit::per_group{4, lowbit::tail_policy::zero_pad});
+    const auto sl = lowbit::quantize_ternary(w, lowbit::absmean{}, lowbit::per_group{4, lowbit::tail_policy::smaller_last});
+    CHECK(zp.scale(0, 0) == doctest::Approx(2.5));
+    CHECK(zp.scale(0, 1) == doctest::Approx(1.25));
+    CHECK(sl.scale(0, 1) == doctest::Approx(5.0));
+    CHECK(zp.codes(0, 4) == 1);
+    CHECK(zp.codes(0, 0) == 0); // 1 / 2.5 = 0.4 -> 0
+    CHECK(zp.dequantize()(0, 4) == doctest::Approx(1.25));
+    CHECK_THROWS_AS((void)lowbit::quantize_ternary(w, lowbit::absmean{}, lowbit::per_group{4}), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::quantize_ternary(w, lowbit::twn{}, lowbit::per_group{0}), lowbit::invalid_argument);
+}
+
+TEST_CASE("ternary_quantizer models GroupQuantizer") {
+    static_assert(lowbit::GroupQuantizer<lowbit::ternary_quantizer<lowbit::twn>>);
+    static_assert(lowbit::GroupQuantizer<lowbit::ternary_quantizer<lowbit::optimal_threshold>>);
+    std::mt19937 rng(17);
+    std::student_t_distribution<float> heavy(3.0f);
+    lowbit::matrix_f w(6, 40);
+    for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = heavy(rng);
+    lowbit::vector_f out(6);
+    auto same_as_quantize = [&](auto rule) {
+        const lowbit::ternary_quantizer<decltype(rule)> q{rule};
+        const auto p = q.fit(w);
+        const auto wh = lowbit::quantize_ternary(w, rule).dequantize();
+        for (Eigen::Index c = 0; c < w.cols(); ++c) {
+            q.round_column(p, w.col(c), out);
+            CHECK(out == wh.col(c));
+        }
+    };
+    same_as_quantize(lowbit::absmean{});
+    same_as_quantize(lowbit::twn{});
+    // optimal_threshold: round_column picks the nearest of {-α, 0, α}
+    const lowbit::ternary_quantizer<lowbit::optimal_threshold> q;
+    const auto p = q.fit(w);
+    for (Eigen::Index c = 0; c < w.cols(); ++c) {
+        q.round_column(p, w.col(c), out);
+        for (Eigen::Index i = 0; i < 6; ++i) {
+            const float a = p.scale(i);
+            const float best = std::min({std::abs(w(i, c)), std::abs(w(i, c) - a), std::abs(w(i, c) + a)});
+            CHECK(std::abs(w(i, c) - out(i)) == best);
+        }
+    }
 }

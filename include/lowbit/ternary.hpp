@@ -1,6 +1,7 @@
 #pragma once
 /// \file ternary.hpp
-/// Symmetric ternary quantization {−α, 0, +α} with one scale α per row (output channel).
+/// Symmetric ternary quantization {−α, 0, +α} with one scale α per row (output channel), or per row
+/// and group of G input columns (`per_group{G, tail}` of granularity.hpp).
 ///
 /// Three threshold/scale rules, as policy tags:
 /// - `absmean`            — BitNet b1.58: s = mean|w|, t = clamp(round(w/s), −1, 1), α = s.
@@ -10,11 +11,19 @@
 ///                          keep the k largest |w| where k maximises S_k²/k (S_k = sum of the k largest
 ///                          |w|), α = S_k/k. Sort-based, O(n log n) per row.
 ///
-/// Layout: `codes` is row-major `[rows x cols]` int8 in {−1, 0, +1}; `scale` has one entry per row.
+/// Layout: `codes` is row-major `[rows x cols]` int8 in {−1, 0, +1}; `scale` is `[rows x groups]`
+/// (`[rows x 1]` per row, so `scale(i)` is row i's scale), column j uses `scale(i, j / group_size)`.
+/// Under `tail_policy::zero_pad` the padded zeros take part in the rule (e.g. in mean|w|).
+///
+/// `ternary_quantizer<Rule>` models `GroupQuantizer`: per-row scale and threshold of a block, then
+/// t = sign(x)·[|x| > threshold] (threshold α/2 for absmean and optimal_threshold — the nearest level
+/// —, Δ for twn).
 
+#include <lowbit/concepts.hpp>
 #include <lowbit/config.hpp>
 #include <lowbit/detail/dependent_false.hpp>
 #include <lowbit/error.hpp>
+#include <lowbit/granularity.hpp>
 #include <lowbit/types.hpp>
 
 #include <algorithm>
@@ -36,16 +45,18 @@ struct twn {
 /// Rule tag: the exactly optimal threshold and scale for each row (minimum ‖w − α t‖²).
 struct optimal_threshold {};
 
-/// A symmetric ternary tensor: codes in {−1, 0, +1} and one non-negative scale per row.
+/// A symmetric ternary tensor: codes in {−1, 0, +1} and one non-negative scale per row and group.
 struct ternary_tensor {
-    matrix_i8 codes; ///< (rows, cols) codes in {−1, 0, +1}
-    vector_f scale;  ///< (rows) α ≥ 0
+    matrix_i8 codes;             ///< (rows, cols) codes in {−1, 0, +1}
+    matrix_f scale;              ///< (rows, groups) α ≥ 0
+    Eigen::Index group_size = 1; ///< columns per scale column (cols when per row)
 
-    /// Returns the float matrix α_i · t_ij. O(rows·cols).
+    /// Returns the float matrix α_{i, j / group_size} · t_ij. O(rows·cols).
     [[nodiscard]] matrix_f dequantize() const {
         matrix_f out(codes.rows(), codes.cols());
         for (Eigen::Index i = 0; i < codes.rows(); ++i)
-            out.row(i) = codes.row(i).cast<float>() * scale(i);
+            for (Eigen::Index j = 0; j < codes.cols(); ++j)
+                out(i, j) = static_cast<float>(codes(i, j)) * scale(i, j / group_size);
         return out;
     }
 };
@@ -126,25 +137,72 @@ inline void ternary_row(const optimal_threshold&, const float* w, std::int8_t* t
 
 } // namespace detail
 
-/// Quantizes every row of `w` to {−α_i, 0, +α_i} with the rule `Rule` (`absmean`, `twn`,
-/// `optimal_threshold`).
+/// Quantizes every row of `w` (or every row and group of G columns) to {−α, 0, +α} with the rule
+/// `Rule` (`absmean`, `twn`, `optimal_threshold`).
 ///
 /// \param w     weights `[rows x cols]`, finite, non-empty.
 /// \param rule  the rule tag (carries parameters where the rule has any).
-/// \throws shape_error if `w` is empty; numeric_error if it holds NaN/Inf; invalid_argument for a
-///         TWN ratio outside [0, 1).
-/// Complexity: O(rows·cols) for absmean/twn, O(rows·cols·log cols) for optimal_threshold.
-template <class Rule>
-[[nodiscard]] ternary_tensor quantize_ternary(const cref_matrix_f& w, const Rule& rule = Rule{}) {
+/// \param gran  `per_row` (default) or `per_group{G, tail}`.
+/// \throws shape_error if `w` is empty or G does not divide cols under tail_policy::error;
+///         numeric_error if it holds NaN/Inf; invalid_argument for a TWN ratio outside [0, 1) or G < 1.
+/// Complexity: O(rows·cols) for absmean/twn, O(rows·cols·log G) for optimal_threshold.
+template <class Rule, class G = per_row>
+[[nodiscard]] ternary_tensor quantize_ternary(const cref_matrix_f& w, const Rule& rule = Rule{}, const G& gran = G{}) {
+    static_assert(detail::row_wise_granularity<G>, "lowbit: ternary supports per_row and per_group granularity");
     detail::require_nonempty(w, "quantize_ternary", "w");
     detail::require_finite(w, "quantize_ternary", "w");
     if constexpr (std::is_same_v<Rule, twn>)
         detail::require(rule.ratio >= 0.0f && rule.ratio < 1.0f, "quantize_ternary",
                         "twn ratio must lie in [0, 1)");
-    ternary_tensor out{matrix_i8(w.rows(), w.cols()), vector_f(w.rows())};
-    for (Eigen::Index i = 0; i < w.rows(); ++i)
-        detail::ternary_row(rule, w.row(i).data(), out.codes.row(i).data(), w.cols(), out.scale(i));
+    const auto groups = column_groups(w.cols(), gran, "quantize_ternary");
+    const auto ng = static_cast<Eigen::Index>(groups.size());
+    ternary_tensor out{matrix_i8(w.rows(), w.cols()), matrix_f(w.rows(), ng), group_width(w.cols(), gran)};
+    std::vector<std::int8_t> t;
+    for (Eigen::Index gi = 0; gi < ng; ++gi) {
+        const column_group& cg = groups[static_cast<std::size_t>(gi)];
+        const matrix_f block = detail::padded_block(w, cg);
+        t.resize(static_cast<std::size_t>(cg.padded_width));
+        for (Eigen::Index i = 0; i < w.rows(); ++i) {
+            detail::ternary_row(rule, block.row(i).data(), t.data(), cg.padded_width, out.scale(i, gi));
+            for (Eigen::Index j = 0; j < cg.width; ++j) out.codes(i, cg.begin + j) = t[static_cast<std::size_t>(j)];
+        }
+    }
     return out;
 }
+
+/// `GroupQuantizer` model of symmetric ternary with `Rule`: `fit` applies the rule to each row of a
+/// `[rows x g]` block; `round_column` gives sign(x)·α·[|x| > threshold].
+template <class Rule>
+struct ternary_quantizer {
+    Rule rule{}; ///< the rule and its settings
+
+    /// Per-row parameters of one column group.
+    struct params {
+        vector_f scale;     ///< (rows) α
+        vector_f threshold; ///< (rows) |x| above it maps to ±α
+    };
+
+    /// Fits every row of `block` (non-empty, finite).
+    [[nodiscard]] params fit(const cref_matrix_f& block) const {
+        const ternary_tensor t = quantize_ternary(block, rule);
+        params p{t.scale.col(0), vector_f(block.rows())};
+        for (Eigen::Index i = 0; i < block.rows(); ++i) {
+            if constexpr (std::is_same_v<Rule, twn>)
+                p.threshold(i) = static_cast<float>(static_cast<double>(rule.ratio) *
+                                                    detail::mean_abs(block.row(i).data(), block.cols()));
+            else
+                p.threshold(i) = 0.5f * p.scale(i);
+        }
+        return p;
+    }
+
+    /// Rounds one column with each row's scale and threshold.
+    void round_column(const params& p, const cref_vector_f& col, Eigen::Ref<vector_f> out) const {
+        for (Eigen::Index i = 0; i < col.size(); ++i)
+            out(i) = std::fabs(col(i)) > p.threshold(i) ? (col(i) > 0 ? p.scale(i) : -p.scale(i)) : 0.0f;
+    }
+};
+
+static_assert(GroupQuantizer<ternary_quantizer<absmean>>);
 
 LOWBIT_END_NAMESPACE
