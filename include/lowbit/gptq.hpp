@@ -1,0 +1,309 @@
+#pragma once
+/// \file gptq.hpp
+/// GPTQ (Frantar et al. 2022; algorithms.md §1.1): quantize a linear layer's weights column by column
+/// with second-order error feedback so that the layer-output error tr(ΔHΔᵀ) stays small.
+///
+/// Notation: W `[m x n]` (rows = output channels, columns = input channels), calibration inputs X
+/// `[tokens x n]`, Hessian H = (2/N) Σ_t a_t x_t x_tᵀ (`gptq_hessian`, a_t = 1 unless per-token weights
+/// are given — MoEQuant's affinity-guided Hessian uses the gate score a_t).
+///
+/// Solver (`gptq_quantize`), all in double precision:
+/// 1. Dead columns (H_jj = 0): H_jj ← 1 and W_:j ← 0.
+/// 2. Optional activation order: process columns by diag(H) descending (stable), un-permute at the end.
+/// 3. Damping H ← H + λ·mean(diag H)·I (λ = `damp`, 0.01 by default). If the Cholesky factorisation
+///    fails (a pivot ≤ 1e-12·mean diag) λ is multiplied by 10 (0 → 0.01) up to `max_damp_retries` times;
+///    then `numeric_error`.
+/// 4. U = upper Cholesky factor of H⁻¹ (H⁻¹ = UᵀU), from the lower Cholesky factor of the
+///    index-reversed H: U = J L̃⁻¹ J (2n³/3 flops instead of inverse + second factorisation).
+/// 5. Columns in blocks of B = `block_size` (128): for column j, q_j = Quant(w_j),
+///    e_j = (w_j − q_j)/U_jj, the rest of the block −= e_j U_{j, j+1:}; after the block the later columns
+///    −= E U_{block, later} (one GEMM).
+/// The column quantizer is any `GroupQuantizer` (concepts.hpp); granularity `per_row` fits it once on
+/// the whole row, `per_group{G, tail}` every G processed columns (with act order, groups are runs of
+/// G *processed* columns, as in the reference GPTQ). Each group is fitted on its weights as updated by
+/// all previous columns (blocks are cut so that a group never straddles a block boundary after its
+/// start). `zero_pad` tails are fitted padded with zero columns.
+///
+/// Loss: `loss` = Σ_j ‖w_j − q_j‖²/U_jj² (w_j updated) — the GPTQ proxy. It equals exactly
+/// tr(Δ H_d Δᵀ), Δ = W − Q, H_d the damped Hessian (since W − Q = E U and H_d = U⁻¹U⁻ᵀ); tested.
+///
+/// Complexity: O(n³) for the factorisation, O(m n²) for the updates, plus the quantizer's cost.
+/// Memory: W, U and H in double (3·8·max(m,n)·n bytes).
+
+#include <lowbit/concepts.hpp>
+#include <lowbit/config.hpp>
+#include <lowbit/error.hpp>
+#include <lowbit/granularity.hpp>
+#include <lowbit/types.hpp>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+LOWBIT_BEGIN_NAMESPACE
+
+/// Running-mean accumulator of the GPTQ Hessian H = (2/N) Σ_t a_t x_t x_tᵀ over calibration tokens.
+///
+/// `add(x)` with x `[t x n]` updates H ← H·N/(N+t) + (2/(N+t))·xᵀx (double accumulators), N += t.
+/// `add(x, a)` weights token r by a(r) ≥ 0 (N still counts tokens). O(t n²) per call.
+class gptq_hessian {
+public:
+    /// An accumulator for n input channels (n ≥ 1). \throws invalid_argument if n < 1.
+    explicit gptq_hessian(Eigen::Index n) : h_(matrix_d::Zero(n >= 1 ? n : 0, n >= 1 ? n : 0)) {
+        detail::require(n >= 1, "gptq_hessian", "number of input channels must be >= 1");
+    }
+
+    /// Adds the tokens (rows) of `x` `[t x n]`. \throws shape_error (columns ≠ n, empty), numeric_error (NaN/Inf).
+    void add(const cref_matrix_f& x) { add_impl(x, nullptr); }
+
+    /// Adds the rows of `x` weighted by `weights` (length t, finite, ≥ 0; e.g. MoE gate affinities).
+    /// \throws as above, shape_error (length), invalid_argument (negative weight).
+    void add(const cref_matrix_f& x, const cref_vector_f& weights) {
+        detail::require_dim(weights.size(), x.rows(), "gptq_hessian::add", "length of 'weights'");
+        detail::require_finite(weights, "gptq_hessian::add", "weights");
+        detail::require((weights.array() >= 0.0f).all(), "gptq_hessian::add", "'weights' must be >= 0");
+        add_impl(x, &weights);
+    }
+
+    /// H `[n x n]` (zero before the first `add`).
+    [[nodiscard]] const matrix_d& matrix() const noexcept { return h_; }
+    /// Number of tokens added so far.
+    [[nodiscard]] Eigen::Index tokens() const noexcept { return n_; }
+
+private:
+    void add_impl(const cref_matrix_f& x, const cref_vector_f* w) {
+        detail::require_nonempty(x, "gptq_hessian::add", "x");
+        detail::require_dim(x.cols(), h_.cols(), "gptq_hessian::add", "columns of 'x'");
+        detail::require_finite(x, "gptq_hessian::add", "x");
+        const Eigen::Index t = x.rows();
+        Eigen::MatrixXd xd = x.cast<double>();
+        if (w)
+            for (Eigen::Index r = 0; r < t; ++r) xd.row(r) *= std::sqrt(static_cast<double>((*w)(r)));
+        const double total = static_cast<double>(n_ + t);
+        h_ *= static_cast<double>(n_) / total;
+        Eigen::MatrixXd g = Eigen::MatrixXd::Zero(xd.cols(), xd.cols());
+        g.selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose(), 2.0 / total);
+        g.triangularView<Eigen::StrictlyUpper>() = g.transpose();
+        h_ += g;
+        n_ += t;
+    }
+
+    matrix_d h_;
+    Eigen::Index n_ = 0;
+};
+
+/// GPTQ settings (reference defaults).
+struct gptq_options {
+    Eigen::Index block_size = 128; ///< B ≥ 1: columns per lazy-update block
+    double damp = 0.01;            ///< λ ≥ 0, relative to mean(diag H) (TWLA uses 0.1)
+    int max_damp_retries = 5;      ///< retries with λ·10 after a failed Cholesky (≥ 0)
+    bool act_order = false;        ///< process columns by diag(H) descending
+
+    /// Throws `invalid_argument` naming the bad field.
+    void validate(const char* where) const {
+        detail::require(block_size >= 1, where, "block_size must be >= 1");
+        detail::require(std::isfinite(damp) && damp >= 0.0, where, "damp must be finite and >= 0");
+        detail::require(max_damp_retries >= 0, where, "max_damp_retries must be >= 0");
+    }
+};
+
+/// Result of a GPTQ run with a quantizer whose per-group parameters have type `Params`.
+template <class Params>
+struct gptq_result {
+    matrix_f weights;                  ///< (m, n) dequantized weights, original column order
+    std::vector<Params> params;        ///< one per group, in processing order
+    std::vector<column_group> groups;  ///< the groups, in processing coordinates (see `order`)
+    std::vector<Eigen::Index> order;   ///< processed column p is original column order[p]
+    double loss = 0.0;                 ///< Σ_j ‖w_j − q_j‖²/U_jj² = tr(Δ H_damped Δᵀ)
+    double damp = 0.0;                 ///< λ used (after retries)
+    int damp_retries = 0;              ///< failed factorisations before success
+};
+
+namespace detail {
+
+/// The prepared problem: weights and the Cholesky factor in processing order.
+struct gptq_problem {
+    Eigen::MatrixXd w;                // (m, n) processing order, column-major
+    Eigen::MatrixXd u;                // (n, n) upper factor of H_d⁻¹
+    Eigen::MatrixXd h;                // (n, n) undamped H (dead columns fixed), processing order
+    std::vector<Eigen::Index> order;  // processing position → original column
+    double damp = 0.0;
+    int retries = 0;
+};
+
+inline void check_gptq_inputs(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h, const gptq_options& opt,
+                              const char* where) {
+    opt.validate(where);
+    require_nonempty(w, where, "w");
+    require_finite(w, where, "w");
+    require_dim(h.rows(), w.cols(), where, "rows of 'h'");
+    require_dim(h.cols(), w.cols(), where, "columns of 'h'");
+    require_finite(h, where, "h");
+}
+
+/// Steps 1–4 of the file comment.
+inline gptq_problem gptq_prepare(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h_in, const gptq_options& opt,
+                                 const char* where) {
+    const Eigen::Index n = w.cols();
+    gptq_problem p;
+    Eigen::MatrixXd h = h_in;
+    Eigen::MatrixXd w0 = w.cast<double>();
+    for (Eigen::Index j = 0; j < n; ++j)
+        if (h(j, j) == 0.0) {
+            h(j, j) = 1.0;
+            w0.col(j).setZero();
+        }
+    p.order.resize(static_cast<std::size_t>(n));
+    std::iota(p.order.begin(), p.order.end(), Eigen::Index{0});
+    if (opt.act_order)
+        std::stable_sort(p.order.begin(), p.order.end(), [&](Eigen::Index a, Eigen::Index b) { return h(a, a) > h(b, b); });
+    p.w.resize(w.rows(), n);
+    p.h.resize(n, n);
+    for (Eigen::Index j = 0; j < n; ++j) {
+        const Eigen::Index oj = p.order[static_cast<std::size_t>(j)];
+        p.w.col(j) = w0.col(oj);
+        for (Eigen::Index i = 0; i < n; ++i) p.h(i, j) = h(p.order[static_cast<std::size_t>(i)], oj);
+    }
+    const double mean_diag = p.h.diagonal().mean();
+    double lambda = opt.damp;
+    for (int attempt = 0;; ++attempt) {
+        // Reversed, damped H: Hr(i, j) = H(n−1−i, n−1−j) + λ·mean·δ_ij.
+        Eigen::MatrixXd hr = p.h.reverse();
+        hr.diagonal().array() += lambda * mean_diag;
+        Eigen::LLT<Eigen::MatrixXd> llt(hr);
+        bool ok = llt.info() == Eigen::Success && mean_diag > 0.0;
+        if (ok) {
+            const auto l = llt.matrixLLT().diagonal();
+            for (Eigen::Index i = 0; i < n && ok; ++i) ok = l(i) * l(i) > 1e-12 * mean_diag && std::isfinite(l(i));
+        }
+        if (ok) {
+            Eigen::MatrixXd linv = Eigen::MatrixXd::Identity(n, n);
+            llt.matrixL().solveInPlace(linv);
+            p.u = linv.reverse();
+            ok = p.u.allFinite();
+        }
+        if (ok) {
+            p.damp = lambda;
+            p.retries = attempt;
+            return p;
+        }
+        if (attempt >= opt.max_damp_retries)
+            throw numeric_error(std::string("lowbit: ") + where +
+                                ": the damped Hessian is not positive definite after " + std::to_string(attempt) +
+                                " retries (last damp " + std::to_string(lambda) + ")");
+        lambda = lambda == 0.0 ? 0.01 : lambda * 10.0;
+    }
+}
+
+/// Blocks [s, e) of at most B columns, cut before any group that would start inside a block and
+/// end after it (so a group's fit sees all updates from earlier columns).
+inline std::vector<std::pair<Eigen::Index, Eigen::Index>> gptq_blocks(Eigen::Index n, Eigen::Index b,
+                                                                      const std::vector<column_group>& groups) {
+    std::vector<std::pair<Eigen::Index, Eigen::Index>> out;
+    std::size_t g = 0;
+    for (Eigen::Index s = 0; s < n;) {
+        Eigen::Index e = std::min(n, s + b);
+        while (g < groups.size() && groups[g].begin < e) {
+            if (groups[g].begin > s && groups[g].begin + groups[g].width > e) {
+                e = groups[g].begin;
+                break;
+            }
+            ++g;
+        }
+        out.emplace_back(s, e);
+        s = e;
+    }
+    return out;
+}
+
+/// Step 5 with a column policy `col(W1, s, j, out)`: `W1` the current block (columns s…), j the
+/// processed column, `out` (m) receives q_j. `begin_block(W1, s, e)` is called at each block start.
+/// Returns the loss and writes Q (processing order) into `q`.
+template <class BeginBlock, class Column>
+inline double gptq_sweep(gptq_problem& p, const std::vector<std::pair<Eigen::Index, Eigen::Index>>& blocks,
+                         Eigen::MatrixXd& q, BeginBlock&& begin_block, Column&& column) {
+    const Eigen::Index m = p.w.rows(), n = p.w.cols();
+    q.resize(m, n);
+    double loss = 0.0;
+    vector_f colf(m), outf(m);
+    for (const auto& [s, e] : blocks) {
+        const Eigen::Index bw = e - s;
+        Eigen::MatrixXd w1 = p.w.middleCols(s, bw);
+        Eigen::MatrixXd err(m, bw);
+        begin_block(w1, s, e);
+        for (Eigen::Index k = 0; k < bw; ++k) {
+            const Eigen::Index j = s + k;
+            colf = w1.col(k).cast<float>();
+            column(w1, s, j, colf, outf);
+            q.col(j) = outf.cast<double>();
+            const double d = p.u(j, j);
+            err.col(k) = (w1.col(k) - q.col(j)) / d;
+            loss += err.col(k).squaredNorm();
+            if (k + 1 < bw) w1.rightCols(bw - k - 1).noalias() -= err.col(k) * p.u.row(j).segment(j + 1, bw - k - 1);
+        }
+        if (e < n) p.w.rightCols(n - e).noalias() -= err * p.u.block(s, e, bw, n - e);
+    }
+    return loss;
+}
+
+template <class Params>
+inline void gptq_finish(gptq_result<Params>& r, const gptq_problem& p, const Eigen::MatrixXd& q) {
+    r.weights.resize(q.rows(), q.cols());
+    for (Eigen::Index j = 0; j < q.cols(); ++j) r.weights.col(p.order[static_cast<std::size_t>(j)]) = q.col(j).cast<float>();
+    r.order = p.order;
+    r.damp = p.damp;
+    r.damp_retries = p.retries;
+}
+
+} // namespace detail
+
+/// GPTQ of `w` `[m x n]` with Hessian `h` `[n x n]` (e.g. `gptq_hessian::matrix()`), column quantizer
+/// `quantizer` (any `GroupQuantizer`) at granularity `gran` (`per_row` or `per_group{G, tail}`).
+///
+/// \returns dequantized weights (original column order), the per-group parameters, the loss.
+/// \throws shape_error (empty w, h not n×n, G not dividing n under tail_policy::error),
+///         numeric_error (NaN/Inf in w or h; H not positive definite after the damping retries),
+///         invalid_argument (options, G < 1).
+/// Complexity O(n³ + m n²) plus the quantizer's fits and roundings.
+template <GroupQuantizer Q, class G = per_row>
+[[nodiscard]] gptq_result<typename Q::params> gptq_quantize(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h,
+                                                             const Q& quantizer, const G& gran = G{},
+                                                             const gptq_options& opt = {}) {
+    static_assert(std::is_same_v<G, per_row> || std::is_same_v<G, per_group>,
+                  "lowbit: gptq_quantize: granularity must be per_row or per_group");
+    constexpr const char* where = "gptq_quantize";
+    detail::check_gptq_inputs(w, h, opt, where);
+    gptq_result<typename Q::params> r;
+    r.groups = column_groups(w.cols(), gran, where);
+    auto p = detail::gptq_prepare(w, h, opt, where);
+    const auto blocks = detail::gptq_blocks(w.cols(), opt.block_size, r.groups);
+    std::size_t next_group = 0;
+    Eigen::MatrixXd q;
+    r.loss = detail::gptq_sweep(
+        p, blocks, q, [](const Eigen::MatrixXd&, Eigen::Index, Eigen::Index) {},
+        [&](const Eigen::MatrixXd& w1, Eigen::Index s, Eigen::Index j, const vector_f& col, vector_f& out) {
+            if (next_group < r.groups.size() && r.groups[next_group].begin == j) {
+                const column_group& cg = r.groups[next_group];
+                // The group lies inside this block (gptq_blocks), or starts it and continues in
+                // columns that already received every earlier update (p.w beyond the block).
+                matrix_f blk = matrix_f::Zero(w1.rows(), cg.padded_width);
+                const Eigen::Index in_block = std::min(cg.width, w1.cols() - (j - s));
+                blk.leftCols(in_block) = w1.middleCols(j - s, in_block).cast<float>();
+                if (in_block < cg.width)
+                    blk.middleCols(in_block, cg.width - in_block) =
+                        p.w.middleCols(j + in_block, cg.width - in_block).cast<float>();
+                r.params.push_back(quantizer.fit(blk));
+                ++next_group;
+            }
+            quantizer.round_column(r.params.back(), col, out);
+        });
+    detail::gptq_finish(r, p, q);
+    return r;
+}
+
+LOWBIT_END_NAMESPACE

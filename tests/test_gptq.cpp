@@ -1,0 +1,320 @@
+// Tests for lowbit/gptq.hpp. Oracles: the Hessian against (2/N)·XᵀX formed directly in double; the
+// solver against a straightforward unblocked double-precision GPTQ recursion written here (explicit
+// inverse, Cholesky of the inverse, every later column updated after every column); plain rounding
+// (quantize_rtn / quantize_e2m_atq / absmean) as the baseline the solver must beat or, for S = I,
+// equal exactly; the identity loss = tr(Δ H_d Δᵀ).
+#include <lowbit/gptq.hpp>
+#include <lowbit/mxfp.hpp>
+#include <lowbit/rtn.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+namespace {
+
+using lowbit::matrix_d;
+using lowbit::matrix_f;
+
+// Correlated calibration inputs: X = Z·A with a random mixing A and uneven channel scales.
+matrix_f correlated_inputs(Eigen::Index tokens, Eigen::Index n, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    matrix_f z(tokens, n), a(n, n);
+    for (Eigen::Index i = 0; i < z.size(); ++i) z.data()[i] = g(rng);
+    for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = g(rng) * 0.3f;
+    a.diagonal().array() += 1.0f;
+    matrix_f x = z * a;
+    for (Eigen::Index j = 0; j < n; ++j) x.col(j) *= 0.5f + static_cast<float>(j % 5);
+    return x;
+}
+
+matrix_f random_weights(Eigen::Index m, Eigen::Index n, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    matrix_f w(m, n);
+    for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = g(rng);
+    return w;
+}
+
+matrix_d hessian_of(const matrix_f& x) {
+    lowbit::gptq_hessian h(x.cols());
+    h.add(x);
+    return h.matrix();
+}
+
+// tr(Δ S Δᵀ) in double.
+double output_error(const matrix_f& w, const matrix_f& q, const matrix_d& s) {
+    const Eigen::MatrixXd d = (w - q).cast<double>();
+    return (d * s * d.transpose()).trace();
+}
+
+// Straightforward unblocked GPTQ in double (the recursion of algorithms.md §1.1 without lazy
+// batching), with groups of `gs` processed columns (gs = n: per row) and the three tail policies.
+template <class Q>
+matrix_f reference_gptq(const matrix_f& w, const matrix_d& h_in, const Q& quant, Eigen::Index gs,
+                        lowbit::tail_policy tail, double damp, bool act_order, double* loss_out = nullptr) {
+    const Eigen::Index m = w.rows(), n = w.cols();
+    Eigen::MatrixXd h = h_in, w0 = w.cast<double>();
+    for (Eigen::Index j = 0; j < n; ++j)
+        if (h(j, j) == 0) {
+            h(j, j) = 1;
+            w0.col(j).setZero();
+        }
+    std::vector<Eigen::Index> perm(static_cast<std::size_t>(n));
+    std::iota(perm.begin(), perm.end(), Eigen::Index{0});
+    if (act_order)
+        std::stable_sort(perm.begin(), perm.end(), [&](Eigen::Index a, Eigen::Index b) { return h(a, a) > h(b, b); });
+    Eigen::MatrixXd W(m, n), H(n, n);
+    for (Eigen::Index j = 0; j < n; ++j) {
+        W.col(j) = w0.col(perm[static_cast<std::size_t>(j)]);
+        for (Eigen::Index i = 0; i < n; ++i) H(i, j) = h(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
+    }
+    H.diagonal().array() += damp * H.diagonal().mean();
+    const Eigen::MatrixXd hinv = H.llt().solve(Eigen::MatrixXd::Identity(n, n));
+    const Eigen::MatrixXd U = hinv.llt().matrixU();
+    Eigen::MatrixXd Qm(m, n);
+    typename Q::params params;
+    double loss = 0;
+    lowbit::vector_f colf(m), out(m);
+    for (Eigen::Index j = 0; j < n; ++j) {
+        if (j % gs == 0) {
+            const Eigen::Index width = std::min(gs, n - j);
+            matrix_f blk = matrix_f::Zero(m, tail == lowbit::tail_policy::zero_pad ? gs : width);
+            blk.leftCols(width) = W.middleCols(j, width).cast<float>();
+            params = quant.fit(blk);
+        }
+        colf = W.col(j).cast<float>();
+        quant.round_column(params, colf, out);
+        Qm.col(j) = out.cast<double>();
+        const Eigen::VectorXd e = (W.col(j) - Qm.col(j)) / U(j, j);
+        loss += e.squaredNorm();
+        for (Eigen::Index k = j + 1; k < n; ++k) W.col(k) -= e * U(j, k);
+    }
+    matrix_f out_w(m, n);
+    for (Eigen::Index j = 0; j < n; ++j) out_w.col(perm[static_cast<std::size_t>(j)]) = Qm.col(j).cast<float>();
+    if (loss_out) *loss_out = loss;
+    return out_w;
+}
+
+} // namespace
+
+TEST_CASE("gptq_hessian: running mean equals (2/N) XᵀX, per-token weights scale rows by sqrt(a)") {
+    const matrix_f x = correlated_inputs(100, 12, 1);
+    lowbit::gptq_hessian h(12);
+    h.add(x.topRows(37));
+    h.add(x.middleRows(37, 50));
+    h.add(x.bottomRows(13));
+    CHECK(h.tokens() == 100);
+    const Eigen::MatrixXd xd = x.cast<double>();
+    const Eigen::MatrixXd ref = 2.0 / 100.0 * xd.transpose() * xd;
+    CHECK((h.matrix() - ref).cwiseAbs().maxCoeff() <= 1e-12 * ref.cwiseAbs().maxCoeff());
+    CHECK((h.matrix() - h.matrix().transpose()).cwiseAbs().maxCoeff() == 0.0);
+
+    std::mt19937_64 rng(2);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    lowbit::vector_f a(100);
+    for (auto& v : a) v = u(rng);
+    lowbit::gptq_hessian hw(12);
+    hw.add(x.topRows(60), a.head(60));
+    hw.add(x.bottomRows(40), a.tail(40));
+    Eigen::MatrixXd refw = Eigen::MatrixXd::Zero(12, 12);
+    for (Eigen::Index t = 0; t < 100; ++t) refw += 2.0 / 100.0 * a(t) * xd.row(t).transpose() * xd.row(t);
+    CHECK((hw.matrix() - refw).cwiseAbs().maxCoeff() <= 1e-12 * refw.cwiseAbs().maxCoeff());
+
+    CHECK_THROWS_AS(lowbit::gptq_hessian(0), lowbit::invalid_argument);
+    CHECK_THROWS_AS(h.add(matrix_f::Zero(3, 11)), lowbit::shape_error);
+    CHECK_THROWS_AS(h.add(matrix_f(0, 12)), lowbit::shape_error);
+    matrix_f bad = matrix_f::Zero(2, 12);
+    bad(1, 1) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS(h.add(bad), lowbit::numeric_error);
+    CHECK_THROWS_AS(hw.add(x.topRows(3), a.head(2)), lowbit::shape_error);
+    lowbit::vector_f neg = lowbit::vector_f::Constant(3, -1.0f);
+    CHECK_THROWS_AS(hw.add(x.topRows(3), neg), lowbit::invalid_argument);
+}
+
+TEST_CASE("blocked solver equals the unblocked double-precision reference recursion") {
+    const matrix_f x = correlated_inputs(400, 100, 3);
+    const matrix_d h = hessian_of(x);
+    const matrix_f w = random_weights(24, 100, 4);
+    const lowbit::rtn_quantizer rtn4{4};
+    const lowbit::mx_group_quantizer<lowbit::mxfp4> mx;
+    struct cfg { Eigen::Index block; bool act; };
+    for (const cfg c : {cfg{128, false}, cfg{16, false}, cfg{7, true}, cfg{32, true}}) {
+        CAPTURE(c.block);
+        CAPTURE(c.act);
+        lowbit::gptq_options opt;
+        opt.block_size = c.block;
+        opt.act_order = c.act;
+        double ref_loss = 0;
+        // per row, RTN-4
+        auto r = lowbit::gptq_quantize(w, h, rtn4, lowbit::per_row{}, opt);
+        auto ref = reference_gptq(w, h, rtn4, 100, lowbit::tail_policy::error, 0.01, c.act, &ref_loss);
+        CHECK((r.weights - ref).cwiseAbs().maxCoeff() <= 1e-4f);
+        CHECK(r.loss == doctest::Approx(ref_loss).epsilon(1e-6));
+        // groups of 48 processed columns with both tail policies (groups straddle blocks of 16/7/32)
+        for (auto tail : {lowbit::tail_policy::smaller_last, lowbit::tail_policy::zero_pad}) {
+            r = lowbit::gptq_quantize(w, h, rtn4, lowbit::per_group{48, tail}, opt);
+            ref = reference_gptq(w, h, rtn4, 48, tail, 0.01, c.act, &ref_loss);
+            CHECK((r.weights - ref).cwiseAbs().maxCoeff() <= 1e-4f);
+            CHECK(r.loss == doctest::Approx(ref_loss).epsilon(1e-6));
+            CHECK(r.params.size() == 3);
+        }
+        // MXFP4 blocks of 32 (tail: smaller_last)
+        auto rm = lowbit::gptq_quantize(w, h, mx, lowbit::per_group{32, lowbit::tail_policy::smaller_last}, opt);
+        auto refm = reference_gptq(w, h, mx, 32, lowbit::tail_policy::smaller_last, 0.01, c.act, &ref_loss);
+        CHECK((rm.weights - refm).cwiseAbs().maxCoeff() <= 1e-4f);
+        CHECK(rm.loss == doctest::Approx(ref_loss).epsilon(1e-6));
+    }
+}
+
+TEST_CASE("loss equals tr(Δ H_damped Δᵀ)") {
+    const matrix_f x = correlated_inputs(300, 64, 5);
+    const matrix_d h = hessian_of(x);
+    const matrix_f w = random_weights(16, 64, 6);
+    for (bool act : {false, true}) {
+        lowbit::gptq_options opt;
+        opt.act_order = act;
+        const auto r = lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{3}, lowbit::per_group{16}, opt);
+        matrix_d hd = h;
+        hd.diagonal().array() += r.damp * h.diagonal().mean();
+        CHECK(r.loss == doctest::Approx(output_error(w, r.weights, hd)).epsilon(1e-8));
+    }
+}
+
+TEST_CASE("GPTQ lowers tr(ΔSΔᵀ) against plain rounding on correlated inputs") {
+    const matrix_f x = correlated_inputs(512, 128, 7);
+    const matrix_d h = hessian_of(x);
+    const matrix_d s = h / 2.0;
+    const matrix_f w = random_weights(32, 128, 8);
+    // RTN-3 per row, RTN-4 per group of 32, MXFP4.
+    {
+        const lowbit::rtn_quantizer q{3};
+        const double plain = output_error(w, lowbit::quantize_rtn(w, q).dequantize(), s);
+        const double g = output_error(w, lowbit::gptq_quantize(w, h, q).weights, s);
+        MESSAGE("RTN-3 per row: plain " << plain << ", GPTQ " << g);
+        CHECK(g < 0.7 * plain);
+    }
+    {
+        const lowbit::rtn_quantizer q{4};
+        const double plain = output_error(w, lowbit::quantize_rtn(w, q, lowbit::per_group{32}).dequantize(), s);
+        lowbit::gptq_options opt;
+        opt.act_order = true;
+        const double g = output_error(w, lowbit::gptq_quantize(w, h, q, lowbit::per_group{32}, opt).weights, s);
+        MESSAGE("RTN-4 g32: plain " << plain << ", GPTQ act-order " << g);
+        CHECK(g < 0.7 * plain);
+    }
+    {
+        const double plain = output_error(w, lowbit::mx_fake_quantize<lowbit::mxfp4>(w), s);
+        const double g = output_error(
+            w, lowbit::gptq_quantize(w, h, lowbit::mx_group_quantizer<lowbit::mxfp4>{}, lowbit::per_group{32}).weights, s);
+        MESSAGE("MXFP4: plain " << plain << ", GPTQ " << g);
+        CHECK(g < 0.7 * plain);
+    }
+}
+
+TEST_CASE("S = I: GPTQ equals plain rounding exactly") {
+    const matrix_f w = random_weights(10, 64, 9);
+    const matrix_d h = matrix_d::Identity(64, 64);
+    for (bool act : {false, true}) {
+        lowbit::gptq_options opt;
+        opt.act_order = act;
+        const lowbit::rtn_quantizer q{4};
+        CHECK(lowbit::gptq_quantize(w, h, q, lowbit::per_row{}, opt).weights == lowbit::quantize_rtn(w, q).dequantize());
+        CHECK(lowbit::gptq_quantize(w, h, q, lowbit::per_group{16}, opt).weights ==
+              lowbit::quantize_rtn(w, q, lowbit::per_group{16}).dequantize());
+        CHECK(lowbit::gptq_quantize(w, h, lowbit::mx_group_quantizer<lowbit::mxfp4>{}, lowbit::per_group{32}, opt).weights ==
+              lowbit::mx_fake_quantize<lowbit::mxfp4>(w));
+    }
+}
+
+TEST_CASE("damping retry on a singular Hessian; failures throw") {
+    // X rows (1,1), (2,2): H = (2/2)·[[5,5],[5,5]] exactly, so the second pivot is exactly 0.
+    matrix_f x(2, 2);
+    x << 1, 1, 2, 2;
+    const matrix_d h = hessian_of(x);
+    const matrix_f w = random_weights(3, 2, 10);
+    lowbit::gptq_options opt;
+    opt.damp = 0.0;
+    const auto r = lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{4}, lowbit::per_row{}, opt);
+    CHECK(r.damp_retries == 1);
+    CHECK(r.damp == 0.01);
+    CHECK(r.weights.allFinite());
+    opt.max_damp_retries = 0;
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{4}, lowbit::per_row{}, opt), lowbit::numeric_error);
+    const matrix_d neg = -matrix_d::Identity(2, 2);
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, neg, lowbit::rtn_quantizer{4}), lowbit::numeric_error);
+}
+
+TEST_CASE("dead columns are zeroed and quantized as zeros") {
+    matrix_f x = correlated_inputs(200, 16, 11);
+    x.col(5).setZero();
+    const matrix_d h = hessian_of(x);
+    const matrix_f w = random_weights(8, 16, 12);
+    const auto r = lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{4});
+    CHECK(r.weights.allFinite());
+    const auto ref = reference_gptq(w, h, lowbit::rtn_quantizer{4}, 16, lowbit::tail_policy::error, 0.01, false);
+    CHECK((r.weights - ref).cwiseAbs().maxCoeff() <= 1e-4f);
+    // Asymmetric RTN represents 0 exactly (integer zero point).
+    CHECK(r.weights.col(5).cwiseAbs().maxCoeff() == 0.0f);
+}
+
+TEST_CASE("act order: diag-descending order and invariance under input-channel permutation") {
+    const matrix_f x = correlated_inputs(300, 40, 13);
+    const matrix_d h = hessian_of(x);
+    const matrix_f w = random_weights(12, 40, 14);
+    lowbit::gptq_options opt;
+    opt.act_order = true;
+    const lowbit::rtn_quantizer q{3};
+    const auto r = lowbit::gptq_quantize(w, h, q, lowbit::per_group{8}, opt);
+    for (std::size_t p = 1; p < r.order.size(); ++p) CHECK(h(r.order[p - 1], r.order[p - 1]) >= h(r.order[p], r.order[p]));
+    // Permute the input channels of W and H consistently: the result is the same, permuted.
+    std::vector<Eigen::Index> perm(40);
+    std::iota(perm.begin(), perm.end(), Eigen::Index{0});
+    std::mt19937_64 rng(15);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    matrix_f wp(12, 40);
+    matrix_d hp(40, 40);
+    for (Eigen::Index j = 0; j < 40; ++j) {
+        wp.col(j) = w.col(perm[static_cast<std::size_t>(j)]);
+        for (Eigen::Index i = 0; i < 40; ++i) hp(i, j) = h(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
+    }
+    const auto rp = lowbit::gptq_quantize(wp, hp, q, lowbit::per_group{8}, opt);
+    double maxdiff = 0;
+    for (Eigen::Index j = 0; j < 40; ++j)
+        maxdiff = std::max(maxdiff, static_cast<double>((rp.weights.col(j) - r.weights.col(perm[static_cast<std::size_t>(j)])).cwiseAbs().maxCoeff()));
+    CHECK(maxdiff <= 1e-4);
+    CHECK(rp.loss == doctest::Approx(r.loss).epsilon(1e-9));
+    // Without act order the result depends on the column order in general (the property is not vacuous).
+    const auto r0 = lowbit::gptq_quantize(w, h, q, lowbit::per_group{8});
+    const auto rp0 = lowbit::gptq_quantize(wp, hp, q, lowbit::per_group{8});
+    CHECK(std::fabs(r0.loss - rp0.loss) > 1e-6 * r0.loss);
+}
+
+TEST_CASE("gptq_quantize: bad input") {
+    const matrix_f w = random_weights(4, 8, 16);
+    const matrix_d h = matrix_d::Identity(8, 8);
+    const lowbit::rtn_quantizer q{4};
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, matrix_d::Identity(7, 7), q), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, matrix_d::Identity(8, 7), q), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(matrix_f(0, 8), h, q), lowbit::shape_error);
+    matrix_f wn = w;
+    wn(1, 2) = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(wn, h, q), lowbit::numeric_error);
+    matrix_d hn = h;
+    hn(3, 3) = std::numeric_limits<double>::quiet_NaN();
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, hn, q), lowbit::numeric_error);
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, h, q, lowbit::per_group{3}), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, h, q, lowbit::per_group{0}), lowbit::invalid_argument);
+    lowbit::gptq_options opt;
+    opt.block_size = 0;
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, h, q, lowbit::per_row{}, opt), lowbit::invalid_argument);
+    opt = {};
+    opt.damp = -1;
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, h, q, lowbit::per_row{}, opt), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{9}), lowbit::invalid_argument);
+}
