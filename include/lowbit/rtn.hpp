@@ -238,7 +238,10 @@ inline int_tensor quantize_rtn_impl(const cref_matrix_f& w, const rtn_quantizer&
         }
     }
     for (Eigen::Index r = 0; r < w.rows(); ++r)
-        for (Eigen::Index c = 0; c < w.cols(); ++c) t.codes(r, c) = int_code(w(r, c), t.grid(r, c), q.bits);
+        for (const column_group& cg : groups) {
+            const int_grid g = t.grid(r, cg.begin);
+            for (Eigen::Index c = cg.begin; c < cg.begin + cg.width; ++c) t.codes(r, c) = int_code(w(r, c), g, q.bits);
+        }
     return t;
 }
 
