@@ -3,9 +3,11 @@
 // inverse, Cholesky of the inverse, every later column updated after every column); plain rounding
 // (quantize_rtn / quantize_e2m_atq / absmean) as the baseline the solver must beat or, for S = I,
 // equal exactly; the identity loss = tr(Δ H_d Δᵀ).
+#include <lowbit/asym_ternary.hpp>
 #include <lowbit/gptq.hpp>
 #include <lowbit/mxfp.hpp>
 #include <lowbit/rtn.hpp>
+#include <lowbit/ternary.hpp>
 
 #include <doctest/doctest.h>
 
@@ -317,4 +319,149 @@ TEST_CASE("gptq_quantize: bad input") {
     opt.damp = -1;
     CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, h, q, lowbit::per_row{}, opt), lowbit::invalid_argument);
     CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{9}), lowbit::invalid_argument);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TRA-GPTQ
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// Independent greedy residual ternary on one masked row (algorithms.md §2.3 steps 1–3, repeated).
+double greedy_sse(const matrix_f& v, const lowbit::group_mask& mask, int terms) {
+    double sse = 0;
+    for (Eigen::Index i = 0; i < v.rows(); ++i) {
+        std::vector<double> resid, orig;
+        for (Eigen::Index j = 0; j < v.cols(); ++j)
+            if (mask(i, j)) orig.push_back(v(i, j));
+        if (orig.empty()) continue;
+        resid = orig;
+        for (int t = 0; t < terms; ++t) {
+            double mu = 0;
+            for (double r : resid) mu += r;
+            mu /= static_cast<double>(resid.size());
+            double ma = 0;
+            for (double r : resid) ma += std::fabs(r - mu);
+            const double delta = 0.75 * ma / static_cast<double>(resid.size());
+            double tc = 0, tt = 0;
+            std::vector<int> tv(resid.size());
+            for (std::size_t k = 0; k < resid.size(); ++k) {
+                const double c = resid[k] - mu;
+                tv[k] = c > delta ? 1 : c < -delta ? -1 : 0;
+                tc += tv[k] * c;
+                tt += std::abs(tv[k]);
+            }
+            const double alpha = tc / (tt + 1e-8);
+            for (std::size_t k = 0; k < resid.size(); ++k) resid[k] -= mu + alpha * tv[k];
+        }
+        for (double r : resid) sse += r * r;
+    }
+    return sse;
+}
+
+} // namespace
+
+TEST_CASE("TRA-GPTQ: lower output error than plain E2M-ATQ and absmean on correlated inputs") {
+    const matrix_f x = correlated_inputs(512, 256, 21);
+    const matrix_d h = hessian_of(x);
+    const matrix_d s = h / 2.0;
+    const matrix_f w = random_weights(32, 256, 22);
+    const auto r = lowbit::tra_gptq_quantize(w, h);
+    const double tra = output_error(w, r.weights, s);
+    const double atq = output_error(w, lowbit::quantize_e2m_atq(w).dequantize(), s);
+    const double atq_s = output_error(w, lowbit::quantize_e2m_atq(w, lowbit::e2m_atq{}, lowbit::per_group{128}, s).dequantize(), s);
+    const double am = output_error(w, lowbit::quantize_ternary(w, lowbit::absmean{}).dequantize(), s);
+    MESSAGE("tr(dS d^T): TRA-GPTQ " << tra << ", E2M-ATQ per row " << atq << ", E2M-ATQ g128 with S " << atq_s
+                                    << ", absmean " << am);
+    CHECK(tra < 0.8 * atq);
+    CHECK(tra < 0.8 * atq_s);
+    CHECK(tra < 0.8 * am);
+    CHECK(r.blocks.size() == 2);
+    matrix_d hd = h;
+    hd.diagonal().array() += r.damp * h.diagonal().mean();
+    CHECK(r.damp == 0.1);
+    CHECK(r.loss == doctest::Approx(output_error(w, r.weights, hd)).epsilon(1e-8));
+}
+
+TEST_CASE("TRA-GPTQ: partition, salient search against a brute-force oracle, kept codes") {
+    const matrix_f x = correlated_inputs(256, 64, 23);
+    const matrix_d h = hessian_of(x);
+    const matrix_f w = random_weights(16, 64, 24);
+    lowbit::tra_gptq_options opt;
+    opt.gptq.block_size = 32;
+    opt.salient_candidates = 12;
+    opt.quantile_steps = 9;
+    opt.keep_codes = true;
+    const auto r = lowbit::tra_gptq_quantize(w, h, opt);
+    REQUIRE(r.blocks.size() == 2);
+    for (const auto& b : r.blocks) {
+        REQUIRE(b.fits.size() == 4);
+        // The four masks partition the block.
+        for (Eigen::Index i = 0; i < w.rows(); ++i)
+            for (Eigen::Index j = 0; j < b.width; ++j) {
+                int cnt = 0;
+                for (const auto& f : b.fits) cnt += f.mask(i, j) ? 1 : 0;
+                CHECK(cnt == 1);
+            }
+        // Salient columns hold exactly the first two masks; orders 2, 2, 1, 1.
+        CHECK(b.fits[0].order == 2);
+        CHECK(b.fits[1].order == 2);
+        CHECK(b.fits[2].order == 1);
+        CHECK(b.fits[3].order == 1);
+        CHECK(!b.salient.empty());
+        CHECK(static_cast<Eigen::Index>(b.salient.size()) <= opt.salient_candidates - 1);
+        for (Eigen::Index c : b.salient) CHECK((b.fits[0].mask.col(c).array() || b.fits[1].mask.col(c).array()).all());
+        // The weights of the block are the sum of the four fits (q fixed at block start).
+        matrix_f sum = matrix_f::Zero(w.rows(), b.width);
+        for (const auto& f : b.fits) sum += f.dequantize();
+        CHECK((sum - r.weights.middleCols(b.begin, b.width)).cwiseAbs().maxCoeff() == 0.0f);
+    }
+    // Block 0 sees the original weights: rebuild Ω and check the salient search by brute force.
+    matrix_d hd = h;
+    hd.diagonal().array() += 0.1 * h.diagonal().mean();
+    const Eigen::MatrixXd U = Eigen::MatrixXd(hd.inverse()).llt().matrixU();
+    matrix_f omega(16, 32);
+    for (Eigen::Index j = 0; j < 32; ++j)
+        for (Eigen::Index i = 0; i < 16; ++i)
+            omega(i, j) = static_cast<float>(static_cast<double>(w(i, j)) * w(i, j) / (U(j, j) * U(j, j)));
+    std::vector<Eigen::Index> cols(32);
+    std::iota(cols.begin(), cols.end(), Eigen::Index{0});
+    const Eigen::VectorXd score = omega.cast<double>().colwise().sum().transpose();
+    std::stable_sort(cols.begin(), cols.end(), [&](Eigen::Index a, Eigen::Index b) { return score(a) > score(b); });
+    double best = std::numeric_limits<double>::infinity(), chosen = 0;
+    const std::size_t k_chosen = r.blocks[0].salient.size();
+    for (std::size_t k = 1; k <= 11; ++k) {
+        lowbit::group_mask sal = lowbit::group_mask::Constant(16, 32, false);
+        for (std::size_t c = 0; c < k; ++c) sal.col(cols[c]).setConstant(true);
+        const lowbit::group_mask rest = !sal.array();
+        const double e = greedy_sse(omega, sal, 2) + greedy_sse(omega, rest, 2);
+        best = std::min(best, e);
+        if (k == k_chosen) chosen = e;
+        if (k == k_chosen) {
+            std::vector<Eigen::Index> top(cols.begin(), cols.begin() + static_cast<std::ptrdiff_t>(k));
+            CHECK(top == r.blocks[0].salient);
+        }
+    }
+    CHECK(chosen <= best * (1 + 1e-5));
+}
+
+TEST_CASE("TRA-GPTQ: bad input") {
+    const matrix_f w = random_weights(4, 8, 25);
+    const matrix_d h = matrix_d::Identity(8, 8);
+    CHECK_THROWS_AS((void)lowbit::tra_gptq_quantize(w, matrix_d::Identity(6, 6)), lowbit::shape_error);
+    lowbit::tra_gptq_options opt;
+    opt.salient_candidates = 0;
+    CHECK_THROWS_AS((void)lowbit::tra_gptq_quantize(w, h, opt), lowbit::invalid_argument);
+    opt = {};
+    opt.quantile_steps = 0;
+    CHECK_THROWS_AS((void)lowbit::tra_gptq_quantize(w, h, opt), lowbit::invalid_argument);
+    matrix_f wn = w;
+    wn(0, 0) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS((void)lowbit::tra_gptq_quantize(wn, h), lowbit::numeric_error);
+    CHECK_THROWS_AS((void)lowbit::tra_gptq_quantize(matrix_f(0, 8), h), lowbit::shape_error);
+    // Tiny blocks (1 column) are handled: no salient candidates beyond k = 0.
+    opt = {};
+    opt.gptq.block_size = 1;
+    const auto r = lowbit::tra_gptq_quantize(w, h, opt);
+    CHECK(r.weights.allFinite());
 }

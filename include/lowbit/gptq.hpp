@@ -30,6 +30,7 @@
 /// Complexity: O(n³) for the factorisation, O(m n²) for the updates, plus the quantizer's cost.
 /// Memory: W, U and H in double (3·8·max(m,n)·n bytes).
 
+#include <lowbit/asym_ternary.hpp>
 #include <lowbit/concepts.hpp>
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
@@ -40,9 +41,12 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 LOWBIT_BEGIN_NAMESPACE
@@ -303,6 +307,246 @@ template <GroupQuantizer Q, class G = per_row>
             quantizer.round_column(r.params.back(), col, out);
         });
     detail::gptq_finish(r, p, q);
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// TRA-GPTQ: grouped salient / non-salient ternary GPTQ around E2M-ATQ (TWLA, algorithms.md §2.4)
+// ---------------------------------------------------------------------------------------------
+
+/// TRA-GPTQ settings (TWLA defaults).
+struct tra_gptq_options {
+    gptq_options gptq{128, 0.1, 5, false}; ///< block 128, damp 0.1 (TWLA's percdamp)
+    Eigen::Index salient_candidates = 64;  ///< top-scored columns considered; k = 1 … candidates − 1
+    int quantile_steps = 81;               ///< break points at the 10 %, …, 90 % quantiles (≥ 1)
+    e2m_atq atq{};                         ///< final E2M-ATQ fits (order is set per group: 2, 2, 1, 1)
+    bool keep_codes = false;               ///< return the four E2M-ATQ fits of every block
+
+    /// Throws `invalid_argument` naming the bad field.
+    void validate(const char* where) const {
+        gptq.validate(where);
+        detail::require(salient_candidates >= 1, where, "salient_candidates must be >= 1");
+        detail::require(quantile_steps >= 1, where, "quantile_steps must be >= 1");
+        atq.validate(where);
+    }
+};
+
+/// What TRA-GPTQ chose for one block of columns (processing coordinates).
+struct tra_gptq_block {
+    Eigen::Index begin = 0;             ///< first processed column
+    Eigen::Index width = 0;             ///< columns
+    std::vector<Eigen::Index> salient;  ///< salient columns (block-relative), best score first
+    double salient_break = 0.0;         ///< break point on Ω inside the salient columns
+    double nonsalient_break = 0.0;      ///< break point on Ω inside the other columns
+    std::vector<asym_ternary_rows> fits; ///< the 4 fits (salient ≤, salient >, rest ≤, rest >) if kept
+};
+
+/// Result of `tra_gptq_quantize`.
+struct tra_gptq_result {
+    matrix_f weights;                  ///< (m, n) dequantized weights, original column order
+    std::vector<tra_gptq_block> blocks; ///< per block choices (and fits with `keep_codes`)
+    std::vector<Eigen::Index> order;   ///< processed column p is original column order[p]
+    double loss = 0.0;                 ///< Σ_j ‖w_j − q_j‖²/U_jj² = tr(Δ H_damped Δᵀ)
+    double damp = 0.0;                 ///< λ used
+    int damp_retries = 0;              ///< failed factorisations before success
+};
+
+namespace detail {
+
+/// Greedy residual ternary approximation of `v` restricted to `mask`: `terms` successive E2M-ATQ
+/// stage-1 initialisations (steps 1–3: μ = mean, Δ = 0.75·mean|c|, t, α) each on the previous residual,
+/// no alternation (the BiLLM/TWLA mask-search approximation). Zero outside the mask.
+inline matrix_f tra_greedy_ternary(const matrix_f& v, const group_mask& mask, int terms, const matrix_d& eye) {
+    e2m_atq cfg;
+    cfg.order = 1;
+    cfg.stage1_iters = 0;
+    cfg.relocate = false;
+    matrix_f approx = matrix_f::Zero(v.rows(), v.cols());
+    matrix_f resid = v;
+    for (int k = 0; k < terms; ++k) {
+        const matrix_f d = fit_e2m_atq(resid, mask, eye, cfg).dequantize();
+        approx += d;
+        resid -= d;
+    }
+    return approx;
+}
+
+/// Σ over masked entries of (approx − v)².
+inline double tra_masked_sse(const matrix_f& v, const matrix_f& approx, const group_mask& mask) {
+    double e = 0.0;
+    for (Eigen::Index i = 0; i < v.rows(); ++i)
+        for (Eigen::Index j = 0; j < v.cols(); ++j)
+            if (mask(i, j)) {
+                const double d = static_cast<double>(approx(i, j)) - static_cast<double>(v(i, j));
+                e += d * d;
+            }
+    return e;
+}
+
+/// Linear-interpolation quantile (torch.quantile's default) of sorted values at q ∈ [0, 1].
+inline double tra_quantile(const std::vector<double>& sorted, double q) {
+    const double pos = q * static_cast<double>(sorted.size() - 1);
+    const auto lo = static_cast<std::size_t>(std::floor(pos));
+    const std::size_t hi = std::min(lo + 1, sorted.size() - 1);
+    return sorted[lo] + (pos - static_cast<double>(lo)) * (sorted[hi] - sorted[lo]);
+}
+
+/// The four masks of one block and the choices that produced them (steps b–d of algorithms.md §2.4).
+struct tra_partition_result {
+    std::array<group_mask, 4> masks;   // salient ≤ bp, salient > bp, rest ≤ bp', rest > bp'
+    std::vector<Eigen::Index> salient; // block-relative columns
+    double salient_break = 0.0, nonsalient_break = 0.0;
+};
+
+/// Splits the entries of `region` by a break point on Ω chosen among the quantile_steps quantiles
+/// (10 %…90 %) of the region's non-zero Ω values; `score(lo, hi)` rates a split (lower is better; the
+/// first best wins). With no non-zero value the whole region goes to the first side.
+template <class Score>
+inline double tra_split(const matrix_f& omega, const group_mask& region, int steps, group_mask& lo, group_mask& hi,
+                        Score&& score) {
+    std::vector<double> vals;
+    for (Eigen::Index i = 0; i < omega.rows(); ++i)
+        for (Eigen::Index j = 0; j < omega.cols(); ++j)
+            if (region(i, j) && omega(i, j) != 0.0f) vals.push_back(omega(i, j));
+    auto apply = [&](double bp, group_mask& a, group_mask& b) {
+        a = region.array() && (omega.array().cast<double>() <= bp);
+        b = region.array() && !(omega.array().cast<double>() <= bp);
+    };
+    if (vals.empty()) {
+        lo = region;
+        hi = group_mask::Constant(region.rows(), region.cols(), false);
+        return 0.0;
+    }
+    std::sort(vals.begin(), vals.end());
+    double best = std::numeric_limits<double>::infinity(), best_bp = vals.back();
+    group_mask a, b;
+    for (int k = 0; k < steps; ++k) {
+        const double q = steps == 1 ? 0.5 : 0.1 + 0.8 * static_cast<double>(k) / static_cast<double>(steps - 1);
+        const double bp = tra_quantile(vals, q);
+        apply(bp, a, b);
+        const double e = score(a, b);
+        if (e < best) {
+            best = e;
+            best_bp = bp;
+        }
+    }
+    apply(best_bp, lo, hi);
+    return best_bp;
+}
+
+/// Steps b–d for one block: Ω = W1²/U_jj² (`omega`), S of the block's columns (`s`).
+inline tra_partition_result tra_partition(const matrix_f& omega, const matrix_d& s, const tra_gptq_options& opt) {
+    const Eigen::Index m = omega.rows(), bw = omega.cols();
+    const matrix_d eye = matrix_d::Identity(bw, bw);
+    tra_partition_result r;
+    // b. salient columns: top-k of score_j = Σ_i Ω_ij, k = 1 … K−1, K = min(candidates, width).
+    std::vector<Eigen::Index> cols(static_cast<std::size_t>(bw));
+    std::iota(cols.begin(), cols.end(), Eigen::Index{0});
+    const Eigen::VectorXd score = omega.cast<double>().colwise().sum().transpose();
+    std::stable_sort(cols.begin(), cols.end(), [&](Eigen::Index a, Eigen::Index b) { return score(a) > score(b); });
+    const Eigen::Index kmax = std::min(opt.salient_candidates, bw) - 1;
+    Eigen::Index best_k = 0;
+    double best_e = std::numeric_limits<double>::infinity();
+    group_mask sal(m, bw);
+    for (Eigen::Index k = 1; k <= kmax; ++k) {
+        sal.setConstant(false);
+        for (Eigen::Index c = 0; c < k; ++c) sal.col(cols[static_cast<std::size_t>(c)]).setConstant(true);
+        const group_mask rest = !sal.array();
+        const double e = tra_masked_sse(omega, tra_greedy_ternary(omega, sal, 2, eye), sal) +
+                         tra_masked_sse(omega, tra_greedy_ternary(omega, rest, 2, eye), rest);
+        if (e < best_e) {
+            best_e = e;
+            best_k = k;
+        }
+    }
+    r.salient.assign(cols.begin(), cols.begin() + best_k);
+    sal.setConstant(false);
+    for (Eigen::Index c : r.salient) sal.col(c).setConstant(true);
+    const group_mask rest = !sal.array();
+    // c. salient split: each side a greedy order-2 ternary, criterion MSE.
+    r.salient_break = tra_split(omega, sal, opt.quantile_steps, r.masks[0], r.masks[1],
+                                [&](const group_mask& a, const group_mask& b) {
+                                    return tra_masked_sse(omega, tra_greedy_ternary(omega, a, 2, eye), a) +
+                                           tra_masked_sse(omega, tra_greedy_ternary(omega, b, 2, eye), b);
+                                });
+    // d. non-salient split: each side a greedy order-1 ternary, criterion tr(Δ S Δᵀ) on the rest.
+    r.nonsalient_break = tra_split(omega, rest, opt.quantile_steps, r.masks[2], r.masks[3],
+                                   [&](const group_mask& a, const group_mask& b) {
+                                       const matrix_f approx = tra_greedy_ternary(omega, a, 1, eye) +
+                                                               tra_greedy_ternary(omega, b, 1, eye);
+                                       Eigen::MatrixXd d = Eigen::MatrixXd::Zero(m, bw);
+                                       for (Eigen::Index i = 0; i < m; ++i)
+                                           for (Eigen::Index j = 0; j < bw; ++j)
+                                               if (rest(i, j)) d(i, j) = static_cast<double>(approx(i, j)) - omega(i, j);
+                                       return (d * s).cwiseProduct(d).sum();
+                                   });
+    return r;
+}
+
+} // namespace detail
+
+/// TRA-GPTQ (TWLA, algorithms.md §2.4) of `w` `[m x n]` with Hessian `h` `[n x n]`.
+///
+/// Per block of B columns (processing order; act order optional): Ω = W²/U_jj² of the block at its
+/// start; salient columns = the top-k by Σ_i Ω_ij with k ∈ 1…K−1 minimising the greedy 2-term
+/// ternary MSE of Ω on both sides; the salient entries split by an Ω break point (one of the
+/// 10…90 % quantiles) minimising the greedy order-2 MSE; the other entries split likewise with order
+/// 1 and criterion tr(ΔSΔᵀ); each of the four groups fitted by E2M-ATQ (orders 2, 2, 1, 1) on W with
+/// S = H/2 of the block (undamped, = XᵀX/N); then GPTQ error feedback with these fixed values.
+/// Reconstruction notes (docs/gptq.md): the greedy approximations use E2M-ATQ stage 1 with zero
+/// iterations; quantiles interpolate linearly (torch.quantile).
+///
+/// \throws as `gptq_quantize`, plus invalid_argument for bad options.
+/// Complexity per block: O(K·m·B) for the salient search, O(quantile_steps·m·B²) for the
+/// non-salient criterion, O(m·B²) for stage 2; plus GPTQ's O(n³ + m n²).
+[[nodiscard]] inline tra_gptq_result tra_gptq_quantize(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h,
+                                                       const tra_gptq_options& opt = {}) {
+    constexpr const char* where = "tra_gptq_quantize";
+    opt.validate(where);
+    detail::check_gptq_inputs(w, h, opt.gptq, where);
+    auto p = detail::gptq_prepare(w, h, opt.gptq, where);
+    const Eigen::Index n = w.cols();
+    std::vector<std::pair<Eigen::Index, Eigen::Index>> blocks;
+    for (Eigen::Index s = 0; s < n; s += opt.gptq.block_size) blocks.emplace_back(s, std::min(n, s + opt.gptq.block_size));
+    tra_gptq_result r;
+    matrix_f qblock;
+    Eigen::MatrixXd q;
+    r.loss = detail::gptq_sweep(
+        p, blocks, q,
+        [&](const Eigen::MatrixXd& w1, Eigen::Index s, Eigen::Index e) {
+            const Eigen::Index bw = e - s;
+            const matrix_f wf = w1.cast<float>();
+            matrix_f omega(w1.rows(), bw);
+            for (Eigen::Index j = 0; j < bw; ++j) {
+                const double d = p.u(s + j, s + j);
+                omega.col(j) = (w1.col(j).array().square() / (d * d)).cast<float>().matrix();
+            }
+            const matrix_d sblk = p.h.block(s, s, bw, bw) / 2.0;
+            auto part = detail::tra_partition(omega, sblk, opt);
+            tra_gptq_block info;
+            info.begin = s;
+            info.width = bw;
+            info.salient = part.salient;
+            info.salient_break = part.salient_break;
+            info.nonsalient_break = part.nonsalient_break;
+            qblock = matrix_f::Zero(w1.rows(), bw);
+            for (int g = 0; g < 4; ++g) {
+                e2m_atq cfg = opt.atq;
+                cfg.order = g < 2 ? 2 : 1;
+                auto fit = fit_e2m_atq(wf, part.masks[static_cast<std::size_t>(g)], sblk, cfg);
+                qblock += fit.dequantize();
+                if (opt.keep_codes) info.fits.push_back(std::move(fit));
+            }
+            r.blocks.push_back(std::move(info));
+        },
+        [&](const Eigen::MatrixXd&, Eigen::Index s, Eigen::Index j, const vector_f&, vector_f& out) {
+            out = qblock.col(j - s);
+        });
+    r.weights.resize(q.rows(), q.cols());
+    for (Eigen::Index j = 0; j < n; ++j) r.weights.col(p.order[static_cast<std::size_t>(j)]) = q.col(j).cast<float>();
+    r.order = p.order;
+    r.damp = p.damp;
+    r.damp_retries = p.retries;
     return r;
 }
 
