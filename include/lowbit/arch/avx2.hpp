@@ -1,0 +1,151 @@
+#pragma once
+/// \file arch/avx2.hpp
+/// AVX2 kernels for packed weights × int8 activations (per-function target attributes; gemm.hpp
+/// calls them only when detail::host_cpu_features().avx2 is true).
+///
+/// Inner step: 32 bytes of packed weights yield 32-lane vectors of unsigned digits u, multiplied
+/// with int8 activations by `vpmaddubsw` (u8 × s8 → pairwise s16; |u·x + u·x| ≤ 2·15·127, no
+/// saturation, and two such results are added in int16 before `vpmaddwd` with ones widens to
+/// int32). Binary digits come from the bit-to-byte expansion (`vpshufb` broadcast, AND bit mask,
+/// compare), base-3 digits from two unsigned compares (max/cmpeq) and a multiply by 3 mod 256.
+/// Same contract and exact results as detail::scalar_kernels::dot_rows (arch/generic.hpp).
+
+#include <lowbit/arch/generic.hpp>
+#include <lowbit/config.hpp>
+#include <lowbit/detail/cpu_features.hpp>
+#include <lowbit/pack.hpp>
+
+#include <cstdint>
+#include <cstring>
+
+#if LOWBIT_HAVE_X86_KERNELS
+#include <immintrin.h>
+
+/// Target string of the AVX2 kernels.
+#define LOWBIT_AVX2_TARGET LOWBIT_TARGET("avx2,fma,popcnt")
+
+LOWBIT_BEGIN_NAMESPACE
+namespace detail::avx2_kernels {
+
+/// (u0·x0 + u1·x1) pairwise, widened to int32 lanes (exact for digits ≤ 15).
+LOWBIT_AVX2_TARGET inline __m256i madd_pair(__m256i u0, const std::int8_t* x0, __m256i u1, const std::int8_t* x1) {
+    const __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(u0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0))),
+                                       _mm256_maddubs_epi16(u1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1))));
+    return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+}
+
+/// Unsigned digit of a base-3 state byte: [s ≥ 86] + [s ≥ 171].
+LOWBIT_AVX2_TARGET inline __m256i trit(__m256i s) {
+    const __m256i t86 = _mm256_set1_epi8(86), t171 = _mm256_set1_epi8(static_cast<char>(171));
+    const __m256i ge1 = _mm256_cmpeq_epi8(_mm256_max_epu8(s, t86), s);
+    const __m256i ge2 = _mm256_cmpeq_epi8(_mm256_max_epu8(s, t171), s);
+    return _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), ge1), ge2);
+}
+
+/// The next base-3 state: 3·s mod 256.
+LOWBIT_AVX2_TARGET inline __m256i times3(__m256i s) { return _mm256_add_epi8(s, _mm256_add_epi8(s, s)); }
+
+/// 32 bits → 32 bytes in {0, 1} (bit i → byte i).
+LOWBIT_AVX2_TARGET inline __m256i expand_bits(std::uint32_t bits) {
+    const __m256i v = _mm256_set1_epi32(static_cast<int>(bits));
+    const __m256i idx = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                                         3, 3, 3, 3);
+    const __m256i bitm = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
+    const __m256i sel = _mm256_and_si256(_mm256_shuffle_epi8(v, idx), bitm);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(sel, bitm), _mm256_set1_epi8(1));
+}
+
+/// Unaligned 32-byte load.
+LOWBIT_AVX2_TARGET inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+/// Σ_j u_ij · x_j over one packed row (u = stored digits), int32.
+template <class F>
+LOWBIT_AVX2_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+    if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
+        const __m256i m3 = _mm256_set1_epi8(3);
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += 64, x += 256)
+            for (int h = 0; h < 2; ++h) {
+                const __m256i w = load32(p + 32 * h);
+                const std::int8_t* xh = x + 32 * h;
+                a0 = _mm256_add_epi32(a0, madd_pair(_mm256_and_si256(w, m3), xh, _mm256_and_si256(_mm256_srli_epi16(w, 2), m3),
+                                                    xh + 64));
+                a1 = _mm256_add_epi32(a1, madd_pair(_mm256_and_si256(_mm256_srli_epi16(w, 4), m3), xh + 128,
+                                                    _mm256_and_si256(_mm256_srli_epi16(w, 6), m3), xh + 192));
+            }
+    } else if constexpr (std::is_same_v<F, int4>) {
+        const __m256i m15 = _mm256_set1_epi8(15);
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += 128, x += 256)
+            for (int h = 0; h < 4; h += 2) {
+                const __m256i w0 = load32(p + 32 * h), w1 = load32(p + 32 * h + 32);
+                a0 = _mm256_add_epi32(a0, madd_pair(_mm256_and_si256(w0, m15), x + 32 * h, _mm256_and_si256(w1, m15),
+                                                    x + 32 * h + 32));
+                a1 = _mm256_add_epi32(a1, madd_pair(_mm256_and_si256(_mm256_srli_epi16(w0, 4), m15), x + 128 + 32 * h,
+                                                    _mm256_and_si256(_mm256_srli_epi16(w1, 4), m15), x + 128 + 32 * h + 32));
+            }
+    } else if constexpr (std::is_same_v<F, binary1>) {
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += 32, x += 256)
+            for (int m = 0; m < 8; m += 2) {
+                std::uint32_t bits[2];
+                std::memcpy(bits, p + 4 * m, 8);
+                (m & 2 ? a1 : a0) = _mm256_add_epi32(m & 2 ? a1 : a0,
+                                                     madd_pair(expand_bits(bits[0]), x + 32 * m, expand_bits(bits[1]), x + 32 * m + 32));
+            }
+    } else if constexpr (std::is_same_v<F, ternary_base3>) {
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += 64, x += 320)
+            for (int h = 0; h < 2; ++h) {
+                const std::int8_t* xh = x + 32 * h;
+                const __m256i s0 = load32(p + 32 * h), s1 = times3(s0), s2 = times3(s1), s3 = times3(s2), s4 = times3(s3);
+                a0 = _mm256_add_epi32(a0, madd_pair(trit(s0), xh, trit(s1), xh + 64));
+                a1 = _mm256_add_epi32(a1, madd_pair(trit(s2), xh + 128, trit(s3), xh + 192));
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(trit(s4), _mm256_loadu_si256(
+                                                                                            reinterpret_cast<const __m256i*>(xh + 256))),
+                                                            _mm256_set1_epi16(1)));
+            }
+    }
+    const __m256i s = _mm256_add_epi32(a0, a1);
+    const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    const __m128i q2 = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4E));
+    const __m128i q3 = _mm_add_epi32(q2, _mm_shuffle_epi32(q2, 0xB1));
+    return _mm_cvtsi128_si32(q3);
+}
+
+/// AVX2 `dot_rows` (contract of arch/generic.hpp).
+template <class F>
+LOWBIT_AVX2_TARGET inline void dot_rows(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x,
+                                        Eigen::Index ldx, const std::int32_t* qsum, Eigen::Index ntok, std::int32_t* out,
+                                        Eigen::Index ldo) {
+    using T = pack_format<F>;
+    const Eigen::Index nb = w.blocks_per_row(), rb = w.row_bytes();
+    const std::uint8_t* base = w.row_data(0);
+    for (Eigen::Index i0 = r0; i0 < r1; i0 += gemm_row_tile) {
+        const Eigen::Index i1 = i0 + gemm_row_tile < r1 ? i0 + gemm_row_tile : r1;
+        for (Eigen::Index k = 0; k < ntok; ++k)
+            for (Eigen::Index i = i0; i < i1; ++i)
+                out[k * ldo + (i - r0)] =
+                    T::digit_mul * digit_dot_row<F>(base + i * rb, x + k * ldx, nb) - T::digit_offset * qsum[k];
+    }
+}
+
+/// AVX2 binary × binary: hardware `popcnt` on 64-bit words, four per 32-byte block.
+LOWBIT_AVX2_TARGET inline void xnor_rows(const packed_matrix<binary1>& w, Eigen::Index r0, Eigen::Index r1,
+                                         const std::uint8_t* a, std::int32_t* out) {
+    const Eigen::Index nwords = w.row_bytes() / 8;
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        const std::uint8_t* p = w.row_data(i);
+        long long pc0 = 0, pc1 = 0;
+        for (Eigen::Index j = 0; j < nwords; j += 2) {
+            std::uint64_t pw[2], aw[2];
+            std::memcpy(pw, p + 8 * j, 16);
+            std::memcpy(aw, a + 8 * j, 16);
+            pc0 += _mm_popcnt_u64(pw[0] ^ aw[0]);
+            pc1 += _mm_popcnt_u64(pw[1] ^ aw[1]);
+        }
+        out[i - r0] = static_cast<std::int32_t>(w.cols() - 2 * (pc0 + pc1));
+    }
+}
+
+} // namespace detail::avx2_kernels
+LOWBIT_END_NAMESPACE
+
+#endif // LOWBIT_HAVE_X86_KERNELS

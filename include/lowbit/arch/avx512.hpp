@@ -1,0 +1,154 @@
+#pragma once
+/// \file arch/avx512.hpp
+/// AVX-512 kernels (F, BW, VL, VNNI, VPOPCNTDQ) for packed weights × int8 activations, compiled with
+/// per-function target attributes so that they exist in a build without `-march` flags; gemm.hpp
+/// calls them only when detail::host_cpu_features().avx512 is true.
+///
+/// Inner step: one 64-byte load of packed weights yields 4 (base 3: 5) vectors of 64 unsigned
+/// digits u ∈ [0, 15], each multiplied with 64 int8 activations by `vpdpbusd` (u8 × s8, four
+/// products summed into each int32 lane, no saturation), with one accumulator per digit plane to
+/// hide the instruction latency. Digit extraction: AND/shift (2-bit, 4-bit), k-mask byte moves
+/// (binary), two unsigned compares and a multiply-by-3 mod 256 per trit (base 3). Same contract
+/// and exact results as detail::scalar_kernels::dot_rows (arch/generic.hpp).
+
+#include <lowbit/arch/generic.hpp>
+#include <lowbit/config.hpp>
+#include <lowbit/detail/cpu_features.hpp>
+#include <lowbit/pack.hpp>
+
+#include <cstdint>
+#include <cstring>
+
+#if LOWBIT_HAVE_X86_KERNELS
+#include <immintrin.h>
+
+/// Target string of the AVX-512 kernels.
+#define LOWBIT_AVX512_TARGET LOWBIT_TARGET("avx512f,avx512bw,avx512vl,avx512vnni,avx512vpopcntdq,avx2,fma,popcnt,bmi2")
+
+LOWBIT_BEGIN_NAMESPACE
+namespace detail::avx512_kernels {
+
+/// Horizontal int32 sum of a zmm (masked extract with an explicit source: avoids GCC 12's
+/// maybe-uninitialized warnings inside _mm512_reduce_add_epi32).
+LOWBIT_AVX512_TARGET inline std::int32_t reduce_add_epi32(__m512i v) {
+    const __m256i h = _mm256_add_epi32(_mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xF, v, 0), _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xF, v, 1));
+    const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    const __m128i q2 = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4E));
+    return _mm_cvtsi128_si32(_mm_add_epi32(q2, _mm_shuffle_epi32(q2, 0xB1)));
+}
+
+/// Horizontal int64 sum of a zmm.
+LOWBIT_AVX512_TARGET inline long long reduce_add_epi64(__m512i v) {
+    const __m256i h = _mm256_add_epi64(_mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xF, v, 0), _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xF, v, 1));
+    const __m128i q = _mm_add_epi64(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    return _mm_cvtsi128_si64(_mm_add_epi64(q, _mm_unpackhi_epi64(q, q)));
+}
+
+/// Σ_j u_ij · x_j over one packed row (u = stored digits), int32.
+template <class F>
+LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512(), a2 = _mm512_setzero_si512(),
+            a3 = _mm512_setzero_si512(), a4 = _mm512_setzero_si512();
+    if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
+        const __m512i m3 = _mm512_set1_epi8(3);
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += 64, x += 256) {
+            const __m512i w = _mm512_loadu_si512(p);
+            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(w, m3), _mm512_loadu_si512(x));
+            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(w, 2), m3), _mm512_loadu_si512(x + 64));
+            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(_mm512_srli_epi16(w, 4), m3), _mm512_loadu_si512(x + 128));
+            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(_mm512_srli_epi16(w, 6), m3), _mm512_loadu_si512(x + 192));
+        }
+    } else if constexpr (std::is_same_v<F, int4>) {
+        const __m512i m15 = _mm512_set1_epi8(15);
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += 128, x += 256) {
+            const __m512i w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);
+            a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(w0, m15), _mm512_loadu_si512(x));
+            a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(w1, m15), _mm512_loadu_si512(x + 64));
+            a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(_mm512_srli_epi16(w0, 4), m15), _mm512_loadu_si512(x + 128));
+            a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(_mm512_srli_epi16(w1, 4), m15), _mm512_loadu_si512(x + 192));
+        }
+    } else if constexpr (std::is_same_v<F, binary1>) {
+        const __m512i one = _mm512_set1_epi8(1);
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += 32, x += 256) {
+            std::uint64_t m[4];
+            std::memcpy(m, p, 32);
+            a0 = _mm512_dpbusd_epi32(a0, _mm512_maskz_mov_epi8(_cvtu64_mask64(m[0]), one), _mm512_loadu_si512(x));
+            a1 = _mm512_dpbusd_epi32(a1, _mm512_maskz_mov_epi8(_cvtu64_mask64(m[1]), one), _mm512_loadu_si512(x + 64));
+            a2 = _mm512_dpbusd_epi32(a2, _mm512_maskz_mov_epi8(_cvtu64_mask64(m[2]), one), _mm512_loadu_si512(x + 128));
+            a3 = _mm512_dpbusd_epi32(a3, _mm512_maskz_mov_epi8(_cvtu64_mask64(m[3]), one), _mm512_loadu_si512(x + 192));
+        }
+    } else if constexpr (std::is_same_v<F, ternary_base3>) {
+        const __m512i one = _mm512_set1_epi8(1), t86 = _mm512_set1_epi8(86), t171 = _mm512_set1_epi8(static_cast<char>(171));
+#define LOWBIT_TRIT512(s) _mm512_mask_add_epi8(_mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(s, t86), one), \
+                                            _mm512_cmpge_epu8_mask(s, t171), \
+                                            _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(s, t86), one), one)
+#define LOWBIT_TIMES3_512(s) _mm512_add_epi8(s, _mm512_add_epi8(s, s))
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += 64, x += 320) {
+            __m512i s = _mm512_loadu_si512(p);
+            a0 = _mm512_dpbusd_epi32(a0, LOWBIT_TRIT512(s), _mm512_loadu_si512(x));
+            s = LOWBIT_TIMES3_512(s);
+            a1 = _mm512_dpbusd_epi32(a1, LOWBIT_TRIT512(s), _mm512_loadu_si512(x + 64));
+            s = LOWBIT_TIMES3_512(s);
+            a2 = _mm512_dpbusd_epi32(a2, LOWBIT_TRIT512(s), _mm512_loadu_si512(x + 128));
+            s = LOWBIT_TIMES3_512(s);
+            a3 = _mm512_dpbusd_epi32(a3, LOWBIT_TRIT512(s), _mm512_loadu_si512(x + 192));
+            s = LOWBIT_TIMES3_512(s);
+            a4 = _mm512_dpbusd_epi32(a4, LOWBIT_TRIT512(s), _mm512_loadu_si512(x + 256));
+        }
+#undef LOWBIT_TRIT512
+#undef LOWBIT_TIMES3_512
+    }
+    const __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)), a4);
+    return reduce_add_epi32(s);
+}
+
+/// AVX-512 `dot_rows` (contract of arch/generic.hpp). Rows are processed in tiles of
+/// gemm_row_tile so that several tokens reuse a weight tile from cache.
+template <class F>
+LOWBIT_AVX512_TARGET inline void dot_rows(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x,
+                                          Eigen::Index ldx, const std::int32_t* qsum, Eigen::Index ntok, std::int32_t* out,
+                                          Eigen::Index ldo) {
+    using T = pack_format<F>;
+    const Eigen::Index nb = w.blocks_per_row(), rb = w.row_bytes();
+    const std::uint8_t* base = w.row_data(0);
+    if (ntok == 1) { // GEMV: stream rows in order
+        for (Eigen::Index i = r0; i < r1; ++i)
+            out[i - r0] = T::digit_mul * digit_dot_row<F>(base + i * rb, x, nb) - T::digit_offset * qsum[0];
+        return;
+    }
+    for (Eigen::Index i0 = r0; i0 < r1; i0 += gemm_row_tile) {
+        const Eigen::Index i1 = i0 + gemm_row_tile < r1 ? i0 + gemm_row_tile : r1;
+        for (Eigen::Index k = 0; k < ntok; ++k)
+            for (Eigen::Index i = i0; i < i1; ++i)
+                out[k * ldo + (i - r0)] =
+                    T::digit_mul * digit_dot_row<F>(base + i * rb, x + k * ldx, nb) - T::digit_offset * qsum[k];
+    }
+}
+
+/// AVX-512 binary × binary: `vpopcntq` over 64-byte chunks, masked load for the 32-byte tail.
+LOWBIT_AVX512_TARGET inline void xnor_rows(const packed_matrix<binary1>& w, Eigen::Index r0, Eigen::Index r1,
+                                           const std::uint8_t* a, std::int32_t* out) {
+    const Eigen::Index nbytes = w.row_bytes(); // a multiple of 32
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        const std::uint8_t* p = w.row_data(i);
+        __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
+        Eigen::Index j = 0;
+        for (; j + 128 <= nbytes; j += 128) {
+            c0 = _mm512_add_epi64(c0, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + j), _mm512_loadu_si512(a + j))));
+            c1 = _mm512_add_epi64(c1, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p + j + 64),
+                                                                           _mm512_loadu_si512(a + j + 64))));
+        }
+        for (; j < nbytes; j += 32) {
+            const __mmask8 m = 0x0F;
+            c0 = _mm512_add_epi64(c0, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_maskz_loadu_epi64(m, p + j),
+                                                                           _mm512_maskz_loadu_epi64(m, a + j))));
+        }
+        const long long pc = reduce_add_epi64(_mm512_add_epi64(c0, c1));
+        out[i - r0] = static_cast<std::int32_t>(w.cols() - 2 * pc);
+    }
+}
+
+} // namespace detail::avx512_kernels
+LOWBIT_END_NAMESPACE
+
+#endif // LOWBIT_HAVE_X86_KERNELS

@@ -1,0 +1,156 @@
+#pragma once
+/// \file arch/generic.hpp
+/// Portable kernels for packed weights × int8 activations: the scalar reference (the oracle every
+/// SIMD path is tested against, bit-exact) and an xsimd path (whatever xsimd's default architecture
+/// is in the consumer's translation unit — SSE2 in a build without `-march`).
+///
+/// Contract shared by every `dot_rows` of arch/: for rows i in [r0, r1) and tokens k in [0, ntok),
+///     out[k·ldo + (i − r0)] = Σ_j t_ij · x[k·ldx + j]        (exact int32)
+/// where x holds int8 activations zero-padded to at least W.padded_cols() columns and
+/// qsum[k] = Σ_j x[k·ldx + j]. Preconditions (checked by gemm.hpp, not here): |Σ| < 2^31.
+
+#include <lowbit/config.hpp>
+#include <lowbit/detail/xsimd_compat.hpp>
+#include <lowbit/pack.hpp>
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+
+#include <xsimd/xsimd.hpp>
+
+LOWBIT_BEGIN_NAMESPACE
+namespace detail {
+
+/// Rows per tile when several tokens share a weight tile (the tile stays in L1/L2 across tokens).
+inline constexpr Eigen::Index gemm_row_tile = 16;
+
+namespace scalar_kernels {
+
+/// Scalar reference: unpack each block with `unpack_block` and accumulate Σ u·x in int32.
+template <class F>
+inline void dot_rows(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x,
+                     Eigen::Index ldx, const std::int32_t* qsum, Eigen::Index ntok, std::int32_t* out, Eigen::Index ldo) {
+    using T = pack_format<F>;
+    std::uint8_t u[T::block_weights];
+    for (Eigen::Index k = 0; k < ntok; ++k)
+        for (Eigen::Index i = r0; i < r1; ++i) {
+            const std::uint8_t* p = w.row_data(i);
+            const std::int8_t* xk = x + k * ldx;
+            std::int32_t acc = 0;
+            for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
+                unpack_block<F>(p + b * T::block_bytes, u);
+                for (int j = 0; j < T::block_weights; ++j) acc += static_cast<std::int32_t>(u[j]) * xk[b * T::block_weights + j];
+            }
+            out[k * ldo + (i - r0)] = T::digit_mul * acc - T::digit_offset * qsum[k];
+        }
+}
+
+/// Scalar reference for binary × binary: out[i − r0] = cols − 2·popcount(w_i xor a).
+inline void xnor_rows(const packed_matrix<binary1>& w, Eigen::Index r0, Eigen::Index r1, const std::uint8_t* a,
+                      std::int32_t* out) {
+    const Eigen::Index nbytes = w.row_bytes();
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        const std::uint8_t* p = w.row_data(i);
+        std::int32_t pc = 0;
+        for (Eigen::Index j = 0; j < nbytes; ++j) pc += std::popcount(static_cast<unsigned>(p[j] ^ a[j]));
+        out[i - r0] = static_cast<std::int32_t>(w.cols()) - 2 * pc;
+    }
+}
+
+/// Scalar reference for fp32 activations: out[i − r0] = Σ_j t_ij·x_j accumulated in float, in order
+/// (x zero-padded to padded_cols).
+template <class F>
+inline void dot_rows_f32(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1, const float* x, float* out) {
+    using T = pack_format<F>;
+    std::uint8_t u[T::block_weights];
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        float acc = 0.0f;
+        for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
+            unpack_block<F>(w.row_data(i) + b * T::block_bytes, u);
+            for (int j = 0; j < T::block_weights; ++j)
+                acc += static_cast<float>(T::digit_mul * u[j] - T::digit_offset) * x[b * T::block_weights + j];
+        }
+        out[i - r0] = acc;
+    }
+}
+
+} // namespace scalar_kernels
+
+namespace generic_kernels {
+
+/// xsimd path: unpack a block to int32 digits, multiply-add with the widened activations in
+/// `batch<int32_t>` lanes (exact: integer arithmetic, any order).
+template <class F>
+inline void dot_rows(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x,
+                     Eigen::Index ldx, const std::int32_t* qsum, Eigen::Index ntok, std::int32_t* out, Eigen::Index ldo) {
+    using T = pack_format<F>;
+    using batch = xsimd::batch<std::int32_t>;
+    constexpr int n = T::block_weights;
+    static_assert(n % batch::size == 0, "lowbit: block size must be a multiple of the int32 lane count");
+    alignas(64) std::uint8_t u[n];
+    alignas(64) std::int32_t ui[n];
+    alignas(64) std::int32_t xi[n];
+    for (Eigen::Index i0 = r0; i0 < r1; i0 += gemm_row_tile) {
+        const Eigen::Index i1 = std::min(r1, i0 + gemm_row_tile);
+        for (Eigen::Index k = 0; k < ntok; ++k)
+            for (Eigen::Index i = i0; i < i1; ++i) {
+                const std::int8_t* xk = x + k * ldx;
+                batch acc(0);
+                for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
+                    unpack_block<F>(w.row_data(i) + b * T::block_bytes, u);
+                    for (int j = 0; j < n; ++j) {
+                        ui[j] = u[j];
+                        xi[j] = xk[b * n + j];
+                    }
+                    for (int j = 0; j < n; j += static_cast<int>(batch::size))
+                        acc += batch::load_aligned(ui + j) * batch::load_aligned(xi + j);
+                }
+                out[k * ldo + (i - r0)] = T::digit_mul * reduce_add(acc) - T::digit_offset * qsum[k];
+            }
+    }
+}
+
+/// xsimd path for fp32 activations: unpack a block to float codes and accumulate with batch FMA
+/// (different summation order from the scalar reference; see gemm.hpp for the bound).
+template <class F>
+inline void dot_rows_f32(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1, const float* x, float* out) {
+    using T = pack_format<F>;
+    using batch = xsimd::batch<float>;
+    constexpr int n = T::block_weights;
+    static_assert(n % batch::size == 0, "lowbit: block size must be a multiple of the float lane count");
+    alignas(64) std::uint8_t u[n];
+    alignas(64) float tf[n];
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        batch acc(0.0f);
+        for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
+            unpack_block<F>(w.row_data(i) + b * T::block_bytes, u);
+            for (int j = 0; j < n; ++j) tf[j] = static_cast<float>(T::digit_mul * u[j] - T::digit_offset);
+            for (int j = 0; j < n; j += static_cast<int>(batch::size))
+                acc = xsimd::fma(batch::load_aligned(tf + j), batch::load_unaligned(x + b * n + j), acc);
+        }
+        out[i - r0] = reduce_add(acc);
+    }
+}
+
+/// Portable binary × binary: 64-bit words, std::popcount.
+inline void xnor_rows(const packed_matrix<binary1>& w, Eigen::Index r0, Eigen::Index r1, const std::uint8_t* a,
+                      std::int32_t* out) {
+    const Eigen::Index nwords = w.row_bytes() / 8;
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        const std::uint8_t* p = w.row_data(i);
+        std::int32_t pc = 0;
+        for (Eigen::Index j = 0; j < nwords; ++j) {
+            std::uint64_t pw, aw;
+            std::memcpy(&pw, p + 8 * j, 8);
+            std::memcpy(&aw, a + 8 * j, 8);
+            pc += std::popcount(pw ^ aw);
+        }
+        out[i - r0] = static_cast<std::int32_t>(w.cols()) - 2 * pc;
+    }
+}
+
+} // namespace generic_kernels
+} // namespace detail
+LOWBIT_END_NAMESPACE

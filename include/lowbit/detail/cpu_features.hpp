@@ -1,0 +1,61 @@
+#pragma once
+/// \file detail/cpu_features.hpp
+/// Run-time x86 CPU feature detection (cpuid + xgetbv), cached in a function-local static.
+///
+/// lowbit's kernels carry per-function target attributes (LOWBIT_TARGET) so that a consumer who
+/// compiles without `-march` flags still gets the AVX2 / AVX-512 paths on a CPU that has them.
+/// A path is usable only if the CPU reports the instructions *and* the OS saves the registers
+/// (XCR0: SSE+AVX state for AVX2; additionally opmask and ZMM state for AVX-512).
+
+#include <lowbit/config.hpp>
+
+#include <cstdint>
+
+#if LOWBIT_X86_TARGETS && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+#define LOWBIT_HAVE_X86_KERNELS 1
+#else
+#define LOWBIT_HAVE_X86_KERNELS 0
+#endif
+
+LOWBIT_BEGIN_NAMESPACE
+namespace detail {
+
+/// The x86 features lowbit's kernels care about.
+struct cpu_features {
+    bool avx2 = false;            ///< AVX2 + FMA + POPCNT usable (OS saves YMM state)
+    bool avx512 = false;          ///< AVX-512 F, BW, VL, VNNI and VPOPCNTDQ usable (OS saves ZMM/opmask state)
+};
+
+/// Queries the CPU once (cpuid leaves 1 and 7, xgetbv for XCR0). Non-x86 builds report nothing.
+inline cpu_features query_cpu_features() noexcept {
+    cpu_features f;
+#if LOWBIT_HAVE_X86_KERNELS
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+    const bool osxsave = (c >> 27) & 1u, avx = (c >> 28) & 1u, fma = (c >> 12) & 1u, popcnt = (c >> 23) & 1u;
+    if (!osxsave || !avx) return f;
+    std::uint32_t xcr0_lo = 0, xcr0_hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    const bool ymm_state = (xcr0_lo & 0x6u) == 0x6u;            // SSE (bit 1) and AVX (bit 2)
+    const bool zmm_state = (xcr0_lo & 0xE6u) == 0xE6u;          // + opmask, ZMM_Hi256, Hi16_ZMM
+    if (__get_cpuid_max(0, nullptr) < 7) return f;
+    unsigned a7 = 0, b7 = 0, c7 = 0, d7 = 0;
+    __cpuid_count(7, 0, a7, b7, c7, d7);
+    const bool avx2 = (b7 >> 5) & 1u;
+    const bool f512 = (b7 >> 16) & 1u, bw = (b7 >> 30) & 1u, vl = (b7 >> 31) & 1u;
+    const bool vnni = (c7 >> 11) & 1u, vpopcntdq = (c7 >> 14) & 1u;
+    f.avx2 = ymm_state && avx2 && fma && popcnt;
+    f.avx512 = f.avx2 && zmm_state && f512 && bw && vl && vnni && vpopcntdq;
+#endif
+    return f;
+}
+
+/// The features of this CPU, detected on first use and cached (thread-safe static initialisation).
+inline const cpu_features& host_cpu_features() noexcept {
+    static const cpu_features f = query_cpu_features();
+    return f;
+}
+
+} // namespace detail
+LOWBIT_END_NAMESPACE

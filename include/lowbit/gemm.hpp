@@ -1,0 +1,363 @@
+#pragma once
+/// \file gemm.hpp
+/// GEMV y = W·x and GEMM Y = X·Wᵀ for bit-packed weights (pack.hpp) × activations that are
+/// {int8 per token quantized dynamically inside, int6 / int4 held in int8, fp32}, plus binary ×
+/// binary XNOR-popcount.
+///
+/// Shapes: W is `packed_matrix<F>` `[out x in]` (w_ij = α_i·t_ij + μ_i); X is `[tokens x in]`;
+/// Y is `[tokens x out]`; a GEMV takes x of length in and returns y of length out.
+///
+/// Integer activations (act_int{bits}): per token, s = max|x|/L with L = 2^(bits−1) − 1 (127, 31, 7)
+/// rounded to float and clamped to [1e-5, 1e4], q_j = clamp(round_half_even(x_j/s), −L, L) — the
+/// symmetric grid of rtn.hpp's quantize_per_token. The kernel forms the exact int32
+/// d_i = Σ_j t_ij·q_j and returns
+///     y_i = (α_i·s)·d_i + μ_i·Σ_j x_j               (float; Σ x_j of the unquantized x, in double)
+/// Error bound with respect to that formula in exact arithmetic: |Δy_i| ≤ 3u·(|α_i s d_i| + |μ_i Σx|)
+/// + u·|μ_i Σx| (u = 2^-24), identical on every ISA path (d_i is bit-exact).
+///
+/// fp32 activations (act_fp32): y_i = α_i·Σ_j t_ij x_j + μ_i·Σ_j x_j with float accumulation;
+/// |y_i − exact| ≤ (n + 2)·u·(α_i·Σ_j |t_ij x_j| + |μ_i|·Σ_j|x_j|) on every path (n = padded cols).
+///
+/// ISA: `kernel_isa::automatic` picks, once per call, the best of avx512 (F/BW/VL/VNNI/VPOPCNTDQ),
+/// avx2, generic (xsimd in the caller's default architecture) available on the running CPU;
+/// scalar is the reference. Explicitly requesting an ISA the CPU lacks throws invalid_argument.
+/// fp32 activations use the generic (xsimd) path for every SIMD request.
+///
+/// Threads: none are created. `gemm_rows` / `dot_rows` compute a row range so callers can split
+/// work; `gemm_parallel` splits rows with OpenMP when the consumer compiles with it (`_OPENMP`),
+/// otherwise runs serially.
+
+#include <lowbit/arch/avx2.hpp>
+#include <lowbit/arch/avx512.hpp>
+#include <lowbit/arch/generic.hpp>
+#include <lowbit/config.hpp>
+#include <lowbit/detail/cpu_features.hpp>
+#include <lowbit/error.hpp>
+#include <lowbit/pack.hpp>
+#include <lowbit/types.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+LOWBIT_BEGIN_NAMESPACE
+
+/// Instruction-set path of the kernels.
+enum class kernel_isa {
+    automatic, ///< best available on this CPU (chosen once per call)
+    scalar,    ///< the scalar reference
+    generic,   ///< xsimd with the translation unit's default architecture
+    avx2,      ///< AVX2 (maddubs), x86 only
+    avx512     ///< AVX-512 VNNI / VPOPCNTDQ, x86 only
+};
+
+/// True if `isa` can run on this CPU (scalar, generic, automatic always can).
+[[nodiscard]] inline bool isa_available(kernel_isa isa) noexcept {
+    switch (isa) {
+    case kernel_isa::avx2: return detail::host_cpu_features().avx2;
+    case kernel_isa::avx512: return detail::host_cpu_features().avx512;
+    default: return true;
+    }
+}
+
+/// The ISA `automatic` resolves to on this CPU.
+[[nodiscard]] inline kernel_isa best_isa() noexcept {
+    if (isa_available(kernel_isa::avx512)) return kernel_isa::avx512;
+    if (isa_available(kernel_isa::avx2)) return kernel_isa::avx2;
+    return kernel_isa::generic;
+}
+
+/// Name of an ISA ("scalar", "generic", "avx2", "avx512", "automatic").
+[[nodiscard]] inline const char* isa_name(kernel_isa isa) noexcept {
+    switch (isa) {
+    case kernel_isa::scalar: return "scalar";
+    case kernel_isa::generic: return "generic";
+    case kernel_isa::avx2: return "avx2";
+    case kernel_isa::avx512: return "avx512";
+    default: return "automatic";
+    }
+}
+
+/// Activation policy: dynamic symmetric per-token integers with `bits` ∈ {4, 6, 8} held in int8.
+struct act_int {
+    int bits = 8;
+};
+/// Activation policy: fp32 activations (weights decoded to float inside the kernel).
+struct act_fp32 {};
+
+/// Activations quantized per token, zero-padded to `padded_cols()` (a multiple of 1280, so that
+/// every packed format's block size divides it).
+struct quantized_activations {
+    int bits = 8;                   ///< 4, 6 or 8
+    Eigen::Index cols = 0;          ///< unpadded columns
+    matrix_i8 q;                    ///< [tokens x padded] codes in [−L, L]
+    vector_f scale;                 ///< s per token
+    std::vector<std::int32_t> qsum; ///< Σ_j q_j per token
+    vector_f sum;                   ///< Σ_j x_j per token (unquantized, for the μ term)
+    [[nodiscard]] Eigen::Index tokens() const noexcept { return q.rows(); }     ///< tokens
+    [[nodiscard]] Eigen::Index padded_cols() const noexcept { return q.cols(); } ///< padded columns
+};
+
+namespace detail {
+
+/// Padding granule of quantized activations: lcm of the block sizes (256, 320).
+inline constexpr Eigen::Index activation_pad = 1280;
+/// Largest accepted row length: keeps |Σ t·q| ≤ 8·127·cols < 2^31.
+inline constexpr Eigen::Index max_kernel_cols = Eigen::Index(1) << 21;
+
+inline kernel_isa resolve_isa(kernel_isa isa, const char* where) {
+    if (isa == kernel_isa::automatic) return best_isa();
+    require(isa_available(isa), where, std::string("argument 'isa' = ") + isa_name(isa) + " is not supported by this CPU");
+    return isa;
+}
+
+inline void require_levels(int bits, const char* where) {
+    require(bits == 4 || bits == 6 || bits == 8, where, "activation bits must be 4, 6 or 8, got " + std::to_string(bits));
+}
+
+template <class F>
+inline void require_kernel_shape(const packed_matrix<F>& w, Eigen::Index in_cols, const char* where, const char* what) {
+    require<shape_error>(w.rows() > 0, where, "argument 'w' is empty");
+    require<shape_error>(w.cols() <= max_kernel_cols, where, "w.cols() exceeds 2^21 (int32 accumulator bound)");
+    require_dim(in_cols, w.cols(), where, what);
+}
+
+/// Integer kernels of one ISA for rows [r0, r1) (dispatch point; `isa` already resolved).
+template <class F>
+inline void dot_rows_isa(kernel_isa isa, const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1,
+                         const quantized_activations& a, std::int32_t* out, Eigen::Index ldo) {
+    const std::int8_t* x = a.q.data();
+    const Eigen::Index ldx = a.q.cols(), nt = a.q.rows();
+    switch (isa) {
+#if LOWBIT_HAVE_X86_KERNELS
+    case kernel_isa::avx512: avx512_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
+    case kernel_isa::avx2: avx2_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
+#endif
+    case kernel_isa::generic: generic_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
+    default: scalar_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
+    }
+}
+
+} // namespace detail
+
+/// Quantizes each row (token) of `x` `[tokens x in]` to `bits`-bit symmetric integers (see the file
+/// comment for the rule) and zero-pads to a multiple of 1280 columns. O(tokens·in).
+/// \throws shape_error (empty x), numeric_error (NaN/Inf), invalid_argument (bits ∉ {4, 6, 8}).
+[[nodiscard]] inline quantized_activations quantize_activations(const cref_matrix_f& x, int bits = 8) {
+    constexpr const char* where = "quantize_activations";
+    detail::require_levels(bits, where);
+    detail::require_nonempty(x, where, "x");
+    const Eigen::Index n = x.cols(), padded = (n + detail::activation_pad - 1) / detail::activation_pad * detail::activation_pad;
+    const int levels = (1 << (bits - 1)) - 1;
+    quantized_activations a;
+    a.bits = bits;
+    a.cols = n;
+    a.q = matrix_i8::Zero(x.rows(), padded);
+    a.scale.resize(x.rows());
+    a.sum.resize(x.rows());
+    a.qsum.assign(static_cast<std::size_t>(x.rows()), 0);
+    for (Eigen::Index k = 0; k < x.rows(); ++k) {
+        const float* xk = x.row(k).data();
+        float amax = 0.0f;
+        double sum = 0.0;
+        bool finite = true;
+        for (Eigen::Index j = 0; j < n; ++j) {
+            finite = finite && std::isfinite(xk[j]);
+            amax = std::max(amax, std::fabs(xk[j]));
+            sum += static_cast<double>(xk[j]);
+        }
+        detail::require<numeric_error>(finite, where, "argument 'x' contains NaN or Inf");
+        const float s = static_cast<float>(std::clamp(static_cast<double>(amax) / levels, 1e-5, 1e4));
+        const double inv_den = static_cast<double>(s);
+        std::int8_t* qk = a.q.row(k).data();
+        std::int32_t qs = 0;
+        for (Eigen::Index j = 0; j < n; ++j) {
+            const double r = std::clamp(std::nearbyint(static_cast<double>(xk[j]) / inv_den), -double(levels), double(levels));
+            qk[j] = static_cast<std::int8_t>(r);
+            qs += qk[j];
+        }
+        a.scale(k) = s;
+        a.sum(k) = static_cast<float>(sum);
+        a.qsum[static_cast<std::size_t>(k)] = qs;
+    }
+    return a;
+}
+
+/// Exact integer dot products d = Σ_j t_ij·q_kj for rows [row_begin, row_end) and every token k:
+/// out[k·ldo + (i − row_begin)]. The row-range building block of every integer GEMV/GEMM.
+/// \throws shape_error (cols mismatch, bad range, ldo too small), invalid_argument (ISA unsupported).
+template <class F>
+inline void dot_rows(const packed_matrix<F>& w, const quantized_activations& a, Eigen::Index row_begin,
+                     Eigen::Index row_end, std::int32_t* out, Eigen::Index ldo, kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "dot_rows";
+    detail::require_kernel_shape(w, a.cols, where, "activation columns");
+    detail::require<shape_error>(a.padded_cols() >= w.padded_cols() && a.padded_cols() % detail::activation_pad == 0, where,
+                                 "activations are not padded as quantize_activations pads them");
+    detail::require<shape_error>(0 <= row_begin && row_begin <= row_end && row_end <= w.rows(), where,
+                                 "row range [" + std::to_string(row_begin) + ", " + std::to_string(row_end) +
+                                     ") outside [0, " + std::to_string(w.rows()) + ")");
+    detail::require<shape_error>(a.tokens() <= 1 || ldo >= row_end - row_begin, where, "ldo smaller than the row range");
+    detail::require<invalid_argument>(out != nullptr || row_end == row_begin, where, "argument 'out' is null");
+    detail::dot_rows_isa(detail::resolve_isa(isa, where), w, row_begin, row_end, a, out, ldo);
+}
+
+/// Y(:, row_begin..row_end) = X·Wᵀ for quantized activations (float epilogue of the file comment).
+/// `y` must be `[tokens x w.rows()]`.
+/// \throws shape_error, invalid_argument as dot_rows.
+template <class F>
+inline void gemm_rows(const packed_matrix<F>& w, const quantized_activations& a, Eigen::Index row_begin,
+                      Eigen::Index row_end, Eigen::Ref<matrix_f> y, kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "gemm_rows";
+    detail::require_dim(y.rows(), a.tokens(), where, "y.rows()");
+    detail::require_dim(y.cols(), w.rows(), where, "y.cols()");
+    const Eigen::Index nr = row_end - row_begin;
+    std::vector<std::int32_t> d(static_cast<std::size_t>(std::max<Eigen::Index>(nr, 0) * a.tokens()) + 1);
+    dot_rows(w, a, row_begin, row_end, d.data(), std::max<Eigen::Index>(nr, 1), isa);
+    for (Eigen::Index k = 0; k < a.tokens(); ++k)
+        for (Eigen::Index i = row_begin; i < row_end; ++i) {
+            float v = (w.scale()(i) * a.scale(k)) * static_cast<float>(d[static_cast<std::size_t>(k * nr + i - row_begin)]);
+            if (w.has_offset()) v += w.offset()(i) * a.sum(k);
+            y(k, i) = v;
+        }
+}
+
+/// Y = X·Wᵀ `[tokens x out]` with activations quantized per token inside (`act_int{bits}`).
+template <class F>
+[[nodiscard]] inline matrix_f gemm(const packed_matrix<F>& w, const cref_matrix_f& x, act_int act = {},
+                                   kernel_isa isa = kernel_isa::automatic) {
+    detail::require_kernel_shape(w, x.cols(), "gemm", "x.cols()");
+    const quantized_activations a = quantize_activations(x, act.bits);
+    matrix_f y(x.rows(), w.rows());
+    gemm_rows(w, a, 0, w.rows(), y, isa);
+    return y;
+}
+
+/// Y = X·Wᵀ with fp32 activations (weights decoded to float in the kernel; scalar or xsimd path).
+/// \throws shape_error (cols mismatch, empty), numeric_error (NaN/Inf in x), invalid_argument (ISA).
+template <class F>
+[[nodiscard]] inline matrix_f gemm(const packed_matrix<F>& w, const cref_matrix_f& x, act_fp32,
+                                   kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "gemm";
+    detail::require_kernel_shape(w, x.cols(), where, "x.cols()");
+    detail::require_nonempty(x, where, "x");
+    detail::require_finite(x, where, "x");
+    const kernel_isa path = detail::resolve_isa(isa, where);
+    std::vector<float> xp(static_cast<std::size_t>(w.padded_cols()), 0.0f), d(static_cast<std::size_t>(w.rows()));
+    matrix_f y(x.rows(), w.rows());
+    for (Eigen::Index k = 0; k < x.rows(); ++k) {
+        double sum = 0.0;
+        for (Eigen::Index j = 0; j < x.cols(); ++j) {
+            xp[static_cast<std::size_t>(j)] = x(k, j);
+            sum += static_cast<double>(x(k, j));
+        }
+        if (path == kernel_isa::scalar)
+            detail::scalar_kernels::dot_rows_f32(w, 0, w.rows(), xp.data(), d.data());
+        else
+            detail::generic_kernels::dot_rows_f32(w, 0, w.rows(), xp.data(), d.data());
+        for (Eigen::Index i = 0; i < w.rows(); ++i)
+            y(k, i) = w.scale()(i) * d[static_cast<std::size_t>(i)] + (w.has_offset() ? w.offset()(i) * static_cast<float>(sum) : 0.0f);
+    }
+    return y;
+}
+
+/// y = W·x for one activation vector (length w.cols()), either activation policy.
+template <class F, class Act = act_int>
+[[nodiscard]] inline vector_f gemv(const packed_matrix<F>& w, const cref_vector_f& x, Act act = {},
+                                   kernel_isa isa = kernel_isa::automatic) {
+    detail::require_kernel_shape(w, x.size(), "gemv", "x length");
+    const Eigen::Map<const matrix_f> xr(x.data(), 1, x.size());
+    return gemm(w, xr, act, isa).row(0).transpose();
+}
+
+/// Y = X·Wᵀ split over row chunks with OpenMP (`#pragma omp parallel for`) when the consumer compiles
+/// with OpenMP; otherwise identical to gemm(w, x, act, isa). Results are bit-identical either way.
+template <class F>
+[[nodiscard]] inline matrix_f gemm_parallel(const packed_matrix<F>& w, const cref_matrix_f& x, act_int act = {},
+                                            kernel_isa isa = kernel_isa::automatic) {
+    detail::require_kernel_shape(w, x.cols(), "gemm_parallel", "x.cols()");
+    const kernel_isa path = detail::resolve_isa(isa, "gemm_parallel");
+    const quantized_activations a = quantize_activations(x, act.bits);
+    matrix_f y(x.rows(), w.rows());
+    constexpr Eigen::Index chunk = 64;
+    const Eigen::Index nchunks = (w.rows() + chunk - 1) / chunk;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (Eigen::Index c = 0; c < nchunks; ++c)
+        gemm_rows(w, a, c * chunk, std::min(w.rows(), (c + 1) * chunk), y, path);
+    return y;
+}
+
+/// Sign-packed activations for binary × binary: bit j = [x_j ≥ 0] in binary1's block layout, with
+/// β = mean|x| (XNOR-Net) and Σx.
+struct binary_activations {
+    Eigen::Index cols = 0;                    ///< unpadded length
+    packed_matrix<binary1>::buffer bits;      ///< padded to a multiple of 256 columns (padding bits 0)
+    float beta = 0.0f;                        ///< mean |x_j|
+    float sum = 0.0f;                         ///< Σ x_j
+};
+
+/// Binarizes x (length n ≥ 1, finite). O(n).
+/// \throws shape_error (empty), numeric_error (NaN/Inf).
+[[nodiscard]] inline binary_activations binarize_activations(const cref_vector_f& x) {
+    constexpr const char* where = "binarize_activations";
+    detail::require_nonempty(x, where, "x");
+    detail::require_finite(x, where, "x");
+    using T = pack_format<binary1>;
+    const Eigen::Index nb = packed_matrix<binary1>::blocks_for(x.size());
+    binary_activations a;
+    a.cols = x.size();
+    a.bits.assign(static_cast<std::size_t>(nb * T::block_bytes), 0);
+    std::uint8_t u[T::block_weights];
+    double sabs = 0.0, sum = 0.0;
+    for (Eigen::Index b = 0; b < nb; ++b) {
+        for (Eigen::Index j = 0; j < T::block_weights; ++j) {
+            const Eigen::Index c = b * T::block_weights + j;
+            u[j] = static_cast<std::uint8_t>(c < x.size() && x(c) >= 0.0f);
+        }
+        detail::pack_block<binary1>(u, a.bits.data() + b * T::block_bytes);
+    }
+    for (Eigen::Index j = 0; j < x.size(); ++j) {
+        sabs += std::fabs(static_cast<double>(x(j)));
+        sum += static_cast<double>(x(j));
+    }
+    a.beta = static_cast<float>(sabs / static_cast<double>(x.size()));
+    a.sum = static_cast<float>(sum);
+    return a;
+}
+
+/// Exact XNOR-popcount dot products d_i = Σ_j b_ij·sign(x_j) = cols − 2·popcount(w_i ⊕ a) for rows
+/// [row_begin, row_end) into out[i − row_begin].
+/// \throws shape_error (length mismatch, bad range), invalid_argument (ISA unsupported).
+inline void xnor_dot_rows(const packed_matrix<binary1>& w, const binary_activations& a, Eigen::Index row_begin,
+                          Eigen::Index row_end, std::int32_t* out, kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "xnor_dot_rows";
+    detail::require_kernel_shape(w, a.cols, where, "activation length");
+    detail::require_dim(static_cast<Eigen::Index>(a.bits.size()), w.row_bytes(), where, "activation bit buffer size");
+    detail::require<shape_error>(0 <= row_begin && row_begin <= row_end && row_end <= w.rows(), where, "row range outside [0, rows)");
+    switch (detail::resolve_isa(isa, where)) {
+#if LOWBIT_HAVE_X86_KERNELS
+    case kernel_isa::avx512: detail::avx512_kernels::xnor_rows(w, row_begin, row_end, a.bits.data(), out); return;
+    case kernel_isa::avx2: detail::avx2_kernels::xnor_rows(w, row_begin, row_end, a.bits.data(), out); return;
+#endif
+    case kernel_isa::generic: detail::generic_kernels::xnor_rows(w, row_begin, row_end, a.bits.data(), out); return;
+    default: detail::scalar_kernels::xnor_rows(w, row_begin, row_end, a.bits.data(), out); return;
+    }
+}
+
+/// Binary × binary GEMV: y_i = α_i·β·d_i + μ_i·Σx with d_i from xnor_dot_rows (XNOR-Net).
+[[nodiscard]] inline vector_f xnor_gemv(const packed_matrix<binary1>& w, const cref_vector_f& x,
+                                        kernel_isa isa = kernel_isa::automatic) {
+    const binary_activations a = binarize_activations(x);
+    std::vector<std::int32_t> d(static_cast<std::size_t>(w.rows()));
+    xnor_dot_rows(w, a, 0, w.rows(), d.data(), isa);
+    vector_f y(w.rows());
+    for (Eigen::Index i = 0; i < w.rows(); ++i)
+        y(i) = (w.scale()(i) * a.beta) * static_cast<float>(d[static_cast<std::size_t>(i)]) +
+               (w.has_offset() ? w.offset()(i) * a.sum : 0.0f);
+    return y;
+}
+
+LOWBIT_END_NAMESPACE

@@ -1,0 +1,305 @@
+#pragma once
+/// \file pack.hpp
+/// Bit-packed weight layouts for the low-bit kernels of gemm.hpp, one specialisation per width.
+///
+/// A `packed_matrix<Format>` holds a row-major `[rows x cols]` matrix of integer codes t_ij, packed
+/// row by row into fixed-size blocks, plus one scale α_i per row and an optional offset μ_i per row:
+///
+///     w_ij = α_i · t_ij + μ_i            (μ_i = 0 when the matrix has no offsets)
+///
+/// (symmetric ternary α·t, asymmetric ternary μ + α·t, binary μ + α·b, symmetric int2/int4 α·q).
+/// Each row is padded with t = 0 (binary: b = −1, which the kernels cancel exactly) to a whole
+/// number of blocks; `bits_per_weight()` reports the effective storage including padding, scales
+/// and offsets.
+///
+/// Formats (tag types; `pack_format<F>` gives their constants). Every format stores the unsigned
+/// digit u = t + offset (binary: u = (b + 1)/2) and the kernels compute Σ t·x = m·Σ u·x − o·Σ x:
+///
+/// | tag             | codes t          | block  | bytes | layout of one block (u = stored digit)                          |
+/// |-----------------|------------------|--------|-------|-----------------------------------------------------------------|
+/// | `ternary2`      | {−1, 0, 1}       | 256    | 64    | byte j, bits 2k..2k+1 = u[64k + j], k = 0..3 (I2_S-style)        |
+/// | `int2`          | {−2, −1, 0, 1}   | 256    | 64    | as ternary2, u = t + 2                                           |
+/// | `ternary_base3` | {−1, 0, 1}       | 320    | 64    | byte j = ceil(256·v/243), v = Σ_k u[64k + j]·3^(4−k), k = 0..4    |
+/// | `binary1`       | {−1, +1}         | 256    | 32    | bit i of byte j = u[8j + i] (u = 1 ⇔ +1)                         |
+/// | `int4`          | {−8, …, 7}       | 256    | 128   | byte j: low nibble u[j], high nibble u[128 + j], u = t + 8       |
+///
+/// ternary_base3 stores 5 trits per byte (1.6 bits) as ggml's TQ1_0 does: digit k of byte s is
+/// ⌊3·s_k/256⌋ with s_0 = s, s_{k+1} = 3·s_k mod 256; equivalently digit = [s_k ≥ 86] + [s_k ≥ 171].
+/// The blocks are chosen so that an AVX-512 load of 64 bytes yields 4 (5) vectors of 64 digits each
+/// aligned with 64 consecutive activations, and an AVX2 load of 32 bytes the same with 32.
+
+#include <lowbit/config.hpp>
+#include <lowbit/detail/dependent_false.hpp>
+#include <lowbit/error.hpp>
+#include <lowbit/types.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+LOWBIT_BEGIN_NAMESPACE
+
+/// Format tag: symmetric ternary codes {−1, 0, 1} at 2 bits per weight.
+struct ternary2 {};
+/// Format tag: ternary codes {−1, 0, 1} at 1.6 bits per weight (5 trits per byte, base 3).
+struct ternary_base3 {};
+/// Format tag: binary codes {−1, +1} at 1 bit per weight.
+struct binary1 {};
+/// Format tag: symmetric 2-bit integers {−2, −1, 0, 1}.
+struct int2 {};
+/// Format tag: symmetric 4-bit integers {−8, …, 7}.
+struct int4 {};
+
+/// Constants of a packed format. The primary template refuses unknown tags.
+template <class Format>
+struct pack_format {
+    static_assert(detail::dependent_false<Format>, "lowbit: pack_format: unknown packed format tag");
+};
+
+/// ternary2: 256 weights in 64 bytes, u = t + 1 in 2 bits.
+template <>
+struct pack_format<ternary2> {
+    static constexpr const char* name = "ternary2";
+    static constexpr int block_weights = 256, block_bytes = 64;
+    static constexpr int code_min = -1, code_max = 1;
+    static constexpr int digit_mul = 1, digit_offset = 1; ///< t = digit_mul·u − digit_offset
+};
+/// int2: as ternary2 with u = t + 2.
+template <>
+struct pack_format<int2> {
+    static constexpr const char* name = "int2";
+    static constexpr int block_weights = 256, block_bytes = 64;
+    static constexpr int code_min = -2, code_max = 1;
+    static constexpr int digit_mul = 1, digit_offset = 2;
+};
+/// ternary_base3: 320 weights in 64 bytes (5 trits per byte).
+template <>
+struct pack_format<ternary_base3> {
+    static constexpr const char* name = "ternary_base3";
+    static constexpr int block_weights = 320, block_bytes = 64;
+    static constexpr int code_min = -1, code_max = 1;
+    static constexpr int digit_mul = 1, digit_offset = 1;
+};
+/// binary1: 256 weights in 32 bytes; t = 2u − 1.
+template <>
+struct pack_format<binary1> {
+    static constexpr const char* name = "binary1";
+    static constexpr int block_weights = 256, block_bytes = 32;
+    static constexpr int code_min = -1, code_max = 1;
+    static constexpr int digit_mul = 2, digit_offset = 1;
+};
+/// int4: 256 weights in 128 bytes, u = t + 8 in a nibble.
+template <>
+struct pack_format<int4> {
+    static constexpr const char* name = "int4";
+    static constexpr int block_weights = 256, block_bytes = 128;
+    static constexpr int code_min = -8, code_max = 7;
+    static constexpr int digit_mul = 1, digit_offset = 8;
+};
+
+/// True for the format tags above.
+template <class F>
+concept PackedFormat = std::is_same_v<F, ternary2> || std::is_same_v<F, ternary_base3> ||
+                       std::is_same_v<F, binary1> || std::is_same_v<F, int2> || std::is_same_v<F, int4>;
+
+namespace detail {
+
+/// Minimal 64-byte aligned allocator for packed buffers (one cache line / one zmm).
+template <class T>
+struct aligned64_allocator {
+    using value_type = T;
+    aligned64_allocator() = default;
+    template <class U>
+    aligned64_allocator(const aligned64_allocator<U>&) noexcept {}
+    T* allocate(std::size_t n) {
+        if (n == 0) n = 1;
+        return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64}));
+    }
+    void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, std::align_val_t{64}); }
+    template <class U>
+    bool operator==(const aligned64_allocator<U>&) const noexcept { return true; }
+};
+
+/// Packs one block of digits `u[0 .. block_weights)` (values already offset, in range) into `out`.
+template <class F>
+inline void pack_block(const std::uint8_t* u, std::uint8_t* out) noexcept {
+    if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
+        for (int j = 0; j < 64; ++j)
+            out[j] = static_cast<std::uint8_t>(u[j] | (u[64 + j] << 2) | (u[128 + j] << 4) | (u[192 + j] << 6));
+    } else if constexpr (std::is_same_v<F, ternary_base3>) {
+        for (int j = 0; j < 64; ++j) {
+            int v = 0;
+            for (int k = 0; k < 5; ++k) v = 3 * v + u[64 * k + j];
+            out[j] = static_cast<std::uint8_t>((v * 256 + 242) / 243); // ceil(256 v / 243) ≤ 255
+        }
+    } else if constexpr (std::is_same_v<F, binary1>) {
+        for (int j = 0; j < 32; ++j) {
+            unsigned b = 0;
+            for (int i = 0; i < 8; ++i) b |= static_cast<unsigned>(u[8 * j + i]) << i;
+            out[j] = static_cast<std::uint8_t>(b);
+        }
+    } else if constexpr (std::is_same_v<F, int4>) {
+        for (int j = 0; j < 128; ++j) out[j] = static_cast<std::uint8_t>(u[j] | (u[128 + j] << 4));
+    } else {
+        static_assert(dependent_false<F>, "lowbit: pack_block: unknown packed format tag");
+    }
+}
+
+/// Unpacks one block into digits `u[0 .. block_weights)` (the scalar reference decoder).
+template <class F>
+inline void unpack_block(const std::uint8_t* in, std::uint8_t* u) noexcept {
+    if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
+        for (int j = 0; j < 64; ++j)
+            for (int k = 0; k < 4; ++k) u[64 * k + j] = static_cast<std::uint8_t>((in[j] >> (2 * k)) & 3);
+    } else if constexpr (std::is_same_v<F, ternary_base3>) {
+        for (int j = 0; j < 64; ++j) {
+            unsigned s = in[j];
+            for (int k = 0; k < 5; ++k) {
+                const unsigned t = 3 * s;
+                u[64 * k + j] = static_cast<std::uint8_t>(t >> 8);
+                s = t & 0xFF;
+            }
+        }
+    } else if constexpr (std::is_same_v<F, binary1>) {
+        for (int j = 0; j < 256; ++j) u[j] = static_cast<std::uint8_t>((in[j >> 3] >> (j & 7)) & 1);
+    } else if constexpr (std::is_same_v<F, int4>) {
+        for (int j = 0; j < 128; ++j) {
+            u[j] = static_cast<std::uint8_t>(in[j] & 15);
+            u[128 + j] = static_cast<std::uint8_t>(in[j] >> 4);
+        }
+    } else {
+        static_assert(dependent_false<F>, "lowbit: unpack_block: unknown packed format tag");
+    }
+}
+
+} // namespace detail
+
+/// A packed `[rows x cols]` code matrix with per-row scale α and optional per-row offset μ;
+/// w_ij = α_i·t_ij + μ_i. Row i occupies `row_bytes()` contiguous bytes starting at `row_data(i)`;
+/// the buffer is 64-byte aligned. Build it with `pack<Format>(codes, scale[, offset])` or from raw
+/// bytes (file formats) with the checked constructor.
+template <class Format>
+class packed_matrix {
+    static_assert(PackedFormat<Format>, "lowbit: packed_matrix: unknown packed format tag");
+
+public:
+    using format = Format;                        ///< the format tag
+    using traits = pack_format<Format>;           ///< its constants
+    using buffer = std::vector<std::uint8_t, detail::aligned64_allocator<std::uint8_t>>;
+
+    packed_matrix() = default;
+
+    /// Adopts already packed bytes. `bytes.size()` must equal rows·blocks_per_row(cols)·block_bytes,
+    /// `scale` has `rows` finite entries, `offset` is empty or has `rows` finite entries.
+    /// \throws shape_error (sizes), numeric_error (NaN/Inf), invalid_argument (rows/cols < 1).
+    packed_matrix(Eigen::Index rows, Eigen::Index cols, buffer bytes, vector_f scale, vector_f offset = {})
+        : rows_(rows), cols_(cols), data_(std::move(bytes)), scale_(std::move(scale)), offset_(std::move(offset)) {
+        constexpr const char* where = "packed_matrix";
+        detail::require<shape_error>(rows >= 1 && cols >= 1, where, "rows and cols must be >= 1");
+        detail::require_dim(static_cast<Eigen::Index>(data_.size()), rows * row_bytes(), where, "packed byte count");
+        detail::require_dim(scale_.size(), rows, where, "scale length");
+        detail::require_finite(scale_, where, "scale");
+        if (offset_.size() != 0) detail::require_dim(offset_.size(), rows, where, "offset length");
+        detail::require_finite(offset_, where, "offset");
+    }
+
+    /// Blocks per row for `cols` columns: ceil(cols / block_weights).
+    [[nodiscard]] static Eigen::Index blocks_for(Eigen::Index cols) noexcept {
+        return (cols + traits::block_weights - 1) / traits::block_weights;
+    }
+    [[nodiscard]] Eigen::Index rows() const noexcept { return rows_; }              ///< output features
+    [[nodiscard]] Eigen::Index cols() const noexcept { return cols_; }              ///< input features
+    [[nodiscard]] Eigen::Index blocks_per_row() const noexcept { return blocks_for(cols_); }
+    /// Columns including the zero padding of the last block.
+    [[nodiscard]] Eigen::Index padded_cols() const noexcept { return blocks_per_row() * traits::block_weights; }
+    /// Bytes per packed row.
+    [[nodiscard]] Eigen::Index row_bytes() const noexcept { return blocks_per_row() * traits::block_bytes; }
+    /// Pointer to the packed bytes of row i (no bounds check).
+    [[nodiscard]] const std::uint8_t* row_data(Eigen::Index i) const noexcept { return data_.data() + i * row_bytes(); }
+    [[nodiscard]] const buffer& bytes() const noexcept { return data_; }             ///< all packed bytes
+    [[nodiscard]] const vector_f& scale() const noexcept { return scale_; }          ///< α, length rows
+    [[nodiscard]] const vector_f& offset() const noexcept { return offset_; }        ///< μ, length rows or 0
+    [[nodiscard]] bool has_offset() const noexcept { return offset_.size() != 0; }   ///< μ present
+    /// Effective storage in bits per weight: (packed bytes + 4 bytes per scale and offset) · 8 / (rows·cols).
+    [[nodiscard]] double bits_per_weight() const noexcept {
+        const double bytes = static_cast<double>(data_.size()) + 4.0 * static_cast<double>(scale_.size() + offset_.size());
+        return 8.0 * bytes / (static_cast<double>(rows_) * static_cast<double>(cols_));
+    }
+
+    /// The integer codes t as `[rows x cols]` int8 (reference decoder). O(rows·padded_cols).
+    [[nodiscard]] matrix_i8 codes() const {
+        matrix_i8 t(rows_, cols_);
+        std::vector<std::uint8_t> u(traits::block_weights);
+        for (Eigen::Index i = 0; i < rows_; ++i)
+            for (Eigen::Index b = 0; b < blocks_per_row(); ++b) {
+                detail::unpack_block<Format>(row_data(i) + b * traits::block_bytes, u.data());
+                for (Eigen::Index j = 0; j < traits::block_weights; ++j) {
+                    const Eigen::Index c = b * traits::block_weights + j;
+                    if (c < cols_) t(i, c) = static_cast<std::int8_t>(traits::digit_mul * u[j] - traits::digit_offset);
+                }
+            }
+        return t;
+    }
+
+    /// The float weights α_i·t_ij + μ_i. O(rows·cols).
+    [[nodiscard]] matrix_f dequantize() const {
+        const matrix_i8 t = codes();
+        matrix_f w(rows_, cols_);
+        for (Eigen::Index i = 0; i < rows_; ++i)
+            for (Eigen::Index j = 0; j < cols_; ++j)
+                w(i, j) = scale_(i) * static_cast<float>(t(i, j)) + (has_offset() ? offset_(i) : 0.0f);
+        return w;
+    }
+
+private:
+    Eigen::Index rows_ = 0, cols_ = 0;
+    buffer data_;
+    vector_f scale_, offset_;
+};
+
+/// Packs integer codes `codes` `[rows x cols]` (each in the format's code range) with per-row
+/// scales `scale` (length rows) and optional per-row offsets `offset` (length rows, or empty).
+/// \throws shape_error (empty codes, length mismatch), invalid_argument (a code out of range, naming
+///         its position), numeric_error (NaN/Inf scale or offset). O(rows·cols).
+template <class Format>
+[[nodiscard]] packed_matrix<Format> pack(const Eigen::Ref<const matrix_i8>& codes, const cref_vector_f& scale,
+                                         const cref_vector_f& offset = vector_f()) {
+    static_assert(PackedFormat<Format>, "lowbit: pack: unknown packed format tag");
+    using T = pack_format<Format>;
+    constexpr const char* where = "pack";
+    detail::require_nonempty(codes, where, "codes");
+    detail::require_dim(scale.size(), codes.rows(), where, "scale length");
+    if (offset.size() != 0) detail::require_dim(offset.size(), codes.rows(), where, "offset length");
+    const Eigen::Index rows = codes.rows(), cols = codes.cols();
+    const Eigen::Index nb = packed_matrix<Format>::blocks_for(cols);
+    typename packed_matrix<Format>::buffer bytes(static_cast<std::size_t>(rows * nb * T::block_bytes));
+    std::vector<std::uint8_t> u(T::block_weights);
+    // padding digit: t = 0 (binary: b = −1, u = 0; cancelled in the kernels because x is zero-padded)
+    const std::uint8_t pad = static_cast<std::uint8_t>(T::digit_mul == 1 ? T::digit_offset : 0);
+    for (Eigen::Index i = 0; i < rows; ++i)
+        for (Eigen::Index b = 0; b < nb; ++b) {
+            for (Eigen::Index j = 0; j < T::block_weights; ++j) {
+                const Eigen::Index c = b * T::block_weights + j;
+                if (c >= cols) {
+                    u[j] = pad;
+                    continue;
+                }
+                const int t = codes(i, c);
+                const bool ok = t >= T::code_min && t <= T::code_max && (T::digit_mul == 1 || t != 0);
+                if (!ok)
+                    throw invalid_argument(std::string("lowbit: pack<") + T::name + ">: argument 'codes' has value " +
+                                           std::to_string(t) + " at (" + std::to_string(i) + ", " + std::to_string(c) +
+                                           "), outside the format's code set");
+                u[j] = static_cast<std::uint8_t>((t + T::digit_offset) / T::digit_mul);
+            }
+            detail::pack_block<Format>(u.data(), bytes.data() + (i * nb + b) * T::block_bytes);
+        }
+    return packed_matrix<Format>(rows, cols, std::move(bytes), vector_f(scale), vector_f(offset));
+}
+
+LOWBIT_END_NAMESPACE

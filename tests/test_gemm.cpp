@@ -1,0 +1,288 @@
+// Tests for lowbit/gemm.hpp and the arch/ kernels. Every ISA path this CPU can run (scalar, generic,
+// AVX2, AVX-512) is checked bit-exact against an independent int64 brute force over the original
+// codes; float epilogues against double references within the bounds stated in gemm.hpp; dynamic
+// activation quantization against rtn.hpp's quantize_per_token (symmetric grid).
+#include <lowbit/gemm.hpp>
+#include <lowbit/rtn.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+namespace {
+
+using lowbit::kernel_isa;
+constexpr kernel_isa all_isas[] = {kernel_isa::scalar, kernel_isa::generic, kernel_isa::avx2, kernel_isa::avx512};
+constexpr double u32 = 1.0 / (1 << 24);
+
+template <class F>
+lowbit::matrix_i8 random_codes(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed, bool extreme = false) {
+    using T = lowbit::pack_format<F>;
+    std::mt19937_64 rng(seed);
+    std::uniform_int_distribution<int> d(T::code_min, T::code_max);
+    lowbit::matrix_i8 c(rows, cols);
+    for (Eigen::Index i = 0; i < rows; ++i)
+        for (Eigen::Index j = 0; j < cols; ++j) {
+            int v = extreme ? ((i + j) % 2 ? T::code_max : T::code_min) : d(rng);
+            if (T::digit_mul == 2 && v == 0) v = 1;
+            c(i, j) = static_cast<std::int8_t>(v);
+        }
+    return c;
+}
+
+lowbit::matrix_f random_x(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    lowbit::matrix_f x(rows, cols);
+    for (Eigen::Index i = 0; i < rows; ++i)
+        for (Eigen::Index j = 0; j < cols; ++j) x(i, j) = g(rng) * (j % 17 == 0 ? 8.0f : 1.0f);
+    return x;
+}
+
+// out[k][i] = Σ_j c_ij q_kj in int64 straight from the original codes.
+std::vector<std::int64_t> brute_dot(const lowbit::matrix_i8& c, const lowbit::quantized_activations& a) {
+    std::vector<std::int64_t> out(static_cast<std::size_t>(a.tokens() * c.rows()));
+    for (Eigen::Index k = 0; k < a.tokens(); ++k)
+        for (Eigen::Index i = 0; i < c.rows(); ++i) {
+            std::int64_t s = 0;
+            for (Eigen::Index j = 0; j < c.cols(); ++j) s += std::int64_t(c(i, j)) * a.q(k, j);
+            out[static_cast<std::size_t>(k * c.rows() + i)] = s;
+        }
+    return out;
+}
+
+template <class F>
+void check_exact(Eigen::Index rows, Eigen::Index cols, Eigen::Index tokens, int bits, bool extreme) {
+    const lowbit::matrix_i8 c = random_codes<F>(rows, cols, static_cast<std::uint64_t>(rows * 131 + cols), extreme);
+    const auto w = lowbit::pack<F>(c, lowbit::vector_f::Ones(rows));
+    lowbit::matrix_f x = random_x(tokens, cols, static_cast<std::uint64_t>(cols + tokens));
+    if (extreme)
+        for (Eigen::Index j = 0; j < cols; ++j) x(0, j) = (j % 3 == 0) ? -1.0f : 1.0f; // q = ±L everywhere
+    const auto a = lowbit::quantize_activations(x, bits);
+    const auto want = brute_dot(c, a);
+    for (kernel_isa isa : all_isas) {
+        if (!lowbit::isa_available(isa)) continue;
+        CAPTURE(lowbit::isa_name(isa));
+        CAPTURE(lowbit::pack_format<F>::name);
+        CAPTURE(cols);
+        std::vector<std::int32_t> got(static_cast<std::size_t>(tokens * rows), -12345);
+        lowbit::dot_rows(w, a, 0, rows, got.data(), rows, isa);
+        bool same = true;
+        for (std::size_t t = 0; t < got.size(); ++t) same = same && std::int64_t(got[t]) == want[t];
+        CHECK(same);
+        // row sub-range: writes only its slice
+        if (rows >= 3) {
+            std::vector<std::int32_t> part(static_cast<std::size_t>(tokens * (rows - 2)));
+            lowbit::dot_rows(w, a, 1, rows - 1, part.data(), rows - 2, isa);
+            bool same_part = true;
+            for (Eigen::Index k = 0; k < tokens; ++k)
+                for (Eigen::Index i = 1; i < rows - 1; ++i)
+                    same_part = same_part && std::int64_t(part[static_cast<std::size_t>(k * (rows - 2) + i - 1)]) ==
+                                                 want[static_cast<std::size_t>(k * rows + i)];
+            CHECK(same_part);
+        }
+    }
+}
+
+} // namespace
+
+TEST_CASE("isa detection is consistent") {
+    CHECK(lowbit::isa_available(kernel_isa::scalar));
+    CHECK(lowbit::isa_available(kernel_isa::generic));
+    CHECK(lowbit::isa_available(lowbit::best_isa()));
+    if (lowbit::isa_available(kernel_isa::avx512)) CHECK(lowbit::isa_available(kernel_isa::avx2));
+    MESSAGE("kernel paths on this CPU: avx2=" << lowbit::isa_available(kernel_isa::avx2)
+                                              << " avx512=" << lowbit::isa_available(kernel_isa::avx512));
+}
+
+TEST_CASE_TEMPLATE("integer kernels are bit-exact on every ISA path, random and awkward shapes", F, lowbit::ternary2,
+                   lowbit::int2, lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
+    for (auto [rows, cols] : {std::pair<Eigen::Index, Eigen::Index>{1, 1}, {5, 172}, {17, 255}, {3, 321}, {33, 640},
+                              {4, 4544}, {2, 13696}, {1, 29568}})
+        for (int bits : {8, 4}) check_exact<F>(rows, cols, rows % 2 ? 1 : 3, bits, false);
+}
+
+TEST_CASE_TEMPLATE("integer kernels do not saturate at extreme codes and activations", F, lowbit::ternary2, lowbit::int2,
+                   lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
+    check_exact<F>(6, 4544, 2, 8, true);
+    check_exact<F>(3, 13696, 1, 8, true);
+}
+
+TEST_CASE("quantize_activations matches rtn's symmetric per-token grid") {
+    const lowbit::matrix_f x = random_x(4, 300, 11);
+    for (int bits : {8, 6, 4}) {
+        const auto a = lowbit::quantize_activations(x, bits);
+        lowbit::per_token_quantizer pq;
+        pq.bits = bits;
+        pq.mode = lowbit::int_mode::symmetric;
+        const auto ref = lowbit::quantize_per_token(x, pq);
+        const int levels = (1 << (bits - 1)) - 1;
+        CHECK(a.padded_cols() % 1280 == 0);
+        for (Eigen::Index k = 0; k < x.rows(); ++k) {
+            CHECK(a.scale(k) == ref.scale(k, 0));
+            std::int32_t qs = 0;
+            bool same = true;
+            for (Eigen::Index j = 0; j < x.cols(); ++j) {
+                same = same && int(a.q(k, j)) == int(ref.codes(k, j)) - levels;
+                qs += a.q(k, j);
+            }
+            for (Eigen::Index j = x.cols(); j < a.padded_cols(); ++j) same = same && a.q(k, j) == 0;
+            CHECK(same);
+            CHECK(a.qsum[static_cast<std::size_t>(k)] == qs);
+            double s = 0;
+            for (Eigen::Index j = 0; j < x.cols(); ++j) s += x(k, j);
+            CHECK(a.sum(k) == static_cast<float>(s));
+        }
+    }
+    const auto z = lowbit::quantize_activations(lowbit::matrix_f::Zero(1, 10));
+    CHECK(z.q.isZero());
+}
+
+TEST_CASE_TEMPLATE("gemm/gemv float epilogue within the stated bound, with and without offsets", F, lowbit::ternary2,
+                   lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
+    const Eigen::Index rows = 9, cols = 4544, tokens = 3;
+    const lowbit::matrix_i8 c = random_codes<F>(rows, cols, 5);
+    lowbit::vector_f s(rows), mu(rows);
+    for (Eigen::Index i = 0; i < rows; ++i) {
+        s(i) = 0.01f * static_cast<float>(i + 1);
+        mu(i) = 0.003f * static_cast<float>(i) - 0.01f;
+    }
+    const lowbit::matrix_f x = random_x(tokens, cols, 6);
+    for (bool with_mu : {false, true}) {
+        const auto w = with_mu ? lowbit::pack<F>(c, s, mu) : lowbit::pack<F>(c, s);
+        const auto a = lowbit::quantize_activations(x, 8);
+        for (kernel_isa isa : all_isas) {
+            if (!lowbit::isa_available(isa)) continue;
+            CAPTURE(lowbit::isa_name(isa));
+            const lowbit::matrix_f y = lowbit::gemm(w, x, lowbit::act_int{8}, isa);
+            for (Eigen::Index k = 0; k < tokens; ++k) {
+                const lowbit::vector_f yk = lowbit::gemv(w, x.row(k).transpose(), lowbit::act_int{8}, isa);
+                CHECK(yk == y.row(k).transpose());
+                for (Eigen::Index i = 0; i < rows; ++i) {
+                    double d = 0, sx = 0;
+                    for (Eigen::Index j = 0; j < cols; ++j) {
+                        d += double(c(i, j)) * a.q(k, j);
+                        sx += x(k, j);
+                    }
+                    const double m = with_mu ? double(mu(i)) : 0.0;
+                    const double ref = double(s(i)) * double(a.scale(k)) * d + m * sx;
+                    const double bound = 3 * u32 * (std::fabs(double(s(i)) * a.scale(k) * d) + std::fabs(m * sx)) +
+                                         u32 * std::fabs(m * sx) + 1e-30;
+                    CHECK(std::fabs(double(y(k, i)) - ref) <= bound);
+                }
+            }
+        }
+        // against the float product: each |x_j − s·q_j| ≤ s/2, so |y − x·Wᵀ| ≤ α_i·(s/2)·Σ_j |t_ij| (+ rounding)
+        const lowbit::matrix_f yf = x * w.dequantize().transpose();
+        const lowbit::matrix_f y = lowbit::gemm(w, x);
+        for (Eigen::Index k = 0; k < tokens; ++k)
+            for (Eigen::Index i = 0; i < rows; ++i) {
+                const double l1 = c.row(i).cast<double>().cwiseAbs().sum();
+                CHECK(std::fabs(double(y(k, i)) - double(yf(k, i))) <= double(s(i)) * a.scale(k) * 0.5 * l1 * 1.001 + 1e-3);
+            }
+    }
+}
+
+TEST_CASE_TEMPLATE("fp32 activations within the stated bound on every path", F, lowbit::ternary2, lowbit::ternary_base3,
+                   lowbit::binary1, lowbit::int2, lowbit::int4) {
+    const Eigen::Index rows = 7, cols = 1000;
+    const lowbit::matrix_i8 c = random_codes<F>(rows, cols, 9);
+    lowbit::vector_f s = lowbit::vector_f::Constant(rows, 0.05f), mu = lowbit::vector_f::Constant(rows, 0.02f);
+    const auto w = lowbit::pack<F>(c, s, mu);
+    const lowbit::matrix_f x = random_x(2, cols, 10);
+    const Eigen::Index n = w.padded_cols();
+    for (kernel_isa isa : all_isas) {
+        if (!lowbit::isa_available(isa)) continue;
+        CAPTURE(lowbit::isa_name(isa));
+        const lowbit::matrix_f y = lowbit::gemm(w, x, lowbit::act_fp32{}, isa);
+        for (Eigen::Index k = 0; k < x.rows(); ++k)
+            for (Eigen::Index i = 0; i < rows; ++i) {
+                double ref = 0, mag = 0, sx = 0, sabs = 0;
+                for (Eigen::Index j = 0; j < cols; ++j) {
+                    ref += double(s(i)) * c(i, j) * x(k, j) + double(mu(i)) * x(k, j);
+                    mag += std::fabs(double(s(i)) * c(i, j) * x(k, j));
+                    sx += x(k, j);
+                    sabs += std::fabs(x(k, j));
+                }
+                const double bound = double(n + 2) * u32 * (mag + std::fabs(double(mu(i))) * sabs);
+                CHECK(std::fabs(double(y(k, i)) - ref) <= bound);
+            }
+    }
+}
+
+TEST_CASE("binary x binary XNOR-popcount is exact on every path") {
+    for (Eigen::Index cols : {1, 172, 256, 300, 4544, 13696}) {
+        const Eigen::Index rows = 5;
+        const lowbit::matrix_i8 c = random_codes<lowbit::binary1>(rows, cols, static_cast<std::uint64_t>(cols));
+        lowbit::vector_f s(rows);
+        s << 1.0f, 0.5f, 2.0f, 0.25f, 4.0f;
+        const auto w = lowbit::pack<lowbit::binary1>(c, s);
+        const lowbit::vector_f x = random_x(1, cols, 3).row(0).transpose();
+        const auto a = lowbit::binarize_activations(x);
+        double beta = 0;
+        for (Eigen::Index j = 0; j < cols; ++j) beta += std::fabs(double(x(j)));
+        beta /= double(cols);
+        CHECK(a.beta == static_cast<float>(beta));
+        for (kernel_isa isa : all_isas) {
+            if (!lowbit::isa_available(isa)) continue;
+            CAPTURE(lowbit::isa_name(isa));
+            CAPTURE(cols);
+            std::vector<std::int32_t> d(rows);
+            lowbit::xnor_dot_rows(w, a, 0, rows, d.data(), isa);
+            const lowbit::vector_f y = lowbit::xnor_gemv(w, x, isa);
+            for (Eigen::Index i = 0; i < rows; ++i) {
+                std::int64_t want = 0;
+                for (Eigen::Index j = 0; j < cols; ++j) want += c(i, j) * (x(j) >= 0.0f ? 1 : -1);
+                CHECK(d[static_cast<std::size_t>(i)] == want);
+                const double ref = double(s(i)) * double(a.beta) * double(want);
+                CHECK(std::fabs(y(i) - ref) <= 3 * u32 * std::fabs(ref));
+            }
+        }
+    }
+}
+
+TEST_CASE("gemm_parallel equals gemm bit for bit") {
+    const lowbit::matrix_i8 c = random_codes<lowbit::ternary2>(200, 700, 1);
+    const auto w = lowbit::pack<lowbit::ternary2>(c, lowbit::vector_f::Constant(200, 0.1f));
+    const lowbit::matrix_f x = random_x(4, 700, 2);
+    CHECK(lowbit::gemm_parallel(w, x) == lowbit::gemm(w, x));
+}
+
+TEST_CASE("kernels reject bad input with lowbit errors") {
+    const auto w = lowbit::pack<lowbit::ternary2>(random_codes<lowbit::ternary2>(4, 300, 1), lowbit::vector_f::Ones(4));
+    const lowbit::matrix_f x = random_x(2, 300, 2);
+    CHECK_THROWS_AS((void)lowbit::gemm(w, random_x(2, 299, 1)), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::gemm(w, random_x(2, 299, 1), lowbit::act_fp32{}), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::gemv(w, lowbit::vector_f::Ones(301)), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::gemm(w, lowbit::matrix_f(0, 300)), lowbit::shape_error);
+    lowbit::matrix_f bad = x;
+    bad(1, 5) = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_AS((void)lowbit::gemm(w, bad), lowbit::numeric_error);
+    CHECK_THROWS_AS((void)lowbit::gemm(w, bad, lowbit::act_fp32{}), lowbit::numeric_error);
+    CHECK_THROWS_WITH_AS((void)lowbit::gemm(w, x, lowbit::act_int{5}),
+                         "lowbit: quantize_activations: activation bits must be 4, 6 or 8, got 5", lowbit::invalid_argument);
+    const auto a = lowbit::quantize_activations(x);
+    std::vector<std::int32_t> out(16);
+    CHECK_THROWS_AS(lowbit::dot_rows(w, a, 2, 5, out.data(), 3), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::dot_rows(w, a, 3, 2, out.data(), 3), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::dot_rows(w, a, 0, 4, out.data(), 2), lowbit::shape_error); // ldo < rows for 2 tokens
+    CHECK_THROWS_AS(lowbit::dot_rows(w, a, 0, 4, nullptr, 4), lowbit::invalid_argument);
+    auto a_short = a;
+    a_short.q = a.q.leftCols(256);
+    CHECK_THROWS_AS(lowbit::dot_rows(w, a_short, 0, 4, out.data(), 4), lowbit::shape_error);
+    lowbit::matrix_f y_bad(2, 3);
+    CHECK_THROWS_AS(lowbit::gemm_rows(w, a, 0, 4, y_bad), lowbit::shape_error);
+    for (kernel_isa isa : all_isas)
+        if (!lowbit::isa_available(isa)) CHECK_THROWS_AS((void)lowbit::gemm(w, x, lowbit::act_int{8}, isa), lowbit::invalid_argument);
+    // binary × binary: length mismatch
+    const auto wb = lowbit::pack<lowbit::binary1>(lowbit::matrix_i8::Ones(2, 300), lowbit::vector_f::Ones(2));
+    CHECK_THROWS_AS((void)lowbit::xnor_gemv(wb, lowbit::vector_f::Ones(299)), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::binarize_activations(lowbit::vector_f()), lowbit::shape_error);
+    auto ab = lowbit::binarize_activations(lowbit::vector_f::Ones(300));
+    ab.bits.resize(32);
+    std::vector<std::int32_t> d(2);
+    CHECK_THROWS_AS(lowbit::xnor_dot_rows(wb, ab, 0, 2, d.data()), lowbit::shape_error);
+}
