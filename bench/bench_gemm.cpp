@@ -1,0 +1,52 @@
+// GEMM Y = X·Wᵀ with 128 tokens: Eigen FP32 SGEMM (baseline, same process) against the packed
+// ternary 2-bit × int8 kernel (activation quantization included), weights 4096x4096, 1 or 2 threads.
+#include "gemm_bench_util.hpp"
+
+#include <benchmark/benchmark.h>
+
+#include <string>
+
+namespace {
+
+void eigen_sgemm(benchmark::State& st, Eigen::Index tokens, Eigen::Index rows, Eigen::Index cols) {
+    const lowbit::matrix_f w = lowbit::matrix_f::Random(rows, cols);
+    const lowbit::matrix_f x = lowbit_bench::random_activations(tokens, cols, 1);
+    lowbit::matrix_f y(tokens, rows);
+    for (auto _ : st) {
+        y.noalias() = x * w.transpose();
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    st.counters["packed_bytes"] = double(sizeof(float) * rows * cols);
+}
+
+template <class F>
+void packed_gemm(benchmark::State& st, Eigen::Index tokens, Eigen::Index rows, Eigen::Index cols, int threads) {
+    const auto w = lowbit_bench::random_packed<F>(rows, cols, 7);
+    const lowbit::matrix_f x = lowbit_bench::random_activations(tokens, cols, 1);
+    lowbit::matrix_f y(tokens, rows);
+    lowbit_bench::thread_pair pool(threads);
+    for (auto _ : st) {
+        const auto a = lowbit::quantize_activations(x, 8);
+        pool.run([&](int p, int np) {
+            const auto [r0, r1] = lowbit_bench::part_rows(rows, p, np);
+            lowbit::gemm_rows(w, a, r0, r1, y);
+        });
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    st.counters["packed_bytes"] = double(w.bytes().size());
+}
+
+const int registered = [] {
+    benchmark::RegisterBenchmark("gemm128/eigen_fp32/4096x4096/cache/threads:1",
+                                 [](benchmark::State& s) { eigen_sgemm(s, 128, 4096, 4096); })
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    for (int t : {1, 2})
+        benchmark::RegisterBenchmark(("gemm128/ternary2_i8/4096x4096/cache/threads:" + std::to_string(t)).c_str(),
+                                     [=](benchmark::State& s) { packed_gemm<lowbit::ternary2>(s, 128, 4096, 4096, t); })
+            ->Unit(benchmark::kMillisecond)->UseRealTime();
+    return 0;
+}();
+
+} // namespace

@@ -1,0 +1,105 @@
+// GEMV y = W·x benchmarks: Eigen FP32 (the baseline, same process) against lowbit's packed kernels
+// (dynamic int8 activation quantization included in the timed region), weights in cache ("cache":
+// one matrix reused) or in DRAM ("dram": cycling through >= 256 MiB of copies), 1 or 2 threads
+// (row halves through the row-range API). Counter packed_bytes = weight bytes read per call.
+// scripts/bench turns the medians into "ratio_vs_eigen_fp32" and "gbps" summary lines.
+#include "gemm_bench_util.hpp"
+
+#include <benchmark/benchmark.h>
+
+#include <string>
+
+namespace {
+
+using lowbit_bench::copies;
+using lowbit_bench::random_activations;
+
+void eigen_fp32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
+    const std::size_t n = dram ? std::max<std::size_t>(2, lowbit_bench::dram_bytes / (sizeof(float) * rows * cols) + 1) : 1;
+    std::vector<lowbit::matrix_f> w(n, lowbit::matrix_f::Random(rows, cols));
+    const lowbit::vector_f x = random_activations(1, cols, 1).row(0).transpose();
+    lowbit::vector_f y(rows);
+    std::size_t k = 0;
+    for (auto _ : st) {
+        y.noalias() = w[k] * x;
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+        k = (k + 1) % n;
+    }
+    st.counters["packed_bytes"] = double(sizeof(float) * rows * cols);
+}
+
+template <class F>
+void packed_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram, int threads) {
+    const auto w0 = lowbit_bench::random_packed<F>(rows, cols, 7);
+    const auto w = copies(w0, dram);
+    const lowbit::matrix_f x = random_activations(1, cols, 1);
+    lowbit::matrix_f y(1, rows);
+    lowbit_bench::thread_pair pool(threads);
+    std::size_t k = 0;
+    for (auto _ : st) {
+        const auto a = lowbit::quantize_activations(x, 8);
+        const auto& wk = w[k];
+        pool.run([&](int p, int np) {
+            const auto [r0, r1] = lowbit_bench::part_rows(rows, p, np);
+            lowbit::gemm_rows(wk, a, r0, r1, y, lowbit::kernel_isa::automatic);
+        });
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+        k = (k + 1) % w.size();
+    }
+    st.counters["packed_bytes"] = double(w0.bytes().size());
+    st.counters["bits_per_weight"] = w0.bits_per_weight();
+}
+
+void xnor(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
+    const auto w = copies(lowbit_bench::random_packed<lowbit::binary1>(rows, cols, 7), dram);
+    const lowbit::vector_f x = random_activations(1, cols, 1).row(0).transpose();
+    std::vector<std::int32_t> d(rows);
+    std::size_t k = 0;
+    for (auto _ : st) {
+        const auto a = lowbit::binarize_activations(x);
+        lowbit::xnor_dot_rows(w[k], a, 0, rows, d.data());
+        benchmark::DoNotOptimize(d.data());
+        benchmark::ClobberMemory();
+        k = (k + 1) % w.size();
+    }
+    st.counters["packed_bytes"] = double(w[0].bytes().size());
+}
+
+std::string shape(Eigen::Index r, Eigen::Index c) { return std::to_string(r) + "x" + std::to_string(c); }
+
+const int registered = [] {
+    const std::pair<Eigen::Index, Eigen::Index> shapes[] = {{4096, 4096}, {4096, 11008}, {11008, 4096}};
+    for (auto [r, c] : shapes)
+        for (bool dram : {false, true}) {
+            const std::string where = dram ? "/dram" : "/cache";
+            benchmark::RegisterBenchmark(("gemv/eigen_fp32/" + shape(r, c) + where + "/threads:1").c_str(),
+                                         [=](benchmark::State& s) { eigen_fp32(s, r, c, dram); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            for (int t : {1, 2})
+                benchmark::RegisterBenchmark(("gemv/ternary2_i8/" + shape(r, c) + where + "/threads:" + std::to_string(t)).c_str(),
+                                             [=](benchmark::State& s) { packed_gemv<lowbit::ternary2>(s, r, c, dram, t); })
+                    ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        }
+    for (bool dram : {false, true}) {
+        const std::string where = dram ? "/dram" : "/cache";
+        for (int t : {1, 2}) {
+            benchmark::RegisterBenchmark(("gemv/ternary_base3_i8/4096x4096" + where + "/threads:" + std::to_string(t)).c_str(),
+                                         [=](benchmark::State& s) { packed_gemv<lowbit::ternary_base3>(s, 4096, 4096, dram, t); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            benchmark::RegisterBenchmark(("gemv/binary1_i8/4096x4096" + where + "/threads:" + std::to_string(t)).c_str(),
+                                         [=](benchmark::State& s) { packed_gemv<lowbit::binary1>(s, 4096, 4096, dram, t); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        }
+        benchmark::RegisterBenchmark(("gemv/int4_i8/4096x4096" + where + "/threads:1").c_str(),
+                                     [=](benchmark::State& s) { packed_gemv<lowbit::int4>(s, 4096, 4096, dram, 1); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("gemv/xnor_binary1_b1/4096x4096" + where + "/threads:1").c_str(),
+                                     [=](benchmark::State& s) { xnor(s, 4096, 4096, dram); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    }
+    return 0;
+}();
+
+} // namespace
