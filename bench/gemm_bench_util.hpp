@@ -49,7 +49,7 @@ inline lowbit::matrix_f random_activations(Eigen::Index tokens, Eigen::Index col
 }
 
 /// Runs job(part, nparts) on the calling thread (part 0) and, for nparts = 2, on one persistent
-/// spinning worker (part 1); returns when both are done.
+/// worker (part 1; spins briefly, then sleeps in std::atomic::wait); returns when both are done.
 class thread_pair {
 public:
     explicit thread_pair(int nparts) : nparts_(nparts) {
@@ -59,6 +59,7 @@ public:
         if (nparts_ == 2) {
             stop_.store(true);
             gen_.fetch_add(1);
+            gen_.notify_one();
             worker_.join();
         }
     }
@@ -66,20 +67,24 @@ public:
         if (nparts_ == 1) return job(0, 1);
         job_ = &job;
         const int g = gen_.fetch_add(1) + 1;
+        gen_.notify_one();
         job(0, 2);
-        while (done_.load(std::memory_order_acquire) != g) std::this_thread::yield();
+        for (int spin = 0; done_.load(std::memory_order_acquire) != g; ++spin)
+            if (spin > 4096) done_.wait(done_.load(std::memory_order_acquire));
     }
 
 private:
     void loop() {
         int seen = 0;
         for (;;) {
-            while (gen_.load(std::memory_order_acquire) == seen) {
-            }
+            // spin briefly (the next call usually follows at once), then sleep on the futex
+            for (int spin = 0; gen_.load(std::memory_order_acquire) == seen; ++spin)
+                if (spin > 4096) gen_.wait(seen);
             seen = gen_.load();
             if (stop_.load()) return;
             (*job_)(1, 2);
             done_.store(seen, std::memory_order_release);
+            done_.notify_one();
         }
     }
     int nparts_;

@@ -103,12 +103,15 @@ TEST_CASE_TEMPLATE("integer kernels are bit-exact on every ISA path, random and 
     for (auto [rows, cols] : {std::pair<Eigen::Index, Eigen::Index>{1, 1}, {5, 172}, {17, 255}, {3, 321}, {33, 640},
                               {4, 4544}, {2, 13696}, {1, 29568}})
         for (int bits : {8, 4}) check_exact<F>(rows, cols, rows % 2 ? 1 : 3, bits, false);
+    // token counts around the 4-token micro-kernel of the AVX-512 path
+    for (Eigen::Index tokens : {4, 5, 9}) check_exact<F>(7, 700, tokens, 8, false);
 }
 
 TEST_CASE_TEMPLATE("integer kernels do not saturate at extreme codes and activations", F, lowbit::ternary2, lowbit::int2,
                    lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
     check_exact<F>(6, 4544, 2, 8, true);
     check_exact<F>(3, 13696, 1, 8, true);
+    check_exact<F>(5, 4544, 6, 8, true);
 }
 
 TEST_CASE("quantize_activations matches rtn's symmetric per-token grid") {

@@ -102,6 +102,72 @@ LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, co
     return reduce_add_epi32(s);
 }
 
+/// Decodes one packed block into its digit vectors d0..d4 (64 digits each, aligned with activations
+/// [64k, 64k + 64) of the block; d4 only for base 3).
+template <class F>
+LOWBIT_AVX512_TARGET inline void decode_block(const std::uint8_t* p, __m512i& d0, __m512i& d1, __m512i& d2, __m512i& d3,
+                                              __m512i& d4) {
+    if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
+        const __m512i m3 = _mm512_set1_epi8(3), w = _mm512_loadu_si512(p);
+        d0 = _mm512_and_si512(w, m3);
+        d1 = _mm512_and_si512(_mm512_srli_epi16(w, 2), m3);
+        d2 = _mm512_and_si512(_mm512_srli_epi16(w, 4), m3);
+        d3 = _mm512_and_si512(_mm512_srli_epi16(w, 6), m3);
+    } else if constexpr (std::is_same_v<F, int4>) {
+        const __m512i m15 = _mm512_set1_epi8(15), w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);
+        d0 = _mm512_and_si512(w0, m15);
+        d1 = _mm512_and_si512(w1, m15);
+        d2 = _mm512_and_si512(_mm512_srli_epi16(w0, 4), m15);
+        d3 = _mm512_and_si512(_mm512_srli_epi16(w1, 4), m15);
+    } else if constexpr (std::is_same_v<F, binary1>) {
+        const __m512i one = _mm512_set1_epi8(1);
+        std::uint64_t m[4];
+        std::memcpy(m, p, 32);
+        d0 = _mm512_maskz_mov_epi8(_cvtu64_mask64(m[0]), one);
+        d1 = _mm512_maskz_mov_epi8(_cvtu64_mask64(m[1]), one);
+        d2 = _mm512_maskz_mov_epi8(_cvtu64_mask64(m[2]), one);
+        d3 = _mm512_maskz_mov_epi8(_cvtu64_mask64(m[3]), one);
+    } else {
+        const __m512i one = _mm512_set1_epi8(1), t86 = _mm512_set1_epi8(86), t171 = _mm512_set1_epi8(static_cast<char>(171));
+        __m512i s = _mm512_loadu_si512(p);
+        __m512i* d[5] = {&d0, &d1, &d2, &d3, &d4};
+        for (int k = 0; k < 5; ++k) {
+            const __m512i lo = _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(s, t86), one);
+            *d[k] = _mm512_mask_add_epi8(lo, _mm512_cmpge_epu8_mask(s, t171), lo, one);
+            s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
+        }
+    }
+}
+
+/// Four tokens at once: r[t] = Σ_j u_j · x[t·ldx + j] over one packed row, each block decoded once.
+template <class F>
+LOWBIT_AVX512_TARGET inline void digit_dot_row4(const std::uint8_t* p, const std::int8_t* x, Eigen::Index ldx,
+                                                Eigen::Index nblocks, std::int32_t* r) {
+    using T = pack_format<F>;
+    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    const std::int8_t *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    for (Eigen::Index b = 0; b < nblocks; ++b, p += T::block_bytes) {
+        __m512i d0, d1, d2, d3, d4 = _mm512_setzero_si512();
+        decode_block<F>(p, d0, d1, d2, d3, d4);
+        const Eigen::Index o = b * T::block_weights;
+#define LOWBIT_TOKEN4(A0, A1, X)                                                   \
+    A0 = _mm512_dpbusd_epi32(A0, d0, _mm512_loadu_si512(X + o));                   \
+    A1 = _mm512_dpbusd_epi32(A1, d1, _mm512_loadu_si512(X + o + 64));              \
+    A0 = _mm512_dpbusd_epi32(A0, d2, _mm512_loadu_si512(X + o + 128));             \
+    A1 = _mm512_dpbusd_epi32(A1, d3, _mm512_loadu_si512(X + o + 192));             \
+    if constexpr (T::block_weights == 320) A0 = _mm512_dpbusd_epi32(A0, d4, _mm512_loadu_si512(X + o + 256));
+        LOWBIT_TOKEN4(a00, a01, x0)
+        LOWBIT_TOKEN4(a10, a11, x1)
+        LOWBIT_TOKEN4(a20, a21, x2)
+        LOWBIT_TOKEN4(a30, a31, x3)
+#undef LOWBIT_TOKEN4
+    }
+    r[0] = reduce_add_epi32(_mm512_add_epi32(a00, a01));
+    r[1] = reduce_add_epi32(_mm512_add_epi32(a10, a11));
+    r[2] = reduce_add_epi32(_mm512_add_epi32(a20, a21));
+    r[3] = reduce_add_epi32(_mm512_add_epi32(a30, a31));
+}
+
 /// AVX-512 `dot_rows` (contract of arch/generic.hpp). Rows are processed in tiles of
 /// gemm_row_tile so that several tokens reuse a weight tile from cache.
 template <class F>
@@ -118,7 +184,15 @@ LOWBIT_AVX512_TARGET inline void dot_rows(const packed_matrix<F>& w, Eigen::Inde
     }
     for (Eigen::Index i0 = r0; i0 < r1; i0 += gemm_row_tile) {
         const Eigen::Index i1 = i0 + gemm_row_tile < r1 ? i0 + gemm_row_tile : r1;
-        for (Eigen::Index k = 0; k < ntok; ++k)
+        Eigen::Index k = 0;
+        for (; k + 4 <= ntok; k += 4) // groups of four tokens share each decoded weight block
+            for (Eigen::Index i = i0; i < i1; ++i) {
+                std::int32_t r[4];
+                digit_dot_row4<F>(base + i * rb, x + k * ldx, ldx, nb, r);
+                for (int t = 0; t < 4; ++t)
+                    out[(k + t) * ldo + (i - r0)] = T::digit_mul * r[t] - T::digit_offset * qsum[k + t];
+            }
+        for (; k < ntok; ++k)
             for (Eigen::Index i = i0; i < i1; ++i)
                 out[k * ldo + (i - r0)] =
                     T::digit_mul * digit_dot_row<F>(base + i * rb, x + k * ldx, nb) - T::digit_offset * qsum[k];
