@@ -447,20 +447,22 @@ inline tra_partition_result tra_partition(const matrix_f& omega, const matrix_d&
     const Eigen::Index kmax = std::min(opt.salient_candidates, bw) - 1;
     Eigen::Index best_k = 0;
     double best_e = std::numeric_limits<double>::infinity();
-    group_mask sal(m, bw);
+    // Whole columns: fit the column subsets directly (same values as masks, half the work).
+    matrix_f sorted_cols(m, bw);
+    for (Eigen::Index c = 0; c < bw; ++c) sorted_cols.col(c) = omega.col(cols[static_cast<std::size_t>(c)]);
     for (Eigen::Index k = 1; k <= kmax; ++k) {
-        sal.setConstant(false);
-        for (Eigen::Index c = 0; c < k; ++c) sal.col(cols[static_cast<std::size_t>(c)]).setConstant(true);
-        const group_mask rest = !sal.array();
-        const double e = tra_masked_sse(omega, tra_greedy_ternary(omega, sal, 2, eye), sal) +
-                         tra_masked_sse(omega, tra_greedy_ternary(omega, rest, 2, eye), rest);
+        const matrix_f top = sorted_cols.leftCols(k), other = sorted_cols.rightCols(bw - k);
+        const group_mask all_top = group_mask::Constant(m, k, true), all_other = group_mask::Constant(m, bw - k, true);
+        const double e = tra_masked_sse(top, tra_greedy_ternary(top, all_top, 2, eye.topLeftCorner(k, k)), all_top) +
+                         tra_masked_sse(other, tra_greedy_ternary(other, all_other, 2, eye.topLeftCorner(bw - k, bw - k)),
+                                        all_other);
         if (e < best_e) {
             best_e = e;
             best_k = k;
         }
     }
     r.salient.assign(cols.begin(), cols.begin() + best_k);
-    sal.setConstant(false);
+    group_mask sal = group_mask::Constant(m, bw, false);
     for (Eigen::Index c : r.salient) sal.col(c).setConstant(true);
     const group_mask rest = !sal.array();
     // c. salient split: each side a greedy order-2 ternary, criterion MSE.
