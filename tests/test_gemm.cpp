@@ -140,6 +140,19 @@ TEST_CASE("quantize_activations matches rtn's symmetric per-token grid") {
             CHECK(a.sum(k) == static_cast<float>(s));
         }
     }
+    // both compilations of the row quantizer (default architecture, AVX2 clone) give identical codes
+    if (lowbit::isa_available(kernel_isa::avx2)) {
+        std::vector<std::int8_t> q1(300), q2(300);
+        float s1 = 0, s2 = 0;
+        double m1 = 0, m2 = 0;
+        std::int32_t c1 = 0, c2 = 0;
+        CHECK(lowbit::detail::quantize_row(x.row(1).data(), 300, 127, q1.data(), s1, m1, c1));
+        CHECK(lowbit::detail::quantize_row_avx2(x.row(1).data(), 300, 127, q2.data(), s2, m2, c2));
+        CHECK(q1 == q2);
+        CHECK(s1 == s2);
+        CHECK(m1 == m2);
+        CHECK(c1 == c2);
+    }
     const auto z = lowbit::quantize_activations(lowbit::matrix_f::Zero(1, 10));
     CHECK(z.q.isZero());
 }

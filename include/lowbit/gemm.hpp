@@ -140,6 +140,55 @@ inline void dot_rows_isa(kernel_isa isa, const packed_matrix<F>& w, Eigen::Index
     }
 }
 
+/// One token of quantize_activations: s = clamp(max|x|/L, 1e-5, 1e4) as float,
+/// q_j = clamp(round_half_even(x_j / s), −L, L) in double (IEEE-exact, so every compilation of this
+/// body gives the same codes). Returns false if x has NaN/Inf. O(n).
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+inline bool quantize_row_body(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
+                              std::int32_t& qsum) {
+    float amax = 0.0f;
+    bool finite = true;
+    for (Eigen::Index j = 0; j < n; ++j) {
+        finite = finite && std::isfinite(x[j]);
+        amax = std::max(amax, std::fabs(x[j]));
+    }
+    if (!finite) return false;
+    double s = 0.0;
+    for (Eigen::Index j = 0; j < n; ++j) s += static_cast<double>(x[j]);
+    sum = s;
+    scale = static_cast<float>(std::clamp(static_cast<double>(amax) / levels, 1e-5, 1e4));
+    const double den = static_cast<double>(scale), lim = static_cast<double>(levels);
+    std::int32_t qs = 0;
+    for (Eigen::Index j = 0; j < n; ++j) {
+        const double r = std::clamp(std::nearbyint(static_cast<double>(x[j]) / den), -lim, lim);
+        q[j] = static_cast<std::int8_t>(r);
+        qs += q[j];
+    }
+    qsum = qs;
+    return true;
+}
+
+/// quantize_row_body compiled for the caller's default architecture.
+inline bool quantize_row(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
+                         std::int32_t& qsum) {
+    return quantize_row_body(x, n, levels, q, scale, sum, qsum);
+}
+
+/// quantize_row_body compiled for AVX2 (auto-vectorized division/rounding); identical results.
+#if LOWBIT_HAVE_X86_KERNELS
+LOWBIT_TARGET("avx2,fma") inline bool quantize_row_avx2(const float* x, Eigen::Index n, int levels, std::int8_t* q,
+                                                         float& scale, double& sum, std::int32_t& qsum) {
+    return quantize_row_body(x, n, levels, q, scale, sum, qsum);
+}
+#else
+inline bool quantize_row_avx2(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
+                              std::int32_t& qsum) {
+    return quantize_row_body(x, n, levels, q, scale, sum, qsum);
+}
+#endif
+
 } // namespace detail
 
 /// Quantizes each row (token) of `x` `[tokens x in]` to `bits`-bit symmetric integers (see the file
@@ -158,26 +207,14 @@ inline void dot_rows_isa(kernel_isa isa, const packed_matrix<F>& w, Eigen::Index
     a.scale.resize(x.rows());
     a.sum.resize(x.rows());
     a.qsum.assign(static_cast<std::size_t>(x.rows()), 0);
+    const bool avx2 = detail::host_cpu_features().avx2;
     for (Eigen::Index k = 0; k < x.rows(); ++k) {
-        const float* xk = x.row(k).data();
-        float amax = 0.0f;
-        double sum = 0.0;
-        bool finite = true;
-        for (Eigen::Index j = 0; j < n; ++j) {
-            finite = finite && std::isfinite(xk[j]);
-            amax = std::max(amax, std::fabs(xk[j]));
-            sum += static_cast<double>(xk[j]);
-        }
-        detail::require<numeric_error>(finite, where, "argument 'x' contains NaN or Inf");
-        const float s = static_cast<float>(std::clamp(static_cast<double>(amax) / levels, 1e-5, 1e4));
-        const double inv_den = static_cast<double>(s);
-        std::int8_t* qk = a.q.row(k).data();
         std::int32_t qs = 0;
-        for (Eigen::Index j = 0; j < n; ++j) {
-            const double r = std::clamp(std::nearbyint(static_cast<double>(xk[j]) / inv_den), -double(levels), double(levels));
-            qk[j] = static_cast<std::int8_t>(r);
-            qs += qk[j];
-        }
+        double sum = 0.0;
+        float s = 0.0f;
+        const bool finite = avx2 ? detail::quantize_row_avx2(x.row(k).data(), n, levels, a.q.row(k).data(), s, sum, qs)
+                                 : detail::quantize_row(x.row(k).data(), n, levels, a.q.row(k).data(), s, sum, qs);
+        detail::require<numeric_error>(finite, where, "argument 'x' contains NaN or Inf");
         a.scale(k) = s;
         a.sum(k) = static_cast<float>(sum);
         a.qsum[static_cast<std::size_t>(k)] = qs;
