@@ -1,0 +1,399 @@
+#pragma once
+/// \file io/safetensors.hpp
+/// Strict safetensors reader and atomic writer (huggingface/safetensors format).
+///
+/// Layout: u64 little-endian N; N bytes of UTF-8 JSON (an object); the data buffer. Each JSON member
+/// except `__metadata__` is `"name": {"dtype": D, "shape": [d0, ...], "data_offsets": [b, e]}` with
+/// offsets relative to the buffer, e exclusive, row-major little-endian data. `__metadata__` is an
+/// object of string → string.
+///
+/// The reader rejects (format_error, message naming the tensor and the rule):
+///  - a file shorter than 8 bytes, N > 100,000,000 (`safetensors_max_header`), 8 + N beyond the file;
+///  - a header that is not strict JSON (see detail/json.hpp: duplicate keys, trailing commas,
+///    invalid UTF-8, ...), or not an object; trailing whitespace (writers' padding) is allowed;
+///  - a tensor entry that is not an object with exactly the keys dtype, shape, data_offsets; an
+///    unknown dtype; a shape that is not an array of non-negative integers; offsets that are not two
+///    integers b ≤ e; a product of dimensions × dtype size that overflows or differs from e − b
+///    (sub-byte dtypes F4/F6 need a whole number of bytes);
+///  - offsets that, sorted, are not contiguous from 0 (overlap or gap) or do not end exactly at the
+///    end of the file (no trailing garbage);
+///  - `__metadata__` that is not an object of strings.
+/// Empty tensors (a zero dimension, b = e) and rank-0 scalars are accepted, as in the reference.
+///
+/// The writer sorts tensors by descending dtype alignment then name, pads the header with spaces to
+/// a multiple of 8 bytes, and writes to `<path>.lowbit-tmp` then renames over `<path>`: a failure
+/// leaves no partial file at `path` (nor the temporary).
+
+#include <lowbit/config.hpp>
+#include <lowbit/detail/json.hpp>
+#include <lowbit/error.hpp>
+#include <lowbit/io/llama2c.hpp>
+#include <lowbit/types.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+LOWBIT_BEGIN_NAMESPACE
+namespace io {
+
+/// Element types of the safetensors format.
+enum class st_dtype {
+    BOOL, U8, I8, U16, I16, F16, BF16, U32, I32, F32, U64, I64, F64, C64,
+    F8_E4M3, F8_E5M2, F8_E8M0, F8_E4M3FNUZ, F8_E5M2FNUZ, F4, F6_E2M3, F6_E3M2
+};
+
+namespace detail {
+struct st_dtype_info {
+    st_dtype type;
+    const char* name;
+    int bits;
+};
+inline constexpr st_dtype_info st_dtypes[] = {
+    {st_dtype::BOOL, "BOOL", 8},      {st_dtype::U8, "U8", 8},           {st_dtype::I8, "I8", 8},
+    {st_dtype::U16, "U16", 16},       {st_dtype::I16, "I16", 16},        {st_dtype::F16, "F16", 16},
+    {st_dtype::BF16, "BF16", 16},     {st_dtype::U32, "U32", 32},        {st_dtype::I32, "I32", 32},
+    {st_dtype::F32, "F32", 32},       {st_dtype::U64, "U64", 64},        {st_dtype::I64, "I64", 64},
+    {st_dtype::F64, "F64", 64},       {st_dtype::C64, "C64", 64},        {st_dtype::F8_E4M3, "F8_E4M3", 8},
+    {st_dtype::F8_E5M2, "F8_E5M2", 8}, {st_dtype::F8_E8M0, "F8_E8M0", 8}, {st_dtype::F8_E4M3FNUZ, "F8_E4M3FNUZ", 8},
+    {st_dtype::F8_E5M2FNUZ, "F8_E5M2FNUZ", 8}, {st_dtype::F4, "F4", 4}, {st_dtype::F6_E2M3, "F6_E2M3", 6},
+    {st_dtype::F6_E3M2, "F6_E3M2", 6},
+};
+[[noreturn]] inline void st_fail(const std::string& what) { throw format_error("lowbit: safetensors: " + what); }
+} // namespace detail
+
+/// The format's name of a dtype ("F32", ...).
+[[nodiscard]] inline const char* dtype_name(st_dtype t) {
+    for (const auto& d : detail::st_dtypes)
+        if (d.type == t) return d.name;
+    return "?";
+}
+/// Bits per element (4 for F4, 6 for F6_*, else 8·bytes).
+[[nodiscard]] inline int dtype_bits(st_dtype t) {
+    for (const auto& d : detail::st_dtypes)
+        if (d.type == t) return d.bits;
+    return 0;
+}
+/// The dtype named `name`. \throws format_error (unknown name).
+[[nodiscard]] inline st_dtype dtype_from_name(std::string_view name) {
+    for (const auto& d : detail::st_dtypes)
+        if (name == d.name) return d.type;
+    detail::st_fail("unknown dtype \"" + std::string(name) + "\"");
+}
+
+/// Upper bound of the JSON header length (the reference implementation's MAX_HEADER_SIZE).
+inline constexpr std::uint64_t safetensors_max_header = 100'000'000;
+
+/// A tensor inside a parsed file: its dtype, shape and bytes (a view into the file's buffer).
+struct tensor_view {
+    st_dtype dtype = st_dtype::F32;
+    std::vector<std::uint64_t> shape;
+    std::span<const std::byte> bytes;
+    /// Product of the dimensions (1 for a scalar).
+    [[nodiscard]] std::uint64_t numel() const {
+        std::uint64_t n = 1;
+        for (auto d : shape) n *= d;
+        return n;
+    }
+};
+
+namespace detail {
+/// numel · bits / 8 with overflow and whole-byte checks.
+inline std::uint64_t st_byte_size(const std::vector<std::uint64_t>& shape, st_dtype t, const std::string& name) {
+    std::uint64_t n = 1;
+    for (auto d : shape) {
+        if (d != 0 && n > UINT64_MAX / d) st_fail("tensor '" + name + "': shape product overflows");
+        n *= d;
+    }
+    const auto bits = static_cast<std::uint64_t>(dtype_bits(t));
+    if (n > UINT64_MAX / bits) st_fail("tensor '" + name + "': byte size overflows");
+    if ((n * bits) % 8 != 0) st_fail("tensor '" + name + "': " + std::to_string(n) + " elements of " + dtype_name(t) +
+                                     " do not fill a whole number of bytes");
+    return n * bits / 8;
+}
+} // namespace detail
+
+/// A parsed, validated safetensors file held in memory.
+class safetensors_file {
+public:
+    /// Parses and validates `bytes` (the whole file; copied). \throws format_error (see file comment).
+    static safetensors_file parse(std::span<const std::byte> bytes) {
+        safetensors_file f;
+        f.data_.assign(bytes.begin(), bytes.end());
+        f.validate();
+        return f;
+    }
+    /// Reads and validates a file. \throws format_error (unreadable or malformed).
+    static safetensors_file read(const std::filesystem::path& path) {
+        safetensors_file f;
+        f.data_ = read_file_bytes(path);
+        try {
+            f.validate();
+        } catch (const format_error& e) {
+            throw format_error(std::string(e.what()) + " (file '" + path.string() + "')");
+        }
+        return f;
+    }
+
+    /// Tensor names in file order of their offsets.
+    [[nodiscard]] std::vector<std::string> names() const {
+        std::vector<std::string> out;
+        for (const auto& e : order_) out.push_back(e);
+        return out;
+    }
+    /// Number of tensors.
+    [[nodiscard]] std::size_t size() const { return entries_.size(); }
+    /// True if a tensor `name` exists.
+    [[nodiscard]] bool contains(const std::string& name) const { return entries_.count(name) != 0; }
+    /// The tensor `name`. \throws invalid_argument (no such tensor).
+    [[nodiscard]] tensor_view tensor(const std::string& name) const {
+        auto it = entries_.find(name);
+        lowbit::detail::require(it != entries_.end(), "safetensors_file::tensor", "no tensor named '" + name + "'");
+        const auto& e = it->second;
+        tensor_view v;
+        v.dtype = e.dtype;
+        v.shape = e.shape;
+        v.bytes = std::span<const std::byte>(data_.data() + data_start_ + e.begin, e.end - e.begin);
+        return v;
+    }
+    /// The `__metadata__` map (empty if absent).
+    [[nodiscard]] const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+    /// An F32 tensor of rank 1 or 2 as a row-major matrix (rank 1 → one row), copied (the buffer
+    /// may be unaligned). \throws invalid_argument (no such tensor, dtype not F32, rank not 1 or 2).
+    [[nodiscard]] matrix_f matrix(const std::string& name) const {
+        const auto v = tensor(name);
+        constexpr const char* where = "safetensors_file::matrix";
+        lowbit::detail::require(v.dtype == st_dtype::F32, where,
+                                "tensor '" + name + "' has dtype " + dtype_name(v.dtype) + ", expected F32");
+        lowbit::detail::require(v.shape.size() == 1 || v.shape.size() == 2, where,
+                                "tensor '" + name + "' has rank " + std::to_string(v.shape.size()) + ", expected 1 or 2");
+        const auto r = static_cast<Eigen::Index>(v.shape.size() == 2 ? v.shape[0] : 1);
+        const auto c = static_cast<Eigen::Index>(v.shape.back());
+        matrix_f m(r, c);
+        if (v.bytes.size()) std::memcpy(m.data(), v.bytes.data(), v.bytes.size());
+        return m;
+    }
+
+private:
+    struct entry {
+        st_dtype dtype;
+        std::vector<std::uint64_t> shape;
+        std::uint64_t begin, end;
+    };
+
+    void validate() {
+        using detail::st_fail;
+        using lowbit::detail::json_value;
+        if (data_.size() < 8) st_fail("file truncated: " + std::to_string(data_.size()) + " bytes, header length needs 8");
+        std::uint64_t n = 0;
+        for (int k = 7; k >= 0; --k) n = (n << 8) | static_cast<std::uint64_t>(data_[static_cast<std::size_t>(k)]);
+        if (n > safetensors_max_header)
+            st_fail("header length " + std::to_string(n) + " exceeds " + std::to_string(safetensors_max_header));
+        if (n > data_.size() - 8)
+            st_fail("header length " + std::to_string(n) + " exceeds the file (" + std::to_string(data_.size()) +
+                    " bytes)");
+        data_start_ = 8 + static_cast<std::size_t>(n);
+        const std::string_view header(reinterpret_cast<const char*>(data_.data() + 8), static_cast<std::size_t>(n));
+        const json_value root = lowbit::detail::json_parser(header, "safetensors").parse_document();
+        if (root.type != json_value::kind::object) st_fail("header is not a JSON object");
+        std::vector<std::pair<std::uint64_t, std::string>> spans;
+        for (const auto& [name, v] : root.members) {
+            if (name == "__metadata__") {
+                if (v.type != json_value::kind::object) st_fail("__metadata__ is not an object");
+                for (const auto& [k, s] : v.members) {
+                    if (s.type != json_value::kind::string) st_fail("__metadata__ value of '" + k + "' is not a string");
+                    metadata_[k] = s.text;
+                }
+                continue;
+            }
+            if (v.type != json_value::kind::object) st_fail("tensor '" + name + "': entry is not an object");
+            const json_value *dt = nullptr, *sh = nullptr, *off = nullptr;
+            for (const auto& [k, x] : v.members) {
+                if (k == "dtype") dt = &x;
+                else if (k == "shape") sh = &x;
+                else if (k == "data_offsets") off = &x;
+                else st_fail("tensor '" + name + "': unknown key \"" + k + "\"");
+            }
+            if (!dt || !sh || !off) st_fail("tensor '" + name + "': needs dtype, shape and data_offsets");
+            if (dt->type != json_value::kind::string) st_fail("tensor '" + name + "': dtype is not a string");
+            entry e{};
+            e.dtype = dtype_from_name(dt->text);
+            if (sh->type != json_value::kind::array) st_fail("tensor '" + name + "': shape is not an array");
+            for (const auto& d : sh->items) {
+                std::uint64_t u;
+                if (!d.as_uint(u)) st_fail("tensor '" + name + "': shape entries must be non-negative integers");
+                e.shape.push_back(u);
+            }
+            if (off->type != json_value::kind::array || off->items.size() != 2 || !off->items[0].as_uint(e.begin) ||
+                !off->items[1].as_uint(e.end))
+                st_fail("tensor '" + name + "': data_offsets must be two non-negative integers");
+            if (e.begin > e.end) st_fail("tensor '" + name + "': data_offsets begin > end");
+            const std::uint64_t want = detail::st_byte_size(e.shape, e.dtype, name);
+            if (e.end - e.begin != want)
+                st_fail("tensor '" + name + "': data_offsets span " + std::to_string(e.end - e.begin) +
+                        " bytes, shape x dtype needs " + std::to_string(want));
+            spans.emplace_back(e.begin, name);
+            entries_.emplace(name, std::move(e));
+        }
+        std::sort(spans.begin(), spans.end(), [this](const auto& a, const auto& b) {
+            if (a.first != b.first) return a.first < b.first;
+            return entries_.at(a.second).end < entries_.at(b.second).end;
+        });
+        const std::uint64_t buffer = data_.size() - data_start_;
+        std::uint64_t at = 0;
+        for (const auto& [b, name] : spans) {
+            const auto& e = entries_.at(name);
+            if (e.begin != at)
+                st_fail("tensor '" + name + "': data_offsets begin " + std::to_string(e.begin) + " but the previous tensor ends at " +
+                        std::to_string(at) + (e.begin < at ? " (overlap)" : " (gap)"));
+            at = e.end;
+            order_.push_back(name);
+        }
+        if (at != buffer)
+            st_fail("tensors cover " + std::to_string(at) + " bytes of a " + std::to_string(buffer) + "-byte data buffer" +
+                    (at < buffer ? " (trailing bytes)" : " (file truncated)"));
+    }
+
+    std::vector<std::byte> data_;
+    std::size_t data_start_ = 0;
+    std::map<std::string, entry> entries_;
+    std::vector<std::string> order_;
+    std::map<std::string, std::string> metadata_;
+};
+
+/// Collects named tensors and metadata, then writes a safetensors file (see file comment).
+class safetensors_writer {
+public:
+    /// Adds a tensor of raw little-endian bytes. \throws invalid_argument (empty or duplicate name,
+    /// "__metadata__", name not UTF-8), shape_error (bytes.size() ≠ shape × dtype size).
+    void add(const std::string& name, st_dtype dtype, std::vector<std::uint64_t> shape, std::span<const std::byte> bytes) {
+        constexpr const char* where = "safetensors_writer::add";
+        lowbit::detail::require(!name.empty() && name != "__metadata__", where, "tensor name '" + name + "' is not allowed");
+        lowbit::detail::require(lowbit::detail::valid_utf8(name), where, "tensor name is not valid UTF-8");
+        lowbit::detail::require(!tensors_.count(name), where, "duplicate tensor name '" + name + "'");
+        std::uint64_t want;
+        try {
+            want = detail::st_byte_size(shape, dtype, name);
+        } catch (const format_error& e) {
+            throw shape_error(e.what());
+        }
+        lowbit::detail::require<shape_error>(want == bytes.size(), where,
+                                             "tensor '" + name + "' has " + std::to_string(bytes.size()) +
+                                                 " bytes, shape x dtype needs " + std::to_string(want));
+        tensors_[name] = {dtype, std::move(shape), std::vector<std::byte>(bytes.begin(), bytes.end())};
+    }
+    /// Adds a float matrix as F32 `[rows, cols]`. \throws as add.
+    void add(const std::string& name, const cref_matrix_f& m) {
+        const matrix_f c = m; // contiguous row-major copy
+        add(name, st_dtype::F32, {static_cast<std::uint64_t>(c.rows()), static_cast<std::uint64_t>(c.cols())},
+            std::as_bytes(std::span<const float>(c.data(), static_cast<std::size_t>(c.size()))));
+    }
+    /// Sets a `__metadata__` entry. \throws invalid_argument (key or value not UTF-8).
+    void set_metadata(const std::string& key, const std::string& value) {
+        lowbit::detail::require(lowbit::detail::valid_utf8(key) && lowbit::detail::valid_utf8(value),
+                                "safetensors_writer::set_metadata", "key and value must be valid UTF-8");
+        metadata_[key] = value;
+    }
+
+    /// The file's bytes.
+    [[nodiscard]] std::vector<std::byte> serialize() const {
+        std::vector<const std::pair<const std::string, item>*> order;
+        for (const auto& t : tensors_) order.push_back(&t);
+        std::stable_sort(order.begin(), order.end(), [](auto* a, auto* b) {
+            const int aa = std::max(1, dtype_bits(a->second.dtype) / 8), ab = std::max(1, dtype_bits(b->second.dtype) / 8);
+            if (aa != ab) return aa > ab;
+            return a->first < b->first;
+        });
+        std::string h = "{";
+        bool first = true;
+        if (!metadata_.empty()) {
+            h += "\"__metadata__\":{";
+            for (const auto& [k, v] : metadata_) {
+                if (!first) h += ',';
+                first = false;
+                lowbit::detail::json_escape(h, k);
+                h += ':';
+                lowbit::detail::json_escape(h, v);
+            }
+            h += '}';
+            first = false;
+        }
+        std::uint64_t at = 0;
+        for (auto* t : order) {
+            if (!first) h += ',';
+            first = false;
+            lowbit::detail::json_escape(h, t->first);
+            h += ":{\"dtype\":\"";
+            h += dtype_name(t->second.dtype);
+            h += "\",\"shape\":[";
+            for (std::size_t i = 0; i < t->second.shape.size(); ++i) {
+                if (i) h += ',';
+                h += std::to_string(t->second.shape[i]);
+            }
+            h += "],\"data_offsets\":[" + std::to_string(at) + ",";
+            at += t->second.bytes.size();
+            h += std::to_string(at) + "]}";
+        }
+        h += '}';
+        while (h.size() % 8 != 0) h += ' ';
+        std::vector<std::byte> out(8 + h.size());
+        std::uint64_t n = h.size();
+        for (int k = 0; k < 8; ++k) out[static_cast<std::size_t>(k)] = static_cast<std::byte>((n >> (8 * k)) & 0xFF);
+        std::memcpy(out.data() + 8, h.data(), h.size());
+        out.reserve(out.size() + at);
+        for (auto* t : order) out.insert(out.end(), t->second.bytes.begin(), t->second.bytes.end());
+        return out;
+    }
+
+    /// Writes atomically: `<path>.lowbit-tmp`, then rename. \throws format_error (I/O failure; no
+    /// file is left at `path` unless it existed before, then it is unchanged).
+    void write(const std::filesystem::path& path) const {
+        const auto bytes = serialize();
+        std::filesystem::path tmp = path;
+        tmp += ".lowbit-tmp";
+        {
+            std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+            if (!f) throw format_error("lowbit: safetensors: cannot create '" + tmp.string() + "'");
+            f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+            f.flush();
+            if (!f) {
+                f.close();
+                std::error_code ec;
+                std::filesystem::remove(tmp, ec);
+                throw format_error("lowbit: safetensors: cannot write '" + tmp.string() + "'");
+            }
+        }
+        std::error_code ec;
+        std::filesystem::rename(tmp, path, ec);
+        if (ec) {
+            std::error_code ec2;
+            std::filesystem::remove(tmp, ec2);
+            throw format_error("lowbit: safetensors: cannot rename '" + tmp.string() + "' to '" + path.string() +
+                               "': " + ec.message());
+        }
+    }
+
+private:
+    struct item {
+        st_dtype dtype;
+        std::vector<std::uint64_t> shape;
+        std::vector<std::byte> bytes;
+    };
+    std::map<std::string, item> tensors_;
+    std::map<std::string, std::string> metadata_;
+};
+
+} // namespace io
+LOWBIT_END_NAMESPACE
