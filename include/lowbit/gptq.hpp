@@ -462,26 +462,58 @@ inline tra_partition_result tra_partition(const matrix_f& omega, const matrix_d&
         }
     }
     r.salient.assign(cols.begin(), cols.begin() + best_k);
-    group_mask sal = group_mask::Constant(m, bw, false);
-    for (Eigen::Index c : r.salient) sal.col(c).setConstant(true);
-    const group_mask rest = !sal.array();
+    // The splits work on the column subsets (entries outside a subset are in no candidate group).
+    std::vector<Eigen::Index> rest_cols;
+    {
+        std::vector<bool> is_sal(static_cast<std::size_t>(bw), false);
+        for (Eigen::Index c : r.salient) is_sal[static_cast<std::size_t>(c)] = true;
+        for (Eigen::Index c = 0; c < bw; ++c)
+            if (!is_sal[static_cast<std::size_t>(c)]) rest_cols.push_back(c);
+    }
+    auto columns = [&](const std::vector<Eigen::Index>& idx) {
+        matrix_f out(m, static_cast<Eigen::Index>(idx.size()));
+        for (std::size_t c = 0; c < idx.size(); ++c) out.col(static_cast<Eigen::Index>(c)) = omega.col(idx[c]);
+        return out;
+    };
+    auto scatter = [&](const std::vector<Eigen::Index>& idx, const group_mask& part, group_mask& full) {
+        for (std::size_t c = 0; c < idx.size(); ++c) full.col(idx[c]) = part.col(static_cast<Eigen::Index>(c));
+    };
+    for (auto& mk : r.masks) mk = group_mask::Constant(m, bw, false);
     // c. salient split: each side a greedy order-2 ternary, criterion MSE.
-    r.salient_break = tra_split(omega, sal, opt.quantile_steps, r.masks[0], r.masks[1],
-                                [&](const group_mask& a, const group_mask& b) {
-                                    return tra_masked_sse(omega, tra_greedy_ternary(omega, a, 2, eye), a) +
-                                           tra_masked_sse(omega, tra_greedy_ternary(omega, b, 2, eye), b);
-                                });
-    // d. non-salient split: each side a greedy order-1 ternary, criterion tr(Δ S Δᵀ) on the rest.
-    r.nonsalient_break = tra_split(omega, rest, opt.quantile_steps, r.masks[2], r.masks[3],
-                                   [&](const group_mask& a, const group_mask& b) {
-                                       const matrix_f approx = tra_greedy_ternary(omega, a, 1, eye) +
-                                                               tra_greedy_ternary(omega, b, 1, eye);
-                                       Eigen::MatrixXd d = Eigen::MatrixXd::Zero(m, bw);
-                                       for (Eigen::Index i = 0; i < m; ++i)
-                                           for (Eigen::Index j = 0; j < bw; ++j)
-                                               if (rest(i, j)) d(i, j) = static_cast<double>(approx(i, j)) - omega(i, j);
-                                       return (d * s).cwiseProduct(d).sum();
-                                   });
+    {
+        const matrix_f os = columns(r.salient);
+        const Eigen::Index k = os.cols();
+        const matrix_d eye_k = matrix_d::Identity(k, k);
+        group_mask lo, hi;
+        r.salient_break = tra_split(os, group_mask::Constant(m, k, true), opt.quantile_steps, lo, hi,
+                                    [&](const group_mask& a, const group_mask& b) {
+                                        return tra_masked_sse(os, tra_greedy_ternary(os, a, 2, eye_k), a) +
+                                               tra_masked_sse(os, tra_greedy_ternary(os, b, 2, eye_k), b);
+                                    });
+        scatter(r.salient, lo, r.masks[0]);
+        scatter(r.salient, hi, r.masks[1]);
+    }
+    // d. non-salient split: each side a greedy order-1 ternary, criterion tr(Δ S Δᵀ) (Δ is zero
+    //    outside the non-salient columns, so S restricted to them suffices).
+    {
+        const matrix_f orr = columns(rest_cols);
+        const Eigen::Index k = orr.cols();
+        const matrix_d eye_k = matrix_d::Identity(k, k);
+        Eigen::MatrixXd s_rest(k, k);
+        for (Eigen::Index i = 0; i < k; ++i)
+            for (Eigen::Index j = 0; j < k; ++j)
+                s_rest(i, j) = s(rest_cols[static_cast<std::size_t>(i)], rest_cols[static_cast<std::size_t>(j)]);
+        group_mask lo, hi;
+        r.nonsalient_break = tra_split(orr, group_mask::Constant(m, k, true), opt.quantile_steps, lo, hi,
+                                       [&](const group_mask& a, const group_mask& b) {
+                                           const Eigen::MatrixXd d =
+                                               (tra_greedy_ternary(orr, a, 1, eye_k) + tra_greedy_ternary(orr, b, 1, eye_k) - orr)
+                                                   .cast<double>();
+                                           return (d * s_rest).cwiseProduct(d).sum();
+                                       });
+        scatter(rest_cols, lo, r.masks[2]);
+        scatter(rest_cols, hi, r.masks[3]);
+    }
     return r;
 }
 
