@@ -302,3 +302,62 @@ TEST_CASE("kernels reject bad input with lowbit errors") {
     std::vector<std::int32_t> d(2);
     CHECK_THROWS_AS(lowbit::xnor_dot_rows(wb, ab, 0, 2, d.data()), lowbit::shape_error);
 }
+
+TEST_CASE_TEMPLATE("MXFP4 x int8: both layouts, every path, within the stated bound", L, lowbit::mxfp4_rowmajor, lowbit::mxfp4_ggml) {
+    static constexpr int doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12}; // OCP E2M1 × 2
+    for (Eigen::Index cols : {32, 33, 172, 4544}) {
+        const Eigen::Index rows = 6, nb = (cols + 31) / 32;
+        std::mt19937_64 rng(static_cast<std::uint64_t>(cols));
+        std::uniform_int_distribution<int> dc(0, 15), de(110, 140);
+        lowbit::detail::u8_matrix c(rows, cols), e(rows, nb);
+        for (Eigen::Index i = 0; i < c.size(); ++i) c.data()[i] = static_cast<std::uint8_t>(dc(rng));
+        for (Eigen::Index i = 0; i < e.size(); ++i) e.data()[i] = static_cast<std::uint8_t>(de(rng));
+        const auto w = lowbit::pack_mxfp4<L>(c, e);
+        CHECK(w.codes() == c);
+        CHECK(w.scales() == e);
+        const lowbit::matrix_f x = random_x(5, cols, 4);
+        const auto a = lowbit::quantize_activations(x);
+        for (kernel_isa isa : all_isas) {
+            if (!lowbit::isa_available(isa)) continue;
+            CAPTURE(lowbit::isa_name(isa));
+            CAPTURE(cols);
+            const lowbit::matrix_f y = lowbit::gemm(w, x, lowbit::act_int{8}, isa);
+            for (Eigen::Index k = 0; k < x.rows(); ++k)
+                for (Eigen::Index i = 0; i < rows; ++i) {
+                    double ref = 0, mag = 0;
+                    for (Eigen::Index j = 0; j < cols; ++j) {
+                        const double t = std::ldexp(double(doubled[c(i, j)]) * a.q(k, j), int(e(i, j / 32)) - 127);
+                        ref += t;
+                        mag += std::fabs(t);
+                    }
+                    ref *= 0.5 * a.scale(k);
+                    mag *= 0.5 * a.scale(k);
+                    CHECK(std::fabs(double(y(k, i)) - ref) <= double(nb + 8) * u32 * mag + 1e-37);
+                }
+        }
+    }
+    // ggml block layout, hand-worked: element 0 in the low nibble of byte 1, element 16 in its high nibble
+    lowbit::detail::u8_matrix c = lowbit::detail::u8_matrix::Zero(1, 32), e = lowbit::detail::u8_matrix::Constant(1, 1, 127);
+    c(0, 0) = 7;   // +6
+    c(0, 1) = 9;   // -0.5
+    c(0, 16) = 10; // -1
+    const auto w = lowbit::pack_mxfp4<L>(c, e);
+    if constexpr (std::is_same_v<L, lowbit::mxfp4_ggml>) {
+        CHECK(int(w.row_data(0)[1]) == (7 | 10 << 4));
+        CHECK(int(w.row_data(0)[2]) == 9);
+    } else {
+        CHECK(int(w.row_data(0)[1]) == (7 | 9 << 4));
+        CHECK(int(w.row_data(0)[9]) == 10);
+    }
+    CHECK(w.dequantize()(0, 0) == 6.0f);
+    CHECK(w.dequantize()(0, 1) == -0.5f);
+    CHECK(w.bits_per_weight() == doctest::Approx(4.25));
+    // bad input
+    CHECK_THROWS_AS((void)lowbit::pack_mxfp4<L>(c, lowbit::detail::u8_matrix::Constant(1, 2, 127)), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::pack_mxfp4<L>(c, lowbit::detail::u8_matrix::Constant(1, 1, 255)), lowbit::numeric_error);
+    c(0, 3) = 16;
+    CHECK_THROWS_AS((void)lowbit::pack_mxfp4<L>(c, e), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::gemv(w, lowbit::vector_f::Ones(31)), lowbit::shape_error);
+    using P = lowbit::packed_mxfp4<L>;
+    CHECK_THROWS_AS(P(1, 32, typename P::buffer(16)), lowbit::shape_error);
+}

@@ -327,6 +327,69 @@ template <class F>
     return y;
 }
 
+namespace detail {
+/// 12·(x_4m + x_4m+1 + x_4m+2 + x_4m+3) for each group of 4 columns of token k (MXFP4 AVX-512 offset).
+inline std::vector<std::int32_t> mxfp4_corr12(const quantized_activations& a, Eigen::Index k) {
+    std::vector<std::int32_t> c(static_cast<std::size_t>(a.padded_cols() / 4));
+    const std::int8_t* q = a.q.row(k).data();
+    for (std::size_t m = 0; m < c.size(); ++m) c[m] = 12 * (q[4 * m] + q[4 * m + 1] + q[4 * m + 2] + q[4 * m + 3]);
+    return c;
+}
+} // namespace detail
+
+/// MXFP4 × quantized activations, rows [row_begin, row_end) of Y `[tokens x w.rows()]`:
+///     Y(k, i) = (0.5·s_k)·Σ_b 2^(E_ib − 127)·S_ikb,   S_ikb = Σ_{j∈b} e2m1_doubled(c_ij)·q_kj (exact int)
+/// with float accumulation over blocks: |ΔY| ≤ (nb + 8)·u·0.5·s_k·Σ_b 2^(E−127)·Σ_j |e2m1_doubled·q|.
+/// Paths: avx512 (vpshufb table + vpdpbusd); every other request runs the scalar reference.
+/// \throws shape_error (cols mismatch, range, y shape), invalid_argument (ISA unsupported).
+template <class L>
+inline void gemm_rows(const packed_mxfp4<L>& w, const quantized_activations& a, Eigen::Index row_begin,
+                      Eigen::Index row_end, Eigen::Ref<matrix_f> y, kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "gemm_rows";
+    detail::require<shape_error>(w.cols() <= detail::max_kernel_cols, where, "w.cols() exceeds 2^21");
+    detail::require_dim(a.cols, w.cols(), where, "activation columns");
+    detail::require<shape_error>(a.padded_cols() >= w.padded_cols() && a.padded_cols() % detail::activation_pad == 0, where,
+                                 "activations are not padded as quantize_activations pads them");
+    detail::require<shape_error>(0 <= row_begin && row_begin <= row_end && row_end <= w.rows(), where, "row range outside [0, rows)");
+    detail::require_dim(y.rows(), a.tokens(), where, "y.rows()");
+    detail::require_dim(y.cols(), w.rows(), where, "y.cols()");
+    const kernel_isa path = detail::resolve_isa(isa, where);
+    std::vector<float> d(static_cast<std::size_t>(std::max<Eigen::Index>(row_end - row_begin, 1)));
+    for (Eigen::Index k = 0; k < a.tokens(); ++k) {
+        const std::int8_t* xk = a.q.row(k).data();
+#if LOWBIT_HAVE_X86_KERNELS
+        if (path == kernel_isa::avx512) {
+            const std::vector<std::int32_t> corr = detail::mxfp4_corr12(a, k);
+            detail::avx512_kernels::mxfp4_rows(w, row_begin, row_end, xk, corr.data(), d.data());
+        } else
+#endif
+            detail::scalar_kernels::mxfp4_rows(w, row_begin, row_end, xk, d.data());
+        (void)path;
+        for (Eigen::Index i = row_begin; i < row_end; ++i)
+            y(k, i) = (0.5f * a.scale(k)) * d[static_cast<std::size_t>(i - row_begin)];
+    }
+}
+
+/// Y = X·Wᵀ for MXFP4 weights with activations quantized per token inside (`act_int{bits}`).
+template <class L>
+[[nodiscard]] inline matrix_f gemm(const packed_mxfp4<L>& w, const cref_matrix_f& x, act_int act = {},
+                                   kernel_isa isa = kernel_isa::automatic) {
+    detail::require_dim(x.cols(), w.cols(), "gemm", "x.cols()");
+    const quantized_activations a = quantize_activations(x, act.bits);
+    matrix_f y(x.rows(), w.rows());
+    gemm_rows(w, a, 0, w.rows(), y, isa);
+    return y;
+}
+
+/// y = W·x for MXFP4 weights (int activations quantized inside).
+template <class L>
+[[nodiscard]] inline vector_f gemv(const packed_mxfp4<L>& w, const cref_vector_f& x, act_int act = {},
+                                   kernel_isa isa = kernel_isa::automatic) {
+    detail::require_dim(x.size(), w.cols(), "gemv", "x length");
+    const Eigen::Map<const matrix_f> xr(x.data(), 1, x.size());
+    return gemm(w, xr, act, isa).row(0).transpose();
+}
+
 /// Sign-packed activations for binary × binary: bit j = [x_j ≥ 0] in binary1's block layout, with
 /// β = mean|x| (XNOR-Net) and Σx.
 struct binary_activations {

@@ -302,4 +302,132 @@ template <class Format>
     return packed_matrix<Format>(rows, cols, std::move(bytes), vector_f(scale), vector_f(offset));
 }
 
+/// MXFP4 layout tag: a 17-byte block per 32 elements, byte 0 = E8M0 scale code, byte 1 + i holds
+/// element 2i in its low nibble and element 2i + 1 in its high nibble (row-major nibbles).
+struct mxfp4_rowmajor {};
+/// MXFP4 layout tag: ggml's `block_mxfp4` — byte 0 = E8M0 code, byte 1 + i holds element i in its
+/// low nibble and element 16 + i in its high nibble (split halves).
+struct mxfp4_ggml {};
+
+namespace detail {
+/// Row-major uint8 matrix (E2M1 / E8M0 codes).
+using u8_matrix = Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// FP4 E2M1 code → twice its value, an integer in {0, ±1, ±2, ±3, ±4, ±6, ±8, ±12} (OCP MX v1.0
+/// table: magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6; bit 3 is the sign).
+inline constexpr std::int8_t e2m1_doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+/// E8M0 code c → 2^(c − 127) as float (c = 255 is NaN in the spec; lowbit's packer rejects it).
+inline float e8m0_value(std::uint8_t c) noexcept { return std::ldexp(1.0f, static_cast<int>(c) - 127); }
+
+/// Nibble position of element j (0..31) of an MXFP4 block: byte index (from 1) and shift.
+template <class Layout>
+inline void mxfp4_position(int j, int& byte, int& shift) noexcept {
+    if constexpr (std::is_same_v<Layout, mxfp4_ggml>) {
+        byte = 1 + (j & 15);
+        shift = j < 16 ? 0 : 4;
+    } else {
+        byte = 1 + j / 2;
+        shift = (j & 1) ? 4 : 0;
+    }
+}
+} // namespace detail
+
+/// An MXFP4 matrix `[rows x cols]`: blocks of 32 elements along a row share an E8M0 scale;
+/// w_ij = 2^(E_{i, j/32} − 127) · e2m1(c_ij). Row i is blocks_per_row() blocks of 17 bytes
+/// (layout tag `mxfp4_rowmajor` or `mxfp4_ggml`); the last block is zero-padded (codes 0).
+template <class Layout>
+class packed_mxfp4 {
+    static_assert(std::is_same_v<Layout, mxfp4_rowmajor> || std::is_same_v<Layout, mxfp4_ggml>,
+                  "lowbit: packed_mxfp4: layout must be mxfp4_rowmajor or mxfp4_ggml");
+
+public:
+    using layout = Layout;                                                          ///< layout tag
+    using buffer = std::vector<std::uint8_t, detail::aligned64_allocator<std::uint8_t>>;
+    static constexpr int block_weights = 32, block_bytes = 17;                      ///< block geometry
+
+    packed_mxfp4() = default;
+    /// Adopts packed bytes (e.g. ggml tensors); size must be rows·ceil(cols/32)·17; E8M0 code 255
+    /// (NaN) is rejected. \throws shape_error, numeric_error.
+    packed_mxfp4(Eigen::Index rows, Eigen::Index cols, buffer bytes) : rows_(rows), cols_(cols), data_(std::move(bytes)) {
+        constexpr const char* where = "packed_mxfp4";
+        detail::require<shape_error>(rows >= 1 && cols >= 1, where, "rows and cols must be >= 1");
+        detail::require_dim(static_cast<Eigen::Index>(data_.size()), rows * row_bytes(), where, "packed byte count");
+        for (Eigen::Index i = 0; i < rows * blocks_per_row(); ++i)
+            detail::require<numeric_error>(data_[static_cast<std::size_t>(i * block_bytes)] != 255, where,
+                                           "E8M0 scale code 255 (NaN)");
+    }
+    [[nodiscard]] Eigen::Index rows() const noexcept { return rows_; }                ///< output features
+    [[nodiscard]] Eigen::Index cols() const noexcept { return cols_; }                ///< input features
+    [[nodiscard]] Eigen::Index blocks_per_row() const noexcept { return (cols_ + 31) / 32; } ///< blocks per row
+    [[nodiscard]] Eigen::Index padded_cols() const noexcept { return blocks_per_row() * 32; } ///< padded columns
+    [[nodiscard]] Eigen::Index row_bytes() const noexcept { return blocks_per_row() * block_bytes; } ///< bytes per row
+    [[nodiscard]] const std::uint8_t* row_data(Eigen::Index i) const noexcept { return data_.data() + i * row_bytes(); }
+    [[nodiscard]] const buffer& bytes() const noexcept { return data_; }                ///< all packed bytes
+    /// (packed bytes · 8) / (rows · cols): 4.25 when cols is a multiple of 32.
+    [[nodiscard]] double bits_per_weight() const noexcept {
+        return 8.0 * static_cast<double>(data_.size()) / (static_cast<double>(rows_) * static_cast<double>(cols_));
+    }
+    /// E2M1 codes `[rows x cols]` (reference decoder).
+    [[nodiscard]] detail::u8_matrix codes() const {
+        detail::u8_matrix c(rows_, cols_);
+        for (Eigen::Index i = 0; i < rows_; ++i)
+            for (Eigen::Index j = 0; j < cols_; ++j) {
+                int byte = 0, shift = 0;
+                detail::mxfp4_position<Layout>(static_cast<int>(j % 32), byte, shift);
+                c(i, j) = static_cast<std::uint8_t>((row_data(i)[(j / 32) * block_bytes + byte] >> shift) & 15);
+            }
+        return c;
+    }
+    /// E8M0 scale codes `[rows x blocks_per_row]`.
+    [[nodiscard]] detail::u8_matrix scales() const {
+        detail::u8_matrix e(rows_, blocks_per_row());
+        for (Eigen::Index i = 0; i < rows_; ++i)
+            for (Eigen::Index b = 0; b < blocks_per_row(); ++b) e(i, b) = row_data(i)[b * block_bytes];
+        return e;
+    }
+    /// The float weights 2^(E−127) · e2m1(c) (exact in float for E8M0 codes ≥ 1). O(rows·cols).
+    [[nodiscard]] matrix_f dequantize() const {
+        const detail::u8_matrix c = codes(), e = scales();
+        matrix_f w(rows_, cols_);
+        for (Eigen::Index i = 0; i < rows_; ++i)
+            for (Eigen::Index j = 0; j < cols_; ++j)
+                w(i, j) = 0.5f * static_cast<float>(detail::e2m1_doubled[c(i, j)]) * detail::e8m0_value(e(i, j / 32));
+        return w;
+    }
+
+private:
+    Eigen::Index rows_ = 0, cols_ = 0;
+    buffer data_;
+};
+
+/// Packs MXFP4 element codes `codes` `[rows x cols]` (E2M1 codes 0..15, e.g. `quantize_mx<mxfp4>(w).codes`)
+/// and E8M0 scale codes `scales` `[rows x ceil(cols/32)]` (0..254) into `Layout`.
+/// \throws shape_error (empty, scale shape), invalid_argument (code > 15), numeric_error (scale 255).
+template <class Layout>
+[[nodiscard]] packed_mxfp4<Layout> pack_mxfp4(const Eigen::Ref<const detail::u8_matrix>& codes,
+                                              const Eigen::Ref<const detail::u8_matrix>& scales) {
+    constexpr const char* where = "pack_mxfp4";
+    detail::require_nonempty(codes, where, "codes");
+    const Eigen::Index rows = codes.rows(), cols = codes.cols(), nb = (cols + 31) / 32;
+    detail::require_dim(scales.rows(), rows, where, "scales.rows()");
+    detail::require_dim(scales.cols(), nb, where, "scales.cols() (blocks of 32 per row)");
+    typename packed_mxfp4<Layout>::buffer bytes(static_cast<std::size_t>(rows * nb * 17), 0);
+    for (Eigen::Index i = 0; i < rows; ++i) {
+        std::uint8_t* r = bytes.data() + i * nb * 17;
+        for (Eigen::Index b = 0; b < nb; ++b) {
+            detail::require<numeric_error>(scales(i, b) != 255, where, "argument 'scales' has E8M0 code 255 (NaN)");
+            r[b * 17] = scales(i, b);
+        }
+        for (Eigen::Index j = 0; j < cols; ++j) {
+            detail::require(codes(i, j) < 16, where, "argument 'codes' has a value above 15 at (" + std::to_string(i) + ", " +
+                                                         std::to_string(j) + ")");
+            int byte = 0, shift = 0;
+            detail::mxfp4_position<Layout>(static_cast<int>(j % 32), byte, shift);
+            r[(j / 32) * 17 + byte] = static_cast<std::uint8_t>(r[(j / 32) * 17 + byte] | (codes(i, j) << shift));
+        }
+    }
+    return packed_mxfp4<Layout>(rows, cols, std::move(bytes));
+}
+
 LOWBIT_END_NAMESPACE

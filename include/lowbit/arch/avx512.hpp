@@ -23,7 +23,7 @@
 #include <immintrin.h>
 
 /// Target string of the AVX-512 kernels.
-#define LOWBIT_AVX512_TARGET LOWBIT_TARGET("avx512f,avx512bw,avx512vl,avx512vnni,avx512vpopcntdq,avx2,fma,popcnt,bmi2")
+#define LOWBIT_AVX512_TARGET LOWBIT_TARGET("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vpopcntdq,avx2,fma,popcnt,bmi2")
 
 LOWBIT_BEGIN_NAMESPACE
 namespace detail::avx512_kernels {
@@ -196,6 +196,79 @@ LOWBIT_AVX512_TARGET inline void dot_rows(const packed_matrix<F>& w, Eigen::Inde
             for (Eigen::Index i = i0; i < i1; ++i)
                 out[k * ldo + (i - r0)] =
                     T::digit_mul * digit_dot_row<F>(base + i * rb, x + k * ldx, nb) - T::digit_offset * qsum[k];
+    }
+}
+
+/// E8M0 code → 2^(c − 127) as float bits (c = 0 is the subnormal 2^-127).
+inline float e8m0_float(std::uint8_t c) noexcept {
+    const std::uint32_t bits = c ? static_cast<std::uint32_t>(c) << 23 : 0x00200000u;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+/// AVX-512 MXFP4 × int8 (contract of scalar_kernels::mxfp4_rows up to float summation order).
+/// Two blocks per step: nibbles → `vpshufb` table of e2m1_doubled + 12 (unsigned), `vpdpbusd` with
+/// 64 activations, minus the precomputed 12·Σ of each 4 activations (`corr12`, int32 per 4 columns),
+/// converted to float, times the blocks' scales, accumulated with FMA.
+template <class L>
+LOWBIT_AVX512_TARGET inline void mxfp4_rows(const packed_mxfp4<L>& w, Eigen::Index r0, Eigen::Index r1,
+                                            const std::int8_t* x, const std::int32_t* corr12, float* out) {
+    const __m512i lut = _mm512_mask_broadcast_i32x4(
+        _mm512_setzero_si512(), 0xFFFF, _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+    const __m128i m15 = _mm_set1_epi8(15);
+    const Eigen::Index nb = w.blocks_per_row();
+    auto elements = [&](const std::uint8_t* q, __m128i& e0, __m128i& e1) LOWBIT_AVX512_TARGET {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+        const __m128i lo = _mm_and_si128(v, m15), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m15);
+        if constexpr (std::is_same_v<L, mxfp4_ggml>) {
+            e0 = lo;
+            e1 = hi;
+        } else {
+            e0 = _mm_unpacklo_epi8(lo, hi);
+            e1 = _mm_unpackhi_epi8(lo, hi);
+        }
+    };
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        const std::uint8_t* p = w.row_data(i);
+        __m512 acc = _mm512_setzero_ps();
+        Eigen::Index b = 0;
+        for (; b + 2 <= nb; b += 2, p += 34) {
+            __m128i e0, e1, e2, e3;
+            elements(p + 1, e0, e1);
+            elements(p + 18, e2, e3);
+            __m512i idx = _mm512_castsi128_si512(e0);
+            idx = _mm512_inserti32x4(idx, e1, 1);
+            idx = _mm512_inserti32x4(idx, e2, 2);
+            idx = _mm512_inserti32x4(idx, e3, 3);
+            const __m512i u = _mm512_shuffle_epi8(lut, idx);
+            const __m512i d = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(x + 32 * b)),
+                                               _mm512_loadu_si512(corr12 + 8 * b));
+            const __m512 sc = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(e8m0_float(p[0])), _mm512_set1_ps(e8m0_float(p[17])));
+            acc = _mm512_fmadd_ps(_mm512_mask_cvtepi32_ps(_mm512_setzero_ps(), 0xFFFF, d), sc, acc);
+        }
+        float tail = 0.0f;
+        if (b < nb) { // odd last block: 256-bit step
+            __m128i e0, e1;
+            elements(p + 1, e0, e1);
+            const __m256i idx = _mm256_inserti128_si256(_mm256_castsi128_si256(e0), e1, 1);
+            const __m256i u = _mm256_shuffle_epi8(
+                _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16, 18, 20, 24, 12,
+                                 11, 10, 9, 8, 6, 4, 0),
+                idx);
+            const __m256i d = _mm256_sub_epi32(
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * b))),
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr12 + 8 * b)));
+            const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
+            const __m128i q2 = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4E));
+            tail = e8m0_float(p[0]) * static_cast<float>(_mm_cvtsi128_si32(_mm_add_epi32(q2, _mm_shuffle_epi32(q2, 0xB1))));
+        }
+        const __m256 h = _mm256_add_ps(_mm512_mask_extractf32x8_ps(_mm256_setzero_ps(), 0xFF, acc, 0),
+                                       _mm512_mask_extractf32x8_ps(_mm256_setzero_ps(), 0xFF, acc, 1));
+        __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        q = _mm_add_ss(q, _mm_movehdup_ps(q));
+        out[i - r0] = _mm_cvtss_f32(q) + tail;
     }
 }
 

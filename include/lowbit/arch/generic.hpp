@@ -76,6 +76,26 @@ inline void dot_rows_f32(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Inde
     }
 }
 
+/// Scalar reference for MXFP4 × int8: out[i − r0] = Σ_b 2^(E_ib − 127)·S_ib in float, blocks in
+/// order, where S_ib = Σ_{j in block b} e2m1_doubled(c_ij)·x_j is exact (|S| ≤ 32·12·127).
+template <class L>
+inline void mxfp4_rows(const packed_mxfp4<L>& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x, float* out) {
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        const std::uint8_t* p = w.row_data(i);
+        float acc = 0.0f;
+        for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b, p += 17) {
+            std::int32_t sb = 0;
+            for (int j = 0; j < 32; ++j) {
+                int byte = 0, shift = 0;
+                mxfp4_position<L>(j, byte, shift);
+                sb += e2m1_doubled[(p[byte] >> shift) & 15] * x[b * 32 + j];
+            }
+            acc += e8m0_value(p[0]) * static_cast<float>(sb);
+        }
+        out[i - r0] = acc;
+    }
+}
+
 } // namespace scalar_kernels
 
 namespace generic_kernels {
