@@ -172,7 +172,8 @@ TEST_CASE("minimax fit: the float table's pointwise maximum matches the objectiv
     const auto f = [](double x) { return std::exp2(x); };
     const auto r = lowbit::fit_pwl(f, grid, eval, {8, false}, lowbit::relative_error{}, lowbit::max_of_errors{});
     const auto t = lowbit::make_pwl_table(r, {}, {});
-    CHECK(t.cells() == 128);
+    CHECK(128 % t.cells() == 0); // coarsest cell grid holding the cutpoints
+    CHECK(t.cells() >= 8);
     double worst = 0;
     for (double x : eval) worst = std::max(worst, std::abs(t(static_cast<float>(x)) - f(x)) / f(x));
     CHECK(worst == doctest::Approx(r.objective).epsilon(0.01)); // float rounding of the table only

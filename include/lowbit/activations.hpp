@@ -108,15 +108,16 @@ struct rsqrt_mantissa_function {
 
 /// Optimal fit of `Fn` with M segments: DP over a uniform grid of N points on [Fn::lo, Fn::hi], evaluation set
 /// the uniform grid of 4 (N - 1) + 1 points, metric relative_error{Fn::relative_floor}, summed (mean relative
-/// error). `at_most` as in pwl_fit_options. Errors: M < 1 or N < M + 1 (`invalid_argument`). O(M N^2 + N^3).
-template <NliFunction Fn>
-pwl_fit_result fit_nli(std::size_t segments, std::size_t grid_points = 257) {
+/// error); `Agg` = max_of_errors gives the minimax fit instead. Errors: M < 1 or N < M + 1 (`invalid_argument`).
+/// O(M N^2 + N^3).
+template <NliFunction Fn, class Agg = sum_of_errors>
+pwl_fit_result fit_nli(std::size_t segments, std::size_t grid_points = 257, Agg agg = {}) {
     detail::require(segments >= 1, "fit_nli", "argument 'segments' (M) must be >= 1");
     detail::require(grid_points >= segments + 1, "fit_nli", "need grid_points N >= M + 1");
     const auto grid = uniform_grid(Fn::lo, Fn::hi, grid_points);
     const auto eval = uniform_grid(Fn::lo, Fn::hi, 4 * (grid_points - 1) + 1);
     return fit_pwl([](double x) { return Fn::value(x); }, grid, eval, pwl_fit_options{segments, false},
-                   relative_error{Fn::relative_floor}, sum_of_errors{});
+                   relative_error{Fn::relative_floor}, agg);
 }
 
 /// The float table of a fit of `Fn`, with Fn's asymptotes.
@@ -166,7 +167,7 @@ inline float exp_pwl(const pwl_table& exp2_fraction, float x) noexcept {
     if (t >= 128.0f) return std::numeric_limits<float>::infinity();
     if (t < -126.0f) return 0.0f;
     const float n = std::floor(t);
-    const float g = exp2_fraction(t - n);
+    const float g = exp2_fraction.interpolate(t - n);
     return g * detail::bits_to_float(static_cast<std::uint32_t>(static_cast<std::int32_t>(n) + 127) << 23);
 }
 
@@ -176,9 +177,10 @@ xsimd::batch<float, A> exp_pwl(const pwl_table& exp2_fraction, const xsimd::batc
     using bf = xsimd::batch<float, A>;
     using bi = xsimd::batch<std::int32_t, A>;
     const bf t = x * bf(1.44269504088896341f);
-    const bf tc = xsimd::min(xsimd::max(t, bf(-126.0f)), bf(0x1.fffffep6f)); // = t on [-126, 128); others replaced below
+    // tc = t on [-126, 128); NaN lanes become 0 first so the fraction stays in [0, 1) (replaced below).
+    const bf tc = xsimd::min(xsimd::max(xsimd::select(t != t, bf(0.0f), t), bf(-126.0f)), bf(0x1.fffffep6f));
     const bf n = xsimd::floor(tc);
-    const bf g = exp2_fraction(tc - n);
+    const bf g = exp2_fraction.interpolate(tc - n);
     const bi e = (xsimd::batch_cast<std::int32_t>(n) + bi(127)) << 23;
     bf y = g * xsimd::bitwise_cast<bf>(e);
     y = xsimd::select(t >= bf(128.0f), bf(std::numeric_limits<float>::infinity()), y);
@@ -215,7 +217,7 @@ inline float rsqrt_pwl(const pwl_table& rsqrt_mantissa, float x) noexcept {
     const std::int32_t odd = e & 1;
     const float m = detail::bits_to_float((u & 0x7fffffu) | (static_cast<std::uint32_t>(127 + odd) << 23));
     const std::int32_t half = (e - odd - adj) / 2; // exact: e - odd - adj is even
-    return rsqrt_mantissa(m) * detail::bits_to_float(static_cast<std::uint32_t>(127 - half) << 23);
+    return rsqrt_mantissa.interpolate(m) * detail::bits_to_float(static_cast<std::uint32_t>(127 - half) << 23);
 }
 
 /// Batch form of `rsqrt_pwl` (same results as the scalar form).
@@ -231,7 +233,7 @@ xsimd::batch<float, A> rsqrt_pwl(const pwl_table& rsqrt_mantissa, const xsimd::b
     const bi odd = e & bi(1);
     const bf m = xsimd::bitwise_cast<bf>((u & bi(0x7fffff)) | ((bi(127) + odd) << 23));
     const bi half = (e - odd - adj) >> 1; // even, so the arithmetic shift is exact
-    bf y = rsqrt_mantissa(m) * xsimd::bitwise_cast<bf>((bi(127) - half) << 23);
+    bf y = rsqrt_mantissa.interpolate(m) * xsimd::bitwise_cast<bf>((bi(127) - half) << 23);
     const bf inf(std::numeric_limits<float>::infinity());
     y = xsimd::select(x == bf(0.0f), xsimd::bitwise_or(inf, xsimd::bitwise_and(x, bf(-0.0f))), y);
     y = xsimd::select(x == inf, bf(0.0f), y);

@@ -9,8 +9,9 @@
 ///
 /// Segment lookup:
 /// - cell-indexed: when every cutpoint lies on a uniform grid of K cells over [lo, hi] (the case of
-///   `fit_pwl` on a uniform candidate grid), cell = trunc((x - lo) * K / (hi - lo)) and per-cell copies of
-///   (s_k, t_k) give the segment with one gather;
+///   `fit_pwl` on a uniform candidate grid; K is reduced to the coarsest such grid), cell =
+///   trunc((x - lo) * K / (hi - lo)) and per-cell copies of (s_k, t_k) give the segment with one gather,
+///   or with one in-register permute when K <= 16 (AVX-512) / 8 (AVX2) (arch/register_lut.hpp);
 /// - otherwise a branchless binary search over the interior cutpoints (ceil(log2 M) gathers).
 /// Scalar and xsimd evaluation use the same float operations and return identical bits when the
 /// compiler does not contract the multiply-add (tests build with -ffp-contract=off).
@@ -21,6 +22,7 @@
 ///
 /// `pwl_table_q16` is the fixed-point (int16 in, int16 out) form for hardware-style evaluation.
 
+#include <lowbit/arch/register_lut.hpp>
 #include <lowbit/config.hpp>
 #include <lowbit/detail/xsimd_compat.hpp>
 #include <lowbit/error.hpp>
@@ -32,11 +34,38 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <numeric>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 LOWBIT_BEGIN_NAMESPACE
+
+namespace detail {
+
+/// Float gather p[idx[l]] for each lane. xsimd 8.1's `batch<float>::gather` never reaches its AVX2/AVX-512
+/// kernels (it passes the element type as an extra template argument and falls back to lane-by-lane
+/// inserts, ~4x slower), so on 8.x the kernels are called directly; other architectures go through a
+/// stack buffer. Precondition: every index is valid for `p`.
+template <class A>
+inline xsimd::batch<float, A> gather_f32(const float* p, const xsimd::batch<std::int32_t, A>& idx) noexcept {
+#if XSIMD_VERSION_MAJOR == 8
+    if constexpr (std::is_base_of_v<xsimd::avx512f, A> || std::is_base_of_v<xsimd::avx2, A>) {
+        return xsimd::kernel::gather<A>(p, idx, A{});
+    } else
+#endif
+    {
+        using bf = xsimd::batch<float, A>;
+        alignas(64) std::int32_t i[bf::size];
+        alignas(64) float v[bf::size];
+        idx.store_aligned(i);
+        for (std::size_t l = 0; l < bf::size; ++l) v[l] = p[i[l]];
+        return bf::load_aligned(v);
+    }
+}
+
+} // namespace detail
 
 /// A line y = slope * x + intercept (used for the out-of-domain asymptotes of a table).
 struct pwl_line {
@@ -107,8 +136,9 @@ public:
     pwl_line left() const noexcept { return left_; }
     /// Asymptote used for x > hi.
     pwl_line right() const noexcept { return right_; }
-    /// Number of lookup cells K (0: binary search).
-    std::size_t cells() const noexcept { return cell_slope_.size(); }
+    /// Number of lookup cells K (0: binary search): the coarsest uniform grid over [lo, hi] that holds
+    /// every cutpoint, a divisor of the `cells` passed to the constructor.
+    std::size_t cells() const noexcept { return cell_seg_.size(); }
 
     /// Segment index k in [0, M) used for an in-domain, non-NaN x (cell index or binary search).
     std::size_t segment_of(float x) const noexcept {
@@ -124,6 +154,12 @@ public:
         if (std::isnan(x)) return x;
         if (x < lo()) return line(left_, x);
         if (x > hi()) return line(right_, x);
+        return interpolate(x);
+    }
+
+    /// Chord part only, for callers that guarantee lo <= x <= hi and x not NaN (range-reduced functions):
+    /// s_k x + t_k without the asymptote and NaN handling. Scalar form; same bits as the batch form.
+    float interpolate(float x) const noexcept {
         if (!cell_slope_.empty()) {
             const std::size_t c = cell_of(x);
             return cell_slope_[c] * x + cell_icpt_[c];
@@ -132,34 +168,48 @@ public:
         return slope_[k] * x + icpt_[k];
     }
 
-    /// xsimd evaluation of one batch (default architecture `A`); same results as the scalar path.
+    /// Batch form of `interpolate` (same precondition; out-of-domain lanes use the nearest segment, a NaN
+    /// lane is undefined but never reads out of bounds on the cell path).
     template <class A>
-    xsimd::batch<float, A> operator()(const xsimd::batch<float, A>& x) const noexcept {
+    xsimd::batch<float, A> interpolate(const xsimd::batch<float, A>& x) const noexcept {
         using bf = xsimd::batch<float, A>;
         using bi = xsimd::batch<std::int32_t, A>;
-        const bf lo_b(lo()), hi_b(hi());
-        const auto nan = x != x;
-        const bf xs = xsimd::select(nan, lo_b, x);
         bf s, t;
         if (!cell_slope_.empty()) {
-            bf u = (xs - lo_b) * bf(cell_scale_);
+            bf u = (x - bf(lo())) * bf(cell_scale_);
             u = xsimd::min(xsimd::max(u, bf(0.0f)), bf(cell_max_));
             const bi c = xsimd::batch_cast<std::int32_t>(u);
-            s = bf::gather(cell_slope_.data(), c);
-            t = bf::gather(cell_icpt_.data(), c);
+            if constexpr (detail::register_lut_capacity<A> > 0) {
+                if (cell_seg_.size() <= detail::register_lut_capacity<A>) {
+                    // few cells: one in-register permute per array instead of a gather
+                    return detail::register_lut_f32(cell_slope_.data(), c) * x + detail::register_lut_f32(cell_icpt_.data(), c);
+                }
+            }
+            s = detail::gather_f32(cell_slope_.data(), c);
+            t = detail::gather_f32(cell_icpt_.data(), c);
         } else {
             // Indices are kept as exact small floats (xsimd 8.1 has no batch_bool_cast).
             bf idx(0.0f);
             for (std::size_t step = bsearch_steps_ / 2; step >= 1; step /= 2) {
                 const bf probe = idx + bf(static_cast<float>(step));
-                const bf b = bf::gather(bound_.data(), xsimd::batch_cast<std::int32_t>(probe));
-                idx = xsimd::select(xs >= b, probe, idx);
+                const bf b = detail::gather_f32(bound_.data(), xsimd::batch_cast<std::int32_t>(probe));
+                idx = xsimd::select(x >= b, probe, idx);
             }
             const bi k = xsimd::batch_cast<std::int32_t>(idx);
-            s = bf::gather(slope_.data(), k);
-            t = bf::gather(icpt_.data(), k);
+            s = detail::gather_f32(slope_.data(), k);
+            t = detail::gather_f32(icpt_.data(), k);
         }
-        bf y = s * xs + t;
+        return s * x + t;
+    }
+
+    /// xsimd evaluation of one batch (any xsimd architecture `A`); same results as the scalar path.
+    template <class A>
+    xsimd::batch<float, A> operator()(const xsimd::batch<float, A>& x) const noexcept {
+        using bf = xsimd::batch<float, A>;
+        const bf lo_b(lo()), hi_b(hi());
+        const auto nan = x != x;
+        const bf xs = xsimd::select(nan, lo_b, x);
+        bf y = interpolate(xs);
         y = xsimd::select(xs < lo_b, line(left_, xs), y);
         y = xsimd::select(xs > hi_b, line(right_, xs), y);
         return xsimd::select(nan, x, y);
@@ -202,17 +252,28 @@ private:
                             "cutpoint " + std::to_string(j) + " is not on the grid of 'cells' uniform cells");
             on_grid[j] = static_cast<std::size_t>(r);
         }
+        // Coarsest uniform grid holding every cutpoint (e.g. 16 cells for 16 equal segments): fewer cells,
+        // and tables of <= 16 cells are looked up in a register (arch/register_lut.hpp).
+        std::size_t g = k;
+        for (std::size_t j : on_grid) g = std::gcd(g, j);
+        k /= g;
+        for (std::size_t& j : on_grid) j /= g;
         cell_scale_ = static_cast<float>(static_cast<double>(k) / (static_cast<double>(hi()) - lo_d));
         cell_max_ = static_cast<float>(k - 1);
         cell_seg_.resize(k);
-        cell_slope_.resize(k);
-        cell_icpt_.resize(k);
+        // padded to 16 entries for the in-register lookup (padding repeats the last cell, never selected)
+        cell_slope_.resize(std::max<std::size_t>(k, 16));
+        cell_icpt_.resize(std::max<std::size_t>(k, 16));
         std::size_t seg = 0;
         for (std::size_t c = 0; c < k; ++c) {
             while (seg + 1 < segments() && on_grid[seg + 1] <= c) ++seg;
             cell_seg_[c] = seg;
             cell_slope_[c] = slope_[seg];
             cell_icpt_[c] = icpt_[seg];
+        }
+        for (std::size_t c = k; c < cell_slope_.size(); ++c) {
+            cell_slope_[c] = slope_.back();
+            cell_icpt_[c] = icpt_.back();
         }
     }
 
