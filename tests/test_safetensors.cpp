@@ -133,8 +133,8 @@ TEST_CASE("strict JSON accepts what RFC 8259 allows") {
     using lowbit::detail::json_parser;
     const auto v = json_parser(R"( {"a" : [true, false, null, -0, 1.5e-3, 0.25E+2, "x\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00"]} )", "t")
                        .parse_document();
-    REQUIRE(v.members.size() == 1);
-    const auto& arr = v.members[0].second.items;
+    REQUIRE(v.keys.size() == 1);
+    const auto& arr = v.items[0].items;
     REQUIRE(arr.size() == 7);
     CHECK(arr[0].boolean);
     CHECK(arr[3].text == "-0");

@@ -28,8 +28,8 @@ struct json_value {
     kind type = kind::null;
     bool boolean = false;
     std::string text; ///< string contents (decoded UTF-8) or the number's literal text
-    std::vector<json_value> items;                          ///< array elements
-    std::vector<std::pair<std::string, json_value>> members; ///< object members in file order (unique keys)
+    std::vector<json_value> items;  ///< array elements, or object values (in file order)
+    std::vector<std::string> keys;  ///< object keys (unique), keys[i] names items[i]
 
     /// The number as an unsigned integer if it is one (digits only, no sign/fraction/exponent) and
     /// ≤ 2^64 − 1; otherwise false.
@@ -102,7 +102,8 @@ private:
                 skip_ws();
                 if (!eat(':')) fail("expected ':'");
                 skip_ws();
-                v.members.emplace_back(std::move(key), parse_value(depth + 1));
+                v.items.push_back(parse_value(depth + 1));
+                v.keys.push_back(std::move(key));
                 skip_ws();
                 if (eat('}')) return v;
                 if (!eat(',')) fail("expected ',' or '}'");

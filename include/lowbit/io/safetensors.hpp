@@ -209,10 +209,14 @@ private:
         const json_value root = lowbit::detail::json_parser(header, "safetensors").parse_document();
         if (root.type != json_value::kind::object) st_fail("header is not a JSON object");
         std::vector<std::pair<std::uint64_t, std::string>> spans;
-        for (const auto& [name, v] : root.members) {
+        for (std::size_t m = 0; m < root.keys.size(); ++m) {
+            const std::string& name = root.keys[m];
+            const json_value& v = root.items[m];
             if (name == "__metadata__") {
                 if (v.type != json_value::kind::object) st_fail("__metadata__ is not an object");
-                for (const auto& [k, s] : v.members) {
+                for (std::size_t i = 0; i < v.keys.size(); ++i) {
+                    const std::string& k = v.keys[i];
+                    const json_value& s = v.items[i];
                     if (s.type != json_value::kind::string) st_fail("__metadata__ value of '" + k + "' is not a string");
                     metadata_[k] = s.text;
                 }
@@ -220,7 +224,9 @@ private:
             }
             if (v.type != json_value::kind::object) st_fail("tensor '" + name + "': entry is not an object");
             const json_value *dt = nullptr, *sh = nullptr, *off = nullptr;
-            for (const auto& [k, x] : v.members) {
+            for (std::size_t i = 0; i < v.keys.size(); ++i) {
+                const std::string& k = v.keys[i];
+                const json_value& x = v.items[i];
                 if (k == "dtype") dt = &x;
                 else if (k == "shape") sh = &x;
                 else if (k == "data_offsets") off = &x;

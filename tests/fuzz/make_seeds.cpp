@@ -1,0 +1,59 @@
+// Writes small valid seed inputs for the fuzz targets into the folder given as argv[1]:
+// a tiny llama2.c checkpoint, a tiny tokenizer, and a safetensors file (scripts/fuzz also adds the
+// real tok512.bin when it is found).
+#include <lowbit/io/llama2c.hpp>
+#include <lowbit/io/safetensors.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+static void save(const std::string& path, const std::vector<std::byte>& b) {
+    std::ofstream f(path, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+int main(int argc, char** argv) {
+    if (argc != 2) return 2;
+    const std::string dir = argv[1];
+    lowbit::io::llama2c_checkpoint ck;
+    ck.config = {4, 6, 1, 2, 1, 5, 3, true};
+    ck.token_embedding = lowbit::matrix_f::Constant(5, 4, 0.5f);
+    lowbit::io::llama2c_layer l;
+    l.rms_att = l.rms_ffn = lowbit::vector_f::Ones(4);
+    l.wq = l.wo = lowbit::matrix_f::Identity(4, 4);
+    l.wk = l.wv = lowbit::matrix_f::Constant(2, 4, 0.25f);
+    l.w1 = l.w3 = lowbit::matrix_f::Constant(6, 4, -0.5f);
+    l.w2 = lowbit::matrix_f::Constant(4, 6, 1.0f);
+    ck.layers.push_back(l);
+    ck.rms_final = lowbit::vector_f::Ones(4);
+    save(dir + "/llama2c_tiny.bin", lowbit::io::serialize_llama2c(ck));
+
+    std::vector<std::byte> tok;
+    auto put = [&tok](const void* p, std::size_t n) {
+        const auto* b = static_cast<const std::byte*>(p);
+        tok.insert(tok.end(), b, b + n);
+    };
+    const std::int32_t max_len = 6;
+    put(&max_len, 4);
+    const char* pieces[] = {"<unk>", "<s>", "</s>", " ", "a", "b", " a", "ab"};
+    float score = 0;
+    for (const char* p : pieces) {
+        const auto n = static_cast<std::int32_t>(std::strlen(p));
+        put(&score, 4);
+        put(&n, 4);
+        put(p, static_cast<std::size_t>(n));
+        score -= 1;
+    }
+    save(dir + "/tokenizer_tiny.bin", tok);
+
+    lowbit::io::safetensors_writer w;
+    w.add("layers.0.wq", lowbit::matrix_f::Identity(2, 3));
+    const std::vector<std::byte> packed{std::byte{0x12}, std::byte{0x34}};
+    w.add("layers.0.wq.qweight", lowbit::io::st_dtype::U8, {2}, packed);
+    w.add("scalar", lowbit::io::st_dtype::I16, {}, packed);
+    w.set_metadata("lowbit.format", "rtn4");
+    save(dir + "/tiny.safetensors", w.serialize());
+    return 0;
+}
