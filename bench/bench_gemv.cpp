@@ -67,6 +67,30 @@ void xnor(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram)
     st.counters["packed_bytes"] = double(w[0].bytes().size());
 }
 
+template <class L>
+void mxfp4_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
+    std::mt19937_64 rng(3);
+    std::uniform_int_distribution<int> dc(0, 15), de(115, 125);
+    lowbit::detail::u8_matrix c(rows, cols), e(rows, (cols + 31) / 32);
+    for (Eigen::Index i = 0; i < c.size(); ++i) c.data()[i] = static_cast<std::uint8_t>(dc(rng));
+    for (Eigen::Index i = 0; i < e.size(); ++i) e.data()[i] = static_cast<std::uint8_t>(de(rng));
+    const auto w0 = lowbit::pack_mxfp4<L>(c, e);
+    const std::size_t n = dram ? lowbit_bench::dram_bytes / w0.bytes().size() + 1 : 1;
+    std::vector<lowbit::packed_mxfp4<L>> w(n, w0);
+    const lowbit::matrix_f x = random_activations(1, cols, 1);
+    lowbit::matrix_f y(1, rows);
+    std::size_t k = 0;
+    for (auto _ : st) {
+        const auto a = lowbit::quantize_activations(x, 8);
+        lowbit::gemm_rows(w[k], a, 0, rows, y);
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+        k = (k + 1) % n;
+    }
+    st.counters["packed_bytes"] = double(w0.bytes().size());
+    st.counters["bits_per_weight"] = w0.bits_per_weight();
+}
+
 std::string shape(Eigen::Index r, Eigen::Index c) { return std::to_string(r) + "x" + std::to_string(c); }
 
 const int registered = [] {
@@ -94,6 +118,9 @@ const int registered = [] {
         }
         benchmark::RegisterBenchmark(("gemv/int4_i8/4096x4096" + where + "/threads:1").c_str(),
                                      [=](benchmark::State& s) { packed_gemv<lowbit::int4>(s, 4096, 4096, dram, 1); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("gemv/mxfp4_ggml_i8/4096x4096" + where + "/threads:1").c_str(),
+                                     [=](benchmark::State& s) { mxfp4_gemv<lowbit::mxfp4_ggml>(s, 4096, 4096, dram); })
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
         benchmark::RegisterBenchmark(("gemv/xnor_binary1_b1/4096x4096" + where + "/threads:1").c_str(),
                                      [=](benchmark::State& s) { xnor(s, 4096, 4096, dram); })
