@@ -422,3 +422,20 @@ TEST_CASE("stories260K: MXFP4 (OCP floor) reproduces the README rule 2^(floor(lo
     }
     CHECK(checked > 100000);
 }
+
+TEST_CASE("decode table equals the bit-field formula; E8M0 bit construction equals 2^(code-127)") {
+    auto check = [](auto f) {
+        using F = decltype(f);
+        for (int c = 0; c < (1 << F::bits); ++c) {
+            const float a = F::decode(static_cast<std::uint8_t>(c)), b = F::decode_fields(static_cast<std::uint8_t>(c));
+            CHECK(((a == b && std::signbit(a) == std::signbit(b)) || (std::isnan(a) && std::isnan(b))));
+        }
+        CHECK(F::max_value() == F::decode_fields(F::max_code));
+    };
+    check(lowbit::fp4_e2m1{});
+    check(lowbit::fp6_e2m3{});
+    check(lowbit::fp6_e3m2{});
+    check(lowbit::fp8_e4m3{});
+    check(lowbit::fp8_e5m2{});
+    for (int c = 0; c < 255; ++c) CHECK(lowbit::e8m0_decode(static_cast<std::uint8_t>(c)) == std::ldexp(1.0f, c - 127));
+}

@@ -179,9 +179,11 @@ inline int mx_shared_exponent(float amax, const Scale&) {
 /// Rounds `v` with E8M0 scale code `sc` to an element code under the rule's tie policy.
 template <class Elem, class Scale>
 inline std::uint8_t mx_encode_element(float v, std::uint8_t sc) {
-    // v / 2^E by exponent arithmetic: exact, except that a value far above its block's amax (a
-    // solver's updated column) may overflow to Inf — which encode saturates like any large value.
-    return Elem::encode(std::ldexp(v, 127 - static_cast<int>(sc)), Scale::rounding);
+    // v / 2^E in double: exact; the cast back to float is exact for every value an element format
+    // can resolve (tiny quotients round to float subnormals far below any element's half-step) and
+    // may overflow to Inf only for a value far above its block's amax (a solver's updated column),
+    // which encode saturates like any large value.
+    return Elem::encode(static_cast<float>(static_cast<double>(v) * pow2d(127 - static_cast<int>(sc))), Scale::rounding);
 }
 
 inline void check_mx_shape(const cref_matrix_f& w, Eigen::Index block, tail_policy tail, const char* where) {

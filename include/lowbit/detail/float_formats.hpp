@@ -11,6 +11,8 @@
 
 #include <lowbit/config.hpp>
 
+#include <array>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -24,6 +26,16 @@ enum class element_rounding {
 };
 
 namespace detail {
+
+/// 2^k as a float for k ∈ [−126, 127] (exact, by building the exponent field).
+[[nodiscard]] inline float pow2f(int k) noexcept {
+    return std::bit_cast<float>(static_cast<std::uint32_t>(k + 127) << 23);
+}
+
+/// 2^k as a double for k ∈ [−1022, 1023].
+[[nodiscard]] inline double pow2d(int k) noexcept {
+    return std::bit_cast<double>(static_cast<std::uint64_t>(k + 1023) << 52);
+}
 
 /// Which codes of a minifloat are not finite numbers.
 enum class float_specials {
@@ -57,8 +69,8 @@ struct minifloat_codec {
         return mag <= max_code;
     }
 
-    /// The value of `code` (only the low `bits` bits are read). NaN/Inf for special codes.
-    [[nodiscard]] static float decode(std::uint8_t code) noexcept {
+    /// The value of `code` computed from the bit fields (the reference the table is built from).
+    [[nodiscard]] static float decode_fields(std::uint8_t code) noexcept {
         const bool neg = (code & sign_mask) != 0;
         const unsigned mag = code & (sign_mask - 1u);
         const unsigned ef = mag >> M;
@@ -75,8 +87,24 @@ struct minifloat_codec {
         return neg ? -v : v;
     }
 
+    /// The value of `code` (only the low `bits` bits are read). NaN/Inf for special codes.
+    /// A 2^bits-entry table built once (function-local static, immutable).
+    [[nodiscard]] static float decode(std::uint8_t code) noexcept {
+        static const std::array<float, (1u << (1 + E + M))> table = [] {
+            std::array<float, (1u << (1 + E + M))> t{};
+            for (unsigned c = 0; c < t.size(); ++c) t[c] = decode_fields(static_cast<std::uint8_t>(c));
+            return t;
+        }();
+        return table[code & ((1u << (1 + E + M)) - 1u)];
+    }
+
     /// Largest finite magnitude.
-    [[nodiscard]] static float max_value() noexcept { return decode(max_code); }
+    [[nodiscard]] static constexpr float max_value() noexcept {
+        double v = static_cast<double>((1u << M) + (max_code & ((1u << M) - 1u)));
+        for (int k = (max_code >> M) - Bias - M; k > 0; --k) v *= 2.0;
+        for (int k = (max_code >> M) - Bias - M; k < 0; ++k) v /= 2.0;
+        return static_cast<float>(v);
+    }
 
     /// Nearest code to the finite value `v`, saturating to ±max_value (never Inf/NaN). Negative
     /// values (including −0 and values rounding to zero) keep the sign bit. Precondition: `v` finite.
@@ -84,9 +112,11 @@ struct minifloat_codec {
         const std::uint8_t sign = std::signbit(v) ? sign_mask : std::uint8_t{0};
         const float a = std::fabs(v);
         if (!(a < max_value())) return static_cast<std::uint8_t>(sign | max_code);
-        // Scale so that one unit in the last place becomes 1: q is exact (power-of-two division).
-        const int e = (a < std::ldexp(1.0f, emin)) ? emin : std::ilogb(a);
-        const float q = std::ldexp(a, M - e);
+        // Scale so that one unit in the last place becomes 1: q is exact (power-of-two product).
+        // a ≥ 2^emin is a normal float, so its exponent is the biased field minus 127.
+        const bool subnormal = a < pow2f(emin);
+        const int e = subnormal ? emin : static_cast<int>(std::bit_cast<std::uint32_t>(a) >> 23) - 127;
+        const float q = a * pow2f(M - e);
         float rq;
         if (r == element_rounding::nearest_even) {
             rq = std::nearbyint(q); // default FE_TONEAREST: ties to even
@@ -98,8 +128,7 @@ struct minifloat_codec {
         // Normal range: (e + bias) << M plus the mantissa; a carry to 2^(M+1) moves to the next
         // exponent with mantissa 0, which is again just the sum.
         const unsigned iq = static_cast<unsigned>(rq);
-        unsigned mag = (a < std::ldexp(1.0f, emin)) ? iq
-                                                    : (static_cast<unsigned>(e + Bias - 1) << M) + iq;
+        unsigned mag = subnormal ? iq : (static_cast<unsigned>(e + Bias - 1) << M) + iq;
         if (mag > max_code) mag = max_code;
         return static_cast<std::uint8_t>(sign | mag);
     }
@@ -110,7 +139,8 @@ struct minifloat_codec {
 /// Value of an E8M0 scale code (OCP MX): 2^(code − 127); 0xFF is NaN. Range 2^−127 … 2^127.
 [[nodiscard]] inline float e8m0_decode(std::uint8_t code) noexcept {
     if (code == 0xFF) return std::numeric_limits<float>::quiet_NaN();
-    return std::ldexp(1.0f, static_cast<int>(code) - 127);
+    if (code == 0) return std::bit_cast<float>(std::uint32_t{0x00400000}); // 2^-127, subnormal
+    return std::bit_cast<float>(static_cast<std::uint32_t>(code) << 23);
 }
 
 /// E8M0 code of the power of two 2^`exponent`; `exponent` is clamped to [−127, 127] (code 0…254).
