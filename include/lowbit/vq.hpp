@@ -67,8 +67,9 @@ inline void nearest_codes(const cref_matrix_f& points, const cref_matrix_f& weig
     const Eigen::MatrixXd ct = c.transpose();                              // [d x K]
     const Eigen::MatrixXd c2t = c.cwiseProduct(c).transpose();             // [d x K]
     const Eigen::RowVectorXd cnorm = c.rowwise().squaredNorm().transpose(); // (K)
-    constexpr Eigen::Index chunk = 1024;
-    Eigen::MatrixXd dist;
+    // Row-major distance block of at most ~64K entries (stays in cache; argmin scans contiguous rows).
+    const Eigen::Index chunk = std::max<Eigen::Index>(16, 65536 / std::max<Eigen::Index>(k, 1));
+    Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> dist;
     for (Eigen::Index s = 0; s < n; s += chunk) {
         const Eigen::Index b = std::min(chunk, n - s);
         const Eigen::MatrixXd x = points.middleRows(s, b).cast<double>();
@@ -82,11 +83,12 @@ inline void nearest_codes(const cref_matrix_f& points, const cref_matrix_f& weig
             dist.rowwise() += cnorm;
         }
         for (Eigen::Index i = 0; i < b; ++i) {
+            const double* row = dist.row(i).data();
             Eigen::Index best = 0;
-            double bv = dist(i, 0);
+            double bv = row[0];
             for (Eigen::Index q = 1; q < k; ++q)
-                if (dist(i, q) < bv) {
-                    bv = dist(i, q);
+                if (row[q] < bv) {
+                    bv = row[q];
                     best = q;
                 }
             codes[s + i] = static_cast<std::uint32_t>(best);
