@@ -351,19 +351,33 @@ inline void rmsnorm_rows(const matrix_f& x, const vector_f& w, float eps, matrix
     }
 }
 
-/// RoPE in place on the first `width` columns of rows of `m`, row t at position pos0 + t.
-inline void rope_rows(matrix_f& m, Eigen::Index width, int head_size, int pos0, float theta) {
-    for (Eigen::Index t = 0; t < m.rows(); ++t) {
-        const double pos = static_cast<double>(pos0 + t);
+/// cos/sin of the RoPE angles pos·theta^(−2i/head_size) for rows pos0..pos0+T−1 and i < head_size/2
+/// (angles in double, rounded to float): `[T x head_size/2]` each.
+inline void rope_table(Eigen::Index T, int head_size, int pos0, float theta, matrix_f& cos_t, matrix_f& sin_t) {
+    const int half = head_size / 2;
+    cos_t.resize(T, half);
+    sin_t.resize(T, half);
+    for (int i = 0; i < half; ++i) {
+        const double freq = 1.0 / std::pow(static_cast<double>(theta), static_cast<double>(2 * i) / head_size);
+        for (Eigen::Index t = 0; t < T; ++t) {
+            const double ang = static_cast<double>(pos0 + t) * freq;
+            cos_t(t, i) = static_cast<float>(std::cos(ang));
+            sin_t(t, i) = static_cast<float>(std::sin(ang));
+        }
+    }
+}
+
+/// RoPE in place on the first `width` columns of `m` (row t at the position of table row t):
+/// pairs (2i, 2i+1) inside each head rotate by the angle of pair index (2i mod head_size)/2.
+inline void rope_rows(matrix_f& m, Eigen::Index width, int head_size, const matrix_f& cos_t, const matrix_f& sin_t) {
+    for (Eigen::Index t = 0; t < m.rows(); ++t)
         for (Eigen::Index i = 0; i < width; i += 2) {
-            const double hd = static_cast<double>(i % head_size);
-            const double ang = pos / std::pow(static_cast<double>(theta), hd / head_size);
-            const float c = static_cast<float>(std::cos(ang)), s = static_cast<float>(std::sin(ang));
+            const Eigen::Index k = (i % head_size) / 2;
+            const float c = cos_t(t, k), s = sin_t(t, k);
             const float a = m(t, i), b = m(t, i + 1);
             m(t, i) = a * c - b * s;
             m(t, i + 1) = a * s + b * c;
         }
-    }
 }
 
 inline void check_tokens(const llama_model& m, std::span<const int> tokens, const char* where) {
@@ -406,7 +420,8 @@ enum class logits_rows { all, last };
     matrix_f x(T, c.dim);
     for (Eigen::Index t = 0; t < T; ++t) x.row(t) = m.token_embedding.row(tokens[static_cast<std::size_t>(t)]);
     matrix_f n, q, k, v, att_out(T, c.dim), o, h1, h3, ff;
-    matrix_f scores;
+    matrix_f scores, rope_cos, rope_sin;
+    detail::rope_table(T, hs, p0, c.rope_theta, rope_cos, rope_sin);
     auto run = [&](int layer, linear_slot s, const matrix_f& in, matrix_f& out) {
         if (hooks && hooks->on_linear_input) hooks->on_linear_input(layer, s, in);
         m.blocks[static_cast<std::size_t>(layer)].linear[static_cast<std::size_t>(s)]->apply(in, out);
@@ -417,8 +432,8 @@ enum class logits_rows { all, last };
         run(l, linear_slot::wq, n, q);
         run(l, linear_slot::wk, n, k);
         run(l, linear_slot::wv, n, v);
-        detail::rope_rows(q, c.dim, hs, p0, c.rope_theta);
-        detail::rope_rows(k, kv, hs, p0, c.rope_theta);
+        detail::rope_rows(q, c.dim, hs, rope_cos, rope_sin);
+        detail::rope_rows(k, kv, hs, rope_cos, rope_sin);
         auto& K = cache.k[static_cast<std::size_t>(l)];
         auto& V = cache.v[static_cast<std::size_t>(l)];
         K.middleRows(p0, T) = k;
@@ -429,18 +444,12 @@ enum class logits_rows { all, last };
             scores.noalias() = q.middleCols(h * hs, hs) * K.topRows(P).middleCols(kvh * hs, hs).transpose();
             for (Eigen::Index t = 0; t < T; ++t) {
                 const Eigen::Index visible = p0 + t + 1;
-                float mx = -std::numeric_limits<float>::infinity();
-                for (Eigen::Index j = 0; j < visible; ++j) {
-                    scores(t, j) *= scale;
-                    mx = std::max(mx, scores(t, j));
-                }
-                float sum = 0;
-                for (Eigen::Index j = 0; j < visible; ++j) {
-                    scores(t, j) = std::exp(scores(t, j) - mx);
-                    sum += scores(t, j);
-                }
-                for (Eigen::Index j = 0; j < visible; ++j) scores(t, j) /= sum;
-                for (Eigen::Index j = visible; j < P; ++j) scores(t, j) = 0.0f;
+                auto row = scores.row(t).head(visible).array();
+                row *= scale;
+                const float mx = row.maxCoeff();
+                row = (row - mx).exp(); // Eigen's vectorised expf
+                row /= row.sum();
+                scores.row(t).tail(P - visible).setZero();
             }
             att_out.middleCols(h * hs, hs).noalias() = scores * V.topRows(P).middleCols(kvh * hs, hs);
         }
