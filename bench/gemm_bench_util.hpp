@@ -3,6 +3,8 @@
 // through DRAM, and a two-thread runner (one persistent worker) for the row-range API.
 #include <lowbit/gemm.hpp>
 
+#include "random_codes.hpp"
+
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -17,17 +19,7 @@ inline constexpr std::size_t dram_bytes = std::size_t(256) << 20;
 
 template <class F>
 lowbit::packed_matrix<F> random_packed(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed) {
-    using T = lowbit::pack_format<F>;
-    std::mt19937_64 rng(seed);
-    std::uniform_int_distribution<int> d(T::code_min, T::code_max);
-    lowbit::matrix_i8 c(rows, cols);
-    for (Eigen::Index i = 0; i < rows; ++i)
-        for (Eigen::Index j = 0; j < cols; ++j) {
-            int v = d(rng);
-            if (T::digit_mul == 2 && v == 0) v = 1;
-            c(i, j) = static_cast<std::int8_t>(v);
-        }
-    return lowbit::pack<F>(c, lowbit::vector_f::Constant(rows, 0.01f));
+    return lowbit::pack<F>(lowbit_test::random_codes<F>(rows, cols, seed), lowbit::vector_f::Constant(rows, 0.01f));
 }
 
 /// `n` independent copies of `w` (n = 1 for cache-resident cases, enough for dram_bytes otherwise).

@@ -7,6 +7,8 @@
 
 #include <doctest/doctest.h>
 
+#include "random_codes.hpp"
+
 #include <cmath>
 #include <limits>
 #include <random>
@@ -18,20 +20,7 @@ using lowbit::kernel_isa;
 constexpr kernel_isa all_isas[] = {kernel_isa::scalar, kernel_isa::generic, kernel_isa::avx2, kernel_isa::avx512};
 constexpr double u32 = 1.0 / (1 << 24);
 
-template <class F>
-lowbit::matrix_i8 random_codes(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed, bool extreme = false) {
-    using T = lowbit::pack_format<F>;
-    std::mt19937_64 rng(seed);
-    std::uniform_int_distribution<int> d(T::code_min, T::code_max);
-    lowbit::matrix_i8 c(rows, cols);
-    for (Eigen::Index i = 0; i < rows; ++i)
-        for (Eigen::Index j = 0; j < cols; ++j) {
-            int v = extreme ? ((i + j) % 2 ? T::code_max : T::code_min) : d(rng);
-            if (T::digit_mul == 2 && v == 0) v = 1;
-            c(i, j) = static_cast<std::int8_t>(v);
-        }
-    return c;
-}
+using lowbit_test::random_codes;
 
 lowbit::matrix_f random_x(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed) {
     std::mt19937_64 rng(seed);

@@ -5,26 +5,15 @@
 
 #include <doctest/doctest.h>
 
+#include "random_codes.hpp"
+
 #include <cmath>
 #include <limits>
 #include <random>
 
 namespace {
 
-template <class F>
-lowbit::matrix_i8 random_codes(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed) {
-    using T = lowbit::pack_format<F>;
-    std::mt19937_64 rng(seed);
-    std::uniform_int_distribution<int> d(T::code_min, T::code_max);
-    lowbit::matrix_i8 c(rows, cols);
-    for (Eigen::Index i = 0; i < rows; ++i)
-        for (Eigen::Index j = 0; j < cols; ++j) {
-            int v = d(rng);
-            if (T::digit_mul == 2 && v == 0) v = 1; // binary has no zero
-            c(i, j) = static_cast<std::int8_t>(v);
-        }
-    return c;
-}
+using lowbit_test::random_codes;
 
 template <class F>
 void check_round_trip() {
