@@ -249,26 +249,9 @@ inline asym_ternary_rows fit_e2m_atq_impl(const cref_matrix_f& w, const group_ma
     return detail::fit_e2m_atq_impl(w, group_mask::Constant(w.rows(), w.cols(), true), nullptr, cfg);
 }
 
-/// An E2M-ATQ-quantized matrix at a per_row / per_group granularity.
-struct asym_ternary_tensor {
-    int order = 1;                  ///< planes used
-    std::array<matrix_i8, 2> codes; ///< (rows, cols) in {−1, 0, +1}; codes[1] zero for order 1
-    matrix_f mean;                  ///< (rows, groups) μ
-    std::array<matrix_f, 2> alpha;  ///< (rows, groups) α₀, α₁
-    Eigen::Index group_size = 1;    ///< columns per parameter column
-
-    /// μ + α₀t₀ + α₁t₁ per element. O(rows·cols).
-    [[nodiscard]] matrix_f dequantize() const {
-        matrix_f out(codes[0].rows(), codes[0].cols());
-        for (Eigen::Index r = 0; r < out.rows(); ++r)
-            for (Eigen::Index c = 0; c < out.cols(); ++c) {
-                const Eigen::Index g = c / group_size;
-                out(r, c) = mean(r, g) + alpha[0](r, g) * static_cast<float>(codes[0](r, c)) +
-                            alpha[1](r, g) * static_cast<float>(codes[1](r, c));
-            }
-        return out;
-    }
-};
+/// An E2M-ATQ-quantized matrix at a per_row / per_group granularity: code planes in {−1, 0, +1},
+/// μ and α per row and group (detail/affine_codes.hpp).
+using asym_ternary_tensor = code_plane_tensor;
 
 namespace detail {
 template <class G>
@@ -281,14 +264,7 @@ inline asym_ternary_tensor quantize_e2m_atq_impl(const cref_matrix_f& w, const e
     require_finite(w, where, "w");
     const auto groups = column_groups(w.cols(), gran, where);
     const auto ng = static_cast<Eigen::Index>(groups.size());
-    asym_ternary_tensor t;
-    t.order = cfg.order;
-    t.group_size = group_width(w.cols(), gran);
-    t.mean.resize(w.rows(), ng);
-    for (std::size_t p = 0; p < 2; ++p) {
-        t.codes[p].resize(w.rows(), w.cols());
-        t.alpha[p].resize(w.rows(), ng);
-    }
+    asym_ternary_tensor t = asym_ternary_tensor::allocate(cfg.order, w.rows(), w.cols(), ng, group_width(w.cols(), gran));
     for (Eigen::Index gi = 0; gi < ng; ++gi) {
         const column_group& cg = groups[static_cast<std::size_t>(gi)];
         const matrix_f block = padded_block(w, cg);
@@ -300,7 +276,7 @@ inline asym_ternary_tensor quantize_e2m_atq_impl(const cref_matrix_f& w, const e
         const auto f =
             fit_e2m_atq_impl(block, group_mask::Constant(w.rows(), cg.padded_width, true), s ? &sg : nullptr, cfg);
         t.mean.col(gi) = f.mean;
-        for (std::size_t p = 0; p < 2; ++p) {
+        for (std::size_t p = 0; p < static_cast<std::size_t>(cfg.order); ++p) {
             t.alpha[p].col(gi) = f.alpha[p];
             t.codes[p].middleCols(cg.begin, cg.width) = f.codes[p].leftCols(cg.width);
         }

@@ -53,27 +53,9 @@ struct arb_x {
 template <class Rule>
 inline constexpr int binary_order = std::is_same_v<Rule, residual_binary> ? 2 : 1;
 
-/// A binarized matrix: one or two sign planes plus mean and scales per row and group.
-struct binary_tensor {
-    int order = 1;                   ///< planes used (1 or 2)
-    std::array<matrix_i8, 2> codes;  ///< (rows, cols) in {−1, +1}; codes[1] empty when order = 1
-    matrix_f mean;                   ///< (rows, groups) μ
-    std::array<matrix_f, 2> alpha;   ///< (rows, groups) α_p; alpha[1] empty when order = 1
-    Eigen::Index group_size = 1;     ///< columns per parameter column
-
-    /// μ + Σ_p α_p b_p per element. O(rows·cols).
-    [[nodiscard]] matrix_f dequantize() const {
-        matrix_f out(codes[0].rows(), codes[0].cols());
-        for (Eigen::Index r = 0; r < out.rows(); ++r)
-            for (Eigen::Index c = 0; c < out.cols(); ++c) {
-                const Eigen::Index g = c / group_size;
-                float v = mean(r, g) + alpha[0](r, g) * static_cast<float>(codes[0](r, c));
-                if (order == 2) v += alpha[1](r, g) * static_cast<float>(codes[1](r, c));
-                out(r, c) = v;
-            }
-        return out;
-    }
-};
+/// A binarized matrix: one or two sign planes (codes in {−1, +1}) plus μ and α per row and group
+/// (detail/affine_codes.hpp); `codes[1]`/`alpha[1]` are empty when order = 1.
+using binary_tensor = code_plane_tensor;
 
 namespace detail {
 
@@ -190,14 +172,7 @@ inline binary_tensor binarize_impl(const cref_matrix_f& w, const Rule& rule, con
     const auto groups = column_groups(w.cols(), gran, where);
     const auto ng = static_cast<Eigen::Index>(groups.size());
     constexpr int order = binary_order<Rule>;
-    binary_tensor t;
-    t.order = order;
-    t.group_size = group_width(w.cols(), gran);
-    t.mean.resize(w.rows(), ng);
-    for (int p = 0; p < order; ++p) {
-        t.codes[static_cast<std::size_t>(p)].resize(w.rows(), w.cols());
-        t.alpha[static_cast<std::size_t>(p)].resize(w.rows(), ng);
-    }
+    binary_tensor t = binary_tensor::allocate(order, w.rows(), w.cols(), ng, group_width(w.cols(), gran));
     for (Eigen::Index gi = 0; gi < ng; ++gi) {
         const column_group& cg = groups[static_cast<std::size_t>(gi)];
         const matrix_f block = padded_block(w, cg);

@@ -13,10 +13,50 @@
 
 #include <Eigen/Dense>
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
 LOWBIT_BEGIN_NAMESPACE
+
+/// A matrix quantized per row and column group as μ + α₀c₀ (+ α₁c₁) with integer code planes c_p
+/// (binary: ±1, ternary: −1/0/+1). `binary_tensor` (binary.hpp) and `asym_ternary_tensor`
+/// (asym_ternary.hpp) are this type. Column j uses parameter column j / group_size.
+struct code_plane_tensor {
+    int order = 1;                  ///< planes used (1 or 2)
+    std::array<matrix_i8, 2> codes; ///< (rows, cols) codes; codes[1] unused when order = 1
+    matrix_f mean;                  ///< (rows, groups) μ
+    std::array<matrix_f, 2> alpha;  ///< (rows, groups) α₀, α₁; alpha[1] unused when order = 1
+    Eigen::Index group_size = 1;    ///< columns per parameter column
+
+    /// μ + Σ_{p < order} α_p c_p per element. O(rows·cols).
+    [[nodiscard]] matrix_f dequantize() const {
+        matrix_f out(codes[0].rows(), codes[0].cols());
+        for (Eigen::Index r = 0; r < out.rows(); ++r)
+            for (Eigen::Index c = 0; c < out.cols(); ++c) {
+                const Eigen::Index g = c / group_size;
+                float v = mean(r, g) + alpha[0](r, g) * static_cast<float>(codes[0](r, c));
+                if (order == 2) v += alpha[1](r, g) * static_cast<float>(codes[1](r, c));
+                out(r, c) = v;
+            }
+        return out;
+    }
+
+    /// Allocates `rows x cols` codes and `rows x groups` parameters for `order` planes.
+    static code_plane_tensor allocate(int order, Eigen::Index rows, Eigen::Index cols, Eigen::Index groups,
+                                      Eigen::Index group_size) {
+        code_plane_tensor t;
+        t.order = order;
+        t.group_size = group_size;
+        t.mean.resize(rows, groups);
+        for (std::size_t p = 0; p < static_cast<std::size_t>(order); ++p) {
+            t.codes[p].resize(rows, cols);
+            t.alpha[p].resize(rows, groups);
+        }
+        return t;
+    }
+};
+
 namespace detail {
 
 /// One row's data for `affine_codes_solve`: w (n floats), mask (n bools, nullptr = all ones),
