@@ -7,20 +7,15 @@
 
 #include <doctest/doctest.h>
 
+#include "gaussian_matrix.hpp"
+
 #include <cmath>
 #include <random>
 #include <vector>
 
 namespace {
 
-lowbit::matrix_f gaussian(Eigen::Index r, Eigen::Index c, std::uint64_t seed, float sd = 1.0f) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> g(0.0f, sd);
-    lowbit::matrix_f m(r, c);
-    for (Eigen::Index i = 0; i < r; ++i)
-        for (Eigen::Index j = 0; j < c; ++j) m(i, j) = g(rng);
-    return m;
-}
+using lowbit_test::gaussian;
 
 // Activations with correlated, unequal-energy channels.
 lowbit::matrix_f activations(Eigen::Index tokens, Eigen::Index n, std::uint64_t seed) {

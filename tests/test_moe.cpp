@@ -5,20 +5,15 @@
 
 #include <doctest/doctest.h>
 
+#include "gaussian_matrix.hpp"
+
 #include <cmath>
 #include <limits>
 #include <random>
 
 namespace {
 
-lowbit::matrix_f gaussian(Eigen::Index r, Eigen::Index c, std::uint64_t seed, float sd = 1.0f) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> g(0.0f, sd);
-    lowbit::matrix_f m(r, c);
-    for (Eigen::Index i = 0; i < r; ++i)
-        for (Eigen::Index j = 0; j < c; ++j) m(i, j) = g(rng);
-    return m;
-}
+using lowbit_test::gaussian;
 
 } // namespace
 

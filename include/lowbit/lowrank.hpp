@@ -171,6 +171,18 @@ inline low_rank factors_from(const svd_triplets& t, double total_energy) {
 
 inline Eigen::MatrixXd to_double(const cref_matrix_f& w) { return w.cast<double>(); }
 
+/// A non-empty list of finite experts of one shape.
+inline void check_experts(std::span<const matrix_f> experts, const char* where) {
+    require(!experts.empty(), where, "argument 'experts' is an empty expert list");
+    const Eigen::Index m = experts[0].rows(), n = experts[0].cols();
+    for (const auto& e : experts) {
+        require_nonempty(e, where, "experts[e]");
+        require_dim(e.rows(), m, where, "experts[e] rows (must equal experts[0] rows)");
+        require_dim(e.cols(), n, where, "experts[e] cols (must equal experts[0] cols)");
+        require_finite(e, where, "experts[e]");
+    }
+}
+
 } // namespace detail
 
 /// Truncated SVD: the best rank-`rank` approximation of `w` in Frobenius norm (Eckart–Young).
@@ -432,14 +444,8 @@ template <class Method = exact_svd>
 [[nodiscard]] joint_left_basis joint_svd_shared_left(std::span<const matrix_f> experts, Eigen::Index k,
                                                      const Method& method = Method{}) {
     constexpr const char* where = "joint_svd_shared_left";
-    detail::require(!experts.empty(), where, "argument 'experts' is an empty expert list");
+    detail::check_experts(experts, where);
     const Eigen::Index m = experts[0].rows(), n = experts[0].cols();
-    for (const auto& e : experts) {
-        detail::require_nonempty(e, where, "experts[e]");
-        detail::require_dim(e.rows(), m, where, "experts[e] rows (must equal experts[0] rows)");
-        detail::require_dim(e.cols(), n, where, "experts[e] cols (must equal experts[0] cols)");
-        detail::require_finite(e, where, "experts[e]");
-    }
     const Eigen::Index ne = static_cast<Eigen::Index>(experts.size());
     detail::check_rank(k, m, ne * n, where);
     detail::check_method(method, where);
@@ -474,14 +480,8 @@ template <class Method = exact_svd>
 [[nodiscard]] joint_input_basis joint_svd_klt(std::span<const matrix_f> experts, const Eigen::Ref<const matrix_d>& covariance,
                                               Eigen::Index rank, double damping = 0.0, const Method& method = Method{}) {
     constexpr const char* where = "joint_svd_klt";
-    detail::require(!experts.empty(), where, "argument 'experts' is an empty expert list");
+    detail::check_experts(experts, where);
     const Eigen::Index m = experts[0].rows(), n = experts[0].cols();
-    for (const auto& e : experts) {
-        detail::require_nonempty(e, where, "experts[e]");
-        detail::require_dim(e.rows(), m, where, "experts[e] rows (must equal experts[0] rows)");
-        detail::require_dim(e.cols(), n, where, "experts[e] cols (must equal experts[0] cols)");
-        detail::require_finite(e, where, "experts[e]");
-    }
     const Eigen::Index ne = static_cast<Eigen::Index>(experts.size());
     detail::check_rank(rank, ne * m, n, where);
     detail::check_method(method, where);
