@@ -83,37 +83,35 @@ void table_direct(const char* name) {
     }
 }
 
+// Range-reduced function: the table of Fn is used through `apply(table, x)` and measured on `xs`.
+template <class Fn, class Apply>
+void table_reduced(const char* title, double (*ref)(double), Apply apply, const std::vector<float>& xs) {
+    using namespace lowbit;
+    std::printf("\n### %s\n\n", title);
+    std::printf("| M | DP max rel | DP mean rel | minimax DP max rel | uniform max rel | uniform mean rel |\n|---|---|---|---|---|---|\n");
+    for (std::size_t m : ms) {
+        const auto t = make_nli_table<Fn>(fit_nli<Fn>(m, grid_n));
+        const auto u = uniform_table<Fn>(m, grid_n);
+        const auto tx = make_nli_table<Fn>(fit_nli<Fn>(m, grid_n, max_of_errors{}));
+        const auto ed = measure(ref, [&](float x) { return apply(t, x); }, xs, 1e-30);
+        const auto eu = measure(ref, [&](float x) { return apply(u, x); }, xs, 1e-30);
+        const auto ex = measure(ref, [&](float x) { return apply(tx, x); }, xs, 1e-30);
+        std::printf("| %zu | %s | %s | %s | %s | %s |\n", m, fmt(ed.max).c_str(), fmt(ed.mean).c_str(), fmt(ex.max).c_str(),
+                    fmt(eu.max).c_str(), fmt(eu.mean).c_str());
+    }
+}
+
+double exp_ref(double x) { return std::exp(x); }
+double rsqrt_ref(double x) { return 1.0 / std::sqrt(x); }
+
 void table_exp_rsqrt() {
     using namespace lowbit;
-    const auto xe = linspace(-80.0, 80.0, 200001);
     std::vector<float> xr;
     for (int i = 0; i <= 200000; ++i) xr.push_back(static_cast<float>(std::pow(10.0, -30.0 + 60.0 * i / 200000)));
-    const auto fe = [](double x) { return std::exp(x); };
-    const auto fr = [](double x) { return 1.0 / std::sqrt(x); };
-    std::printf("\n### exp via 2^f on [0, 1], measured on x in [-80, 80]\n\n");
-    std::printf("| M | DP max rel | DP mean rel | minimax DP max rel | uniform max rel | uniform mean rel |\n|---|---|---|---|---|---|\n");
-    for (std::size_t m : ms) {
-        const auto t = make_nli_table<exp2_fraction_function>(fit_nli<exp2_fraction_function>(m, grid_n));
-        const auto u = uniform_table<exp2_fraction_function>(m, grid_n);
-        const auto ed = measure(fe, [&](float x) { return exp_pwl(t, x); }, xe, 1e-30);
-        const auto eu = measure(fe, [&](float x) { return exp_pwl(u, x); }, xe, 1e-30);
-        const auto tx = make_nli_table<exp2_fraction_function>(fit_nli<exp2_fraction_function>(m, grid_n, max_of_errors{}));
-        const auto ex = measure(fe, [&](float x) { return exp_pwl(tx, x); }, xe, 1e-30);
-        std::printf("| %zu | %s | %s | %s | %s | %s |\n", m, fmt(ed.max).c_str(), fmt(ed.mean).c_str(), fmt(ex.max).c_str(),
-                    fmt(eu.max).c_str(), fmt(eu.mean).c_str());
-    }
-    std::printf("\n### rsqrt via m^-1/2 on [1, 4], measured on x in [1e-30, 1e30] (log-spaced)\n\n");
-    std::printf("| M | DP max rel | DP mean rel | minimax DP max rel | uniform max rel | uniform mean rel |\n|---|---|---|---|---|---|\n");
-    for (std::size_t m : ms) {
-        const auto t = make_nli_table<rsqrt_mantissa_function>(fit_nli<rsqrt_mantissa_function>(m, grid_n));
-        const auto u = uniform_table<rsqrt_mantissa_function>(m, grid_n);
-        const auto ed = measure(fr, [&](float x) { return rsqrt_pwl(t, x); }, xr, 1e-30);
-        const auto eu = measure(fr, [&](float x) { return rsqrt_pwl(u, x); }, xr, 1e-30);
-        const auto tx = make_nli_table<rsqrt_mantissa_function>(fit_nli<rsqrt_mantissa_function>(m, grid_n, max_of_errors{}));
-        const auto ex = measure(fr, [&](float x) { return rsqrt_pwl(tx, x); }, xr, 1e-30);
-        std::printf("| %zu | %s | %s | %s | %s | %s |\n", m, fmt(ed.max).c_str(), fmt(ed.mean).c_str(), fmt(ex.max).c_str(),
-                    fmt(eu.max).c_str(), fmt(eu.mean).c_str());
-    }
+    table_reduced<exp2_fraction_function>("exp via 2^f on [0, 1], measured on x in [-80, 80]", exp_ref,
+                                          [](const pwl_table& t, float x) { return exp_pwl(t, x); }, linspace(-80.0, 80.0, 200001));
+    table_reduced<rsqrt_mantissa_function>("rsqrt via m^-1/2 on [1, 4], measured on x in [1e-30, 1e30] (log-spaced)", rsqrt_ref,
+                                           [](const pwl_table& t, float x) { return rsqrt_pwl(t, x); }, xr);
     const auto& e = preset_table<exp2_fraction_function>();
     const auto xs = linspace(-87.0, 88.0, 200001);
     const auto es = measure([](double x) { return x / (1 + std::exp(-x)); }, [&](float x) { return silu_exp_pwl(e, x); },

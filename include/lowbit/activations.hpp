@@ -192,12 +192,7 @@ xsimd::batch<float, A> exp_pwl(const pwl_table& exp2_fraction, const xsimd::batc
 /// (`invalid_argument`). In place allowed. O(n).
 inline void exp_pwl(const pwl_table& exp2_fraction, std::span<const float> in, std::span<float> out) {
     detail::require_exp2_table(exp2_fraction, "exp_pwl");
-    detail::require<shape_error>(in.size() == out.size(), "exp_pwl", "'in' and 'out' must have the same size");
-    using bf = xsimd::batch<float>;
-    std::size_t i = 0;
-    for (; i + bf::size <= in.size(); i += bf::size)
-        exp_pwl(exp2_fraction, bf::load_unaligned(in.data() + i)).store_unaligned(out.data() + i);
-    for (; i < in.size(); ++i) out[i] = exp_pwl(exp2_fraction, in[i]);
+    detail::map_batched(in, out, "exp_pwl", [&exp2_fraction](const auto& v) { return exp_pwl(exp2_fraction, v); });
 }
 
 /// 1/sqrt(x) from a table g of m^-1/2 on [1, 4]: x = m 2^e with m in [1, 4), e even, y = g(m) 2^(-e/2).
@@ -244,12 +239,7 @@ xsimd::batch<float, A> rsqrt_pwl(const pwl_table& rsqrt_mantissa, const xsimd::b
 /// [1, 4] (`invalid_argument`). In place allowed. O(n).
 inline void rsqrt_pwl(const pwl_table& rsqrt_mantissa, std::span<const float> in, std::span<float> out) {
     detail::require_rsqrt_table(rsqrt_mantissa, "rsqrt_pwl");
-    detail::require<shape_error>(in.size() == out.size(), "rsqrt_pwl", "'in' and 'out' must have the same size");
-    using bf = xsimd::batch<float>;
-    std::size_t i = 0;
-    for (; i + bf::size <= in.size(); i += bf::size)
-        rsqrt_pwl(rsqrt_mantissa, bf::load_unaligned(in.data() + i)).store_unaligned(out.data() + i);
-    for (; i < in.size(); ++i) out[i] = rsqrt_pwl(rsqrt_mantissa, in[i]);
+    detail::map_batched(in, out, "rsqrt_pwl", [&rsqrt_mantissa](const auto& v) { return rsqrt_pwl(rsqrt_mantissa, v); });
 }
 
 /// SiLU built on the exp approximant: x / (1 + exp_pwl(-x)). Relative error <= the exp table's relative
@@ -271,12 +261,7 @@ xsimd::batch<float, A> silu_exp_pwl(const pwl_table& exp2_fraction, const xsimd:
 /// out[i] = silu_exp_pwl(in[i]) with xsimd batches; errors as `exp_pwl` on spans. O(n).
 inline void silu_exp_pwl(const pwl_table& exp2_fraction, std::span<const float> in, std::span<float> out) {
     detail::require_exp2_table(exp2_fraction, "silu_exp_pwl");
-    detail::require<shape_error>(in.size() == out.size(), "silu_exp_pwl", "'in' and 'out' must have the same size");
-    using bf = xsimd::batch<float>;
-    std::size_t i = 0;
-    for (; i + bf::size <= in.size(); i += bf::size)
-        silu_exp_pwl(exp2_fraction, bf::load_unaligned(in.data() + i)).store_unaligned(out.data() + i);
-    for (; i < in.size(); ++i) out[i] = silu_exp_pwl(exp2_fraction, in[i]);
+    detail::map_batched(in, out, "silu_exp_pwl", [&exp2_fraction](const auto& v) { return silu_exp_pwl(exp2_fraction, v); });
 }
 
 /// Row-wise softmax of `x` [rows x cols] with the exp approximant: y_ij = e(x_ij - m_i) / sum_k e(x_ik - m_i),

@@ -65,6 +65,20 @@ inline xsimd::batch<float, A> gather_f32(const float* p, const xsimd::batch<std:
     }
 }
 
+/// out[i] = op(in[i]) over spans: full xsimd batches (default architecture) through `op(batch)`, the tail
+/// through `op(float)`. Checks equal sizes (`shape_error`, naming `where`). In place allowed.
+template <class Op>
+inline void map_batched(std::span<const float> in, std::span<float> out, const char* where, Op op) {
+    require<shape_error>(in.size() == out.size(), where, "'in' and 'out' must have the same size");
+    using bf = xsimd::batch<float>;
+    const std::size_t n = std::min(in.size(), out.size()); // equal; min() lets the optimiser see the bound
+    const float* src = in.data();
+    float* dst = out.data();
+    const std::size_t full = n - n % bf::size;
+    for (std::size_t i = 0; i < full; i += bf::size) op(bf::load_unaligned(src + i)).store_unaligned(dst + i);
+    for (std::size_t i = full; i < n; ++i) dst[i] = op(src[i]);
+}
+
 } // namespace detail
 
 /// A line y = slope * x + intercept (used for the out-of-domain asymptotes of a table).
@@ -218,14 +232,7 @@ public:
     /// Evaluates g elementwise: out[i] = g(in[i]) with xsimd batches and a scalar tail.
     /// `in` and `out` may alias exactly (in-place); sizes must match (`shape_error`). O(n).
     void evaluate(std::span<const float> in, std::span<float> out) const {
-        detail::require<shape_error>(in.size() == out.size(), "pwl_table::evaluate",
-                                     "'in' and 'out' must have the same size");
-        using bf = xsimd::batch<float>;
-        constexpr std::size_t w = bf::size;
-        const std::size_t n = in.size();
-        std::size_t i = 0;
-        for (; i + w <= n; i += w) (*this)(bf::load_unaligned(in.data() + i)).store_unaligned(out.data() + i);
-        for (; i < n; ++i) out[i] = (*this)(in[i]);
+        detail::map_batched(in, out, "pwl_table::evaluate", [this](const auto& v) { return (*this)(v); });
     }
 
 private:
