@@ -52,11 +52,11 @@ TEST_CASE("reference values of the function policies match published constants")
 
 TEST_CASE("presets: documented error bounds against std:: in double") {
     using namespace lowbit;
-    CHECK(max_rel_error<silu_function>(preset_table<silu_function>(), -8, 8, 40000) < 0.035);
-    CHECK(max_rel_error<gelu_tanh_function>(preset_table<gelu_tanh_function>(), -6, 6, 40000) < 0.05);
-    CHECK(max_rel_error<gelu_erf_function>(preset_table<gelu_erf_function>(), -6, 6, 40000) < 0.05);
-    CHECK(max_rel_error<sigmoid_function>(preset_table<sigmoid_function>(), -12, 12, 40000) < 0.01);
-    CHECK(max_rel_error<tanh_function>(preset_table<tanh_function>(), -8, 8, 40000) < 0.01);
+    CHECK(max_rel_error<silu_function>(preset_table<silu_function>(), -8, 8, 10000) < 0.035);
+    CHECK(max_rel_error<gelu_tanh_function>(preset_table<gelu_tanh_function>(), -6, 6, 10000) < 0.05);
+    CHECK(max_rel_error<gelu_erf_function>(preset_table<gelu_erf_function>(), -6, 6, 10000) < 0.05);
+    CHECK(max_rel_error<sigmoid_function>(preset_table<sigmoid_function>(), -12, 12, 10000) < 0.01);
+    CHECK(max_rel_error<tanh_function>(preset_table<tanh_function>(), -8, 8, 10000) < 0.01);
     // Asymptotes outside the domain.
     CHECK(preset_table<silu_function>()(-20.0f) == 0.0f);
     CHECK(preset_table<silu_function>()(20.0f) == 20.0f);
@@ -73,7 +73,7 @@ TEST_CASE("presets: documented error bounds against std:: in double") {
 
     const auto& r = preset_table<rsqrt_mantissa_function>();
     worst = 0;
-    for (float x = 1e-44f; x < 3e38f; x = std::max(x * 1.0007f, std::nextafter(x, inf))) {
+    for (float x = 1e-44f; x < 3e38f; x = std::max(x * 1.003f, std::nextafter(x, inf))) {
         const double want = 1.0 / std::sqrt(double(x));
         worst = std::max(worst, std::abs(rsqrt_pwl(r, x) - want) / want);
     }
@@ -192,13 +192,13 @@ TEST_CASE("fit_nli: DP beats uniform cutpoints for every function, error falls w
     using namespace lowbit;
     const auto check = [](auto tag) {
         using Fn = decltype(tag);
-        const auto grid = uniform_grid(Fn::lo, Fn::hi, 129);
-        const auto eval = uniform_grid(Fn::lo, Fn::hi, 513);
+        const auto grid = uniform_grid(Fn::lo, Fn::hi, 65);
+        const auto eval = uniform_grid(Fn::lo, Fn::hi, 257);
         const auto f = [](double x) { return Fn::value(x); };
         double prev = INFINITY;
         for (std::size_t m : {4u, 8u, 16u, 32u}) {
-            const auto r = fit_nli<Fn>(m, 129);
-            const double uni = pwl_objective(f, grid, eval, uniform_cut_indices(129, m), relative_error{Fn::relative_floor});
+            const auto r = fit_nli<Fn>(m, 65);
+            const double uni = pwl_objective(f, grid, eval, uniform_cut_indices(65, m), relative_error{Fn::relative_floor});
             CHECK(r.objective <= uni * (1 + 1e-12));
             CHECK(r.objective <= prev * (1 + 1e-12));
             prev = r.objective;

@@ -113,8 +113,8 @@ TEST_CASE("DP equals brute-force enumeration on small grids (all metrics, sum an
 }
 
 TEST_CASE("DP is never worse than uniform cutpoints with the same M") {
-    const auto grid = lowbit::uniform_grid(-2.0, 2.0, 129);
-    const auto eval = lowbit::uniform_grid(-2.0, 2.0, 513);
+    const auto grid = lowbit::uniform_grid(-2.0, 2.0, 65);
+    const auto eval = lowbit::uniform_grid(-2.0, 2.0, 193);
     for (const auto& f : test_functions) {
         for (metric me : {metric::squared, metric::absolute, metric::relative}) {
             for (bool is_max : {false, true}) {
@@ -168,7 +168,7 @@ TEST_CASE("squared error from prefix sums equals the pointwise sum; pwl_objectiv
 
 TEST_CASE("minimax fit: the float table's pointwise maximum matches the objective") {
     const auto grid = lowbit::uniform_grid(0.0, 1.0, 129);
-    const auto eval = lowbit::uniform_grid(0.0, 1.0, 1025);
+    const auto eval = lowbit::uniform_grid(0.0, 1.0, 385);
     const auto f = [](double x) { return std::exp2(x); };
     const auto r = lowbit::fit_pwl(f, grid, eval, {8, false}, lowbit::relative_error{}, lowbit::max_of_errors{});
     const auto t = lowbit::make_pwl_table(r, {}, {});

@@ -182,8 +182,8 @@ public:
         return slope_[k] * x + icpt_[k];
     }
 
-    /// Batch form of `interpolate` (same precondition; out-of-domain lanes use the nearest segment, a NaN
-    /// lane is undefined but never reads out of bounds on the cell path).
+    /// Batch form of `interpolate` (same precondition; out-of-domain or NaN lanes give unspecified values
+    /// but never read out of bounds).
     template <class A>
     xsimd::batch<float, A> interpolate(const xsimd::batch<float, A>& x) const noexcept {
         using bf = xsimd::batch<float, A>;
@@ -209,7 +209,8 @@ public:
                 const bf b = detail::gather_f32(bound_.data(), xsimd::batch_cast<std::int32_t>(probe));
                 idx = xsimd::select(x >= b, probe, idx);
             }
-            const bi k = xsimd::batch_cast<std::int32_t>(idx);
+            // x = +Inf (or NaN) would walk past the last segment: keep every read in bounds
+            const bi k = xsimd::batch_cast<std::int32_t>(xsimd::min(idx, bf(static_cast<float>(segments() - 1))));
             s = detail::gather_f32(slope_.data(), k);
             t = detail::gather_f32(icpt_.data(), k);
         }
@@ -223,7 +224,7 @@ public:
         const bf lo_b(lo()), hi_b(hi());
         const auto nan = x != x;
         const bf xs = xsimd::select(nan, lo_b, x);
-        bf y = interpolate(xs);
+        bf y = interpolate(xsimd::min(xsimd::max(xs, lo_b), hi_b));
         y = xsimd::select(xs < lo_b, line(left_, xs), y);
         y = xsimd::select(xs > hi_b, line(right_, xs), y);
         return xsimd::select(nan, x, y);
