@@ -83,7 +83,7 @@ struct int8_mx {
     static constexpr int emax = 0;     ///< OCP emax_elem for MXINT8
     /// Largest magnitude, 127/64.
     [[nodiscard]] static constexpr float max_value() noexcept { return 127.0f / 64.0f; }
-    /// True for every code except 0x80 (−128, which encoding never produces but decodes as −2).
+    /// Every code is finite (0x80 = −128 decodes to −2 but encoding never produces it).
     [[nodiscard]] static constexpr bool is_finite_code(std::uint8_t) noexcept { return true; }
     /// The value k/64 of the two's complement byte `code`.
     [[nodiscard]] static float decode(std::uint8_t code) noexcept {
