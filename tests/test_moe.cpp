@@ -1,7 +1,9 @@
 // Tests for lowbit/moe.hpp. Oracles: hand-worked tables (usage, σ, EBSS scores, GLAS saliency);
-// a double loop Σ_t c_t x_t x_tᵀ for AGQ; the projector identities (P² = P, Pᵀ = P, δP·q = 0 for the top
+// a double loop (2/N)Σ_t c_t x_t x_tᵀ for AGQ, and the gate-weighted output error of GPTQ with and
+// without it; the projector identities (P² = P, Pᵀ = P, δP·q = 0 for the top
 // eigenvectors q computed here by power iteration, not by the library) for NGES.
 #include <lowbit/moe.hpp>
+#include <lowbit/rtn.hpp>
 
 #include <doctest/doctest.h>
 
@@ -37,22 +39,47 @@ TEST_CASE("EBSS: usage, balance std and scores (hand-worked)") {
     CHECK(lowbit::ebss_select(scores, 9).size() == 4);
 }
 
-TEST_CASE("AGQ affinity-scaled inputs give the gate-weighted Gram") {
+TEST_CASE("AGQ Hessian is the gate-weighted Gram of the routed tokens and drives GPTQ") {
     const auto x = gaussian(20, 5, 1);
     lowbit::vector_f gate(20);
     for (int t = 0; t < 20; ++t) gate(t) = (t % 3 == 0) ? 0.0f : 0.05f * static_cast<float>(t);
-    const auto xs = lowbit::affinity_scaled_inputs(x, gate);
-    CHECK(xs.rows() == 13);
-    const Eigen::MatrixXd got = xs.cast<double>().transpose() * xs.cast<double>();
+    const auto h = lowbit::agq_hessian(x, gate);
+    CHECK(h.tokens() == 13);
     Eigen::MatrixXd want = Eigen::MatrixXd::Zero(5, 5);
     for (int t = 0; t < 20; ++t)
         for (int a = 0; a < 5; ++a)
-            for (int b = 0; b < 5; ++b) want(a, b) += double(gate(t)) * x(t, a) * x(t, b);
-    CHECK((got - want).cwiseAbs().maxCoeff() < 1e-4);
+            for (int b = 0; b < 5; ++b) want(a, b) += 2.0 / 13.0 * double(gate(t)) * x(t, a) * x(t, b);
+    CHECK((h.matrix() - want).cwiseAbs().maxCoeff() < 1e-9);
+
+    // AGQ vs the unweighted Hessian: on the gate-weighted output error Σ_t c_t ‖(W − Q) x_t‖²
+    // (the error of the MoE output, scaled by the gate), the AGQ-driven GPTQ is not worse.
+    const lowbit::matrix_f xs = gaussian(400, 32, 2) * (lowbit::matrix_f::Identity(32, 32) + gaussian(32, 32, 3, 0.3f));
+    lowbit::vector_f g2(400);
+    std::mt19937_64 rng(4);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    for (int t = 0; t < 400; ++t) {
+        const float v = u(rng);
+        g2(t) = v * v * v * v; // skewed affinities
+    }
+    const auto w = gaussian(16, 32, 5);
+    lowbit::gptq_hessian plain(32);
+    plain.add(xs);
+    const lowbit::rtn_quantizer q3{3};
+    const auto r_agq = lowbit::gptq_quantize(w, lowbit::agq_hessian(xs, g2).matrix(), q3);
+    const auto r_plain = lowbit::gptq_quantize(w, plain.matrix(), q3);
+    auto weighted_err = [&](const lowbit::matrix_f& wq) {
+        const Eigen::MatrixXd y = (w - wq).cast<double>() * xs.cast<double>().transpose(); // [16 x 400]
+        double e = 0;
+        for (int t = 0; t < 400; ++t) e += double(g2(t)) * y.col(t).squaredNorm();
+        return e;
+    };
+    CHECK(weighted_err(r_agq.weights) < weighted_err(r_plain.weights));
+
     lowbit::vector_f neg = gate;
     neg(1) = -0.1f;
-    CHECK_THROWS_AS((void)lowbit::affinity_scaled_inputs(x, neg), lowbit::invalid_argument);
-    CHECK_THROWS_AS((void)lowbit::affinity_scaled_inputs(x, gate.head(19)), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::agq_hessian(x, neg), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::agq_hessian(x, gate.head(19)), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::agq_hessian(x, lowbit::vector_f::Zero(20)), lowbit::shape_error);
 }
 
 TEST_CASE("NGES projector removes the update's effect on the dominant input directions") {

@@ -3,8 +3,8 @@
 /// Tools for quantizing Mixture-of-Experts layers:
 /// - MoEQuant EBSS (algorithms.md §11.1): expert-usage balance σ and the beam score used to pick
 ///   self-generated calibration sequences (the beam search itself drives a model and is the caller's).
-/// - MoEQuant AGQ (§11.2): gate-affinity scaling of an expert's calibration inputs, √c_t·x_t for the
-///   tokens routed to it, so that any GPTQ Hessian accumulator fed with them yields Σ_t c_t x_t x_tᵀ.
+/// - MoEQuant AGQ (§11.2): the gate-affinity-weighted GPTQ Hessian of a routed expert, accumulated
+///   with `gptq_hessian` (gptq.hpp) over the tokens routed to it; feed it to `gptq_quantize`.
 /// - MoBiE NGES (§4.2, RECON): the projector onto the approximate null space of an expert's inputs,
 ///   and the equivalent Hessian penalty.
 /// - MoBiE GLAS (§4.2, RECON): global-gradient-weighted saliency.
@@ -13,6 +13,7 @@
 
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
+#include <lowbit/gptq.hpp>
 #include <lowbit/types.hpp>
 
 #include <Eigen/Eigenvalues>
@@ -81,24 +82,45 @@ LOWBIT_BEGIN_NAMESPACE
     return idx;
 }
 
-/// AGQ: the rows of `x` routed to one expert (gate c_t > 0), each scaled by √c_t — `[routed x n]`.
-/// Feeding them to a GPTQ Hessian accumulator gives H_E ∝ Σ_{t→E} c_t x_t x_tᵀ.
-/// \param gate (tokens) the expert's gate probability per token, 0 for tokens not routed to it.
-/// \throws shape_error (size mismatch, empty x), numeric_error (NaN/Inf), invalid_argument (gate < 0).
-[[nodiscard]] inline matrix_f affinity_scaled_inputs(const cref_matrix_f& x, const cref_vector_f& gate) {
-    constexpr const char* where = "affinity_scaled_inputs";
-    detail::require_nonempty(x, where, "x");
-    detail::require_dim(gate.size(), x.rows(), where, "gate size (must equal x rows / tokens)");
-    detail::require_finite(x, where, "x");
-    detail::require_finite(gate, where, "gate");
-    detail::require(gate.minCoeff() >= 0.0f, where, "argument 'gate' must be non-negative");
-    Eigen::Index routed = 0;
-    for (Eigen::Index t = 0; t < gate.size(); ++t) routed += gate(t) > 0 ? 1 : 0;
-    matrix_f out(routed, x.cols());
-    Eigen::Index r = 0;
-    for (Eigen::Index t = 0; t < gate.size(); ++t)
-        if (gate(t) > 0) out.row(r++) = x.row(t) * std::sqrt(gate(t));
-    return out;
+/// AGQ: the affinity-guided GPTQ Hessian of one routed expert, `H_E = (2/N_E) Σ_{t→E} c_t x_t x_tᵀ`
+/// over the tokens routed to it (gate c_t > 0; N_E = their count), accumulated with `gptq_hessian`'s
+/// per-token weights. Pass `result.matrix()` to `gptq_quantize`. Call `add` again on the returned
+/// accumulator for further batches (with `agq_routed` to select the routed rows).
+/// \param x    `[tokens x n]` inputs reaching the MoE layer; \param gate (tokens) the expert's gate
+///             probability per token, 0 for tokens not routed to it.
+/// \throws shape_error (sizes, empty x, no token routed), numeric_error (NaN/Inf), invalid_argument (gate < 0).
+[[nodiscard]] inline gptq_hessian agq_hessian(const cref_matrix_f& x, const cref_vector_f& gate);
+
+/// The routed rows of `x` (gate > 0) and their gates, for `gptq_hessian::add(rows, gates)`.
+struct agq_routed {
+    matrix_f rows;  ///< (routed, n)
+    vector_f gates; ///< (routed) c_t > 0
+
+    /// Selects the rows of `x` with `gate > 0`. \throws as `agq_hessian`.
+    agq_routed(const cref_matrix_f& x, const cref_vector_f& gate) {
+        constexpr const char* where = "agq_routed";
+        detail::require_nonempty(x, where, "x");
+        detail::require_dim(gate.size(), x.rows(), where, "gate size (must equal x rows / tokens)");
+        detail::require_finite(gate, where, "gate");
+        detail::require(gate.minCoeff() >= 0.0f, where, "argument 'gate' must be non-negative");
+        Eigen::Index routed = 0;
+        for (Eigen::Index t = 0; t < gate.size(); ++t) routed += gate(t) > 0 ? 1 : 0;
+        rows.resize(routed, x.cols());
+        gates.resize(routed);
+        for (Eigen::Index t = 0, r = 0; t < gate.size(); ++t)
+            if (gate(t) > 0) {
+                rows.row(r) = x.row(t);
+                gates(r++) = gate(t);
+            }
+    }
+};
+
+inline gptq_hessian agq_hessian(const cref_matrix_f& x, const cref_vector_f& gate) {
+    const agq_routed sel(x, gate);
+    detail::require<shape_error>(sel.rows.rows() > 0, "agq_hessian", "no token is routed to the expert (all gates 0)");
+    gptq_hessian h(x.cols());
+    h.add(sel.rows, sel.gates);
+    return h;
 }
 
 /// NGES (RECON): `P_⊥ = I − Q_k Q_kᵀ`, Q_k the top-k eigenvectors of the input Gram XᵀX (`[n x n]`).
