@@ -118,7 +118,7 @@ TEST_CASE("encode equals llama2.c's quadratic merge loop on slices of real text"
     const std::string text = dev_text();
     std::mt19937_64 rng(11);
     for (int trial = 0; trial < 25; ++trial) {
-        const std::size_t len = 1 + rng() % 120, at = rng() % (text.size() - len);
+        const std::size_t len = 1 + rng() % 64, at = rng() % (text.size() - len);
         const std::string s = text.substr(at, len);
         const bool bos = trial % 2, eos = trial % 3 == 0;
         CHECK(tok512().encode(s, bos, eos) == naive_encode(tok512(), s, bos, eos));
