@@ -1,0 +1,785 @@
+#pragma once
+/// \file recipes.hpp
+/// Recipes: short compositions of lowbit's policies that turn an FP32 Llama model into a quantized
+/// one whose block linears are `quantized_linear` layers running the packed kernels.
+///
+/// A recipe picks, for every block linear (wq, wk, wv, wo, w1, w2, w3; embedding, norms and the
+/// classifier stay FP32):
+/// - a rotation: none, or an online randomised Hadamard transform Q of the input width (weights
+///   stored as W·Q, activations rotated at run time: (xQ)(WQ)ᵀ = xWᵀ);
+/// - a weight quantizer and solver: RTN, GPTQ (Hessian from calibration inputs, layer by layer on
+///   the partially quantized model), symmetric ternary (absmean), asymmetric ternary E2M-ATQ
+///   (per-row μ, α), binary (per-row μ, α; ARB refinement under GPTQ), MXFP4; optionally a PSP
+///   low-rank correction around the binarizer;
+/// - an activation policy: FP32, symmetric per-token int-k inside the integer kernel, asymmetric
+///   per-token int-k fake quantization (algorithms.md §1.3), or MXFP4 fake quantization.
+///
+/// Storage and the effective bits per weight: codes are packed in the kernels' formats
+/// (ternary base-3 at 1.6 bits, 2-bit ternary, 1-bit binary, 4-bit int); per-row scales α and
+/// offsets μ and low-rank factors are rounded to fp16 and counted at 16 bits. `storage_bits` of a
+/// layer is the serialized size: nominal code bits over the real columns + 16 per stored scale,
+/// offset and factor entry (the in-memory kernel layout additionally pads rows to 256/320 weights).
+/// MXFP4 weights count 4.25 bits (E2M1 + one E8M0 per 32).
+///
+/// Calibration tokens must not overlap the evaluation text (the demo calibrates on the dev text
+/// after the 60,000 characters it evaluates).
+
+#include <lowbit/asym_ternary.hpp>
+#include <lowbit/binary.hpp>
+#include <lowbit/config.hpp>
+#include <lowbit/error.hpp>
+#include <lowbit/gemm.hpp>
+#include <lowbit/gptq.hpp>
+#include <lowbit/hadamard.hpp>
+#include <lowbit/io/safetensors.hpp>
+#include <lowbit/lowrank.hpp>
+#include <lowbit/model.hpp>
+#include <lowbit/mxfp.hpp>
+#include <lowbit/pack.hpp>
+#include <lowbit/quantized_linear.hpp>
+#include <lowbit/rtn.hpp>
+#include <lowbit/ternary.hpp>
+#include <lowbit/types.hpp>
+
+#include <Eigen/Core>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+LOWBIT_BEGIN_NAMESPACE
+
+/// Weight quantizer of a recipe.
+enum class weight_scheme {
+    fp32,            ///< keep FP32 (dense Eigen GEMM)
+    int4,            ///< symmetric int4 per row (scale max|w|/7), packed int4
+    absmean_ternary, ///< BitNet absmean ternary per row, packed ternary
+    e2m_atq,         ///< asymmetric ternary μ + α·t per row (E2M-ATQ), packed ternary with offsets
+    sign_binary,     ///< μ + α·sign(w − μ) per row, packed binary with offsets
+    arb_binary,      ///< ARB-refined binary μ + α·b per row, packed binary with offsets
+    mxfp4,           ///< OCP MXFP4 (E2M1, E8M0 per 32), dequantized dense
+};
+
+/// Solver around the weight quantizer.
+enum class solver_kind {
+    rtn,  ///< round each row on its own
+    gptq, ///< GPTQ column-wise error feedback with the calibration Hessian
+};
+
+/// Online rotation of every block linear's input.
+enum class rotation_kind {
+    none,                ///< no rotation
+    randomized_hadamard, ///< x ↦ x·D_s·H/√n (hadamard.hpp; non-power-of-2 widths by H_K ⊗ H_2^m)
+};
+
+/// Activation policy of every block linear.
+enum class activation_kind {
+    fp32,            ///< no activation quantization
+    int_symmetric,   ///< symmetric per-token int-k inside the integer kernel (k ∈ {4, 6, 8})
+    int_asymmetric,  ///< asymmetric per-token int-k fake quantization (§1.3, clip ratio)
+    mxfp4,           ///< MXFP4 fake quantization of the activations (blocks of 32 along the input)
+};
+
+/// A recipe: what happens to each block linear (see the file comment). Plain data.
+struct recipe {
+    std::string name;                              ///< command-line name
+    std::string description;                       ///< one line for tables
+    weight_scheme weights = weight_scheme::fp32;   ///< weight quantizer
+    solver_kind solver = solver_kind::rtn;         ///< solver
+    rotation_kind rotation = rotation_kind::none;  ///< online rotation
+    activation_kind activation = activation_kind::fp32; ///< activation policy
+    int act_bits = 8;          ///< bits of integer activations
+    float act_clip = 1.0f;     ///< clip ratio of asymmetric activations, (0, 1]
+    int low_rank = 0;          ///< PSP low-rank rank around binary weights (0: none)
+    int psp_iterations = 4;    ///< PSP alternations
+    bool base3 = true;         ///< ternary codes at 1.6 bits (base 3) instead of 2
+    double damp = 0.01;        ///< GPTQ damping λ
+    bool act_order = true;     ///< GPTQ activation order (columns by diag H descending)
+    std::uint64_t seed = 0;    ///< rotation seed
+    [[nodiscard]] bool needs_calibration() const { return solver == solver_kind::gptq || low_rank > 0; }
+};
+
+/// The built-in recipes (naive baselines, GPTQ, TWLA-style, BWLA-style, activation rotations, MX).
+[[nodiscard]] inline std::vector<recipe> builtin_recipes() {
+    using W = weight_scheme;
+    using S = solver_kind;
+    using R = rotation_kind;
+    using A = activation_kind;
+    std::vector<recipe> r;
+    auto add = [&r](recipe x) { r.push_back(std::move(x)); };
+    add({"fp32", "FP32 reference", W::fp32, S::rtn, R::none, A::fp32});
+    add({"rtn-w4", "RTN int4 per row (naive)", W::int4, S::rtn, R::none, A::fp32});
+    add({"gptq-w4", "GPTQ int4 per row", W::int4, S::gptq, R::none, A::fp32});
+    add({"absmean-w1.58", "absmean ternary per row (naive)", W::absmean_ternary, S::rtn, R::none, A::fp32});
+    add({"binary-w1", "sign binary μ + α·b per row (naive)", W::sign_binary, S::rtn, R::none, A::fp32});
+    add({"rtn-w4a8", "RTN int4 per row, int8 activations (integer kernel)", W::int4, S::rtn, R::none,
+         A::int_symmetric, 8});
+    add({"absmean-w1.58a8", "absmean ternary, int8 activations (integer kernel)", W::absmean_ternary, S::rtn,
+         R::none, A::int_symmetric, 8});
+    add({"mxfp4-w4a4", "MXFP4 weights and activations (naive)", W::mxfp4, S::rtn, R::none, A::mxfp4});
+    add({"twla-w1.58", "Hadamard + GPTQ + E2M-ATQ (μ, α per row)", W::e2m_atq, S::gptq, R::randomized_hadamard,
+         A::fp32});
+    add({"twla-w1.58a8", "twla-w1.58 with int8 activations", W::e2m_atq, S::gptq, R::randomized_hadamard,
+         A::int_symmetric, 8});
+    add({"twla-w1.58a6", "twla-w1.58 with int6 activations", W::e2m_atq, S::gptq, R::randomized_hadamard,
+         A::int_symmetric, 6});
+    add({"twla-w1.58a4", "twla-w1.58 with int4 activations", W::e2m_atq, S::gptq, R::randomized_hadamard,
+         A::int_symmetric, 4});
+    add({"bwla-w1", "Hadamard + GPTQ + ARB binary (μ, α per row)", W::arb_binary, S::gptq, R::randomized_hadamard,
+         A::fp32});
+    add({"bwla-w1a6", "bwla-w1 with int6 activations", W::arb_binary, S::gptq, R::randomized_hadamard,
+         A::int_symmetric, 6});
+    recipe psp{"bwla-w1a6-psp", "bwla-w1a6 + PSP rank-1 correction", W::arb_binary, S::gptq,
+               R::randomized_hadamard, A::int_symmetric, 6};
+    psp.low_rank = 1;
+    add(psp);
+    add({"fp32-a4", "FP32 weights, asymmetric per-token int4 activations", W::fp32, S::rtn, R::none,
+         A::int_asymmetric, 4});
+    add({"fp32-a4-hadamard", "fp32-a4 with an online Hadamard rotation", W::fp32, S::rtn, R::randomized_hadamard,
+         A::int_asymmetric, 4});
+    add({"mxfp4-w4a4-hadamard", "mxfp4-w4a4 with an online Hadamard rotation", W::mxfp4, S::rtn,
+         R::randomized_hadamard, A::mxfp4});
+    return r;
+}
+
+/// Names of the built-in recipes, comma separated (for messages and --help).
+[[nodiscard]] inline std::string builtin_recipe_names() {
+    std::string s;
+    for (const auto& r : builtin_recipes()) {
+        if (!s.empty()) s += ", ";
+        s += r.name;
+    }
+    return s;
+}
+
+/// The built-in recipe called `name`. \throws invalid_argument naming the known recipes.
+[[nodiscard]] inline recipe find_recipe(std::string_view name) {
+    for (auto& r : builtin_recipes())
+        if (r.name == name) return r;
+    throw invalid_argument("lowbit: find_recipe: unknown recipe '" + std::string(name) +
+                           "' (known: " + builtin_recipe_names() + ")");
+}
+
+/// Options of `quantize_model`.
+struct quantize_options {
+    int calib_window = -1;      ///< calibration window (tokens; −1: seq_len − 1)
+    int calib_windows = 8;      ///< calibration windows used (at most)
+    /// Progress callback, called once per quantized block linear ("layers.3.w2 ...").
+    std::function<void(const std::string&)> progress;
+};
+
+/// What a quantized block linear stores: the serialized form (`save_quantized_model`) from which
+/// `build_linear` rebuilds the operator.
+struct linear_record {
+    std::string format;               ///< "dense" or a packed format name ("int4", "ternary2", ...)
+    Eigen::Index rows = 0;            ///< out features
+    Eigen::Index cols = 0;            ///< in features
+    std::vector<std::uint8_t> codes;  ///< packed bytes in the kernels' layout (packed formats)
+    vector_f scale;                   ///< (rows) α, fp16-exact (packed formats)
+    vector_f offset;                  ///< (rows) μ, fp16-exact, or empty
+    matrix_f dense;                   ///< (rows, cols) weights of the "dense" format
+    double dense_bits = 32.0;         ///< bits per weight counted for the dense format (MXFP4: 4.25)
+    std::optional<low_rank> correction; ///< low-rank term, fp16-exact factors
+
+    /// Serialized storage bits (see the file comment).
+    [[nodiscard]] double storage_bits() const {
+        double bits = 0.0;
+        if (format == "dense") {
+            bits = dense_bits * static_cast<double>(rows) * static_cast<double>(cols);
+        } else {
+            const auto nb = [](int bb, int bw) { return 8.0 * bb / bw; };
+            const double code_bits = format == "int4" ? nb(pack_format<int4>::block_bytes, pack_format<int4>::block_weights)
+                                   : format == "ternary2" ? nb(pack_format<ternary2>::block_bytes, pack_format<ternary2>::block_weights)
+                                   : format == "ternary_base3" ? nb(pack_format<ternary_base3>::block_bytes, pack_format<ternary_base3>::block_weights)
+                                   : nb(pack_format<binary1>::block_bytes, pack_format<binary1>::block_weights);
+            bits = code_bits * static_cast<double>(rows) * static_cast<double>(cols) +
+                   16.0 * static_cast<double>(scale.size() + offset.size());
+        }
+        if (correction) bits += 16.0 * static_cast<double>(correction->a.size() + correction->b.size());
+        return bits;
+    }
+};
+
+namespace detail {
+
+/// x rounded to the nearest fp16 value (scales and factors are stored at 16 bits).
+inline float round_fp16(float x) { return static_cast<float>(Eigen::half(x)); }
+
+inline void round_fp16(vector_f& v) {
+    for (Eigen::Index i = 0; i < v.size(); ++i) v(i) = round_fp16(v(i));
+}
+
+/// The FP32 weight of a dense block linear. \throws invalid_argument if the layer is not dense.
+inline const matrix_f& dense_weight_of(const linear_operator& op, const char* where) {
+    const auto* d = dynamic_cast<const detail::linear_adapter<dense_linear>*>(&op);
+    require(d != nullptr, where, "the model's block linears must be FP32 dense_linear layers");
+    return d->get().weight();
+}
+
+/// Codes t_ij = round((q_ij − μ_i)/α_i) clamped to [lo, hi] (α_i = 0 gives 0; binary: sign).
+inline matrix_i8 affine_codes(const matrix_f& q, const vector_f& mu, const vector_f& alpha, int lo, int hi,
+                              bool binary) {
+    matrix_i8 t(q.rows(), q.cols());
+    for (Eigen::Index i = 0; i < q.rows(); ++i)
+        for (Eigen::Index j = 0; j < q.cols(); ++j) {
+            const double d = static_cast<double>(q(i, j)) - (mu.size() ? static_cast<double>(mu(i)) : 0.0);
+            if (binary) {
+                t(i, j) = d >= 0.0 ? 1 : -1;
+            } else {
+                const double a = static_cast<double>(alpha(i));
+                const double v = a > 0.0 ? std::nearbyint(d / a) : 0.0;
+                t(i, j) = static_cast<std::int8_t>(std::clamp(v, static_cast<double>(lo), static_cast<double>(hi)));
+            }
+        }
+    return t;
+}
+
+/// A block linear with its serialized size (see the file comment), wrapping a quantized_linear.
+template <class Op>
+class counted_linear {
+public:
+    counted_linear(Op op, double bits) : op_(std::move(op)), bits_(bits) {}
+    [[nodiscard]] Eigen::Index in_features() const { return op_.in_features(); }
+    [[nodiscard]] Eigen::Index out_features() const { return op_.out_features(); }
+    void apply(const matrix_f& x, matrix_f& y) const { op_.apply(x, y); }
+    [[nodiscard]] double storage_bits() const { return bits_; }
+    [[nodiscard]] const Op& op() const { return op_; }
+
+private:
+    Op op_;
+    double bits_;
+};
+
+/// MXFP4 quantize-dequantize of activations (last block shorter when 32 does not divide the width).
+struct mxfp4_fake_quant {
+    [[nodiscard]] matrix_f operator()(const matrix_f& x) const {
+        return mx_fake_quantize<mxfp4>(x, tail_policy::smaller_last);
+    }
+};
+
+/// Builds the linear operator for weights `w` (already rotated), activation `a`, optional rotation.
+template <class Weights, class Act>
+inline std::shared_ptr<const linear_operator> make_block_linear(Weights w, Act a,
+                                                                const std::optional<hadamard_transform>& rot,
+                                                                std::optional<low_rank> lr, double bits) {
+    if (rot) {
+        quantized_linear<Weights, Act, hadamard_transform> op(std::move(w), std::move(a), *rot, std::move(lr));
+        return make_linear(counted_linear(std::move(op), bits));
+    }
+    quantized_linear<Weights, Act> op(std::move(w), std::move(a), no_rotation{}, std::move(lr));
+    return make_linear(counted_linear(std::move(op), bits));
+}
+
+/// Dispatches the activation policy of recipe `r` for weights `w`.
+template <class Weights>
+inline std::shared_ptr<const linear_operator> with_activation(const recipe& r, Weights w,
+                                                              const std::optional<hadamard_transform>& rot,
+                                                              std::optional<low_rank> lr, double bits) {
+    switch (r.activation) {
+    case activation_kind::fp32:
+        return make_block_linear(std::move(w), act_fp32{}, rot, std::move(lr), bits);
+    case activation_kind::int_symmetric:
+        return make_block_linear(std::move(w), act_int{r.act_bits}, rot, std::move(lr), bits);
+    case activation_kind::int_asymmetric:
+    case activation_kind::mxfp4:
+        if constexpr (std::is_same_v<Weights, dense_weights>) {
+            if (r.activation == activation_kind::mxfp4)
+                return make_block_linear(std::move(w), act_fake<mxfp4_fake_quant>{}, rot, std::move(lr), bits);
+            per_token_fake_quant f;
+            f.quantizer = per_token_quantizer{r.act_bits, int_mode::asymmetric, r.act_clip};
+            return make_block_linear(std::move(w), act_fake<per_token_fake_quant>{f}, rot, std::move(lr), bits);
+        } else {
+            throw invalid_argument("lowbit: recipe '" + r.name +
+                                   "': fake-quantized activations need dense (FP32 or MXFP4) weights");
+        }
+    }
+    throw invalid_argument("lowbit: recipe '" + r.name + "': unknown activation policy");
+}
+
+template <class F>
+inline std::shared_ptr<const linear_operator> packed_from_record(const recipe& r, const linear_record& rec,
+                                                                 const std::optional<hadamard_transform>& rot) {
+    typename packed_matrix<F>::buffer bytes(rec.codes.begin(), rec.codes.end());
+    packed_matrix<F> pw(rec.rows, rec.cols, std::move(bytes), rec.scale, rec.offset);
+    return with_activation(r, std::move(pw), rot, rec.correction, rec.storage_bits());
+}
+
+} // namespace detail
+
+/// The operator recipe `r` runs for a stored block linear `rec` (rotation `rot` of its input width).
+/// Used by `quantize_model` and by `load_quantized_model`, so a saved model rebuilds identically.
+/// \throws invalid_argument (unknown format, activation policy the weights cannot take),
+///         shape_error / numeric_error (inconsistent record).
+[[nodiscard]] inline std::shared_ptr<const linear_operator> build_linear(const recipe& r, const linear_record& rec,
+                                                                         const std::optional<hadamard_transform>& rot) {
+    if (rec.format == "dense") return detail::with_activation(r, dense_weights{rec.dense}, rot, rec.correction, rec.storage_bits());
+    if (rec.format == pack_format<int4>::name) return detail::packed_from_record<int4>(r, rec, rot);
+    if (rec.format == pack_format<ternary2>::name) return detail::packed_from_record<ternary2>(r, rec, rot);
+    if (rec.format == pack_format<ternary_base3>::name) return detail::packed_from_record<ternary_base3>(r, rec, rot);
+    if (rec.format == pack_format<binary1>::name) return detail::packed_from_record<binary1>(r, rec, rot);
+    throw invalid_argument("lowbit: build_linear: unknown weight format '" + rec.format + "'");
+}
+
+namespace detail {
+
+inline void check_recipe(const recipe& r) {
+    const char* where = "quantize_model";
+    require(r.act_bits >= 2 && r.act_bits <= 8, where, "recipe act_bits must lie in 2..8");
+    if (r.activation == activation_kind::int_symmetric)
+        require(r.act_bits == 4 || r.act_bits == 6 || r.act_bits == 8, where,
+                "integer-kernel activations take 4, 6 or 8 bits");
+    require(r.act_clip > 0.0f && r.act_clip <= 1.0f, where, "recipe act_clip must lie in (0, 1]");
+    require(r.low_rank >= 0, where, "recipe low_rank must be >= 0");
+    require(r.low_rank == 0 || r.weights == weight_scheme::sign_binary || r.weights == weight_scheme::arb_binary,
+            where, "PSP low-rank correction applies to binary weights only");
+    require(r.psp_iterations >= 1, where, "recipe psp_iterations must be >= 1");
+    const bool packed = r.weights != weight_scheme::fp32 && r.weights != weight_scheme::mxfp4;
+    require(!(packed && (r.activation == activation_kind::int_asymmetric || r.activation == activation_kind::mxfp4)),
+            where, "packed weights run the integer kernels: use fp32 or int_symmetric activations");
+}
+
+template <class F>
+inline linear_record packed_record(const packed_matrix<F>& pw, std::optional<low_rank> lr = std::nullopt) {
+    linear_record rec;
+    rec.format = pack_format<F>::name;
+    rec.rows = pw.rows();
+    rec.cols = pw.cols();
+    rec.codes.assign(pw.bytes().begin(), pw.bytes().end());
+    rec.scale = pw.scale();
+    rec.offset = pw.offset();
+    rec.correction = std::move(lr);
+    return rec;
+}
+
+/// Quantizes one block linear (W already rotated; `h` the rotated Hessian or null) to its record.
+inline linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d* h) {
+    const bool gptq = r.solver == solver_kind::gptq;
+    gptq_options gopt;
+    gopt.damp = r.damp;
+    gopt.act_order = r.act_order;
+    auto round_column_wise = [&w](const auto& quantizer, const auto& params) {
+        matrix_f q(w.rows(), w.cols());
+        vector_f col(w.rows()), out(w.rows());
+        for (Eigen::Index j = 0; j < w.cols(); ++j) {
+            col = w.col(j);
+            quantizer.round_column(params, col, out);
+            q.col(j) = out;
+        }
+        return q;
+    };
+    switch (r.weights) {
+    case weight_scheme::fp32:
+    case weight_scheme::mxfp4: {
+        linear_record rec;
+        rec.format = "dense";
+        rec.rows = w.rows();
+        rec.cols = w.cols();
+        if (r.weights == weight_scheme::fp32) {
+            rec.dense = w;
+        } else {
+            rec.dense = mx_fake_quantize<mxfp4>(w, tail_policy::smaller_last);
+            rec.dense_bits = 4.0 + 8.0 * static_cast<double>((w.cols() + 31) / 32) / static_cast<double>(w.cols());
+        }
+        return rec;
+    }
+    case weight_scheme::int4: {
+        const rtn_quantizer rq{4, int_mode::symmetric};
+        matrix_f q;
+        vector_f s, z;
+        if (gptq) {
+            auto res = gptq_quantize(w, *h, rq, per_row{}, gopt);
+            q = std::move(res.weights);
+            s = res.params.front().scale;
+            z = res.params.front().zero;
+        } else {
+            const auto p = rq.fit(w);
+            q = round_column_wise(rq, p);
+            s = p.scale;
+            z = p.zero;
+        }
+        // value s·(c − z), c ∈ [0, 15] → t = c − 8 ∈ [−8, 7], value α·t + μ with α = s, μ = s·(8 − z)
+        vector_f mu = s.array() * (8.0f - z.array());
+        const matrix_i8 t = affine_codes(q, mu, s, -8, 7, false);
+        round_fp16(s);
+        round_fp16(mu);
+        return packed_record(pack<int4>(t, s, mu));
+    }
+    case weight_scheme::absmean_ternary:
+    case weight_scheme::e2m_atq: {
+        matrix_f q;
+        vector_f mu, alpha;
+        if (r.weights == weight_scheme::absmean_ternary) {
+            require(!gptq, "quantize_model", "absmean ternary runs without GPTQ (use e2m_atq)");
+            const auto tq = quantize_ternary(w, absmean{});
+            alpha = tq.scale.col(0);
+            q = tq.dequantize();
+        } else if (gptq) {
+            auto res = gptq_quantize(w, *h, e2m_atq_quantizer{}, per_row{}, gopt);
+            q = std::move(res.weights);
+            mu = res.params.front().mean;
+            alpha = res.params.front().alpha0;
+        } else {
+            const e2m_atq_quantizer eq{};
+            const auto p = eq.fit(w);
+            q = round_column_wise(eq, p);
+            mu = p.mean;
+            alpha = p.alpha0;
+        }
+        const matrix_i8 t = affine_codes(q, mu, alpha, -1, 1, false);
+        round_fp16(alpha);
+        round_fp16(mu);
+        if (r.base3) return packed_record(pack<ternary_base3>(t, alpha, mu));
+        return packed_record(pack<ternary2>(t, alpha, mu));
+    }
+    case weight_scheme::sign_binary:
+    case weight_scheme::arb_binary: {
+        // Binarizes a whole matrix (RTN or GPTQ): values and per-row (μ, α).
+        auto binarize_matrix = [&](const matrix_f& m, vector_f* mu, vector_f* alpha) -> matrix_f {
+            if (gptq) {
+                auto run = [&](const auto& quantizer) {
+                    auto res = gptq_quantize(m, *h, quantizer, per_row{}, gopt);
+                    if (mu) *mu = res.params.front().mean;
+                    if (alpha) *alpha = res.params.front().alpha0;
+                    return matrix_f(std::move(res.weights));
+                };
+                return r.weights == weight_scheme::arb_binary ? run(binary_quantizer<arb>{})
+                                                              : run(binary_quantizer<sign_scale>{sign_scale{true}});
+            }
+            const binary_tensor bt = r.weights == weight_scheme::arb_binary ? binarize(m, arb{}, per_row{})
+                                                                           : binarize(m, sign_scale{true}, per_row{});
+            if (mu) *mu = bt.mean.col(0);
+            if (alpha) *alpha = bt.alpha[0].col(0);
+            return bt.dequantize();
+        };
+        std::optional<low_rank> lr;
+        matrix_f target = w;
+        if (r.low_rank > 0) {
+            const auto fq = [&](const cref_matrix_f& m) { return binarize_matrix(m, nullptr, nullptr); };
+            const matrix_d gram = h ? matrix_d(*h) : matrix_d();
+            auto pr = psp_refine(w, fq, r.low_rank, r.psp_iterations, gram, 0.01);
+            for (Eigen::Index i = 0; i < pr.correction.a.size(); ++i)
+                pr.correction.a.data()[i] = round_fp16(pr.correction.a.data()[i]);
+            for (Eigen::Index i = 0; i < pr.correction.b.size(); ++i)
+                pr.correction.b.data()[i] = round_fp16(pr.correction.b.data()[i]);
+            target = w - pr.correction.reconstruct();
+            lr = std::move(pr.correction);
+        }
+        vector_f mu, alpha;
+        const matrix_f q = binarize_matrix(target, &mu, &alpha);
+        const matrix_i8 t = affine_codes(q, mu, alpha, -1, 1, true);
+        round_fp16(alpha);
+        round_fp16(mu);
+        return packed_record(pack<binary1>(t, alpha, mu), std::move(lr));
+    }
+    }
+    throw invalid_argument("lowbit: recipe '" + r.name + "': unknown weight scheme");
+}
+
+} // namespace detail
+
+/// The online rotation recipe `r` applies to inputs of width `n` (none, or the randomised Hadamard
+/// transform seeded by `r.seed + n`). Deterministic: saving a model stores only the recipe.
+/// \throws invalid_argument (n < 1).
+[[nodiscard]] inline std::optional<hadamard_transform> recipe_rotation(const recipe& r, Eigen::Index n) {
+    if (r.rotation == rotation_kind::none) return std::nullopt;
+    hadamard_options ho;
+    ho.randomized = true;
+    ho.seed = r.seed + static_cast<std::uint64_t>(n);
+    return hadamard_transform(n, ho);
+}
+
+/// Quantizes every block linear of `fp32` (a model whose block linears are FP32 `dense_linear`s,
+/// e.g. `model_from_llama2c` or `random_llama`) with recipe `r`. Calibrated recipes (GPTQ, PSP)
+/// quantize block by block: block l's Hessians come from `calib_tokens` run through the model
+/// whose blocks < l are already quantized (inputs rotated when the recipe rotates).
+///
+/// \param calib_tokens  encoded calibration text (no BOS), at least one window; ignored by
+///                      calibration-free recipes.
+/// \param records       optional out: the stored form of every block linear (for saving).
+/// \throws invalid_argument (inconsistent recipe, non-dense input model), shape_error (too few
+///         calibration tokens), numeric_error (a Hessian that damping cannot repair).
+/// Complexity: per calibrated block, one forward pass over the calibration windows plus the
+/// solver (GPTQ O(n³ + m n²) per linear).
+[[nodiscard]] inline llama_model quantize_model(const llama_model& fp32, const recipe& r,
+                                                std::span<const int> calib_tokens, const quantize_options& opt = {},
+                                                std::vector<std::array<linear_record, linear_slots>>* records = nullptr) {
+    constexpr const char* where = "quantize_model";
+    detail::check_recipe(r);
+    llama_model m = fp32;
+    if (records) records->assign(m.blocks.size(), {});
+    const bool calibrate = r.needs_calibration();
+    if (calibrate)
+        detail::require<shape_error>(!calib_tokens.empty(), where, "calibrated recipes need calibration tokens");
+    // One rotation per input width (dim, hidden), shared by the layers that read that width.
+    std::vector<std::pair<Eigen::Index, std::optional<hadamard_transform>>> rotations;
+    auto rotation_for = [&](Eigen::Index n) -> const std::optional<hadamard_transform>& {
+        for (auto& [k, t] : rotations)
+            if (k == n) return t;
+        rotations.emplace_back(n, recipe_rotation(r, n));
+        return rotations.back().second;
+    };
+    for (int l = 0; l < static_cast<int>(m.blocks.size()); ++l) {
+        std::array<std::optional<gptq_hessian>, linear_slots> hess;
+        if (calibrate) {
+            forward_hooks hooks;
+            hooks.on_linear_input = [&](int layer, linear_slot s, const matrix_f& x) {
+                if (layer != l) return;
+                const auto si = static_cast<std::size_t>(s);
+                matrix_f xr = x;
+                if (const auto& rot = rotation_for(x.cols())) rot->apply_rows(xr);
+                if (!hess[si]) hess[si].emplace(x.cols());
+                hess[si]->add(xr);
+            };
+            capture_linear_inputs(m, calib_tokens, hooks, opt.calib_window, opt.calib_windows);
+        }
+        for (int s = 0; s < linear_slots; ++s) {
+            const auto slot = static_cast<linear_slot>(s);
+            matrix_f w = detail::dense_weight_of(m.linear(l, slot), where);
+            const auto& rot = rotation_for(w.cols());
+            if (rot) rot->apply_rows(w); // W·Q: rows of W are input-space vectors
+            matrix_d h;
+            if (calibrate) h = hess[static_cast<std::size_t>(s)]->matrix();
+            linear_record rec = detail::quantize_linear(r, w, calibrate ? &h : nullptr);
+            m.set_linear(l, slot, build_linear(r, rec, rot));
+            if (records) (*records)[static_cast<std::size_t>(l)][static_cast<std::size_t>(s)] = std::move(rec);
+            if (opt.progress)
+                opt.progress("layers." + std::to_string(l) + "." + slot_name(slot) + " " + std::to_string(w.rows()) +
+                             "x" + std::to_string(w.cols()) + " quantized (" + r.name + ")");
+        }
+    }
+    return m;
+}
+
+LOWBIT_END_NAMESPACE
+
+LOWBIT_BEGIN_NAMESPACE
+
+/// A quantized model with what it was built from: the recipe and every block linear's record.
+struct quantized_model {
+    recipe spec;                                             ///< the recipe
+    llama_model model;                                       ///< the runnable model
+    std::vector<std::array<linear_record, linear_slots>> records; ///< stored form of the block linears
+};
+
+namespace detail {
+
+inline std::vector<std::byte> fp16_bytes(const vector_f& v) {
+    std::vector<std::byte> out(static_cast<std::size_t>(v.size()) * 2);
+    for (Eigen::Index i = 0; i < v.size(); ++i) {
+        const Eigen::half h(v(i));
+        std::memcpy(out.data() + 2 * i, &h, 2);
+    }
+    return out;
+}
+
+inline vector_f fp16_vector(const io::tensor_view& t, const std::string& name) {
+    if (t.dtype != io::st_dtype::F16)
+        throw format_error("lowbit: load_quantized_model: tensor '" + name + "' must be F16");
+    vector_f v(static_cast<Eigen::Index>(t.numel()));
+    for (Eigen::Index i = 0; i < v.size(); ++i) {
+        Eigen::half h;
+        std::memcpy(&h, t.bytes.data() + 2 * i, 2);
+        v(i) = static_cast<float>(h);
+    }
+    return v;
+}
+
+inline std::string join_ints(std::initializer_list<long long> v) {
+    std::string s;
+    for (auto x : v) {
+        if (!s.empty()) s += ',';
+        s += std::to_string(x);
+    }
+    return s;
+}
+
+inline std::vector<long long> split_ints(const std::string& s, std::size_t n, const std::string& what) {
+    std::vector<long long> out;
+    std::size_t at = 0;
+    while (at <= s.size() && out.size() < n + 1) {
+        const auto next = s.find(',', at);
+        const std::string part = s.substr(at, next == std::string::npos ? std::string::npos : next - at);
+        try {
+            std::size_t used = 0;
+            out.push_back(std::stoll(part, &used));
+            if (used != part.size()) throw std::invalid_argument(part);
+        } catch (const std::exception&) {
+            throw format_error("lowbit: load_quantized_model: metadata '" + what + "' is not a list of integers");
+        }
+        if (next == std::string::npos) break;
+        at = next + 1;
+    }
+    if (out.size() != n)
+        throw format_error("lowbit: load_quantized_model: metadata '" + what + "' needs " + std::to_string(n) + " integers");
+    return out;
+}
+
+} // namespace detail
+
+/// Writes a quantized model as safetensors (lowbit convention, docs/formats.md): F32
+/// `token_embedding`, `classifier`, `rms_final`, `layers.L.rms_att`, `layers.L.rms_ffn`; per block
+/// linear `layers.L.<slot>.codes` (U8, packed bytes in the kernels' layout) with F16 `.scale` and
+/// `.offset`, or F32 `.weight` for the dense format, and F16 `.lowrank_a` / `.lowrank_b`; metadata
+/// `lowbit.recipe`, `lowbit.config` (dim, hidden, layers, heads, kv heads, vocab, seq_len),
+/// `lowbit.norm` (eps, theta) and `layers.L.<slot>.format` / `.shape`. Atomic (temporary + rename).
+/// \throws invalid_argument (records do not match the model, non-dense classifier), format_error (I/O).
+inline void save_quantized_model(const std::filesystem::path& path, const quantized_model& q) {
+    constexpr const char* where = "save_quantized_model";
+    const auto& m = q.model;
+    detail::require(q.records.size() == m.blocks.size(), where, "one record set per block is required");
+    io::safetensors_writer out;
+    const auto& c = m.config;
+    out.set_metadata("lowbit.version", detail::join_ints({LOWBIT_VERSION_MAJOR, LOWBIT_VERSION_MINOR, LOWBIT_VERSION_PATCH}));
+    out.set_metadata("lowbit.recipe", q.spec.name);
+    out.set_metadata("lowbit.config", detail::join_ints({c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,
+                                                         c.vocab_size, c.seq_len}));
+    char norm[64];
+    std::snprintf(norm, sizeof norm, "%.9g,%.9g", static_cast<double>(c.norm_eps), static_cast<double>(c.rope_theta));
+    out.set_metadata("lowbit.norm", norm);
+    out.add("token_embedding", m.token_embedding);
+    out.add("classifier", detail::dense_weight_of(*m.classifier, where));
+    out.add("rms_final", m.rms_final.transpose());
+    for (std::size_t l = 0; l < m.blocks.size(); ++l) {
+        const std::string p = "layers." + std::to_string(l) + ".";
+        out.add(p + "rms_att", m.blocks[l].rms_att.transpose());
+        out.add(p + "rms_ffn", m.blocks[l].rms_ffn.transpose());
+        for (int s = 0; s < linear_slots; ++s) {
+            const auto& rec = q.records[l][static_cast<std::size_t>(s)];
+            const std::string n = p + slot_name(static_cast<linear_slot>(s));
+            detail::require(!rec.format.empty(), where, "missing record for " + n);
+            out.set_metadata(n + ".format", rec.format);
+            out.set_metadata(n + ".shape", detail::join_ints({rec.rows, rec.cols}));
+            if (rec.format == "dense") {
+                out.add(n + ".weight", rec.dense);
+                char b[32];
+                std::snprintf(b, sizeof b, "%.17g", rec.dense_bits);
+                out.set_metadata(n + ".dense_bits", b);
+            } else {
+                out.add(n + ".codes", io::st_dtype::U8, {static_cast<std::uint64_t>(rec.codes.size())},
+                        std::as_bytes(std::span<const std::uint8_t>(rec.codes)));
+                out.add(n + ".scale", io::st_dtype::F16, {static_cast<std::uint64_t>(rec.scale.size())},
+                        detail::fp16_bytes(rec.scale));
+                if (rec.offset.size())
+                    out.add(n + ".offset", io::st_dtype::F16, {static_cast<std::uint64_t>(rec.offset.size())},
+                            detail::fp16_bytes(rec.offset));
+            }
+            if (rec.correction) {
+                const auto& a = rec.correction->a;
+                const auto& b = rec.correction->b;
+                const vector_f av = Eigen::Map<const vector_f>(a.data(), a.size());
+                const vector_f bv = Eigen::Map<const vector_f>(b.data(), b.size());
+                out.add(n + ".lowrank_a", io::st_dtype::F16,
+                        {static_cast<std::uint64_t>(a.rows()), static_cast<std::uint64_t>(a.cols())}, detail::fp16_bytes(av));
+                out.add(n + ".lowrank_b", io::st_dtype::F16,
+                        {static_cast<std::uint64_t>(b.rows()), static_cast<std::uint64_t>(b.cols())}, detail::fp16_bytes(bv));
+            }
+        }
+    }
+    out.write(path);
+}
+
+/// Reads a model written by `save_quantized_model` and rebuilds it with `build_linear` (so its logits
+/// are bit-identical to the saved model's). \throws format_error (corrupt, truncated or not a lowbit
+/// quantized model), invalid_argument (unknown recipe).
+[[nodiscard]] inline quantized_model load_quantized_model(const std::filesystem::path& path) {
+    const auto f = io::safetensors_file::read(path);
+    const auto& md = f.metadata();
+    auto meta = [&](const std::string& k) -> const std::string& {
+        auto it = md.find(k);
+        if (it == md.end()) throw format_error("lowbit: load_quantized_model: metadata '" + k + "' is missing");
+        return it->second;
+    };
+    auto tensor = [&](const std::string& n) {
+        if (!f.contains(n)) throw format_error("lowbit: load_quantized_model: tensor '" + n + "' is missing");
+        return f.tensor(n);
+    };
+    auto matrix = [&](const std::string& n) {
+        (void)tensor(n);
+        try {
+            return f.matrix(n);
+        } catch (const invalid_argument& e) {
+            throw format_error(e.what());
+        }
+    };
+    quantized_model q;
+    q.spec = find_recipe(meta("lowbit.recipe"));
+    const auto cfg = detail::split_ints(meta("lowbit.config"), 7, "lowbit.config");
+    llama_config c;
+    c.dim = static_cast<int>(cfg[0]);
+    c.hidden_dim = static_cast<int>(cfg[1]);
+    c.n_layers = static_cast<int>(cfg[2]);
+    c.n_heads = static_cast<int>(cfg[3]);
+    c.n_kv_heads = static_cast<int>(cfg[4]);
+    c.vocab_size = static_cast<int>(cfg[5]);
+    c.seq_len = static_cast<int>(cfg[6]);
+    for (auto v : cfg)
+        if (v <= 0 || v > (1 << 24)) throw format_error("lowbit: load_quantized_model: lowbit.config out of range");
+    {
+        const std::string& norm = meta("lowbit.norm");
+        char* end = nullptr;
+        c.norm_eps = std::strtof(norm.c_str(), &end);
+        if (!end || *end != ',') throw format_error("lowbit: load_quantized_model: metadata 'lowbit.norm' malformed");
+        c.rope_theta = std::strtof(end + 1, nullptr);
+    }
+    auto& m = q.model;
+    m.config = c;
+    m.token_embedding = matrix("token_embedding");
+    detail::require_dim(m.token_embedding.rows(), c.vocab_size, "load_quantized_model", "token_embedding rows");
+    m.classifier = make_linear(dense_linear(matrix("classifier")));
+    m.rms_final = matrix("rms_final").transpose();
+    m.blocks.resize(static_cast<std::size_t>(c.n_layers));
+    q.records.assign(m.blocks.size(), {});
+    for (std::size_t l = 0; l < m.blocks.size(); ++l) {
+        const std::string p = "layers." + std::to_string(l) + ".";
+        m.blocks[l].rms_att = matrix(p + "rms_att").transpose();
+        m.blocks[l].rms_ffn = matrix(p + "rms_ffn").transpose();
+        for (int s = 0; s < linear_slots; ++s) {
+            const std::string n = p + slot_name(static_cast<linear_slot>(s));
+            linear_record& rec = q.records[l][static_cast<std::size_t>(s)];
+            rec.format = meta(n + ".format");
+            const auto shape = detail::split_ints(meta(n + ".shape"), 2, n + ".shape");
+            rec.rows = shape[0];
+            rec.cols = shape[1];
+            if (rec.format == "dense") {
+                rec.dense = matrix(n + ".weight");
+                rec.dense_bits = std::strtod(meta(n + ".dense_bits").c_str(), nullptr);
+            } else {
+                const auto codes = tensor(n + ".codes");
+                if (codes.dtype != io::st_dtype::U8) throw format_error("lowbit: load_quantized_model: '" + n + ".codes' must be U8");
+                const auto* b = reinterpret_cast<const std::uint8_t*>(codes.bytes.data());
+                rec.codes.assign(b, b + codes.bytes.size());
+                rec.scale = detail::fp16_vector(tensor(n + ".scale"), n + ".scale");
+                if (f.contains(n + ".offset")) rec.offset = detail::fp16_vector(tensor(n + ".offset"), n + ".offset");
+            }
+            if (f.contains(n + ".lowrank_a")) {
+                const auto ta = tensor(n + ".lowrank_a"), tb = tensor(n + ".lowrank_b");
+                if (ta.shape.size() != 2 || tb.shape.size() != 2)
+                    throw format_error("lowbit: load_quantized_model: low-rank factors of '" + n + "' must be matrices");
+                low_rank lr;
+                const vector_f av = detail::fp16_vector(ta, n + ".lowrank_a"), bv = detail::fp16_vector(tb, n + ".lowrank_b");
+                lr.a = Eigen::Map<const matrix_f>(av.data(), static_cast<Eigen::Index>(ta.shape[0]), static_cast<Eigen::Index>(ta.shape[1]));
+                lr.b = Eigen::Map<const matrix_f>(bv.data(), static_cast<Eigen::Index>(tb.shape[0]), static_cast<Eigen::Index>(tb.shape[1]));
+                rec.correction = std::move(lr);
+            }
+            try {
+                m.blocks[l].linear[static_cast<std::size_t>(s)] = build_linear(q.spec, rec, recipe_rotation(q.spec, rec.cols));
+            } catch (const format_error&) {
+                throw;
+            } catch (const error& e) {
+                throw format_error(std::string("lowbit: load_quantized_model: layer '") + n + "' is inconsistent: " + e.what());
+            }
+        }
+    }
+    return q;
+}
+
+LOWBIT_END_NAMESPACE

@@ -1,0 +1,115 @@
+// Tests for lowbit/recipes.hpp on the real stories260K checkpoint. Oracles: the README's reference
+// perplexities (independent numpy implementation), bit counts worked by hand, and bit-identical
+// logits after a safetensors round trip.
+#include <lowbit/io/llama2c.hpp>
+#include <lowbit/io/tokenizer.hpp>
+#include <lowbit/recipes.hpp>
+#include <lowbit/rtn.hpp>
+
+#include <doctest/doctest.h>
+
+#include "models.hpp"
+
+#include <fstream>
+#include <sstream>
+
+namespace {
+struct fixture {
+    lowbit::io::llama2c_checkpoint ck = lowbit::io::read_llama2c(lowbit_test::stories260k("stories260K.bin"));
+    lowbit::io::tokenizer tok = lowbit::io::read_tokenizer(lowbit_test::stories260k("tok512.bin"));
+    std::string text = [] {
+        std::ifstream f(lowbit_test::stories260k("tinystories_dev.txt"));
+        std::stringstream ss;
+        ss << f.rdbuf();
+        return ss.str();
+    }();
+    std::vector<int> eval = tok.encode(text.substr(0, 60000), false, false, lowbit::io::dummy_prefix::separate);
+    std::vector<int> calib = tok.encode(text.substr(60000, 12000), false, false, lowbit::io::dummy_prefix::separate);
+    lowbit::llama_model fp32 = lowbit::model_from_llama2c(ck);
+};
+const fixture& fx() {
+    static const fixture f;
+    return f;
+}
+double ppl(const lowbit::llama_model& m, int windows = -1) {
+    return lowbit::perplexity(m, fx().eval, -1, windows).perplexity;
+}
+} // namespace
+
+TEST_CASE("recipe lookup") {
+    CHECK(lowbit::find_recipe("gptq-w4").solver == lowbit::solver_kind::gptq);
+    CHECK_THROWS_AS((void)lowbit::find_recipe("no-such-recipe"), lowbit::invalid_argument);
+    CHECK_THROWS_WITH((void)lowbit::find_recipe("w3"), doctest::Contains("known: fp32"));
+    lowbit::recipe bad = lowbit::find_recipe("absmean-w1.58");
+    bad.activation = lowbit::activation_kind::int_asymmetric;
+    CHECK_THROWS_AS((void)lowbit::quantize_model(fx().fp32, bad, {}), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::quantize_model(fx().fp32, lowbit::find_recipe("gptq-w4"), {}), lowbit::shape_error);
+}
+
+TEST_CASE("RTN int4 recipe: packed kernels reproduce the README's naive figure and count bits honestly") {
+    const auto m = lowbit::quantize_model(fx().fp32, lowbit::find_recipe("rtn-w4"), {});
+    // codes 4 bits + fp16 scale and offset per row: 4 + 32/in, in = 64 except w2 (172)
+    const double in64 = 64.0 * 64 * 2 + 32.0 * 64 * 2 + 172.0 * 64 * 2, in172 = 64.0 * 172;
+    const double want = (in64 * (4 + 32.0 / 64) + in172 * (4 + 32.0 / 172)) / (in64 + in172);
+    CHECK(m.bits_per_weight() == doctest::Approx(want).epsilon(1e-9));
+    // Oracle: the same rounding through rtn.hpp, dequantized into FP32 dense layers (Eigen GEMM),
+    // must give the packed-kernel model's perplexity on the first 4 windows.
+    lowbit::llama_model dense = fx().fp32;
+    for (int l = 0; l < dense.config.n_layers; ++l)
+        for (int s = 0; s < lowbit::linear_slots; ++s) {
+            const auto slot = static_cast<lowbit::linear_slot>(s);
+            const auto& w = fx().ck.layers[static_cast<std::size_t>(l)];
+            const lowbit::matrix_f* src[] = {&w.wq, &w.wk, &w.wv, &w.wo, &w.w1, &w.w2, &w.w3};
+            dense.set_weight(l, slot,
+                             lowbit::quantize_rtn(*src[s], lowbit::rtn_quantizer{4, lowbit::int_mode::symmetric}).dequantize());
+        }
+    CHECK(ppl(m, 4) == doctest::Approx(ppl(dense, 4)).epsilon(1e-3));
+}
+
+TEST_CASE("RTN int4 reproduces the README's naive figure 5.055" * doctest::test_suite("long")) {
+    CHECK(ppl(lowbit::quantize_model(fx().fp32, lowbit::find_recipe("rtn-w4"), {})) == doctest::Approx(5.055).epsilon(0.002));
+}
+
+TEST_CASE("a quantized model written to safetensors and read back gives bit-identical logits") {
+    const auto dir = std::filesystem::temp_directory_path() / "lowbit_test_recipes";
+    std::filesystem::create_directories(dir);
+    for (const char* name : {"absmean-w1.58a8", "fp32-a4-hadamard", "bwla-w1a6-psp"}) {
+        lowbit::quantize_options qo;
+        qo.calib_windows = 2;
+        lowbit::quantized_model q{lowbit::find_recipe(name), {}, {}};
+        q.model = lowbit::quantize_model(fx().fp32, q.spec, fx().calib, qo, &q.records);
+        const auto path = dir / (std::string(name) + ".safetensors");
+        lowbit::save_quantized_model(path, q);
+        const auto back = lowbit::load_quantized_model(path);
+        CHECK(back.spec.name == name);
+        CHECK(back.model.bits_per_weight() == q.model.bits_per_weight());
+        const std::vector<int> toks(fx().eval.begin(), fx().eval.begin() + 40);
+        lowbit::kv_cache c1(q.model.config), c2(back.model.config);
+        const auto a = lowbit::forward(q.model, c1, toks);
+        const auto b = lowbit::forward(back.model, c2, toks);
+        CHECK(a.rows() == b.rows());
+        CHECK((a.array() == b.array()).all());
+
+        // Corrupt and truncated copies give a clear error.
+        auto bytes = lowbit::io::read_file_bytes(path);
+        const auto cut = dir / "truncated.safetensors";
+        std::ofstream(cut, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
+                                                   static_cast<std::streamsize>(bytes.size() - 7));
+        CHECK_THROWS_AS((void)lowbit::load_quantized_model(cut), lowbit::format_error);
+    }
+    CHECK_THROWS_AS((void)lowbit::load_quantized_model(dir / "missing.safetensors"), lowbit::format_error);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("published-figure checks on the first 60,000 characters" * doctest::test_suite("long")) {
+    lowbit::quantize_options qo;
+    qo.calib_windows = 8;
+    // README / issue reference figures, reached by an independent implementation.
+    CHECK(ppl(lowbit::quantize_model(fx().fp32, lowbit::find_recipe("gptq-w4"), fx().calib, qo)) <= 4.85);
+    const auto twla = lowbit::quantize_model(fx().fp32, lowbit::find_recipe("twla-w1.58"), fx().calib, qo);
+    CHECK(twla.bits_per_weight() <= 2.5);
+    CHECK(ppl(twla) <= 66.0);
+    CHECK(ppl(lowbit::quantize_model(fx().fp32, lowbit::find_recipe("fp32-a4-hadamard"), {}, qo)) <= 4.6);
+    CHECK(ppl(lowbit::quantize_model(fx().fp32, lowbit::find_recipe("absmean-w1.58"), {})) ==
+          doctest::Approx(375.0).epsilon(0.01));
+}
