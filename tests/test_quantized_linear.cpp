@@ -5,16 +5,12 @@
 
 #include <doctest/doctest.h>
 
+#include "gaussian_matrix.hpp"
+
 #include <random>
 
 namespace {
-lowbit::matrix_f gaussian(Eigen::Index r, Eigen::Index c, std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> g(0.0f, 1.0f);
-    lowbit::matrix_f m(r, c);
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = g(rng);
-    return m;
-}
+using lowbit_test::gaussian;
 lowbit::matrix_i8 ternary_codes(Eigen::Index r, Eigen::Index c, std::uint64_t seed) {
     std::mt19937_64 rng(seed);
     lowbit::matrix_i8 t(r, c);
