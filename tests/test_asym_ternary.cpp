@@ -4,7 +4,9 @@
 // as the baseline on the real checkpoint.
 #include <lowbit/asym_ternary.hpp>
 #include <lowbit/io/llama2c.hpp>
+#include <lowbit/io/tokenizer.hpp>
 #include <lowbit/metrics.hpp>
+#include <lowbit/model.hpp>
 #include <lowbit/ternary.hpp>
 
 #include "models.hpp"
@@ -12,6 +14,8 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <fstream>
+#include <sstream>
 #include <limits>
 #include <random>
 #include <vector>
@@ -253,6 +257,34 @@ TEST_CASE("E2M-ATQ has lower output error than absmean ternary on every linear t
         ++count;
     }
     CHECK(count == 35);
+}
+
+TEST_CASE("with captured calibration S, E2M-ATQ beats absmean in tr(ΔSΔᵀ) on every tensor and stage 2 helps") {
+    auto ck = lowbit::io::read_llama2c(lowbit_test::stories260k("stories260K.bin"));
+    const auto tok = lowbit::io::read_tokenizer(lowbit_test::stories260k("tok512.bin"), ck.config.vocab_size);
+    std::ifstream text(lowbit_test::stories260k("tinystories_dev.txt"), std::ios::binary);
+    std::stringstream ss;
+    ss << text.rdbuf();
+    const auto ids = tok.encode(ss.str().substr(0, 4000), false, false, lowbit::io::dummy_prefix::separate);
+    const auto inputs = lowbit::calibration_inputs(lowbit::model_from_llama2c(ck), ids, 255, 2);
+    lowbit::e2m_atq stage1;
+    stage1.relocate = false;
+    for (std::size_t l = 0; l < ck.layers.size(); ++l) {
+        const auto& layer = ck.layers[l];
+        const lowbit::matrix_f* ws[lowbit::linear_slots] = {&layer.wq, &layer.wk, &layer.wv, &layer.wo,
+                                                            &layer.w1, &layer.w2, &layer.w3};
+        for (int slot = 0; slot < lowbit::linear_slots; ++slot) {
+            const lowbit::matrix_f& w = *ws[slot];
+            const lowbit::matrix_d x = inputs[l][static_cast<std::size_t>(slot)].cast<double>();
+            const lowbit::matrix_d s = x.transpose() * x;
+            const double e_s = lowbit::output_error(w, lowbit::quantize_e2m_atq(w, lowbit::e2m_atq{}, lowbit::per_row{}, s).dequantize(), s);
+            const double e_1 = lowbit::output_error(w, lowbit::quantize_e2m_atq(w, stage1, lowbit::per_row{}, s).dequantize(), s);
+            const double e_abs = lowbit::output_error(w, lowbit::quantize_ternary(w, lowbit::absmean{}).dequantize(), s);
+            INFO("layer " << l << " slot " << slot);
+            CHECK(e_s < e_abs);
+            CHECK(e_s <= e_1 * (1 + 1e-6));
+        }
+    }
 }
 
 TEST_CASE("bad input is refused with lowbit errors") {
