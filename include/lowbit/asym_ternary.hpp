@@ -268,11 +268,7 @@ inline asym_ternary_tensor quantize_e2m_atq_impl(const cref_matrix_f& w, const e
     for (Eigen::Index gi = 0; gi < ng; ++gi) {
         const column_group& cg = groups[static_cast<std::size_t>(gi)];
         const matrix_f block = padded_block(w, cg);
-        matrix_d sg;
-        if (s) {
-            sg = matrix_d::Zero(cg.padded_width, cg.padded_width);
-            sg.topLeftCorner(cg.width, cg.width) = s->block(cg.begin, cg.begin, cg.width, cg.width);
-        }
+        const matrix_d sg = padded_gram_block(s, cg);
         const auto f =
             fit_e2m_atq_impl(block, group_mask::Constant(w.rows(), cg.padded_width, true), s ? &sg : nullptr, cfg);
         t.mean.col(gi) = f.mean;

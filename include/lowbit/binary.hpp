@@ -176,11 +176,7 @@ inline binary_tensor binarize_impl(const cref_matrix_f& w, const Rule& rule, con
     for (Eigen::Index gi = 0; gi < ng; ++gi) {
         const column_group& cg = groups[static_cast<std::size_t>(gi)];
         const matrix_f block = padded_block(w, cg);
-        matrix_d sg;
-        if (s) {
-            sg = matrix_d::Zero(cg.padded_width, cg.padded_width);
-            sg.topLeftCorner(cg.width, cg.width) = s->block(cg.begin, cg.begin, cg.width, cg.width);
-        }
+        const matrix_d sg = padded_gram_block(s, cg);
         std::vector<std::int8_t> b0(static_cast<std::size_t>(cg.padded_width)), b1(b0.size());
         for (Eigen::Index r = 0; r < w.rows(); ++r) {
             const auto p = binary_row(rule, block.row(r).data(), cg.padded_width, s ? &sg : nullptr, b0.data(),

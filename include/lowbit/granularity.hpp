@@ -156,6 +156,15 @@ inline matrix_f padded_block(const cref_matrix_f& w, const column_group& cg) {
     return b;
 }
 
+/// The `[padded_width x padded_width]` block of an input Gram matrix `s` for group `cg`, zero in the
+/// padding; an empty matrix when `s` is null (unweighted fits).
+inline matrix_d padded_gram_block(const matrix_d* s, const column_group& cg) {
+    if (!s) return {};
+    matrix_d g = matrix_d::Zero(cg.padded_width, cg.padded_width);
+    g.topLeftCorner(cg.width, cg.width) = s->block(cg.begin, cg.begin, cg.width, cg.width);
+    return g;
+}
+
 } // namespace detail
 
 LOWBIT_END_NAMESPACE
