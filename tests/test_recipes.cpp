@@ -53,7 +53,7 @@ TEST_CASE("RTN int4 recipe: packed kernels reproduce the README's naive figure a
     const double want = (in64 * (4 + 32.0 / 64) + in172 * (4 + 32.0 / 172)) / (in64 + in172);
     CHECK(m.bits_per_weight() == doctest::Approx(want).epsilon(1e-9));
     // Oracle: the same rounding through rtn.hpp, dequantized into FP32 dense layers (Eigen GEMM),
-    // must give the packed-kernel model's perplexity on the first 4 windows.
+    // must give the packed-kernel model's perplexity on the first 2 windows.
     lowbit::llama_model dense = fx().fp32;
     for (int l = 0; l < dense.config.n_layers; ++l)
         for (int s = 0; s < lowbit::linear_slots; ++s) {
@@ -63,7 +63,7 @@ TEST_CASE("RTN int4 recipe: packed kernels reproduce the README's naive figure a
             dense.set_weight(l, slot,
                              lowbit::quantize_rtn(*src[s], lowbit::rtn_quantizer{4, lowbit::int_mode::symmetric}).dequantize());
         }
-    CHECK(ppl(m, 4) == doctest::Approx(ppl(dense, 4)).epsilon(1e-3));
+    CHECK(ppl(m, 2) == doctest::Approx(ppl(dense, 2)).epsilon(1e-3));
 }
 
 TEST_CASE("RTN int4 reproduces the README's naive figure 5.055" * doctest::test_suite("long")) {
@@ -73,15 +73,25 @@ TEST_CASE("RTN int4 reproduces the README's naive figure 5.055" * doctest::test_
 TEST_CASE("a quantized model written to safetensors and read back gives bit-identical logits") {
     const auto dir = std::filesystem::temp_directory_path() / "lowbit_test_recipes";
     std::filesystem::create_directories(dir);
+    // A cheap PSP variant (RTN binarizer, one alternation, a 64-token calibration window) keeps the
+    // low-rank and offset tensors in the round trip without GPTQ's cost under sanitizers.
+    lowbit::recipe psp = lowbit::find_recipe("bwla-w1a6-psp");
+    psp.solver = lowbit::solver_kind::rtn;
+    psp.psp_iterations = 1;
     for (const char* name : {"absmean-w1.58a8", "fp32-a4-hadamard", "bwla-w1a6-psp"}) {
         lowbit::quantize_options qo;
-        qo.calib_windows = 2;
-        lowbit::quantized_model q{lowbit::find_recipe(name), {}, {}};
+        qo.calib_windows = 1;
+        qo.calib_window = 64;
+        lowbit::quantized_model q{std::string(name) == psp.name ? psp : lowbit::find_recipe(name), {}, {}};
         q.model = lowbit::quantize_model(fx().fp32, q.spec, fx().calib, qo, &q.records);
         const auto path = dir / (std::string(name) + ".safetensors");
         lowbit::save_quantized_model(path, q);
         const auto back = lowbit::load_quantized_model(path);
         CHECK(back.spec.name == name);
+        if (q.spec.low_rank > 0) {
+            REQUIRE(back.records[0][0].correction.has_value());
+            CHECK(back.records[0][0].correction->a == q.records[0][0].correction->a);
+        }
         CHECK(back.model.bits_per_weight() == q.model.bits_per_weight());
         const std::vector<int> toks(fx().eval.begin(), fx().eval.begin() + 40);
         lowbit::kv_cache c1(q.model.config), c2(back.model.config);
