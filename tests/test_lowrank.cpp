@@ -1,16 +1,26 @@
 // Tests for lowbit/lowrank.hpp. Oracles: singular values from Eigen::JacobiSVD in double of the
 // matrix whose Eckart–Young bound applies, computed directly from the activations (W·Xᵀ, the
 // projected SAES target, the stacked experts times Xᵀ) — never through the library's Cholesky
-// whitening; a brute-force grid re-evaluation for ACES; monotonicity re-checked from the outputs for PSP.
+// whitening; a brute-force grid re-evaluation for ACES; monotonicity re-checked from the outputs for PSP,
+// and on stories260K its output error ‖(W − Ŵ)Xᵀ‖² recomputed from the captured activations X.
+#include <lowbit/binary.hpp>
+#include <lowbit/io/llama2c.hpp>
+#include <lowbit/io/tokenizer.hpp>
 #include <lowbit/lowrank.hpp>
+#include <lowbit/model.hpp>
 #include <lowbit/ternary.hpp>
 
 #include <doctest/doctest.h>
 
 #include "gaussian_matrix.hpp"
+#include "models.hpp"
 
+#include <array>
 #include <cmath>
+#include <fstream>
 #include <random>
+#include <sstream>
+#include <string>
 #include <vector>
 
 namespace {
@@ -47,6 +57,64 @@ struct sign_binarizer {
         return out;
     }
 };
+
+// stories260K with every block linear's input captured over two text slices of tinystories_dev.txt:
+// calibration (after the first 60,000 characters, the perplexity slice) and held-out (the start).
+struct captured_checkpoint {
+    lowbit::io::llama2c_checkpoint ck;
+    std::vector<std::array<lowbit::matrix_f, lowbit::linear_slots>> calib, held;
+};
+
+captured_checkpoint& stories260k_captured() {
+    static captured_checkpoint c = [] {
+        captured_checkpoint r;
+        r.ck = lowbit::io::read_llama2c(lowbit_test::stories260k("stories260K.bin"));
+        const auto tok = lowbit::io::read_tokenizer(lowbit_test::stories260k("tok512.bin"), r.ck.config.vocab_size);
+        std::ifstream f(lowbit_test::stories260k("tinystories_dev.txt"), std::ios::binary);
+        std::stringstream ss;
+        ss << f.rdbuf();
+        const std::string text = ss.str();
+        const auto model = lowbit::model_from_llama2c(r.ck);
+        auto ids = [&](std::size_t from) {
+            return tok.encode(text.substr(from, 6000), false, false, lowbit::io::dummy_prefix::separate);
+        };
+        r.calib = lowbit::calibration_inputs(model, ids(60000), 255, 2);
+        r.held = lowbit::calibration_inputs(model, ids(0), 255, 2);
+        return r;
+    }();
+    return c;
+}
+
+// ‖Δ·Xᵀ‖² computed directly from the activations (no Gram, no Cholesky).
+double output_sq(const lowbit::matrix_f& delta, const lowbit::matrix_f& x) {
+    return (delta.cast<double>() * x.cast<double>().transpose()).squaredNorm();
+}
+
+// PSP (rank 4) around a library binarizer on tensor `t` (index into linear_weights order, which is
+// the slot order) with S = XᵀX of the captured calibration activations; checks the objective against
+// the output error recomputed from X and that PSP lowers it on the calibration and held-out tokens.
+// Returns {without, with} summed squared output errors on the calibration tokens.
+template <class Binarizer>
+std::pair<double, double> check_psp_on_tensor(std::size_t t, const Binarizer& bin, int iterations) {
+    auto& c = stories260k_captured();
+    const std::size_t layer = t / lowbit::linear_slots, slot = t % lowbit::linear_slots;
+    const lowbit::matrix_f& w = *lowbit::io::linear_weights(c.ck)[t].weight;
+    const lowbit::matrix_f& xc = c.calib[layer][slot];
+    const lowbit::matrix_f& xh = c.held[layer][slot];
+    REQUIRE(xc.cols() == w.cols());
+    REQUIRE(xc.rows() > w.cols()); // enough tokens for a non-singular S
+    const lowbit::matrix_d s = gram_of(xc);
+    const auto res = lowbit::psp_refine(w, bin, 4, iterations, s, 1e-8);
+    const lowbit::matrix_f plain = bin(w), refined = res.reconstruct();
+    const double before = output_sq(w - plain, xc), after = output_sq(w - refined, xc);
+    INFO("tensor " << t);
+    CHECK(res.objective.front() == doctest::Approx(before).epsilon(1e-4));
+    CHECK(res.objective.back() == doctest::Approx(after).epsilon(1e-3));
+    for (std::size_t k = 1; k < res.objective.size(); ++k) CHECK(res.objective[k] <= res.objective[k - 1]);
+    CHECK(after < before);
+    CHECK(output_sq(w - refined, xh) < output_sq(w - plain, xh)); // also on tokens PSP never saw
+    return {before, after};
+}
 
 } // namespace
 
@@ -282,4 +350,64 @@ TEST_CASE("lowrank bad input") {
     snan(0, 0) = INFINITY;
     CHECK_THROWS_AS((void)lowbit::whitened_svd(w, snan, 2), lowbit::numeric_error);
     CHECK_THROWS_AS((void)lowbit::whitened_svd(w, lowbit::matrix_d::Zero(6, 6), 2), lowbit::numeric_error);
+
+    // Rank larger than the matrix, for every solver that takes a rank.
+    const lowbit::matrix_d s6 = gram_of(activations(20, 6, 101));
+    CHECK_THROWS_WITH((void)lowbit::whitened_svd(w, s6, 5), doctest::Contains("larger than min(rows, cols)"));
+    CHECK_THROWS_WITH((void)lowbit::truncated_svd(w, 5, lowbit::randomized_svd{}), doctest::Contains("larger than min(rows, cols)"));
+    lowbit::saes_statistics st;
+    st.accumulate(activations(20, 6, 102), activations(20, 6, 103));
+    CHECK_THROWS_AS((void)lowbit::saes_svd(w, st, 5, 0.5), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::aces_search(w, st, 5, 4), lowbit::invalid_argument);
+    const auto bin = [](const lowbit::cref_matrix_f& m) { return lowbit::matrix_f(m.cwiseSign()); };
+    CHECK_THROWS_WITH((void)lowbit::psp_refine(w, bin, 5, 2), doctest::Contains("larger than min(rows, cols)"));
+    std::vector<lowbit::matrix_f> experts = {w, w};
+    CHECK_THROWS_AS((void)lowbit::joint_svd_klt(std::span<const lowbit::matrix_f>(experts), s6, 7), lowbit::invalid_argument);
+
+    // Singular XᵀX (fewer tokens than columns) without damping: a clear numeric_error, every solver.
+    const lowbit::matrix_d singular = gram_of(activations(3, 6, 104));
+    CHECK_THROWS_WITH((void)lowbit::whitened_svd(w, singular, 2), doctest::Contains("damping"));
+    CHECK_THROWS_AS((void)lowbit::psp_refine(w, bin, 2, 2, singular), lowbit::numeric_error);
+    CHECK_THROWS_WITH((void)lowbit::psp_refine(w, bin, 2, 2, singular), doctest::Contains("damping"));
+    CHECK_NOTHROW((void)lowbit::psp_refine(w, bin, 2, 2, singular, 0.01));
+    lowbit::saes_statistics st_singular;
+    st_singular.accumulate(activations(3, 6, 105), activations(3, 6, 106));
+    CHECK_THROWS_WITH((void)lowbit::saes_svd(w, st_singular, 2, 0.5), doctest::Contains("damping"));
+    CHECK_THROWS_AS((void)lowbit::aces_search(w, st_singular, 2, 4), lowbit::numeric_error);
+    CHECK_THROWS_WITH((void)lowbit::joint_svd_klt(std::span<const lowbit::matrix_f>(experts), singular, 2),
+                      doctest::Contains("damping"));
+
+    // Empty expert lists.
+    const std::vector<lowbit::matrix_f> none;
+    CHECK_THROWS_WITH((void)lowbit::joint_svd_klt(std::span<const lowbit::matrix_f>(none), s6, 2),
+                      doctest::Contains("empty expert list"));
+    CHECK_THROWS_WITH((void)lowbit::joint_svd_shared_left(std::span<const lowbit::matrix_f>(none), 2, lowbit::randomized_svd{}),
+                      doctest::Contains("empty expert list"));
+}
+
+TEST_CASE("stories260K: the binarizer with PSP (rank 4) has lower output error than without, S from captured activations") {
+    const auto sign_q = [](const lowbit::cref_matrix_f& m) { return lowbit::binarize(m, lowbit::sign_scale{}).dequantize(); };
+    const auto arb_q = [](const lowbit::cref_matrix_f& m) { return lowbit::binarize(m, lowbit::arb{}).dequantize(); };
+    // A few tensors of different shapes: layers.0.wq [64x64], layers.0.w2 [64x172], layers.3.w1 [172x64], layers.4.wk [32x64].
+    for (std::size_t t : {std::size_t{0}, std::size_t{5}, std::size_t{3 * 7 + 4}, std::size_t{4 * 7 + 1}}) {
+        (void)check_psp_on_tensor(t, sign_q, 3);
+        (void)check_psp_on_tensor(t, arb_q, 2);
+    }
+}
+
+TEST_CASE("stories260K: PSP (rank 4, 10 iterations) lowers the output error of every linear and of the model" *
+          doctest::test_suite("long")) {
+    const auto sign_q = [](const lowbit::cref_matrix_f& m) { return lowbit::binarize(m, lowbit::sign_scale{}).dequantize(); };
+    const auto arb_q = [](const lowbit::cref_matrix_f& m) { return lowbit::binarize(m, lowbit::arb{}).dequantize(); };
+    double sb = 0, sa = 0, ab = 0, aa = 0;
+    for (std::size_t t = 0; t < 35; ++t) {
+        const auto [b1, a1] = check_psp_on_tensor(t, sign_q, 10);
+        const auto [b2, a2] = check_psp_on_tensor(t, arb_q, 10);
+        sb += b1;
+        sa += a1;
+        ab += b2;
+        aa += a2;
+    }
+    CHECK(sa < sb);
+    CHECK(aa < ab);
 }
