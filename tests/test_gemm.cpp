@@ -43,6 +43,10 @@ std::vector<std::int64_t> brute_dot(const lowbit::matrix_i8& c, const lowbit::qu
     return out;
 }
 
+template <class M>
+void check_exact_layout(const M& w, const lowbit::quantized_activations& a, const std::vector<std::int64_t>& want,
+                        Eigen::Index rows, Eigen::Index tokens);
+
 template <class F>
 void check_exact(Eigen::Index rows, Eigen::Index cols, Eigen::Index tokens, int bits, bool extreme) {
     const lowbit::matrix_i8 c = random_codes<F>(rows, cols, static_cast<std::uint64_t>(rows * 131 + cols), extreme);
@@ -52,11 +56,21 @@ void check_exact(Eigen::Index rows, Eigen::Index cols, Eigen::Index tokens, int 
         for (Eigen::Index j = 0; j < cols; ++j) x(0, j) = (j % 3 == 0) ? -1.0f : 1.0f; // q = ±L everywhere
     const auto a = lowbit::quantize_activations(x, bits);
     const auto want = brute_dot(c, a);
+    check_exact_layout(w, a, want, rows, tokens);
+    check_exact_layout(lowbit::interleave(w), a, want, rows, tokens); // 4-row tiles
+}
+
+// Every ISA path on weights `w` (either layout) against the int64 brute force `want`, full range
+// and the sub-range [1, rows − 1) (which cuts through the first and last 4-row tiles).
+template <class M>
+void check_exact_layout(const M& w, const lowbit::quantized_activations& a, const std::vector<std::int64_t>& want,
+                        Eigen::Index rows, Eigen::Index tokens) {
     for (kernel_isa isa : all_isas) {
         if (!lowbit::isa_available(isa)) continue;
         CAPTURE(lowbit::isa_name(isa));
-        CAPTURE(lowbit::pack_format<F>::name);
-        CAPTURE(cols);
+        CAPTURE(lowbit::pack_format<typename M::format>::name);
+        CAPTURE(w.cols());
+        CAPTURE(rows);
         std::vector<std::int32_t> got(static_cast<std::size_t>(tokens * rows), -12345);
         lowbit::dot_rows(w, a, 0, rows, got.data(), rows, isa);
         bool same = true;
@@ -90,7 +104,7 @@ TEST_CASE("isa detection is consistent") {
 TEST_CASE_TEMPLATE("integer kernels are bit-exact on every ISA path, random and awkward shapes", F, lowbit::ternary2,
                    lowbit::int2, lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
     for (auto [rows, cols] : {std::pair<Eigen::Index, Eigen::Index>{1, 1}, {5, 172}, {17, 255}, {3, 321}, {33, 640},
-                              {4, 4544}, {2, 13696}, {1, 29568}})
+                              {4, 4544}, {2, 13696}, {1, 29568}, {7, 4544}, {6, 172}, {5, 33000}})
         for (int bits : {8, 4}) check_exact<F>(rows, cols, rows % 2 ? 1 : 3, bits, false);
     // token counts around the 4-token micro-kernel of the AVX-512 path
     for (Eigen::Index tokens : {4, 5, 9}) check_exact<F>(7, 700, tokens, 8, false);
@@ -101,7 +115,32 @@ TEST_CASE_TEMPLATE("integer kernels do not saturate at extreme codes and activat
     check_exact<F>(6, 4544, 2, 8, true);
     check_exact<F>(3, 13696, 1, 8, true);
     check_exact<F>(5, 4544, 6, 8, true);
+    check_exact<F>(5, 33000, 1, 8, true); // > 128 blocks: crosses a chunk of the AND-only 2-bit micro-kernel
 }
+
+#if LOWBIT_HAVE_X86_KERNELS
+TEST_CASE_TEMPLATE("AVX-512 4-row tile micro-kernels: AND-only unpack equals shift+AND decode, exactly", F, lowbit::ternary2,
+                   lowbit::int2) {
+    if (!lowbit::isa_available(kernel_isa::avx512)) return;
+    using T = lowbit::pack_format<F>;
+    for (auto [cols, extreme] : {std::pair<Eigen::Index, bool>{172, false}, {4544, true}, {33000, false}, {33000, true}}) {
+        CAPTURE(cols);
+        const lowbit::matrix_i8 c = random_codes<F>(4, cols, static_cast<std::uint64_t>(cols), extreme);
+        const auto wi = lowbit::interleave(lowbit::pack<F>(c, lowbit::vector_f::Ones(4)));
+        lowbit::matrix_f x = random_x(1, cols, 8);
+        if (extreme) x.setConstant(-1.0f); // q = −127 everywhere: the largest |4^k·Σ| per chunk
+        const auto a = lowbit::quantize_activations(x);
+        const auto want = brute_dot(c, a);
+        std::int32_t r_and[4], r_dec[4];
+        lowbit::detail::avx512_kernels::tile_dot4_and_only<F>(wi.tile_data(0), a.q.data(), wi.blocks_per_row(), r_and);
+        lowbit::detail::avx512_kernels::tile_dot4<F>(wi.tile_data(0), a.q.data(), wi.blocks_per_row(), r_dec);
+        for (int j = 0; j < 4; ++j) {
+            CHECK(r_and[j] == r_dec[j]);
+            CHECK(std::int64_t(r_and[j]) * T::digit_mul - std::int64_t(T::digit_offset) * a.qsum[0] == want[std::size_t(j)]);
+        }
+    }
+}
+#endif
 
 TEST_CASE("quantize_activations matches rtn's symmetric per-token grid") {
     const lowbit::matrix_f x = random_x(4, 300, 11);
@@ -180,6 +219,14 @@ TEST_CASE_TEMPLATE("gemm/gemv float epilogue within the stated bound, with and w
                 }
             }
         }
+        // the interleaved layout gives the same floats (same exact d, same epilogue) on every path
+        for (kernel_isa isa : all_isas)
+            if (lowbit::isa_available(isa)) {
+                CAPTURE(lowbit::isa_name(isa));
+                CHECK(lowbit::gemm(lowbit::interleave(w), x, lowbit::act_int{8}, isa) == lowbit::gemm(w, x, lowbit::act_int{8}, isa));
+                CHECK(lowbit::gemv(lowbit::interleave(w), x.row(1).transpose(), lowbit::act_fp32{}, isa) ==
+                      lowbit::gemv(w, x.row(1).transpose(), lowbit::act_fp32{}, isa));
+            }
         // against the float product: each |x_j − s·q_j| ≤ s/2, so |y − x·Wᵀ| ≤ α_i·(s/2)·Σ_j |t_ij| (+ rounding)
         const lowbit::matrix_f yf = x * w.dequantize().transpose();
         const lowbit::matrix_f y = lowbit::gemm(w, x);
@@ -235,8 +282,14 @@ TEST_CASE("binary x binary XNOR-popcount is exact on every path") {
             if (!lowbit::isa_available(isa)) continue;
             CAPTURE(lowbit::isa_name(isa));
             CAPTURE(cols);
-            std::vector<std::int32_t> d(rows);
+            std::vector<std::int32_t> d(rows), di(rows), dp(rows - 2);
             lowbit::xnor_dot_rows(w, a, 0, rows, d.data(), isa);
+            const auto wi = lowbit::interleave(w);
+            lowbit::xnor_dot_rows(wi, a, 0, rows, di.data(), isa);
+            CHECK(di == d);
+            lowbit::xnor_dot_rows(wi, a, 1, rows - 1, dp.data(), isa); // cuts both 4-row tiles
+            CHECK(std::equal(dp.begin(), dp.end(), d.begin() + 1));
+            CHECK(lowbit::xnor_gemv(wi, x, isa) == lowbit::xnor_gemv(w, x, isa));
             const lowbit::vector_f y = lowbit::xnor_gemv(w, x, isa);
             for (Eigen::Index i = 0; i < rows; ++i) {
                 std::int64_t want = 0;
@@ -280,6 +333,15 @@ TEST_CASE("kernels reject bad input with lowbit errors") {
     CHECK_THROWS_AS(lowbit::dot_rows(w, a_short, 0, 4, out.data(), 4), lowbit::shape_error);
     lowbit::matrix_f y_bad(2, 3);
     CHECK_THROWS_AS(lowbit::gemm_rows(w, a, 0, 4, y_bad), lowbit::shape_error);
+    // the interleaved layout goes through the same checks
+    const auto wi = lowbit::interleave(w);
+    CHECK_THROWS_AS((void)lowbit::gemm(wi, random_x(2, 299, 1)), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::gemv(wi, lowbit::vector_f::Ones(301), lowbit::act_fp32{}), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::dot_rows(wi, a, 2, 5, out.data(), 3), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::dot_rows(wi, a, 0, 4, out.data(), 2), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::dot_rows(wi, a, 0, 4, nullptr, 4), lowbit::invalid_argument);
+    CHECK_THROWS_AS(lowbit::dot_rows(wi, a_short, 0, 4, out.data(), 4), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::gemm_rows(wi, a, 0, 4, y_bad), lowbit::shape_error);
     for (kernel_isa isa : all_isas)
         if (!lowbit::isa_available(isa)) CHECK_THROWS_AS((void)lowbit::gemm(w, x, lowbit::act_int{8}, isa), lowbit::invalid_argument);
     // binary × binary: length mismatch
@@ -290,6 +352,8 @@ TEST_CASE("kernels reject bad input with lowbit errors") {
     ab.bits.resize(32);
     std::vector<std::int32_t> d(2);
     CHECK_THROWS_AS(lowbit::xnor_dot_rows(wb, ab, 0, 2, d.data()), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::xnor_dot_rows(lowbit::interleave(wb), ab, 0, 2, d.data()), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::xnor_gemv(lowbit::interleave(wb), lowbit::vector_f::Ones(299)), lowbit::shape_error);
 }
 
 TEST_CASE_TEMPLATE("MXFP4 x int8: both layouts, every path, within the stated bound", L, lowbit::mxfp4_rowmajor, lowbit::mxfp4_ggml) {

@@ -8,6 +8,7 @@
 #include "random_codes.hpp"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 
@@ -145,4 +146,62 @@ TEST_CASE("pack rejects bad input with lowbit errors") {
     CHECK_THROWS_AS(P(2, 10, P::buffer(127), one), lowbit::shape_error);
     CHECK_NOTHROW(P(2, 10, P::buffer(128), one));
     CHECK_THROWS_AS(P(0, 10, P::buffer(0), lowbit::vector_f()), lowbit::shape_error);
+}
+
+TEST_CASE_TEMPLATE("interleave/deinterleave round trip, 4-row tile layout", F, lowbit::ternary2, lowbit::int2,
+                   lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
+    using T = lowbit::pack_format<F>;
+    for (Eigen::Index rows : {1, 3, 4, 5, 7, 9})
+        for (Eigen::Index cols : {1, 172, 257, 4544, 13696}) {
+            CAPTURE(rows);
+            CAPTURE(cols);
+            const lowbit::matrix_i8 c = random_codes<F>(rows, cols, static_cast<std::uint64_t>(rows * 7 + cols));
+            const lowbit::vector_f s = lowbit::vector_f::LinSpaced(rows, 0.5f, 2.0f);
+            const lowbit::vector_f mu = lowbit::vector_f::LinSpaced(rows, -1.0f, 1.0f);
+            const auto w = lowbit::pack<F>(c, s, mu);
+            const auto wi = lowbit::interleave(w);
+            CHECK(wi.rows() == rows);
+            CHECK(wi.cols() == cols);
+            CHECK(wi.tiles() == (rows + 3) / 4);
+            CHECK(static_cast<Eigen::Index>(wi.bytes().size()) == wi.tiles() * 4 * w.row_bytes());
+            CHECK(wi.codes() == c);
+            CHECK(wi.dequantize() == w.dequantize());
+            CHECK(wi.scale() == s);
+            CHECK(wi.offset() == mu);
+            // block b of row i sits at tile i/4, position (4b + i%4)·block_bytes, byte for byte
+            bool same = true;
+            for (Eigen::Index i = 0; i < rows; ++i)
+                for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
+                    const std::uint8_t* q = wi.bytes().data() + (i / 4) * wi.tile_bytes() + (4 * b + i % 4) * T::block_bytes;
+                    same = same && std::memcmp(q, w.block_data(i, b), T::block_bytes) == 0 && q == wi.block_data(i, b);
+                }
+            CHECK(same);
+            const auto back = lowbit::deinterleave(wi);
+            CHECK(back.bytes() == w.bytes());
+            CHECK(back.offset() == mu);
+            // padding rows decode to t = 0 (binary: −1), the pack padding digit
+            if (rows % 4 != 0) {
+                std::vector<std::uint8_t> u(T::block_weights);
+                lowbit::detail::unpack_block<F>(wi.tile_data(wi.tiles() - 1) + 3 * T::block_bytes, u.data());
+                CHECK(T::digit_mul * int(u[0]) - T::digit_offset == (T::digit_mul == 2 ? -1 : 0));
+            }
+            CHECK(wi.bits_per_weight() ==
+                  doctest::Approx((8.0 * wi.tiles() * wi.tile_bytes() + 64.0 * rows) / (double(rows) * double(cols))));
+            CHECK(reinterpret_cast<std::uintptr_t>(wi.tile_data(0)) % 64 == 0);
+        }
+}
+
+TEST_CASE("interleaved_matrix rejects bad raw input with lowbit errors") {
+    using I = lowbit::interleaved_matrix<lowbit::ternary2>;
+    const lowbit::vector_f one = lowbit::vector_f::Ones(5);
+    // 5 rows -> 2 tiles of 4 rows, 1 block of 64 bytes per row: 512 bytes
+    CHECK_NOTHROW(I(5, 10, I::buffer(512), one));
+    CHECK_THROWS_AS(I(5, 10, I::buffer(320), one), lowbit::shape_error); // row-major size is not enough
+    CHECK_THROWS_AS(I(5, 10, I::buffer(512), lowbit::vector_f::Ones(4)), lowbit::shape_error);
+    CHECK_THROWS_AS(I(5, 10, I::buffer(512), one, lowbit::vector_f::Ones(2)), lowbit::shape_error);
+    CHECK_THROWS_AS(I(0, 10, I::buffer(0), lowbit::vector_f()), lowbit::shape_error);
+    lowbit::vector_f bad = one;
+    bad(3) = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_AS(I(5, 10, I::buffer(512), bad), lowbit::numeric_error);
+    CHECK_THROWS_AS(I(5, 10, I::buffer(512), one, bad), lowbit::numeric_error);
 }

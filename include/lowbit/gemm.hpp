@@ -4,7 +4,8 @@
 /// {int8 per token quantized dynamically inside, int6 / int4 held in int8, fp32}, plus binary ×
 /// binary XNOR-popcount.
 ///
-/// Shapes: W is `packed_matrix<F>` `[out x in]` (w_ij = α_i·t_ij + μ_i); X is `[tokens x in]`;
+/// Shapes: W is `packed_matrix<F>` or its 4-row interleaved form `interleaved_matrix<F>` (same
+/// results bit for bit; faster GEMV on AVX-512) `[out x in]` (w_ij = α_i·t_ij + μ_i); X is `[tokens x in]`;
 /// Y is `[tokens x out]`; a GEMV takes x of length in and returns y of length out.
 ///
 /// Integer activations (act_int{bits}): per token, s = max|x|/L with L = 2^(bits−1) − 1 (127, 31, 7)
@@ -117,16 +118,16 @@ inline void require_levels(int bits, const char* where) {
     require(bits == 4 || bits == 6 || bits == 8, where, "activation bits must be 4, 6 or 8, got " + std::to_string(bits));
 }
 
-template <class F>
-inline void require_kernel_shape(const packed_matrix<F>& w, Eigen::Index in_cols, const char* where, const char* what) {
+template <PackedWeights M>
+inline void require_kernel_shape(const M& w, Eigen::Index in_cols, const char* where, const char* what) {
     require<shape_error>(w.rows() > 0, where, "argument 'w' is empty");
     require<shape_error>(w.cols() <= max_kernel_cols, where, "w.cols() exceeds 2^21 (int32 accumulator bound)");
     require_dim(in_cols, w.cols(), where, what);
 }
 
 /// Integer kernels of one ISA for rows [r0, r1) (dispatch point; `isa` already resolved).
-template <class F>
-inline void dot_rows_isa(kernel_isa isa, const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1,
+template <PackedWeights M>
+inline void dot_rows_isa(kernel_isa isa, const M& w, Eigen::Index r0, Eigen::Index r1,
                          const quantized_activations& a, std::int32_t* out, Eigen::Index ldo) {
     const std::int8_t* x = a.q.data();
     const Eigen::Index ldx = a.q.cols(), nt = a.q.rows();
@@ -225,8 +226,8 @@ inline bool quantize_row_avx2(const float* x, Eigen::Index n, int levels, std::i
 /// Exact integer dot products d = Σ_j t_ij·q_kj for rows [row_begin, row_end) and every token k:
 /// out[k·ldo + (i − row_begin)]. The row-range building block of every integer GEMV/GEMM.
 /// \throws shape_error (cols mismatch, bad range, ldo too small), invalid_argument (ISA unsupported).
-template <class F>
-inline void dot_rows(const packed_matrix<F>& w, const quantized_activations& a, Eigen::Index row_begin,
+template <PackedWeights M>
+inline void dot_rows(const M& w, const quantized_activations& a, Eigen::Index row_begin,
                      Eigen::Index row_end, std::int32_t* out, Eigen::Index ldo, kernel_isa isa = kernel_isa::automatic) {
     constexpr const char* where = "dot_rows";
     detail::require_kernel_shape(w, a.cols, where, "activation columns");
@@ -243,8 +244,8 @@ inline void dot_rows(const packed_matrix<F>& w, const quantized_activations& a, 
 /// Y(:, row_begin..row_end) = X·Wᵀ for quantized activations (float epilogue of the file comment).
 /// `y` must be `[tokens x w.rows()]`.
 /// \throws shape_error, invalid_argument as dot_rows.
-template <class F>
-inline void gemm_rows(const packed_matrix<F>& w, const quantized_activations& a, Eigen::Index row_begin,
+template <PackedWeights M>
+inline void gemm_rows(const M& w, const quantized_activations& a, Eigen::Index row_begin,
                       Eigen::Index row_end, Eigen::Ref<matrix_f> y, kernel_isa isa = kernel_isa::automatic) {
     constexpr const char* where = "gemm_rows";
     detail::require_dim(y.rows(), a.tokens(), where, "y.rows()");
@@ -261,8 +262,8 @@ inline void gemm_rows(const packed_matrix<F>& w, const quantized_activations& a,
 }
 
 /// Y = X·Wᵀ `[tokens x out]` with activations quantized per token inside (`act_int{bits}`).
-template <class F>
-[[nodiscard]] inline matrix_f gemm(const packed_matrix<F>& w, const cref_matrix_f& x, act_int act = {},
+template <PackedWeights M>
+[[nodiscard]] inline matrix_f gemm(const M& w, const cref_matrix_f& x, act_int act = {},
                                    kernel_isa isa = kernel_isa::automatic) {
     detail::require_kernel_shape(w, x.cols(), "gemm", "x.cols()");
     const quantized_activations a = quantize_activations(x, act.bits);
@@ -273,8 +274,8 @@ template <class F>
 
 /// Y = X·Wᵀ with fp32 activations (weights decoded to float in the kernel; scalar or xsimd path).
 /// \throws shape_error (cols mismatch, empty), numeric_error (NaN/Inf in x), invalid_argument (ISA).
-template <class F>
-[[nodiscard]] inline matrix_f gemm(const packed_matrix<F>& w, const cref_matrix_f& x, act_fp32,
+template <PackedWeights M>
+[[nodiscard]] inline matrix_f gemm(const M& w, const cref_matrix_f& x, act_fp32,
                                    kernel_isa isa = kernel_isa::automatic) {
     constexpr const char* where = "gemm";
     detail::require_kernel_shape(w, x.cols(), where, "x.cols()");
@@ -300,8 +301,8 @@ template <class F>
 }
 
 /// y = W·x for one activation vector (length w.cols()), either activation policy.
-template <class F, class Act = act_int>
-[[nodiscard]] inline vector_f gemv(const packed_matrix<F>& w, const cref_vector_f& x, Act act = {},
+template <PackedWeights M, class Act = act_int>
+[[nodiscard]] inline vector_f gemv(const M& w, const cref_vector_f& x, Act act = {},
                                    kernel_isa isa = kernel_isa::automatic) {
     detail::require_kernel_shape(w, x.size(), "gemv", "x length");
     const Eigen::Map<const matrix_f> xr(x.data(), 1, x.size());
@@ -310,8 +311,8 @@ template <class F, class Act = act_int>
 
 /// Y = X·Wᵀ split over row chunks with OpenMP (`#pragma omp parallel for`) when the consumer compiles
 /// with OpenMP; otherwise identical to gemm(w, x, act, isa). Results are bit-identical either way.
-template <class F>
-[[nodiscard]] inline matrix_f gemm_parallel(const packed_matrix<F>& w, const cref_matrix_f& x, act_int act = {},
+template <PackedWeights M>
+[[nodiscard]] inline matrix_f gemm_parallel(const M& w, const cref_matrix_f& x, act_int act = {},
                                             kernel_isa isa = kernel_isa::automatic) {
     detail::require_kernel_shape(w, x.cols(), "gemm_parallel", "x.cols()");
     const kernel_isa path = detail::resolve_isa(isa, "gemm_parallel");
@@ -431,7 +432,9 @@ struct binary_activations {
 /// Exact XNOR-popcount dot products d_i = Σ_j b_ij·sign(x_j) = cols − 2·popcount(w_i ⊕ a) for rows
 /// [row_begin, row_end) into out[i − row_begin].
 /// \throws shape_error (length mismatch, bad range), invalid_argument (ISA unsupported).
-inline void xnor_dot_rows(const packed_matrix<binary1>& w, const binary_activations& a, Eigen::Index row_begin,
+template <PackedWeights M>
+    requires std::is_same_v<typename M::format, binary1>
+inline void xnor_dot_rows(const M& w, const binary_activations& a, Eigen::Index row_begin,
                           Eigen::Index row_end, std::int32_t* out, kernel_isa isa = kernel_isa::automatic) {
     constexpr const char* where = "xnor_dot_rows";
     detail::require_kernel_shape(w, a.cols, where, "activation length");
@@ -448,7 +451,9 @@ inline void xnor_dot_rows(const packed_matrix<binary1>& w, const binary_activati
 }
 
 /// Binary × binary GEMV: y_i = α_i·β·d_i + μ_i·Σx with d_i from xnor_dot_rows (XNOR-Net).
-[[nodiscard]] inline vector_f xnor_gemv(const packed_matrix<binary1>& w, const cref_vector_f& x,
+template <PackedWeights M>
+    requires std::is_same_v<typename M::format, binary1>
+[[nodiscard]] inline vector_f xnor_gemv(const M& w, const cref_vector_f& x,
                                         kernel_isa isa = kernel_isa::automatic) {
     const binary_activations a = binarize_activations(x);
     std::vector<std::int32_t> d(static_cast<std::size_t>(w.rows()));

@@ -27,6 +27,11 @@
 /// ⌊3·s_k/256⌋ with s_0 = s, s_{k+1} = 3·s_k mod 256; equivalently digit = [s_k ≥ 86] + [s_k ≥ 171].
 /// The blocks are chosen so that an AVX-512 load of 64 bytes yields 4 (5) vectors of 64 digits each
 /// aligned with 64 consecutive activations, and an AVX2 load of 32 bytes the same with 32.
+///
+/// `interleaved_matrix<Format>` holds the same blocks with rows grouped in tiles of 4 (block b of
+/// rows 4t..4t+3 contiguous), so that a GEMV streams one contiguous buffer and each activation
+/// load feeds four rows; `interleave` / `deinterleave` convert exactly. Buffers of ≥ 2 MiB are
+/// 2 MiB aligned and advised for transparent huge pages on Linux (see aligned64_allocator).
 
 #include <lowbit/config.hpp>
 #include <lowbit/detail/dependent_false.hpp>
@@ -37,10 +42,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 LOWBIT_BEGIN_NAMESPACE
 
@@ -109,7 +119,13 @@ concept PackedFormat = std::is_same_v<F, ternary2> || std::is_same_v<F, ternary_
 
 namespace detail {
 
-/// Minimal 64-byte aligned allocator for packed buffers (one cache line / one zmm).
+/// Buffers of at least this many bytes are 2 MiB aligned and, on Linux, advised for transparent
+/// huge pages (MADV_HUGEPAGE): a GEMV streams them once per call, and with 4 KiB pages the hardware
+/// prefetchers stop at every page boundary.
+inline constexpr std::size_t huge_page_bytes = std::size_t(2) << 20;
+
+/// Minimal 64-byte aligned allocator for packed buffers (one cache line / one zmm); buffers of at
+/// least huge_page_bytes are 2 MiB aligned and advised for transparent huge pages (Linux).
 template <class T>
 struct aligned64_allocator {
     using value_type = T;
@@ -118,9 +134,18 @@ struct aligned64_allocator {
     aligned64_allocator(const aligned64_allocator<U>&) noexcept {}
     T* allocate(std::size_t n) {
         if (n == 0) n = 1;
-        return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64}));
+        const std::size_t bytes = n * sizeof(T);
+        if (bytes < huge_page_bytes) return static_cast<T*>(::operator new(bytes, std::align_val_t{64}));
+        void* p = ::operator new(bytes, std::align_val_t{huge_page_bytes});
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+        (void)::madvise(p, bytes, MADV_HUGEPAGE); // advice only: failure leaves ordinary pages
+#endif
+        return static_cast<T*>(p);
     }
-    void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, std::align_val_t{64}); }
+    void deallocate(T* p, std::size_t n) noexcept {
+        if (n * sizeof(T) < huge_page_bytes) ::operator delete(p, std::align_val_t{64});
+        else ::operator delete(p, std::align_val_t{huge_page_bytes});
+    }
     template <class U>
     bool operator==(const aligned64_allocator<U>&) const noexcept { return true; }
 };
@@ -221,6 +246,12 @@ public:
     [[nodiscard]] Eigen::Index row_bytes() const noexcept { return blocks_per_row() * traits::block_bytes; }
     /// Pointer to the packed bytes of row i (no bounds check).
     [[nodiscard]] const std::uint8_t* row_data(Eigen::Index i) const noexcept { return data_.data() + i * row_bytes(); }
+    /// Pointer to block b of row i (no bounds check); consecutive blocks of a row are `block_bytes` apart.
+    [[nodiscard]] const std::uint8_t* block_data(Eigen::Index i, Eigen::Index b) const noexcept {
+        return row_data(i) + b * traits::block_bytes;
+    }
+    /// Bytes between block b and block b + 1 of one row: `block_bytes`.
+    [[nodiscard]] static constexpr Eigen::Index block_stride() noexcept { return traits::block_bytes; }
     [[nodiscard]] const buffer& bytes() const noexcept { return data_; }             ///< all packed bytes
     [[nodiscard]] const vector_f& scale() const noexcept { return scale_; }          ///< α, length rows
     [[nodiscard]] const vector_f& offset() const noexcept { return offset_; }        ///< μ, length rows or 0
@@ -237,7 +268,7 @@ public:
         std::vector<std::uint8_t> u(traits::block_weights);
         for (Eigen::Index i = 0; i < rows_; ++i)
             for (Eigen::Index b = 0; b < blocks_per_row(); ++b) {
-                detail::unpack_block<Format>(row_data(i) + b * traits::block_bytes, u.data());
+                detail::unpack_block<Format>(block_data(i, b), u.data());
                 for (Eigen::Index j = 0; j < traits::block_weights; ++j) {
                     const Eigen::Index c = b * traits::block_weights + j;
                     if (c < cols_) t(i, c) = static_cast<std::int8_t>(traits::digit_mul * u[j] - traits::digit_offset);
@@ -300,6 +331,140 @@ template <class Format>
             detail::pack_block<Format>(u.data(), bytes.data() + (i * nb + b) * T::block_bytes);
         }
     return packed_matrix<Format>(rows, cols, std::move(bytes), vector_f(scale), vector_f(offset));
+}
+
+/// Row-interleaved packed matrix: the same codes, scales and offsets as `packed_matrix<Format>`,
+/// with rows grouped in tiles of `tile_rows` = 4 so that a kernel streams one contiguous buffer and
+/// one activation load feeds four rows.
+///
+/// Layout: rows are padded to a multiple of 4 (padding rows hold t = 0, binary b = −1; kernels never
+/// report them). Tile t (rows 4t .. 4t + 3) occupies `tile_bytes()` = 4·row_bytes() contiguous bytes;
+/// inside it, block b of row 4t + r starts at byte (4·b + r)·block_bytes — block b of the four rows
+/// is contiguous (one 256-byte run for ternary2), then block b + 1. Each block has the byte layout of
+/// `packed_matrix<Format>` (pack.hpp table), so the same decoders apply.
+///
+/// Convert with `interleave(packed)` and `deinterleave(interleaved)` (exact, O(bytes)); the byte
+/// count and `bits_per_weight()` include the padding rows.
+template <class Format>
+class interleaved_matrix {
+    static_assert(PackedFormat<Format>, "lowbit: interleaved_matrix: unknown packed format tag");
+
+public:
+    using format = Format;                                    ///< the format tag
+    using traits = pack_format<Format>;                       ///< its constants
+    using buffer = typename packed_matrix<Format>::buffer;    ///< 64-byte aligned bytes
+    static constexpr int tile_rows = 4;                       ///< rows per interleaved tile
+
+    interleaved_matrix() = default;
+
+    /// Adopts already interleaved bytes: `bytes.size()` must equal tiles(rows)·4·blocks_for(cols)·block_bytes,
+    /// `scale` has `rows` finite entries, `offset` is empty or has `rows` finite entries.
+    /// \throws shape_error (sizes, rows/cols < 1), numeric_error (NaN/Inf).
+    interleaved_matrix(Eigen::Index rows, Eigen::Index cols, buffer bytes, vector_f scale, vector_f offset = {})
+        : rows_(rows), cols_(cols), data_(std::move(bytes)), scale_(std::move(scale)), offset_(std::move(offset)) {
+        constexpr const char* where = "interleaved_matrix";
+        detail::require<shape_error>(rows >= 1 && cols >= 1, where, "rows and cols must be >= 1");
+        detail::require_dim(static_cast<Eigen::Index>(data_.size()), tiles() * tile_bytes(), where, "packed byte count");
+        detail::require_dim(scale_.size(), rows, where, "scale length");
+        detail::require_finite(scale_, where, "scale");
+        if (offset_.size() != 0) detail::require_dim(offset_.size(), rows, where, "offset length");
+        detail::require_finite(offset_, where, "offset");
+    }
+
+    [[nodiscard]] Eigen::Index rows() const noexcept { return rows_; }                       ///< output features
+    [[nodiscard]] Eigen::Index cols() const noexcept { return cols_; }                       ///< input features
+    [[nodiscard]] Eigen::Index tiles() const noexcept { return (rows_ + tile_rows - 1) / tile_rows; } ///< ceil(rows/4)
+    [[nodiscard]] Eigen::Index blocks_per_row() const noexcept { return packed_matrix<Format>::blocks_for(cols_); }
+    /// Columns including the padding of the last block.
+    [[nodiscard]] Eigen::Index padded_cols() const noexcept { return blocks_per_row() * traits::block_weights; }
+    /// Packed bytes of one row (as in packed_matrix).
+    [[nodiscard]] Eigen::Index row_bytes() const noexcept { return blocks_per_row() * traits::block_bytes; }
+    /// Bytes of one tile of 4 rows.
+    [[nodiscard]] Eigen::Index tile_bytes() const noexcept { return tile_rows * row_bytes(); }
+    /// Pointer to tile t (no bounds check).
+    [[nodiscard]] const std::uint8_t* tile_data(Eigen::Index t) const noexcept { return data_.data() + t * tile_bytes(); }
+    /// Pointer to block b of row i (no bounds check); consecutive blocks of a row are block_stride() apart.
+    [[nodiscard]] const std::uint8_t* block_data(Eigen::Index i, Eigen::Index b) const noexcept {
+        return tile_data(i / tile_rows) + (b * tile_rows + i % tile_rows) * traits::block_bytes;
+    }
+    /// Bytes between block b and block b + 1 of one row: 4·block_bytes.
+    [[nodiscard]] static constexpr Eigen::Index block_stride() noexcept { return tile_rows * traits::block_bytes; }
+    [[nodiscard]] const buffer& bytes() const noexcept { return data_; }             ///< all interleaved bytes
+    [[nodiscard]] const vector_f& scale() const noexcept { return scale_; }          ///< α, length rows
+    [[nodiscard]] const vector_f& offset() const noexcept { return offset_; }        ///< μ, length rows or 0
+    [[nodiscard]] bool has_offset() const noexcept { return offset_.size() != 0; }   ///< μ present
+    /// Effective storage in bits per weight, padding rows included: (bytes + 4 per scale/offset)·8/(rows·cols).
+    [[nodiscard]] double bits_per_weight() const noexcept {
+        const double bytes = static_cast<double>(data_.size()) + 4.0 * static_cast<double>(scale_.size() + offset_.size());
+        return 8.0 * bytes / (static_cast<double>(rows_) * static_cast<double>(cols_));
+    }
+    /// The integer codes t as `[rows x cols]` int8 (reference decoder). O(rows·padded_cols).
+    [[nodiscard]] matrix_i8 codes() const {
+        matrix_i8 t(rows_, cols_);
+        std::vector<std::uint8_t> u(traits::block_weights);
+        for (Eigen::Index i = 0; i < rows_; ++i)
+            for (Eigen::Index b = 0; b < blocks_per_row(); ++b) {
+                detail::unpack_block<Format>(block_data(i, b), u.data());
+                for (Eigen::Index j = 0; j < traits::block_weights; ++j) {
+                    const Eigen::Index c = b * traits::block_weights + j;
+                    if (c < cols_) t(i, c) = static_cast<std::int8_t>(traits::digit_mul * u[j] - traits::digit_offset);
+                }
+            }
+        return t;
+    }
+    /// The float weights α_i·t_ij + μ_i. O(rows·cols).
+    [[nodiscard]] matrix_f dequantize() const {
+        const matrix_i8 t = codes();
+        matrix_f w(rows_, cols_);
+        for (Eigen::Index i = 0; i < rows_; ++i)
+            for (Eigen::Index j = 0; j < cols_; ++j)
+                w(i, j) = scale_(i) * static_cast<float>(t(i, j)) + (has_offset() ? offset_(i) : 0.0f);
+        return w;
+    }
+
+private:
+    Eigen::Index rows_ = 0, cols_ = 0;
+    buffer data_;
+    vector_f scale_, offset_;
+};
+
+/// True for `packed_matrix<F>` and `interleaved_matrix<F>` (the weight types of the integer kernels).
+template <class M>
+concept PackedWeights = requires { typename M::format; } &&
+                        (std::is_same_v<M, packed_matrix<typename M::format>> ||
+                         std::is_same_v<M, interleaved_matrix<typename M::format>>);
+
+/// Row-interleaved copy of `w` (tiles of 4 rows, see interleaved_matrix); codes, scales and offsets
+/// unchanged. O(bytes).
+template <class Format>
+[[nodiscard]] interleaved_matrix<Format> interleave(const packed_matrix<Format>& w) {
+    using T = pack_format<Format>;
+    using I = interleaved_matrix<Format>;
+    const Eigen::Index tiles = (w.rows() + I::tile_rows - 1) / I::tile_rows, nb = w.blocks_per_row();
+    typename I::buffer bytes(static_cast<std::size_t>(tiles * I::tile_rows * w.row_bytes()));
+    // padding rows: the block of all-padding digits (t = 0; binary b = −1)
+    std::vector<std::uint8_t> u(T::block_weights, static_cast<std::uint8_t>(T::digit_mul == 1 ? T::digit_offset : 0)),
+        pad(T::block_bytes);
+    detail::pack_block<Format>(u.data(), pad.data());
+    for (Eigen::Index t = 0; t < tiles; ++t)
+        for (Eigen::Index b = 0; b < nb; ++b)
+            for (Eigen::Index r = 0; r < I::tile_rows; ++r) {
+                const Eigen::Index i = t * I::tile_rows + r;
+                const std::uint8_t* src = i < w.rows() ? w.block_data(i, b) : pad.data();
+                std::memcpy(bytes.data() + ((t * nb + b) * I::tile_rows + r) * T::block_bytes, src, T::block_bytes);
+            }
+    return I(w.rows(), w.cols(), std::move(bytes), w.scale(), w.offset());
+}
+
+/// Row-major copy of an interleaved matrix (inverse of interleave, bit for bit). O(bytes).
+template <class Format>
+[[nodiscard]] packed_matrix<Format> deinterleave(const interleaved_matrix<Format>& w) {
+    using T = pack_format<Format>;
+    typename packed_matrix<Format>::buffer bytes(static_cast<std::size_t>(w.rows() * w.row_bytes()));
+    for (Eigen::Index i = 0; i < w.rows(); ++i)
+        for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b)
+            std::memcpy(bytes.data() + (i * w.blocks_per_row() + b) * T::block_bytes, w.block_data(i, b), T::block_bytes);
+    return packed_matrix<Format>(w.rows(), w.cols(), std::move(bytes), w.scale(), w.offset());
 }
 
 /// MXFP4 layout tag: a 17-byte block per 32 elements, byte 0 = E8M0 scale code, byte 1 + i holds

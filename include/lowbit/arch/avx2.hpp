@@ -58,13 +58,15 @@ LOWBIT_AVX2_TARGET inline __m256i expand_bits(std::uint32_t bits) {
 /// Unaligned 32-byte load.
 LOWBIT_AVX2_TARGET inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
-/// Σ_j u_ij · x_j over one packed row (u = stored digits), int32.
+/// Σ_j u_ij · x_j over one packed row (u = stored digits), int32; consecutive blocks of the row are
+/// `stride` bytes apart (block_bytes for packed_matrix, 4·block_bytes for interleaved_matrix).
 template <class F>
-LOWBIT_AVX2_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks) {
+LOWBIT_AVX2_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks,
+                                                     Eigen::Index stride = pack_format<F>::block_bytes) {
     __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
     if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
         const __m256i m3 = _mm256_set1_epi8(3);
-        for (Eigen::Index b = 0; b < nblocks; ++b, p += 64, x += 256)
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += stride, x += 256)
             for (int h = 0; h < 2; ++h) {
                 const __m256i w = load32(p + 32 * h);
                 const std::int8_t* xh = x + 32 * h;
@@ -75,7 +77,7 @@ LOWBIT_AVX2_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, cons
             }
     } else if constexpr (std::is_same_v<F, int4>) {
         const __m256i m15 = _mm256_set1_epi8(15);
-        for (Eigen::Index b = 0; b < nblocks; ++b, p += 128, x += 256)
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += stride, x += 256)
             for (int h = 0; h < 4; h += 2) {
                 const __m256i w0 = load32(p + 32 * h), w1 = load32(p + 32 * h + 32);
                 a0 = _mm256_add_epi32(a0, madd_pair(_mm256_and_si256(w0, m15), x + 32 * h, _mm256_and_si256(w1, m15),
@@ -84,7 +86,7 @@ LOWBIT_AVX2_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, cons
                                                     _mm256_and_si256(_mm256_srli_epi16(w1, 4), m15), x + 128 + 32 * h + 32));
             }
     } else if constexpr (std::is_same_v<F, binary1>) {
-        for (Eigen::Index b = 0; b < nblocks; ++b, p += 32, x += 256)
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += stride, x += 256)
             for (int m = 0; m < 8; m += 2) {
                 std::uint32_t bits[2];
                 std::memcpy(bits, p + 4 * m, 8);
@@ -92,7 +94,7 @@ LOWBIT_AVX2_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, cons
                                                      madd_pair(expand_bits(bits[0]), x + 32 * m, expand_bits(bits[1]), x + 32 * m + 32));
             }
     } else if constexpr (std::is_same_v<F, ternary_base3>) {
-        for (Eigen::Index b = 0; b < nblocks; ++b, p += 64, x += 320)
+        for (Eigen::Index b = 0; b < nblocks; ++b, p += stride, x += 320)
             for (int h = 0; h < 2; ++h) {
                 const std::int8_t* xh = x + 32 * h;
                 const __m256i s0 = load32(p + 32 * h), s1 = times3(s0), s2 = times3(s1), s3 = times3(s2), s4 = times3(s3);
@@ -124,6 +126,36 @@ LOWBIT_AVX2_TARGET inline void dot_rows(const packed_matrix<F>& w, Eigen::Index 
             for (Eigen::Index i = i0; i < i1; ++i)
                 out[k * ldo + (i - r0)] =
                     T::digit_mul * digit_dot_row<F>(base + i * rb, x + k * ldx, nb) - T::digit_offset * qsum[k];
+    }
+}
+
+/// AVX2 `dot_rows` for an interleaved_matrix: each row streamed with the block stride 4·block_bytes
+/// (the 4-row tile is contiguous, so the four rows of a tile hit the same cache lines in turn).
+template <class F>
+LOWBIT_AVX2_TARGET inline void dot_rows(const interleaved_matrix<F>& w, Eigen::Index r0, Eigen::Index r1,
+                                        const std::int8_t* x, Eigen::Index ldx, const std::int32_t* qsum, Eigen::Index ntok,
+                                        std::int32_t* out, Eigen::Index ldo) {
+    using T = pack_format<F>;
+    const Eigen::Index nb = w.blocks_per_row();
+    for (Eigen::Index k = 0; k < ntok; ++k)
+        for (Eigen::Index i = r0; i < r1; ++i)
+            out[k * ldo + (i - r0)] = T::digit_mul * digit_dot_row<F>(w.block_data(i, 0), x + k * ldx, nb, w.block_stride()) -
+                                      T::digit_offset * qsum[k];
+}
+
+/// AVX2 binary × binary on an interleaved_matrix: `popcnt` on 64-bit words, per row and block.
+LOWBIT_AVX2_TARGET inline void xnor_rows(const interleaved_matrix<binary1>& w, Eigen::Index r0, Eigen::Index r1,
+                                         const std::uint8_t* a, std::int32_t* out) {
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        long long pc0 = 0, pc1 = 0;
+        for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
+            std::uint64_t pw[4], aw[4];
+            std::memcpy(pw, w.block_data(i, b), 32);
+            std::memcpy(aw, a + 32 * b, 32);
+            pc0 += _mm_popcnt_u64(pw[0] ^ aw[0]) + _mm_popcnt_u64(pw[2] ^ aw[2]);
+            pc1 += _mm_popcnt_u64(pw[1] ^ aw[1]) + _mm_popcnt_u64(pw[3] ^ aw[3]);
+        }
+        out[i - r0] = static_cast<std::int32_t>(w.cols() - 2 * (pc0 + pc1));
     }
 }
 

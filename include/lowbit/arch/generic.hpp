@@ -17,6 +17,7 @@
 #include <bit>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include <xsimd/xsimd.hpp>
 
@@ -29,46 +30,51 @@ inline constexpr Eigen::Index gemm_row_tile = 16;
 namespace scalar_kernels {
 
 /// Scalar reference: unpack each block with `unpack_block` and accumulate Σ u·x in int32.
-template <class F>
-inline void dot_rows(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x,
-                     Eigen::Index ldx, const std::int32_t* qsum, Eigen::Index ntok, std::int32_t* out, Eigen::Index ldo) {
+/// `M` is packed_matrix<F> or interleaved_matrix<F> (blocks reached through block_data).
+template <PackedWeights M>
+inline void dot_rows(const M& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x, Eigen::Index ldx,
+                     const std::int32_t* qsum, Eigen::Index ntok, std::int32_t* out, Eigen::Index ldo) {
+    using F = typename M::format;
     using T = pack_format<F>;
     std::uint8_t u[T::block_weights];
     for (Eigen::Index k = 0; k < ntok; ++k)
         for (Eigen::Index i = r0; i < r1; ++i) {
-            const std::uint8_t* p = w.row_data(i);
             const std::int8_t* xk = x + k * ldx;
             std::int32_t acc = 0;
             for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
-                unpack_block<F>(p + b * T::block_bytes, u);
+                unpack_block<F>(w.block_data(i, b), u);
                 for (int j = 0; j < T::block_weights; ++j) acc += static_cast<std::int32_t>(u[j]) * xk[b * T::block_weights + j];
             }
             out[k * ldo + (i - r0)] = T::digit_mul * acc - T::digit_offset * qsum[k];
         }
 }
 
-/// Scalar reference for binary × binary: out[i − r0] = cols − 2·popcount(w_i xor a).
-inline void xnor_rows(const packed_matrix<binary1>& w, Eigen::Index r0, Eigen::Index r1, const std::uint8_t* a,
-                      std::int32_t* out) {
-    const Eigen::Index nbytes = w.row_bytes();
+/// Scalar reference for binary × binary: out[i − r0] = cols − 2·popcount(w_i xor a)
+/// (`M` = packed_matrix<binary1> or interleaved_matrix<binary1>).
+template <PackedWeights M>
+inline void xnor_rows(const M& w, Eigen::Index r0, Eigen::Index r1, const std::uint8_t* a, std::int32_t* out) {
+    static_assert(std::is_same_v<typename M::format, binary1>, "lowbit: xnor_rows needs binary1 weights");
     for (Eigen::Index i = r0; i < r1; ++i) {
-        const std::uint8_t* p = w.row_data(i);
         std::int32_t pc = 0;
-        for (Eigen::Index j = 0; j < nbytes; ++j) pc += std::popcount(static_cast<unsigned>(p[j] ^ a[j]));
+        for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
+            const std::uint8_t* p = w.block_data(i, b);
+            for (Eigen::Index j = 0; j < 32; ++j) pc += std::popcount(static_cast<unsigned>(p[j] ^ a[32 * b + j]));
+        }
         out[i - r0] = static_cast<std::int32_t>(w.cols()) - 2 * pc;
     }
 }
 
 /// Scalar reference for fp32 activations: out[i − r0] = Σ_j t_ij·x_j accumulated in float, in order
 /// (x zero-padded to padded_cols).
-template <class F>
-inline void dot_rows_f32(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1, const float* x, float* out) {
+template <PackedWeights M>
+inline void dot_rows_f32(const M& w, Eigen::Index r0, Eigen::Index r1, const float* x, float* out) {
+    using F = typename M::format;
     using T = pack_format<F>;
     std::uint8_t u[T::block_weights];
     for (Eigen::Index i = r0; i < r1; ++i) {
         float acc = 0.0f;
         for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
-            unpack_block<F>(w.row_data(i) + b * T::block_bytes, u);
+            unpack_block<F>(w.block_data(i, b), u);
             for (int j = 0; j < T::block_weights; ++j)
                 acc += static_cast<float>(T::digit_mul * u[j] - T::digit_offset) * x[b * T::block_weights + j];
         }
@@ -102,9 +108,10 @@ namespace generic_kernels {
 
 /// xsimd path: unpack a block to int32 digits, multiply-add with the widened activations in
 /// `batch<int32_t>` lanes (exact: integer arithmetic, any order).
-template <class F>
-inline void dot_rows(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x,
-                     Eigen::Index ldx, const std::int32_t* qsum, Eigen::Index ntok, std::int32_t* out, Eigen::Index ldo) {
+template <PackedWeights M>
+inline void dot_rows(const M& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x, Eigen::Index ldx,
+                     const std::int32_t* qsum, Eigen::Index ntok, std::int32_t* out, Eigen::Index ldo) {
+    using F = typename M::format;
     using T = pack_format<F>;
     using batch = xsimd::batch<std::int32_t>;
     constexpr int n = T::block_weights;
@@ -119,7 +126,7 @@ inline void dot_rows(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1
                 const std::int8_t* xk = x + k * ldx;
                 batch acc(0);
                 for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
-                    unpack_block<F>(w.row_data(i) + b * T::block_bytes, u);
+                    unpack_block<F>(w.block_data(i, b), u);
                     for (int j = 0; j < n; ++j) {
                         ui[j] = u[j];
                         xi[j] = xk[b * n + j];
@@ -134,8 +141,9 @@ inline void dot_rows(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1
 
 /// xsimd path for fp32 activations: unpack a block to float codes and accumulate with batch FMA
 /// (different summation order from the scalar reference; see gemm.hpp for the bound).
-template <class F>
-inline void dot_rows_f32(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Index r1, const float* x, float* out) {
+template <PackedWeights M>
+inline void dot_rows_f32(const M& w, Eigen::Index r0, Eigen::Index r1, const float* x, float* out) {
+    using F = typename M::format;
     using T = pack_format<F>;
     using batch = xsimd::batch<float>;
     constexpr int n = T::block_weights;
@@ -145,7 +153,7 @@ inline void dot_rows_f32(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Inde
     for (Eigen::Index i = r0; i < r1; ++i) {
         batch acc(0.0f);
         for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
-            unpack_block<F>(w.row_data(i) + b * T::block_bytes, u);
+            unpack_block<F>(w.block_data(i, b), u);
             for (int j = 0; j < n; ++j) tf[j] = static_cast<float>(T::digit_mul * u[j] - T::digit_offset);
             for (int j = 0; j < n; j += static_cast<int>(batch::size))
                 acc = xsimd::fma(batch::load_aligned(tf + j), batch::load_unaligned(x + b * n + j), acc);
@@ -154,19 +162,19 @@ inline void dot_rows_f32(const packed_matrix<F>& w, Eigen::Index r0, Eigen::Inde
     }
 }
 
-/// Portable binary × binary: 64-bit words, std::popcount.
-inline void xnor_rows(const packed_matrix<binary1>& w, Eigen::Index r0, Eigen::Index r1, const std::uint8_t* a,
-                      std::int32_t* out) {
-    const Eigen::Index nwords = w.row_bytes() / 8;
+/// Portable binary × binary: 64-bit words, std::popcount (either weight layout).
+template <PackedWeights M>
+inline void xnor_rows(const M& w, Eigen::Index r0, Eigen::Index r1, const std::uint8_t* a, std::int32_t* out) {
+    static_assert(std::is_same_v<typename M::format, binary1>, "lowbit: xnor_rows needs binary1 weights");
     for (Eigen::Index i = r0; i < r1; ++i) {
-        const std::uint8_t* p = w.row_data(i);
         std::int32_t pc = 0;
-        for (Eigen::Index j = 0; j < nwords; ++j) {
-            std::uint64_t pw, aw;
-            std::memcpy(&pw, p + 8 * j, 8);
-            std::memcpy(&aw, a + 8 * j, 8);
-            pc += std::popcount(pw ^ aw);
-        }
+        for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b)
+            for (Eigen::Index j = 0; j < 4; ++j) {
+                std::uint64_t pw, aw;
+                std::memcpy(&pw, w.block_data(i, b) + 8 * j, 8);
+                std::memcpy(&aw, a + 32 * b + 8 * j, 8);
+                pc += std::popcount(pw ^ aw);
+            }
         out[i - r0] = static_cast<std::int32_t>(w.cols()) - 2 * pc;
     }
 }
