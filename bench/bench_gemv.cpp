@@ -1,7 +1,8 @@
 // GEMV y = W·x benchmarks: Eigen FP32 (the baseline, same process) against lowbit's packed kernels
 // (dynamic int8 activation quantization included in the timed region), weights in cache ("cache":
 // one matrix reused) or in DRAM ("dram": cycling through >= 256 MiB of copies), 1 or 2 threads
-// (row halves through the row-range API). Counter packed_bytes = weight bytes read per call.
+// (row halves through the row-range API). Kernels "<format>_r4_*" run on the 4-row interleaved
+// layout (interleaved_matrix). Counter packed_bytes = weight bytes read per call.
 // scripts/bench turns the medians into "ratio_vs_eigen_fp32" and "gbps" summary lines.
 #include "gemm_bench_util.hpp"
 
@@ -29,9 +30,13 @@ void eigen_fp32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool
     st.counters["packed_bytes"] = double(sizeof(float) * rows * cols);
 }
 
-template <class F>
+template <class F, bool Interleaved = false>
 void packed_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram, int threads) {
-    const auto w0 = lowbit_bench::random_packed<F>(rows, cols, 7);
+    const auto p0 = lowbit_bench::random_packed<F>(rows, cols, 7);
+    const auto w0 = [&] {
+        if constexpr (Interleaved) return lowbit::interleave(p0);
+        else return p0;
+    }();
     const auto w = copies(w0, dram);
     const lowbit::matrix_f x = random_activations(1, cols, 1);
     lowbit::matrix_f y(1, rows);
@@ -52,8 +57,13 @@ void packed_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, boo
     st.counters["bits_per_weight"] = w0.bits_per_weight();
 }
 
+template <bool Interleaved = false>
 void xnor(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
-    const auto w = copies(lowbit_bench::random_packed<lowbit::binary1>(rows, cols, 7), dram);
+    const auto p0 = lowbit_bench::random_packed<lowbit::binary1>(rows, cols, 7);
+    const auto w = copies([&] {
+        if constexpr (Interleaved) return lowbit::interleave(p0);
+        else return p0;
+    }(), dram);
     const lowbit::vector_f x = random_activations(1, cols, 1).row(0).transpose();
     std::vector<std::int32_t> d(rows);
     std::size_t k = 0;
@@ -105,6 +115,10 @@ const int registered = [] {
                 benchmark::RegisterBenchmark(("gemv/ternary2_i8/" + shape(r, c) + where + "/threads:" + std::to_string(t)).c_str(),
                                              [=](benchmark::State& s) { packed_gemv<lowbit::ternary2>(s, r, c, dram, t); })
                     ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            for (int t : {1, 2}) // 4-row interleaved tiles (interleaved_matrix)
+                benchmark::RegisterBenchmark(("gemv/ternary2_r4_i8/" + shape(r, c) + where + "/threads:" + std::to_string(t)).c_str(),
+                                             [=](benchmark::State& s) { packed_gemv<lowbit::ternary2, true>(s, r, c, dram, t); })
+                    ->Unit(benchmark::kMicrosecond)->UseRealTime();
         }
     for (bool dram : {false, true}) {
         const std::string where = dram ? "/dram" : "/cache";
@@ -115,6 +129,12 @@ const int registered = [] {
             benchmark::RegisterBenchmark(("gemv/binary1_i8/4096x4096" + where + "/threads:" + std::to_string(t)).c_str(),
                                          [=](benchmark::State& s) { packed_gemv<lowbit::binary1>(s, 4096, 4096, dram, t); })
                 ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            benchmark::RegisterBenchmark(("gemv/binary1_r4_i8/4096x4096" + where + "/threads:" + std::to_string(t)).c_str(),
+                                         [=](benchmark::State& s) { packed_gemv<lowbit::binary1, true>(s, 4096, 4096, dram, t); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            benchmark::RegisterBenchmark(("gemv/ternary_base3_r4_i8/4096x4096" + where + "/threads:" + std::to_string(t)).c_str(),
+                                         [=](benchmark::State& s) { packed_gemv<lowbit::ternary_base3, true>(s, 4096, 4096, dram, t); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
         }
         benchmark::RegisterBenchmark(("gemv/int4_i8/4096x4096" + where + "/threads:1").c_str(),
                                      [=](benchmark::State& s) { packed_gemv<lowbit::int4>(s, 4096, 4096, dram, 1); })
@@ -124,6 +144,9 @@ const int registered = [] {
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
         benchmark::RegisterBenchmark(("gemv/xnor_binary1_b1/4096x4096" + where + "/threads:1").c_str(),
                                      [=](benchmark::State& s) { xnor(s, 4096, 4096, dram); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("gemv/xnor_binary1_r4_b1/4096x4096" + where + "/threads:1").c_str(),
+                                     [=](benchmark::State& s) { xnor<true>(s, 4096, 4096, dram); })
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
     }
     return 0;

@@ -6,6 +6,7 @@
 #include "random_codes.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <random>
@@ -22,11 +23,12 @@ lowbit::packed_matrix<F> random_packed(Eigen::Index rows, Eigen::Index cols, std
     return lowbit::pack<F>(lowbit_test::random_codes<F>(rows, cols, seed), lowbit::vector_f::Constant(rows, 0.01f));
 }
 
-/// `n` independent copies of `w` (n = 1 for cache-resident cases, enough for dram_bytes otherwise).
-template <class F>
-std::vector<lowbit::packed_matrix<F>> copies(const lowbit::packed_matrix<F>& w, bool dram) {
+/// `n` independent copies of `w` (packed_matrix or interleaved_matrix; n = 1 for cache-resident
+/// cases, enough for dram_bytes otherwise).
+template <class M>
+std::vector<M> copies(const M& w, bool dram) {
     const std::size_t n = dram ? std::max<std::size_t>(2, dram_bytes / w.bytes().size() + 1) : 1;
-    std::vector<lowbit::packed_matrix<F>> v;
+    std::vector<M> v;
     v.reserve(n);
     for (std::size_t i = 0; i < n; ++i) v.emplace_back(w.rows(), w.cols(), w.bytes(), w.scale(), w.offset());
     return v;
@@ -41,7 +43,9 @@ inline lowbit::matrix_f random_activations(Eigen::Index tokens, Eigen::Index col
 }
 
 /// Runs job(part, nparts) on the calling thread (part 0) and, for nparts = 2, on one persistent
-/// worker (part 1; spins briefly, then sleeps in std::atomic::wait); returns when both are done.
+/// worker (part 1); returns when both are done. Both sides wait by spinning with a pause hint for
+/// up to 2 ms (the caller then yields, the worker sleeps in std::atomic::wait and is woken only if
+/// it went to sleep), so back-to-back calls never pay a futex round trip.
 class thread_pair {
 public:
     explicit thread_pair(int nparts) : nparts_(nparts) {
@@ -58,31 +62,53 @@ public:
     void run(const std::function<void(int, int)>& job) {
         if (nparts_ == 1) return job(0, 1);
         job_ = &job;
-        const int g = gen_.fetch_add(1) + 1;
-        gen_.notify_one();
+        const int g = gen_.fetch_add(1) + 1; // seq_cst with the worker's sleeping_/gen_ pair (Dekker)
+        if (sleeping_.load()) gen_.notify_one(); // only pay the futex wake when the worker sleeps
         job(0, 2);
-        for (int spin = 0; done_.load(std::memory_order_acquire) != g; ++spin)
-            if (spin > 4096) done_.wait(done_.load(std::memory_order_acquire));
+        wait_until(done_, g);
     }
 
 private:
+    /// Spin (with a pause hint) for up to spin_budget before sleeping on the futex: in this VM a
+    /// futex wake-up costs tens of µs, more than a whole 4096² GEMV on one core.
+    static constexpr auto spin_budget = std::chrono::microseconds(2000);
+    static void pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    void wait_until(std::atomic<int>& a, int value) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int spin = 0; a.load(std::memory_order_acquire) != value; ++spin) {
+            pause();
+            if ((spin & 255) == 255 && std::chrono::steady_clock::now() - t0 > spin_budget) {
+                std::this_thread::yield();
+            }
+        }
+    }
     void loop() {
         int seen = 0;
         for (;;) {
-            // spin briefly (the next call usually follows at once), then sleep on the futex
-            for (int spin = 0; gen_.load(std::memory_order_acquire) == seen; ++spin)
-                if (spin > 4096) gen_.wait(seen);
-            seen = gen_.load();
+            // spin (pause hint) for up to spin_budget: the next call usually follows at once; then sleep on the futex
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int spin = 0; gen_.load(std::memory_order_acquire) == seen; ++spin) {
+                pause();
+                if ((spin & 255) == 255 && std::chrono::steady_clock::now() - t0 > spin_budget) {
+                    sleeping_.store(true);
+                    if (gen_.load() == seen) gen_.wait(seen);
+                    sleeping_.store(false);
+                }
+            }
+            seen = gen_.load(std::memory_order_acquire);
             if (stop_.load()) return;
             (*job_)(1, 2);
             done_.store(seen, std::memory_order_release);
-            done_.notify_one();
         }
     }
     int nparts_;
     std::thread worker_;
     std::atomic<int> gen_{0}, done_{0};
-    std::atomic<bool> stop_{false};
+    std::atomic<bool> stop_{false}, sleeping_{false};
     const std::function<void(int, int)>* job_ = nullptr;
 };
 
