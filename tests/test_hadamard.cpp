@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace {
@@ -82,6 +83,49 @@ TEST_CASE("FWHT SIMD path equals the scalar reference exactly on integers") {
     }
 }
 
+TEST_CASE("FWHT float error within the stated bound of the double reference on every compiled path") {
+    // bound: ‖ŷ − y‖₂ ≤ log2(n)·u·‖y‖₂ (scalar, AVX-512), (log2(n) + L)·u·‖y‖₂ (xsimd), u = 2⁻²⁴
+    const double u = std::ldexp(1.0, -24);
+    const double lanes = static_cast<double>(xsimd::batch<float>::size);
+    for (std::size_t n : {16u, 64u, 256u, 512u, 2048u, 4096u, 16384u, 65536u}) {
+        CAPTURE(n);
+        const auto x = gaussian_matrix(1, static_cast<Eigen::Index>(n), static_cast<unsigned>(n) + 7);
+        std::vector<double> ref(x.data(), x.data() + n);
+        lowbit::detail::fwht_scalar(ref.data(), n); // double: error ~1e-16·log n, far below the float bound
+        double ynorm = 0;
+        for (double v : ref) ynorm += v * v;
+        ynorm = std::sqrt(ynorm);
+        const double m = std::log2(static_cast<double>(n));
+        auto err = [&](const std::vector<float>& y) {
+            double e = 0;
+            for (std::size_t j = 0; j < n; ++j) e += (y[j] - ref[j]) * (y[j] - ref[j]);
+            return std::sqrt(e);
+        };
+        std::vector<float> scalar(x.data(), x.data() + n), simd = scalar, dispatched = scalar;
+        lowbit::detail::fwht_scalar(scalar.data(), n);
+        lowbit::detail::fwht_simd(simd.data(), n);
+        lowbit::detail::fwht_dispatch(dispatched.data(), n, 1.0f);
+        CHECK(err(scalar) <= m * u * ynorm);
+        CHECK(err(simd) <= (m + lanes) * u * ynorm);
+        CHECK(err(dispatched) <= (m + lanes) * u * ynorm);
+#if LOWBIT_HAVE_X86_KERNELS
+        if (lowbit::detail::host_cpu_features().avx512) {
+            CHECK(std::string(lowbit::detail::fwht_path<float>(n)) == "avx512");
+            std::vector<float> k(x.data(), x.data() + n);
+            lowbit::detail::fwht_avx512::fwht(k.data(), n);
+            CHECK(k == scalar); // same butterflies, same roundings
+            CHECK(err(k) <= m * u * ynorm);
+            // the folded scale equals the separate multiply
+            std::vector<float> ks(x.data(), x.data() + n), ss = scalar;
+            const float s = 1.0f / std::sqrt(static_cast<float>(n));
+            lowbit::detail::fwht_avx512::fwht(ks.data(), n, s);
+            for (auto& v : ss) v *= s;
+            CHECK(ks == ss);
+        }
+#endif
+    }
+}
+
 TEST_CASE("fwht_rows transforms every row") {
     lowbit::matrix_d m = gaussian_matrix(5, 64, 3).cast<double>();
     lowbit::matrix_d want = m;
@@ -103,7 +147,7 @@ TEST_CASE("Paley and Sylvester sign matrices are Hadamard: H Hᵀ = K I exactly"
     for (const row r : {row{12, M::paley1}, row{20, M::paley1}, row{28, M::paley1}, row{36, M::paley2}, row{44, M::paley1},
                         row{52, M::paley2}, row{60, M::paley1}, row{108, M::paley1}, row{140, M::paley1},
                         row{284, M::paley1}, row{344, M::paley1}, row{924, M::paley2}, row{28, M::paley2},
-                        row{64, M::sylvester}, row{312, M::paley1}}) {
+                        row{64, M::sylvester}, row{312, M::paley1}, row{172, M::williamson}}) {
         const Eigen::MatrixXi h = lowbit::hadamard_sign_matrix(r.k, r.m).cast<int>();
         CHECK(h.cwiseAbs().minCoeff() == 1);
         CHECK(h.cwiseAbs().maxCoeff() == 1);
@@ -111,8 +155,33 @@ TEST_CASE("Paley and Sylvester sign matrices are Hadamard: H Hᵀ = K I exactly"
         CHECK(g == Eigen::MatrixXi::Identity(r.k, r.k) * static_cast<int>(r.k));
     }
     CHECK_THROWS_AS((void)lowbit::hadamard_sign_matrix(172, M::paley1), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::hadamard_sign_matrix(156, M::williamson), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::hadamard_sign_matrix(43, M::sylvester_windows), lowbit::invalid_argument);
     CHECK_THROWS_AS((void)lowbit::hadamard_sign_matrix(24, M::sylvester), lowbit::invalid_argument);
     CHECK_THROWS_AS((void)lowbit::hadamard_sign_matrix(12, M::random_orthogonal), lowbit::invalid_argument);
+}
+
+TEST_CASE("the stored Williamson quadruple: symmetric circulants whose squares sum to 4m·I") {
+    for (const auto& w : lowbit::detail::williamson_quadruples) {
+        const long m = w.m;
+        std::vector<std::vector<int>> a(4, std::vector<int>(static_cast<std::size_t>(m)));
+        long squares = 0;
+        for (int t = 0; t < 4; ++t) {
+            CHECK(std::string(w.rows[t]).size() == static_cast<std::size_t>(m));
+            long sum = 0;
+            for (long j = 0; j < m; ++j) sum += a[t][static_cast<std::size_t>(j)] = w.rows[t][j] == '+' ? 1 : -1;
+            for (long j = 1; j < m; ++j) CHECK(a[t][static_cast<std::size_t>(j)] == a[t][static_cast<std::size_t>(m - j)]); // symmetric
+            squares += sum * sum;
+        }
+        CHECK(squares == 4 * m); // row sums: 7² + 7² + 7² + 5² = 172
+        // Σ_t periodic autocorrelation of a_t at every shift s ≠ 0 is zero (⇔ Σ A_t A_tᵀ = 4m·I)
+        for (long sh = 1; sh < m; ++sh) {
+            long paf = 0;
+            for (int t = 0; t < 4; ++t)
+                for (long j = 0; j < m; ++j) paf += a[t][static_cast<std::size_t>(j)] * a[t][static_cast<std::size_t>((j + sh) % m)];
+            CHECK(paf == 0);
+        }
+    }
 }
 
 TEST_CASE("GF(p^k) arithmetic: prime powers and the quadratic character") {
@@ -142,11 +211,12 @@ TEST_CASE("hadamard_construction: hand-worked table for LLM widths") {
         long q;
     };
     for (const row r : {row{4096, M::sylvester, 1, 0}, row{288, M::paley2, 36, 17}, row{768, M::paley1, 12, 11},
-                        row{1376, M::paley1, 344, 343}, row{1536, M::paley1, 12, 11}, row{3584, M::paley1, 28, 27},
-                        row{4544, M::paley1, 284, 283}, row{11008, M::paley1, 344, 343},
+                        row{1376, M::williamson, 172, 0}, row{1536, M::paley1, 12, 11}, row{3584, M::paley1, 28, 27},
+                        row{4544, M::paley1, 284, 283}, row{11008, M::williamson, 172, 0},
                         row{13696, M::random_orthogonal, 107, 0}, row{14336, M::paley1, 28, 27},
                         row{29568, M::paley2, 924, 461}, row{40, M::paley1, 20, 19}, row{6, M::random_orthogonal, 3, 0},
-                        row{172, M::random_orthogonal, 43, 0}, row{1, M::sylvester, 1, 0}}) {
+                        row{172, M::williamson, 172, 0}, row{344, M::williamson, 172, 0}, row{1, M::sylvester, 1, 0},
+                        row{156, M::random_orthogonal, 39, 0}, row{312, M::paley1, 312, 311}}) {
         const auto info = lowbit::hadamard_construction(r.n);
         CAPTURE(r.n);
         CHECK(info.method == r.m);
@@ -158,8 +228,65 @@ TEST_CASE("hadamard_construction: hand-worked table for LLM widths") {
     }
 }
 
+TEST_CASE("hadamard_construction with the bounded_cost policy: dense blocks ≤ 64, else Sylvester windows") {
+    using M = lowbit::hadamard_method;
+    const auto bc = lowbit::hadamard_policy::bounded_cost;
+    struct row {
+        Eigen::Index n;
+        M m;
+        Eigen::Index k;
+    };
+    for (const row r : {row{4096, M::sylvester, 1}, row{288, M::paley2, 36}, row{768, M::paley1, 12}, row{1376, M::sylvester_windows, 43},
+                        row{1536, M::paley1, 12}, row{3584, M::paley1, 28}, row{4544, M::sylvester_windows, 71},
+                        row{11008, M::sylvester_windows, 43}, row{13696, M::sylvester_windows, 107}, row{14336, M::paley1, 28},
+                        row{29568, M::sylvester_windows, 231}, row{6, M::sylvester_windows, 3}}) {
+        CAPTURE(r.n);
+        const auto info = lowbit::hadamard_construction(r.n, bc);
+        CHECK(info.method == r.m);
+        CHECK(info.block == r.k);
+        CHECK(info.block * info.pow2 == r.n);
+        CHECK(info.dense_cost_per_element() <= lowbit::hadamard_max_dense_block);
+        CHECK(info.is_hadamard() == (r.m != M::sylvester_windows));
+    }
+    CHECK(lowbit::hadamard_construction(11008).dense_cost_per_element() == 172);
+    CHECK(lowbit::hadamard_construction(11008, bc).describe().find("W_43") == 0);
+}
+
+TEST_CASE("Sylvester windows: orthogonal, Kronecker with H_P, incoherent like a Haar block, every input reaches every output") {
+    const auto bc = lowbit::hadamard_policy::bounded_cost;
+    for (Eigen::Index n : {6, 43, 172, 1376, 107 * 4}) {
+        CAPTURE(n);
+        const lowbit::hadamard_transform t(n, {.policy = bc});
+        const Eigen::Index K = t.info().block, P = t.info().pow2;
+        const Eigen::MatrixXd q = t.matrix();
+        CHECK(lowbit::orthogonality_error(q) <= 1e-12);
+        // Q = Wᵀ ⊗ H_P / √P: every P×P block is a multiple of the Sylvester H_P
+        for (Eigen::Index bi = 0; bi < K; bi += std::max<Eigen::Index>(1, K / 5))
+            for (Eigen::Index bj = 0; bj < K; ++bj) {
+                const double c = q(bi * P, bj * P);
+                for (Eigen::Index i = 0; i < P; ++i)
+                    for (Eigen::Index j = 0; j < P; ++j) {
+                        const double h = (std::popcount(static_cast<unsigned>(i & j)) & 1) ? -1.0 : 1.0;
+                        CHECK(std::abs(q(bi * P + i, bj * P + j) - c * h) < 1e-12);
+                    }
+            }
+        // incoherence max |Q_ij|·√n: Hadamard 1, dense Haar R_b 3.3–3.9 at these sizes; measured 1.48–3.26
+        CHECK(q.cwiseAbs().maxCoeff() * std::sqrt(static_cast<double>(n)) <= 3.5);
+        // no structural zeros in the odd-factor mixing
+        Eigen::MatrixXd w(K, K);
+        for (Eigen::Index i = 0; i < K; ++i)
+            for (Eigen::Index j = 0; j < K; ++j) w(i, j) = q(i * P, j * P);
+        CHECK(w.cwiseAbs().minCoeff() > 1e-9);
+        // float path equals the double path
+        const auto x = gaussian_matrix(3, n, 2);
+        lowbit::matrix_f f = x;
+        t.apply_rows(f);
+        CHECK((f.cast<double>() - x.cast<double>() * q).cwiseAbs().maxCoeff() < 1e-5);
+    }
+}
+
 TEST_CASE("hadamard_transform equals the dense (A ⊗ H_P)/√n product") {
-    for (Eigen::Index n : {24, 40, 48, 72, 104, 6, 20, 64}) {
+    for (Eigen::Index n : {24, 40, 48, 72, 104, 6, 20, 64, 172, 344}) {
         CAPTURE(n);
         const lowbit::hadamard_transform t(n);
         const auto& info = t.info();
@@ -192,12 +319,13 @@ TEST_CASE("orthogonality ‖QᵀQ − I‖ ≤ 1e-5 in float for every LLM width
         t.apply_rows(q);
         CHECK(lowbit::orthogonality_error(q) <= 1e-5);
     }
-    for (Eigen::Index n : {1376, 1536, 3584, 4544, 11008, 13696, 14336, 29568, 156, 172}) {
+    for (Eigen::Index n : {288, 768, 1376, 1536, 3584, 4544, 11008, 13696, 14336, 29568, 156, 172}) {
         CAPTURE(n);
-        for (bool randomized : {false, true}) {
-            const lowbit::hadamard_transform t(n, {.randomized = randomized, .seed = 1});
-            CHECK(sampled_row_orthogonality(t, 62, static_cast<unsigned>(n)) <= 1e-5);
-        }
+        for (bool randomized : {false, true})
+            for (auto policy : {lowbit::hadamard_policy::exact_first, lowbit::hadamard_policy::bounded_cost}) {
+                const lowbit::hadamard_transform t(n, {.randomized = randomized, .seed = 1, .policy = policy});
+                CHECK(sampled_row_orthogonality(t, 62, static_cast<unsigned>(n)) <= 1e-5);
+            }
     }
 }
 
@@ -250,6 +378,27 @@ TEST_CASE("bad input is refused with lowbit errors") {
     CHECK_THROWS_AS(lowbit::hadamard_transform(13696, {.require_hadamard = true}), lowbit::invalid_argument);
     CHECK_THROWS_WITH(lowbit::hadamard_transform(13696, {.require_hadamard = true}), doctest::Contains("13696"));
     CHECK_NOTHROW(lowbit::hadamard_transform(11008, {.require_hadamard = true}));
+    CHECK_THROWS_AS(lowbit::hadamard_transform(11008, {.require_hadamard = true, .policy = lowbit::hadamard_policy::bounded_cost}),
+                    lowbit::invalid_argument);
+    CHECK_NOTHROW(lowbit::hadamard_transform(14336, {.require_hadamard = true, .policy = lowbit::hadamard_policy::bounded_cost}));
+    // NaN / Inf rows: numeric_error on every construction and on the plain FWHT
+    for (Eigen::Index n : {4096, 768, 11008, 13696}) {
+        CAPTURE(n);
+        for (auto policy : {lowbit::hadamard_policy::exact_first, lowbit::hadamard_policy::bounded_cost}) {
+            const lowbit::hadamard_transform h(n, {.randomized = true, .policy = policy});
+            for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+                lowbit::matrix_f x = lowbit::matrix_f::Ones(2, n);
+                x(1, n / 3) = bad;
+                CHECK_THROWS_AS(h.apply_rows(x), lowbit::numeric_error);
+            }
+        }
+    }
+    std::vector<float> nan_row(64, 1.0f);
+    nan_row[17] = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS(lowbit::fwht_inplace(std::span<float>(nan_row)), lowbit::numeric_error);
+    lowbit::matrix_d inf_rows = lowbit::matrix_d::Ones(3, 32);
+    inf_rows(2, 5) = -std::numeric_limits<double>::infinity();
+    CHECK_THROWS_AS(lowbit::fwht_rows(inf_rows), lowbit::numeric_error);
     const lowbit::hadamard_transform t(768);
     lowbit::matrix_f wrong = lowbit::matrix_f::Zero(2, 767);
     CHECK_THROWS_AS(t.apply_rows(wrong), lowbit::shape_error);

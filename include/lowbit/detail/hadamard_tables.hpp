@@ -6,6 +6,9 @@
 ///   matrix of the quadratic character of GF(q).
 /// - Paley II (q ≡ 1 mod 4 a prime power): order 2(q + 1), from the symmetric conference matrix C of GF(q):
 ///   H = C ⊗ [[1, 1], [1, −1]] + I ⊗ [[1, −1], [−1, −1]].
+/// - Williamson (order 4m): four symmetric circulant ±1 matrices A, B, C, D of order m with
+///   A² + B² + C² + D² = 4m·I placed in the Williamson array. The only stored data are the four defining
+///   sequences of order 43 (→ 172, the order QuaRot uses for 11008 = 172·64).
 /// GF(p^k) arithmetic (k > 1, e.g. q = 25, 27, 343) uses polynomials over GF(p) modulo an irreducible monic
 /// polynomial found by search. Entries are ±1 (int8); H Hᵀ = K·I is checked in tests/test_hadamard.cpp.
 
@@ -210,6 +213,51 @@ inline matrix_i8 paley2_hadamard(long q) {
                 h(2 * i + 1, 2 * j) = static_cast<std::int8_t>(v);
                 h(2 * i + 1, 2 * j + 1) = static_cast<std::int8_t>(-v);
             }
+        }
+    return h;
+}
+
+/// A Williamson quadruple: the first rows of four symmetric circulant ±1 matrices of odd order m ('+' = +1).
+struct williamson_quadruple {
+    long m;                 ///< order of the circulant blocks (the Hadamard matrix has order 4m)
+    const char* rows[4];    ///< first rows of A, B, C, D
+};
+
+/// Williamson quadruples lowbit knows. Order 43: the first row of the Williamson-type Hadamard matrix of
+/// order 172 in N. J. A. Sloane's library of Hadamard matrices ("had.172.will", also the matrix QuaRot uses),
+/// split into its four blocks and rotated by 4 positions so that every sequence is symmetric
+/// (a_j = a_(43−j)); row sums 7, 7, 7, −5 (49 + 49 + 49 + 25 = 172). tests/test_hadamard.cpp checks the
+/// symmetry and H Hᵀ = 172·I.
+inline constexpr williamson_quadruple williamson_quadruples[] = {
+    {43,
+     {"+---++--++++-+-+++-++--++-+++-+-++++--++---", "++-++++++----+-+--++-++-++--+-+----++++++-+",
+      "+++-+-++--+-+-++++-+----+-++++-+-+--++-+-++", "++---++++-+--+--++--------++--+--+-++++---+"}},
+};
+
+/// The stored Williamson quadruple of block order m, or nullptr.
+inline const williamson_quadruple* find_williamson(long m) {
+    for (const auto& w : williamson_quadruples)
+        if (w.m == m) return &w;
+    return nullptr;
+}
+
+/// Can the Williamson array build a Hadamard matrix of order K from a stored quadruple?
+inline bool williamson_applies(long K) { return K % 4 == 0 && find_williamson(K / 4) != nullptr; }
+
+/// Williamson Hadamard matrix of order K = 4m (precondition: williamson_applies(K)). With circ(a)_ij = a_((j−i) mod m):
+/// H = [[A, B, C, D], [−B, A, −D, C], [−C, D, A, −B], [−D, −C, B, A]]. Entries ±1.
+inline matrix_i8 williamson_hadamard(long K) {
+    const williamson_quadruple& w = *find_williamson(K / 4);
+    const long m = w.m;
+    static constexpr int block_of[4][4] = {{0, 1, 2, 3}, {1, 0, 3, 2}, {2, 3, 0, 1}, {3, 2, 1, 0}};
+    static constexpr int sign_of[4][4] = {{1, 1, 1, 1}, {-1, 1, -1, 1}, {-1, 1, 1, -1}, {-1, -1, 1, 1}};
+    matrix_i8 h(K, K);
+    for (int bi = 0; bi < 4; ++bi)
+        for (int bj = 0; bj < 4; ++bj) {
+            const char* a = w.rows[block_of[bi][bj]];
+            for (long i = 0; i < m; ++i)
+                for (long j = 0; j < m; ++j)
+                    h(bi * m + i, bj * m + j) = static_cast<std::int8_t>(sign_of[bi][bj] * (a[(j - i + m) % m] == '+' ? 1 : -1));
         }
     return h;
 }
