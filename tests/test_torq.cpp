@@ -27,6 +27,13 @@ lowbit::matrix_f outlier_activations(Eigen::Index tokens, Eigen::Index d, unsign
 double mx_error(const lowbit::matrix_f& x) {
     return static_cast<double>((x - lowbit::mx_fake_quantize<lowbit::mxfp4>(x)).norm() / x.norm());
 }
+// mean over tokens of ‖x − MXFP4(x)‖/‖x‖ (every token weighs the same)
+double token_mx_error(const lowbit::matrix_f& x) {
+    const lowbit::matrix_f q = lowbit::mx_fake_quantize<lowbit::mxfp4>(x);
+    double s = 0;
+    for (Eigen::Index i = 0; i < x.rows(); ++i) s += static_cast<double>((x.row(i) - q.row(i)).norm() / x.row(i).norm());
+    return s / static_cast<double>(x.rows());
+}
 double int4_error(const lowbit::matrix_f& x) {
     return static_cast<double>((x - lowbit::quantize_per_token(x).dequantize()).norm() / x.norm());
 }
@@ -53,7 +60,7 @@ TEST_CASE("E2M1 code entropy: hand-worked histograms") {
 
 TEST_CASE("level 1 equalises coordinate variances exactly (Schur–Horn) and Q is orthogonal") {
     const auto x = outlier_activations(400, 128, 1);
-    const auto t = lowbit::learn_torq(x, {.random_candidates = 2});
+    const auto t = lowbit::learn_torq(x, {.level1 = lowbit::torq_level1::eigen_hadamard, .random_candidates = 2});
     CHECK(lowbit::orthogonality_error(t.level1) <= 1e-5);
     CHECK(lowbit::orthogonality_error(t.level2) <= 1e-5);
     CHECK(lowbit::orthogonality_error(t.matrix()) <= 1e-5);
@@ -89,11 +96,11 @@ TEST_CASE("zigzag dealing balances block energies") {
     CHECK(block_max(v2) < 0.8 * block_max(var)); // measured 8500 vs 12716
 }
 
-TEST_CASE("apply_rows equals the dense Q; the chosen R has the highest calibration entropy") {
+TEST_CASE("apply_rows equals the dense Q; the chosen pair is the calibration optimum of the criterion") {
     const auto x = outlier_activations(200, 64, 3);
     for (auto l1 : {lowbit::torq_level1::eigen_hadamard, lowbit::torq_level1::zigzag_block_hadamard, lowbit::torq_level1::zigzag,
                     lowbit::torq_level1::none}) {
-        const auto t = lowbit::learn_torq(x, {.level1 = l1, .random_candidates = 3, .seed = 9});
+        const auto t = lowbit::learn_torq(x, {.level1 = l1, .criterion = lowbit::torq_criterion::max_entropy, .random_candidates = 3, .seed = 9});
         CHECK(t.candidates.size() == 6);
         lowbit::matrix_f y = x;
         t.apply_rows(y);
@@ -102,6 +109,15 @@ TEST_CASE("apply_rows equals the dense Q; the chosen R has the highest calibrati
         for (const auto& c : t.candidates) best = std::max(best, c.entropy);
         CHECK(lowbit::e2m1_code_entropy(y) == doctest::Approx(best).epsilon(1e-3));
     }
+    // default: every level 1 × every R, lowest mean per-token MXFP4 error on the calibration tokens
+    const auto t = lowbit::learn_torq(x, {.random_candidates = 3, .seed = 9});
+    CHECK(t.candidates.size() == 4 * 6);
+    lowbit::matrix_f y = x;
+    t.apply_rows(y);
+    double best = 1e9;
+    for (const auto& c : t.candidates) best = std::min(best, c.token_error);
+    CHECK(token_mx_error(y) == doctest::Approx(best).epsilon(1e-4));
+    CHECK(lowbit::orthogonality_error(t.matrix()) <= 1e-5);
     // DCT-II oracle: the DCT of the k-th cosine basis vector is a spike at k
     const auto r = lowbit::detail::dct2_matrix(32);
     CHECK(lowbit::orthogonality_error(r) < 1e-12);
@@ -111,15 +127,22 @@ TEST_CASE("apply_rows equals the dense Q; the chosen R has the highest calibrati
     CHECK(spike.cwiseAbs().sum() == doctest::Approx(1.0));
 }
 
-TEST_CASE("synthetic outlier activations: Hadamard lowers per-token int4 error, TORQ lowers MXFP4 error") {
+TEST_CASE("synthetic outlier activations, held-out tokens: Hadamard lowers int4 error; MXFP4 per token TORQ < Hadamard < none") {
     const Eigen::Index d = 256;
     const auto calib = outlier_activations(1024, d, 10), test = outlier_activations(1024, d, 11);
     const lowbit::hadamard_transform h(d, {.randomized = true, .seed = 7});
     const auto torq = lowbit::learn_torq(calib);
     const lowbit::matrix_f xh = lowbit::rotate_activations(test, h), xt = lowbit::rotate_activations(test, torq);
+    MESSAGE("TORQ chose " << torq.level2_name);
     MESSAGE("int4 none " << int4_error(test) << " hadamard " << int4_error(xh) << " torq " << int4_error(xt));
-    MESSAGE("mxfp4 none " << mx_error(test) << " hadamard " << mx_error(xh) << " torq " << mx_error(xt));
+    MESSAGE("mxfp4 (Frobenius) none " << mx_error(test) << " hadamard " << mx_error(xh) << " torq " << mx_error(xt));
+    MESSAGE("mxfp4 (per token) none " << token_mx_error(test) << " hadamard " << token_mx_error(xh) << " torq " << token_mx_error(xt));
     CHECK(int4_error(xh) < 0.75 * int4_error(test));
+    // held-out tokens (calibration seed 10, test seed 11): TORQ < randomised Hadamard < none
+    CHECK(token_mx_error(xt) < token_mx_error(xh));
+    CHECK(token_mx_error(xh) < token_mx_error(test));
+    // Frobenius ratio over all tokens: dominated by the few tokens with the largest Student-t draws (measured
+    // TORQ 0.1102, Hadamard 0.1094, none 0.1392); both rotations beat none
     CHECK(mx_error(xh) < mx_error(test));
     CHECK(mx_error(xt) < mx_error(test));
 }
