@@ -9,6 +9,7 @@
 #include <lowbit/model.hpp>
 #include <lowbit/ternary.hpp>
 
+#include "gaussian_matrix.hpp"
 #include "models.hpp"
 
 #include <doctest/doctest.h>
@@ -25,20 +26,10 @@ namespace {
 using ld = long double;
 
 lowbit::matrix_f random_matrix(Eigen::Index r, Eigen::Index c, unsigned seed) {
-    std::mt19937_64 rng(seed);
-    std::student_t_distribution<float> d(4.0f);
-    lowbit::matrix_f w(r, c);
-    for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = d(rng) + 0.5f;
-    return w;
+    return lowbit_test::student_t(r, c, seed, 4.0f, 1.0f, 0.5f);
 }
 
-lowbit::matrix_d random_gram(Eigen::Index n, unsigned seed) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<double> g;
-    lowbit::matrix_d x(3 * n, n);
-    for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = g(rng) * (1.0 + static_cast<double>(i % n) / 3.0);
-    return x.transpose() * x;
-}
+lowbit::matrix_d random_gram(Eigen::Index n, unsigned seed) { return lowbit_test::graded_gram(n, seed, 3.0); }
 
 lowbit::group_mask random_mask(Eigen::Index r, Eigen::Index c, unsigned seed) {
     std::mt19937_64 rng(seed);

@@ -5,6 +5,8 @@
 
 #include <doctest/doctest.h>
 
+#include "gaussian_matrix.hpp"
+
 #include <cmath>
 #include <limits>
 #include <random>
@@ -15,20 +17,10 @@ namespace {
 using ld = long double;
 
 lowbit::matrix_f random_matrix(Eigen::Index r, Eigen::Index c, unsigned seed) {
-    std::mt19937_64 rng(seed);
-    std::student_t_distribution<float> d(3.0f);
-    lowbit::matrix_f w(r, c);
-    for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = d(rng) + 0.3f;
-    return w;
+    return lowbit_test::student_t(r, c, seed, 3.0f, 1.0f, 0.3f);
 }
 
-lowbit::matrix_d random_gram(Eigen::Index n, unsigned seed) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<double> g;
-    lowbit::matrix_d x(3 * n, n);
-    for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = g(rng) * (1.0 + static_cast<double>(i % n) / 2.0);
-    return x.transpose() * x;
-}
+lowbit::matrix_d random_gram(Eigen::Index n, unsigned seed) { return lowbit_test::graded_gram(n, seed, 2.0); }
 
 ld det3(const ld a[3][3]) {
     return a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0]) +

@@ -6,6 +6,7 @@
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/kotms.hpp>
 
+#include "gaussian_matrix.hpp"
 #include "models.hpp"
 
 #include <doctest/doctest.h>
@@ -17,20 +18,10 @@
 namespace {
 
 lowbit::matrix_f heavy_matrix(Eigen::Index rows, Eigen::Index cols, unsigned seed) {
-    std::mt19937_64 rng(seed);
-    std::student_t_distribution<float> t(4.0f);
-    lowbit::matrix_f m(rows, cols);
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = t(rng) * 0.02f;
-    return m;
+    return lowbit_test::student_t(rows, cols, seed, 4.0f, 0.02f);
 }
 
-lowbit::matrix_d gaussian_d(Eigen::Index rows, Eigen::Index cols, unsigned seed) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<double> g(0.0, 1.0);
-    lowbit::matrix_d m(rows, cols);
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = g(rng);
-    return m;
-}
+using lowbit_test::gaussian_d;
 
 // −mean log p directly from the definition, rows rotated by C·M·B (double), c_o given.
 double direct_nll(const lowbit::matrix_f& w, const lowbit::matrix_d& c, const lowbit::matrix_d& b, const lowbit::vector_d& scale,

@@ -5,16 +5,12 @@
 
 #include <doctest/doctest.h>
 
+#include "gaussian_matrix.hpp"
+
 #include <random>
 
 namespace {
-lowbit::matrix_f gaussian_f(Eigen::Index rows, Eigen::Index cols, unsigned seed) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> g(0.0f, 1.0f);
-    lowbit::matrix_f m(rows, cols);
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = g(rng);
-    return m;
-}
+using lowbit_test::gaussian;
 } // namespace
 
 TEST_CASE("KOTMS factor-size rule reproduces the published examples") {
@@ -52,7 +48,7 @@ TEST_CASE("kronecker apply equals the dense product and C·M·B per row") {
     for (auto [l, r] : {std::pair<Eigen::Index, Eigen::Index>{4, 8}, {8, 8}, {16, 4}, {1, 12}, {12, 1}, {3, 5}}) {
         const lowbit::kronecker_rotation t{lowbit::random_orthogonal(l, 1).cast<float>(),
                                            lowbit::random_orthogonal(r, 2).cast<float>()};
-        const auto x = gaussian_f(7, l * r, 3);
+        const auto x = gaussian(7, l * r, 3);
         lowbit::matrix_f got = x;
         t.apply_rows(got);
         const Eigen::MatrixXd want = x.cast<double>() * t.matrix();
@@ -66,7 +62,7 @@ TEST_CASE("kronecker apply equals the dense product and C·M·B per row") {
         }
         CHECK(lowbit::orthogonality_error(t.matrix()) < 1e-6);
         // a strided view (columns of a wider matrix) takes the per-row path and agrees
-        lowbit::matrix_f wide = gaussian_f(7, l * r + 3, 4);
+        lowbit::matrix_f wide = gaussian(7, l * r + 3, 4);
         wide.leftCols(l * r) = x;
         t.apply_rows(wide.leftCols(l * r));
         CHECK((wide.leftCols(l * r) - got).cwiseAbs().maxCoeff() < 1e-6);
@@ -76,7 +72,7 @@ TEST_CASE("kronecker apply equals the dense product and C·M·B per row") {
 TEST_CASE("identity factors leave rows unchanged") {
     const auto t = lowbit::kronecker_rotation::identity({4, 6});
     CHECK(t.dim() == 24);
-    const auto x = gaussian_f(3, 24, 5);
+    const auto x = gaussian(3, 24, 5);
     lowbit::matrix_f y = x;
     t.apply_rows(y);
     CHECK(y == x);

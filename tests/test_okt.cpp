@@ -5,6 +5,7 @@
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/okt.hpp>
 
+#include "gaussian_matrix.hpp"
 #include "models.hpp"
 
 #include <doctest/doctest.h>
@@ -16,11 +17,7 @@
 namespace {
 
 lowbit::matrix_f heavy_matrix(Eigen::Index rows, Eigen::Index cols, unsigned seed) {
-    std::mt19937_64 rng(seed);
-    std::student_t_distribution<float> t(4.0f);
-    lowbit::matrix_f m(rows, cols);
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = t(rng) * 0.02f;
-    return m;
+    return lowbit_test::student_t(rows, cols, seed, 4.0f, 0.02f);
 }
 
 } // namespace

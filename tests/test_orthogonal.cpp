@@ -7,19 +7,15 @@
 
 #include <doctest/doctest.h>
 
+#include "gaussian_matrix.hpp"
+
 #include <cmath>
 #include <limits>
 #include <random>
 
 namespace {
 
-lowbit::matrix_d gaussian_d(Eigen::Index rows, Eigen::Index cols, unsigned seed) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<double> g(0.0, 1.0);
-    lowbit::matrix_d m(rows, cols);
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = g(rng);
-    return m;
-}
+using lowbit_test::gaussian_d;
 
 } // namespace
 
