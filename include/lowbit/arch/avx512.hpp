@@ -64,6 +64,16 @@ LOWBIT_AVX512_TARGET inline void prefetch_ahead(const std::uint8_t* p) {
     _mm_prefetch(reinterpret_cast<const char*>(p + 3 * prefetch_distance), _MM_HINT_T1);
 }
 
+/// 64-byte load kept in a register: the empty asm stops GCC from folding the load into each of its
+/// users as a memory operand (it did: 4 loads of every weight line and of every activation vector).
+LOWBIT_AVX512_TARGET inline __m512i load_pinned(const void* p) {
+    __m512i v = _mm512_loadu_si512(p);
+#if defined(__GNUC__)
+    __asm__("" : "+v"(v));
+#endif
+    return v;
+}
+
 /// Σ_j u_ij · x_j over one packed row (u = stored digits), int32.
 template <class F>
 LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks) {
@@ -73,7 +83,7 @@ LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, co
         const __m512i m3 = _mm512_set1_epi8(3);
         for (Eigen::Index b = 0; b < nblocks; ++b, p += 64, x += 256) {
             prefetch_ahead(p);
-            const __m512i w = _mm512_loadu_si512(p);
+            const __m512i w = load_pinned(p);
             a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(w, m3), _mm512_loadu_si512(x));
             a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(w, 2), m3), _mm512_loadu_si512(x + 64));
             a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(_mm512_srli_epi16(w, 4), m3), _mm512_loadu_si512(x + 128));
@@ -82,7 +92,7 @@ LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, co
     } else if constexpr (std::is_same_v<F, int4>) {
         const __m512i m15 = _mm512_set1_epi8(15);
         for (Eigen::Index b = 0; b < nblocks; ++b, p += 128, x += 256) {
-            const __m512i w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);
+            const __m512i w0 = load_pinned(p), w1 = load_pinned(p + 64);
             a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(w0, m15), _mm512_loadu_si512(x));
             a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(w1, m15), _mm512_loadu_si512(x + 64));
             a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(_mm512_srli_epi16(w0, 4), m15), _mm512_loadu_si512(x + 128));
@@ -105,7 +115,7 @@ LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, co
                                             _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(s, t86), one), one)
 #define LOWBIT_TIMES3_512(s) _mm512_add_epi8(s, _mm512_add_epi8(s, s))
         for (Eigen::Index b = 0; b < nblocks; ++b, p += 64, x += 320) {
-            __m512i s = _mm512_loadu_si512(p);
+            __m512i s = load_pinned(p);
             a0 = _mm512_dpbusd_epi32(a0, LOWBIT_TRIT512(s), _mm512_loadu_si512(x));
             s = LOWBIT_TIMES3_512(s);
             a1 = _mm512_dpbusd_epi32(a1, LOWBIT_TRIT512(s), _mm512_loadu_si512(x + 64));
@@ -129,13 +139,13 @@ template <class F>
 LOWBIT_AVX512_TARGET inline void decode_block(const std::uint8_t* p, __m512i& d0, __m512i& d1, __m512i& d2, __m512i& d3,
                                               __m512i& d4) {
     if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
-        const __m512i m3 = _mm512_set1_epi8(3), w = _mm512_loadu_si512(p);
+        const __m512i m3 = _mm512_set1_epi8(3), w = load_pinned(p);
         d0 = _mm512_and_si512(w, m3);
         d1 = _mm512_and_si512(_mm512_srli_epi16(w, 2), m3);
         d2 = _mm512_and_si512(_mm512_srli_epi16(w, 4), m3);
         d3 = _mm512_and_si512(_mm512_srli_epi16(w, 6), m3);
     } else if constexpr (std::is_same_v<F, int4>) {
-        const __m512i m15 = _mm512_set1_epi8(15), w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);
+        const __m512i m15 = _mm512_set1_epi8(15), w0 = load_pinned(p), w1 = load_pinned(p + 64);
         d0 = _mm512_and_si512(w0, m15);
         d1 = _mm512_and_si512(w1, m15);
         d2 = _mm512_and_si512(_mm512_srli_epi16(w0, 4), m15);
@@ -150,7 +160,7 @@ LOWBIT_AVX512_TARGET inline void decode_block(const std::uint8_t* p, __m512i& d0
         d3 = _mm512_maskz_mov_epi8(_cvtu64_mask64(m[3]), one);
     } else {
         const __m512i one = _mm512_set1_epi8(1), t86 = _mm512_set1_epi8(86), t171 = _mm512_set1_epi8(static_cast<char>(171));
-        __m512i s = _mm512_loadu_si512(p);
+        __m512i s = load_pinned(p);
         __m512i* d[5] = {&d0, &d1, &d2, &d3, &d4};
         for (int k = 0; k < 5; ++k) {
             const __m512i lo = _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(s, t86), one);
@@ -232,10 +242,9 @@ LOWBIT_AVX512_TARGET inline void tile_dot4(const std::uint8_t* p, const std::int
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, e0 = a0, e1 = a0;
     for (Eigen::Index b = 0; b < nblocks; ++b, p += 4 * bb, x += T::block_weights) {
         for (int l = 0; l < 4 * bb; l += 64) prefetch_ahead(p + l);
-        const __m512i x0 = _mm512_loadu_si512(x), x1 = _mm512_loadu_si512(x + 64), x2 = _mm512_loadu_si512(x + 128),
-                      x3 = _mm512_loadu_si512(x + 192);
+        const __m512i x0 = load_pinned(x), x1 = load_pinned(x + 64), x2 = load_pinned(x + 128), x3 = load_pinned(x + 192);
         __m512i x4 = _mm512_setzero_si512();
-        if constexpr (T::block_weights == 320) x4 = _mm512_loadu_si512(x + 256);
+        if constexpr (T::block_weights == 320) x4 = load_pinned(x + 256);
 #define LOWBIT_TILE_ROW(A0, A1, P)                                                                 \
     {                                                                                               \
         __m512i d0, d1, d2, d3, d4 = _mm512_setzero_si512();                                        \
@@ -278,11 +287,10 @@ LOWBIT_AVX512_TARGET inline void tile_dot4_and_only(const std::uint8_t* p, const
         const std::int8_t* xb = x + c0 * 256;
         for (Eigen::Index b = c0; b < c1; ++b, q += 256, xb += 256) {
             for (int l = 0; l < 256; l += 64) prefetch_ahead(q + l);
-            const __m512i x0 = _mm512_loadu_si512(xb), x1 = _mm512_loadu_si512(xb + 64), x2 = _mm512_loadu_si512(xb + 128),
-                          x3 = _mm512_loadu_si512(xb + 192);
+            const __m512i x0 = load_pinned(xb), x1 = load_pinned(xb + 64), x2 = load_pinned(xb + 128), x3 = load_pinned(xb + 192);
 #define LOWBIT_AND_ROW(A0, A1, A2, A3, P)                                                \
     {                                                                                     \
-        const __m512i w = _mm512_loadu_si512(P);                                          \
+        const __m512i w = load_pinned(P);                                                 \
         A0 = _mm512_dpbusd_epi32(A0, _mm512_and_si512(w, m0), x0);                        \
         A1 = _mm512_dpbusd_epi32(A1, _mm512_and_si512(w, m1), x1);                        \
         A2 = _mm512_dpbusd_epi32(A2, _mm512_and_si512(w, m2), x2);                        \
