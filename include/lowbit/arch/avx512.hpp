@@ -14,8 +14,9 @@
 /// interleaved_matrix (4-row tiles): `tile_dot4` loads each block's activation vectors once for
 /// four rows (2 accumulators per row, one reduction per row per call) and prefetches the tile
 /// stream `prefetch_distance` bytes ahead; `tile_dot4_and_only` is the AND-only 2-bit variant of
-/// performance.md §7 (measured: no faster here, the loop is bound by `vpdpbusd`; kept, tested,
-/// selectable with `interleaved_and_only`).
+/// performance.md §7 (measured: no faster here — see `interleaved_and_only`; kept, tested,
+/// selectable). `load_pinned` keeps loaded vectors in registers: GCC otherwise folds a load into
+/// each of its users (4 loads per weight line), which cost 20 % from cache and 15 % from DRAM.
 
 #include <lowbit/arch/generic.hpp>
 #include <lowbit/config.hpp>
@@ -311,8 +312,9 @@ LOWBIT_AVX512_TARGET inline void tile_dot4_and_only(const std::uint8_t* p, const
 
 /// Which 4-row tile micro-kernel the interleaved AVX-512 path uses for 2-bit formats
 /// (true: AND-only unpack; false: shift + AND through decode_block). Measured on Zen 4, 4096²
-/// from cache: 87.5 µs (AND-only) vs 82.8 µs (decode) CPU per GEMV, both at the `vpdpbusd` roof,
-/// so the simpler decode is the default.
+/// GEMV, 1 thread, CPU µs (median of 5, load ≈ 3.4): from cache 76.7 (AND-only) vs 70.0 (decode),
+/// from DRAM 133.0 vs 132.0. The loop is bound by `vpdpbusd`, not by the 3 shifts per 64 bytes, and
+/// the AND-only form needs 16 accumulators, so the decode form is the default.
 inline constexpr bool interleaved_and_only = false;
 
 /// AVX-512 `dot_rows` for an interleaved_matrix (contract of arch/generic.hpp): per tile and token,
