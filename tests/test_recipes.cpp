@@ -78,11 +78,17 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
     lowbit::recipe psp = lowbit::find_recipe("bwla-w1a6-psp");
     psp.solver = lowbit::solver_kind::rtn;
     psp.psp_iterations = 1;
-    for (const char* name : {"absmean-w1.58a8", "fp32-a4-hadamard", "bwla-w1a6-psp"}) {
+    // Learned rotations travel with the layers: KOTMS factors (RTN solver to stay cheap) and TORQ's
+    // dense matrices (learned from the calibration inputs).
+    lowbit::recipe kotms = lowbit::find_recipe("twla-w1.58a4-kotms");
+    kotms.solver = lowbit::solver_kind::rtn;
+    for (const char* name : {"absmean-w1.58a8", "fp32-a4-hadamard", "bwla-w1a6-psp", "twla-w1.58a4-kotms",
+                             "mxfp4-w4a4-torq", "fp32-nli"}) {
         lowbit::quantize_options qo;
         qo.calib_windows = 1;
         qo.calib_window = 64;
-        lowbit::quantized_model q{std::string(name) == psp.name ? psp : lowbit::find_recipe(name), {}, {}};
+        const std::string n(name);
+        lowbit::quantized_model q{n == psp.name ? psp : n == kotms.name ? kotms : lowbit::find_recipe(name), {}, {}};
         q.model = lowbit::quantize_model(fx().fp32, q.spec, fx().calib, qo, &q.records);
         const auto path = dir / (std::string(name) + ".safetensors");
         lowbit::save_quantized_model(path, q);
@@ -92,6 +98,12 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
             REQUIRE(back.records[0][0].correction.has_value());
             CHECK(back.records[0][0].correction->a == q.records[0][0].correction->a);
         }
+        if (q.spec.rotation == lowbit::rotation_kind::kotms || q.spec.rotation == lowbit::rotation_kind::torq) {
+            REQUIRE(back.records[0][0].rotation.has_value());
+            CHECK(back.records[0][0].rotation->left == q.records[0][0].rotation->left);
+            CHECK(back.records[0][0].rotation->dense == q.records[0][0].rotation->dense);
+        }
+        CHECK(back.model.nonlinear.exact() == !q.spec.nli);
         CHECK(back.model.bits_per_weight() == q.model.bits_per_weight());
         const std::vector<int> toks(fx().eval.begin(), fx().eval.begin() + 40);
         lowbit::kv_cache c1(q.model.config), c2(back.model.config);
@@ -111,6 +123,60 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
     std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("learned rotations: orthonormal after fp16 storage, FP32 layers keep their function, bits counted") {
+    // Oracle: with FP32 weights every rotation must leave the model's function unchanged,
+    // (xQ)(WQ)ᵀ = xWᵀ, so the logits equal the unrotated FP32 model's up to float rounding.
+    const std::vector<int> toks(fx().eval.begin(), fx().eval.begin() + 48);
+    lowbit::kv_cache c0(fx().fp32.config);
+    const lowbit::matrix_f ref = lowbit::forward(fx().fp32, c0, toks);
+    const float scale = ref.cwiseAbs().maxCoeff();
+    for (auto kind : {lowbit::rotation_kind::kotms, lowbit::rotation_kind::okt, lowbit::rotation_kind::torq}) {
+        lowbit::recipe r = lowbit::find_recipe("fp32");
+        r.rotation = kind;
+        lowbit::quantize_options qo;
+        qo.calib_windows = 1;
+        qo.calib_window = 64;
+        std::vector<std::array<lowbit::linear_record, lowbit::linear_slots>> recs;
+        const auto m = lowbit::quantize_model(fx().fp32, r, fx().calib, qo, &recs);
+        lowbit::kv_cache c1(m.config);
+        const lowbit::matrix_f got = lowbit::forward(m, c1, toks);
+        CHECK((got - ref).cwiseAbs().maxCoeff() < 1e-4f * scale);
+        int learned = 0;
+        double rotation_bits = 0;
+        for (const auto& layer : recs)
+            for (const auto& rec : layer) {
+                if (!rec.rotation) continue;
+                ++learned;
+                rotation_bits += rec.rotation->storage_bits();
+                const auto t = lowbit::block_rotation::from(std::nullopt, rec.rotation);
+                lowbit::matrix_f q = lowbit::matrix_f::Identity(rec.cols, rec.cols);
+                t.apply_rows(q);
+                CHECK(lowbit::orthogonality_error(q) < 1e-5);
+                // the fp16 entries are within fp16 rounding of the orthonormalised ones
+                const lowbit::matrix_f& stored = rec.rotation->dense.size() ? rec.rotation->dense : rec.rotation->left;
+                const lowbit::matrix_f ortho = rec.rotation->dense.size() ? q : t.kronecker->left;
+                CHECK((stored - ortho).cwiseAbs().maxCoeff() < 2e-3f);
+            }
+        // KOTMS/OKT learn for every linear whose Kronecker factors are ≤ 16 (all but w2: 172 = 43·4);
+        // TORQ for every linear whose width is a multiple of 32 (all but w2)
+        CHECK(learned == 6 * m.config.n_layers);
+        double weights = 0;
+        for (const auto& layer : recs)
+            for (const auto& rec : layer) weights += static_cast<double>(rec.rows * rec.cols);
+        CHECK(m.bits_per_weight() == doctest::Approx(32.0 + rotation_bits / weights).epsilon(1e-12));
+    }
+}
+
+TEST_CASE("NLI recipe operators: perplexity within 0.1 % of exact FP32 on 2 windows") {
+    lowbit::llama_model m = fx().fp32;
+    m.nonlinear = lowbit::recipe_nonlinear_ops(lowbit::find_recipe("fp32-nli"));
+    CHECK(!m.nonlinear.exact());
+    CHECK(lowbit::recipe_nonlinear_ops(lowbit::find_recipe("fp32")).exact());
+    const double exact = ppl(fx().fp32, 2), nli = ppl(m, 2);
+    CHECK(nli != exact); // the tables are really used
+    CHECK(nli == doctest::Approx(exact).epsilon(1e-3));
+}
+
 TEST_CASE("published-figure checks on the first 60,000 characters" * doctest::test_suite("long")) {
     lowbit::quantize_options qo;
     qo.calib_windows = 8;
@@ -119,6 +185,10 @@ TEST_CASE("published-figure checks on the first 60,000 characters" * doctest::te
     const auto twla = lowbit::quantize_model(fx().fp32, lowbit::find_recipe("twla-w1.58"), fx().calib, qo);
     CHECK(twla.bits_per_weight() <= 2.5);
     CHECK(ppl(twla) <= 66.0);
+    // learned KOTMS rotations (docs/results.md): lower perplexity within the same bit budget
+    const auto kotms = lowbit::quantize_model(fx().fp32, lowbit::find_recipe("twla-w1.58-kotms"), fx().calib, qo);
+    CHECK(kotms.bits_per_weight() <= 2.5);
+    CHECK(ppl(kotms) < ppl(twla));
     CHECK(ppl(lowbit::quantize_model(fx().fp32, lowbit::find_recipe("fp32-a4-hadamard"), {}, qo)) <= 4.6);
     CHECK(ppl(lowbit::quantize_model(fx().fp32, lowbit::find_recipe("absmean-w1.58"), {})) ==
           doctest::Approx(375.0).epsilon(0.01));

@@ -205,6 +205,18 @@ struct llama_block {
     std::array<std::shared_ptr<const linear_operator>, linear_slots> linear; ///< wq, wk, wv, wo, w1, w2, w3
 };
 
+/// Elementwise nonlinear operators of the forward pass, each optional (empty: the exact float
+/// function). Each maps `in` to `out` (same length, in place allowed): `silu` the FFN gate
+/// x·σ(x), `exp` the attention softmax's exponentials (arguments ≤ 0), `rsqrt` RMSNorm's
+/// 1/√(mean(x²) + eps). NLI tables (activations.hpp) plug in here; recipes set them (`recipe::nli`).
+struct nonlinear_ops {
+    std::function<void(std::span<const float>, std::span<float>)> silu; ///< SiLU
+    std::function<void(std::span<const float>, std::span<float>)> exp;  ///< exp (softmax)
+    std::function<void(std::span<const float>, std::span<float>)> rsqrt; ///< 1/√x (RMSNorm)
+    /// True if every operator is exact.
+    [[nodiscard]] bool exact() const { return !silu && !exp && !rsqrt; }
+};
+
 /// A Llama-2 model whose linear layers are pluggable.
 struct llama_model {
     llama_config config;
@@ -212,6 +224,7 @@ struct llama_model {
     std::vector<llama_block> blocks;
     vector_f rms_final;       ///< (dim)
     std::shared_ptr<const linear_operator> classifier; ///< (vocab x dim); FP32 dense by default
+    nonlinear_ops nonlinear; ///< approximate nonlinear operators (default: exact)
 
     /// The operator of `slot` in block `layer`. \throws invalid_argument (layer out of range).
     [[nodiscard]] const linear_operator& linear(int layer, linear_slot slot) const {
@@ -340,13 +353,21 @@ struct forward_hooks {
 
 namespace detail {
 
-/// out = rmsnorm(x)·w per row (llama2.c: x·w / sqrt(mean(x²) + eps)); sums in double.
-inline void rmsnorm_rows(const matrix_f& x, const vector_f& w, float eps, matrix_f& out) {
+/// out = rmsnorm(x)·w per row (llama2.c: x·w / sqrt(mean(x²) + eps)); sums in double; `rsqrt`, when
+/// set, replaces 1/sqrt (applied to the float mean(x²) + eps).
+inline void rmsnorm_rows(const matrix_f& x, const vector_f& w, float eps, matrix_f& out,
+                         const std::function<void(std::span<const float>, std::span<float>)>& rsqrt = {}) {
     out.resize(x.rows(), x.cols());
     for (Eigen::Index t = 0; t < x.rows(); ++t) {
         double ss = 0;
         for (Eigen::Index j = 0; j < x.cols(); ++j) ss += static_cast<double>(x(t, j)) * x(t, j);
-        const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(x.cols()) + eps));
+        float inv;
+        if (rsqrt) {
+            const float arg = static_cast<float>(ss / static_cast<double>(x.cols()) + eps);
+            rsqrt(std::span<const float>(&arg, 1), std::span<float>(&inv, 1));
+        } else {
+            inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(x.cols()) + eps));
+        }
         for (Eigen::Index j = 0; j < x.cols(); ++j) out(t, j) = w(j) * (inv * x(t, j));
     }
 }
@@ -428,7 +449,7 @@ enum class logits_rows { all, last };
     };
     for (int l = 0; l < c.n_layers; ++l) {
         const auto& b = m.blocks[static_cast<std::size_t>(l)];
-        detail::rmsnorm_rows(x, b.rms_att, c.norm_eps, n);
+        detail::rmsnorm_rows(x, b.rms_att, c.norm_eps, n, m.nonlinear.rsqrt);
         run(l, linear_slot::wq, n, q);
         run(l, linear_slot::wk, n, k);
         run(l, linear_slot::wv, n, v);
@@ -447,7 +468,14 @@ enum class logits_rows { all, last };
                 auto row = scores.row(t).head(visible).array();
                 row *= scale;
                 const float mx = row.maxCoeff();
-                row = (row - mx).exp(); // Eigen's vectorised expf
+                if (m.nonlinear.exp) {
+                    row -= mx;
+                    float* p = scores.row(t).data(); // row-major: the visible prefix is contiguous
+                    m.nonlinear.exp(std::span<const float>(p, static_cast<std::size_t>(visible)),
+                                    std::span<float>(p, static_cast<std::size_t>(visible)));
+                } else {
+                    row = (row - mx).exp(); // Eigen's vectorised expf
+                }
                 row /= row.sum();
                 scores.row(t).tail(P - visible).setZero();
             }
@@ -455,19 +483,25 @@ enum class logits_rows { all, last };
         }
         run(l, linear_slot::wo, att_out, o);
         x += o;
-        detail::rmsnorm_rows(x, b.rms_ffn, c.norm_eps, n);
+        detail::rmsnorm_rows(x, b.rms_ffn, c.norm_eps, n, m.nonlinear.rsqrt);
         run(l, linear_slot::w1, n, h1);
         run(l, linear_slot::w3, n, h3);
-        for (Eigen::Index i = 0; i < h1.size(); ++i) {
-            const float a = h1.data()[i];
-            h1.data()[i] = a / (1.0f + std::exp(-a)) * h3.data()[i];
+        if (m.nonlinear.silu) {
+            const auto len = static_cast<std::size_t>(h1.size());
+            m.nonlinear.silu(std::span<const float>(h1.data(), len), std::span<float>(h1.data(), len));
+            h1.array() *= h3.array();
+        } else {
+            for (Eigen::Index i = 0; i < h1.size(); ++i) {
+                const float a = h1.data()[i];
+                h1.data()[i] = a / (1.0f + std::exp(-a)) * h3.data()[i];
+            }
         }
         run(l, linear_slot::w2, h1, ff);
         x += ff;
     }
     cache.pos = static_cast<int>(P);
     matrix_f last = rows == logits_rows::last ? matrix_f(x.bottomRows(1)) : matrix_f();
-    detail::rmsnorm_rows(rows == logits_rows::last ? last : x, m.rms_final, c.norm_eps, n);
+    detail::rmsnorm_rows(rows == logits_rows::last ? last : x, m.rms_final, c.norm_eps, n, m.nonlinear.rsqrt);
     matrix_f logits;
     m.classifier->apply(n, logits);
     return logits;

@@ -5,14 +5,22 @@
 ///
 /// A recipe picks, for every block linear (wq, wk, wv, wo, w1, w2, w3; embedding, norms and the
 /// classifier stay FP32):
-/// - a rotation: none, or an online randomised Hadamard transform Q of the input width (weights
-///   stored as W·Q, activations rotated at run time: (xQ)(WQ)ᵀ = xWᵀ);
+/// - a rotation: none; an online randomised Hadamard transform H of the input width (weights
+///   stored as W·H, activations rotated at run time: (xH)(WH)ᵀ = xWᵀ); the Hadamard followed by a
+///   Kronecker rotation K = Cᵀ ⊗ B learned per linear from its weights (KOTMS for ternary, OKT for
+///   binary; TWLA/BWLA give every linear its own factors); or a TORQ rotation learned per linear from
+///   its calibration inputs (MXFP4 activations; input widths that are not multiples of 32 keep the
+///   Hadamard). Learned rotations are stored with the layer (fp16 entries, re-orthonormalised by the
+///   polar factor when the layer is built, so saving and loading rebuild the same transform) and
+///   counted in its bits;
 /// - a weight quantizer and solver: RTN, GPTQ (Hessian from calibration inputs, layer by layer on
 ///   the partially quantized model), symmetric ternary (absmean), asymmetric ternary E2M-ATQ
 ///   (per-row μ, α), binary (per-row μ, α; ARB refinement under GPTQ), MXFP4; optionally a PSP
 ///   low-rank correction around the binarizer;
 /// - an activation policy: FP32, symmetric per-token int-k inside the integer kernel, asymmetric
 ///   per-token int-k fake quantization (algorithms.md §1.3), or MXFP4 fake quantization.
+/// Optionally (`recipe::nli`) the forward pass's SiLU, softmax exp and RMSNorm rsqrt run as NLI
+/// piecewise-linear tables (`recipe_nonlinear_ops`).
 ///
 /// Storage and the effective bits per weight: codes are packed in the kernels' formats
 /// (ternary base-3 at 1.6 bits, 2-bit ternary, 1-bit binary, 4-bit int); per-row scales α and
@@ -24,6 +32,7 @@
 /// Calibration tokens must not overlap the evaluation text (the demo calibrates on the dev text
 /// after the 60,000 characters it evaluates).
 
+#include <lowbit/activations.hpp>
 #include <lowbit/asym_ternary.hpp>
 #include <lowbit/binary.hpp>
 #include <lowbit/config.hpp>
@@ -32,16 +41,22 @@
 #include <lowbit/gptq.hpp>
 #include <lowbit/hadamard.hpp>
 #include <lowbit/io/safetensors.hpp>
+#include <lowbit/kotms.hpp>
+#include <lowbit/kronecker.hpp>
 #include <lowbit/lowrank.hpp>
 #include <lowbit/model.hpp>
 #include <lowbit/mxfp.hpp>
+#include <lowbit/okt.hpp>
+#include <lowbit/orthogonal.hpp>
 #include <lowbit/pack.hpp>
 #include <lowbit/quantized_linear.hpp>
 #include <lowbit/rtn.hpp>
 #include <lowbit/ternary.hpp>
+#include <lowbit/torq.hpp>
 #include <lowbit/types.hpp>
 
 #include <Eigen/Core>
+#include <Eigen/SVD>
 
 #include <array>
 #include <cmath>
@@ -79,6 +94,9 @@ enum class solver_kind {
 enum class rotation_kind {
     none,                ///< no rotation
     randomized_hadamard, ///< x ↦ x·D_s·H/√n (hadamard.hpp; non-power-of-2 widths by H_K ⊗ H_2^m)
+    kotms,               ///< randomised Hadamard, then KOTMS Kronecker factors learned per linear (kotms.hpp)
+    okt,                 ///< randomised Hadamard, then OKT Kronecker factors learned per linear (okt.hpp)
+    torq,                ///< TORQ learned per linear from its calibration inputs (torq.hpp); Hadamard if 32 ∤ n
 };
 
 /// Activation policy of every block linear.
@@ -105,7 +123,13 @@ struct recipe {
     double damp = 0.01;        ///< GPTQ damping λ
     bool act_order = true;     ///< GPTQ activation order (columns by diag H descending)
     std::uint64_t seed = 0;    ///< rotation seed
-    [[nodiscard]] bool needs_calibration() const { return solver == solver_kind::gptq || low_rank > 0; }
+    int rotation_max_factor = 16; ///< KOTMS/OKT: learn only when both Kronecker factors are ≤ this (else Hadamard only)
+    bool hadamard_first = true; ///< KOTMS/OKT: learn after the randomised Hadamard (false: on the raw weights)
+    bool rotation_guard = false;///< calibrated KOTMS/OKT: keep a layer's learned rotation only if it lowers tr(ΔHΔᵀ)
+    bool nli = false;          ///< NLI operators in the forward pass (SiLU, softmax exp, RMSNorm rsqrt; recipe_nonlinear_ops)
+    [[nodiscard]] bool needs_calibration() const {
+        return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq;
+    }
 };
 
 /// The built-in recipes (naive baselines, GPTQ, TWLA-style, BWLA-style, activation rotations, MX).
@@ -148,6 +172,23 @@ struct recipe {
          A::int_asymmetric, 4});
     add({"mxfp4-w4a4-hadamard", "mxfp4-w4a4 with an online Hadamard rotation", W::mxfp4, S::rtn,
          R::randomized_hadamard, A::mxfp4});
+    // learned rotations (the papers' own): KOTMS for ternary, OKT for binary, TORQ for MXFP4 activations
+    add({"twla-w1.58-kotms", "twla-w1.58 with KOTMS factors learned per linear", W::e2m_atq, S::gptq, R::kotms,
+         A::fp32});
+    add({"twla-w1.58a4-kotms", "twla-w1.58-kotms with int4 activations", W::e2m_atq, S::gptq, R::kotms,
+         A::int_symmetric, 4});
+    add({"bwla-w1-okt", "bwla-w1 with OKT factors learned per linear", W::arb_binary, S::gptq, R::okt, A::fp32});
+    add({"bwla-w1a6-okt", "bwla-w1-okt with int6 activations", W::arb_binary, S::gptq, R::okt, A::int_symmetric, 6});
+    add({"mxfp4-w4a4-torq", "mxfp4-w4a4 with TORQ rotations learned per linear", W::mxfp4, S::rtn, R::torq,
+         A::mxfp4});
+    // NLI piecewise-linear SiLU / exp / rsqrt in the forward pass
+    recipe fnli{"fp32-nli", "FP32 weights, NLI SiLU/exp/rsqrt operators", W::fp32, S::rtn, R::none, A::fp32};
+    fnli.nli = true;
+    add(fnli);
+    recipe tnli{"twla-w1.58a8-kotms-nli", "twla-w1.58-kotms, int8 activations, NLI operators", W::e2m_atq, S::gptq,
+                R::kotms, A::int_symmetric, 8};
+    tnli.nli = true;
+    add(tnli);
     return r;
 }
 
@@ -169,12 +210,43 @@ struct recipe {
                            "' (known: " + builtin_recipe_names() + ")");
 }
 
+/// The nonlinear operators recipe `r` runs: exact when `!r.nli`; otherwise NLI tables (activations.hpp
+/// presets): SiLU as x / (1 + exp_pwl(−x)) and the softmax exponentials through the 16-segment 2^f table
+/// (max relative error ≈ 2.4e-4), RMSNorm's 1/√x through the 32-segment mantissa table.
+[[nodiscard]] inline nonlinear_ops recipe_nonlinear_ops(const recipe& r) {
+    if (!r.nli) return {};
+    const pwl_table& e = preset_table<exp2_fraction_function>();
+    const pwl_table& q = preset_table<rsqrt_mantissa_function>();
+    nonlinear_ops ops;
+    ops.silu = [&e](std::span<const float> in, std::span<float> out) { silu_exp_pwl(e, in, out); };
+    ops.exp = [&e](std::span<const float> in, std::span<float> out) { exp_pwl(e, in, out); };
+    ops.rsqrt = [&q](std::span<const float> in, std::span<float> out) { rsqrt_pwl(q, in, out); };
+    return ops;
+}
+
 /// Options of `quantize_model`.
 struct quantize_options {
     int calib_window = -1;      ///< calibration window (tokens; −1: seq_len − 1)
     int calib_windows = 8;      ///< calibration windows used (at most)
     /// Progress callback, called once per quantized block linear ("layers.3.w2 ...").
     std::function<void(const std::string&)> progress;
+};
+
+/// A learned rotation as a block linear stores it: Kronecker factors C (l×l), B (r×r) of x ↦ x(Cᵀ ⊗ B)
+/// (KOTMS, OKT) or a dense n×n matrix Q of x ↦ xQ (TORQ), entries rounded to fp16. `transform()`
+/// re-orthonormalises each matrix by its polar factor (U·Vᵀ of its SVD, in double), so the
+/// transform a layer runs is exactly orthogonal up to float rounding and identical after save/load.
+struct stored_rotation {
+    matrix_f left;  ///< C (l, l), or empty
+    matrix_f right; ///< B (r, r), or empty
+    matrix_f dense; ///< Q (n, n), or empty
+
+    /// Width n of the rotated inputs.
+    [[nodiscard]] Eigen::Index dim() const { return dense.size() ? dense.rows() : left.rows() * right.rows(); }
+    /// Stored bits: 16 per entry.
+    [[nodiscard]] double storage_bits() const {
+        return 16.0 * static_cast<double>(left.size() + right.size() + dense.size());
+    }
 };
 
 /// What a quantized block linear stores: the serialized form (`save_quantized_model`) from which
@@ -189,6 +261,7 @@ struct linear_record {
     matrix_f dense;                   ///< (rows, cols) weights of the "dense" format
     double dense_bits = 32.0;         ///< bits per weight counted for the dense format (MXFP4: 4.25)
     std::optional<low_rank> correction; ///< low-rank term, fp16-exact factors
+    std::optional<stored_rotation> rotation; ///< learned rotation (after the recipe's Hadamard), fp16-exact
 
     /// Serialized storage bits (see the file comment).
     [[nodiscard]] double storage_bits() const {
@@ -205,6 +278,7 @@ struct linear_record {
                    16.0 * static_cast<double>(scale.size() + offset.size());
         }
         if (correction) bits += 16.0 * static_cast<double>(correction->a.size() + correction->b.size());
+        if (rotation) bits += rotation->storage_bits();
         return bits;
     }
 };
@@ -266,13 +340,64 @@ struct mxfp4_fake_quant {
     }
 };
 
+/// The polar factor U·Vᵀ of a square matrix (its nearest orthogonal matrix), computed in double.
+inline matrix_f polar_orthonormal(const matrix_f& m) {
+    const Eigen::JacobiSVD<matrix_d> svd(m.cast<double>(), Eigen::ComputeFullU | Eigen::ComputeFullV);
+    return (svd.matrixU() * svd.matrixV().transpose()).cast<float>();
+}
+
+/// m with every entry rounded to fp16.
+inline matrix_f fp16_rounded(matrix_f m) {
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = round_fp16(m.data()[i]);
+    return m;
+}
+
+} // namespace detail
+
+/// The online rotation of a recipe's block linear: the recipe's randomised Hadamard (if any), then the
+/// layer's learned rotation (if any): x ↦ x·H·K. A `RowTransform`.
+struct block_rotation {
+    std::optional<hadamard_transform> hadamard; ///< the recipe's Hadamard of the input width
+    std::optional<kronecker_rotation> kronecker; ///< learned Kronecker factors (orthonormalised)
+    std::optional<dense_rotation> dense;         ///< learned dense rotation (orthonormalised)
+
+    /// The transform of a stored rotation (factors re-orthonormalised, see `stored_rotation`).
+    /// 	hrows shape_error (non-square factors).
+    [[nodiscard]] static block_rotation from(std::optional<hadamard_transform> h, const std::optional<stored_rotation>& s) {
+        block_rotation b;
+        b.hadamard = std::move(h);
+        if (s && s->dense.size()) {
+            detail::require_square(s->dense.rows(), s->dense.cols(), "block_rotation", "dense");
+            b.dense = dense_rotation{detail::polar_orthonormal(s->dense)};
+        } else if (s) {
+            detail::require_square(s->left.rows(), s->left.cols(), "block_rotation", "left");
+            detail::require_square(s->right.rows(), s->right.cols(), "block_rotation", "right");
+            b.kronecker = kronecker_rotation{detail::polar_orthonormal(s->left), detail::polar_orthonormal(s->right)};
+        }
+        return b;
+    }
+    /// True if the transform is the identity (nothing to apply).
+    [[nodiscard]] bool empty() const { return !hadamard && !kronecker && !dense; }
+    /// Width of the rotated rows (0 when empty).
+    [[nodiscard]] Eigen::Index dim() const {
+        return hadamard ? hadamard->dim() : kronecker ? kronecker->dim() : dense ? dense->dim() : 0;
+    }
+    /// x ↦ x·H·K on every row. \throws shape_error (width mismatch).
+    void apply_rows(Eigen::Ref<matrix_f> m) const {
+        if (hadamard) hadamard->apply_rows(m);
+        if (kronecker) kronecker->apply_rows(m);
+        if (dense) dense->apply_rows(m);
+    }
+};
+
+namespace detail {
+
 /// Builds the linear operator for weights `w` (already rotated), activation `a`, optional rotation.
 template <class Weights, class Act>
-inline std::shared_ptr<const linear_operator> make_block_linear(Weights w, Act a,
-                                                                const std::optional<hadamard_transform>& rot,
+inline std::shared_ptr<const linear_operator> make_block_linear(Weights w, Act a, const block_rotation& rot,
                                                                 std::optional<low_rank> lr, double bits) {
-    if (rot) {
-        quantized_linear<Weights, Act, hadamard_transform> op(std::move(w), std::move(a), *rot, std::move(lr));
+    if (!rot.empty()) {
+        quantized_linear<Weights, Act, block_rotation> op(std::move(w), std::move(a), rot, std::move(lr));
         return make_linear(counted_linear(std::move(op), bits));
     }
     quantized_linear<Weights, Act> op(std::move(w), std::move(a), no_rotation{}, std::move(lr));
@@ -281,8 +406,7 @@ inline std::shared_ptr<const linear_operator> make_block_linear(Weights w, Act a
 
 /// Dispatches the activation policy of recipe `r` for weights `w`.
 template <class Weights>
-inline std::shared_ptr<const linear_operator> with_activation(const recipe& r, Weights w,
-                                                              const std::optional<hadamard_transform>& rot,
+inline std::shared_ptr<const linear_operator> with_activation(const recipe& r, Weights w, const block_rotation& rot,
                                                               std::optional<low_rank> lr, double bits) {
     switch (r.activation) {
     case activation_kind::fp32:
@@ -307,7 +431,7 @@ inline std::shared_ptr<const linear_operator> with_activation(const recipe& r, W
 
 template <class F>
 inline std::shared_ptr<const linear_operator> packed_from_record(const recipe& r, const linear_record& rec,
-                                                                 const std::optional<hadamard_transform>& rot) {
+                                                                 const block_rotation& rot) {
     typename packed_matrix<F>::buffer bytes(rec.codes.begin(), rec.codes.end());
     packed_matrix<F> pw(rec.rows, rec.cols, std::move(bytes), rec.scale, rec.offset);
     return with_activation(r, std::move(pw), rot, rec.correction, rec.storage_bits());
@@ -315,12 +439,16 @@ inline std::shared_ptr<const linear_operator> packed_from_record(const recipe& r
 
 } // namespace detail
 
-/// The operator recipe `r` runs for a stored block linear `rec` (rotation `rot` of its input width).
+/// The operator recipe `r` runs for a stored block linear `rec`: `hadamard` (the recipe's rotation of
+/// the input width, `recipe_rotation`) followed by the record's learned rotation, if any.
 /// Used by `quantize_model` and by `load_quantized_model`, so a saved model rebuilds identically.
 /// \throws invalid_argument (unknown format, activation policy the weights cannot take),
 ///         shape_error / numeric_error (inconsistent record).
 [[nodiscard]] inline std::shared_ptr<const linear_operator> build_linear(const recipe& r, const linear_record& rec,
-                                                                         const std::optional<hadamard_transform>& rot) {
+                                                                         const std::optional<hadamard_transform>& hadamard) {
+    if (rec.rotation)
+        detail::require_dim(rec.rotation->dim(), rec.cols, "build_linear", "width of the learned rotation");
+    const block_rotation rot = block_rotation::from(hadamard, rec.rotation);
     if (rec.format == "dense") return detail::with_activation(r, dense_weights{rec.dense}, rot, rec.correction, rec.storage_bits());
     if (rec.format == pack_format<int4>::name) return detail::packed_from_record<int4>(r, rec, rot);
     if (rec.format == pack_format<ternary2>::name) return detail::packed_from_record<ternary2>(r, rec, rot);
@@ -345,6 +473,32 @@ inline void check_recipe(const recipe& r) {
     const bool packed = r.weights != weight_scheme::fp32 && r.weights != weight_scheme::mxfp4;
     require(!(packed && (r.activation == activation_kind::int_asymmetric || r.activation == activation_kind::mxfp4)),
             where, "packed weights run the integer kernels: use fp32 or int_symmetric activations");
+}
+
+template <class F>
+inline matrix_f packed_record_weights(const linear_record& rec) {
+    typename packed_matrix<F>::buffer bytes(rec.codes.begin(), rec.codes.end());
+    return packed_matrix<F>(rec.rows, rec.cols, std::move(bytes), rec.scale, rec.offset).dequantize();
+}
+
+/// The weights a record stores, dequantized, in its own (rotated) basis, low-rank term included.
+/// \throws invalid_argument (unknown format), shape_error (inconsistent record).
+inline matrix_f record_weights(const linear_record& rec) {
+    matrix_f w;
+    if (rec.format == "dense") w = rec.dense;
+    else if (rec.format == pack_format<int4>::name) w = packed_record_weights<int4>(rec);
+    else if (rec.format == pack_format<ternary2>::name) w = packed_record_weights<ternary2>(rec);
+    else if (rec.format == pack_format<ternary_base3>::name) w = packed_record_weights<ternary_base3>(rec);
+    else if (rec.format == pack_format<binary1>::name) w = packed_record_weights<binary1>(rec);
+    else throw invalid_argument("lowbit: record_weights: unknown weight format '" + rec.format + "'");
+    if (rec.correction) w += rec.correction->reconstruct();
+    return w;
+}
+
+/// tr(Δ H Δᵀ) with Δ = w − (the record's weights): the calibrated output error ‖(W − Ŵ)Xᵀ‖² (H = XᵀX).
+inline double output_error(const matrix_f& w, const linear_record& rec, const matrix_d& h) {
+    const matrix_d d = (w - record_weights(rec)).cast<double>();
+    return (d * h).cwiseProduct(d).sum();
 }
 
 template <class F>
@@ -484,13 +638,50 @@ inline linear_record quantize_linear(const recipe& r, const matrix_f& w, const m
     throw invalid_argument("lowbit: recipe '" + r.name + "': unknown weight scheme");
 }
 
+/// The rotation recipe `r` learns for block linear `w` `[out x n]` (already rotated by the recipe's
+/// Hadamard), entries rounded to fp16: KOTMS / OKT factors with the KOTMS size rule (none when a
+/// factor would exceed `r.rotation_max_factor`), TORQ from the layer's calibration inputs `x` (none
+/// when 32 ∤ n). std::nullopt when the recipe learns nothing.
+inline std::optional<stored_rotation> learn_block_rotation(const recipe& r, const matrix_f& w, const matrix_f& x) {
+    const Eigen::Index n = w.cols();
+    if (r.rotation == rotation_kind::torq) {
+        if (n % 32 != 0) return std::nullopt;
+        require<shape_error>(x.rows() > 0, "quantize_model", "TORQ needs calibration inputs");
+        torq_options to;
+        to.seed = r.seed + static_cast<std::uint64_t>(n);
+        stored_rotation s;
+        s.dense = fp16_rounded(learn_torq(x, to).matrix().cast<float>());
+        return s;
+    }
+    if (r.rotation != rotation_kind::kotms && r.rotation != rotation_kind::okt) return std::nullopt;
+    const kronecker_factor_sizes sz = kotms_factor_sizes(w.rows(), n);
+    if (sz.l > r.rotation_max_factor || sz.r > r.rotation_max_factor) return std::nullopt;
+    kronecker_rotation k;
+    if (r.rotation == rotation_kind::kotms) {
+        kotms_options ko;
+        ko.sizes = sz;
+        k = learn_kotms(w, ko).rotation;
+    } else {
+        okt_options oo;
+        oo.sizes = sz;
+        k = learn_okt(w, oo).rotation;
+    }
+    stored_rotation s;
+    s.left = fp16_rounded(k.left);
+    s.right = fp16_rounded(k.right);
+    return s;
+}
+
 } // namespace detail
 
-/// The online rotation recipe `r` applies to inputs of width `n` (none, or the randomised Hadamard
-/// transform seeded by `r.seed + n`). Deterministic: saving a model stores only the recipe.
+/// The Hadamard part of the online rotation recipe `r` applies to inputs of width `n`: none (no
+/// rotation; TORQ at widths that are multiples of 32) or the randomised Hadamard transform seeded by
+/// `r.seed + n`. Deterministic: saving a model stores only the recipe (and the learned part per layer).
 /// \throws invalid_argument (n < 1).
 [[nodiscard]] inline std::optional<hadamard_transform> recipe_rotation(const recipe& r, Eigen::Index n) {
     if (r.rotation == rotation_kind::none) return std::nullopt;
+    if (r.rotation == rotation_kind::torq && n % 32 == 0) return std::nullopt;
+    if ((r.rotation == rotation_kind::kotms || r.rotation == rotation_kind::okt) && !r.hadamard_first) return std::nullopt;
     hadamard_options ho;
     ho.randomized = true;
     ho.seed = r.seed + static_cast<std::uint64_t>(n);
@@ -515,6 +706,7 @@ inline linear_record quantize_linear(const recipe& r, const matrix_f& w, const m
     constexpr const char* where = "quantize_model";
     detail::check_recipe(r);
     llama_model m = fp32;
+    m.nonlinear = recipe_nonlinear_ops(r); // calibration runs through the recipe's own operators
     if (records) records->assign(m.blocks.size(), {});
     const bool calibrate = r.needs_calibration();
     if (calibrate)
@@ -527,8 +719,11 @@ inline linear_record quantize_linear(const recipe& r, const matrix_f& w, const m
         rotations.emplace_back(n, recipe_rotation(r, n));
         return rotations.back().second;
     };
+    const bool keep_inputs = r.rotation == rotation_kind::torq; // TORQ learns from input samples
+    constexpr Eigen::Index max_kept_rows = 4096;
     for (int l = 0; l < static_cast<int>(m.blocks.size()); ++l) {
         std::array<std::optional<gptq_hessian>, linear_slots> hess;
+        std::array<matrix_f, linear_slots> inputs; // Hadamard-rotated calibration inputs (TORQ only)
         if (calibrate) {
             forward_hooks hooks;
             hooks.on_linear_input = [&](int layer, linear_slot s, const matrix_f& x) {
@@ -538,6 +733,12 @@ inline linear_record quantize_linear(const recipe& r, const matrix_f& w, const m
                 if (const auto& rot = rotation_for(x.cols())) rot->apply_rows(xr);
                 if (!hess[si]) hess[si].emplace(x.cols());
                 hess[si]->add(xr);
+                auto& kept = inputs[si];
+                if (keep_inputs && kept.rows() < max_kept_rows) {
+                    const Eigen::Index take = std::min(xr.rows(), max_kept_rows - kept.rows());
+                    kept.conservativeResize(kept.rows() + take, xr.cols());
+                    kept.bottomRows(take) = xr.topRows(take);
+                }
             };
             capture_linear_inputs(m, calib_tokens, hooks, opt.calib_window, opt.calib_windows);
         }
@@ -548,7 +749,28 @@ inline linear_record quantize_linear(const recipe& r, const matrix_f& w, const m
             if (rot) rot->apply_rows(w); // W·Q: rows of W are input-space vectors
             matrix_d h;
             if (calibrate) h = hess[static_cast<std::size_t>(s)]->matrix();
+            std::optional<stored_rotation> learned =
+                detail::learn_block_rotation(r, w, inputs[static_cast<std::size_t>(s)]);
+            std::optional<linear_record> plain; // the layer without its learned rotation (guard)
+            double plain_error = 0.0;
+            if (learned && calibrate && r.rotation_guard && r.rotation != rotation_kind::torq) {
+                plain = detail::quantize_linear(r, w, &h);
+                plain_error = detail::output_error(w, *plain, h);
+            }
+            if (learned) { // W·H·K, and the Hessian of the inputs x·H·K: Kᵀ H K
+                const block_rotation k = block_rotation::from(std::nullopt, learned);
+                k.apply_rows(w);
+                if (calibrate) {
+                    matrix_f q = matrix_f::Identity(w.cols(), w.cols());
+                    k.apply_rows(q); // rows of I·K = K
+                    const matrix_d kd = q.cast<double>();
+                    h = kd.transpose() * h * kd;
+                }
+            }
             linear_record rec = detail::quantize_linear(r, w, calibrate ? &h : nullptr);
+            rec.rotation = std::move(learned);
+            // tr(ΔHΔᵀ) is basis-independent (K orthogonal), so the two errors compare directly
+            if (plain && plain_error <= detail::output_error(w, rec, h)) rec = std::move(*plain);
             m.set_linear(l, slot, build_linear(r, rec, rot));
             if (records) (*records)[static_cast<std::size_t>(l)][static_cast<std::size_t>(s)] = std::move(rec);
             if (opt.progress)
@@ -672,6 +894,17 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
                     out.add(n + ".offset", io::st_dtype::F16, {static_cast<std::uint64_t>(rec.offset.size())},
                             detail::fp16_bytes(rec.offset));
             }
+            if (rec.rotation) { // learned rotation: F16 matrices
+                auto add_matrix = [&](const std::string& key, const matrix_f& x) {
+                    if (!x.size()) return;
+                    const vector_f v = Eigen::Map<const vector_f>(x.data(), x.size());
+                    out.add(n + key, io::st_dtype::F16,
+                            {static_cast<std::uint64_t>(x.rows()), static_cast<std::uint64_t>(x.cols())}, detail::fp16_bytes(v));
+                };
+                add_matrix(".rotation_left", rec.rotation->left);
+                add_matrix(".rotation_right", rec.rotation->right);
+                add_matrix(".rotation_dense", rec.rotation->dense);
+            }
             if (rec.correction) {
                 const auto& a = rec.correction->a;
                 const auto& b = rec.correction->b;
@@ -732,6 +965,7 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
     }
     auto& m = q.model;
     m.config = c;
+    m.nonlinear = recipe_nonlinear_ops(q.spec);
     m.token_embedding = matrix("token_embedding");
     detail::require_dim(m.token_embedding.rows(), c.vocab_size, "load_quantized_model", "token_embedding rows");
     m.classifier = make_linear(dense_linear(matrix("classifier")));
@@ -759,6 +993,24 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
                 rec.codes.assign(b, b + codes.bytes.size());
                 rec.scale = detail::fp16_vector(tensor(n + ".scale"), n + ".scale");
                 if (f.contains(n + ".offset")) rec.offset = detail::fp16_vector(tensor(n + ".offset"), n + ".offset");
+            }
+            auto f16_matrix = [&](const std::string& key) {
+                const auto t = tensor(n + key);
+                if (t.shape.size() != 2)
+                    throw format_error("lowbit: load_quantized_model: '" + n + key + "' must be a matrix");
+                const vector_f v = detail::fp16_vector(t, n + key);
+                return matrix_f(Eigen::Map<const matrix_f>(v.data(), static_cast<Eigen::Index>(t.shape[0]),
+                                                           static_cast<Eigen::Index>(t.shape[1])));
+            };
+            if (f.contains(n + ".rotation_dense")) {
+                stored_rotation sr;
+                sr.dense = f16_matrix(".rotation_dense");
+                rec.rotation = std::move(sr);
+            } else if (f.contains(n + ".rotation_left") || f.contains(n + ".rotation_right")) {
+                stored_rotation sr;
+                sr.left = f16_matrix(".rotation_left");
+                sr.right = f16_matrix(".rotation_right");
+                rec.rotation = std::move(sr);
             }
             if (f.contains(n + ".lowrank_a")) {
                 const auto ta = tensor(n + ".lowrank_a"), tb = tensor(n + ".lowrank_b");
