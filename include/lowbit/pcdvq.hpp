@@ -116,28 +116,37 @@ struct spherical_code {
     detail::require(count >= 1 && count <= n, where,
                     "argument 'count' (" + std::to_string(count) + ") must lie in [1, " + std::to_string(n) +
                         "] (the number of candidates)");
-    const Eigen::MatrixXd c = candidates.cast<double>();
+    const Eigen::Index d = candidates.cols();
+    // Row-major double copy: one fused pass per pick updates every candidate's largest cosine to the
+    // selected set and finds the next pick (smallest such cosine among the untaken, lowest index).
+    std::vector<double> c(static_cast<std::size_t>(n * d));
+    for (Eigen::Index i = 0; i < n; ++i)
+        for (Eigen::Index j = 0; j < d; ++j) c[static_cast<std::size_t>(i * d + j)] = candidates(i, j);
     std::vector<double> maxcos(static_cast<std::size_t>(n), -2.0);
     std::vector<char> taken(static_cast<std::size_t>(n), 0);
     spherical_code out;
-    out.directions.resize(count, candidates.cols());
-    double last_cos = -1.0;
+    out.directions.resize(count, d);
+    double last_cos = -1.0, next_cos = 3.0;
     Eigen::Index pick = 0;
     for (Eigen::Index s = 0; s < count; ++s) {
-        if (s > 0) {
-            double best = 3.0;
-            for (Eigen::Index i = 0; i < n; ++i)
-                if (!taken[static_cast<std::size_t>(i)] && maxcos[static_cast<std::size_t>(i)] < best) {
-                    best = maxcos[static_cast<std::size_t>(i)];
-                    pick = i;
-                }
-            last_cos = best;
-        }
+        if (s > 0) last_cos = next_cos;
         taken[static_cast<std::size_t>(pick)] = 1;
         out.directions.row(s) = candidates.row(pick);
-        const Eigen::VectorXd dots = c * c.row(pick).transpose();
-        for (Eigen::Index i = 0; i < n; ++i)
-            maxcos[static_cast<std::size_t>(i)] = std::max(maxcos[static_cast<std::size_t>(i)], dots(i));
+        const double* p = &c[static_cast<std::size_t>(pick * d)];
+        Eigen::Index next = pick;
+        next_cos = 3.0;
+        for (Eigen::Index i = 0; i < n; ++i) {
+            const double* x = &c[static_cast<std::size_t>(i * d)];
+            double dot = 0;
+            for (Eigen::Index j = 0; j < d; ++j) dot += x[j] * p[j];
+            double& mc = maxcos[static_cast<std::size_t>(i)];
+            mc = std::max(mc, dot);
+            if (!taken[static_cast<std::size_t>(i)] && mc < next_cos) {
+                next_cos = mc;
+                next = i;
+            }
+        }
+        pick = next;
     }
     out.min_angle = count > 1 ? std::acos(std::clamp(last_cos, -1.0, 1.0)) : std::numbers::pi;
     return out;
