@@ -54,6 +54,7 @@ void packed_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, boo
         k = (k + 1) % w.size();
     }
     st.counters["packed_bytes"] = double(w0.bytes().size());
+    if (threads == 2) st.counters["worker_share"] = pool.worker_share(); // 1.0: the worker ran every part 1
     st.counters["bits_per_weight"] = w0.bits_per_weight();
 }
 

@@ -42,10 +42,14 @@ inline lowbit::matrix_f random_activations(Eigen::Index tokens, Eigen::Index col
     return x;
 }
 
-/// Runs job(part, nparts) on the calling thread (part 0) and, for nparts = 2, on one persistent
-/// worker (part 1); returns when both are done. Both sides wait by spinning with a pause hint for
-/// up to 2 ms (the caller then yields, the worker sleeps in std::atomic::wait and is woken only if
-/// it went to sleep), so back-to-back calls never pay a futex round trip.
+/// Runs job(part, nparts) on the calling thread (part 0) and, for nparts = 2, part 1 on one
+/// persistent worker; returns when both parts are done. The worker spins with a pause hint for up
+/// to 2 ms before sleeping on a futex (the caller wakes it through the futex only if it went to
+/// sleep): a futex wake-up costs tens of µs in this VM, more than a whole 4096² GEMV. Part 1 is
+/// claimed with a compare-exchange by whoever gets there first: when the caller finishes part 0
+/// and the worker has not started (its core is taken by another process), the caller runs part 1
+/// itself instead of waiting for a time slice. `worker_share()` reports the fraction of calls
+/// whose part 1 the worker ran (1.0 = a true two-thread measurement).
 class thread_pair {
 public:
     explicit thread_pair(int nparts) : nparts_(nparts) {
@@ -65,31 +69,28 @@ public:
         const int g = gen_.fetch_add(1) + 1; // seq_cst with the worker's sleeping_/gen_ pair (Dekker)
         if (sleeping_.load()) gen_.notify_one(); // only pay the futex wake when the worker sleeps
         job(0, 2);
-        wait_until(done_, g);
+        ++calls_;
+        int expected = g - 1;
+        if (claim_.compare_exchange_strong(expected, g)) { // worker not started: run part 1 here
+            job(1, 2);
+            return;
+        }
+        ++worker_runs_;
+        while (done_.load(std::memory_order_acquire) != g) pause();
     }
+    /// Fraction of run() calls whose part 1 ran on the worker thread.
+    double worker_share() const { return calls_ ? double(worker_runs_) / double(calls_) : 1.0; }
 
 private:
-    /// Spin (with a pause hint) for up to spin_budget before sleeping on the futex: in this VM a
-    /// futex wake-up costs tens of µs, more than a whole 4096² GEMV on one core.
     static constexpr auto spin_budget = std::chrono::microseconds(2000);
     static void pause() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif
     }
-    void wait_until(std::atomic<int>& a, int value) {
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int spin = 0; a.load(std::memory_order_acquire) != value; ++spin) {
-            pause();
-            if ((spin & 255) == 255 && std::chrono::steady_clock::now() - t0 > spin_budget) {
-                std::this_thread::yield();
-            }
-        }
-    }
     void loop() {
         int seen = 0;
         for (;;) {
-            // spin (pause hint) for up to spin_budget: the next call usually follows at once; then sleep on the futex
             const auto t0 = std::chrono::steady_clock::now();
             for (int spin = 0; gen_.load(std::memory_order_acquire) == seen; ++spin) {
                 pause();
@@ -101,15 +102,19 @@ private:
             }
             seen = gen_.load(std::memory_order_acquire);
             if (stop_.load()) return;
-            (*job_)(1, 2);
-            done_.store(seen, std::memory_order_release);
+            int expected = seen - 1;
+            if (claim_.compare_exchange_strong(expected, seen)) {
+                (*job_)(1, 2);
+                done_.store(seen, std::memory_order_release);
+            }
         }
     }
     int nparts_;
     std::thread worker_;
-    std::atomic<int> gen_{0}, done_{0};
+    std::atomic<int> gen_{0}, done_{0}, claim_{0};
     std::atomic<bool> stop_{false}, sleeping_{false};
     const std::function<void(int, int)>* job_ = nullptr;
+    long long calls_ = 0, worker_runs_ = 0;
 };
 
 /// Rows [begin, end) of part p of n (contiguous halves).
