@@ -163,8 +163,10 @@ TEST_CASE("quantize_activations matches rtn's symmetric per-token grid") {
             for (Eigen::Index j = x.cols(); j < a.padded_cols(); ++j) same = same && a.q(k, j) == 0;
             CHECK(same);
             CHECK(a.qsum[static_cast<std::size_t>(k)] == qs);
-            double s = 0;
-            for (Eigen::Index j = 0; j < x.cols(); ++j) s += x(k, j);
+            // Σx in double, 8 lane-interleaved partial sums combined pairwise (gemm.hpp's fixed order)
+            double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (Eigen::Index j = 0; j < x.cols(); ++j) p[j % 8] += x(k, j);
+            const double s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
             CHECK(a.sum(k) == static_cast<float>(s));
         }
     }
@@ -176,6 +178,18 @@ TEST_CASE("quantize_activations matches rtn's symmetric per-token grid") {
         std::int32_t c1 = 0, c2 = 0;
         CHECK(lowbit::detail::quantize_row(x.row(1).data(), 300, 127, q1.data(), s1, m1, c1));
         CHECK(lowbit::detail::quantize_row_avx2(x.row(1).data(), 300, 127, q2.data(), s2, m2, c2));
+        CHECK(q1 == q2);
+        CHECK(s1 == s2);
+        CHECK(m1 == m2);
+        CHECK(c1 == c2);
+    }
+    if (lowbit::isa_available(kernel_isa::avx512)) { // the AVX-512 clone too (n = 300: 8-lane sum tail of 4)
+        std::vector<std::int8_t> q1(300), q2(300);
+        float s1 = 0, s2 = 0;
+        double m1 = 0, m2 = 0;
+        std::int32_t c1 = 0, c2 = 0;
+        CHECK(lowbit::detail::quantize_row(x.row(2).data(), 300, 31, q1.data(), s1, m1, c1));
+        CHECK(lowbit::detail::quantize_row_avx512(x.row(2).data(), 300, 31, q2.data(), s2, m2, c2));
         CHECK(q1 == q2);
         CHECK(s1 == s2);
         CHECK(m1 == m2);

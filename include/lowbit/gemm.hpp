@@ -143,7 +143,8 @@ inline void dot_rows_isa(kernel_isa isa, const M& w, Eigen::Index r0, Eigen::Ind
 
 /// One token of quantize_activations: s = clamp(max|x|/L, 1e-5, 1e4) as float,
 /// q_j = clamp(round_half_even(x_j / s), −L, L) in double (IEEE-exact, so every compilation of this
-/// body gives the same codes). Returns false if x has NaN/Inf. O(n).
+/// body gives the same codes), Σx in double over 8 lane-interleaved partial sums (fixed order).
+/// Returns false if x has NaN/Inf. O(n).
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((always_inline))
 #endif
@@ -156,9 +157,15 @@ inline bool quantize_row_body(const float* x, Eigen::Index n, int levels, std::i
         amax = std::max(amax, std::fabs(x[j]));
     }
     if (!finite) return false;
-    double s = 0.0;
-    for (Eigen::Index j = 0; j < n; ++j) s += static_cast<double>(x[j]);
-    sum = s;
+    // Σx in double over 8 interleaved partial sums (lane j mod 8), combined pairwise: the same order
+    // in every compilation (so identical on every path) and vectorizable, unlike one serial chain
+    // of n dependent adds (≈ 4 µs for n = 4096).
+    double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    Eigen::Index j8 = 0;
+    for (; j8 + 8 <= n; j8 += 8)
+        for (int l = 0; l < 8; ++l) p[l] += static_cast<double>(x[j8 + l]);
+    for (Eigen::Index j = j8; j < n; ++j) p[j - j8] += static_cast<double>(x[j]);
+    sum = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
     scale = static_cast<float>(std::clamp(static_cast<double>(amax) / levels, 1e-5, 1e4));
     const double den = static_cast<double>(scale), lim = static_cast<double>(levels);
     std::int32_t qs = 0;
@@ -183,9 +190,19 @@ LOWBIT_TARGET("avx2,fma") inline bool quantize_row_avx2(const float* x, Eigen::I
                                                          float& scale, double& sum, std::int32_t& qsum) {
     return quantize_row_body(x, n, levels, q, scale, sum, qsum);
 }
+/// quantize_row_body compiled for AVX-512 (8 doubles per vector); identical results.
+LOWBIT_TARGET("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+inline bool quantize_row_avx512(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
+                                std::int32_t& qsum) {
+    return quantize_row_body(x, n, levels, q, scale, sum, qsum);
+}
 #else
 inline bool quantize_row_avx2(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
                               std::int32_t& qsum) {
+    return quantize_row_body(x, n, levels, q, scale, sum, qsum);
+}
+inline bool quantize_row_avx512(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
+                                std::int32_t& qsum) {
     return quantize_row_body(x, n, levels, q, scale, sum, qsum);
 }
 #endif
@@ -208,13 +225,16 @@ inline bool quantize_row_avx2(const float* x, Eigen::Index n, int levels, std::i
     a.scale.resize(x.rows());
     a.sum.resize(x.rows());
     a.qsum.assign(static_cast<std::size_t>(x.rows()), 0);
-    const bool avx2 = detail::host_cpu_features().avx2;
+    const bool avx2 = detail::host_cpu_features().avx2, avx512 = detail::host_cpu_features().avx512;
     for (Eigen::Index k = 0; k < x.rows(); ++k) {
         std::int32_t qs = 0;
         double sum = 0.0;
         float s = 0.0f;
-        const bool finite = avx2 ? detail::quantize_row_avx2(x.row(k).data(), n, levels, a.q.row(k).data(), s, sum, qs)
-                                 : detail::quantize_row(x.row(k).data(), n, levels, a.q.row(k).data(), s, sum, qs);
+        const float* xk = x.row(k).data();
+        std::int8_t* qk = a.q.row(k).data();
+        const bool finite = avx512 ? detail::quantize_row_avx512(xk, n, levels, qk, s, sum, qs)
+                            : avx2 ? detail::quantize_row_avx2(xk, n, levels, qk, s, sum, qs)
+                                   : detail::quantize_row(xk, n, levels, qk, s, sum, qs);
         detail::require<numeric_error>(finite, where, "argument 'x' contains NaN or Inf");
         a.scale(k) = s;
         a.sum(k) = static_cast<float>(sum);
