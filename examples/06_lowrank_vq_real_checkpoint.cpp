@@ -174,9 +174,9 @@ int main(int argc, char** argv) try {
     for (const int bits : {8, 12, 16}) { // index bits per 8-vector: 1.0, 1.5, 2.0 b/w
         const auto t0 = std::chrono::steady_clock::now();
         const int bd1 = bits - 1, bd2 = bits - 2;
-        auto norm_for = [](int bd) { return bd <= 8 ? 6 : bd <= 14 ? 8 : 10; };
-        const auto book1 = lowbit::make_pcdvq_codebook({bd1, 1, norm_for(bd1), 100});
-        const auto book2 = lowbit::make_pcdvq_codebook({bd2, 2, norm_for(bd2), 100});
+        // Candidates: the E8 points of squared norm ≤ 16 (norm ≤ 4, algorithms.md §8.2).
+        const auto book1 = lowbit::make_pcdvq_codebook({bd1, 1, 16, 100});
+        const auto book2 = lowbit::make_pcdvq_codebook({bd2, 2, 16, 100});
         // Budget of a k-means coder (all bits but the FP16 row scales it shares with PCDVQ):
         // PCDVQ's index bits + the RHT sign bits k-means does not need.
         const double model_budget = total_weights / 8 * bits + sign_bits;
