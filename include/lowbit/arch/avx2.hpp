@@ -129,18 +129,64 @@ LOWBIT_AVX2_TARGET inline void dot_rows(const packed_matrix<F>& w, Eigen::Index 
     }
 }
 
-/// AVX2 `dot_rows` for an interleaved_matrix: each row streamed with the block stride 4·block_bytes
-/// (the 4-row tile is contiguous, so the four rows of a tile hit the same cache lines in turn).
+/// Horizontal int32 sum of a ymm.
+LOWBIT_AVX2_TARGET inline std::int32_t reduce_add_epi32(__m256i s) {
+    const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    const __m128i q2 = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4E));
+    return _mm_cvtsi128_si32(_mm_add_epi32(q2, _mm_shuffle_epi32(q2, 0xB1)));
+}
+
+/// One 4-row tile of a 2-bit interleaved_matrix (ternary2, int2): r[j] = Σ_c u_{4t+j, c}·x_c. Per
+/// 32-byte half block the four activation vectors are loaded once and feed the four rows (one
+/// accumulator per row: 16 ymm registers); one reduction per row.
+template <class F>
+LOWBIT_AVX2_TARGET inline void tile_dot4_2bit(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks,
+                                              std::int32_t* r) {
+    const __m256i m3 = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    __m256i a[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (Eigen::Index b = 0; b < nblocks; ++b, p += 256, x += 256)
+        for (int h = 0; h < 2; ++h) {
+            const __m256i x0 = load32(x + 32 * h), x1 = load32(x + 32 * h + 64), x2 = load32(x + 32 * h + 128),
+                          x3 = load32(x + 32 * h + 192);
+            for (int j = 0; j < 4; ++j) {
+                const __m256i w = load32(p + 64 * j + 32 * h);
+                const __m256i s0 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(w, m3), x0),
+                                                    _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 2), m3), x1));
+                const __m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), m3), x2),
+                                                    _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 6), m3), x3));
+                // |s0 + s1| ≤ 4·2·3·127 < 2^15: one int16 add, then one widening madd
+                a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones));
+            }
+        }
+    for (int j = 0; j < 4; ++j) r[j] = reduce_add_epi32(a[j]);
+}
+
+/// AVX2 `dot_rows` for an interleaved_matrix: 2-bit formats run tile_dot4_2bit per tile and token
+/// (rows of a cut tile outside [r0, r1) are dropped); the other formats stream each row with the
+/// block stride 4·block_bytes through digit_dot_row (no sharing between the rows of a tile).
 template <class F>
 LOWBIT_AVX2_TARGET inline void dot_rows(const interleaved_matrix<F>& w, Eigen::Index r0, Eigen::Index r1,
                                         const std::int8_t* x, Eigen::Index ldx, const std::int32_t* qsum, Eigen::Index ntok,
                                         std::int32_t* out, Eigen::Index ldo) {
     using T = pack_format<F>;
     const Eigen::Index nb = w.blocks_per_row();
-    for (Eigen::Index k = 0; k < ntok; ++k)
-        for (Eigen::Index i = r0; i < r1; ++i)
-            out[k * ldo + (i - r0)] = T::digit_mul * digit_dot_row<F>(w.block_data(i, 0), x + k * ldx, nb, w.block_stride()) -
-                                      T::digit_offset * qsum[k];
+    if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
+        if (r0 >= r1) return;
+        for (Eigen::Index t = r0 / 4; t * 4 < r1; ++t)
+            for (Eigen::Index k = 0; k < ntok; ++k) {
+                std::int32_t r[4];
+                tile_dot4_2bit<F>(w.tile_data(t), x + k * ldx, nb, r);
+                for (int j = 0; j < 4; ++j) {
+                    const Eigen::Index i = 4 * t + j;
+                    if (i >= r0 && i < r1) out[k * ldo + (i - r0)] = T::digit_mul * r[j] - T::digit_offset * qsum[k];
+                }
+            }
+    } else {
+        for (Eigen::Index k = 0; k < ntok; ++k)
+            for (Eigen::Index i = r0; i < r1; ++i)
+                out[k * ldo + (i - r0)] =
+                    T::digit_mul * digit_dot_row<F>(w.block_data(i, 0), x + k * ldx, nb, w.block_stride()) - T::digit_offset * qsum[k];
+    }
 }
 
 /// AVX2 binary × binary on an interleaved_matrix: `popcnt` on 64-bit words, per row and block.
