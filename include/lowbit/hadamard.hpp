@@ -331,17 +331,41 @@ struct hadamard_options {
 
 namespace detail {
 
-/// True when x[0..n) holds no NaN/Inf: a vectorised sum first (finite ⇒ every term finite), the exact
-/// element check only when the sum is not finite (it may overflow from large finite values).
+/// Multiplies x[0..n) by `signs` (when not null) and tells whether x then holds no NaN/Inf: one pass that
+/// flips and sums (a finite sum ⇒ every term finite), the exact element check only when the sum is not
+/// finite (it may overflow from large finite values). Float rows use the AVX-512 pass when available.
 template <class T>
-inline bool row_is_finite(const T* x, std::size_t n) noexcept {
-    using batch = xsimd::batch<T>;
-    constexpr std::size_t L = batch::size;
-    batch acc(T(0));
-    std::size_t i = 0;
-    for (; i + L <= n; i += L) acc += batch::load_unaligned(x + i);
-    T sum = reduce_add(acc);
-    for (; i < n; ++i) sum += x[i];
+inline bool multiply_signs_check_finite(T* x, const float* signs, std::size_t n) noexcept {
+    T sum = 0;
+    bool summed = false;
+#if LOWBIT_HAVE_X86_KERNELS
+    if constexpr (std::is_same_v<T, float>)
+        if (host_cpu_features().avx512) {
+            sum = fwht_avx512::multiply_and_sum(x, signs, n);
+            summed = true;
+        }
+#endif
+    if (!summed) {
+        using batch = xsimd::batch<T>;
+        constexpr std::size_t L = batch::size;
+        batch acc(T(0));
+        std::size_t i = 0;
+        for (; i + L <= n; i += L) {
+            batch v = batch::load_unaligned(x + i);
+            if (signs) {
+                alignas(64) T s[L];
+                for (std::size_t l = 0; l < L; ++l) s[l] = static_cast<T>(signs[i + l]);
+                v = v * batch::load_aligned(s);
+                v.store_unaligned(x + i);
+            }
+            acc += v;
+        }
+        sum = reduce_add(acc);
+        for (; i < n; ++i) {
+            if (signs) x[i] *= static_cast<T>(signs[i]);
+            sum += x[i];
+        }
+    }
     if (std::isfinite(sum)) return true;
     for (std::size_t j = 0; j < n; ++j)
         if (!std::isfinite(x[j])) return false;
@@ -351,13 +375,22 @@ inline bool row_is_finite(const T* x, std::size_t n) noexcept {
 /// Row k of the K×C slice at x (row stride `stride`) times s[k].
 template <class T>
 inline void scale_rows(T* x, Eigen::Index stride, Eigen::Index C, const T* s, Eigen::Index K) noexcept {
+#if LOWBIT_HAVE_X86_KERNELS
+    if constexpr (std::is_same_v<T, float>)
+        if (C % 16 == 0 && host_cpu_features().avx512) return fwht_avx512::scale_rows(x, stride, C, s, K);
+#endif
     for (Eigen::Index k = 0; k < K; ++k) scale_inplace(x + k * stride, static_cast<std::size_t>(C), s[k]);
 }
 
 /// Unnormalised FWHT over rows lo .. lo + w − 1 of the K×C slice at x (row stride `stride`; each "element"
-/// of the transform is a row of C values, so every butterfly is a vector add/sub over C columns).
+/// of the transform is a row of C values, so every butterfly is a vector add/sub over C columns). Float
+/// slices with C a multiple of 16 use the AVX-512 step when the CPU has it.
 template <class T>
 inline void fwht_over_rows(T* x, Eigen::Index stride, Eigen::Index C, Eigen::Index lo, Eigen::Index w) noexcept {
+#if LOWBIT_HAVE_X86_KERNELS
+    if constexpr (std::is_same_v<T, float>)
+        if (C % 16 == 0 && host_cpu_features().avx512) return fwht_avx512::fwht_over_rows(x, stride, C, lo, w);
+#endif
     using batch = xsimd::batch<T>;
     constexpr Eigen::Index L = static_cast<Eigen::Index>(batch::size);
     for (Eigen::Index h = 1; h < w; h *= 2)
@@ -491,15 +524,16 @@ private:
         mat tmp(windows ? 0 : K, windows ? 0 : P);
         for (Eigen::Index r = 0; r < m.rows(); ++r) {
             T* row = &m(r, 0);
-            if (signs_f_.size() > 0)
-                for (Eigen::Index i = 0; i < info_.n; ++i) row[i] *= static_cast<T>(signs_f_(i));
+            const float* signs = signs_f_.size() > 0 ? signs_f_.data() : nullptr;
             if (K == 1) { // Sylvester: one FWHT with the 1/√n folded into its last pass; y₀ ∝ Σ ±xᵢ checks finiteness
+                if (signs)
+                    for (Eigen::Index i = 0; i < info_.n; ++i) row[i] *= static_cast<T>(signs[i]);
                 detail::fwht_dispatch(row, static_cast<std::size_t>(P), s);
                 detail::require<numeric_error>(std::isfinite(row[0]), "hadamard_transform::apply_rows",
                                                "row " + std::to_string(r) + " of 'm' holds NaN or Inf (or overflows)");
                 continue;
             }
-            detail::require<numeric_error>(detail::row_is_finite(row, static_cast<std::size_t>(info_.n)),
+            detail::require<numeric_error>(detail::multiply_signs_check_finite(row, signs, static_cast<std::size_t>(info_.n)),
                                            "hadamard_transform::apply_rows", "row " + std::to_string(r) + " of 'm' holds NaN or Inf");
             for (Eigen::Index k = 0; k < K; ++k) detail::fwht_dispatch(row + k * P, static_cast<std::size_t>(P), T(1));
             if (windows) {

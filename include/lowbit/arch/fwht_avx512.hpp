@@ -12,7 +12,8 @@
 /// - every further pass is register-resident radix-16 (or 8/4/2 for the last one): 2^S zmm vectors at
 ///   stride h, S stages, one load and one store per element.
 /// n = 4096 therefore touches memory twice (2 passes), n = 2^16 four times. An optional scale (1/√n for
-/// the orthonormal transform) is applied in the last pass's stores.
+/// the orthonormal transform) is applied in the last pass's stores. `fwht_over_rows` / `scale_rows` are the
+/// row-butterfly and row-scale steps of hadamard.hpp's windowed construction W_b.
 
 #include <lowbit/config.hpp>
 #include <lowbit/detail/cpu_features.hpp>
@@ -127,6 +128,80 @@ LOWBIT_FWHT_AVX512_TARGET inline void fwht(float* x, std::size_t n, float scale 
         transform<false>(x, n, scale);
     else
         transform<true>(x, n, scale);
+}
+
+/// Unnormalised FWHT over rows lo .. lo + w − 1 of a slice of C columns (row stride `stride`): radix-4 row
+/// butterflies (two stages per pass over the rows), a last radix-2 stage when log2(w) is odd; every butterfly
+/// is a + b, a − b on whole rows. Preconditions: C a multiple of 16, w a power of two.
+LOWBIT_FWHT_AVX512_TARGET inline void fwht_over_rows(float* x, std::ptrdiff_t stride, std::ptrdiff_t C, std::ptrdiff_t lo,
+                                                     std::ptrdiff_t w) noexcept {
+    std::ptrdiff_t h = 1;
+    for (; 4 * h <= w; h *= 4)
+        for (std::ptrdiff_t i = lo; i < lo + w; i += 4 * h)
+            for (std::ptrdiff_t j = i; j < i + h; ++j) {
+                float* r0 = x + j * stride;
+                float* r1 = r0 + h * stride;
+                float* r2 = r1 + h * stride;
+                float* r3 = r2 + h * stride;
+                for (std::ptrdiff_t p = 0; p < C; p += 16) {
+                    const __m512 a = _mm512_loadu_ps(r0 + p), b = _mm512_loadu_ps(r1 + p);
+                    const __m512 c = _mm512_loadu_ps(r2 + p), d = _mm512_loadu_ps(r3 + p);
+                    const __m512 s0 = _mm512_add_ps(a, b), s1 = _mm512_sub_ps(a, b);
+                    const __m512 s2 = _mm512_add_ps(c, d), s3 = _mm512_sub_ps(c, d);
+                    _mm512_storeu_ps(r0 + p, _mm512_add_ps(s0, s2));
+                    _mm512_storeu_ps(r1 + p, _mm512_add_ps(s1, s3));
+                    _mm512_storeu_ps(r2 + p, _mm512_sub_ps(s0, s2));
+                    _mm512_storeu_ps(r3 + p, _mm512_sub_ps(s1, s3));
+                }
+            }
+    if (h < w)
+        for (std::ptrdiff_t j = lo; j < lo + h; ++j) {
+            float* a = x + j * stride;
+            float* b = x + (j + h) * stride;
+            for (std::ptrdiff_t p = 0; p < C; p += 16) {
+                const __m512 u = _mm512_loadu_ps(a + p), v = _mm512_loadu_ps(b + p);
+                _mm512_storeu_ps(a + p, _mm512_add_ps(u, v));
+                _mm512_storeu_ps(b + p, _mm512_sub_ps(u, v));
+            }
+        }
+}
+
+/// Row k of a slice of C columns (row stride `stride`) times s[k], k < K. Precondition: C a multiple of 16.
+LOWBIT_FWHT_AVX512_TARGET inline void scale_rows(float* x, std::ptrdiff_t stride, std::ptrdiff_t C, const float* s,
+                                                 std::ptrdiff_t K) noexcept {
+    for (std::ptrdiff_t k = 0; k < K; ++k) {
+        const __m512 sk = _mm512_set1_ps(s[k]);
+        float* r = x + k * stride;
+        for (std::ptrdiff_t p = 0; p < C; p += 16) _mm512_storeu_ps(r + p, _mm512_mul_ps(_mm512_loadu_ps(r + p), sk));
+    }
+}
+
+/// x[i] *= s[i] for i < n when s is not null; returns Σ x[i] (after the multiply). One pass: the sign flip of
+/// the randomised transform and the finiteness check of its input (a finite sum ⇒ every term finite).
+LOWBIT_FWHT_AVX512_TARGET inline float multiply_and_sum(float* x, const float* s, std::size_t n) noexcept {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    std::size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+        if (s) {
+            a = _mm512_mul_ps(a, _mm512_loadu_ps(s + i));
+            b = _mm512_mul_ps(b, _mm512_loadu_ps(s + i + 16));
+            _mm512_storeu_ps(x + i, a);
+            _mm512_storeu_ps(x + i + 16, b);
+        }
+        acc0 = _mm512_add_ps(acc0, a);
+        acc1 = _mm512_add_ps(acc1, b);
+    }
+    float tail = 0.0f;
+    for (; i < n; ++i) {
+        if (s) x[i] *= s[i];
+        tail += x[i];
+    }
+    alignas(64) float lanes[16]; // (_mm512_reduce_add_ps trips GCC 12's uninitialized warning)
+    _mm512_store_ps(lanes, _mm512_add_ps(acc0, acc1));
+    float sum = 0.0f;
+    for (float v : lanes) sum += v;
+    return sum + tail;
 }
 
 } // namespace detail::fwht_avx512
