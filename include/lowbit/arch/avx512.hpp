@@ -353,7 +353,6 @@ LOWBIT_AVX512_TARGET inline void xnor_rows(const interleaved_matrix<binary1>& w,
         __m512i c01 = _mm512_setzero_si512(), c23 = c01, d01 = c01, d23 = c01;
         Eigen::Index b = 0;
         for (; b + 2 <= nb; b += 2, p += 256) {
-            for (int l = 0; l < 256; l += 64) prefetch_ahead(p + l);
             const __m512i x0 = _mm512_mask_broadcast_i64x4(_mm512_setzero_si512(), 0xFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32 * b)));
             const __m512i x1 = _mm512_mask_broadcast_i64x4(_mm512_setzero_si512(), 0xFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32 * b + 32)));
             c01 = _mm512_add_epi64(c01, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(p), x0)));
