@@ -78,10 +78,16 @@ int main(int argc, char** argv) try {
     const lowbit::matrix_f xh = lowbit::rotate_activations(test, had), xt = lowbit::rotate_activations(test, torq);
     auto int4 = [](const lowbit::matrix_f& x) { return rel(x, lowbit::quantize_per_token(x).dequantize()); };
     auto mx = [](const lowbit::matrix_f& x) { return rel(x, lowbit::mx_fake_quantize<lowbit::mxfp4>(x)); };
-    std::printf("  %-22s %10s %10s\n", "rotation", "int4/token", "MXFP4");
-    std::printf("  %-22s %10.4f %10.4f\n", "none", int4(test), mx(test));
-    std::printf("  %-22s %10.4f %10.4f\n", "randomised Hadamard", int4(xh), mx(xh));
-    std::printf("  %-22s %10.4f %10.4f\n", ("TORQ (R = " + torq.level2_name + ")").c_str(), int4(xt), mx(xt));
+    auto mx_token = [](const lowbit::matrix_f& x) { // mean over tokens of the per-token relative error
+        const lowbit::matrix_f q = lowbit::mx_fake_quantize<lowbit::mxfp4>(x);
+        double s = 0;
+        for (Eigen::Index i = 0; i < x.rows(); ++i) s += rel(x.row(i), q.row(i));
+        return s / static_cast<double>(x.rows());
+    };
+    std::printf("  %-46s %10s %12s %12s\n", "rotation", "int4/token", "MXFP4 (Frob)", "MXFP4/token");
+    std::printf("  %-46s %10.4f %12.4f %12.4f\n", "none", int4(test), mx(test), mx_token(test));
+    std::printf("  %-46s %10.4f %12.4f %12.4f\n", "randomised Hadamard", int4(xh), mx(xh), mx_token(xh));
+    std::printf("  %-46s %10.4f %12.4f %12.4f\n", ("TORQ (" + torq.level2_name + ")").c_str(), int4(xt), mx(xt), mx_token(xt));
     return 0;
 } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
