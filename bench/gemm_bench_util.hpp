@@ -44,8 +44,9 @@ inline lowbit::matrix_f random_activations(Eigen::Index tokens, Eigen::Index col
 
 /// Runs job(part, nparts) on the calling thread (part 0) and, for nparts = 2, part 1 on one
 /// persistent worker; returns when both parts are done. The worker spins with a pause hint for up
-/// to 2 ms before sleeping on a futex (the caller wakes it through the futex only if it went to
-/// sleep): a futex wake-up costs tens of µs in this VM, more than a whole 4096² GEMV. Part 1 is
+/// to 2 ms, then polls every 100 µs with sleep_for (no futex wait/notify: a futex wake-up costs tens
+/// of µs in this VM, more than a whole 4096² GEMV, and the previous runner, which slept in
+/// std::atomic::wait, was found hung with both threads asleep). Part 1 is
 /// claimed with a compare-exchange by whoever gets there first: when the caller finishes part 0
 /// and the worker has not started (its core is taken by another process), the caller runs part 1
 /// itself instead of waiting for a time slice. `worker_share()` reports the fraction of calls
@@ -59,15 +60,13 @@ public:
         if (nparts_ == 2) {
             stop_.store(true);
             gen_.fetch_add(1);
-            gen_.notify_one();
             worker_.join();
         }
     }
     void run(const std::function<void(int, int)>& job) {
         if (nparts_ == 1) return job(0, 1);
         job_ = &job;
-        const int g = gen_.fetch_add(1) + 1; // seq_cst with the worker's sleeping_/gen_ pair (Dekker)
-        if (sleeping_.load()) gen_.notify_one(); // only pay the futex wake when the worker sleeps
+        const int g = gen_.fetch_add(1) + 1;
         job(0, 2);
         ++calls_;
         int expected = g - 1;
@@ -94,11 +93,8 @@ private:
             const auto t0 = std::chrono::steady_clock::now();
             for (int spin = 0; gen_.load(std::memory_order_acquire) == seen; ++spin) {
                 pause();
-                if ((spin & 255) == 255 && std::chrono::steady_clock::now() - t0 > spin_budget) {
-                    sleeping_.store(true);
-                    if (gen_.load() == seen) gen_.wait(seen);
-                    sleeping_.store(false);
-                }
+                if ((spin & 255) == 255 && std::chrono::steady_clock::now() - t0 > spin_budget)
+                    std::this_thread::sleep_for(std::chrono::microseconds(100));
             }
             seen = gen_.load(std::memory_order_acquire);
             if (stop_.load()) return;
@@ -112,7 +108,7 @@ private:
     int nparts_;
     std::thread worker_;
     std::atomic<int> gen_{0}, done_{0}, claim_{0};
-    std::atomic<bool> stop_{false}, sleeping_{false};
+    std::atomic<bool> stop_{false};
     const std::function<void(int, int)>* job_ = nullptr;
     long long calls_ = 0, worker_runs_ = 0;
 };
