@@ -311,6 +311,35 @@ TEST_CASE("hadamard_transform equals the dense (A ⊗ H_P)/√n product") {
     }
 }
 
+TEST_CASE("Williamson widths with P ≥ 16 (eigenbasis path) equal the dense (H_172 ⊗ H_P)/√n product") {
+    const Eigen::MatrixXd h = lowbit::hadamard_sign_matrix(172, lowbit::hadamard_method::williamson).cast<double>();
+    for (Eigen::Index n : {172 * 16, 11008}) {
+        CAPTURE(n);
+        const lowbit::hadamard_transform t(n, {.randomized = true, .seed = 4});
+        const Eigen::Index P = t.info().pow2;
+        CHECK(t.info().method == lowbit::hadamard_method::williamson);
+        const auto x = gaussian_matrix(1, n, 6);
+        // oracle: y_j = Σ_i s_i x_i H(i/P, j/P) H_P(i%P, j%P) / √n, by blocks: Y = Hᵀ (X_s H_P) / √n
+        Eigen::MatrixXd xs(172, P);
+        for (Eigen::Index i = 0; i < n; ++i) xs(i / P, i % P) = static_cast<double>(x(0, i)) * t.signs()(i);
+        Eigen::MatrixXd hp(P, P);
+        for (Eigen::Index i = 0; i < P; ++i)
+            for (Eigen::Index j = 0; j < P; ++j) hp(i, j) = (std::popcount(static_cast<unsigned>(i & j)) & 1) ? -1.0 : 1.0;
+        const Eigen::MatrixXd want = h.transpose() * xs * hp / std::sqrt(static_cast<double>(n));
+        lowbit::matrix_f f = x;
+        lowbit::matrix_d d = x.cast<double>();
+        t.apply_rows(f);
+        t.apply_rows(d);
+        double ef = 0, ed = 0;
+        for (Eigen::Index i = 0; i < n; ++i) {
+            ef = std::max(ef, std::abs(static_cast<double>(f(0, i)) - want(i / P, i % P)));
+            ed = std::max(ed, std::abs(d(0, i) - want(i / P, i % P)));
+        }
+        CHECK(ef < 1e-5);
+        CHECK(ed < 1e-12);
+    }
+}
+
 TEST_CASE("orthogonality ‖QᵀQ − I‖ ≤ 1e-5 in float for every LLM width") {
     // Full QᵀQ for the small widths; 64 sampled rows of Q (all pairs) for the large ones.
     for (Eigen::Index n : {288, 768}) {

@@ -412,6 +412,92 @@ inline void fwht_over_rows(T* x, Eigen::Index stride, Eigen::Index C, Eigen::Ind
             }
 }
 
+/// Left multiplication by the transposed Williamson Hadamard matrix through the eigenbasis of its circulant
+/// blocks. H = [[A, B, C, D], [−B, A, −D, C], [−C, D, A, −B], [−D, −C, B, A]] with symmetric circulants of odd
+/// order m, all diagonalised by the real orthonormal Fourier basis (1/√m, √(2/m)·cos(2πkj/m),
+/// √(2/m)·sin(2πkj/m), k = 1 … (m−1)/2) with eigenvalues λ_k = Σ_d a_d cos(2πkd/m) shared by the cos and sin
+/// vectors. By the symmetry x_j ± x_(m−j), the forward basis change of a block is one ((m+1)/2)² cos product
+/// and one ((m−1)/2)² sin product; so Hᵀ·X costs 8·(((m+1)/2)² + ((m−1)/2)²)·P ≈ 2·(4m)²·P/4 multiply-adds
+/// instead of (4m)²·P: 474 k instead of 1.89 M for 11008 = H_172 ⊗ H_64. Exact in exact arithmetic; float
+/// rounding of the basis ~1e-7 (orthogonality tested to 1e-5).
+template <class T>
+struct williamson_spectral {
+    using mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    Eigen::Index m = 0, half = 0;                   // block order, (m − 1)/2
+    mat cf, sf;                                      // (half+1)², half²: forward cos / sin bases
+    Eigen::Matrix<T, 4, Eigen::Dynamic> lam_c, lam_s; // eigenvalues ×scale per block matrix (A, B, C, D)
+
+    williamson_spectral() = default;
+    williamson_spectral(const williamson_quadruple& w, double scale) : m(w.m), half((w.m - 1) / 2) {
+        constexpr double pi = 3.14159265358979323846;
+        const double md = static_cast<double>(m);
+        cf.resize(half + 1, half + 1);
+        sf.resize(half, half);
+        for (Eigen::Index k = 0; k <= half; ++k)
+            for (Eigen::Index j = 0; j <= half; ++j)
+                cf(k, j) = static_cast<T>((k == 0 ? std::sqrt(1.0 / md) : std::sqrt(2.0 / md)) *
+                                          std::cos(2.0 * pi * static_cast<double>(k * j % m) / md));
+        for (Eigen::Index k = 1; k <= half; ++k)
+            for (Eigen::Index j = 1; j <= half; ++j)
+                sf(k - 1, j - 1) = static_cast<T>(std::sqrt(2.0 / md) * std::sin(2.0 * pi * static_cast<double>(k * j % m) / md));
+        lam_c.resize(4, half + 1);
+        lam_s.resize(4, half);
+        for (int t = 0; t < 4; ++t)
+            for (Eigen::Index k = 0; k <= half; ++k) {
+                double l = 0;
+                for (Eigen::Index d = 0; d < m; ++d)
+                    l += (w.rows[t][d] == '+' ? 1.0 : -1.0) * std::cos(2.0 * pi * static_cast<double>(k * d % m) / md);
+                lam_c(t, k) = static_cast<T>(l * scale);
+                if (k > 0) lam_s(t, k - 1) = static_cast<T>(l * scale);
+            }
+    }
+
+    /// X (4m × P, row-major, in place) ← scale · Hᵀ X. One scratch allocation of ≈ 7m·P values.
+    void apply(T* x, Eigen::Index P) const {
+        static constexpr int block_of[4][4] = {{0, 1, 2, 3}, {1, 0, 3, 2}, {2, 3, 0, 1}, {3, 2, 1, 0}};
+        static constexpr int sign_of[4][4] = {{1, 1, 1, 1}, {-1, 1, -1, 1}, {-1, 1, 1, -1}, {-1, -1, 1, 1}};
+        using map = Eigen::Map<mat>;
+        const Eigen::Index c = half + 1, sn = half;
+        std::vector<T> buf(static_cast<std::size_t>((4 * (c + sn) + 3 * (c + sn)) * P));
+        T* p = buf.data();
+        const auto take = [&](Eigen::Index rows) {
+            map r(p, rows, P);
+            p += rows * P;
+            return r;
+        };
+        std::array<map, 4> hc{take(c), take(c), take(c), take(c)}, hs{take(sn), take(sn), take(sn), take(sn)};
+        map u = take(c), v = take(sn), zc = take(c), zs = take(sn), pc = take(c), qs = take(sn);
+        for (int b = 0; b < 4; ++b) {
+            Eigen::Map<const mat> xb(x + b * m * P, m, P);
+            u.row(0) = xb.row(0);
+            for (Eigen::Index j = 1; j <= half; ++j) {
+                u.row(j) = xb.row(j) + xb.row(m - j);
+                v.row(j - 1) = xb.row(j) - xb.row(m - j);
+            }
+            hc[static_cast<std::size_t>(b)].noalias() = cf * u;
+            hs[static_cast<std::size_t>(b)].noalias() = sf * v;
+        }
+        for (int bi = 0; bi < 4; ++bi) {
+            zc.setZero();
+            zs.setZero();
+            for (int bj = 0; bj < 4; ++bj) { // (Hᵀ)_(bi, bj) = H_(bj, bi)ᵀ = sign · C_t (C_t symmetric)
+                const int t = block_of[bj][bi];
+                const T sg = static_cast<T>(sign_of[bj][bi]);
+                zc.noalias() += (sg * lam_c.row(t).transpose()).asDiagonal() * hc[static_cast<std::size_t>(bj)];
+                zs.noalias() += (sg * lam_s.row(t).transpose()).asDiagonal() * hs[static_cast<std::size_t>(bj)];
+            }
+            pc.noalias() = cf.transpose() * zc;
+            qs.noalias() = sf.transpose() * zs;
+            Eigen::Map<mat> yb(x + bi * m * P, m, P);
+            yb.row(0) = pc.row(0);
+            for (Eigen::Index j = 1; j <= half; ++j) {
+                yb.row(j) = pc.row(j) + qs.row(j - 1);
+                yb.row(m - j) = pc.row(j) - qs.row(j - 1);
+            }
+        }
+    }
+};
+
 } // namespace detail
 
 /// The orthogonal (randomised) Hadamard transform of width n, x ↦ x·Q with Q = D_s (A ⊗ H_P)/√n
@@ -437,6 +523,11 @@ public:
             else // R_b orthogonal: scale so that the unnormalised FWHT's √P is absorbed
                 a = random_orthogonal(info_.block, opt.fallback_seed) / std::sqrt(static_cast<double>(info_.pow2));
             left_d_ = a.transpose();
+            if (info_.method == hadamard_method::williamson) { // applied through the circulants' eigenbasis
+                const auto& w = *detail::find_williamson(static_cast<long>(info_.block / 4));
+                spectral_f_ = detail::williamson_spectral<float>(w, inv_sqrt_n);
+                spectral_d_ = detail::williamson_spectral<double>(w, inv_sqrt_n);
+            }
             left_f_ = left_d_.cast<float>();
         }
         if (opt.randomized) {
@@ -538,6 +629,9 @@ private:
             for (Eigen::Index k = 0; k < K; ++k) detail::fwht_dispatch(row + k * P, static_cast<std::size_t>(P), T(1));
             if (windows) {
                 apply_windows(row);
+            } else if (info_.method == hadamard_method::williamson && P >= williamson_spectral_min_pow2) {
+                if constexpr (std::is_same_v<T, float>) spectral_f_.apply(row, P);
+                else spectral_d_.apply(row, P);
             } else {
                 Eigen::Map<mat> x(row, K, P);
                 tmp.noalias() = left * x;
@@ -546,7 +640,10 @@ private:
         }
     }
 
+    static constexpr Eigen::Index williamson_spectral_min_pow2 = 16; // below, the dense 4m×4m product is cheaper
     hadamard_construction_info info_;
+    detail::williamson_spectral<float> spectral_f_;
+    detail::williamson_spectral<double> spectral_d_;
     matrix_f left_f_; // Aᵀ/√n (or R_bᵀ/√P), K×K
     matrix_d left_d_;
     vector_f signs_f_;
