@@ -40,6 +40,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <span>
 #include <string>
@@ -117,6 +118,11 @@ inline void scale_inplace(T* x, std::size_t n, T s) noexcept {
 
 inline bool is_pow2(long long n) { return n > 0 && (n & (n - 1)) == 0; }
 
+/// Unnormalised FWHT of length P on each of the K consecutive rows at x (one AVX-512 call for float rows of
+/// ≥ 16 when available, else row by row).
+template <class T>
+inline void fwht_blocks(T* x, std::size_t P, std::size_t K) noexcept;
+
 /// Which code path `fwht_dispatch` takes for T and n on this CPU: "avx512" (arch/fwht_avx512.hpp, float,
 /// n ≥ 16, chosen at run time from the cached CPU features), "xsimd" (compile-time batch width), "scalar".
 template <class T>
@@ -142,6 +148,18 @@ inline void fwht_dispatch(T* x, std::size_t n, T scale) noexcept {
 #endif
     fwht_simd(x, n);
     if (scale != T(1)) scale_inplace(x, n, scale);
+}
+
+template <class T>
+inline void fwht_blocks(T* x, std::size_t P, std::size_t K) noexcept {
+#if LOWBIT_HAVE_X86_KERNELS
+    if constexpr (std::is_same_v<T, float>)
+        if (P >= 16 && host_cpu_features().avx512) {
+            fwht_avx512::fwht_rows(x, P, K);
+            return;
+        }
+#endif
+    for (std::size_t k = 0; k < K; ++k) fwht_dispatch(x + k * P, P, T(1));
 }
 
 } // namespace detail
@@ -425,6 +443,7 @@ struct williamson_spectral {
     using mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     Eigen::Index m = 0, half = 0;                   // block order, (m − 1)/2
     mat cf, sf;                                      // (half+1)², half²: forward cos / sin bases
+    mat cft, sft;                                    // their transposes (row-major copies: the inverse change)
     Eigen::Matrix<T, 4, Eigen::Dynamic> lam_c, lam_s; // eigenvalues ×scale per block matrix (A, B, C, D)
 
     williamson_spectral() = default;
@@ -440,6 +459,8 @@ struct williamson_spectral {
         for (Eigen::Index k = 1; k <= half; ++k)
             for (Eigen::Index j = 1; j <= half; ++j)
                 sf(k - 1, j - 1) = static_cast<T>(std::sqrt(2.0 / md) * std::sin(2.0 * pi * static_cast<double>(k * j % m) / md));
+        cft = cf.transpose();
+        sft = sf.transpose();
         lam_c.resize(4, half + 1);
         lam_s.resize(4, half);
         for (int t = 0; t < 4; ++t)
@@ -452,48 +473,74 @@ struct williamson_spectral {
             }
     }
 
-    /// X (4m × P, row-major, in place) ← scale · Hᵀ X. One scratch allocation of ≈ 7m·P values.
+    /// X (4m × P, row-major, in place) ← scale · Hᵀ X. The 4 block rows sit side by side (c × 4P), so each
+    /// basis change is one GEMM for all four blocks. One scratch allocation of ≈ 3·4m·P values.
     void apply(T* x, Eigen::Index P) const {
         static constexpr int block_of[4][4] = {{0, 1, 2, 3}, {1, 0, 3, 2}, {2, 3, 0, 1}, {3, 2, 1, 0}};
         static constexpr int sign_of[4][4] = {{1, 1, 1, 1}, {-1, 1, -1, 1}, {-1, 1, 1, -1}, {-1, -1, 1, 1}};
         using map = Eigen::Map<mat>;
-        const Eigen::Index c = half + 1, sn = half;
-        std::vector<T> buf(static_cast<std::size_t>((4 * (c + sn) + 3 * (c + sn)) * P));
-        T* p = buf.data();
-        const auto take = [&](Eigen::Index rows) {
-            map r(p, rows, P);
-            p += rows * P;
-            return r;
-        };
-        std::array<map, 4> hc{take(c), take(c), take(c), take(c)}, hs{take(sn), take(sn), take(sn), take(sn)};
-        map u = take(c), v = take(sn), zc = take(c), zs = take(sn), pc = take(c), qs = take(sn);
-        for (int b = 0; b < 4; ++b) {
-            Eigen::Map<const mat> xb(x + b * m * P, m, P);
-            u.row(0) = xb.row(0);
-            for (Eigen::Index j = 1; j <= half; ++j) {
-                u.row(j) = xb.row(j) + xb.row(m - j);
-                v.row(j - 1) = xb.row(j) - xb.row(m - j);
-            }
-            hc[static_cast<std::size_t>(b)].noalias() = cf * u;
-            hs[static_cast<std::size_t>(b)].noalias() = sf * v;
+        const Eigen::Index c = half + 1, sn = half, W = 4 * P;
+        const std::unique_ptr<T[]> buf(new T[static_cast<std::size_t>(3 * (c + sn) * W)]); // every entry written before read
+        map u(buf.get(), c, W), v(u.data() + c * W, sn, W);
+        map hc(v.data() + sn * W, c, W), hs(hc.data() + c * W, sn, W);
+        map zc(hs.data() + sn * W, c, W), zs(zc.data() + c * W, sn, W);
+        for (Eigen::Index b = 0; b < 4; ++b) {
+            const T* xb = x + b * m * P;
+            std::copy_n(xb, P, u.data() + b * P);
+            for (Eigen::Index j = 1; j <= half; ++j)
+                add_sub(xb + j * P, xb + (m - j) * P, u.data() + j * W + b * P, v.data() + (j - 1) * W + b * P, P);
         }
-        for (int bi = 0; bi < 4; ++bi) {
-            zc.setZero();
-            zs.setZero();
-            for (int bj = 0; bj < 4; ++bj) { // (Hᵀ)_(bi, bj) = H_(bj, bi)ᵀ = sign · C_t (C_t symmetric)
-                const int t = block_of[bj][bi];
-                const T sg = static_cast<T>(sign_of[bj][bi]);
-                zc.noalias() += (sg * lam_c.row(t).transpose()).asDiagonal() * hc[static_cast<std::size_t>(bj)];
-                zs.noalias() += (sg * lam_s.row(t).transpose()).asDiagonal() * hs[static_cast<std::size_t>(bj)];
-            }
-            pc.noalias() = cf.transpose() * zc;
-            qs.noalias() = sf.transpose() * zs;
-            Eigen::Map<mat> yb(x + bi * m * P, m, P);
-            yb.row(0) = pc.row(0);
-            for (Eigen::Index j = 1; j <= half; ++j) {
-                yb.row(j) = pc.row(j) + qs.row(j - 1);
-                yb.row(m - j) = pc.row(j) - qs.row(j - 1);
-            }
+        hc.noalias() = cf * u;
+        hs.noalias() = sf * v;
+        // spectral combine: row k of block bi = Σ_bj sign·λ_(t,k) · row k of block bj ((Hᵀ)_(bi, bj) = sign·C_t)
+        const auto combine = [&](const map& h, map& z, const Eigen::Matrix<T, 4, Eigen::Dynamic>& lam) {
+            for (Eigen::Index k = 0; k < h.rows(); ++k)
+                for (int bi = 0; bi < 4; ++bi) {
+                    T* out = z.data() + k * W + bi * P;
+                    for (int bj = 0; bj < 4; ++bj)
+                        axpy(static_cast<T>(sign_of[bj][bi]) * lam(block_of[bj][bi], k), h.data() + k * W + bj * P, out, P, bj == 0);
+                }
+        };
+        combine(hc, zc, lam_c);
+        combine(hs, zs, lam_s);
+        u.noalias() = cft * zc; // reuse u, v for the results
+        v.noalias() = sft * zs;
+        for (Eigen::Index b = 0; b < 4; ++b) {
+            T* yb = x + b * m * P;
+            std::copy_n(u.data() + b * P, P, yb);
+            for (Eigen::Index j = 1; j <= half; ++j)
+                add_sub(u.data() + j * W + b * P, v.data() + (j - 1) * W + b * P, yb + j * P, yb + (m - j) * P, P);
+        }
+    }
+
+    /// y = a·x (first) or y += a·x over n values (xsimd).
+    static void axpy(T a, const T* x, T* y, Eigen::Index n, bool first) noexcept {
+        using batch = xsimd::batch<T>;
+        constexpr Eigen::Index L = static_cast<Eigen::Index>(batch::size);
+        const batch ba(a);
+        Eigen::Index i = 0;
+        if (first) {
+            for (; i + L <= n; i += L) (ba * batch::load_unaligned(x + i)).store_unaligned(y + i);
+            for (; i < n; ++i) y[i] = a * x[i];
+        } else {
+            for (; i + L <= n; i += L) xsimd::fma(ba, batch::load_unaligned(x + i), batch::load_unaligned(y + i)).store_unaligned(y + i);
+            for (; i < n; ++i) y[i] += a * x[i];
+        }
+    }
+
+    /// s = a + c, d = a − c over n values (xsimd).
+    static void add_sub(const T* a, const T* c, T* sum, T* diff, Eigen::Index n) noexcept {
+        using batch = xsimd::batch<T>;
+        constexpr Eigen::Index L = static_cast<Eigen::Index>(batch::size);
+        Eigen::Index i = 0;
+        for (; i + L <= n; i += L) {
+            const batch x = batch::load_unaligned(a + i), y = batch::load_unaligned(c + i);
+            (x + y).store_unaligned(sum + i);
+            (x - y).store_unaligned(diff + i);
+        }
+        for (; i < n; ++i) {
+            sum[i] = a[i] + c[i];
+            diff[i] = a[i] - c[i];
         }
     }
 };
@@ -626,7 +673,7 @@ private:
             }
             detail::require<numeric_error>(detail::multiply_signs_check_finite(row, signs, static_cast<std::size_t>(info_.n)),
                                            "hadamard_transform::apply_rows", "row " + std::to_string(r) + " of 'm' holds NaN or Inf");
-            for (Eigen::Index k = 0; k < K; ++k) detail::fwht_dispatch(row + k * P, static_cast<std::size_t>(P), T(1));
+            detail::fwht_blocks(row, static_cast<std::size_t>(P), static_cast<std::size_t>(K));
             if (windows) {
                 apply_windows(row);
             } else if (info_.method == hadamard_method::williamson && P >= williamson_spectral_min_pow2) {

@@ -90,19 +90,21 @@ LOWBIT_FWHT_AVX512_TARGET inline void stride_pass(float* x, std::size_t n, std::
         }
 }
 
+// FWHT of length n on each of the total/n consecutive rows at x (every pass works on independent groups of
+// at most n contiguous floats, so running it over `total` transforms the rows one after another).
 template <bool Scale>
-LOWBIT_FWHT_AVX512_TARGET inline void transform(float* x, std::size_t n, float scale) {
+LOWBIT_FWHT_AVX512_TARGET inline void transform(float* x, std::size_t n, std::size_t total, float scale) {
     int m = 0;
     while ((std::size_t{1} << m) < n) ++m;
     const int first = m - 4 < 4 ? m - 4 : 4; // cross-register stages of pass 1
     int left = m - 4 - first;
     const bool s1 = Scale && left == 0;
     switch (first) {
-    case 0: s1 ? first_pass<0, true>(x, n, scale) : first_pass<0, false>(x, n, scale); break;
-    case 1: s1 ? first_pass<1, true>(x, n, scale) : first_pass<1, false>(x, n, scale); break;
-    case 2: s1 ? first_pass<2, true>(x, n, scale) : first_pass<2, false>(x, n, scale); break;
-    case 3: s1 ? first_pass<3, true>(x, n, scale) : first_pass<3, false>(x, n, scale); break;
-    default: s1 ? first_pass<4, true>(x, n, scale) : first_pass<4, false>(x, n, scale); break;
+    case 0: s1 ? first_pass<0, true>(x, total, scale) : first_pass<0, false>(x, total, scale); break;
+    case 1: s1 ? first_pass<1, true>(x, total, scale) : first_pass<1, false>(x, total, scale); break;
+    case 2: s1 ? first_pass<2, true>(x, total, scale) : first_pass<2, false>(x, total, scale); break;
+    case 3: s1 ? first_pass<3, true>(x, total, scale) : first_pass<3, false>(x, total, scale); break;
+    default: s1 ? first_pass<4, true>(x, total, scale) : first_pass<4, false>(x, total, scale); break;
     }
     std::size_t h = 256;
     while (left > 0) {
@@ -111,10 +113,10 @@ LOWBIT_FWHT_AVX512_TARGET inline void transform(float* x, std::size_t n, float s
         const int s = (left + passes - 1) / passes;
         const bool last = Scale && left == s;
         switch (s) {
-        case 1: last ? stride_pass<1, true>(x, n, h, scale) : stride_pass<1, false>(x, n, h, scale); break;
-        case 2: last ? stride_pass<2, true>(x, n, h, scale) : stride_pass<2, false>(x, n, h, scale); break;
-        case 3: last ? stride_pass<3, true>(x, n, h, scale) : stride_pass<3, false>(x, n, h, scale); break;
-        default: last ? stride_pass<4, true>(x, n, h, scale) : stride_pass<4, false>(x, n, h, scale); break;
+        case 1: last ? stride_pass<1, true>(x, total, h, scale) : stride_pass<1, false>(x, total, h, scale); break;
+        case 2: last ? stride_pass<2, true>(x, total, h, scale) : stride_pass<2, false>(x, total, h, scale); break;
+        case 3: last ? stride_pass<3, true>(x, total, h, scale) : stride_pass<3, false>(x, total, h, scale); break;
+        default: last ? stride_pass<4, true>(x, total, h, scale) : stride_pass<4, false>(x, total, h, scale); break;
         }
         h <<= s;
         left -= s;
@@ -125,9 +127,15 @@ LOWBIT_FWHT_AVX512_TARGET inline void transform(float* x, std::size_t n, float s
 /// Preconditions (caller-promised): n a power of two, n ≥ 16; the CPU supports AVX-512F.
 LOWBIT_FWHT_AVX512_TARGET inline void fwht(float* x, std::size_t n, float scale = 1.0f) noexcept {
     if (scale == 1.0f)
-        transform<false>(x, n, scale);
+        transform<false>(x, n, n, scale);
     else
-        transform<true>(x, n, scale);
+        transform<true>(x, n, n, scale);
+}
+
+/// In-place FWHT of length n of each of `rows` consecutive rows x[r·n .. (r+1)·n) (one call, no per-row
+/// overhead: the K blocks of a Kronecker construction). Preconditions as `fwht`.
+LOWBIT_FWHT_AVX512_TARGET inline void fwht_rows(float* x, std::size_t n, std::size_t rows) noexcept {
+    transform<false>(x, n, n * rows, 1.0f);
 }
 
 /// Unnormalised FWHT over rows lo .. lo + w − 1 of a slice of C columns (row stride `stride`): radix-4 row
