@@ -41,7 +41,10 @@ struct options {
 const std::vector<std::string> default_recipes = {
     "fp32",         "rtn-w4",       "gptq-w4",      "absmean-w1.58",   "twla-w1.58",      "twla-w1.58a8",
     "twla-w1.58a4", "binary-w1",    "bwla-w1",      "bwla-w1a6",       "bwla-w1a6-psp",   "fp32-a4",
-    "fp32-a4-hadamard", "mxfp4-w4a4", "mxfp4-w4a4-hadamard"};
+    "fp32-a4-hadamard", "mxfp4-w4a4", "mxfp4-w4a4-hadamard",
+    // the papers' learned rotations, grouped TRA-GPTQ and NLI operators
+    "twla-w1.58-kotms", "twla-w1.58a4-kotms", "twla-tra-kotms", "bwla-w1-okt", "bwla-w1a6-okt", "mxfp4-w4a4-torq",
+    "fp32-nli", "twla-w1.58a8-kotms-nli"};
 
 std::vector<std::string> split(const std::string& s) {
     std::vector<std::string> out;

@@ -82,6 +82,7 @@ enum class weight_scheme {
     sign_binary,     ///< μ + α·sign(w − μ) per row, packed binary with offsets
     arb_binary,      ///< ARB-refined binary μ + α·b per row, packed binary with offsets
     mxfp4,           ///< OCP MXFP4 (E2M1, E8M0 per 32), dequantized dense
+    tra_ternary,     ///< TRA-GPTQ (salient / non-salient groups, order-2 salient residuals), dequantized dense
 };
 
 /// Solver around the weight quantizer.
@@ -125,7 +126,6 @@ struct recipe {
     std::uint64_t seed = 0;    ///< rotation seed
     int rotation_max_factor = 16; ///< KOTMS/OKT: learn only when both Kronecker factors are ≤ this (else Hadamard only)
     bool hadamard_first = true; ///< KOTMS/OKT: learn after the randomised Hadamard (false: on the raw weights)
-    bool rotation_guard = false;///< calibrated KOTMS/OKT: keep a layer's learned rotation only if it lowers tr(ΔHΔᵀ)
     bool nli = false;          ///< NLI operators in the forward pass (SiLU, softmax exp, RMSNorm rsqrt; recipe_nonlinear_ops)
     [[nodiscard]] bool needs_calibration() const {
         return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq;
@@ -181,6 +181,9 @@ struct recipe {
     add({"bwla-w1a6-okt", "bwla-w1-okt with int6 activations", W::arb_binary, S::gptq, R::okt, A::int_symmetric, 6});
     add({"mxfp4-w4a4-torq", "mxfp4-w4a4 with TORQ rotations learned per linear", W::mxfp4, S::rtn, R::torq,
          A::mxfp4});
+    // TWLA's grouped TRA-GPTQ (salient groups, order-2 residuals), dense fake quantization, bits counted
+    add({"twla-tra-kotms", "KOTMS + TRA-GPTQ grouped ternary (dense fake quant)", W::tra_ternary, S::gptq, R::kotms,
+         A::fp32});
     // NLI piecewise-linear SiLU / exp / rsqrt in the forward pass
     recipe fnli{"fp32-nli", "FP32 weights, NLI SiLU/exp/rsqrt operators", W::fp32, S::rtn, R::none, A::fp32};
     fnli.nli = true;
@@ -470,35 +473,10 @@ inline void check_recipe(const recipe& r) {
     require(r.low_rank == 0 || r.weights == weight_scheme::sign_binary || r.weights == weight_scheme::arb_binary,
             where, "PSP low-rank correction applies to binary weights only");
     require(r.psp_iterations >= 1, where, "recipe psp_iterations must be >= 1");
-    const bool packed = r.weights != weight_scheme::fp32 && r.weights != weight_scheme::mxfp4;
+    const bool packed = r.weights != weight_scheme::fp32 && r.weights != weight_scheme::mxfp4 &&
+                        r.weights != weight_scheme::tra_ternary;
     require(!(packed && (r.activation == activation_kind::int_asymmetric || r.activation == activation_kind::mxfp4)),
             where, "packed weights run the integer kernels: use fp32 or int_symmetric activations");
-}
-
-template <class F>
-inline matrix_f packed_record_weights(const linear_record& rec) {
-    typename packed_matrix<F>::buffer bytes(rec.codes.begin(), rec.codes.end());
-    return packed_matrix<F>(rec.rows, rec.cols, std::move(bytes), rec.scale, rec.offset).dequantize();
-}
-
-/// The weights a record stores, dequantized, in its own (rotated) basis, low-rank term included.
-/// \throws invalid_argument (unknown format), shape_error (inconsistent record).
-inline matrix_f record_weights(const linear_record& rec) {
-    matrix_f w;
-    if (rec.format == "dense") w = rec.dense;
-    else if (rec.format == pack_format<int4>::name) w = packed_record_weights<int4>(rec);
-    else if (rec.format == pack_format<ternary2>::name) w = packed_record_weights<ternary2>(rec);
-    else if (rec.format == pack_format<ternary_base3>::name) w = packed_record_weights<ternary_base3>(rec);
-    else if (rec.format == pack_format<binary1>::name) w = packed_record_weights<binary1>(rec);
-    else throw invalid_argument("lowbit: record_weights: unknown weight format '" + rec.format + "'");
-    if (rec.correction) w += rec.correction->reconstruct();
-    return w;
-}
-
-/// tr(Δ H Δᵀ) with Δ = w − (the record's weights): the calibrated output error ‖(W − Ŵ)Xᵀ‖² (H = XᵀX).
-inline double output_error(const matrix_f& w, const linear_record& rec, const matrix_d& h) {
-    const matrix_d d = (w - record_weights(rec)).cast<double>();
-    return (d * h).cwiseProduct(d).sum();
 }
 
 template <class F>
@@ -543,6 +521,28 @@ inline linear_record quantize_linear(const recipe& r, const matrix_f& w, const m
             rec.dense = mx_fake_quantize<mxfp4>(w, tail_policy::smaller_last);
             rec.dense_bits = 4.0 + 8.0 * static_cast<double>((w.cols() + 31) / 32) / static_cast<double>(w.cols());
         }
+        return rec;
+    }
+    case weight_scheme::tra_ternary: {
+        // TWLA's grouped ternary GPTQ (§2.4); no packed kernel for its mixed groups, so the layer runs
+        // the dequantized weights densely. Bits counted per 128-column block b (m rows, width w_b,
+        // k_b salient columns): salient column indices k_b·⌈log2 w_b⌉, one group bit per weight,
+        // trits at 1.6 bits (two per salient weight, one otherwise), 10 fp16 per row (μ, α₀, α₁ for
+        // each salient group, μ, α for each other group).
+        require(gptq, "quantize_model", "tra_ternary needs the GPTQ solver (calibration Hessian)");
+        const auto res = tra_gptq_quantize(w, *h);
+        linear_record rec;
+        rec.format = "dense";
+        rec.rows = w.rows();
+        rec.cols = w.cols();
+        rec.dense = res.weights;
+        double bits = 0.0;
+        const double m = static_cast<double>(w.rows());
+        for (const auto& b : res.blocks) {
+            const double k = static_cast<double>(b.salient.size()), bw = static_cast<double>(b.width);
+            bits += k * std::ceil(std::log2(std::max(bw, 2.0))) + m * bw + m * (2.0 * k + (bw - k)) * 1.6 + m * 160.0;
+        }
+        rec.dense_bits = bits / (m * static_cast<double>(w.cols()));
         return rec;
     }
     case weight_scheme::int4: {
@@ -751,12 +751,6 @@ inline std::optional<stored_rotation> learn_block_rotation(const recipe& r, cons
             if (calibrate) h = hess[static_cast<std::size_t>(s)]->matrix();
             std::optional<stored_rotation> learned =
                 detail::learn_block_rotation(r, w, inputs[static_cast<std::size_t>(s)]);
-            std::optional<linear_record> plain; // the layer without its learned rotation (guard)
-            double plain_error = 0.0;
-            if (learned && calibrate && r.rotation_guard && r.rotation != rotation_kind::torq) {
-                plain = detail::quantize_linear(r, w, &h);
-                plain_error = detail::output_error(w, *plain, h);
-            }
             if (learned) { // W·H·K, and the Hessian of the inputs x·H·K: Kᵀ H K
                 const block_rotation k = block_rotation::from(std::nullopt, learned);
                 k.apply_rows(w);
@@ -769,8 +763,6 @@ inline std::optional<stored_rotation> learn_block_rotation(const recipe& r, cons
             }
             linear_record rec = detail::quantize_linear(r, w, calibrate ? &h : nullptr);
             rec.rotation = std::move(learned);
-            // tr(ΔHΔᵀ) is basis-independent (K orthogonal), so the two errors compare directly
-            if (plain && plain_error <= detail::output_error(w, rec, h)) rec = std::move(*plain);
             m.set_linear(l, slot, build_linear(r, rec, rot));
             if (records) (*records)[static_cast<std::size_t>(l)][static_cast<std::size_t>(s)] = std::move(rec);
             if (opt.progress)
