@@ -27,16 +27,23 @@ void packed_gemm(benchmark::State& st, Eigen::Index tokens, Eigen::Index rows, E
     lowbit::matrix_f y(tokens, rows);
     lowbit_bench::thread_pair pool(threads);
     for (auto _ : st) {
+        const double c0 = lowbit_bench::thread_pair::thread_cpu_us();
         const auto a = lowbit::quantize_activations(x, 8);
-        pool.run([&](int p, int np) {
-            const auto [r0, r1] = lowbit_bench::part_rows(rows, p, np);
-            lowbit::gemm_rows(w, a, r0, r1, y);
-        });
+        const double serial = lowbit_bench::thread_pair::thread_cpu_us() - c0;
+        pool.run(
+            [&](int p, int np) {
+                const auto [r0, r1] = lowbit_bench::part_rows(rows, p, np);
+                lowbit::gemm_rows(w, a, r0, r1, y);
+            },
+            serial);
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
     }
     st.counters["packed_bytes"] = double(w.bytes().size());
-    if (threads == 2) st.counters["worker_share"] = pool.worker_share(); // 1.0: the worker ran every part 1
+    if (threads == 2) {
+        st.counters["worker_share"] = pool.worker_share(); // 1.0: the worker ran every part 1
+        st.counters["part_cpu_us"] = pool.part_cpu_us();   // max thread CPU of the two halves, per call
+    }
 }
 
 const int registered = [] {

@@ -43,18 +43,25 @@ void packed_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, boo
     lowbit_bench::thread_pair pool(threads);
     std::size_t k = 0;
     for (auto _ : st) {
+        const double c0 = lowbit_bench::thread_pair::thread_cpu_us();
         const auto a = lowbit::quantize_activations(x, 8);
+        const double serial = lowbit_bench::thread_pair::thread_cpu_us() - c0;
         const auto& wk = w[k];
-        pool.run([&](int p, int np) {
-            const auto [r0, r1] = lowbit_bench::part_rows(rows, p, np);
-            lowbit::gemm_rows(wk, a, r0, r1, y, lowbit::kernel_isa::automatic);
-        });
+        pool.run(
+            [&](int p, int np) {
+                const auto [r0, r1] = lowbit_bench::part_rows(rows, p, np);
+                lowbit::gemm_rows(wk, a, r0, r1, y, lowbit::kernel_isa::automatic);
+            },
+            serial);
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
         k = (k + 1) % w.size();
     }
     st.counters["packed_bytes"] = double(w0.bytes().size());
-    if (threads == 2) st.counters["worker_share"] = pool.worker_share(); // 1.0: the worker ran every part 1
+    if (threads == 2) {
+        st.counters["worker_share"] = pool.worker_share(); // 1.0: the worker ran every part 1
+        st.counters["part_cpu_us"] = pool.part_cpu_us();   // max thread CPU of the two halves, per call
+    }
     st.counters["bits_per_weight"] = w0.bits_per_weight();
 }
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <cstdint>
 #include <functional>
 #include <random>
@@ -63,11 +64,15 @@ public:
             worker_.join();
         }
     }
-    void run(const std::function<void(int, int)>& job) {
+    /// `serial_cpu_us`: thread CPU time the caller spent on this call's serial part before run()
+    /// (e.g. activation quantization), added to part_cpu_us().
+    void run(const std::function<void(int, int)>& job, double serial_cpu_us = 0.0) {
         if (nparts_ == 1) return job(0, 1);
         job_ = &job;
         const int g = gen_.fetch_add(1) + 1;
+        const double c0 = thread_cpu_us();
         job(0, 2);
+        const double part0 = thread_cpu_us() - c0;
         ++calls_;
         int expected = g - 1;
         if (claim_.compare_exchange_strong(expected, g)) { // worker not started: run part 1 here
@@ -76,9 +81,20 @@ public:
         }
         ++worker_runs_;
         while (done_.load(std::memory_order_acquire) != g) pause();
+        part_cpu_sum_ += serial_cpu_us + std::max(part0, worker_cpu_.load(std::memory_order_relaxed));
     }
     /// Fraction of run() calls whose part 1 ran on the worker thread.
     double worker_share() const { return calls_ ? double(worker_runs_) / double(calls_) : 1.0; }
+    /// Over the calls the worker took part in: mean of serial_cpu_us + max(thread CPU µs of part 0
+    /// on the caller, of part 1 on the worker) — the two-thread time the split gives when both
+    /// threads have a core, unaffected by preemption (time off-core is not thread CPU time). 0 if none.
+    double part_cpu_us() const { return worker_runs_ ? part_cpu_sum_ / double(worker_runs_) : 0.0; }
+    /// CPU time of the calling thread in µs (CLOCK_THREAD_CPUTIME_ID).
+    static double thread_cpu_us() noexcept {
+        timespec t{};
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+        return double(t.tv_sec) * 1e6 + double(t.tv_nsec) * 1e-3;
+    }
 
 private:
     static constexpr auto spin_budget = std::chrono::microseconds(2000);
@@ -100,7 +116,9 @@ private:
             if (stop_.load()) return;
             int expected = seen - 1;
             if (claim_.compare_exchange_strong(expected, seen)) {
+                const double c0 = thread_cpu_us();
                 (*job_)(1, 2);
+                worker_cpu_.store(thread_cpu_us() - c0, std::memory_order_relaxed);
                 done_.store(seen, std::memory_order_release);
             }
         }
@@ -111,6 +129,8 @@ private:
     std::atomic<bool> stop_{false};
     const std::function<void(int, int)>* job_ = nullptr;
     long long calls_ = 0, worker_runs_ = 0;
+    double part_cpu_sum_ = 0.0;
+    std::atomic<double> worker_cpu_{0.0};
 };
 
 /// Rows [begin, end) of part p of n (contiguous halves).
