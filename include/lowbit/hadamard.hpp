@@ -22,7 +22,8 @@
 ///   ≥ 30 µs at Zen 4's 16 fp32 FMA/cycle — an exact Hadamard of that width cannot meet 15 µs this way.
 /// - `hadamard_transform`: the plan object (a `RowTransform`): x ↦ x·Q with
 ///   Q = D_s (A ⊗ H_P)/√n, A the K×K block, D_s optional seeded random ±1 signs ("randomised Hadamard").
-///   Cost per row O(n log P + n K).
+///   Cost per row O(n log P + n K); the Williamson H_172 with P ≥ 16 goes through the real Fourier
+///   eigenbasis of its circulant blocks (≈ n K/4 multiply-adds: 11008 = H_172 ⊗ H_64 in 0.47 M, not 1.89 M).
 
 #include <lowbit/arch/fwht_avx512.hpp>
 #include <lowbit/config.hpp>
