@@ -83,7 +83,7 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
     lowbit::recipe kotms = lowbit::find_recipe("twla-w1.58a4-kotms");
     kotms.solver = lowbit::solver_kind::rtn;
     for (const char* name : {"absmean-w1.58a8", "fp32-a4-hadamard", "bwla-w1a6-psp", "twla-w1.58a4-kotms",
-                             "mxfp4-w4a4-torq", "fp32-nli"}) {
+                             "mxfp4-w4a4-torq", "fp32-nli", "twla-tra-kotms"}) {
         lowbit::quantize_options qo;
         qo.calib_windows = 1;
         qo.calib_window = 64;
@@ -104,6 +104,15 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
             CHECK(back.records[0][0].rotation->dense == q.records[0][0].rotation->dense);
         }
         CHECK(back.model.nonlinear.exact() == !q.spec.nli);
+        if (q.spec.weights == lowbit::weight_scheme::tra_ternary)
+            for (const auto& layer : q.records)
+                for (const auto& rec : layer) {
+                    // at least one group bit and one 1.6-bit trit per weight plus 10 fp16 per row per
+                    // block of 128 columns; at most two trits per weight and every column index on top
+                    const double per_row = 160.0 * static_cast<double>((rec.cols + 127) / 128) / static_cast<double>(rec.cols);
+                    CHECK(rec.dense_bits >= 2.6 + per_row);
+                    CHECK(rec.dense_bits <= 4.2 + per_row + 8.0 / static_cast<double>(rec.rows));
+                }
         CHECK(back.model.bits_per_weight() == q.model.bits_per_weight());
         const std::vector<int> toks(fx().eval.begin(), fx().eval.begin() + 40);
         lowbit::kv_cache c1(q.model.config), c2(back.model.config);
