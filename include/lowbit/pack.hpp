@@ -208,6 +208,46 @@ inline void unpack_block(const std::uint8_t* in, std::uint8_t* u) noexcept {
 /// w_ij = α_i·t_ij + μ_i. Row i occupies `row_bytes()` contiguous bytes starting at `row_data(i)`;
 /// the buffer is 64-byte aligned. Build it with `pack<Format>(codes, scale[, offset])` or from raw
 /// bytes (file formats) with the checked constructor.
+namespace detail {
+
+/// Reference decoder of both layouts (`packed_matrix`, `interleaved_matrix`): the integer codes t
+/// `[rows x cols]` read block by block through `m.block_data(i, b)`. O(rows·padded_cols).
+template <class M>
+[[nodiscard]] matrix_i8 decode_codes(const M& m) {
+    using traits = pack_format<typename M::format>;
+    matrix_i8 t(m.rows(), m.cols());
+    std::vector<std::uint8_t> u(traits::block_weights);
+    for (Eigen::Index i = 0; i < m.rows(); ++i)
+        for (Eigen::Index b = 0; b < m.blocks_per_row(); ++b) {
+            unpack_block<typename M::format>(m.block_data(i, b), u.data());
+            for (Eigen::Index j = 0; j < traits::block_weights; ++j) {
+                const Eigen::Index c = b * traits::block_weights + j;
+                if (c < m.cols()) t(i, c) = static_cast<std::int8_t>(traits::digit_mul * u[j] - traits::digit_offset);
+            }
+        }
+    return t;
+}
+
+/// The float weights α_i·t_ij + μ_i of either layout. O(rows·cols).
+template <class M>
+[[nodiscard]] matrix_f dequantize_codes(const M& m) {
+    const matrix_i8 t = decode_codes(m);
+    matrix_f w(m.rows(), m.cols());
+    for (Eigen::Index i = 0; i < m.rows(); ++i)
+        for (Eigen::Index j = 0; j < m.cols(); ++j)
+            w(i, j) = m.scale()(i) * static_cast<float>(t(i, j)) + (m.has_offset() ? m.offset()(i) : 0.0f);
+    return w;
+}
+
+/// (stored bytes + 4 per scale and offset)·8 / (rows·cols) of either layout.
+template <class M>
+[[nodiscard]] double stored_bits_per_weight(const M& m) noexcept {
+    const double bytes = static_cast<double>(m.bytes().size()) + 4.0 * static_cast<double>(m.scale().size() + m.offset().size());
+    return 8.0 * bytes / (static_cast<double>(m.rows()) * static_cast<double>(m.cols()));
+}
+
+} // namespace detail
+
 template <class Format>
 class packed_matrix {
     static_assert(PackedFormat<Format>, "lowbit: packed_matrix: unknown packed format tag");
@@ -257,35 +297,13 @@ public:
     [[nodiscard]] const vector_f& offset() const noexcept { return offset_; }        ///< μ, length rows or 0
     [[nodiscard]] bool has_offset() const noexcept { return offset_.size() != 0; }   ///< μ present
     /// Effective storage in bits per weight: (packed bytes + 4 bytes per scale and offset) · 8 / (rows·cols).
-    [[nodiscard]] double bits_per_weight() const noexcept {
-        const double bytes = static_cast<double>(data_.size()) + 4.0 * static_cast<double>(scale_.size() + offset_.size());
-        return 8.0 * bytes / (static_cast<double>(rows_) * static_cast<double>(cols_));
-    }
+    [[nodiscard]] double bits_per_weight() const noexcept { return detail::stored_bits_per_weight(*this); }
 
     /// The integer codes t as `[rows x cols]` int8 (reference decoder). O(rows·padded_cols).
-    [[nodiscard]] matrix_i8 codes() const {
-        matrix_i8 t(rows_, cols_);
-        std::vector<std::uint8_t> u(traits::block_weights);
-        for (Eigen::Index i = 0; i < rows_; ++i)
-            for (Eigen::Index b = 0; b < blocks_per_row(); ++b) {
-                detail::unpack_block<Format>(block_data(i, b), u.data());
-                for (Eigen::Index j = 0; j < traits::block_weights; ++j) {
-                    const Eigen::Index c = b * traits::block_weights + j;
-                    if (c < cols_) t(i, c) = static_cast<std::int8_t>(traits::digit_mul * u[j] - traits::digit_offset);
-                }
-            }
-        return t;
-    }
+    [[nodiscard]] matrix_i8 codes() const { return detail::decode_codes(*this); }
 
     /// The float weights α_i·t_ij + μ_i. O(rows·cols).
-    [[nodiscard]] matrix_f dequantize() const {
-        const matrix_i8 t = codes();
-        matrix_f w(rows_, cols_);
-        for (Eigen::Index i = 0; i < rows_; ++i)
-            for (Eigen::Index j = 0; j < cols_; ++j)
-                w(i, j) = scale_(i) * static_cast<float>(t(i, j)) + (has_offset() ? offset_(i) : 0.0f);
-        return w;
-    }
+    [[nodiscard]] matrix_f dequantize() const { return detail::dequantize_codes(*this); }
 
 private:
     Eigen::Index rows_ = 0, cols_ = 0;
@@ -394,33 +412,11 @@ public:
     [[nodiscard]] const vector_f& offset() const noexcept { return offset_; }        ///< μ, length rows or 0
     [[nodiscard]] bool has_offset() const noexcept { return offset_.size() != 0; }   ///< μ present
     /// Effective storage in bits per weight, padding rows included: (bytes + 4 per scale/offset)·8/(rows·cols).
-    [[nodiscard]] double bits_per_weight() const noexcept {
-        const double bytes = static_cast<double>(data_.size()) + 4.0 * static_cast<double>(scale_.size() + offset_.size());
-        return 8.0 * bytes / (static_cast<double>(rows_) * static_cast<double>(cols_));
-    }
+    [[nodiscard]] double bits_per_weight() const noexcept { return detail::stored_bits_per_weight(*this); }
     /// The integer codes t as `[rows x cols]` int8 (reference decoder). O(rows·padded_cols).
-    [[nodiscard]] matrix_i8 codes() const {
-        matrix_i8 t(rows_, cols_);
-        std::vector<std::uint8_t> u(traits::block_weights);
-        for (Eigen::Index i = 0; i < rows_; ++i)
-            for (Eigen::Index b = 0; b < blocks_per_row(); ++b) {
-                detail::unpack_block<Format>(block_data(i, b), u.data());
-                for (Eigen::Index j = 0; j < traits::block_weights; ++j) {
-                    const Eigen::Index c = b * traits::block_weights + j;
-                    if (c < cols_) t(i, c) = static_cast<std::int8_t>(traits::digit_mul * u[j] - traits::digit_offset);
-                }
-            }
-        return t;
-    }
+    [[nodiscard]] matrix_i8 codes() const { return detail::decode_codes(*this); }
     /// The float weights α_i·t_ij + μ_i. O(rows·cols).
-    [[nodiscard]] matrix_f dequantize() const {
-        const matrix_i8 t = codes();
-        matrix_f w(rows_, cols_);
-        for (Eigen::Index i = 0; i < rows_; ++i)
-            for (Eigen::Index j = 0; j < cols_; ++j)
-                w(i, j) = scale_(i) * static_cast<float>(t(i, j)) + (has_offset() ? offset_(i) : 0.0f);
-        return w;
-    }
+    [[nodiscard]] matrix_f dequantize() const { return detail::dequantize_codes(*this); }
 
 private:
     Eigen::Index rows_ = 0, cols_ = 0;
