@@ -7,14 +7,14 @@
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/ternary.hpp>
 
-#include "models.hpp"
+#include "shared_models.hpp"
 
 #include <cstdio>
 #include <exception>
 
 int main(int argc, char** argv) try {
     const std::filesystem::path path =
-        argc > 1 ? std::filesystem::path(argv[1]) : lowbit_test::stories260k("stories260K.bin");
+        argc > 1 ? std::filesystem::path(argv[1]) : lowbit_examples::model_file("stories260K", "stories260K.bin");
     auto ck = lowbit::io::read_llama2c(path);
     const auto& c = ck.config;
     std::printf("checkpoint %s: dim %d, hidden %d, layers %d, heads %d/%d, vocab %d\n\n", path.string().c_str(),

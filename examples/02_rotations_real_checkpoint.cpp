@@ -17,7 +17,7 @@
 #include <lowbit/rtn.hpp>
 #include <lowbit/torq.hpp>
 
-#include "models.hpp"
+#include "shared_models.hpp"
 
 #include <cstdio>
 #include <exception>
@@ -44,7 +44,7 @@ int main(int argc, char** argv) try {
         std::printf("  %6ld  %s\n", static_cast<long>(n), lowbit::hadamard_construction(n).describe().c_str());
 
     const std::filesystem::path path =
-        argc > 1 ? std::filesystem::path(argv[1]) : lowbit_test::stories260k("stories260K.bin");
+        argc > 1 ? std::filesystem::path(argv[1]) : lowbit_examples::model_file("stories260K", "stories260K.bin");
     auto ck = lowbit::io::read_llama2c(path);
     std::printf("\n2. %s: relative weight error, no rotation vs learned rotation\n", path.string().c_str());
     std::printf("  %-14s %-8s %-7s %9s %9s %9s %9s\n", "tensor", "shape", "l x r", "ATQ none", "ATQ KOTMS", "bin none",

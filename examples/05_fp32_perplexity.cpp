@@ -7,9 +7,9 @@
 //               hidden 5632, 8 layers, 32 heads / 8 KV heads, vocab 512; speed only)
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/io/tokenizer.hpp>
-#include <lowbit/model.hpp>
+#include <lowbit/model/llama.hpp>
 
-#include "models.hpp"
+#include "shared_models.hpp"
 
 #include <chrono>
 #include <cstdio>
@@ -50,9 +50,9 @@ int main(int argc, char** argv) try {
     for (int i = 1; i < argc; ++i)
         if (std::strcmp(argv[i], "--large") == 0) large = true;
         else setenv("LOWBIT_MODELS_DIR", argv[i], 1);
-    const auto ck = lowbit::io::read_llama2c(lowbit_test::stories260k("stories260K.bin"));
-    const auto tok = lowbit::io::read_tokenizer(lowbit_test::stories260k("tok512.bin"), ck.config.vocab_size);
-    std::ifstream f(lowbit_test::stories260k("tinystories_dev.txt"), std::ios::binary);
+    const auto ck = lowbit::io::read_llama2c(lowbit_examples::model_file("stories260K", "stories260K.bin"));
+    const auto tok = lowbit::io::read_tokenizer(lowbit_examples::model_file("stories260K", "tok512.bin"), ck.config.vocab_size);
+    std::ifstream f(lowbit_examples::model_file("stories260K", "tinystories_dev.txt"), std::ios::binary);
     std::stringstream ss;
     ss << f.rdbuf();
     const auto model = lowbit::model_from_llama2c(ck);

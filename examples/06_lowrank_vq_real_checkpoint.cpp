@@ -27,11 +27,11 @@
 #include <lowbit/io/tokenizer.hpp>
 #include <lowbit/lowrank.hpp>
 #include <lowbit/metrics.hpp>
-#include <lowbit/model.hpp>
+#include <lowbit/model/llama.hpp>
 #include <lowbit/pcdvq.hpp>
 #include <lowbit/vq.hpp>
 
-#include "models.hpp"
+#include "shared_models.hpp"
 
 #include <chrono>
 #include <cmath>
@@ -111,7 +111,7 @@ std::vector<int> text_tokens(const lowbit::io::tokenizer& tok, const std::string
 } // namespace
 
 int main(int argc, char** argv) try {
-    const std::filesystem::path dir = argc > 1 ? std::filesystem::path(argv[1]) : lowbit_test::stories260k("stories260K.bin").parent_path();
+    const std::filesystem::path dir = argc > 1 ? std::filesystem::path(argv[1]) : lowbit_examples::model_file("stories260K", "stories260K.bin").parent_path();
     auto ck = lowbit::io::read_llama2c(dir / "stories260K.bin");
     const auto& cfg = ck.config;
     std::printf("checkpoint %s: dim %d, hidden %d, layers %d\n", (dir / "stories260K.bin").string().c_str(), cfg.dim,

@@ -6,7 +6,7 @@
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/io/tokenizer.hpp>
 #include <lowbit/metrics.hpp>
-#include <lowbit/model.hpp>
+#include <lowbit/model/llama.hpp>
 #include <lowbit/ternary.hpp>
 
 #include "gaussian_matrix.hpp"

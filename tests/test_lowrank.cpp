@@ -7,7 +7,7 @@
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/io/tokenizer.hpp>
 #include <lowbit/lowrank.hpp>
-#include <lowbit/model.hpp>
+#include <lowbit/model/llama.hpp>
 #include <lowbit/ternary.hpp>
 
 #include <doctest/doctest.h>

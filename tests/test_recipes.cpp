@@ -1,9 +1,9 @@
-// Tests for lowbit/recipes.hpp on the real stories260K checkpoint. Oracles: the README's reference
+// Tests for lowbit/model/recipes.hpp on the real stories260K checkpoint. Oracles: the README's reference
 // perplexities (independent numpy implementation), bit counts worked by hand, and bit-identical
 // logits after a safetensors round trip.
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/io/tokenizer.hpp>
-#include <lowbit/recipes.hpp>
+#include <lowbit/model/recipes.hpp>
 #include <lowbit/rtn.hpp>
 
 #include <doctest/doctest.h>

@@ -11,10 +11,8 @@
 // the text that follows them (never the evaluated text).
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/io/tokenizer.hpp>
-#include <lowbit/model.hpp>
-#include <lowbit/recipes.hpp>
-
-#include "models.hpp"
+#include <lowbit/model/llama.hpp>
+#include <lowbit/model/recipes.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -94,9 +92,7 @@ options parse(int argc, char** argv) {
             std::exit(0);
         } else usage(("unknown argument " + a).c_str());
     }
-    if (o.model.empty()) o.model = lowbit_test::stories260k("stories260K.bin");
-    if (o.tokenizer.empty()) o.tokenizer = lowbit_test::stories260k("tok512.bin");
-    if (o.text.empty()) o.text = lowbit_test::stories260k("tinystories_dev.txt");
+    if (o.model.empty() || o.tokenizer.empty() || o.text.empty()) usage("--model, --tokenizer and --text are required");
     if (recipes == "all")
         for (const auto& r : lowbit::builtin_recipes()) o.recipes.push_back(r.name);
     else if (recipes == "default") o.recipes = default_recipes;

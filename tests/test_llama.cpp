@@ -1,10 +1,10 @@
-// Tests for lowbit/model.hpp on the real stories260K checkpoint. Oracles: the models README
+// Tests for lowbit/model/llama.hpp on the real stories260K checkpoint. Oracles: the models README
 // (greedy text, FP32 perplexity 4.271 on the first 60,000 dev characters, int8 and int4 per-row
 // rounding 4.271 and 5.055); `ref_forward` below, an independent double-precision per-token
 // transcription of llama2.c's `forward` (its own RoPE, RMSNorm, attention loops), which also
 // records every linear input for the calibration-capture check.
 #include <lowbit/io/tokenizer.hpp>
-#include <lowbit/model.hpp>
+#include <lowbit/model/llama.hpp>
 
 #include "models.hpp"
 

@@ -1,5 +1,5 @@
 #pragma once
-/// \file recipes.hpp
+/// \file model/recipes.hpp
 /// Recipes: short compositions of lowbit's policies that turn an FP32 Llama model into a quantized
 /// one whose block linears are `quantized_linear` layers running the packed kernels.
 ///
@@ -44,7 +44,7 @@
 #include <lowbit/kotms.hpp>
 #include <lowbit/kronecker.hpp>
 #include <lowbit/lowrank.hpp>
-#include <lowbit/model.hpp>
+#include <lowbit/model/llama.hpp>
 #include <lowbit/mxfp.hpp>
 #include <lowbit/okt.hpp>
 #include <lowbit/orthogonal.hpp>

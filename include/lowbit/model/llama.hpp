@@ -1,5 +1,5 @@
 #pragma once
-/// \file model.hpp
+/// \file model/llama.hpp
 /// The Llama-2 forward pass of llama2.c checkpoints (FP32 reference and pluggable linear layers):
 /// KV cache, batched prompt, greedy decoding, the perplexity protocol of the models README, and
 /// calibration capture of every linear layer's input.
