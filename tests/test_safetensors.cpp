@@ -218,3 +218,73 @@ TEST_CASE("writer: bad input and atomic failure leave nothing on disk") {
     CHECK(lowbit::io::dtype_bits(st_dtype::F6_E2M3) == 6);
     CHECK(std::string(lowbit::io::dtype_name(st_dtype::F8_E8M0)) == "F8_E8M0");
 }
+
+TEST_CASE("open maps the file: views stay valid in copies, read mode gives the same tensors, errors name the file") {
+    lowbit::io::safetensors_writer w;
+    lowbit::matrix_f m(2, 3);
+    m << 1, 2, 3, 4, 5, -6;
+    w.add("m", m);
+    const std::vector<std::byte> bf{std::byte{0x80}, std::byte{0x3F}, std::byte{0xC0}, std::byte{0xBF}}; // bf16 1, -1.5
+    w.add("bf", st_dtype::BF16, {2}, bf);
+    w.set_metadata("format", "pt");
+    const auto path = temp_path("mapped.safetensors");
+    w.write(path);
+    lowbit::io::tensor_view kept;
+    {
+        auto f = safetensors_file::open(path);
+        CHECK(f.path() == path);
+        CHECK(f.file_bytes().size() == std::filesystem::file_size(path));
+        CHECK(f.matrix("m") == m);
+        const auto copy = f; // shares the mapping
+        kept = copy.tensor("bf");
+        CHECK(copy.tensor("m").bytes.data() == f.tensor("m").bytes.data());
+        const auto r = safetensors_file::open(path, lowbit::io::mapped_file::mode::read);
+        CHECK(r.names() == f.names());
+        CHECK(r.metadata() == f.metadata());
+        CHECK(std::equal(r.tensor("m").bytes.begin(), r.tensor("m").bytes.end(), f.tensor("m").bytes.begin()));
+        const safetensors_file moved = std::move(f);
+        CHECK(moved.tensor("bf").bytes.data() == kept.bytes.data());
+    }
+    // `kept` came from a copy that is gone; a live object holds the mapping, so re-open to use it
+    const auto g = safetensors_file::read(path); // read() maps too
+    CHECK(g.to_matrix("bf") == lowbit::matrix_f::Map(std::vector<float>{1.0f, -1.5f}.data(), 1, 2));
+    CHECK(g.to_matrix("m") == m);
+    CHECK(safetensors_file::parse(g.file_bytes()).path().empty());
+    // a truncated file: the message names the file
+    {
+        std::filesystem::resize_file(path, std::filesystem::file_size(path) - 1);
+        try {
+            (void)safetensors_file::open(path);
+            FAIL("truncated file accepted");
+        } catch (const format_error& e) {
+            CHECK(std::string(e.what()).find(path.string()) != std::string::npos);
+            CHECK(std::string(e.what()).find("truncated") != std::string::npos);
+        }
+    }
+    std::filesystem::remove(path);
+    try {
+        (void)safetensors_file::open(path);
+        FAIL("missing file accepted");
+    } catch (const format_error& e) {
+        CHECK(std::string(e.what()).find(path.string()) != std::string::npos);
+    }
+}
+
+TEST_CASE("to_matrix converts BF16, F16, F32, F64, I8, U8 tensors of rank 0-2 and refuses the rest") {
+    using lowbit::io::to_matrix;
+    using lowbit::io::tensor_view;
+    const std::vector<std::byte> b4{std::byte{0x00}, std::byte{0x3C}, std::byte{0x00}, std::byte{0xC0}}; // f16 1, -2
+    CHECK(to_matrix(tensor_view{st_dtype::F16, {2, 1}, b4}) == lowbit::matrix_f::Map(std::vector<float>{1, -2}.data(), 2, 1));
+    CHECK(to_matrix(tensor_view{st_dtype::F16, {2}, b4}).rows() == 1);
+    CHECK(to_matrix(tensor_view{st_dtype::I8, {4}, b4})(0, 3) == -64.0f);
+    CHECK(to_matrix(tensor_view{st_dtype::U8, {2, 2}, b4})(1, 1) == 192.0f);
+    CHECK(to_matrix(tensor_view{st_dtype::BF16, {}, std::span(b4).first(2)})(0, 0) == lowbit::io::bf16_to_float(0x3C00));
+    CHECK(to_matrix(tensor_view{st_dtype::F32, {0, 5}, {}}).cols() == 5);
+    CHECK_THROWS_AS((void)to_matrix(tensor_view{st_dtype::U8, {1, 2, 2}, b4}), lowbit::shape_error);
+    try {
+        (void)to_matrix(tensor_view{st_dtype::I32, {1}, b4});
+        FAIL("I32 accepted");
+    } catch (const lowbit::invalid_argument& e) {
+        CHECK(std::string(e.what()).find("I32") != std::string::npos);
+    }
+}

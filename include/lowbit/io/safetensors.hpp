@@ -2,6 +2,11 @@
 /// \file io/safetensors.hpp
 /// Strict safetensors reader and atomic writer (huggingface/safetensors format).
 ///
+/// `safetensors_file::open(path)` memory-maps the file (io/mapped_file.hpp): only the header is
+/// parsed; tensor bytes are views into the read-only mapping, loaded by the OS when touched.
+/// `parse(bytes)` validates an in-memory buffer (copied). Element types, `tensor_view` and the
+/// conversions to float live in io/dtype_convert.hpp; `to_matrix` below builds a float matrix.
+///
 /// Layout: u64 little-endian N; N bytes of UTF-8 JSON (an object); the data buffer. Each JSON member
 /// except `__metadata__` is `"name": {"dtype": D, "shape": [d0, ...], "data_offsets": [b, e]}` with
 /// offsets relative to the buffer, e exclusive, row-major little-endian data. `__metadata__` is an
@@ -27,7 +32,8 @@
 #include <lowbit/config.hpp>
 #include <lowbit/detail/json.hpp>
 #include <lowbit/error.hpp>
-#include <lowbit/io/llama2c.hpp>
+#include <lowbit/io/dtype_convert.hpp>
+#include <lowbit/io/mapped_file.hpp>
 #include <lowbit/types.hpp>
 
 #include <Eigen/Core>
@@ -38,7 +44,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -48,65 +56,8 @@
 LOWBIT_BEGIN_NAMESPACE
 namespace io {
 
-/// Element types of the safetensors format.
-enum class st_dtype {
-    BOOL, U8, I8, U16, I16, F16, BF16, U32, I32, F32, U64, I64, F64, C64,
-    F8_E4M3, F8_E5M2, F8_E8M0, F8_E4M3FNUZ, F8_E5M2FNUZ, F4, F6_E2M3, F6_E3M2
-};
-
-namespace detail {
-struct st_dtype_info {
-    st_dtype type;
-    const char* name;
-    int bits;
-};
-inline constexpr st_dtype_info st_dtypes[] = {
-    {st_dtype::BOOL, "BOOL", 8},      {st_dtype::U8, "U8", 8},           {st_dtype::I8, "I8", 8},
-    {st_dtype::U16, "U16", 16},       {st_dtype::I16, "I16", 16},        {st_dtype::F16, "F16", 16},
-    {st_dtype::BF16, "BF16", 16},     {st_dtype::U32, "U32", 32},        {st_dtype::I32, "I32", 32},
-    {st_dtype::F32, "F32", 32},       {st_dtype::U64, "U64", 64},        {st_dtype::I64, "I64", 64},
-    {st_dtype::F64, "F64", 64},       {st_dtype::C64, "C64", 64},        {st_dtype::F8_E4M3, "F8_E4M3", 8},
-    {st_dtype::F8_E5M2, "F8_E5M2", 8}, {st_dtype::F8_E8M0, "F8_E8M0", 8}, {st_dtype::F8_E4M3FNUZ, "F8_E4M3FNUZ", 8},
-    {st_dtype::F8_E5M2FNUZ, "F8_E5M2FNUZ", 8}, {st_dtype::F4, "F4", 4}, {st_dtype::F6_E2M3, "F6_E2M3", 6},
-    {st_dtype::F6_E3M2, "F6_E3M2", 6},
-};
-[[noreturn]] inline void st_fail(const std::string& what) { throw format_error("lowbit: safetensors: " + what); }
-} // namespace detail
-
-/// The format's name of a dtype ("F32", ...).
-[[nodiscard]] inline const char* dtype_name(st_dtype t) {
-    for (const auto& d : detail::st_dtypes)
-        if (d.type == t) return d.name;
-    return "?";
-}
-/// Bits per element (4 for F4, 6 for F6_*, else 8·bytes).
-[[nodiscard]] inline int dtype_bits(st_dtype t) {
-    for (const auto& d : detail::st_dtypes)
-        if (d.type == t) return d.bits;
-    return 0;
-}
-/// The dtype named `name`. \throws format_error (unknown name).
-[[nodiscard]] inline st_dtype dtype_from_name(std::string_view name) {
-    for (const auto& d : detail::st_dtypes)
-        if (name == d.name) return d.type;
-    detail::st_fail("unknown dtype \"" + std::string(name) + "\"");
-}
-
 /// Upper bound of the JSON header length (the reference implementation's MAX_HEADER_SIZE).
 inline constexpr std::uint64_t safetensors_max_header = 100'000'000;
-
-/// A tensor inside a parsed file: its dtype, shape and bytes (a view into the file's buffer).
-struct tensor_view {
-    st_dtype dtype = st_dtype::F32;
-    std::vector<std::uint64_t> shape;
-    std::span<const std::byte> bytes;
-    /// Product of the dimensions (1 for a scalar).
-    [[nodiscard]] std::uint64_t numel() const {
-        std::uint64_t n = 1;
-        for (auto d : shape) n *= d;
-        return n;
-    }
-};
 
 namespace detail {
 /// numel · bits / 8 with overflow and whole-byte checks.
@@ -124,20 +75,50 @@ inline std::uint64_t st_byte_size(const std::vector<std::uint64_t>& shape, st_dt
 }
 } // namespace detail
 
-/// A parsed, validated safetensors file held in memory.
+/// A tensor of rank 0, 1 or 2 converted to a row-major float matrix `[rows x cols]` (rank 2 →
+/// `[shape[0] x shape[1]]`, rank 1 → one row, rank 0 → 1 x 1) by `to_float` (BF16, F16, F32, F64,
+/// I8, U8; exact except F64 rounding). O(numel).
+/// \throws invalid_argument (other dtypes, named), shape_error (rank above 2, or a dimension
+/// beyond Eigen::Index).
+[[nodiscard]] inline matrix_f to_matrix(const tensor_view& t) {
+    constexpr const char* where = "io::to_matrix";
+    lowbit::detail::require(converts_to_float(t.dtype), where,
+                            std::string("dtype ") + dtype_name(t.dtype) + " has no float conversion (BF16, F16, F32, F64, I8, U8)");
+    lowbit::detail::require<shape_error>(t.shape.size() <= 2, where,
+                                         "rank " + std::to_string(t.shape.size()) + ", expected 0, 1 or 2");
+    const std::uint64_t r = t.shape.size() == 2 ? t.shape[0] : 1, c = t.shape.empty() ? 1 : t.shape.back();
+    constexpr auto lim = static_cast<std::uint64_t>(std::numeric_limits<Eigen::Index>::max());
+    lowbit::detail::require<shape_error>(r <= lim && c <= lim && (c == 0 || r <= lim / c), where,
+                                         "shape too large for a matrix");
+    matrix_f m(static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c));
+    to_float(t, std::span<float>(m.data(), static_cast<std::size_t>(m.size())));
+    return m;
+}
+
+/// A parsed, validated safetensors file: its header, and its bytes either memory-mapped (`open`)
+/// or copied (`parse`). Copies share the same immutable bytes; tensor views stay valid while any
+/// copy of the object lives (moves included).
 class safetensors_file {
 public:
-    /// Parses and validates `bytes` (the whole file; copied). \throws format_error (see file comment).
+    /// Parses and validates `bytes` (the whole file; copied). O(size).
+    /// \throws format_error (see file comment).
     static safetensors_file parse(std::span<const std::byte> bytes) {
+        auto buf = std::make_shared<std::vector<std::byte>>(bytes.begin(), bytes.end());
         safetensors_file f;
-        f.data_.assign(bytes.begin(), bytes.end());
+        f.data_ = std::span<const std::byte>(buf->data(), buf->size());
+        f.storage_ = std::move(buf);
         f.validate();
         return f;
     }
-    /// Reads and validates a file. \throws format_error (unreadable or malformed).
-    static safetensors_file read(const std::filesystem::path& path) {
+    /// Opens, memory-maps (`mapped_file::mode::map`; `mode::read` reads it instead) and validates
+    /// the file at `path`: only the header is read, O(header + number of tensors · log).
+    /// \throws format_error (unreadable, or malformed; the message ends with "(file '<path>')").
+    static safetensors_file open(const std::filesystem::path& path, mapped_file::mode how = mapped_file::mode::map) {
+        auto map = std::make_shared<mapped_file>(path, how);
         safetensors_file f;
-        f.data_ = read_file_bytes(path);
+        f.data_ = map->bytes();
+        f.storage_ = std::move(map);
+        f.path_ = path;
         try {
             f.validate();
         } catch (const format_error& e) {
@@ -145,6 +126,13 @@ public:
         }
         return f;
     }
+    /// Same as `open(path)` (kept for existing callers: maps, does not read the whole file).
+    static safetensors_file read(const std::filesystem::path& path) { return open(path); }
+
+    /// The path given to `open` (empty after `parse`).
+    [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
+    /// The whole file's bytes (header included).
+    [[nodiscard]] std::span<const std::byte> file_bytes() const noexcept { return data_; }
 
     /// Tensor names in file order of their offsets.
     [[nodiscard]] std::vector<std::string> names() const {
@@ -164,7 +152,7 @@ public:
         tensor_view v;
         v.dtype = e.dtype;
         v.shape = e.shape;
-        v.bytes = std::span<const std::byte>(data_.data() + data_start_ + e.begin, e.end - e.begin);
+        v.bytes = data_.subspan(data_start_ + static_cast<std::size_t>(e.begin), static_cast<std::size_t>(e.end - e.begin));
         return v;
     }
     /// The `__metadata__` map (empty if absent).
@@ -182,9 +170,12 @@ public:
         const auto r = static_cast<Eigen::Index>(v.shape.size() == 2 ? v.shape[0] : 1);
         const auto c = static_cast<Eigen::Index>(v.shape.back());
         matrix_f m(r, c);
-        if (v.bytes.size()) std::memcpy(m.data(), v.bytes.data(), v.bytes.size());
+        if (v.bytes.size()) to_float(v, std::span<float>(m.data(), static_cast<std::size_t>(m.size())));
         return m;
     }
+    /// The tensor `name` converted to float by `io::to_matrix` (BF16, F16, F32, F64, I8, U8; rank ≤ 2).
+    /// \throws invalid_argument (no such tensor, unsupported dtype), shape_error (rank above 2).
+    [[nodiscard]] matrix_f to_matrix(const std::string& name) const { return io::to_matrix(tensor(name)); }
 
 private:
     struct entry {
@@ -272,7 +263,9 @@ private:
                     (at < buffer ? " (trailing bytes)" : " (file truncated)"));
     }
 
-    std::vector<std::byte> data_;
+    std::shared_ptr<const void> storage_; // owns what data_ points into (mapped_file or vector)
+    std::span<const std::byte> data_;
+    std::filesystem::path path_;
     std::size_t data_start_ = 0;
     std::map<std::string, entry> entries_;
     std::vector<std::string> order_;
