@@ -1,6 +1,6 @@
 // Writes small valid seed inputs for the fuzz targets into the folder given as argv[1]:
-// a tiny llama2.c checkpoint, a tiny tokenizer, and a safetensors file (scripts/fuzz also adds the
-// real tok512.bin when it is found).
+// a tiny llama2.c checkpoint, a tiny tokenizer, a safetensors file and a safetensors index JSON
+// (scripts/fuzz also adds the real tok512.bin and llama-21M-en's index when it finds them).
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/io/safetensors.hpp>
 
@@ -55,5 +55,10 @@ int main(int argc, char** argv) {
     w.add("scalar", lowbit::io::st_dtype::I16, {}, packed);
     w.set_metadata("lowbit.format", "rtn4");
     save(dir + "/tiny.safetensors", w.serialize());
+
+    const std::string index = R"({"metadata": {"total_size": 40, "total_parameters": 10},
+ "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors",
+  "model.embed_tokens.weight": "model-00001-of-00002.safetensors", "a\u00e9\"q": "sub/x.safetensors"}})";
+    std::ofstream(dir + "/index_tiny.json", std::ios::binary) << index;
     return 0;
 }
