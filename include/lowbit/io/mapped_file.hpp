@@ -23,6 +23,7 @@
 #include <system_error>
 #include <utility>
 
+/// LOWBIT_HAS_MMAP: 1 where mapped_file uses POSIX mmap (Unix-like systems), 0 where it reads.
 #if defined(__unix__) || defined(__APPLE__)
 #include <fcntl.h>
 #include <sys/mman.h>
