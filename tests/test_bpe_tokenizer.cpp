@@ -456,7 +456,7 @@ TEST_CASE("bpe_tokenizer: refusals name the rule") {
     refuses(replace_once(src, "\"type\": \"BPE\"", "\"type\": \"WordPiece\""), "model.type \"WordPiece\" is not supported");
     refuses(replace_once(src, "\"type\": \"BPE\"", "\"type\": \"Unigram\""), "model.type \"Unigram\"");
     refuses(replace_once(src, "\"type\": \"BPE\"", "\"type\": \"WordLevel\""), "model.type \"WordLevel\"");
-    refuses(replace_once(src, "\"normalizer\": null", "\"normalizer\": {\"type\": \"NFC\"}"), "normalizer \"NFC\" is not supported");
+    refuses(replace_once(src, "\"normalizer\": null", "\"normalizer\": {\"type\": \"NFKC\"}"), "normalizer \"NFKC\" is not supported");
     refuses(replace_once(src, "\"normalizer\": null", "\"normalizer\": {\"type\": \"Lowercase\"}"), "normalizer \"Lowercase\"");
     refuses(replace_once(src, "\"truncation\": null", "\"truncation\": {}"), "truncation");
     refuses(replace_once(src, "\"byte_fallback\": false", "\"byte_fallback\": true"), "byte_fallback");
@@ -497,4 +497,46 @@ TEST_CASE("bpe_tokenizer: refusals name the rule") {
     refuses("[]", "must be a JSON object");
     refuses("{", "JSON");
     CHECK_THROWS_AS(bpe_tokenizer::load("/nonexistent/tokenizer.json"), format_error);
+}
+
+TEST_CASE("nfc: Unicode Normalization Form C (UAX #15 examples)") {
+    using lowbit::io::detail::nfc;
+    CHECK(std::string(lowbit::detail::unicode_nfc_version) == "9.0.0");
+    CHECK(nfc("plain ASCII and Latin-1 caf\xC3\xA9") == "plain ASCII and Latin-1 caf\xC3\xA9"); // fast path
+    CHECK(nfc("cafe\u0301") == "caf\u00e9");                 // e + combining acute -> é
+    CHECK(nfc("A\u030a") == "\u00c5");                       // A + ring -> Å
+    CHECK(nfc("\u212b") == "\u00c5");                        // Angstrom sign: singleton decomposition
+    CHECK(nfc("\u1e0b\u0323") == "\u1e0d\u0307");            // ḋ + dot below: reorder (220 < 230), compose ḍ
+    CHECK(nfc("q\u0307\u0323") == "q\u0323\u0307");          // no composite: only canonical order
+    CHECK(nfc("\u0344") == "\u0308\u0301");                  // non-starter decomposition never recomposes
+    CHECK(nfc("\u0958") == "\u0915\u093c");                  // composition exclusion (qa)
+    CHECK(nfc("\u1100\u1161\u11a8") == "\uac01");            // Hangul L V T -> 각
+    CHECK(nfc("\uac00\u11a8") == "\uac01");                  // Hangul LV + T
+    CHECK(nfc("\u1100\u0301\u1161") == "\u1100\u0301\u1161"); // blocked by a mark
+    CHECK(nfc("a\u0301\u0301") == "\u00e1\u0301");           // second acute blocked by the first's class
+    CHECK(nfc("\xFF\u0301") == "\xFF\u0301");                // invalid byte: copied, blocks composition
+    // tokenizers' NFC uses Unicode 9.0 data: U+1DF6 (combining class 232 since Unicode 10) is a
+    // starter for it, so no reordering with the dot below (class 220)
+    CHECK(nfc("a\u1df6\u0323") == "a\u1df6\u0323");
+}
+
+TEST_CASE("bpe_tokenizer: NFC normalizer (Qwen2 files) matches tokenizers' ids") {
+    // Qwen2 Split + NFC + an added token with normalized true whose content is not NFC. Ids by
+    // tokenizers 0.23.3 (as HF_FIXTURES). The added token matches the normalized text: both the
+    // decomposed and the precomposed "café!" become token 4096.
+    const std::string json = replace_once(
+        replace_once(replace_once(real_json(), pre_gpt2, split_sequence(pretokenizer_pattern::qwen2)),
+                     "\"normalizer\": null", "\"normalizer\": {\"type\": \"NFC\"}"),
+        "\"special\": true\n    }\n  ],", R"("special": true
+    },
+    {"id": 4096, "content": "cafe\u0301!", "single_word": false, "lstrip": false, "rstrip": false, "normalized": true, "special": false}
+  ],)");
+    const auto t = bpe_tokenizer::parse(json);
+    CHECK(t.encode("cafe\u0301! caf\u00e9! cafe\u0301") == std::vector<int>{4096, 221, 4096, 2664, 70, 128, 103});
+    CHECK(t.encode("\u1100\u1161\u11a8 \u212b \u1e0b\u0323 \u0344 \u0958 A\u030a") ==
+          std::vector<int>{167, 109, 224, 221, 128, 228, 221, 158, 117, 236, 137, 230, 221, 137, 231, 137, 224, 221, 157, 98, 244, 157, 98, 121, 221, 128, 228});
+    CHECK(t.encode("It's 2024 <|endoftext|> x") == std::vector<int>{1522, 499, 221, 18, 16, 18, 20, 221, 0, 1243});
+    CHECK(t.decode(t.encode("cafe\u0301 x")) == "caf\u00e9 x"); // decode gives the normalized text
+    CHECK_THROWS_WITH_AS(bpe_tokenizer::parse(replace_once(json, "{\"type\": \"NFC\"}", "{\"type\": \"NFC\", \"x\": 1}")),
+                         doctest::Contains("normalizer NFC has members"), format_error);
 }

@@ -2,7 +2,7 @@
 // on arbitrary bytes.
 // Contract checked (no crash, leak or UB under ASan/UBSan besides):
 //  - the input as text: for each pattern (GPT-2, Llama-3, Qwen2), pretokenize() returns non-empty
-//    pieces that concatenate back to the input exactly;
+//    pieces that concatenate back to the input exactly; detail::nfc is idempotent;
 //  - the input as tokenizer.json: malformed input throws lowbit::format_error and nothing else; an
 //    accepted tokenizer encodes a fixed string and the input's first 4 KiB to ids inside
 //    [0, vocab_size()) that decode without error, and when the vocabulary holds the 256 byte tokens,
@@ -41,6 +41,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         }
         if (joined != text) std::abort();
     }
+    const std::string once = detail::nfc(text); // NFC is idempotent (valid UTF-8 or not)
+    if (detail::nfc(once) != once) std::abort();
     bpe_tokenizer t;
     try {
         t = bpe_tokenizer::parse(text);

@@ -10,7 +10,8 @@
 ///    `tokenizers`), `ignore_merges`, `byte_fallback` false, `dropout` null, no
 ///    `continuing_subword_prefix` / `end_of_word_suffix`, `unk_token` null or a vocabulary token;
 ///    WordPiece, Unigram, WordLevel are refused;
-///  - `normalizer` null (NFC and other normalizers are refused: Qwen2's own files use NFC);
+///  - `normalizer` null or `{"type": "NFC"}` (Qwen2's files), with the Unicode 9.0 NFC data that
+///    `tokenizers` uses (`detail::nfc`); every other normalizer is refused;
 ///  - `pre_tokenizer` `ByteLevel` (`use_regex` true: the GPT-2 regex; `add_prefix_space`) or
 ///    `Sequence [Split(Regex P, Isolated, invert false), ByteLevel]` where P is, by its exact text,
 ///    the Llama-3 or the Qwen2 pattern (`pretokenizer_pattern`); each regex is a hand-written
@@ -21,13 +22,13 @@
 ///  - `added_tokens`: ids either equal to the vocabulary's id for the same content or new; the
 ///    union of all ids must be exactly 0..N−1 (no duplicate id, no hole, no id out of range);
 ///    `single_word` true is refused; `lstrip`, `rstrip`, `normalized` are honoured as `tokenizers`
-///    does (with the null normalizer `normalized` only orders the two splitting passes).
+///    does (a `normalized` token matches the normalized text, so its content is normalized too).
 ///
 /// Encoding of `text` (bytes; invalid UTF-8 is accepted, each invalid byte being one character of
 /// class "other"; HF only takes valid strings):
-///  1. split on added tokens (leftmost-longest exact match; first tokens with `normalized` false,
-///     then, in the remaining text, those with `normalized` true), `lstrip`/`rstrip` absorbing
-///     adjacent White_Space; a match becomes its id;
+///  1. split on added tokens with `normalized` false (leftmost-longest exact match, `lstrip` /
+///     `rstrip` absorbing adjacent White_Space); a match becomes its id; the text between matches
+///     is normalized (NFC if configured) and split the same way on tokens with `normalized` true;
 ///  2. each remaining non-empty segment is pre-tokenized: [Split by P], then ByteLevel: prefix " "
 ///     when `add_prefix_space` and the piece does not start with one, then [the GPT-2 regex];
 ///  3. each piece's bytes map to the GPT-2 byte↔unicode alphabet; BPE merges the adjacent pair of
@@ -41,7 +42,8 @@
 /// Decoding follows the ByteLevel decoder: a token whose characters are all in the byte alphabet
 /// becomes those bytes, any other token (e.g. an added token containing "\n") its UTF-8 text.
 /// `decode` returns raw bytes (HF then replaces invalid UTF-8 with U+FFFD; ids that split a
-/// character give such bytes here).
+/// character give such bytes here). One known difference: HF decodes an added token with
+/// `normalized` true from its normalized content, lowbit from its content as written.
 
 #include <lowbit/config.hpp>
 #include <lowbit/detail/json.hpp>
@@ -207,6 +209,105 @@ inline std::size_t pretokenizer_match(pretokenizer_pattern p, const std::vector<
     return 1;
 }
 
+/// Unicode Normalization Form C of UTF-8 `s` (UAX #15: full canonical decomposition, canonical
+/// ordering of combining marks, canonical composition of primary composites; Hangul algorithmic),
+/// with the tables of detail/unicode_tables.hpp. Bytes that are not valid UTF-8 are copied and
+/// block composition. Text whose code points are all below U+0300 is returned unchanged at once.
+/// O(n log T) (a run of m combining marks costs O(m²) to order; real text has m ≤ 4 or so).
+inline std::string nfc(std::string_view s) {
+    bool fast = true;
+    for (char ch : s) fast = fast && static_cast<unsigned char>(ch) < 0xCC; // every code point < U+0300
+    if (fast) return std::string(s);
+    using lowbit::detail::canonical_combining_class;
+    constexpr std::uint32_t s_base = 0xAC00, l_base = 0x1100, v_base = 0x1161, t_base = 0x11A7;
+    constexpr std::uint32_t l_count = 19, v_count = 21, t_count = 28, n_count = v_count * t_count,
+                            s_count = l_count * n_count;
+    constexpr std::uint32_t raw_byte = 0x80000000u; // marks an invalid byte (value in the low 8 bits)
+    std::vector<text_char> chars;
+    decode_text_chars(s, chars);
+    // 1. decompose
+    std::vector<std::uint32_t> d;
+    d.reserve(chars.size() + 8);
+    for (std::size_t i = 0; i + 1 < chars.size(); ++i) {
+        const std::uint32_t cp = chars[i].cp;
+        if (cp == 0xFFFFFFFFu) {
+            d.push_back(raw_byte | static_cast<unsigned char>(s[chars[i].pos]));
+        } else if (cp >= s_base && cp < s_base + s_count) {
+            const std::uint32_t k = cp - s_base;
+            d.push_back(l_base + k / n_count);
+            d.push_back(v_base + (k % n_count) / t_count);
+            if (k % t_count) d.push_back(t_base + k % t_count);
+        } else {
+            std::size_t len = 0;
+            const std::uint32_t* p = lowbit::detail::canonical_decomposition(cp, len);
+            if (p) d.insert(d.end(), p, p + len);
+            else d.push_back(cp);
+        }
+    }
+    auto ccc = [&](std::uint32_t cp) -> std::uint8_t { return cp & raw_byte ? 0 : canonical_combining_class(cp); };
+    // 2. canonical ordering: stable sort of each run of non-starters by combining class
+    for (std::size_t i = 0; i < d.size();) {
+        if (ccc(d[i]) == 0) {
+            ++i;
+            continue;
+        }
+        std::size_t j = i;
+        while (j < d.size() && ccc(d[j]) != 0) ++j;
+        for (std::size_t a = i + 1; a < j; ++a) // insertion sort (stable)
+            for (std::size_t b = a; b > i && ccc(d[b - 1]) > ccc(d[b]); --b) std::swap(d[b - 1], d[b]);
+        i = j;
+    }
+    // 3. compose
+    std::vector<std::uint32_t> r;
+    r.reserve(d.size());
+    std::ptrdiff_t starter = -1;
+    for (std::uint32_t c : d) {
+        const std::uint8_t cc = ccc(c);
+        if (starter >= 0 && !(c & raw_byte)) {
+            const bool adjacent = static_cast<std::ptrdiff_t>(r.size()) - 1 == starter;
+            if (adjacent || ccc(r.back()) < cc) {
+                const std::uint32_t f = r[static_cast<std::size_t>(starter)];
+                std::uint32_t comp = 0;
+                if (f >= l_base && f < l_base + l_count && c >= v_base && c < v_base + v_count) {
+                    if (adjacent) comp = s_base + ((f - l_base) * v_count + (c - v_base)) * t_count;
+                } else if (f >= s_base && f < s_base + s_count && (f - s_base) % t_count == 0 && c > t_base &&
+                           c < t_base + t_count) {
+                    if (adjacent) comp = f + (c - t_base);
+                } else if (!(f & raw_byte)) {
+                    comp = lowbit::detail::canonical_composition(f, c);
+                }
+                if (comp) {
+                    r[static_cast<std::size_t>(starter)] = comp;
+                    continue;
+                }
+            }
+        }
+        if (cc == 0) starter = static_cast<std::ptrdiff_t>(r.size());
+        r.push_back(c);
+    }
+    // 4. encode
+    std::string out;
+    out.reserve(s.size());
+    for (std::uint32_t cp : r) {
+        if (cp & raw_byte) out += static_cast<char>(cp & 0xFF);
+        else if (cp < 0x80) out += static_cast<char>(cp);
+        else if (cp < 0x800) {
+            out += static_cast<char>(0xC0 | (cp >> 6));
+            out += static_cast<char>(0x80 | (cp & 0x3F));
+        } else if (cp < 0x10000) {
+            out += static_cast<char>(0xE0 | (cp >> 12));
+            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+            out += static_cast<char>(0x80 | (cp & 0x3F));
+        } else {
+            out += static_cast<char>(0xF0 | (cp >> 18));
+            out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+            out += static_cast<char>(0x80 | (cp & 0x3F));
+        }
+    }
+    return out;
+}
+
 } // namespace detail
 
 /// Splits `text` into the pieces (byte ranges of `text`, in order, covering it) that the regex of
@@ -307,12 +408,7 @@ public:
         std::vector<int> out;
         out.reserve(text.size() / 3 + 4);
         std::vector<detail::text_char> chars;
-        std::vector<int> word;
-        for (const auto& [added, seg] : split_added(text)) {
-            if (added >= 0) {
-                out.push_back(added);
-                continue;
-            }
+        auto encode_segment = [&](std::string_view seg) {
             // pre-tokenize the segment: [Split by P] then ByteLevel([prefix], [GPT-2 regex])
             auto byte_level = [&](std::string_view piece) {
                 std::string tmp;
@@ -346,6 +442,28 @@ public:
                     byte_level(seg.substr(c[i].pos, c[i + len].pos - c[i].pos));
                     i += len;
                 }
+            }
+        };
+        // added tokens with normalized false match the raw text; the rest is normalized, then
+        // added tokens with normalized true match it (tokenizers' extract_and_normalize)
+        std::vector<std::pair<int, std::string_view>> raw, norm;
+        split_one(text, added_pass1_, raw);
+        std::string normalized;
+        for (const auto& [id, seg] : raw) {
+            if (id >= 0) {
+                out.push_back(id);
+                continue;
+            }
+            std::string_view s = seg;
+            if (nfc_) {
+                normalized = detail::nfc(seg);
+                s = normalized;
+            }
+            norm.clear();
+            split_one(s, added_pass2_, norm);
+            for (const auto& [id2, seg2] : norm) {
+                if (id2 >= 0) out.push_back(id2);
+                else encode_segment(seg2);
             }
         }
         return out;
@@ -464,8 +582,12 @@ private:
         if (!model) fail("no \"model\" member");
         const std::string& mtype = type_of(*model, "model");
         if (mtype != "BPE") fail("model.type \"" + mtype + "\" is not supported (only BPE)");
-        if (const json* n = member(root, "normalizer"); !is_null(n))
-            fail("normalizer \"" + type_of(*n, "normalizer") + "\" is not supported (only null)");
+        if (const json* n = member(root, "normalizer"); !is_null(n)) {
+            const std::string& nt = type_of(*n, "normalizer");
+            if (nt != "NFC") fail("normalizer \"" + nt + "\" is not supported (only null and NFC)");
+            if (n->keys.size() != 1) fail("normalizer NFC has members besides \"type\"");
+            nfc_ = true;
+        }
         if (!is_null(member(root, "truncation"))) fail("truncation is not supported (must be null)");
         if (!is_null(member(root, "padding"))) fail("padding is not supported (must be null)");
         const json* pt = member(root, "pre_tokenizer");
@@ -622,12 +744,14 @@ private:
         }
 
         // added-token matching order: normalized false first, then normalized true
+        // (normalized tokens match the normalized text, so their content is normalized too)
         for (std::size_t k = 0; k < added_.size(); ++k) {
             auto& pass = added_[k].normalized ? added_pass2_ : added_pass1_;
+            added_match_.push_back(added_[k].normalized && nfc_ ? detail::nfc(added_[k].content) : added_[k].content);
             pass.any = true;
-            pass.by_first[static_cast<unsigned char>(added_[k].content[0])].push_back(k);
+            pass.by_first[static_cast<unsigned char>(added_match_[k][0])].push_back(k);
         }
-        auto by_length = [&](std::size_t x, std::size_t y) { return added_[x].content.size() > added_[y].content.size(); };
+        auto by_length = [&](std::size_t x, std::size_t y) { return added_match_[x].size() > added_match_[y].size(); };
         for (auto* pass : {&added_pass1_, &added_pass2_})
             for (auto& v : pass->by_first) std::stable_sort(v.begin(), v.end(), by_length);
 
@@ -648,26 +772,23 @@ private:
 
     static bool is_white_space(const detail::text_char& c) { return c.cls == lowbit::detail::unicode_class::space; }
 
-    /// Splits `text` on added tokens: (id, piece) for a token, (−1, piece) for plain text.
-    std::vector<std::pair<int, std::string_view>> split_added(std::string_view text) const {
-        std::vector<std::pair<int, std::string_view>> segs{{-1, text}};
-        if (added_.empty()) return segs;
-        for (const auto* pass : {&added_pass1_, &added_pass2_}) {
-            if (!pass->any) continue;
-            std::vector<std::pair<int, std::string_view>> next;
-            for (const auto& seg : segs) {
-                if (seg.first >= 0) next.push_back(seg);
-                else split_one(seg.second, *pass, next);
-            }
-            segs = std::move(next);
-        }
-        return segs;
+    /// Index of the character starting at byte `pos` (a character boundary or the end). O(log n).
+    static std::size_t char_index(const std::vector<detail::text_char>& chars, std::size_t pos) {
+        return static_cast<std::size_t>(
+            std::lower_bound(chars.begin(), chars.end(), pos,
+                             [](const detail::text_char& c, std::size_t p) { return c.pos < p; }) -
+            chars.begin());
     }
 
     /// Leftmost-longest matches of the tokens `pass` (sorted by decreasing length) in `s`, with
     /// lstrip/rstrip, as tokenizers' AddedVocabulary::find_matches + split_with_indices.
+    /// Appends (id, match) for a token, (−1, piece) for the non-empty text between them.
     void split_one(std::string_view s, const added_pass& pass,
                    std::vector<std::pair<int, std::string_view>>& out) const {
+        if (!pass.any) {
+            if (!s.empty()) out.emplace_back(-1, s);
+            return;
+        }
         std::vector<detail::text_char> chars; // decoded lazily for lstrip/rstrip
         auto ensure_chars = [&] {
             if (chars.empty()) detail::decode_text_chars(s, chars);
@@ -677,10 +798,12 @@ private:
         std::size_t pos = 0;
         while (pos < s.size()) {
             const added_token* hit = nullptr;
+            std::size_t hit_len = 0;
             for (std::size_t k : pass.by_first[static_cast<unsigned char>(s[pos])]) {
-                const auto& a = added_[k];
-                if (s.compare(pos, a.content.size(), a.content) == 0) {
-                    hit = &a;
+                const std::string& m = added_match_[k];
+                if (s.compare(pos, m.size(), m) == 0) {
+                    hit = &added_[k];
+                    hit_len = m.size();
                     break;
                 }
             }
@@ -688,20 +811,18 @@ private:
                 ++pos;
                 continue;
             }
-            std::size_t start = pos, stop = pos + hit->content.size();
+            std::size_t start = pos, stop = pos + hit_len;
             pos = stop;
             if (start < start_offset) continue; // inside a previous token's rstrip
             if (hit->lstrip) {
                 ensure_chars();
-                std::size_t k = 0;
-                while (chars[k].pos < start) ++k;
+                std::size_t k = char_index(chars, start);
                 while (k > 0 && is_white_space(chars[k - 1])) --k;
                 start = std::max<std::size_t>(chars[k].pos, start_offset);
             }
             if (hit->rstrip) {
                 ensure_chars();
-                std::size_t k = 0;
-                while (chars[k].pos < stop) ++k;
+                std::size_t k = char_index(chars, stop);
                 while (k + 1 < chars.size() && is_white_space(chars[k])) ++k;
                 stop = chars[k].pos;
                 pos = std::max(pos, stop);
@@ -794,12 +915,13 @@ private:
     std::unordered_map<std::uint64_t, std::pair<int, int>> merges_; // (a, b) -> (rank, merged id)
     std::vector<added_token> added_;
     added_pass added_pass1_, added_pass2_; // normalized false, then true
+    std::vector<std::string> added_match_;  // text each added token matches (NFC of content if normalized)
     std::array<int, 256> byte_id_{};
     std::array<std::string, 256> byte_char_{};
     std::size_t merge_count_ = 0;
     pretokenizer_pattern pattern_ = pretokenizer_pattern::gpt2;
     bool split_ = false, add_prefix_space_ = false, byte_level_regex_ = true;
-    bool ignore_merges_ = false, fuse_unk_ = false;
+    bool ignore_merges_ = false, fuse_unk_ = false, nfc_ = false;
     int unk_ = -1, bos_ = -1, eos_ = -1;
     std::shared_ptr<word_cache> cache_ = std::make_shared<word_cache>();
 };
