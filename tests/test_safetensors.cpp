@@ -288,3 +288,24 @@ TEST_CASE("to_matrix converts BF16, F16, F32, F64, I8, U8 tensors of rank 0-2 an
         CHECK(std::string(e.what()).find("I32") != std::string::npos);
     }
 }
+
+TEST_CASE("writer: float matrices stored as BF16 / F16 round to nearest even and read back through to_matrix") {
+    lowbit::matrix_f m(2, 2);
+    m << 1.0f, 1.0f + std::ldexp(1.0f, -8), 1.0f + 3 * std::ldexp(1.0f, -8), -65520.0f;
+    lowbit::io::safetensors_writer w;
+    w.add("b", m, st_dtype::BF16);
+    w.add("h", m, st_dtype::F16);
+    w.add("f", m, st_dtype::F32);
+    CHECK_THROWS_AS(w.add("x", m, st_dtype::I8), lowbit::invalid_argument);
+    const auto f = safetensors_file::parse(w.serialize());
+    CHECK(f.tensor("b").dtype == st_dtype::BF16);
+    CHECK(f.tensor("b").shape == std::vector<std::uint64_t>{2, 2});
+    const auto b = f.to_matrix("b");
+    CHECK(b(0, 1) == 1.0f);                          // tie to even
+    CHECK(b(1, 0) == 1.0f + 4 * std::ldexp(1.0f, -8)); // tie, odd rounds up
+    CHECK(b(1, 1) == -65536.0f);
+    const auto h = f.to_matrix("h");
+    CHECK(h(0, 1) == 1.0f + std::ldexp(1.0f, -8));   // exact in f16
+    CHECK(h(1, 1) == -std::numeric_limits<float>::infinity()); // 65520 is the overflow tie
+    CHECK(f.to_matrix("f") == m);
+}

@@ -299,6 +299,13 @@ public:
         add(name, st_dtype::F32, {static_cast<std::uint64_t>(c.rows()), static_cast<std::uint64_t>(c.cols())},
             std::as_bytes(std::span<const float>(c.data(), static_cast<std::size_t>(c.size()))));
     }
+    /// Adds a float matrix as `dtype` `[rows, cols]`: F32 bit for bit, BF16 or F16 rounded to
+    /// nearest even (io::from_float, PyTorch's rule). \throws as add; invalid_argument (other dtypes).
+    void add(const std::string& name, const cref_matrix_f& m, st_dtype dtype) {
+        const matrix_f c = m;
+        const auto bytes = from_float(std::span<const float>(c.data(), static_cast<std::size_t>(c.size())), dtype);
+        add(name, dtype, {static_cast<std::uint64_t>(c.rows()), static_cast<std::uint64_t>(c.cols())}, bytes);
+    }
     /// Sets a `__metadata__` entry. \throws invalid_argument (key or value not UTF-8).
     void set_metadata(const std::string& key, const std::string& value) {
         lowbit::detail::require(lowbit::detail::valid_utf8(key) && lowbit::detail::valid_utf8(value),
