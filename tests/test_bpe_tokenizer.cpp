@@ -497,6 +497,9 @@ TEST_CASE("bpe_tokenizer: refusals name the rule") {
     refuses("[]", "must be a JSON object");
     refuses("{", "JSON");
     CHECK_THROWS_AS(bpe_tokenizer::load("/nonexistent/tokenizer.json"), format_error);
+    const bpe_tokenizer empty;
+    CHECK(empty.vocab_size() == 0);
+    CHECK(empty.encode("abc").empty());
 }
 
 TEST_CASE("nfc: Unicode Normalization Form C (UAX #15 examples)") {

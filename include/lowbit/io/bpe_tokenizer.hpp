@@ -345,10 +345,16 @@ public:
 
     /// One entry of `added_tokens`.
     struct added_token {
-        int id = -1;
-        std::string content;
-        bool special = false, lstrip = false, rstrip = false, normalized = false;
+        int id = -1;             ///< its id
+        std::string content;     ///< the exact text it matches (before normalization)
+        bool special = false;    ///< `special`: left out by `decode(ids, true)`
+        bool lstrip = false;     ///< `lstrip`: a match absorbs the White_Space before it
+        bool rstrip = false;     ///< `rstrip`: a match absorbs the White_Space after it
+        bool normalized = false; ///< `normalized`: matched in the normalized text (second pass)
     };
+
+    /// An empty tokenizer (vocab_size() 0; encode returns no ids). Use `parse` or `load`.
+    bpe_tokenizer() = default;
 
     /// Parses the bytes of a tokenizer.json. O(V + M) for V tokens and M merges.
     /// \throws format_error naming the rule broken (see the file comment).
@@ -916,7 +922,11 @@ private:
     std::vector<added_token> added_;
     added_pass added_pass1_, added_pass2_; // normalized false, then true
     std::vector<std::string> added_match_;  // text each added token matches (NFC of content if normalized)
-    std::array<int, 256> byte_id_{};
+    std::array<int, 256> byte_id_ = [] {
+        std::array<int, 256> a{};
+        a.fill(-1);
+        return a;
+    }();
     std::array<std::string, 256> byte_char_{};
     std::size_t merge_count_ = 0;
     pretokenizer_pattern pattern_ = pretokenizer_pattern::gpt2;
