@@ -95,18 +95,17 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
         const auto back = lowbit::load_quantized_model(path);
         CHECK(back.spec.name == name);
         if (q.spec.low_rank > 0) {
-            REQUIRE(back.records[0][0].correction.has_value());
-            CHECK(back.records[0][0].correction->a == q.records[0][0].correction->a);
+            REQUIRE(back.records.at("layers.0.wq").correction.has_value());
+            CHECK(back.records.at("layers.0.wq").correction->a == q.records.at("layers.0.wq").correction->a);
         }
         if (q.spec.rotation == lowbit::rotation_kind::kotms || q.spec.rotation == lowbit::rotation_kind::torq) {
-            REQUIRE(back.records[0][0].rotation.has_value());
-            CHECK(back.records[0][0].rotation->left == q.records[0][0].rotation->left);
-            CHECK(back.records[0][0].rotation->dense == q.records[0][0].rotation->dense);
+            REQUIRE(back.records.at("layers.0.wq").rotation.has_value());
+            CHECK(back.records.at("layers.0.wq").rotation->left == q.records.at("layers.0.wq").rotation->left);
+            CHECK(back.records.at("layers.0.wq").rotation->dense == q.records.at("layers.0.wq").rotation->dense);
         }
         CHECK(back.model.nonlinear.exact() == !q.spec.nli);
         if (q.spec.weights == lowbit::weight_scheme::tra_ternary)
-            for (const auto& layer : q.records)
-                for (const auto& rec : layer) {
+            for (const auto& [name, rec] : q.records) {
                     // at least one group bit and one 1.6-bit trit per weight plus 10 fp16 per row per
                     // block of 128 columns; at most two trits per weight and every column index on top
                     const double per_row = 160.0 * static_cast<double>((rec.cols + 127) / 128) / static_cast<double>(rec.cols);
@@ -132,6 +131,45 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
     std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("every recipe field is saved: a non-default seed and hadamard_first reload as quantized") {
+    const auto dir = std::filesystem::temp_directory_path() / "lowbit_test_recipe_fields";
+    std::filesystem::create_directories(dir);
+    lowbit::recipe r = lowbit::find_recipe("twla-w1.58a8");
+    r.solver = lowbit::solver_kind::rtn; // cheap; the rotation seed is what matters here
+    r.seed = 7;
+    r.act_clip = 0.875f;
+    r.damp = 0.0125;
+    r.hadamard_first = false;
+    lowbit::quantized_model q{r, {}, {}};
+    q.model = lowbit::quantize_model(fx().fp32, r, {}, {}, &q.records);
+    lowbit::save_quantized_model(dir / "seed7.safetensors", q);
+    const auto back = lowbit::load_quantized_model(dir / "seed7.safetensors");
+    CHECK(lowbit::recipe_fields(back.spec) == lowbit::recipe_fields(r));
+    CHECK(back.spec.seed == 7);
+    const std::vector<int> toks(fx().eval.begin(), fx().eval.begin() + 24);
+    lowbit::kv_cache c1(q.model.config), c2(back.model.config);
+    CHECK((lowbit::forward(q.model, c1, toks).array() == lowbit::forward(back.model, c2, toks).array()).all());
+    // the seed changes the rotation, so the default-seed model differs: the field really travels
+    lowbit::recipe r0 = r;
+    r0.seed = 0;
+    const auto m0 = lowbit::quantize_model(fx().fp32, r0, {});
+    lowbit::kv_cache c3(m0.config);
+    c1.clear();
+    CHECK(!(lowbit::forward(q.model, c1, toks).array() == lowbit::forward(m0, c3, toks).array()).all());
+    // recipe_fields / set_recipe_fields round trip and refusals
+    lowbit::recipe x = lowbit::find_recipe("fp32");
+    lowbit::set_recipe_fields(x, lowbit::recipe_fields(r));
+    CHECK(lowbit::recipe_fields(x) == lowbit::recipe_fields(r));
+    CHECK_THROWS_AS(lowbit::set_recipe_fields(x, "seeds=3"), lowbit::invalid_argument);
+    CHECK_THROWS_AS(lowbit::set_recipe_fields(x, "seed=abc"), lowbit::invalid_argument);
+    CHECK_THROWS_AS(lowbit::set_recipe_fields(x, "rotation=spin"), lowbit::invalid_argument);
+    CHECK_THROWS_AS(lowbit::set_recipe_fields(x, "seed=1;seed=2"), lowbit::invalid_argument);
+    lowbit::set_recipe_fields(x, "seed=3,nli=true", ',');
+    CHECK(x.seed == 3);
+    CHECK(x.nli);
+    std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("learned rotations: orthonormal after fp16 storage, FP32 layers keep their function, bits counted") {
     // Oracle: with FP32 weights every rotation must leave the model's function unchanged,
     // (xQ)(WQ)ᵀ = xWᵀ, so the logits equal the unrotated FP32 model's up to float rounding.
@@ -145,15 +183,14 @@ TEST_CASE("learned rotations: orthonormal after fp16 storage, FP32 layers keep t
         lowbit::quantize_options qo;
         qo.calib_windows = 1;
         qo.calib_window = 64;
-        std::vector<std::array<lowbit::linear_record, lowbit::linear_slots>> recs;
+        lowbit::linear_records recs;
         const auto m = lowbit::quantize_model(fx().fp32, r, fx().calib, qo, &recs);
         lowbit::kv_cache c1(m.config);
         const lowbit::matrix_f got = lowbit::forward(m, c1, toks);
         CHECK((got - ref).cwiseAbs().maxCoeff() < 1e-4f * scale);
         int learned = 0;
         double rotation_bits = 0;
-        for (const auto& layer : recs)
-            for (const auto& rec : layer) {
+        for (const auto& [name, rec] : recs) {
                 if (!rec.rotation) continue;
                 ++learned;
                 rotation_bits += rec.rotation->storage_bits();
@@ -170,8 +207,7 @@ TEST_CASE("learned rotations: orthonormal after fp16 storage, FP32 layers keep t
         // TORQ for every linear whose width is a multiple of 32 (all but w2)
         CHECK(learned == 6 * m.config.n_layers);
         double weights = 0;
-        for (const auto& layer : recs)
-            for (const auto& rec : layer) weights += static_cast<double>(rec.rows * rec.cols);
+        for (const auto& [name, rec] : recs) weights += static_cast<double>(rec.rows * rec.cols);
         CHECK(m.bits_per_weight() == doctest::Approx(32.0 + rotation_bits / weights).epsilon(1e-12));
     }
 }

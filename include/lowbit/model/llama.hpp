@@ -32,15 +32,20 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
+#include <exception>
 #include <cmath>
 #include <concepts>
 #include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <span>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -183,26 +188,78 @@ inline constexpr int linear_slots = 7;
     return i >= 0 && i < linear_slots ? names[i] : "?";
 }
 
-/// Hyper-parameters of the forward pass.
+/// How RoPE pairs the features of a head.
+enum class rope_layout {
+    interleaved, ///< pairs (2i, 2i+1) (llama2.c, Meta's original checkpoints, GGUF)
+    rotate_half, ///< pairs (i, i + head_size/2) (Hugging Face transformers' `rotate_half`)
+};
+
+/// Hyper-parameters of the forward pass: Llama-2 / Llama-3 / Mistral (dense, GQA), Qwen2 (q/k/v
+/// bias), Qwen3 (per-head q/k RMSNorm) and Qwen3-MoE (routed SwiGLU experts).
 struct llama_config {
     int dim = 0;              ///< model width
-    int hidden_dim = 0;       ///< FFN width
+    int hidden_dim = 0;       ///< FFN width of dense blocks
     int n_layers = 0;         ///< blocks
     int n_heads = 0;          ///< query heads
     int n_kv_heads = 0;       ///< key/value heads
     int vocab_size = 0;       ///< tokens
     int seq_len = 0;          ///< positions (KV cache capacity)
-    float norm_eps = 1e-5f;   ///< RMSNorm epsilon
+    float norm_eps = 1e-5f;   ///< RMSNorm epsilon (also of the q/k norms)
     float rope_theta = 10000; ///< RoPE base
-    [[nodiscard]] int head_size() const { return dim / n_heads; }
+    int head_dim = 0;         ///< features per head; 0: dim / n_heads
+    rope_layout rope = rope_layout::interleaved; ///< RoPE pairing
+    bool qk_norm = false;        ///< RMSNorm of every query and key head before RoPE (Qwen3)
+    bool attention_bias = false; ///< biases on q, k, v (Qwen2)
+    int n_experts = 0;           ///< routed experts of MoE blocks (0: every block dense)
+    int n_experts_per_token = 0; ///< experts each token uses (top-k)
+    int moe_hidden_dim = 0;      ///< FFN width of one expert
+    bool norm_topk_prob = true;  ///< renormalise the top-k routing weights to sum 1
+    int bos_token = 1;  ///< token the llama2.c perplexity protocol prepends to each window; −1: none (Hugging Face protocol)
+    int stop_token = 1; ///< generation stops when the model emits it (llama2.c: BOS; Hugging Face: EOS); −1: never
+    /// Features per head.
+    [[nodiscard]] int head_size() const { return head_dim > 0 ? head_dim : (n_heads > 0 ? dim / n_heads : 0); }
+    /// Width of the concatenated query heads (wq's output, wo's input).
+    [[nodiscard]] int q_dim() const { return head_size() * n_heads; }
+    /// Width of the concatenated key (or value) heads.
     [[nodiscard]] int kv_dim() const { return head_size() * n_kv_heads; }
 };
 
-/// One transformer block: norms and seven linear operators (index by `linear_slot`).
+/// Index of an expert's linear in `llama_block::experts[e]`: w1 (gate) → 0, w2 (down) → 1, w3 (up) → 2;
+/// −1 for the attention slots.
+[[nodiscard]] constexpr int expert_slot_index(linear_slot s) {
+    return s == linear_slot::w1 ? 0 : s == linear_slot::w2 ? 1 : s == linear_slot::w3 ? 2 : -1;
+}
+
+/// One transformer block: norms, the attention linears and either a dense SwiGLU FFN (slots w1, w2,
+/// w3) or a routed MoE FFN (a float router and per-expert w1, w2, w3; the dense slots are null).
 struct llama_block {
     vector_f rms_att; ///< (dim)
     vector_f rms_ffn; ///< (dim)
     std::array<std::shared_ptr<const linear_operator>, linear_slots> linear; ///< wq, wk, wv, wo, w1, w2, w3
+    vector_f q_norm;  ///< (head_size) when config.qk_norm, else empty
+    vector_f k_norm;  ///< (head_size) when config.qk_norm, else empty
+    vector_f q_bias;  ///< (q_dim) when config.attention_bias, else empty
+    vector_f k_bias;  ///< (kv_dim) when config.attention_bias, else empty
+    vector_f v_bias;  ///< (kv_dim) when config.attention_bias, else empty
+    matrix_f router;  ///< (n_experts x dim) router of an MoE block (float); empty for a dense block
+    /// Expert e's gate (w1, [moe_hidden x dim]), down (w2, [dim x moe_hidden]) and up (w3) linears.
+    std::vector<std::array<std::shared_ptr<const linear_operator>, 3>> experts;
+    /// True for a routed-expert FFN.
+    [[nodiscard]] bool is_moe() const { return router.size() > 0; }
+};
+
+/// Names one block linear: an attention or dense-FFN slot (expert −1) or an expert's w1/w2/w3.
+struct linear_id {
+    int layer = 0;                        ///< block
+    linear_slot slot = linear_slot::wq;   ///< slot
+    int expert = -1;                      ///< expert index, −1 for the block's own slots
+    /// "layers.L.wq" or "layers.L.experts.E.w1" (the key of records and saved tensors).
+    [[nodiscard]] std::string name() const {
+        std::string n = "layers." + std::to_string(layer) + ".";
+        if (expert >= 0) n += "experts." + std::to_string(expert) + ".";
+        return n + slot_name(slot);
+    }
+    friend bool operator==(const linear_id&, const linear_id&) = default;
 };
 
 /// Elementwise nonlinear operators of the forward pass, each optional (empty: the exact float
@@ -217,28 +274,34 @@ struct nonlinear_ops {
     [[nodiscard]] bool exact() const { return !silu && !exp && !rsqrt; }
 };
 
-/// A Llama-2 model whose linear layers are pluggable.
+/// A decoder-only transformer of the Llama family whose linear layers are pluggable.
 struct llama_model {
     llama_config config;
+    std::string architecture = "llama"; ///< informational ("llama", "qwen3_moe", ...)
     matrix_f token_embedding; ///< (vocab, dim), FP32
     std::vector<llama_block> blocks;
     vector_f rms_final;       ///< (dim)
     std::shared_ptr<const linear_operator> classifier; ///< (vocab x dim); FP32 dense by default
     nonlinear_ops nonlinear; ///< approximate nonlinear operators (default: exact)
 
-    /// The operator of `slot` in block `layer`. \throws invalid_argument (layer out of range).
-    [[nodiscard]] const linear_operator& linear(int layer, linear_slot slot) const {
-        check_layer(layer, "llama_model::linear");
-        return *blocks[static_cast<std::size_t>(layer)].linear[static_cast<std::size_t>(slot)];
-    }
+    /// The operator of `slot` in block `layer`. \throws invalid_argument (layer out of range, an FFN
+    /// slot of an MoE block).
+    [[nodiscard]] const linear_operator& linear(int layer, linear_slot slot) const { return linear(linear_id{layer, slot}); }
+
+    /// The operator named by `id`. \throws invalid_argument (layer, expert or slot out of range, or absent).
+    [[nodiscard]] const linear_operator& linear(const linear_id& id) const { return *slot_ref(id, "llama_model::linear"); }
 
     /// Replaces a linear layer. \throws invalid_argument (layer, null op), shape_error (in/out
     /// features differ from the slot's).
     void set_linear(int layer, linear_slot slot, std::shared_ptr<const linear_operator> op) {
+        set_linear(linear_id{layer, slot}, std::move(op));
+    }
+
+    /// Replaces the linear named by `id`. \throws as `set_linear(layer, slot, op)`.
+    void set_linear(const linear_id& id, std::shared_ptr<const linear_operator> op) {
         constexpr const char* where = "llama_model::set_linear";
-        check_layer(layer, where);
+        auto& cur = const_cast<std::shared_ptr<const linear_operator>&>(slot_ref(id, where));
         detail::require(op != nullptr, where, "argument 'op' is null");
-        auto& cur = blocks[static_cast<std::size_t>(layer)].linear[static_cast<std::size_t>(slot)];
         detail::require_dim(op->in_features(), cur->in_features(), where, "in_features of 'op'");
         detail::require_dim(op->out_features(), cur->out_features(), where, "out_features of 'op'");
         cur = std::move(op);
@@ -250,14 +313,31 @@ struct llama_model {
         set_linear(layer, slot, make_linear(dense_linear(std::move(w))));
     }
 
-    /// Σ storage_bits / Σ in·out over the 7·n_layers block linears (embedding, norms and classifier
-    /// excluded). 32 for an FP32 model.
+    /// The linears of block `layer` in the order the forward pass runs them: wq, wk, wv, wo, then
+    /// w1, w2, w3 (dense FFN) or, per expert e, w1, w2, w3. \throws invalid_argument (layer).
+    [[nodiscard]] std::vector<linear_id> block_linears(int layer) const {
+        check_layer(layer, "llama_model::block_linears");
+        const auto& b = blocks[static_cast<std::size_t>(layer)];
+        std::vector<linear_id> ids;
+        for (auto s : {linear_slot::wq, linear_slot::wk, linear_slot::wv, linear_slot::wo}) ids.push_back({layer, s});
+        if (b.is_moe()) {
+            for (int e = 0; e < static_cast<int>(b.experts.size()); ++e)
+                for (auto s : {linear_slot::w1, linear_slot::w2, linear_slot::w3}) ids.push_back({layer, s, e});
+        } else {
+            for (auto s : {linear_slot::w1, linear_slot::w2, linear_slot::w3}) ids.push_back({layer, s});
+        }
+        return ids;
+    }
+
+    /// Σ storage_bits / Σ in·out over every block linear (attention, dense FFN, experts; embedding,
+    /// norms, routers and classifier excluded). 32 for an FP32 model.
     [[nodiscard]] double bits_per_weight() const {
         double bits = 0, n = 0;
-        for (const auto& b : blocks)
-            for (const auto& op : b.linear) {
-                bits += op->storage_bits();
-                n += static_cast<double>(op->in_features()) * static_cast<double>(op->out_features());
+        for (int l = 0; l < static_cast<int>(blocks.size()); ++l)
+            for (const auto& id : block_linears(l)) {
+                const auto& op = linear(id);
+                bits += op.storage_bits();
+                n += static_cast<double>(op.in_features()) * static_cast<double>(op.out_features());
             }
         return n > 0 ? bits / n : 0.0;
     }
@@ -267,6 +347,23 @@ private:
         if (layer < 0 || layer >= static_cast<int>(blocks.size()))
             throw invalid_argument(std::string("lowbit: ") + where + ": layer " + std::to_string(layer) +
                                    " is outside [0, " + std::to_string(blocks.size()) + ")");
+    }
+    const std::shared_ptr<const linear_operator>& slot_ref(const linear_id& id, const char* where) const {
+        check_layer(id.layer, where);
+        const auto& b = blocks[static_cast<std::size_t>(id.layer)];
+        const int s = static_cast<int>(id.slot);
+        detail::require(s >= 0 && s < linear_slots, where, "slot out of range");
+        const std::shared_ptr<const linear_operator>* p = nullptr;
+        if (id.expert >= 0) {
+            const int k = expert_slot_index(id.slot);
+            detail::require(id.expert < static_cast<int>(b.experts.size()) && k >= 0, where,
+                            "no linear '" + id.name() + "' (expert or slot out of range)");
+            p = &b.experts[static_cast<std::size_t>(id.expert)][static_cast<std::size_t>(k)];
+        } else {
+            p = &b.linear[static_cast<std::size_t>(s)];
+        }
+        detail::require(*p != nullptr, where, "no linear '" + id.name() + "' in this model (an MoE block's FFN lives in its experts)");
+        return *p;
     }
 };
 
@@ -317,8 +414,8 @@ private:
         llama_block b;
         b.rms_att = vector_f::Ones(c.dim);
         b.rms_ffn = vector_f::Ones(c.dim);
-        const Eigen::Index shape[linear_slots][2] = {{c.dim, c.dim},        {c.kv_dim(), c.dim}, {c.kv_dim(), c.dim},
-                                                     {c.dim, c.dim},        {c.hidden_dim, c.dim},
+        const Eigen::Index shape[linear_slots][2] = {{c.q_dim(), c.dim},    {c.kv_dim(), c.dim}, {c.kv_dim(), c.dim},
+                                                     {c.dim, c.q_dim()},        {c.hidden_dim, c.dim},
                                                      {c.dim, c.hidden_dim}, {c.hidden_dim, c.dim}};
         for (int s = 0; s < linear_slots; ++s)
             b.linear[static_cast<std::size_t>(s)] = make_linear(dense_linear(rnd(shape[s][0], shape[s][1])));
@@ -347,8 +444,17 @@ struct kv_cache {
 
 /// Observers of a forward pass.
 struct forward_hooks {
-    /// Called with the input `[T x in]` of every block linear, just before it is applied.
+    /// Called with the input `[T x in]` of every block linear of a block's own slots (attention and
+    /// dense FFN), just before it is applied.
     std::function<void(int layer, linear_slot slot, const matrix_f& x)> on_linear_input;
+    /// Called with the input of every expert linear (slot w1, w3 or w2 of expert e): the rows of the
+    /// tokens routed to e, in token order, with their routing weights `gates` (after top-k and
+    /// renormalisation) and their row indices in the batch.
+    std::function<void(int layer, int expert, linear_slot slot, const matrix_f& x, const vector_f& gates,
+                       std::span<const Eigen::Index> rows)>
+        on_expert_input;
+    /// Called with the router logits `[T x n_experts]` of every MoE block (before the softmax).
+    std::function<void(int layer, const matrix_f& logits)> on_router_logits;
 };
 
 namespace detail {
@@ -388,17 +494,73 @@ inline void rope_table(Eigen::Index T, int head_size, int pos0, float theta, mat
     }
 }
 
-/// RoPE in place on the first `width` columns of `m` (row t at the position of table row t):
-/// pairs (2i, 2i+1) inside each head rotate by the angle of pair index (2i mod head_size)/2.
-inline void rope_rows(matrix_f& m, Eigen::Index width, int head_size, const matrix_f& cos_t, const matrix_f& sin_t) {
+/// RoPE in place on the first `width` columns of `m` (row t at the position of table row t), per
+/// head of `head_size` features: `interleaved` rotates pairs (2i, 2i+1) by angle i, `rotate_half`
+/// rotates pairs (i, i + head_size/2) by angle i.
+inline void rope_rows(matrix_f& m, Eigen::Index width, int head_size, const matrix_f& cos_t, const matrix_f& sin_t,
+                      rope_layout layout = rope_layout::interleaved) {
+    const Eigen::Index half = head_size / 2;
+    for (Eigen::Index t = 0; t < m.rows(); ++t) {
+        float* row = m.row(t).data();
+        for (Eigen::Index h0 = 0; h0 < width; h0 += head_size)
+            for (Eigen::Index k = 0; k < half; ++k) {
+                const float c = cos_t(t, k), s = sin_t(t, k);
+                const Eigen::Index i = layout == rope_layout::interleaved ? h0 + 2 * k : h0 + k;
+                const Eigen::Index j = layout == rope_layout::interleaved ? i + 1 : i + half;
+                const float a = row[i], b = row[j];
+                row[i] = a * c - b * s;
+                row[j] = a * s + b * c;
+            }
+    }
+}
+
+/// RMSNorm of every `head_size`-wide head of every row, in place, with weight `w` (head_size).
+inline void head_rmsnorm(matrix_f& m, int head_size, const vector_f& w, float eps) {
     for (Eigen::Index t = 0; t < m.rows(); ++t)
-        for (Eigen::Index i = 0; i < width; i += 2) {
-            const Eigen::Index k = (i % head_size) / 2;
-            const float c = cos_t(t, k), s = sin_t(t, k);
-            const float a = m(t, i), b = m(t, i + 1);
-            m(t, i) = a * c - b * s;
-            m(t, i + 1) = a * s + b * c;
+        for (Eigen::Index h0 = 0; h0 < m.cols(); h0 += head_size) {
+            double ss = 0;
+            for (int j = 0; j < head_size; ++j) ss += static_cast<double>(m(t, h0 + j)) * m(t, h0 + j);
+            const auto inv = static_cast<float>(1.0 / std::sqrt(ss / head_size + eps));
+            for (int j = 0; j < head_size; ++j) m(t, h0 + j) = w(j) * (inv * m(t, h0 + j));
         }
+}
+
+/// SwiGLU gate in place: g ← silu(g) ⊙ u (the recipe's SiLU operator when set).
+inline void swiglu_inplace(matrix_f& g, const matrix_f& u, const nonlinear_ops& ops) {
+    if (ops.silu) {
+        const auto len = static_cast<std::size_t>(g.size());
+        ops.silu(std::span<const float>(g.data(), len), std::span<float>(g.data(), len));
+        g.array() *= u.array();
+    } else {
+        for (Eigen::Index i = 0; i < g.size(); ++i) {
+            const float a = g.data()[i];
+            g.data()[i] = a / (1.0f + std::exp(-a)) * u.data()[i];
+        }
+    }
+}
+
+/// Top-k routing of one row of router logits: softmax in float, the k largest probabilities (ties:
+/// lower expert index first), renormalised to sum 1 when `renormalise`. Writes k (expert, weight) pairs.
+inline void route_top_k(const float* logits, int n_experts, int k, bool renormalise, std::vector<int>& experts,
+                        std::vector<float>& weights) {
+    std::vector<float> p(static_cast<std::size_t>(n_experts));
+    float mx = logits[0];
+    for (int e = 1; e < n_experts; ++e) mx = std::max(mx, logits[e]);
+    float sum = 0;
+    for (int e = 0; e < n_experts; ++e) sum += p[static_cast<std::size_t>(e)] = std::exp(logits[e] - mx);
+    for (auto& x : p) x /= sum;
+    experts.resize(static_cast<std::size_t>(n_experts));
+    for (int e = 0; e < n_experts; ++e) experts[static_cast<std::size_t>(e)] = e;
+    std::partial_sort(experts.begin(), experts.begin() + k, experts.end(), [&](int a, int b) {
+        const float pa = p[static_cast<std::size_t>(a)], pb = p[static_cast<std::size_t>(b)];
+        return pa > pb || (pa == pb && a < b);
+    });
+    experts.resize(static_cast<std::size_t>(k));
+    weights.resize(static_cast<std::size_t>(k));
+    float wsum = 0;
+    for (int i = 0; i < k; ++i) wsum += weights[static_cast<std::size_t>(i)] = p[static_cast<std::size_t>(experts[static_cast<std::size_t>(i)])];
+    if (renormalise)
+        for (auto& w : weights) w /= wsum;
 }
 
 inline void check_tokens(const llama_model& m, std::span<const int> tokens, const char* where) {
@@ -440,7 +602,7 @@ enum class logits_rows { all, last };
 
     matrix_f x(T, c.dim);
     for (Eigen::Index t = 0; t < T; ++t) x.row(t) = m.token_embedding.row(tokens[static_cast<std::size_t>(t)]);
-    matrix_f n, q, k, v, att_out(T, c.dim), o, h1, h3, ff;
+    matrix_f n, q, k, v, att_out(T, c.q_dim()), o, h1, h3, ff;
     matrix_f scores, rope_cos, rope_sin;
     detail::rope_table(T, hs, p0, c.rope_theta, rope_cos, rope_sin);
     auto run = [&](int layer, linear_slot s, const matrix_f& in, matrix_f& out) {
@@ -453,8 +615,13 @@ enum class logits_rows { all, last };
         run(l, linear_slot::wq, n, q);
         run(l, linear_slot::wk, n, k);
         run(l, linear_slot::wv, n, v);
-        detail::rope_rows(q, c.dim, hs, rope_cos, rope_sin);
-        detail::rope_rows(k, kv, hs, rope_cos, rope_sin);
+        if (b.q_bias.size()) q.rowwise() += b.q_bias.transpose();
+        if (b.k_bias.size()) k.rowwise() += b.k_bias.transpose();
+        if (b.v_bias.size()) v.rowwise() += b.v_bias.transpose();
+        if (b.q_norm.size()) detail::head_rmsnorm(q, hs, b.q_norm, c.norm_eps);
+        if (b.k_norm.size()) detail::head_rmsnorm(k, hs, b.k_norm, c.norm_eps);
+        detail::rope_rows(q, c.q_dim(), hs, rope_cos, rope_sin, c.rope);
+        detail::rope_rows(k, kv, hs, rope_cos, rope_sin, c.rope);
         auto& K = cache.k[static_cast<std::size_t>(l)];
         auto& V = cache.v[static_cast<std::size_t>(l)];
         K.middleRows(p0, T) = k;
@@ -484,20 +651,48 @@ enum class logits_rows { all, last };
         run(l, linear_slot::wo, att_out, o);
         x += o;
         detail::rmsnorm_rows(x, b.rms_ffn, c.norm_eps, n, m.nonlinear.rsqrt);
-        run(l, linear_slot::w1, n, h1);
-        run(l, linear_slot::w3, n, h3);
-        if (m.nonlinear.silu) {
-            const auto len = static_cast<std::size_t>(h1.size());
-            m.nonlinear.silu(std::span<const float>(h1.data(), len), std::span<float>(h1.data(), len));
-            h1.array() *= h3.array();
-        } else {
-            for (Eigen::Index i = 0; i < h1.size(); ++i) {
-                const float a = h1.data()[i];
-                h1.data()[i] = a / (1.0f + std::exp(-a)) * h3.data()[i];
+        if (!b.is_moe()) {
+            run(l, linear_slot::w1, n, h1);
+            run(l, linear_slot::w3, n, h3);
+            detail::swiglu_inplace(h1, h3, m.nonlinear);
+            run(l, linear_slot::w2, h1, ff);
+            x += ff;
+            continue;
+        }
+        // Routed experts: each expert runs once on the rows of the tokens routed to it.
+        const int E = static_cast<int>(b.experts.size()), topk = c.n_experts_per_token;
+        matrix_f logits_r = n * b.router.transpose(); // [T x E]
+        if (hooks && hooks->on_router_logits) hooks->on_router_logits(l, logits_r);
+        std::vector<std::vector<Eigen::Index>> rows_of(static_cast<std::size_t>(E));
+        std::vector<std::vector<float>> gates_of(static_cast<std::size_t>(E));
+        std::vector<int> sel;
+        std::vector<float> wts;
+        for (Eigen::Index t = 0; t < T; ++t) {
+            detail::route_top_k(logits_r.row(t).data(), E, topk, c.norm_topk_prob, sel, wts);
+            for (int i = 0; i < topk; ++i) {
+                rows_of[static_cast<std::size_t>(sel[static_cast<std::size_t>(i)])].push_back(t);
+                gates_of[static_cast<std::size_t>(sel[static_cast<std::size_t>(i)])].push_back(wts[static_cast<std::size_t>(i)]);
             }
         }
-        run(l, linear_slot::w2, h1, ff);
-        x += ff;
+        matrix_f xe;
+        for (int e = 0; e < E; ++e) {
+            const auto& rows = rows_of[static_cast<std::size_t>(e)];
+            if (rows.empty()) continue;
+            const auto R = static_cast<Eigen::Index>(rows.size());
+            xe.resize(R, c.dim);
+            for (Eigen::Index i = 0; i < R; ++i) xe.row(i) = n.row(rows[static_cast<std::size_t>(i)]);
+            const vector_f gates = Eigen::Map<const vector_f>(gates_of[static_cast<std::size_t>(e)].data(), R);
+            const auto& ex = b.experts[static_cast<std::size_t>(e)];
+            auto run_e = [&](linear_slot s, const matrix_f& in, matrix_f& out) {
+                if (hooks && hooks->on_expert_input) hooks->on_expert_input(l, e, s, in, gates, rows);
+                ex[static_cast<std::size_t>(expert_slot_index(s))]->apply(in, out);
+            };
+            run_e(linear_slot::w1, xe, h1);
+            run_e(linear_slot::w3, xe, h3);
+            detail::swiglu_inplace(h1, h3, m.nonlinear);
+            run_e(linear_slot::w2, h1, ff);
+            for (Eigen::Index i = 0; i < R; ++i) x.row(rows[static_cast<std::size_t>(i)]) += gates(i) * ff.row(i);
+        }
     }
     cache.pos = static_cast<int>(P);
     matrix_f last = rows == logits_rows::last ? matrix_f(x.bottomRows(1)) : matrix_f();
@@ -515,25 +710,80 @@ enum class logits_rows { all, last };
     return static_cast<int>(best);
 }
 
-/// Greedy (temperature 0) decoding as llama2.c's `generate`: the prompt (non-empty, usually
-/// starting with BOS = 1) runs as one batch, then one token per step; stops after
-/// `max_new_tokens`, when the model emits BOS (llama2.c's sequence delimiter; not returned), or
-/// when the cache is full. Returns the generated tokens (prompt excluded).
-/// \throws as forward.
-[[nodiscard]] inline std::vector<int> generate_greedy(const llama_model& m, std::span<const int> prompt,
-                                                      int max_new_tokens) {
+/// Options of `generate`.
+struct sampling_options {
+    int max_new_tokens = 128;  ///< tokens to generate at most
+    float temperature = 0.0f;  ///< 0: greedy (argmax); > 0: softmax(logits / temperature) sampling
+    int top_k = 0;             ///< keep the k most likely tokens (0: all)
+    float top_p = 1.0f;        ///< nucleus: smallest prefix of the sorted distribution with mass ≥ top_p
+    std::uint64_t seed = 0;    ///< sampling seed (std::mt19937_64; the same seed gives the same text)
+    /// Called with each generated token as soon as it is chosen (streaming output), optional.
+    std::function<void(int)> on_token;
+};
+
+/// Decoding: the prompt (non-empty) runs as one batch, then one token per step; stops after
+/// `max_new_tokens`, when the model emits `config.stop_token` (not returned), or when the cache is
+/// full. Greedy for temperature 0 (first maximum on ties), else sampling (top-k, then top-p, then a
+/// draw from the renormalised distribution, in double). Deterministic for a seed. Returns the
+/// generated tokens (prompt excluded). \throws as forward; invalid_argument (temperature < 0, top_p ∉ (0, 1]).
+[[nodiscard]] inline std::vector<int> generate(const llama_model& m, std::span<const int> prompt,
+                                               const sampling_options& opt) {
+    constexpr const char* where = "generate";
+    detail::require(opt.temperature >= 0.0f && std::isfinite(opt.temperature), where, "temperature must be >= 0");
+    detail::require(opt.top_p > 0.0f && opt.top_p <= 1.0f, where, "top_p must lie in (0, 1]");
     kv_cache cache(m.config);
     std::vector<int> out;
-    if (max_new_tokens <= 0) return out;
+    if (opt.max_new_tokens <= 0) return out;
+    std::mt19937_64 rng(opt.seed);
+    std::vector<std::pair<double, int>> cand;
+    auto pick = [&](const matrix_f& logits) {
+        const Eigen::Index r = logits.rows() - 1;
+        if (opt.temperature == 0.0f) return argmax_row(logits, r);
+        cand.clear();
+        double mx = -std::numeric_limits<double>::infinity();
+        for (Eigen::Index j = 0; j < logits.cols(); ++j) mx = std::max(mx, static_cast<double>(logits(r, j)));
+        for (Eigen::Index j = 0; j < logits.cols(); ++j)
+            cand.emplace_back(std::exp((static_cast<double>(logits(r, j)) - mx) / opt.temperature), static_cast<int>(j));
+        std::stable_sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+        if (opt.top_k > 0 && static_cast<std::size_t>(opt.top_k) < cand.size()) cand.resize(static_cast<std::size_t>(opt.top_k));
+        double total = 0;
+        for (const auto& c : cand) total += c.first;
+        if (opt.top_p < 1.0f) {
+            double acc = 0;
+            std::size_t keep = 0;
+            while (keep < cand.size() && acc < opt.top_p * total) acc += cand[keep++].first;
+            cand.resize(std::max<std::size_t>(keep, 1));
+            total = 0;
+            for (const auto& c : cand) total += c.first;
+        }
+        // u in [0, total): 53 random bits (independent of the standard library's distributions)
+        const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * total;
+        double acc = 0;
+        for (const auto& c : cand) {
+            acc += c.first;
+            if (u < acc) return c.second;
+        }
+        return cand.back().second;
+    };
     matrix_f logits = forward(m, cache, prompt, logits_rows::last);
     while (true) {
-        const int next = argmax_row(logits, logits.rows() - 1);
-        if (next == 1) break;
+        const int next = pick(logits);
+        if (next == m.config.stop_token) break;
         out.push_back(next);
-        if (static_cast<int>(out.size()) >= max_new_tokens || cache.pos >= m.config.seq_len) break;
+        if (opt.on_token) opt.on_token(next);
+        if (static_cast<int>(out.size()) >= opt.max_new_tokens || cache.pos >= m.config.seq_len) break;
         logits = forward(m, cache, std::span<const int>(&out.back(), 1), logits_rows::last);
     }
     return out;
+}
+
+/// Greedy (temperature 0) decoding as llama2.c's `generate` (see `generate`): stops at
+/// `config.stop_token` (llama2.c models: BOS = 1). \throws as forward.
+[[nodiscard]] inline std::vector<int> generate_greedy(const llama_model& m, std::span<const int> prompt,
+                                                      int max_new_tokens) {
+    sampling_options o;
+    o.max_new_tokens = max_new_tokens;
+    return generate(m, prompt, o);
 }
 
 /// Result of `perplexity`.
@@ -544,69 +794,174 @@ struct perplexity_result {
     int windows = 0;       ///< windows evaluated
 };
 
-/// The models README protocol: cut `tokens` (the encoded text, no BOS) into non-overlapping
-/// windows of `window` tokens (default seq_len − 1 = 511), prepend BOS to each, score the `window`
-/// next-token predictions (log-softmax in double), drop a last partial window; at most
-/// `max_windows` windows (< 0: all). Returns exp(mean NLL).
-/// \throws invalid_argument (window outside [1, seq_len − 1], token out of range), shape_error (fewer
-/// tokens than one window).
-[[nodiscard]] inline perplexity_result perplexity(const llama_model& m, std::span<const int> tokens, int window = -1,
-                                                  int max_windows = -1) {
+/// Options of `perplexity`.
+struct perplexity_options {
+    int window = -1;       ///< window length in tokens; −1: seq_len − 1 (with BOS) or min(512, seq_len) (without)
+    int max_windows = -1;  ///< evaluate at most this many windows (< 0: all)
+    int threads = 1;       ///< windows are split over this many std::threads (explicit; the result does not depend on it)
+    /// Called after each window with (windows done, windows in all), from the calling thread; optional.
+    std::function<void(int, int)> progress;
+};
+
+namespace detail {
+/// The windows of the perplexity protocol: [begin, end) ranges of `tokens`.
+inline std::vector<std::pair<std::size_t, std::size_t>> perplexity_windows(std::size_t n, std::size_t W, bool keep_partial,
+                                                                           int max_windows) {
+    std::vector<std::pair<std::size_t, std::size_t>> out;
+    for (std::size_t at = 0; at < n; at += W) {
+        const std::size_t end = std::min(n, at + W);
+        if (end - at < W && !keep_partial) break;
+        if (end - at < 2 && keep_partial) break; // nothing to score
+        if (max_windows >= 0 && out.size() >= static_cast<std::size_t>(max_windows)) break;
+        out.emplace_back(at, end);
+    }
+    return out;
+}
+} // namespace detail
+
+/// Perplexity under the models README protocols, chosen by `config.bos_token`:
+/// - with a BOS token (llama2.c models): cut `tokens` (the encoded text, no BOS) into
+///   non-overlapping windows of `window` tokens (default seq_len − 1 = 511), prepend BOS to each,
+///   score the `window` next-token predictions, drop a last partial window;
+/// - without (Hugging Face models, `bos_token` = −1): windows of `window` tokens (default 512) from
+///   position 0, each alone from an empty cache, score tokens 1..len−1 of each given their prefix;
+///   the last window may be shorter.
+/// Log-softmax in double; at most `max_windows` windows. Returns exp(mean NLL). The per-window
+/// NLLs are summed in window order, so the result is the same for any `threads`.
+/// \throws invalid_argument (window outside its range, token out of range, threads < 1),
+/// shape_error (no window to score).
+[[nodiscard]] inline perplexity_result perplexity(const llama_model& m, std::span<const int> tokens,
+                                                  const perplexity_options& opt) {
     constexpr const char* where = "perplexity";
-    if (window < 0) window = m.config.seq_len - 1;
-    detail::require(window >= 1 && window <= m.config.seq_len - 1, where,
-                    "window must lie in [1, seq_len - 1 = " + std::to_string(m.config.seq_len - 1) + "]");
+    const bool bos = m.config.bos_token >= 0;
+    int window = opt.window;
+    if (window < 0) window = bos ? m.config.seq_len - 1 : std::min(512, m.config.seq_len);
+    const int max_w = bos ? m.config.seq_len - 1 : m.config.seq_len;
+    detail::require(window >= (bos ? 1 : 2) && window <= max_w, where,
+                    "window must lie in [" + std::string(bos ? "1" : "2") + ", " + std::to_string(max_w) + "]");
+    detail::require(opt.threads >= 1, where, "threads must be >= 1");
     detail::check_tokens(m, tokens, where);
-    const auto W = static_cast<std::size_t>(window);
-    std::size_t n_windows = tokens.size() / W;
-    if (max_windows >= 0) n_windows = std::min(n_windows, static_cast<std::size_t>(max_windows));
-    detail::require<shape_error>(n_windows > 0, where,
+    const auto wins = detail::perplexity_windows(tokens.size(), static_cast<std::size_t>(window), !bos, opt.max_windows);
+    detail::require<shape_error>(!wins.empty(), where,
                                  "argument 'tokens' has " + std::to_string(tokens.size()) +
                                      " tokens, fewer than one window of " + std::to_string(window));
-    kv_cache cache(m.config);
-    std::vector<int> in(W);
-    double nll = 0;
-    perplexity_result r;
-    for (std::size_t w = 0; w < n_windows; ++w) {
-        const auto win = tokens.subspan(w * W, W);
-        in[0] = 1;
-        std::copy(win.begin(), win.end() - 1, in.begin() + 1);
+    std::vector<double> nll(wins.size(), 0.0);
+    std::vector<long long> scored(wins.size(), 0);
+    auto run_window = [&](std::size_t w, kv_cache& cache) {
+        const auto win = tokens.subspan(wins[w].first, wins[w].second - wins[w].first);
+        std::vector<int> in;
+        if (bos) {
+            in.push_back(m.config.bos_token);
+            in.insert(in.end(), win.begin(), win.end() - 1);
+        } else {
+            in.assign(win.begin(), win.end() - 1); // the last token is only a target
+        }
         cache.clear();
         const matrix_f logits = forward(m, cache, in);
-        for (std::size_t t = 0; t < W; ++t) {
+        double sum = 0;
+        for (std::size_t t = 0; t < in.size(); ++t) {
             const auto row = logits.row(static_cast<Eigen::Index>(t));
             const double mx = static_cast<double>(row.maxCoeff());
             double s = 0;
             for (Eigen::Index j = 0; j < row.size(); ++j) s += std::exp(static_cast<double>(row(j)) - mx);
-            nll += mx + std::log(s) - static_cast<double>(row(win[t]));
+            const int target = bos ? win[t] : win[t + 1];
+            sum += mx + std::log(s) - static_cast<double>(row(target));
         }
-        r.scored += static_cast<long long>(W);
+        nll[w] = sum;
+        scored[w] = static_cast<long long>(in.size());
+    };
+    const int threads = std::min<int>(opt.threads, static_cast<int>(wins.size()));
+    std::atomic<std::size_t> next{0};
+    std::atomic<int> done{0};
+    std::exception_ptr failure;
+    std::mutex failure_mutex;
+    auto worker = [&]() {
+        kv_cache cache(m.config);
+        try {
+            for (std::size_t w; (w = next.fetch_add(1)) < wins.size();) {
+                run_window(w, cache);
+                done.fetch_add(1);
+            }
+        } catch (...) {
+            const std::lock_guard<std::mutex> lock(failure_mutex);
+            if (!failure) failure = std::current_exception();
+            next.store(wins.size());
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int i = 1; i < threads; ++i) pool.emplace_back(worker);
+    if (opt.progress && threads > 1) {
+        // the calling thread reports progress while it works
+        kv_cache cache(m.config);
+        try {
+            for (std::size_t w; (w = next.fetch_add(1)) < wins.size();) {
+                run_window(w, cache);
+                opt.progress(done.fetch_add(1) + 1, static_cast<int>(wins.size()));
+            }
+        } catch (...) {
+            const std::lock_guard<std::mutex> lock(failure_mutex);
+            if (!failure) failure = std::current_exception();
+            next.store(wins.size());
+        }
+    } else if (opt.progress) {
+        kv_cache cache(m.config);
+        for (std::size_t w = 0; w < wins.size(); ++w) {
+            run_window(w, cache);
+            opt.progress(static_cast<int>(w) + 1, static_cast<int>(wins.size()));
+        }
+        next.store(wins.size());
+    } else {
+        worker();
     }
-    r.windows = static_cast<int>(n_windows);
-    r.mean_nll = nll / static_cast<double>(r.scored);
+    for (auto& t : pool) t.join();
+    if (failure) std::rethrow_exception(failure);
+    perplexity_result r;
+    double total = 0;
+    for (std::size_t w = 0; w < wins.size(); ++w) {
+        total += nll[w];
+        r.scored += scored[w];
+    }
+    r.windows = static_cast<int>(wins.size());
+    r.mean_nll = total / static_cast<double>(r.scored);
     r.perplexity = std::exp(r.mean_nll);
     return r;
 }
 
-/// Runs the windows of the perplexity protocol over `tokens` (same cutting, BOS prepended, at most
-/// `max_windows`; a last partial window of ≥ 1 token is included here) and calls
-/// `hooks.on_linear_input(layer, slot, x)` with every block linear's input `[T x in]`. Inputs are
-/// those the current model sees (quantized earlier layers included), so a solver that quantizes
-/// layer by layer captures X̂ of the partially quantized model.
-/// \throws as forward; invalid_argument (window).
+/// `perplexity` with a window length and window count (see `perplexity_options`).
+[[nodiscard]] inline perplexity_result perplexity(const llama_model& m, std::span<const int> tokens, int window = -1,
+                                                  int max_windows = -1) {
+    perplexity_options o;
+    o.window = window;
+    o.max_windows = max_windows;
+    return perplexity(m, tokens, o);
+}
+
+/// Runs the windows of the model's perplexity protocol over `tokens` (same cutting; with a BOS
+/// token it is prepended and a last partial window of ≥ 1 token is included; at most
+/// `max_windows`) and reports every block linear's input through `hooks` (`on_linear_input`,
+/// `on_expert_input`, `on_router_logits`). Inputs are those the current model sees (quantized
+/// earlier layers included), so a solver that quantizes layer by layer captures X̂ of the partially
+/// quantized model. \throws as forward; invalid_argument (window).
 inline void capture_linear_inputs(const llama_model& m, std::span<const int> tokens, const forward_hooks& hooks,
                                   int window = -1, int max_windows = -1) {
     constexpr const char* where = "capture_linear_inputs";
-    if (window < 0) window = m.config.seq_len - 1;
-    detail::require(window >= 1 && window <= m.config.seq_len - 1, where, "window must lie in [1, seq_len - 1]");
+    const bool bos = m.config.bos_token >= 0;
+    if (window < 0) window = bos ? m.config.seq_len - 1 : std::min(512, m.config.seq_len);
+    detail::require(window >= 1 && window <= (bos ? m.config.seq_len - 1 : m.config.seq_len), where,
+                    "window must lie in [1, seq_len" + std::string(bos ? " - 1]" : "]"));
     detail::require<shape_error>(!tokens.empty(), where, "argument 'tokens' is empty");
     kv_cache cache(m.config);
     const auto W = static_cast<std::size_t>(window);
     int done = 0;
     for (std::size_t at = 0; at < tokens.size() && (max_windows < 0 || done < max_windows); at += W, ++done) {
         const auto win = tokens.subspan(at, std::min(W, tokens.size() - at));
-        std::vector<int> in{1};
-        in.insert(in.end(), win.begin(), win.end() - (win.size() == W ? 1 : 0));
+        std::vector<int> in;
+        if (bos) {
+            in.push_back(m.config.bos_token);
+            in.insert(in.end(), win.begin(), win.end() - (win.size() == W ? 1 : 0));
+        } else {
+            in.assign(win.begin(), win.end());
+        }
         cache.clear();
         (void)forward(m, cache, in, logits_rows::last, &hooks);
     }
@@ -627,6 +982,7 @@ calibration_inputs(const llama_model& m, std::span<const int> tokens, int window
     std::vector<std::array<matrix_f, linear_slots>> out(m.blocks.size());
     for (std::size_t l = 0; l < parts.size(); ++l)
         for (std::size_t s = 0; s < linear_slots; ++s) {
+            if (!m.blocks[l].linear[s]) continue; // FFN slot of an MoE block
             Eigen::Index rows = 0, cols = m.blocks[l].linear[s]->in_features();
             for (const auto& p : parts[l][s]) rows += p.rows();
             matrix_f all(rows, cols);

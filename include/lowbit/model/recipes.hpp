@@ -64,7 +64,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <cerrno>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -688,10 +690,17 @@ inline std::optional<stored_rotation> learn_block_rotation(const recipe& r, cons
     return hadamard_transform(n, ho);
 }
 
+/// The stored form of every block linear of a quantized model, keyed by `linear_id::name()`
+/// ("layers.3.wq", "layers.1.experts.5.w2").
+using linear_records = std::map<std::string, linear_record>;
+
 /// Quantizes every block linear of `fp32` (a model whose block linears are FP32 `dense_linear`s,
-/// e.g. `model_from_llama2c` or `random_llama`) with recipe `r`. Calibrated recipes (GPTQ, PSP)
-/// quantize block by block: block l's Hessians come from `calib_tokens` run through the model
-/// whose blocks < l are already quantized (inputs rotated when the recipe rotates).
+/// e.g. `model_from_llama2c`, `load_hf_model` or `random_llama`) with recipe `r`: attention
+/// linears, dense FFN linears and every expert's w1/w2/w3 (routers stay float). Calibrated
+/// recipes (GPTQ, PSP, TORQ) quantize block by block: block l's Hessians come from `calib_tokens`
+/// run through the model whose blocks < l are already quantized (inputs rotated when the recipe
+/// rotates); an expert's Hessian uses the calibration tokens routed to it (an expert no
+/// calibration token reaches gets H = I, i.e. round-to-nearest, and the progress line says so).
 ///
 /// \param calib_tokens  encoded calibration text (no BOS), at least one window; ignored by
 ///                      calibration-free recipes.
@@ -702,12 +711,12 @@ inline std::optional<stored_rotation> learn_block_rotation(const recipe& r, cons
 /// solver (GPTQ O(n³ + m n²) per linear).
 [[nodiscard]] inline llama_model quantize_model(const llama_model& fp32, const recipe& r,
                                                 std::span<const int> calib_tokens, const quantize_options& opt = {},
-                                                std::vector<std::array<linear_record, linear_slots>>* records = nullptr) {
+                                                linear_records* records = nullptr) {
     constexpr const char* where = "quantize_model";
     detail::check_recipe(r);
     llama_model m = fp32;
     m.nonlinear = recipe_nonlinear_ops(r); // calibration runs through the recipe's own operators
-    if (records) records->assign(m.blocks.size(), {});
+    if (records) records->clear();
     const bool calibrate = r.needs_calibration();
     if (calibrate)
         detail::require<shape_error>(!calib_tokens.empty(), where, "calibrated recipes need calibration tokens");
@@ -722,35 +731,52 @@ inline std::optional<stored_rotation> learn_block_rotation(const recipe& r, cons
     const bool keep_inputs = r.rotation == rotation_kind::torq; // TORQ learns from input samples
     constexpr Eigen::Index max_kept_rows = 4096;
     for (int l = 0; l < static_cast<int>(m.blocks.size()); ++l) {
-        std::array<std::optional<gptq_hessian>, linear_slots> hess;
-        std::array<matrix_f, linear_slots> inputs; // Hadamard-rotated calibration inputs (TORQ only)
+        const std::vector<linear_id> ids = m.block_linears(l);
+        std::map<std::string, gptq_hessian> hess;
+        std::map<std::string, matrix_f> inputs; // Hadamard-rotated calibration inputs (TORQ only)
         if (calibrate) {
-            forward_hooks hooks;
-            hooks.on_linear_input = [&](int layer, linear_slot s, const matrix_f& x) {
-                if (layer != l) return;
-                const auto si = static_cast<std::size_t>(s);
+            auto add = [&](const linear_id& id, const matrix_f& x) {
+                const std::string key = id.name();
                 matrix_f xr = x;
                 if (const auto& rot = rotation_for(x.cols())) rot->apply_rows(xr);
-                if (!hess[si]) hess[si].emplace(x.cols());
-                hess[si]->add(xr);
-                auto& kept = inputs[si];
-                if (keep_inputs && kept.rows() < max_kept_rows) {
-                    const Eigen::Index take = std::min(xr.rows(), max_kept_rows - kept.rows());
-                    kept.conservativeResize(kept.rows() + take, xr.cols());
-                    kept.bottomRows(take) = xr.topRows(take);
+                hess.try_emplace(key, x.cols()).first->second.add(xr);
+                if (keep_inputs) {
+                    auto& kept = inputs[key];
+                    if (kept.rows() < max_kept_rows) {
+                        const Eigen::Index take = std::min(xr.rows(), max_kept_rows - kept.rows());
+                        kept.conservativeResize(kept.rows() + take, xr.cols());
+                        kept.bottomRows(take) = xr.topRows(take);
+                    }
                 }
+            };
+            forward_hooks hooks;
+            hooks.on_linear_input = [&](int layer, linear_slot s, const matrix_f& x) {
+                if (layer == l) add(linear_id{layer, s}, x);
+            };
+            hooks.on_expert_input = [&](int layer, int e, linear_slot s, const matrix_f& x, const vector_f&,
+                                        std::span<const Eigen::Index>) {
+                if (layer == l) add(linear_id{layer, s, e}, x);
             };
             capture_linear_inputs(m, calib_tokens, hooks, opt.calib_window, opt.calib_windows);
         }
-        for (int s = 0; s < linear_slots; ++s) {
-            const auto slot = static_cast<linear_slot>(s);
-            matrix_f w = detail::dense_weight_of(m.linear(l, slot), where);
+        for (const linear_id& id : ids) {
+            const std::string key = id.name();
+            matrix_f w = detail::dense_weight_of(m.linear(id), where);
             const auto& rot = rotation_for(w.cols());
             if (rot) rot->apply_rows(w); // W·Q: rows of W are input-space vectors
             matrix_d h;
-            if (calibrate) h = hess[static_cast<std::size_t>(s)]->matrix();
+            bool uncalibrated = false;
+            if (calibrate) {
+                const auto it = hess.find(key);
+                if (it != hess.end()) h = it->second.matrix();
+                else {
+                    h = matrix_d::Identity(w.cols(), w.cols()); // no routed calibration token: plain rounding
+                    uncalibrated = true;
+                }
+            }
+            const auto kin = inputs.find(key);
             std::optional<stored_rotation> learned =
-                detail::learn_block_rotation(r, w, inputs[static_cast<std::size_t>(s)]);
+                detail::learn_block_rotation(r, w, kin != inputs.end() ? kin->second : matrix_f());
             if (learned) { // W·H·K, and the Hessian of the inputs x·H·K: Kᵀ H K
                 const block_rotation k = block_rotation::from(std::nullopt, learned);
                 k.apply_rows(w);
@@ -763,11 +789,11 @@ inline std::optional<stored_rotation> learn_block_rotation(const recipe& r, cons
             }
             linear_record rec = detail::quantize_linear(r, w, calibrate ? &h : nullptr);
             rec.rotation = std::move(learned);
-            m.set_linear(l, slot, build_linear(r, rec, rot));
-            if (records) (*records)[static_cast<std::size_t>(l)][static_cast<std::size_t>(s)] = std::move(rec);
+            m.set_linear(id, build_linear(r, rec, rot));
+            if (records) (*records)[key] = std::move(rec);
             if (opt.progress)
-                opt.progress("layers." + std::to_string(l) + "." + slot_name(slot) + " " + std::to_string(w.rows()) +
-                             "x" + std::to_string(w.cols()) + " quantized (" + r.name + ")");
+                opt.progress(key + " " + std::to_string(w.rows()) + "x" + std::to_string(w.cols()) + " quantized (" +
+                             r.name + (uncalibrated ? "; no calibration token routed here: H = I" : "") + ")");
         }
     }
     return m;
@@ -777,12 +803,233 @@ LOWBIT_END_NAMESPACE
 
 LOWBIT_BEGIN_NAMESPACE
 
-/// A quantized model with what it was built from: the recipe and every block linear's record.
+/// A quantized model with what it was built from: the recipe, every block linear's record and,
+/// optionally, the tokenizer file it was evaluated with (so a saved model is self-contained).
 struct quantized_model {
-    recipe spec;                                             ///< the recipe
-    llama_model model;                                       ///< the runnable model
-    std::vector<std::array<linear_record, linear_slots>> records; ///< stored form of the block linears
+    recipe spec;                 ///< the recipe (every field is saved)
+    llama_model model;           ///< the runnable model
+    linear_records records;      ///< stored form of the block linears, keyed by linear_id::name()
+    std::string tokenizer_format; ///< "llama2c" (tokenizer.bin) or "hf-json" (tokenizer.json); empty: none stored
+    std::vector<std::uint8_t> tokenizer_bytes; ///< the tokenizer file's bytes
 };
+
+namespace detail {
+
+struct enum_name {
+    int value;
+    const char* name;
+};
+inline constexpr enum_name weight_scheme_names[] = {
+    {static_cast<int>(weight_scheme::fp32), "fp32"},           {static_cast<int>(weight_scheme::int4), "int4"},
+    {static_cast<int>(weight_scheme::absmean_ternary), "absmean_ternary"},
+    {static_cast<int>(weight_scheme::e2m_atq), "e2m_atq"},     {static_cast<int>(weight_scheme::sign_binary), "sign_binary"},
+    {static_cast<int>(weight_scheme::arb_binary), "arb_binary"}, {static_cast<int>(weight_scheme::mxfp4), "mxfp4"},
+    {static_cast<int>(weight_scheme::tra_ternary), "tra_ternary"}};
+inline constexpr enum_name solver_names[] = {{static_cast<int>(solver_kind::rtn), "rtn"},
+                                             {static_cast<int>(solver_kind::gptq), "gptq"}};
+inline constexpr enum_name rotation_names[] = {
+    {static_cast<int>(rotation_kind::none), "none"},   {static_cast<int>(rotation_kind::randomized_hadamard), "hadamard"},
+    {static_cast<int>(rotation_kind::kotms), "kotms"}, {static_cast<int>(rotation_kind::okt), "okt"},
+    {static_cast<int>(rotation_kind::torq), "torq"}};
+inline constexpr enum_name activation_names[] = {
+    {static_cast<int>(activation_kind::fp32), "fp32"}, {static_cast<int>(activation_kind::int_symmetric), "int_symmetric"},
+    {static_cast<int>(activation_kind::int_asymmetric), "int_asymmetric"}, {static_cast<int>(activation_kind::mxfp4), "mxfp4"}};
+
+template <class E, std::size_t N>
+inline const char* name_of(E v, const enum_name (&table)[N]) {
+    for (const auto& e : table)
+        if (e.value == static_cast<int>(v)) return e.name;
+    return "?";
+}
+template <class E, std::size_t N>
+inline E value_of(std::string_view name, const enum_name (&table)[N], const std::string& field) {
+    std::string known;
+    for (const auto& e : table) {
+        if (name == e.name) return static_cast<E>(e.value);
+        known += known.empty() ? e.name : std::string(", ") + e.name;
+    }
+    throw invalid_argument("lowbit: recipe field '" + field + "': unknown value '" + std::string(name) + "' (known: " + known + ")");
+}
+
+/// Splits "k=v;k=v" into pairs. \throws invalid_argument (an entry without '=' or a repeated key).
+inline std::vector<std::pair<std::string, std::string>> split_fields(std::string_view s, char sep, const char* what) {
+    std::vector<std::pair<std::string, std::string>> out;
+    std::size_t at = 0;
+    while (at < s.size()) {
+        std::size_t end = s.find(sep, at);
+        if (end == std::string_view::npos) end = s.size();
+        const std::string_view part = s.substr(at, end - at);
+        at = end + 1;
+        if (part.empty()) continue;
+        const auto eq = part.find('=');
+        if (eq == std::string_view::npos || eq == 0)
+            throw invalid_argument(std::string("lowbit: ") + what + ": entry '" + std::string(part) + "' is not key=value");
+        std::string k(part.substr(0, eq));
+        for (const auto& [ok, ov] : out)
+            if (ok == k) throw invalid_argument(std::string("lowbit: ") + what + ": key '" + k + "' given twice");
+        out.emplace_back(std::move(k), std::string(part.substr(eq + 1)));
+    }
+    return out;
+}
+
+inline long long parse_integer(const std::string& v, const std::string& field) {
+    char* end = nullptr;
+    errno = 0;
+    const long long x = std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || !end || *end || errno) throw invalid_argument("lowbit: field '" + field + "': '" + v + "' is not an integer");
+    return x;
+}
+inline double parse_real(const std::string& v, const std::string& field) {
+    char* end = nullptr;
+    const double x = std::strtod(v.c_str(), &end);
+    if (v.empty() || !end || *end || !std::isfinite(x)) throw invalid_argument("lowbit: field '" + field + "': '" + v + "' is not a finite number");
+    return x;
+}
+inline bool parse_flag(const std::string& v, const std::string& field) {
+    if (v == "true" || v == "1") return true;
+    if (v == "false" || v == "0") return false;
+    throw invalid_argument("lowbit: field '" + field + "': '" + v + "' is not true/false");
+}
+inline std::string real_text(double x) {
+    char b[40];
+    std::snprintf(b, sizeof b, "%.17g", x);
+    return b;
+}
+
+} // namespace detail
+
+/// Every field of a recipe except its name and description as "key=value" entries joined by ';'
+/// (the form saved models record and `lowbit-quantize --set` takes), in a fixed order:
+/// weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, base3,
+/// damp, act_order, seed, rotation_max_factor, hadamard_first, nli. Numbers round-trip exactly.
+[[nodiscard]] inline std::string recipe_fields(const recipe& r) {
+    std::string s;
+    auto put = [&](const char* k, const std::string& v) { s += (s.empty() ? "" : ";") + std::string(k) + "=" + v; };
+    put("weights", detail::name_of(r.weights, detail::weight_scheme_names));
+    put("solver", detail::name_of(r.solver, detail::solver_names));
+    put("rotation", detail::name_of(r.rotation, detail::rotation_names));
+    put("activation", detail::name_of(r.activation, detail::activation_names));
+    put("act_bits", std::to_string(r.act_bits));
+    put("act_clip", detail::real_text(r.act_clip));
+    put("low_rank", std::to_string(r.low_rank));
+    put("psp_iterations", std::to_string(r.psp_iterations));
+    put("base3", r.base3 ? "true" : "false");
+    put("damp", detail::real_text(r.damp));
+    put("act_order", r.act_order ? "true" : "false");
+    put("seed", std::to_string(r.seed));
+    put("rotation_max_factor", std::to_string(r.rotation_max_factor));
+    put("hadamard_first", r.hadamard_first ? "true" : "false");
+    put("nli", r.nli ? "true" : "false");
+    return s;
+}
+
+/// Applies "key=value" entries separated by `sep` (';' or ',') to `r` (the keys of `recipe_fields`;
+/// any subset, in any order). \throws invalid_argument (unknown key, malformed value, repeated key).
+inline void set_recipe_fields(recipe& r, std::string_view fields, char sep = ';') {
+    for (const auto& [k, v] : detail::split_fields(fields, sep, "recipe fields")) {
+        if (k == "weights") r.weights = detail::value_of<weight_scheme>(v, detail::weight_scheme_names, k);
+        else if (k == "solver") r.solver = detail::value_of<solver_kind>(v, detail::solver_names, k);
+        else if (k == "rotation") r.rotation = detail::value_of<rotation_kind>(v, detail::rotation_names, k);
+        else if (k == "activation") r.activation = detail::value_of<activation_kind>(v, detail::activation_names, k);
+        else if (k == "act_bits") r.act_bits = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "act_clip") r.act_clip = static_cast<float>(detail::parse_real(v, k));
+        else if (k == "low_rank") r.low_rank = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "psp_iterations") r.psp_iterations = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "base3") r.base3 = detail::parse_flag(v, k);
+        else if (k == "damp") r.damp = detail::parse_real(v, k);
+        else if (k == "act_order") r.act_order = detail::parse_flag(v, k);
+        else if (k == "seed") {
+            const long long x = detail::parse_integer(v, k);
+            detail::require(x >= 0, "set_recipe_fields", "seed must be >= 0");
+            r.seed = static_cast<std::uint64_t>(x);
+        } else if (k == "rotation_max_factor") r.rotation_max_factor = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "hadamard_first") r.hadamard_first = detail::parse_flag(v, k);
+        else if (k == "nli") r.nli = detail::parse_flag(v, k);
+        else
+            throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
+                                   "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
+                                   "base3, damp, act_order, seed, rotation_max_factor, hadamard_first, nli)");
+    }
+}
+
+/// The architecture of a model as "key=value" entries joined by ';' (saved models record it):
+/// architecture, dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len, head_dim,
+/// norm_eps, rope_theta, rope (interleaved | rotate_half), qk_norm, attention_bias, n_experts,
+/// n_experts_per_token, moe_hidden_dim, norm_topk_prob, bos_token, stop_token.
+[[nodiscard]] inline std::string model_fields(const llama_model& m) {
+    const auto& c = m.config;
+    std::string s = "architecture=" + m.architecture;
+    auto put = [&](const char* k, const std::string& v) { s += ";" + std::string(k) + "=" + v; };
+    put("dim", std::to_string(c.dim));
+    put("hidden_dim", std::to_string(c.hidden_dim));
+    put("n_layers", std::to_string(c.n_layers));
+    put("n_heads", std::to_string(c.n_heads));
+    put("n_kv_heads", std::to_string(c.n_kv_heads));
+    put("vocab_size", std::to_string(c.vocab_size));
+    put("seq_len", std::to_string(c.seq_len));
+    put("head_dim", std::to_string(c.head_size()));
+    put("norm_eps", detail::real_text(c.norm_eps));
+    put("rope_theta", detail::real_text(c.rope_theta));
+    put("rope", c.rope == rope_layout::interleaved ? "interleaved" : "rotate_half");
+    put("qk_norm", c.qk_norm ? "true" : "false");
+    put("attention_bias", c.attention_bias ? "true" : "false");
+    put("n_experts", std::to_string(c.n_experts));
+    put("n_experts_per_token", std::to_string(c.n_experts_per_token));
+    put("moe_hidden_dim", std::to_string(c.moe_hidden_dim));
+    put("norm_topk_prob", c.norm_topk_prob ? "true" : "false");
+    put("bos_token", std::to_string(c.bos_token));
+    put("stop_token", std::to_string(c.stop_token));
+    return s;
+}
+
+namespace detail {
+/// Parses `model_fields` text: every key required, none unknown, sizes in range.
+inline void parse_model_fields(std::string_view text, llama_model& m) {
+    auto& c = m.config;
+    const auto kv = split_fields(text, ';', "lowbit.model");
+    std::map<std::string, std::string> f(kv.begin(), kv.end());
+    static const char* keys[] = {"architecture", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
+                                 "seq_len", "head_dim", "norm_eps", "rope_theta", "rope", "qk_norm", "attention_bias",
+                                 "n_experts", "n_experts_per_token", "moe_hidden_dim", "norm_topk_prob", "bos_token", "stop_token"};
+    for (const char* k : keys)
+        if (!f.count(k)) throw format_error(std::string("lowbit: load_quantized_model: lowbit.model lacks '") + k + "'");
+    if (f.size() != std::size(keys)) throw format_error("lowbit: load_quantized_model: lowbit.model has unknown keys");
+    try {
+        auto size = [&](const char* k, long long lo) {
+            const long long v = parse_integer(f[k], k);
+            if (v < lo || v > (1LL << 24)) throw format_error(std::string("lowbit: load_quantized_model: lowbit.model ") + k + " out of range");
+            return static_cast<int>(v);
+        };
+        m.architecture = f["architecture"];
+        c.dim = size("dim", 1);
+        c.hidden_dim = size("hidden_dim", 1);
+        c.n_layers = size("n_layers", 1);
+        c.n_heads = size("n_heads", 1);
+        c.n_kv_heads = size("n_kv_heads", 1);
+        c.vocab_size = size("vocab_size", 1);
+        c.seq_len = size("seq_len", 2);
+        c.head_dim = size("head_dim", 2);
+        c.n_experts = size("n_experts", 0);
+        c.n_experts_per_token = size("n_experts_per_token", 0);
+        c.moe_hidden_dim = size("moe_hidden_dim", 0);
+        c.norm_eps = static_cast<float>(parse_real(f["norm_eps"], "norm_eps"));
+        c.rope_theta = static_cast<float>(parse_real(f["rope_theta"], "rope_theta"));
+        const std::string& rope = f["rope"];
+        if (rope != "interleaved" && rope != "rotate_half") throw format_error("lowbit: load_quantized_model: unknown rope layout '" + rope + "'");
+        c.rope = rope == "interleaved" ? rope_layout::interleaved : rope_layout::rotate_half;
+        c.qk_norm = parse_flag(f["qk_norm"], "qk_norm");
+        c.attention_bias = parse_flag(f["attention_bias"], "attention_bias");
+        c.norm_topk_prob = parse_flag(f["norm_topk_prob"], "norm_topk_prob");
+        c.bos_token = static_cast<int>(parse_integer(f["bos_token"], "bos_token"));
+        c.stop_token = static_cast<int>(parse_integer(f["stop_token"], "stop_token"));
+    } catch (const invalid_argument& e) {
+        throw format_error(std::string("lowbit: load_quantized_model: lowbit.model: ") + e.what());
+    }
+    if (c.n_heads % c.n_kv_heads != 0 || c.head_dim % 2 != 0 || c.n_experts_per_token > c.n_experts ||
+        c.bos_token >= c.vocab_size || c.stop_token >= c.vocab_size)
+        throw format_error("lowbit: load_quantized_model: lowbit.model is inconsistent");
+}
+} // namespace detail
 
 namespace detail {
 
@@ -840,43 +1087,55 @@ inline std::vector<long long> split_ints(const std::string& s, std::size_t n, co
 } // namespace detail
 
 /// Writes a quantized model as safetensors (lowbit convention, docs/formats.md): F32
-/// `token_embedding`, `classifier`, `rms_final`, `layers.L.rms_att`, `layers.L.rms_ffn`; per block
-/// linear `layers.L.<slot>.codes` (U8, packed bytes in the kernels' layout) with F16 `.scale` and
-/// `.offset`, or F32 `.weight` for the dense format, and F16 `.lowrank_a` / `.lowrank_b`; metadata
-/// `lowbit.recipe`, `lowbit.config` (dim, hidden, layers, heads, kv heads, vocab, seq_len),
-/// `lowbit.norm` (eps, theta) and `layers.L.<slot>.format` / `.shape`. Atomic (temporary + rename).
+/// `token_embedding`, `classifier`, `rms_final`, `layers.L.rms_att`, `layers.L.rms_ffn` (and, where
+/// the architecture has them, `layers.L.q_norm`/`k_norm`, `q_bias`/`k_bias`/`v_bias`, `router`);
+/// per block linear `<name>.codes` (U8, packed bytes in the kernels' layout) with F16 `.scale` and
+/// `.offset`, or F32 `.weight` for the dense format, F16 `.lowrank_a` / `.lowrank_b` and
+/// `.rotation_*`, where <name> is `linear_id::name()` (`layers.L.wq`, `layers.L.experts.E.w1`);
+/// the tokenizer file as U8 `tokenizer` when the model carries one. Metadata: `lowbit.version`,
+/// `lowbit.recipe` (name), `lowbit.recipe_fields` (`recipe_fields`: every field, seed included),
+/// `lowbit.model` (`model_fields`), `lowbit.tokenizer_format`, and `<name>.format` / `.shape` /
+/// `.dense_bits`. Atomic (temporary file + rename): a failure leaves any previous file intact.
 /// \throws invalid_argument (records do not match the model, non-dense classifier), format_error (I/O).
 inline void save_quantized_model(const std::filesystem::path& path, const quantized_model& q) {
     constexpr const char* where = "save_quantized_model";
     const auto& m = q.model;
-    detail::require(q.records.size() == m.blocks.size(), where, "one record set per block is required");
     io::safetensors_writer out;
-    const auto& c = m.config;
     out.set_metadata("lowbit.version", detail::join_ints({LOWBIT_VERSION_MAJOR, LOWBIT_VERSION_MINOR, LOWBIT_VERSION_PATCH}));
     out.set_metadata("lowbit.recipe", q.spec.name);
-    out.set_metadata("lowbit.config", detail::join_ints({c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,
-                                                         c.vocab_size, c.seq_len}));
-    char norm[64];
-    std::snprintf(norm, sizeof norm, "%.9g,%.9g", static_cast<double>(c.norm_eps), static_cast<double>(c.rope_theta));
-    out.set_metadata("lowbit.norm", norm);
+    out.set_metadata("lowbit.recipe_fields", recipe_fields(q.spec));
+    out.set_metadata("lowbit.model", model_fields(m));
+    if (!q.tokenizer_format.empty()) {
+        detail::require(q.tokenizer_format == "llama2c" || q.tokenizer_format == "hf-json", where,
+                        "tokenizer_format must be 'llama2c' or 'hf-json'");
+        out.set_metadata("lowbit.tokenizer_format", q.tokenizer_format);
+        out.add("tokenizer", io::st_dtype::U8, {static_cast<std::uint64_t>(q.tokenizer_bytes.size())},
+                std::as_bytes(std::span<const std::uint8_t>(q.tokenizer_bytes)));
+    }
     out.add("token_embedding", m.token_embedding);
     out.add("classifier", detail::dense_weight_of(*m.classifier, where));
     out.add("rms_final", m.rms_final.transpose());
+    std::size_t n_linears = 0;
     for (std::size_t l = 0; l < m.blocks.size(); ++l) {
+        const auto& b = m.blocks[l];
         const std::string p = "layers." + std::to_string(l) + ".";
-        out.add(p + "rms_att", m.blocks[l].rms_att.transpose());
-        out.add(p + "rms_ffn", m.blocks[l].rms_ffn.transpose());
-        for (int s = 0; s < linear_slots; ++s) {
-            const auto& rec = q.records[l][static_cast<std::size_t>(s)];
-            const std::string n = p + slot_name(static_cast<linear_slot>(s));
-            detail::require(!rec.format.empty(), where, "missing record for " + n);
+        out.add(p + "rms_att", b.rms_att.transpose());
+        out.add(p + "rms_ffn", b.rms_ffn.transpose());
+        for (const auto& [key, v] : {std::pair<const char*, const vector_f*>{"q_norm", &b.q_norm}, {"k_norm", &b.k_norm},
+                                     {"q_bias", &b.q_bias}, {"k_bias", &b.k_bias}, {"v_bias", &b.v_bias}})
+            if (v->size()) out.add(p + key, v->transpose());
+        if (b.is_moe()) out.add(p + "router", b.router);
+        for (const linear_id& id : m.block_linears(static_cast<int>(l))) {
+            const std::string n = id.name();
+            const auto it = q.records.find(n);
+            detail::require(it != q.records.end() && !it->second.format.empty(), where, "missing record for " + n);
+            const auto& rec = it->second;
+            ++n_linears;
             out.set_metadata(n + ".format", rec.format);
             out.set_metadata(n + ".shape", detail::join_ints({rec.rows, rec.cols}));
             if (rec.format == "dense") {
                 out.add(n + ".weight", rec.dense);
-                char b[32];
-                std::snprintf(b, sizeof b, "%.17g", rec.dense_bits);
-                out.set_metadata(n + ".dense_bits", b);
+                out.set_metadata(n + ".dense_bits", detail::real_text(rec.dense_bits));
             } else {
                 out.add(n + ".codes", io::st_dtype::U8, {static_cast<std::uint64_t>(rec.codes.size())},
                         std::as_bytes(std::span<const std::uint8_t>(rec.codes)));
@@ -886,45 +1145,44 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
                     out.add(n + ".offset", io::st_dtype::F16, {static_cast<std::uint64_t>(rec.offset.size())},
                             detail::fp16_bytes(rec.offset));
             }
+            auto add_f16_matrix = [&](const std::string& key, const matrix_f& x) {
+                if (!x.size()) return;
+                const vector_f v = Eigen::Map<const vector_f>(x.data(), x.size());
+                out.add(n + key, io::st_dtype::F16,
+                        {static_cast<std::uint64_t>(x.rows()), static_cast<std::uint64_t>(x.cols())}, detail::fp16_bytes(v));
+            };
             if (rec.rotation) { // learned rotation: F16 matrices
-                auto add_matrix = [&](const std::string& key, const matrix_f& x) {
-                    if (!x.size()) return;
-                    const vector_f v = Eigen::Map<const vector_f>(x.data(), x.size());
-                    out.add(n + key, io::st_dtype::F16,
-                            {static_cast<std::uint64_t>(x.rows()), static_cast<std::uint64_t>(x.cols())}, detail::fp16_bytes(v));
-                };
-                add_matrix(".rotation_left", rec.rotation->left);
-                add_matrix(".rotation_right", rec.rotation->right);
-                add_matrix(".rotation_dense", rec.rotation->dense);
+                add_f16_matrix(".rotation_left", rec.rotation->left);
+                add_f16_matrix(".rotation_right", rec.rotation->right);
+                add_f16_matrix(".rotation_dense", rec.rotation->dense);
             }
             if (rec.correction) {
-                const auto& a = rec.correction->a;
-                const auto& b = rec.correction->b;
-                const vector_f av = Eigen::Map<const vector_f>(a.data(), a.size());
-                const vector_f bv = Eigen::Map<const vector_f>(b.data(), b.size());
-                out.add(n + ".lowrank_a", io::st_dtype::F16,
-                        {static_cast<std::uint64_t>(a.rows()), static_cast<std::uint64_t>(a.cols())}, detail::fp16_bytes(av));
-                out.add(n + ".lowrank_b", io::st_dtype::F16,
-                        {static_cast<std::uint64_t>(b.rows()), static_cast<std::uint64_t>(b.cols())}, detail::fp16_bytes(bv));
+                add_f16_matrix(".lowrank_a", rec.correction->a);
+                add_f16_matrix(".lowrank_b", rec.correction->b);
             }
         }
     }
+    detail::require(n_linears == q.records.size(), where,
+                    "records hold " + std::to_string(q.records.size()) + " entries, the model has " +
+                        std::to_string(n_linears) + " block linears");
     out.write(path);
 }
 
 /// Reads a model written by `save_quantized_model` and rebuilds it with `build_linear` (so its logits
-/// are bit-identical to the saved model's). \throws format_error (corrupt, truncated or not a lowbit
-/// quantized model), invalid_argument (unknown recipe).
+/// are bit-identical to the saved model's): the recipe comes from `lowbit.recipe_fields` (every
+/// field), never from the built-in table, so a non-default seed or flag reloads as saved.
+/// \throws format_error (corrupt, truncated, inconsistent or not a lowbit quantized model; a recipe
+/// field it does not know).
 [[nodiscard]] inline quantized_model load_quantized_model(const std::filesystem::path& path) {
     const auto f = io::safetensors_file::read(path);
     const auto& md = f.metadata();
     auto meta = [&](const std::string& k) -> const std::string& {
         auto it = md.find(k);
-        if (it == md.end()) throw format_error("lowbit: load_quantized_model: metadata '" + k + "' is missing");
+        if (it == md.end()) throw format_error("lowbit: load_quantized_model: metadata '" + k + "' is missing (file '" + path.string() + "')");
         return it->second;
     };
     auto tensor = [&](const std::string& n) {
-        if (!f.contains(n)) throw format_error("lowbit: load_quantized_model: tensor '" + n + "' is missing");
+        if (!f.contains(n)) throw format_error("lowbit: load_quantized_model: tensor '" + n + "' is missing (file '" + path.string() + "')");
         return f.tensor(n);
     };
     auto matrix = [&](const std::string& n) {
@@ -935,42 +1193,79 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
             throw format_error(e.what());
         }
     };
+    auto vec = [&](const std::string& n, Eigen::Index len) {
+        const matrix_f x = matrix(n);
+        if (x.rows() != 1 || x.cols() != len)
+            throw format_error("lowbit: load_quantized_model: '" + n + "' must hold " + std::to_string(len) + " values");
+        if (!x.allFinite()) throw format_error("lowbit: load_quantized_model: '" + n + "' holds NaN or Inf");
+        return vector_f(x.row(0).transpose());
+    };
     quantized_model q;
-    q.spec = find_recipe(meta("lowbit.recipe"));
-    const auto cfg = detail::split_ints(meta("lowbit.config"), 7, "lowbit.config");
-    llama_config c;
-    c.dim = static_cast<int>(cfg[0]);
-    c.hidden_dim = static_cast<int>(cfg[1]);
-    c.n_layers = static_cast<int>(cfg[2]);
-    c.n_heads = static_cast<int>(cfg[3]);
-    c.n_kv_heads = static_cast<int>(cfg[4]);
-    c.vocab_size = static_cast<int>(cfg[5]);
-    c.seq_len = static_cast<int>(cfg[6]);
-    for (auto v : cfg)
-        if (v <= 0 || v > (1 << 24)) throw format_error("lowbit: load_quantized_model: lowbit.config out of range");
-    {
-        const std::string& norm = meta("lowbit.norm");
-        char* end = nullptr;
-        c.norm_eps = std::strtof(norm.c_str(), &end);
-        if (!end || *end != ',') throw format_error("lowbit: load_quantized_model: metadata 'lowbit.norm' malformed");
-        c.rope_theta = std::strtof(end + 1, nullptr);
+    q.spec.name = meta("lowbit.recipe");
+    try {
+        set_recipe_fields(q.spec, meta("lowbit.recipe_fields"));
+        detail::check_recipe(q.spec);
+    } catch (const invalid_argument& e) {
+        throw format_error(std::string("lowbit: load_quantized_model: the recorded recipe cannot be rebuilt: ") + e.what());
     }
+    for (const auto& r : builtin_recipes())
+        if (r.name == q.spec.name) q.spec.description = r.description;
     auto& m = q.model;
-    m.config = c;
+    detail::parse_model_fields(meta("lowbit.model"), m);
+    const auto& c = m.config;
     m.nonlinear = recipe_nonlinear_ops(q.spec);
+    if (md.count("lowbit.tokenizer_format")) {
+        q.tokenizer_format = meta("lowbit.tokenizer_format");
+        if (q.tokenizer_format != "llama2c" && q.tokenizer_format != "hf-json")
+            throw format_error("lowbit: load_quantized_model: unknown tokenizer_format '" + q.tokenizer_format + "'");
+        const auto t = tensor("tokenizer");
+        const auto* b = reinterpret_cast<const std::uint8_t*>(t.bytes.data());
+        q.tokenizer_bytes.assign(b, b + t.bytes.size());
+    }
     m.token_embedding = matrix("token_embedding");
     detail::require_dim(m.token_embedding.rows(), c.vocab_size, "load_quantized_model", "token_embedding rows");
-    m.classifier = make_linear(dense_linear(matrix("classifier")));
-    m.rms_final = matrix("rms_final").transpose();
+    detail::require_dim(m.token_embedding.cols(), c.dim, "load_quantized_model", "token_embedding cols");
+    {
+        matrix_f cls = matrix("classifier");
+        if (cls.rows() != c.vocab_size || cls.cols() != c.dim)
+            throw format_error("lowbit: load_quantized_model: classifier shape disagrees with lowbit.model");
+        m.classifier = make_linear(dense_linear(std::move(cls)));
+    }
+    m.rms_final = vec("rms_final", c.dim);
     m.blocks.resize(static_cast<std::size_t>(c.n_layers));
-    q.records.assign(m.blocks.size(), {});
     for (std::size_t l = 0; l < m.blocks.size(); ++l) {
+        auto& b = m.blocks[l];
         const std::string p = "layers." + std::to_string(l) + ".";
-        m.blocks[l].rms_att = matrix(p + "rms_att").transpose();
-        m.blocks[l].rms_ffn = matrix(p + "rms_ffn").transpose();
-        for (int s = 0; s < linear_slots; ++s) {
-            const std::string n = p + slot_name(static_cast<linear_slot>(s));
-            linear_record& rec = q.records[l][static_cast<std::size_t>(s)];
+        b.rms_att = vec(p + "rms_att", c.dim);
+        b.rms_ffn = vec(p + "rms_ffn", c.dim);
+        if (c.qk_norm) {
+            b.q_norm = vec(p + "q_norm", c.head_size());
+            b.k_norm = vec(p + "k_norm", c.head_size());
+        }
+        if (c.attention_bias) {
+            b.q_bias = vec(p + "q_bias", c.q_dim());
+            b.k_bias = vec(p + "k_bias", c.kv_dim());
+            b.v_bias = vec(p + "v_bias", c.kv_dim());
+        }
+        if (f.contains(p + "router")) {
+            if (c.n_experts < 1) throw format_error("lowbit: load_quantized_model: '" + p + "router' in a model without experts");
+            b.router = matrix(p + "router");
+            if (b.router.rows() != c.n_experts || b.router.cols() != c.dim)
+                throw format_error("lowbit: load_quantized_model: '" + p + "router' shape disagrees with lowbit.model");
+            b.experts.resize(static_cast<std::size_t>(c.n_experts));
+        }
+        // every linear of the block, in block_linears order (placeholders first, so ids resolve)
+        std::vector<linear_id> ids;
+        for (auto s : {linear_slot::wq, linear_slot::wk, linear_slot::wv, linear_slot::wo}) ids.push_back({static_cast<int>(l), s});
+        if (b.is_moe()) {
+            for (int e = 0; e < c.n_experts; ++e)
+                for (auto s : {linear_slot::w1, linear_slot::w2, linear_slot::w3}) ids.push_back({static_cast<int>(l), s, e});
+        } else {
+            for (auto s : {linear_slot::w1, linear_slot::w2, linear_slot::w3}) ids.push_back({static_cast<int>(l), s});
+        }
+        for (const linear_id& id : ids) {
+            const std::string n = id.name();
+            linear_record& rec = q.records[n];
             rec.format = meta(n + ".format");
             const auto shape = detail::split_ints(meta(n + ".shape"), 2, n + ".shape");
             rec.rows = shape[0];
@@ -981,8 +1276,8 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
             } else {
                 const auto codes = tensor(n + ".codes");
                 if (codes.dtype != io::st_dtype::U8) throw format_error("lowbit: load_quantized_model: '" + n + ".codes' must be U8");
-                const auto* b = reinterpret_cast<const std::uint8_t*>(codes.bytes.data());
-                rec.codes.assign(b, b + codes.bytes.size());
+                const auto* cb = reinterpret_cast<const std::uint8_t*>(codes.bytes.data());
+                rec.codes.assign(cb, cb + codes.bytes.size());
                 rec.scale = detail::fp16_vector(tensor(n + ".scale"), n + ".scale");
                 if (f.contains(n + ".offset")) rec.offset = detail::fp16_vector(tensor(n + ".offset"), n + ".offset");
             }
@@ -1005,22 +1300,39 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
                 rec.rotation = std::move(sr);
             }
             if (f.contains(n + ".lowrank_a")) {
-                const auto ta = tensor(n + ".lowrank_a"), tb = tensor(n + ".lowrank_b");
-                if (ta.shape.size() != 2 || tb.shape.size() != 2)
-                    throw format_error("lowbit: load_quantized_model: low-rank factors of '" + n + "' must be matrices");
                 low_rank lr;
-                const vector_f av = detail::fp16_vector(ta, n + ".lowrank_a"), bv = detail::fp16_vector(tb, n + ".lowrank_b");
-                lr.a = Eigen::Map<const matrix_f>(av.data(), static_cast<Eigen::Index>(ta.shape[0]), static_cast<Eigen::Index>(ta.shape[1]));
-                lr.b = Eigen::Map<const matrix_f>(bv.data(), static_cast<Eigen::Index>(tb.shape[0]), static_cast<Eigen::Index>(tb.shape[1]));
+                lr.a = f16_matrix(".lowrank_a");
+                lr.b = f16_matrix(".lowrank_b");
                 rec.correction = std::move(lr);
             }
+            // expected shape of this slot
+            const Eigen::Index hid = id.expert >= 0 ? c.moe_hidden_dim : c.hidden_dim;
+            Eigen::Index want_r = 0, want_c = 0;
+            switch (id.slot) {
+            case linear_slot::wq: want_r = c.q_dim(), want_c = c.dim; break;
+            case linear_slot::wk:
+            case linear_slot::wv: want_r = c.kv_dim(), want_c = c.dim; break;
+            case linear_slot::wo: want_r = c.dim, want_c = c.q_dim(); break;
+            case linear_slot::w1:
+            case linear_slot::w3: want_r = hid, want_c = c.dim; break;
+            case linear_slot::w2: want_r = c.dim, want_c = hid; break;
+            }
+            if (rec.rows != want_r || rec.cols != want_c)
+                throw format_error("lowbit: load_quantized_model: '" + n + "' has shape " + std::to_string(rec.rows) + "x" +
+                                   std::to_string(rec.cols) + ", lowbit.model implies " + std::to_string(want_r) + "x" +
+                                   std::to_string(want_c));
+            std::shared_ptr<const linear_operator> op;
             try {
-                m.blocks[l].linear[static_cast<std::size_t>(s)] = build_linear(q.spec, rec, recipe_rotation(q.spec, rec.cols));
+                op = build_linear(q.spec, rec, recipe_rotation(q.spec, rec.cols));
             } catch (const format_error&) {
                 throw;
             } catch (const error& e) {
                 throw format_error(std::string("lowbit: load_quantized_model: layer '") + n + "' is inconsistent: " + e.what());
             }
+            if (id.expert >= 0)
+                b.experts[static_cast<std::size_t>(id.expert)][static_cast<std::size_t>(expert_slot_index(id.slot))] = std::move(op);
+            else
+                b.linear[static_cast<std::size_t>(id.slot)] = std::move(op);
         }
     }
     return q;
