@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 namespace {
@@ -324,4 +325,113 @@ TEST_CASE("bad input: token ids, empty input, cache overflow, wrong linear shape
     lowbit::matrix_f x = lowbit::matrix_f::Ones(2, 64), y;
     CHECK_THROWS_AS(op->apply(x, y), lowbit::shape_error);
     CHECK_THROWS_AS(lowbit::input_transformed_linear(nullptr, shrink), lowbit::invalid_argument);
+}
+
+TEST_CASE("RoPE layouts: rotate_half is interleaved RoPE on a permuted head (oracle: a permutation)") {
+    // Hugging Face's rotate_half pairs (i, i + d/2); llama2.c pairs (2i, 2i+1). Permuting each head's
+    // features so that i ↦ 2i and i + d/2 ↦ 2i + 1 turns one into the other exactly.
+    const int hs = 8, heads = 3, T = 5;
+    lowbit::matrix_f cos_t, sin_t;
+    lowbit::detail::rope_table(T, hs, 7, 10000.0f, cos_t, sin_t);
+    lowbit::matrix_f x(T, hs * heads);
+    for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = std::sin(0.37f * static_cast<float>(i)) + 0.1f;
+    auto perm = [&](const lowbit::matrix_f& m) {
+        lowbit::matrix_f p(m.rows(), m.cols());
+        for (int h = 0; h < heads; ++h)
+            for (int i = 0; i < hs / 2; ++i) {
+                p.col(h * hs + 2 * i) = m.col(h * hs + i);
+                p.col(h * hs + 2 * i + 1) = m.col(h * hs + i + hs / 2);
+            }
+        return p;
+    };
+    lowbit::matrix_f a = x, b = perm(x);
+    lowbit::detail::rope_rows(a, a.cols(), hs, cos_t, sin_t, lowbit::rope_layout::rotate_half);
+    lowbit::detail::rope_rows(b, b.cols(), hs, cos_t, sin_t, lowbit::rope_layout::interleaved);
+    CHECK((perm(a) - b).cwiseAbs().maxCoeff() == 0.0f);
+    // and the rotation preserves each pair's norm
+    CHECK(a.norm() == doctest::Approx(x.norm()).epsilon(1e-6));
+}
+
+TEST_CASE("top-k routing equals a brute-force search over expert pairs") {
+    std::mt19937 rng(3);
+    std::normal_distribution<float> g(0.0f, 2.0f);
+    for (int trial = 0; trial < 200; ++trial) {
+        const int E = 8;
+        std::vector<float> logits(E);
+        for (auto& v : logits) v = g(rng);
+        if (trial % 10 == 0) logits[5] = logits[2]; // ties: the lower index first
+        std::vector<int> sel;
+        std::vector<float> w;
+        lowbit::detail::route_top_k(logits.data(), E, 2, true, sel, w);
+        // brute force in double: the pair with the largest summed probability, lower indices on ties
+        double z = 0;
+        for (float v : logits) z += std::exp(static_cast<double>(v));
+        int best_a = -1, best_b = -1;
+        for (int a = 0; a < E; ++a)
+            for (int b = 0; b < E; ++b) {
+                if (a == b) continue;
+                const bool a_first = logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+                if (!a_first) continue;
+                bool top = true; // no other expert beats b
+                for (int c = 0; c < E; ++c)
+                    if (c != a && c != b && (logits[c] > logits[b] || (logits[c] == logits[b] && c < b))) top = false;
+                for (int c = 0; c < E; ++c)
+                    if (c != a && (logits[c] > logits[a] || (logits[c] == logits[a] && c < a))) top = false;
+                if (top) best_a = a, best_b = b;
+            }
+        REQUIRE(sel.size() == 2);
+        CHECK(sel[0] == best_a);
+        CHECK(sel[1] == best_b);
+        const double pa = std::exp(static_cast<double>(logits[best_a])) / z, pb = std::exp(static_cast<double>(logits[best_b])) / z;
+        CHECK(w[0] == doctest::Approx(pa / (pa + pb)).epsilon(1e-5));
+        CHECK(w[0] + w[1] == doctest::Approx(1.0).epsilon(1e-6));
+        lowbit::detail::route_top_k(logits.data(), E, 2, false, sel, w);
+        CHECK(w[0] == doctest::Approx(pa).epsilon(1e-5));
+    }
+}
+
+TEST_CASE("sampling: top_k = 1 is greedy, a seed fixes the text, bad options are refused") {
+    const auto m = lowbit::model_from_llama2c(checkpoint());
+    const std::vector<int> prompt{1};
+    lowbit::sampling_options o;
+    o.max_new_tokens = 24;
+    o.temperature = 1.0f;
+    o.top_k = 1;
+    CHECK(lowbit::generate(m, prompt, o) == lowbit::generate_greedy(m, prompt, 24));
+    o.top_k = 0;
+    o.seed = 11;
+    const auto a = lowbit::generate(m, prompt, o), b = lowbit::generate(m, prompt, o);
+    CHECK(a == b);
+    o.seed = 12;
+    CHECK(lowbit::generate(m, prompt, o) != a);
+    o.top_p = 0.0f;
+    CHECK_THROWS_AS((void)lowbit::generate(m, prompt, o), lowbit::invalid_argument);
+    o.top_p = 1.0f;
+    o.temperature = -1.0f;
+    CHECK_THROWS_AS((void)lowbit::generate(m, prompt, o), lowbit::invalid_argument);
+    // streaming callback sees exactly the returned tokens
+    o.temperature = 0.7f;
+    std::vector<int> seen;
+    o.on_token = [&](int t) { seen.push_back(t); };
+    CHECK(lowbit::generate(m, prompt, o) == seen);
+}
+
+TEST_CASE("perplexity with two threads equals one thread; a failing window's exception reaches the caller") {
+    const auto m = lowbit::model_from_llama2c(checkpoint());
+    lowbit::perplexity_options o;
+    o.max_windows = 4;
+    const auto one = lowbit::perplexity(m, dev_tokens(), o);
+    o.threads = 2;
+    int calls = 0;
+    o.progress = [&](int done, int total) {
+        ++calls;
+        CHECK(total == 4);
+        CHECK(done <= total);
+    };
+    const auto two = lowbit::perplexity(m, dev_tokens(), o);
+    CHECK(two.mean_nll == one.mean_nll);
+    CHECK(two.scored == one.scored);
+    CHECK(calls >= 1);
+    o.threads = 0;
+    CHECK_THROWS_AS((void)lowbit::perplexity(m, dev_tokens(), o), lowbit::invalid_argument);
 }

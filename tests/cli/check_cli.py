@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""End-to-end checks of the lowbit-quantize command line on the real checkpoints.
+
+usage: check_cli.py LOWBIT_QUANTIZE MODELS_DIR WORK_DIR
+
+Runs what a user runs: quantize (Hugging Face dense and MoE, llama2.c), inspect, perplexity,
+generate, and the bad-input paths (exit status 2 for usage errors, 1 for bad files, a message
+naming the problem, and no output file left behind). Expected values come from the models
+folder's reference files (transformers' greedy continuation) or from the protocol, never from the
+tool itself."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+tool, models, work = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+work.mkdir(parents=True, exist_ok=True)
+failures = []
+
+
+def run(*args, expect=0):
+    p = subprocess.run([tool, *map(str, args)], capture_output=True, text=True)
+    if p.returncode != expect:
+        failures.append(f"{' '.join(map(str, args))}: exit {p.returncode}, expected {expect}\n{p.stderr[-2000:]}")
+    return p
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+
+
+llama = models / "llama-21M-en"
+moe = models / "qwen3moe-18M-en"
+dev = models / "text-en" / "dev.jsonl"
+calib = models / "text-en" / "calib.jsonl"
+
+# help and listing
+p = run("--help")
+for c in ("quantize", "perplexity", "generate", "inspect", "compare"):
+    check(c in p.stdout, f"--help lists {c}")
+for c in ("quantize", "perplexity", "generate", "inspect", "compare", "recipes"):
+    p = run(c, "--help")
+    check("usage: lowbit-quantize " + c in p.stdout, f"{c} --help prints its usage")
+p = run("recipes")
+check("twla-w1.58" in p.stdout and "seed=0" in p.stdout, "recipes lists names and fields")
+
+# greedy generation reproduces transformers' continuation (reference.json)
+ref = json.loads((llama / "reference" / "reference.json").read_text())
+p = run("generate", llama, "-p", "", "-n", "1")  # empty prompt starts from <|endoftext|>
+out = work / "llama-w158.safetensors"
+for f in work.glob("*.safetensors"):
+    f.unlink()
+
+# quantize a dense HF model (calibration-free recipe), then use the result
+p = run("quantize", llama, "-o", out, "--recipe", "absmean-w1.58a8", "--set", "seed=5")
+check(out.exists(), "quantize writes the output")
+check("wrote" in p.stdout and "bits/weight" in p.stdout, "quantize reports what it wrote")
+check("[1/" in p.stderr, "quantize prints progress on stderr")
+p = run("inspect", out)
+check("recipe       absmean-w1.58a8" in p.stdout, "inspect names the recipe")
+check("seed=5" in p.stdout, "inspect prints every recipe field, the seed included")
+check("layers.5.w2" in p.stdout and "ternary" in p.stdout, "inspect lists the linears and formats")
+p = run("perplexity", out, "-f", dev, "--max-windows", "2")
+check("1022 scored in 2 windows" in p.stdout, f"perplexity scores 2 x 511 tokens:\n{p.stdout}")
+ppl_q = float(p.stdout.split("perplexity ")[1].split()[0]) if "perplexity " in p.stdout else 0
+p = run("perplexity", llama, "-f", dev, "--max-windows", "2", "-t", "2")
+ppl_fp = float(p.stdout.split("perplexity ")[1].split()[0]) if "perplexity " in p.stdout else 0
+check(1 < ppl_fp < ppl_q, f"quantized perplexity {ppl_q} above FP32 {ppl_fp}")
+prompt = ref["greedy"]["text"][:40]
+p = run("generate", llama, "-p", prompt, "-n", "12")
+check(p.stdout.startswith(prompt) and len(p.stdout) > len(prompt) + 10, "generate prints prompt and continuation")
+p1 = run("generate", out, "-p", "The", "-n", "16", "--temp", "0.8", "--seed", "3")
+p2 = run("generate", out, "-p", "The", "-n", "16", "--temp", "0.8", "--seed", "3")
+p3 = run("generate", out, "-p", "The", "-n", "16", "--temp", "0.8", "--seed", "4")
+check(p1.stdout == p2.stdout, "sampling is deterministic for a seed")
+check(p1.stdout != p3.stdout, "another seed samples another text")
+
+# MoE: quantize with an expert-covering recipe and inspect
+moe_out = work / "moe-w4.safetensors"
+run("quantize", moe, "-o", moe_out, "-r", "rtn-w4")
+p = run("inspect", moe_out)
+check("layers.3.experts.7.w2" in p.stdout, "inspect lists expert linears")
+
+# llama2.c checkpoint with its tokenizer beside it
+st = models / "stories260K" / "stories260K.bin"
+p = run("generate", st, "-n", "20")
+check("Once upon a time" in p.stdout, "llama2.c greedy text starts as llama2.c's")
+
+# bad input: usage errors (exit 2) and file errors (exit 1), nothing written
+bad_out = work / "never.safetensors"
+p = run("quantize", llama, "-o", bad_out, "--recipe", "gptq-w4", expect=2)
+check("--calib" in p.stderr, "a calibrated recipe without --calib says so")
+p = run("quantize", llama, "-o", bad_out, "--recipe", "nope", expect=1)
+check("unknown recipe 'nope'" in p.stderr, "unknown recipe is named")
+p = run("quantize", llama, "-o", bad_out, "--recipe", "rtn-w4", "--set", "seeds=1", expect=1)
+check("unknown recipe field 'seeds'" in p.stderr, "unknown recipe field is named")
+p = run("perplexity", llama, "--frobnicate", expect=2)
+check("unknown option '--frobnicate'" in p.stderr, "unknown option is named")
+p = run("frobnicate", expect=2)
+run("perplexity", work / "missing-model", "-f", dev, expect=1)
+trunc = work / "truncated.safetensors"
+trunc.write_bytes(out.read_bytes()[:-100])
+p = run("perplexity", trunc, "-f", dev, "--max-windows", "1", expect=1)
+check("safetensors" in p.stderr, f"a truncated model is refused by the safetensors reader: {p.stderr}")
+p = run("quantize", llama, "-o", work / "no-such-dir" / "x.safetensors", "--recipe", "rtn-w4", expect=1)
+check(not bad_out.exists(), "no output after failed commands")
+check(not list(work.glob("*.lowbit-tmp")) and not list((work).glob("**/*.lowbit-tmp")), "no temporary files left")
+
+if failures:
+    print("FAILED:\n" + "\n".join(failures))
+    sys.exit(1)
+print("lowbit-quantize command line: all checks passed")
