@@ -5,6 +5,7 @@
   gguf_fixtures.py OUT.gguf [--rows N] [--real SAFETENSORS]   write the fixture file
   gguf_fixtures.py OUT.gguf --small                           the committed tests/data/gguf_fixture_small.gguf
                                                               (rows of 256, 8 rows; gguf 0.19.0, numpy 2)
+  gguf_fixtures.py --seed OUT.gguf                            the fuzz seed tests/data/gguf_seed_tiny.gguf
   gguf_fixtures.py --dump FILE.gguf                           print what GGUFReader reads (for writer tests)
 
 Fixture contents (row length 512 unless said):
@@ -130,6 +131,27 @@ def write(out, n_rows, real, small=False):
     w.close()
 
 
+def seed(out):
+    """A tiny GGUF (about 1 KB) seeding the fuzz target: every metadata type and a few small tensors."""
+    rng = np.random.default_rng(1)
+    w = gguf.GGUFWriter(out, "llama")
+    w.add_uint32("llama.block_count", 1)
+    w.add_float32("llama.rope.freq_base", 10000.0)
+    w.add_bool("b", False)
+    w.add_int64("i", -3)
+    w.add_array("tokenizer.ggml.tokens", ["a", "b", "ab"])
+    w.add_array("tokenizer.ggml.token_type", [1, 1, 3])
+    w.add_key_value("n", [[1], [2, 3]], gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.ARRAY)
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    w.add_tensor("f", x[:, :8].copy())
+    for t in (Q.Q4_0, Q.TQ2_0, Q.MXFP4):
+        w.add_tensor(f"q.{t.name}", gguf.quants.quantize(x[:1], t), raw_dtype=t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def dump(path):
     r = gguf.GGUFReader(path)
     for k, f in r.fields.items():
@@ -151,6 +173,8 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     if a and a[0] == "--dump":
         dump(a[1])
+    elif a and a[0] == "--seed":
+        seed(a[1])
     else:
         rows = int(a[a.index("--rows") + 1]) if "--rows" in a else 16
         real = a[a.index("--real") + 1] if "--real" in a else None
