@@ -7,6 +7,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -35,10 +36,33 @@ TEST_CASE("argument checks name the argument") {
     CHECK_THROWS_AS(lowbit::detail::require_nonempty(lowbit::matrix_f(0, 3), "f", "x"), lowbit::shape_error);
 }
 
-TEST_CASE("xsimd compat reduce_add sums all lanes") {
+TEST_CASE("xsimd compat lane_sum sums all lanes") {
     using batch = xsimd::batch<float>;
     alignas(64) float v[batch::size];
     float want = 0;
     for (std::size_t i = 0; i < batch::size; ++i) want += (v[i] = static_cast<float>(i + 1));
-    CHECK(lowbit::detail::reduce_add(batch::load_aligned(v)) == want);
+    const batch b = batch::load_aligned(v);
+    CHECK(lowbit::detail::lane_sum(b) == want);
+    using namespace xsimd; // an unqualified call must not be ambiguous with xsimd::reduce_add (xsimd >= 9)
+    CHECK(lowbit::detail::lane_sum(b) == want);
+}
+
+TEST_CASE("xsimd compat bitwise_cast reinterprets lanes") {
+    using bf = xsimd::batch<float>;
+    using bi = xsimd::batch<std::int32_t>;
+    const bi one_bits = lowbit::detail::bitwise_cast<std::int32_t>(bf(1.0f));
+    alignas(64) std::int32_t i[bi::size];
+    one_bits.store_aligned(i);
+    for (std::size_t l = 0; l < bi::size; ++l) CHECK(i[l] == 0x3f800000);
+    const bf back = lowbit::detail::bitwise_cast<float>(one_bits);
+    alignas(64) float f[bf::size];
+    back.store_aligned(f);
+    for (std::size_t l = 0; l < bf::size; ++l) CHECK(f[l] == 1.0f);
+}
+
+TEST_CASE("xsimd version is the one the build chose") {
+    MESSAGE("xsimd " << XSIMD_VERSION_MAJOR << "." << XSIMD_VERSION_MINOR << "." << XSIMD_VERSION_PATCH);
+#ifdef LOWBIT_EXPECT_XSIMD_MAJOR // set by scripts/test-xsimd
+    CHECK(XSIMD_VERSION_MAJOR == LOWBIT_EXPECT_XSIMD_MAJOR);
+#endif
 }

@@ -182,7 +182,7 @@ xsimd::batch<float, A> exp_pwl(const pwl_table& exp2_fraction, const xsimd::batc
     const bf n = xsimd::floor(tc);
     const bf g = exp2_fraction.interpolate(tc - n);
     const bi e = (xsimd::batch_cast<std::int32_t>(n) + bi(127)) << 23;
-    bf y = g * xsimd::bitwise_cast<bf>(e);
+    bf y = g * detail::bitwise_cast<float>(e);
     y = xsimd::select(t >= bf(128.0f), bf(std::numeric_limits<float>::infinity()), y);
     y = xsimd::select(t < bf(-126.0f), bf(0.0f), y);
     return xsimd::select(x != x, x, y);
@@ -223,12 +223,12 @@ xsimd::batch<float, A> rsqrt_pwl(const pwl_table& rsqrt_mantissa, const xsimd::b
     const auto sub = x < bf(std::numeric_limits<float>::min());
     const bf xs = xsimd::select(sub, x * bf(16777216.0f), x);
     const bi adj = xsimd::batch_cast<std::int32_t>(xsimd::select(sub, bf(24.0f), bf(0.0f)));
-    const bi u = xsimd::bitwise_cast<bi>(xs);
+    const bi u = detail::bitwise_cast<std::int32_t>(xs);
     const bi e = ((u >> 23) & bi(0xff)) - bi(127);
     const bi odd = e & bi(1);
-    const bf m = xsimd::bitwise_cast<bf>((u & bi(0x7fffff)) | ((bi(127) + odd) << 23));
+    const bf m = detail::bitwise_cast<float>((u & bi(0x7fffff)) | ((bi(127) + odd) << 23));
     const bi half = (e - odd - adj) >> 1; // even, so the arithmetic shift is exact
-    bf y = rsqrt_mantissa.interpolate(m) * xsimd::bitwise_cast<bf>((bi(127) - half) << 23);
+    bf y = rsqrt_mantissa.interpolate(m) * detail::bitwise_cast<float>((bi(127) - half) << 23);
     const bf inf(std::numeric_limits<float>::infinity());
     y = xsimd::select(x == bf(0.0f), xsimd::bitwise_or(inf, xsimd::bitwise_and(x, bf(-0.0f))), y);
     y = xsimd::select(x == inf, bf(0.0f), y);

@@ -46,13 +46,17 @@ namespace detail {
 
 /// Float gather p[idx[l]] for each lane. xsimd 8.1's `batch<float>::gather` never reaches its AVX2/AVX-512
 /// kernels (it passes the element type as an extra template argument and falls back to lane-by-lane
-/// inserts, ~4x slower), so on 8.x the kernels are called directly; other architectures go through a
-/// stack buffer. Precondition: every index is valid for `p`.
+/// inserts, ~4x slower), so on 8.x the kernels are called directly (on 9+ `batch::gather` reaches them); other
+/// architectures go through a stack buffer. Precondition: every index is valid for `p`.
 template <class A>
 inline xsimd::batch<float, A> gather_f32(const float* p, const xsimd::batch<std::int32_t, A>& idx) noexcept {
 #if XSIMD_VERSION_MAJOR == 8
     if constexpr (std::is_base_of_v<xsimd::avx512f, A> || std::is_base_of_v<xsimd::avx2, A>) {
         return xsimd::kernel::gather<A>(p, idx, A{});
+    } else
+#else
+    if constexpr (std::is_base_of_v<xsimd::avx512f, A> || std::is_base_of_v<xsimd::avx2, A>) {
+        return xsimd::batch<float, A>::gather(p, idx);
     } else
 #endif
     {

@@ -134,7 +134,7 @@ inline void dot_rows(const M& w, Eigen::Index r0, Eigen::Index r1, const std::in
                     for (int j = 0; j < n; j += static_cast<int>(batch::size))
                         acc += batch::load_aligned(ui + j) * batch::load_aligned(xi + j);
                 }
-                out[k * ldo + (i - r0)] = T::digit_mul * reduce_add(acc) - T::digit_offset * qsum[k];
+                out[k * ldo + (i - r0)] = T::digit_mul * detail::lane_sum(acc) - T::digit_offset * qsum[k];
             }
     }
 }
@@ -158,7 +158,7 @@ inline void dot_rows_f32(const M& w, Eigen::Index r0, Eigen::Index r1, const flo
             for (int j = 0; j < n; j += static_cast<int>(batch::size))
                 acc = xsimd::fma(batch::load_aligned(tf + j), batch::load_unaligned(x + b * n + j), acc);
         }
-        out[i - r0] = reduce_add(acc);
+        out[i - r0] = detail::lane_sum(acc);
     }
 }
 
