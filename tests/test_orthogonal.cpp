@@ -4,6 +4,7 @@
 #include <lowbit/hadamard.hpp>
 #include <lowbit/kronecker.hpp>
 #include <lowbit/orthogonal.hpp>
+#include <lowbit/orthogonal_fit.hpp>
 
 #include <doctest/doctest.h>
 

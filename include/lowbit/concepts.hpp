@@ -15,6 +15,9 @@
 /// Solvers that quantize column by column with error feedback (GPTQ) call `fit` once per column
 /// group — on the group's weights as updated so far — then `round_column` for every column of the
 /// group. Group width and tail handling come from the solver's granularity, not the quantizer.
+///
+/// `RowTransform` is what rotations model (hadamard.hpp, kronecker.hpp, orthogonal.hpp) and what
+/// `quantized_linear` accepts as its online rotation.
 
 #include <lowbit/config.hpp>
 #include <lowbit/types.hpp>
@@ -30,6 +33,14 @@ concept GroupQuantizer = requires(const Q& q, const cref_matrix_f& block, const 
     typename Q::params;
     { q.fit(block) } -> std::same_as<typename Q::params>;
     { q.round_column(p, col, out) } -> std::same_as<void>;
+};
+
+/// A linear map applied to the rows of a row-major float matrix in place (x ↦ x·Q), of width `dim()`.
+/// Models: `dense_rotation`, `hadamard_transform`, `kronecker_rotation`, `givens_rotation`.
+template <class T>
+concept RowTransform = requires(const T& t, Eigen::Ref<matrix_f> m) {
+    { t.dim() } -> std::convertible_to<Eigen::Index>;
+    { t.apply_rows(m) } -> std::same_as<void>;
 };
 
 LOWBIT_END_NAMESPACE

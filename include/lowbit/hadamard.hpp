@@ -1,6 +1,6 @@
 #pragma once
 /// \file hadamard.hpp
-/// Walsh–Hadamard transforms for rotations (algorithms.md §1.2; performance.md §5; ecosystem.md §3 row 9).
+/// Walsh–Hadamard transforms for rotations (sources.md §1.2; sources.md §1.2, §P 5).
 ///
 /// - `fwht_inplace` / `fwht_rows`: the fast Walsh–Hadamard transform of length 2^m, float and double.
 ///   Float rows of ≥ 16 elements run the register-resident AVX-512 kernel (arch/fwht_avx512.hpp) when the
@@ -379,7 +379,7 @@ inline bool multiply_signs_check_finite(T* x, const float* signs, std::size_t n)
             }
             acc += v;
         }
-        sum = reduce_add(acc);
+        sum = detail::lane_sum(acc);
         for (; i < n; ++i) {
             if (signs) x[i] *= static_cast<T>(signs[i]);
             sum += x[i];

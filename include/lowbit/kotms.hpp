@@ -1,6 +1,6 @@
 #pragma once
 /// \file kotms.hpp
-/// KOTMS — Kronecker Orthogonal Tri-Modal Shaping (TWLA, algorithms.md §2.2): learns orthogonal
+/// KOTMS — Kronecker Orthogonal Tri-Modal Shaping (TWLA, sources.md §2.2): learns orthogonal
 /// Kronecker factors C (l×l), B (r×r) so that every weight row, viewed as the l×r matrix M and rotated
 /// to C·M·B (W_rot = W (Cᵀ ⊗ B)), looks like three clusters {−c, 0, +c} + mean — ternary-friendly.
 ///
@@ -19,6 +19,7 @@
 #include <lowbit/error.hpp>
 #include <lowbit/kronecker.hpp>
 #include <lowbit/orthogonal.hpp>
+#include <lowbit/orthogonal_fit.hpp>
 #include <lowbit/types.hpp>
 
 #include <Eigen/Dense>
@@ -193,7 +194,7 @@ inline void check_factor_shapes(const cref_matrix_f& w, Eigen::Index l, Eigen::I
 
 } // namespace detail
 
-/// KOTMS settings; defaults are the published CLI values (algorithms.md §2.2).
+/// KOTMS settings; defaults are the published CLI values (sources.md §2.2).
 struct kotms_options {
     int iters = 100;           ///< Adam steps (≥ 0)
     double lr_left = 1e-2;     ///< learning rate of the l-factor's Cayley parameters
@@ -252,7 +253,7 @@ struct rotation_learning_result {
     std::vector<double> loss_history;  ///< loss before each step and after the last (iters + 1 values)
 };
 
-/// Learns KOTMS factors for the weight W [m x n] (algorithms.md §2.2). The rotated weight is
+/// Learns KOTMS factors for the weight W [m x n] (sources.md §2.2). The rotated weight is
 /// `rotate_weights(w, result.rotation)`; activations take the same rotation online.
 /// Throws `shape_error` (empty w, sizes not dividing n), `numeric_error` (NaN/Inf), `invalid_argument`.
 /// Deterministic. Complexity O(iters·(m·n·(l + r) + l³ + r³)).

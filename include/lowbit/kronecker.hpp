@@ -1,6 +1,6 @@
 #pragma once
 /// \file kronecker.hpp
-/// Kronecker-structured transforms Q = A ⊗ B applied to rows without forming Q (algorithms.md §1.2, §2.2).
+/// Kronecker-structured transforms Q = A ⊗ B applied to rows without forming Q (sources.md §1.2, §2.2).
 ///
 /// A row x of width n = l·r is viewed as the row-major l×r matrix M; `kronecker_rotation{C, B}` maps
 /// M ↦ C·M·B, which is x ↦ x·(Cᵀ ⊗ B) (the KOTMS convention: W_rot = W (Cᵀ ⊗ B)). Cost per row

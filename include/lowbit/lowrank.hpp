@@ -13,10 +13,11 @@
 /// SVD method policies: `exact_svd` (Eigen BDCSVD in double) and `randomized_svd` (Halko–Martinsson–
 /// Tropp range finder with power iterations, double, seeded `std::mt19937_64`).
 ///
-/// Reconstructions (algorithms.md marks them RECON): SAES-SVD's closed form and ACES ratio (§7.2),
+/// Reconstructions (sources.md marks them as reconstructions): SAES-SVD's closed form and ACES ratio (§7.2),
 /// PSP reading (a) (§3.2), CEJD (§4.2), KLT-guided IDRE (§5.2). See docs/lowrank.md.
 
 #include <lowbit/config.hpp>
+#include <lowbit/detail/low_rank_factors.hpp>
 #include <lowbit/detail/dependent_false.hpp>
 #include <lowbit/error.hpp>
 #include <lowbit/types.hpp>
@@ -49,19 +50,6 @@ struct randomized_svd {
     std::uint64_t seed = 0;       ///< seed of the std::mt19937_64 drawing the test matrix
 };
 
-/// A rank-r factorisation `W' = a·b`, `a` `[m x r]`, `b` `[r x n]`.
-struct low_rank {
-    matrix_f a;                 ///< (m, r) left factor U_r Σ_r^{1/2}
-    matrix_f b;                 ///< (r, n) right factor Σ_r^{1/2} V_rᵀ (times L⁻¹ when whitened)
-    vector_d singular_values;   ///< (r) the kept singular values (of the whitened matrix when whitened)
-    double discarded_energy = 0; ///< Σ_{k>r} σ_k², i.e. the truncation loss in the (whitened) metric
-
-    /// The rank. O(1).
-    [[nodiscard]] Eigen::Index rank() const { return a.cols(); }
-    /// The dense `[m x n]` product a·b. O(m·n·r).
-    [[nodiscard]] matrix_f reconstruct() const { return a * b; }
-};
-
 namespace detail {
 
 /// Top-r singular triplets of a double matrix (U `[m x r]`, s `(r)`, V `[n x r]`).
@@ -71,38 +59,41 @@ struct svd_triplets {
     Eigen::MatrixXd v;
 };
 
+/// Orthonormal basis of the columns of `y` (thin Householder QR). A template (M = Eigen::MatrixXd) so that
+/// the QR is compiled only in translation units that call an SVD.
+template <class M>
+inline M orthonormal_columns(const M& y) {
+    Eigen::HouseholderQR<M> qr(y);
+    return qr.householderQ() * M::Identity(y.rows(), y.cols());
+}
+
+/// Top-r singular triplets by `Method` (`exact_svd`: BDCSVD; `randomized_svd`: Halko et al.). A function
+/// template: BDCSVD is by far the most expensive part of lowbit to compile (~20 s at -O2), and it is
+/// instantiated only where an SVD is actually called, not in every user of lowrank.hpp.
 template <class Method>
-inline svd_triplets top_svd(const Eigen::MatrixXd&, Eigen::Index, const Method&) {
-    static_assert(dependent_false<Method>, "lowbit: unknown SVD method (use exact_svd or randomized_svd)");
-    return {};
-}
-
-inline svd_triplets top_svd(const Eigen::MatrixXd& m, Eigen::Index r, const exact_svd&) {
-    Eigen::BDCSVD<Eigen::MatrixXd> svd(m, Eigen::ComputeThinU | Eigen::ComputeThinV);
-    return {svd.matrixU().leftCols(r), svd.singularValues().head(r), svd.matrixV().leftCols(r)};
-}
-
-/// Orthonormal basis of the columns of `y` (thin Householder QR).
-inline Eigen::MatrixXd orthonormal_columns(const Eigen::MatrixXd& y) {
-    Eigen::HouseholderQR<Eigen::MatrixXd> qr(y);
-    return qr.householderQ() * Eigen::MatrixXd::Identity(y.rows(), y.cols());
-}
-
-inline svd_triplets top_svd(const Eigen::MatrixXd& m, Eigen::Index r, const randomized_svd& p) {
-    const Eigen::Index k = std::min<Eigen::Index>(r + p.oversample, std::min(m.rows(), m.cols()));
-    std::mt19937_64 rng(p.seed);
-    std::normal_distribution<double> g(0.0, 1.0);
-    Eigen::MatrixXd omega(m.cols(), k);
-    for (Eigen::Index j = 0; j < k; ++j)
-        for (Eigen::Index i = 0; i < m.cols(); ++i) omega(i, j) = g(rng);
-    Eigen::MatrixXd q = orthonormal_columns(m * omega);
-    for (int it = 0; it < p.power_iterations; ++it) {
-        const Eigen::MatrixXd z = orthonormal_columns(m.transpose() * q);
-        q = orthonormal_columns(m * z);
+inline svd_triplets top_svd(const Eigen::MatrixXd& m, Eigen::Index r, const Method& p) {
+    if constexpr (std::is_same_v<Method, exact_svd>) {
+        Eigen::BDCSVD<Eigen::MatrixXd> svd(m, Eigen::ComputeThinU | Eigen::ComputeThinV);
+        return {svd.matrixU().leftCols(r), svd.singularValues().head(r), svd.matrixV().leftCols(r)};
+    } else if constexpr (std::is_same_v<Method, randomized_svd>) {
+        const Eigen::Index k = std::min<Eigen::Index>(r + p.oversample, std::min(m.rows(), m.cols()));
+        std::mt19937_64 rng(p.seed);
+        std::normal_distribution<double> g(0.0, 1.0);
+        Eigen::MatrixXd omega(m.cols(), k);
+        for (Eigen::Index j = 0; j < k; ++j)
+            for (Eigen::Index i = 0; i < m.cols(); ++i) omega(i, j) = g(rng);
+        Eigen::MatrixXd q = orthonormal_columns<Eigen::MatrixXd>(m * omega);
+        for (int it = 0; it < p.power_iterations; ++it) {
+            const Eigen::MatrixXd z = orthonormal_columns<Eigen::MatrixXd>(m.transpose() * q);
+            q = orthonormal_columns<Eigen::MatrixXd>(m * z);
+        }
+        const Eigen::MatrixXd small = q.transpose() * m; // [k x n]
+        Eigen::BDCSVD<Eigen::MatrixXd> svd(small, Eigen::ComputeThinU | Eigen::ComputeThinV);
+        return {q * svd.matrixU().leftCols(r), svd.singularValues().head(r), svd.matrixV().leftCols(r)};
+    } else {
+        static_assert(dependent_false<Method>, "lowbit: unknown SVD method (use exact_svd or randomized_svd)");
+        return {};
     }
-    const Eigen::MatrixXd small = q.transpose() * m; // [k x n]
-    Eigen::BDCSVD<Eigen::MatrixXd> svd(small, Eigen::ComputeThinU | Eigen::ComputeThinV);
-    return {q * svd.matrixU().leftCols(r), svd.singularValues().head(r), svd.matrixV().leftCols(r)};
 }
 
 inline void check_rank(Eigen::Index rank, Eigen::Index rows, Eigen::Index cols, const char* where) {
@@ -274,7 +265,7 @@ inline void check_saes(const cref_matrix_f& w, const saes_statistics& st, const 
 }
 } // namespace detail
 
-/// SAES-SVD closed form (RECON, algorithms.md §7.2): minimises
+/// SAES-SVD closed form (RECON, sources.md §7.2): minimises
 /// `‖(W − W')X̂ᵀ‖² + λ‖W Xᵀ − W' X̂ᵀ‖²` over rank-r W', with γ = λ/(1+λ) ∈ [0, 1):
 /// `W' = SVD_r(W* L)·L⁻¹`, `W* = W[(1−γ)I + γ C Ĥ⁻¹]`, `Ĥ + damping·mean(diag)·I = L Lᵀ`.
 /// At γ = 0 it is `whitened_svd(w, stats.h_hat, rank, damping)`.
@@ -353,7 +344,7 @@ struct psp_result {
     [[nodiscard]] matrix_f reconstruct() const { return quantized + correction.reconstruct(); }
 };
 
-/// PSP — proximal SVD projection around a quantizer (RECON of BWLA, algorithms.md §3.2 reading (a)).
+/// PSP — proximal SVD projection around a quantizer (RECON of BWLA, sources.md §3.2 reading (a)).
 /// Minimises `f(L) = ‖(W − L − Q(W − L))·L_S‖_F²` over rank-r L by alternation:
 /// `B_k = Q(W − L_k)`, `L_{k+1} = argmin_rank r ‖(W − B_k − L)·L_S‖` (whitened SVD, or plain SVD
 /// when `gram` is empty: L_S = I). A new code set B is kept only if it does not increase f (otherwise

@@ -1,6 +1,6 @@
 #pragma once
 /// \file okt.hpp
-/// OKT — Orthogonal-Kronecker Transformation of BWLA (algorithms.md §3.2). **A reconstruction**: BWLA's
+/// OKT — Orthogonal-Kronecker Transformation of BWLA (sources.md §3.2). **A reconstruction**: BWLA's
 /// code is not released; this follows the documented facts (R₁ ⊗ R₂, identity init, alternating updates,
 /// "EM minimisation" toward symmetric bimodal rows) by analogy with KOTMS, its released ternary twin.
 ///
@@ -17,6 +17,7 @@
 #include <lowbit/kotms.hpp>
 #include <lowbit/kronecker.hpp>
 #include <lowbit/orthogonal.hpp>
+#include <lowbit/orthogonal_fit.hpp>
 #include <lowbit/types.hpp>
 
 #include <optional>

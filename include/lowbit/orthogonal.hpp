@@ -1,19 +1,26 @@
 #pragma once
 /// \file orthogonal.hpp
-/// Orthogonal building blocks for computational invariance y = x Wᵀ = (x Q)(W Q)ᵀ (algorithms.md §1.2):
-/// random orthogonal matrices, the Cayley map and its gradient, orthogonal Procrustes, Givens rotations,
-/// the KLT basis, SmoothQuant diagonal smoothing, and the fusing helpers `rotate_weights` /
-/// `rotate_activations` that work with every transform policy (`RowTransform`).
+/// Orthogonal building blocks for computational invariance y = x Wᵀ = (x Q)(W Q)ᵀ: for an orthogonal Q
+/// (QᵀQ = I) a linear layer gives the same output when its weights are rotated by Q and its input by the
+/// same Q at run time, so a rotation that spreads outliers before quantization costs no accuracy by
+/// itself (QuaRot, Ashkboos et al. 2024; SpinQuant, Liu et al. 2024). This header has what applying
+/// rotations needs: the `RowTransform` concept, seeded random orthogonal matrices, Givens rotations,
+/// dense rotations, SmoothQuant diagonal smoothing and the fusing helpers `rotate_weights` /
+/// `rotate_activations`. The parts that *learn* or *fit* a rotation (Cayley map and its gradient,
+/// orthogonal Procrustes, the KLT basis), which need Eigen's LU, SVD and eigen solvers, are in
+/// orthogonal_fit.hpp, so an engine that only applies rotations does not compile them.
 ///
 /// Convention: a transform acts on the rows of a row-major matrix from the right, x ↦ x·Q. For an
 /// orthogonal Q, weights and activations are rotated by the same map (W ↦ W Q, X ↦ X Q). Dense matrices
 /// built here are double precision (`matrix_d`); `dense_rotation` stores float for application.
 
+#include <lowbit/concepts.hpp>
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
 #include <lowbit/types.hpp>
 
-#include <Eigen/Dense>
+#include <Eigen/Core>
+#include <Eigen/QR>
 
 #include <algorithm>
 #include <cmath>
@@ -23,14 +30,6 @@
 #include <string>
 
 LOWBIT_BEGIN_NAMESPACE
-
-/// A linear map applied to the rows of a row-major float matrix in place (x ↦ x·Q), of width `dim()`.
-/// Models: `dense_rotation`, `hadamard_transform`, `kronecker_rotation`, `givens_rotation`.
-template <class T>
-concept RowTransform = requires(const T& t, Eigen::Ref<matrix_f> m) {
-    { t.dim() } -> std::convertible_to<Eigen::Index>;
-    { t.apply_rows(m) } -> std::same_as<void>;
-};
 
 namespace detail {
 
@@ -72,48 +71,6 @@ template <class Derived>
     for (Eigen::Index j = 0; j < n; ++j)
         if (r(j, j) < 0) q.col(j) = -q.col(j);
     return q;
-}
-
-/// Cayley map of the skew part of a free square matrix P: A = P − Pᵀ, Q = (I + A)⁻¹(I − A).
-/// Q is orthogonal for every P (I + A is invertible for skew A); P = 0 gives Q = I. O(n³).
-/// Throws `shape_error` for a non-square or empty P, `numeric_error` for NaN/Inf.
-[[nodiscard]] inline matrix_d cayley(const Eigen::Ref<const matrix_d>& p) {
-    detail::require_square(p.rows(), p.cols(), "cayley", "p");
-    detail::require_finite(p, "cayley", "p");
-    const Eigen::Index n = p.rows();
-    const matrix_d a = p - p.transpose();
-    const matrix_d id = matrix_d::Identity(n, n);
-    return (id + a).partialPivLu().solve(id - a);
-}
-
-/// Gradient of L(Q(P)) with respect to the free matrix P, given Q = cayley(P) and G = ∂L/∂Q:
-/// with M = I + A, ∂L/∂A = −M⁻ᵀ G (I + Q)ᵀ and ∂L/∂P = ∂L/∂A − (∂L/∂A)ᵀ. O(n³).
-[[nodiscard]] inline matrix_d cayley_gradient(const Eigen::Ref<const matrix_d>& p, const Eigen::Ref<const matrix_d>& q,
-                                              const Eigen::Ref<const matrix_d>& g) {
-    detail::require_square(p.rows(), p.cols(), "cayley_gradient", "p");
-    detail::require_dim(q.rows(), p.rows(), "cayley_gradient", "rows of 'q'");
-    detail::require_dim(q.cols(), p.cols(), "cayley_gradient", "columns of 'q'");
-    detail::require_dim(g.rows(), p.rows(), "cayley_gradient", "rows of 'g'");
-    detail::require_dim(g.cols(), p.cols(), "cayley_gradient", "columns of 'g'");
-    const Eigen::Index n = p.rows();
-    const matrix_d id = matrix_d::Identity(n, n);
-    const matrix_d m = id + (p - p.transpose());
-    const matrix_d rhs = g * (id + q).transpose();
-    const matrix_d ga = -m.transpose().partialPivLu().solve(rhs);
-    return ga - ga.transpose();
-}
-
-/// Orthogonal Procrustes: the orthogonal Q minimising ‖A Q − B‖_F, Q = U Vᵀ from the SVD AᵀB = U Σ Vᵀ
-/// (Schönemann 1966). A, B: [k x n] with equal shapes. O(k n² + n³).
-[[nodiscard]] inline matrix_d orthogonal_procrustes(const Eigen::Ref<const matrix_d>& a, const Eigen::Ref<const matrix_d>& b) {
-    detail::require_nonempty(a, "orthogonal_procrustes", "a");
-    detail::require_dim(b.rows(), a.rows(), "orthogonal_procrustes", "rows of 'b'");
-    detail::require_dim(b.cols(), a.cols(), "orthogonal_procrustes", "columns of 'b'");
-    detail::require_finite(a, "orthogonal_procrustes", "a");
-    detail::require_finite(b, "orthogonal_procrustes", "b");
-    const Eigen::MatrixXd m = a.transpose() * b;
-    Eigen::JacobiSVD<Eigen::MatrixXd> svd(m, Eigen::ComputeFullU | Eigen::ComputeFullV);
-    return svd.matrixU() * svd.matrixV().transpose();
 }
 
 /// A plane (Givens) rotation G(i, j, θ) acting from the right on rows: (xG)_i = c x_i + s x_j,
@@ -173,27 +130,6 @@ struct dense_rotation {
         m = out;
     }
 };
-
-/// Karhunen–Loève basis of activations X [tokens x n]: the eigenvectors of the second moment
-/// Σ = XᵀX / tokens as columns, by decreasing eigenvalue, each column's largest-|entry| made positive.
-/// x·Q gives the decorrelated KLT coefficients (QᵀΣQ diagonal, descending). O(tokens n² + n³).
-[[nodiscard]] inline matrix_d klt_basis(const cref_matrix_f& x) {
-    detail::require_nonempty(x, "klt_basis", "x");
-    detail::require_finite(x, "klt_basis", "x");
-    const Eigen::MatrixXd xd = x.cast<double>();
-    const Eigen::MatrixXd sigma = xd.transpose() * xd / static_cast<double>(x.rows());
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(sigma);
-    const Eigen::Index n = sigma.rows();
-    matrix_d q(n, n);
-    for (Eigen::Index k = 0; k < n; ++k) { // Eigen sorts ascending
-        Eigen::VectorXd v = es.eigenvectors().col(n - 1 - k);
-        Eigen::Index arg = 0;
-        v.cwiseAbs().maxCoeff(&arg);
-        if (v(arg) < 0) v = -v;
-        q.col(k) = v;
-    }
-    return q;
-}
 
 /// SmoothQuant per-channel smoothing factors s_j = max|X_:j|^α / max|W_:j|^(1−α) (Xiao et al. 2023),
 /// for activations X [tokens x n] and weights W [out x n]; α ∈ [0, 1] (0.5 default). Channels where

@@ -24,12 +24,12 @@
 /// low-rank factors (32 bits per float). The rotation is not counted (a seeded Hadamard transform is
 /// regenerated from its width and seed).
 
+#include <lowbit/concepts.hpp>
 #include <lowbit/config.hpp>
 #include <lowbit/detail/dependent_false.hpp>
+#include <lowbit/detail/low_rank_factors.hpp>
 #include <lowbit/error.hpp>
 #include <lowbit/gemm.hpp>
-#include <lowbit/lowrank.hpp>
-#include <lowbit/orthogonal.hpp>
 #include <lowbit/pack.hpp>
 #include <lowbit/types.hpp>
 

@@ -1,6 +1,6 @@
 #pragma once
 /// \file torq.hpp
-/// TORQ — two-level orthogonal rotation for MXFP4 activations (algorithms.md §6). **A reconstruction**:
+/// TORQ — two-level orthogonal rotation for MXFP4 activations (sources.md §6). **A reconstruction**:
 /// only the abstract is public; this implements the closed forms of §6.2.
 ///
 /// Level 1 (inter-block variance equalisation, Schur–Horn): with Σ = XᵀX/T of calibration activations,
@@ -31,6 +31,7 @@
 #include <lowbit/kronecker.hpp>
 #include <lowbit/mxfp.hpp>
 #include <lowbit/orthogonal.hpp>
+#include <lowbit/orthogonal_fit.hpp>
 #include <lowbit/types.hpp>
 
 #include <algorithm>
