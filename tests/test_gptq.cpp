@@ -4,6 +4,8 @@
 // (quantize_rtn / quantize_e2m_atq / absmean) as the baseline the solver must beat or, for S = I,
 // equal exactly; the identity loss = tr(Δ H_d Δᵀ).
 #include <lowbit/asym_ternary.hpp>
+#include <lowbit/binary.hpp>
+#include <lowbit/gemm.hpp>
 #include <lowbit/gptq.hpp>
 #include <lowbit/mxfp.hpp>
 #include <lowbit/rtn.hpp>
@@ -464,4 +466,42 @@ TEST_CASE("TRA-GPTQ: bad input") {
     opt.gptq.block_size = 1;
     const auto r = lowbit::tra_gptq_quantize(w, h, opt);
     CHECK(r.weights.allFinite());
+}
+
+TEST_CASE("pack_gptq: packed codes dequantize to the GPTQ result and run in the kernels") {
+    const matrix_f x = correlated_inputs(256, 300, 71);
+    const matrix_f w = random_weights(12, 300, 72);
+    const matrix_d h = hessian_of(x);
+    const auto close = [](const matrix_f& a, const matrix_f& b) {
+        return ((a - b).cwiseAbs().array() <= 1e-5f * (1.0f + b.cwiseAbs().array())).all();
+    };
+    const lowbit::vector_f xin = x.row(0).transpose();
+    SUBCASE("int4 from rtn_quantizer{4, symmetric}") {
+        const auto res = lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{4, lowbit::int_mode::symmetric});
+        const auto pw = lowbit::pack_gptq<lowbit::int4>(res);
+        CHECK(close(pw.dequantize(), res.weights));
+        const lowbit::vector_f y = lowbit::gemv(pw, xin, lowbit::act_fp32{});
+        const lowbit::vector_f want = res.weights * xin;
+        CHECK((y - want).cwiseAbs().maxCoeff() <= 1e-3f * (1.0f + want.cwiseAbs().maxCoeff()));
+    }
+    SUBCASE("int4 from asymmetric rtn") {
+        const auto res = lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{4, lowbit::int_mode::asymmetric});
+        CHECK(close(lowbit::pack_gptq<lowbit::int4>(res).dequantize(), res.weights));
+    }
+    SUBCASE("ternary2 and ternary_base3 from E2M-ATQ") {
+        const auto res = lowbit::gptq_quantize(w, h, lowbit::e2m_atq_quantizer{});
+        CHECK(close(lowbit::pack_gptq<lowbit::ternary2>(res).dequantize(), res.weights));
+        CHECK(close(lowbit::pack_gptq<lowbit::ternary_base3>(res).dequantize(), res.weights));
+    }
+    SUBCASE("binary1 from binary_quantizer") {
+        const auto res = lowbit::gptq_quantize(w, h, lowbit::binary_quantizer<lowbit::arb>{});
+        CHECK(close(lowbit::pack_gptq<lowbit::binary1>(res).dequantize(), res.weights));
+    }
+    SUBCASE("a wrong format or a grouped result is refused") {
+        const auto res = lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{4, lowbit::int_mode::symmetric});
+        CHECK_THROWS_AS((void)lowbit::pack_gptq<lowbit::ternary2>(res), lowbit::invalid_argument);
+        const auto grouped = lowbit::gptq_quantize(w, h, lowbit::e2m_atq_quantizer{}, lowbit::per_group{100});
+        CHECK_THROWS_WITH_AS((void)lowbit::pack_gptq<lowbit::ternary2>(grouped),
+                             doctest::Contains("per_row"), lowbit::invalid_argument);
+    }
 }

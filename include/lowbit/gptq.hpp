@@ -1,6 +1,6 @@
 #pragma once
 /// \file gptq.hpp
-/// GPTQ (Frantar et al. 2022; algorithms.md §1.1): quantize a linear layer's weights column by column
+/// GPTQ (Frantar et al. 2022; sources.md §1.1): quantize a linear layer's weights column by column
 /// with second-order error feedback so that the layer-output error tr(ΔHΔᵀ) stays small.
 ///
 /// Notation: W `[m x n]` (rows = output channels, columns = input channels), calibration inputs X
@@ -33,8 +33,10 @@
 #include <lowbit/asym_ternary.hpp>
 #include <lowbit/concepts.hpp>
 #include <lowbit/config.hpp>
+#include <lowbit/detail/dependent_false.hpp>
 #include <lowbit/error.hpp>
 #include <lowbit/granularity.hpp>
+#include <lowbit/pack.hpp>
 #include <lowbit/types.hpp>
 
 #include <Eigen/Cholesky>
@@ -311,7 +313,7 @@ template <GroupQuantizer Q, class G = per_row>
 }
 
 // ---------------------------------------------------------------------------------------------
-// TRA-GPTQ: grouped salient / non-salient ternary GPTQ around E2M-ATQ (TWLA, algorithms.md §2.4)
+// TRA-GPTQ: grouped salient / non-salient ternary GPTQ around E2M-ATQ (TWLA, sources.md §2.4)
 // ---------------------------------------------------------------------------------------------
 
 /// TRA-GPTQ settings (TWLA defaults).
@@ -391,7 +393,7 @@ inline double tra_quantile(const std::vector<double>& sorted, double q) {
     return sorted[lo] + (pos - static_cast<double>(lo)) * (sorted[hi] - sorted[lo]);
 }
 
-/// The four masks of one block and the choices that produced them (steps b–d of algorithms.md §2.4).
+/// The four masks of one block and the choices that produced them (steps b–d of sources.md §2.4).
 struct tra_partition_result {
     std::array<group_mask, 4> masks;   // salient ≤ bp, salient > bp, rest ≤ bp', rest > bp'
     std::vector<Eigen::Index> salient; // block-relative columns
@@ -519,7 +521,7 @@ inline tra_partition_result tra_partition(const matrix_f& omega, const matrix_d&
 
 } // namespace detail
 
-/// TRA-GPTQ (TWLA, algorithms.md §2.4) of `w` `[m x n]` with Hessian `h` `[n x n]`.
+/// TRA-GPTQ (TWLA, sources.md §2.4) of `w` `[m x n]` with Hessian `h` `[n x n]`.
 ///
 /// Per block of B columns (processing order; act order optional): Ω = W²/U_jj² of the block at its
 /// start; salient columns = the top-k by Σ_i Ω_ij with k ∈ 1…K−1 minimising the greedy 2-term
@@ -582,6 +584,50 @@ inline tra_partition_result tra_partition(const matrix_f& omega, const matrix_d&
     r.damp = p.damp;
     r.damp_retries = p.retries;
     return r;
+}
+
+/// The per-row scale α and offset μ of a per-row GPTQ result for packed format `Format`, such that
+/// `r.weights(i, j) = α_i·t_ij + μ_i` with t in the format's code range:
+/// - quantizers with `params{scale, zero}` (rtn_quantizer: w = s·(c − z), c ∈ [0, 2^bits)): α = s,
+///   μ = s·(−code_min − z), i.e. t = c + code_min (int4: t = c − 8);
+/// - quantizers with `params{mean, alpha0}` (e2m_atq_quantizer, binary_quantizer): α = α₀, μ = mean.
+/// \throws invalid_argument unless the result has one column group (`per_row`).
+template <class Format, class Params>
+[[nodiscard]] std::pair<vector_f, vector_f> gptq_row_affine(const gptq_result<Params>& r) {
+    static_assert(PackedFormat<Format>, "lowbit: gptq_row_affine: unknown packed format tag");
+    detail::require(r.groups.size() == 1 && r.params.size() == 1, "pack_gptq",
+                    "the GPTQ result has " + std::to_string(r.groups.size()) +
+                        " column groups; packed matrices hold one scale per row (run gptq_quantize with per_row)");
+    const Params& p = r.params.front();
+    if constexpr (requires { p.scale; p.zero; }) {
+        const vector_f mu = p.scale.array() * (static_cast<float>(-pack_format<Format>::code_min) - p.zero.array());
+        return {p.scale, mu};
+    } else if constexpr (requires { p.mean; p.alpha0; }) {
+        return {p.alpha0, p.mean};
+    } else {
+        static_assert(detail::dependent_false<Params>,
+                      "lowbit: pack_gptq: the quantizer's params have neither {scale, zero} nor {mean, alpha0}");
+        return {};
+    }
+}
+
+/// Packs a per-row GPTQ result into `packed_matrix<Format>` for the kernels of gemm.hpp: the codes are
+/// recovered from `r.weights` (`recover_codes`, checked to lie on the grid) with the scales and offsets
+/// of `gptq_row_affine`. The packed matrix dequantizes to `r.weights` up to float rounding of α·t + μ.
+/// Pick the format that matches the quantizer: int4 for `rtn_quantizer{4, ...}`, ternary2 or
+/// ternary_base3 for `e2m_atq_quantizer`, binary1 for `binary_quantizer`.
+/// \throws invalid_argument for a grouped result or weights off the format's grid (wrong format).
+/// O(rows·cols).
+///
+/// ```
+/// auto res = lowbit::gptq_quantize(w, h.matrix(), lowbit::e2m_atq_quantizer{});
+/// lowbit::packed_matrix<lowbit::ternary2> pw = lowbit::pack_gptq<lowbit::ternary2>(res);
+/// lowbit::vector_f y = lowbit::gemv(pw, x); // y ≈ W x, int8 activations (gemm.hpp)
+/// ```
+template <class Format, class Params>
+[[nodiscard]] packed_matrix<Format> pack_gptq(const gptq_result<Params>& r) {
+    const auto [alpha, mu] = gptq_row_affine<Format>(r);
+    return pack<Format>(recover_codes<Format>(r.weights, alpha, mu), alpha, mu);
 }
 
 LOWBIT_END_NAMESPACE

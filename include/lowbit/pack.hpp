@@ -351,6 +351,54 @@ template <class Format>
     return packed_matrix<Format>(rows, cols, std::move(bytes), vector_f(scale), vector_f(offset));
 }
 
+/// Recovers the integer codes of a row-wise affine quantization: for weights `q` `[rows x cols]` that lie
+/// on the grid q_ij = α_i·t_ij + μ_i (the dequantized output of a quantizer or of GPTQ, e.g.
+/// `gptq_result::weights`), returns t_ij = round((q_ij − μ_i)/α_i) clamped to the code range of `Format`
+/// (binary1: t = +1 if q_ij ≥ μ_i, else −1; a row with α_i = 0 gets t = 0, binary +1/−1 by sign).
+/// `offset` may be empty (μ = 0). Computed in double. With `tolerance` ≥ 0 every weight is checked:
+/// |α_i·t_ij + μ_i − q_ij| ≤ tolerance·(|α_i| + |μ_i|) + 1e-30, else `invalid_argument` naming the
+/// position (the weights are not on this format's grid: wrong format, scale or offset).
+/// \throws shape_error (empty q, length mismatch), numeric_error (NaN/Inf), invalid_argument (off grid).
+/// O(rows·cols). `pack<Format>(recover_codes<Format>(q, α, μ), α, μ)` packs the matrix.
+template <class Format>
+[[nodiscard]] matrix_i8 recover_codes(const cref_matrix_f& q, const cref_vector_f& scale,
+                                      const cref_vector_f& offset = vector_f(), double tolerance = 1e-4) {
+    static_assert(PackedFormat<Format>, "lowbit: recover_codes: unknown packed format tag");
+    using T = pack_format<Format>;
+    constexpr const char* where = "recover_codes";
+    detail::require_nonempty(q, where, "q");
+    detail::require_finite(q, where, "q");
+    detail::require_dim(scale.size(), q.rows(), where, "scale length");
+    detail::require_finite(scale, where, "scale");
+    if (offset.size() != 0) {
+        detail::require_dim(offset.size(), q.rows(), where, "offset length");
+        detail::require_finite(offset, where, "offset");
+    }
+    constexpr bool binary = T::digit_mul == 2;
+    matrix_i8 t(q.rows(), q.cols());
+    for (Eigen::Index i = 0; i < q.rows(); ++i) {
+        const double mu = offset.size() ? static_cast<double>(offset(i)) : 0.0;
+        const double a = static_cast<double>(scale(i));
+        for (Eigen::Index j = 0; j < q.cols(); ++j) {
+            const double d = static_cast<double>(q(i, j)) - mu;
+            int c = 0;
+            if constexpr (binary) {
+                c = d >= 0.0 ? 1 : -1;
+            } else {
+                const double v = a != 0.0 ? std::nearbyint(d / a) : 0.0;
+                c = static_cast<int>(std::fmin(std::fmax(v, static_cast<double>(T::code_min)), static_cast<double>(T::code_max)));
+            }
+            t(i, j) = static_cast<std::int8_t>(c);
+            if (tolerance >= 0.0 && std::fabs(a * c - d) > tolerance * (std::fabs(a) + std::fabs(mu)) + 1e-30)
+                throw invalid_argument(std::string("lowbit: recover_codes<") + T::name + ">: weight (" + std::to_string(i) +
+                                       ", " + std::to_string(j) + ") = " + std::to_string(q(i, j)) +
+                                       " is not on the grid scale*t + offset of this format (scale " + std::to_string(a) +
+                                       ", offset " + std::to_string(mu) + ")");
+        }
+    }
+    return t;
+}
+
 /// Row-interleaved packed matrix: the same codes, scales and offsets as `packed_matrix<Format>`,
 /// with rows grouped in tiles of `tile_rows` = 4 so that a kernel streams one contiguous buffer and
 /// one activation load feeds four rows.
