@@ -1,6 +1,6 @@
 #pragma once
 /// \file asym_ternary.hpp
-/// E2M-ATQ, the asymmetric ternary quantizer of TWLA (algorithms.md §2.3):
+/// E2M-ATQ, the asymmetric ternary quantizer of TWLA (sources.md §2.3):
 /// order 1: ŵ_i = μ_i m + α_i t_i,  order 2: ŵ_i = μ_i m + α₀ᵢ t₀ᵢ + α₁ᵢ t₁ᵢ,  t ∈ {−1, 0, +1},
 /// per row i, over the entries of a group mask m (entries outside the mask are ignored and get
 /// code 0; the dequantized value there is 0).
@@ -221,7 +221,7 @@ inline asym_ternary_rows fit_e2m_atq_impl(const cref_matrix_f& w, const group_ma
 /// Fits E2M-ATQ to the rows of `w` `[rows x n]` restricted to `mask` `[rows x n]` (true = entry in the
 /// group), with stage 2 weighted by `s` `[n x n]` (S = XᵀX over these n input columns; symmetric PSD,
 /// finite). Entries outside the mask are ignored; rows with an empty mask get μ = α = 0.
-/// This is the per-group call of TRA-GPTQ (algorithms.md §2.4e): disjoint masks, each fitted alone.
+/// This is the per-group call of TRA-GPTQ (sources.md §2.4e): disjoint masks, each fitted alone.
 /// \throws shape_error (empty w, mask/S shape), numeric_error (NaN/Inf in w or S), invalid_argument (cfg).
 /// Complexity O(rows·n·(K₁ + 1)) for stage 1, O(rows·n²) for stage 2.
 [[nodiscard]] inline asym_ternary_rows fit_e2m_atq(const cref_matrix_f& w, const Eigen::Ref<const group_mask>& mask,

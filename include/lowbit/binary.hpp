@@ -4,7 +4,7 @@
 /// (sign(0) = +1), with four methods as policy values:
 /// - `sign_scale{mean}` — b = sign(w − μ), α = mean|w − μ|, μ = mean(w) if `mean` else 0. For fixed
 ///   μ this (b, α) is the exact minimiser of ‖w − μ − α b‖² (XNOR-Net / BiLLM base).
-/// - `arb{iters}`       — ARB-LLM alternating refinement (algorithms.md §1.4): init as
+/// - `arb{iters}`       — ARB-LLM alternating refinement (sources.md §1.4): init as
 ///   sign_scale{true}; `iters` times: r = w − ŵ, μ += mean(r), b = sign(w − μ), α = mean(b⊙(w − μ));
 ///   finally (μ, α) are re-solved by least squares for the final b (2×2 normal equations), so the
 ///   result is never worse than the last iterate.

@@ -1,6 +1,6 @@
 #pragma once
 /// \file bit_allocation.hpp
-/// Mixed-precision bit allocation over a chain of layers (TWLA's ILA-AMP, algorithms.md §2.5) and
+/// Mixed-precision bit allocation over a chain of layers (TWLA's ILA-AMP, sources.md §2.5) and
 /// the plain multiple-choice knapsack it reduces to when the interaction weight β is 0.
 ///
 /// Problem: L layers (blocks), K candidate bit-widths `bits[k]`. Single-layer costs Δ_i(b_k)

@@ -1,7 +1,7 @@
 #pragma once
 /// \file moe.hpp
 /// Tools for quantizing Mixture-of-Experts layers:
-/// - MoEQuant EBSS (algorithms.md §11.1): expert-usage balance σ and the beam score used to pick
+/// - MoEQuant EBSS (sources.md §11.1): expert-usage balance σ and the beam score used to pick
 ///   self-generated calibration sequences (the beam search itself drives a model and is the caller's).
 /// - MoEQuant AGQ (§11.2): the gate-affinity-weighted GPTQ Hessian of a routed expert, accumulated
 ///   with `gptq_hessian` (gptq.hpp) over the tokens routed to it; feed it to `gptq_quantize`.

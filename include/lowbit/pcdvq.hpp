@@ -1,7 +1,7 @@
 #pragma once
 /// \file pcdvq.hpp
 /// PCDVQ — polar-coordinate decoupled vector quantization (arXiv 2506.05432; codebook details from
-/// the third-party re-implementation, algorithms.md §8.2). Every 8-vector v of a weight row (after
+/// the third-party re-implementation, sources.md §8.2). Every 8-vector v of a weight row (after
 /// the per-row scale s_i = ‖w_i‖/√n) is stored as a direction index (b_d bits) into a spherical code
 /// built from E8-lattice directions by greedy farthest-point selection, and a magnitude index (b_r
 /// bits) into a Lloyd–Max codebook for the χ distribution with 8 degrees of freedom. Bits per weight

@@ -1,13 +1,13 @@
 #pragma once
 /// \file rtn.hpp
 /// Uniform integer quantization by round-to-nearest (RTN), k = 2..8 bits, for weights (any
-/// granularity of granularity.hpp) and for activations (dynamic per token, algorithms.md §1.3).
+/// granularity of granularity.hpp) and for activations (dynamic per token, sources.md §1.3).
 ///
 /// Grid. Codes are unsigned integers q ∈ [0, 2^k − 1]; the value of a code is s·(q − z) with a
 /// scale s > 0 and an integer-valued zero point z, one pair per parameter group:
 /// - asymmetric (default): from a range [lo, hi] (lo < hi), s = (hi − lo)/(2^k − 1), z = round(−lo/s);
 /// - symmetric:            from amax = max(|lo|, |hi|), s = amax/(2^{k−1} − 1), z = 2^{k−1} − 1
-///                         (the grid −(2^{k−1} − 1)·s … 2^{k−1}·s of algorithms.md §1.3; the range
+///                         (the grid −(2^{k−1} − 1)·s … 2^{k−1}·s of sources.md §1.3; the range
 ///                         maps to codes 0 … 2^k − 2).
 /// Quantization: q(x) = clamp(round(x/s) + z, 0, 2^k − 1), round half to even. Inside the fitted
 /// range |x − s·(q(x) − z)| ≤ s/2.
@@ -21,7 +21,7 @@
 /// Σ_j imp_j (w_j − ŵ_j)² is kept (first one on ties, so p = 1 wins ties and the search is never
 /// worse than no clipping).
 ///
-/// Activations (`quantize_per_token`, algorithms.md §1.3, TWLA's code): per token, lo = c·min(x),
+/// Activations (`quantize_per_token`, sources.md §1.3, TWLA's code): per token, lo = c·min(x),
 /// hi = c·max(x) with a clip ratio c ∈ (0, 1]; s is clamped to [1e-5, 1e4] and z to [−1e4, 1e4].
 
 #include <lowbit/concepts.hpp>
@@ -270,7 +270,7 @@ template <Granularity G>
     return detail::quantize_rtn_impl(w, q, gran, importance.data());
 }
 
-/// Dynamic per-token activation quantizer of algorithms.md §1.3 (TWLA, clip ratio "lac").
+/// Dynamic per-token activation quantizer of sources.md §1.3 (TWLA, clip ratio "lac").
 struct per_token_quantizer {
     int bits = 4;                         ///< k ∈ 2..8
     int_mode mode = int_mode::asymmetric; ///< grid kind

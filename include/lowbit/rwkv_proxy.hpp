@@ -1,6 +1,6 @@
 #pragma once
 /// \file rwkv_proxy.hpp
-/// RWKVQuant's coarse-to-fine uniformity proxy (algorithms.md §10.2, from the released code) that
+/// RWKVQuant's coarse-to-fine uniformity proxy (sources.md §10.2, from the released code) that
 /// chooses, per weight matrix, scalar quantization (near-uniform values) or vector quantization.
 ///
 /// Sort the N values, take the gaps between neighbours, drop zero gaps, keep the distinct gap

@@ -14,7 +14,7 @@
 /// interleaved_matrix (4-row tiles): `tile_dot4` loads each block's activation vectors once for
 /// four rows (2 accumulators per row, one reduction per row per call) and prefetches the tile
 /// stream `prefetch_distance` bytes ahead; `tile_dot4_and_only` is the AND-only 2-bit variant of
-/// performance.md §7 (measured: no faster here — see `interleaved_and_only`; kept, tested,
+/// sources.md §P 7 (measured: no faster here — see `interleaved_and_only`; kept, tested,
 /// selectable). `load_pinned` keeps loaded vectors in registers: GCC otherwise folds a load into
 /// each of its users (4 loads per weight line), which cost 20 % from cache and 15 % from DRAM.
 
@@ -268,7 +268,7 @@ LOWBIT_AVX512_TARGET inline void tile_dot4(const std::uint8_t* p, const std::int
     r[3] = reduce_add_epi32(_mm512_add_epi32(e0, e1));
 }
 
-/// 2-bit formats (ternary2, int2), AND-only unpack (performance.md §7): field k of a byte,
+/// 2-bit formats (ternary2, int2), AND-only unpack (sources.md §P 7): field k of a byte,
 /// b & (3 << 2k) = 4^k·u, feeds `vpdpbusd` directly (≤ 192 fits u8), one accumulator per field and
 /// row; the exact int32 sums are divided by 4^k (arithmetic shift, exact) once per chunk of 128
 /// blocks (|4^k·Σ| ≤ 64·128·4·3·127 < 2^31 inside a chunk). 1 AND + 1 `vpdpbusd` per 64 weights.

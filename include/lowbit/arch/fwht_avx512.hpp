@@ -2,7 +2,7 @@
 /// \file arch/fwht_avx512.hpp
 /// AVX-512F fast Walsh–Hadamard transform of float rows (length 2^m, m ≥ 4), compiled with per-function
 /// target attributes so that it exists in a build without `-march` flags; hadamard.hpp calls it only when
-/// detail::host_cpu_features().avx512 is true (performance.md §5).
+/// detail::host_cpu_features().avx512 is true (sources.md §P 5).
 ///
 /// Schedule (radix-2 butterflies a+b, a−b throughout, so the result is bit-identical to
 /// detail::fwht_scalar — every stage performs the same roundings on the same operands):
