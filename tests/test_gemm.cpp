@@ -254,13 +254,16 @@ TEST_CASE_TEMPLATE("gemm/gemv float epilogue within the stated bound, with and w
 
 TEST_CASE_TEMPLATE("fp32 activations within the stated bound on every path", F, lowbit::ternary2, lowbit::ternary_base3,
                    lowbit::binary1, lowbit::int2, lowbit::int4) {
-    const Eigen::Index rows = 7, cols = 1000;
+    // 2 tokens: the per-token kernels; 9 tokens: 64-row blocks decoded once and multiplied with all
+    // tokens (70 rows cross a block boundary). Same double-precision oracle and bound for both.
+    const Eigen::Index rows = 70, cols = 1000;
     const lowbit::matrix_i8 c = random_codes<F>(rows, cols, 9);
     lowbit::vector_f s = lowbit::vector_f::Constant(rows, 0.05f), mu = lowbit::vector_f::Constant(rows, 0.02f);
     const auto w = lowbit::pack<F>(c, s, mu);
-    const lowbit::matrix_f x = random_x(2, cols, 10);
     const Eigen::Index n = w.padded_cols();
+    for (Eigen::Index tokens : {2, 9})
     for (kernel_isa isa : all_isas) {
+        const lowbit::matrix_f x = random_x(tokens, cols, 10);
         if (!lowbit::isa_available(isa)) continue;
         CAPTURE(lowbit::isa_name(isa));
         const lowbit::matrix_f y = lowbit::gemm(w, x, lowbit::act_fp32{}, isa);

@@ -164,6 +164,14 @@ TEST_CASE("every recipe field is saved: a non-default seed and hadamard_first re
     CHECK_THROWS_AS(lowbit::set_recipe_fields(x, "seed=abc"), lowbit::invalid_argument);
     CHECK_THROWS_AS(lowbit::set_recipe_fields(x, "rotation=spin"), lowbit::invalid_argument);
     CHECK_THROWS_AS(lowbit::set_recipe_fields(x, "seed=1;seed=2"), lowbit::invalid_argument);
+    // saved-model metadata that is not key=value is a format_error (fuzz_model_metadata regression:
+    // a config.json fed to the lowbit.model parser escaped as invalid_argument)
+    lowbit::llama_model junk;
+    CHECK_THROWS_AS(lowbit::detail::parse_model_fields("{\n  \"architectures\": [\"LlamaForCausalLM\"]", junk), lowbit::format_error);
+    CHECK_THROWS_AS(lowbit::detail::parse_model_fields("dim=64;dim=64", junk), lowbit::format_error);
+    CHECK_THROWS_AS(lowbit::detail::parse_model_fields(lowbit::model_fields(fx().fp32) + ";extra=1", junk), lowbit::format_error);
+    lowbit::detail::parse_model_fields(lowbit::model_fields(fx().fp32), junk);
+    CHECK(lowbit::model_fields(junk) == lowbit::model_fields(fx().fp32));
     lowbit::set_recipe_fields(x, "seed=3,nli=true", ',');
     CHECK(x.seed == 3);
     CHECK(x.nli);

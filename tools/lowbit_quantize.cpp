@@ -146,7 +146,8 @@ void print_main_help() {
                 "usage: lowbit-quantize COMMAND [MODEL] [options]\n\ncommands:\n",
                 LOWBIT_VERSION_MAJOR, LOWBIT_VERSION_MINOR, LOWBIT_VERSION_PATCH);
     for (const auto& c : commands()) std::printf("  %-11s %s\n", c.name, c.summary);
-    std::printf("\nMODEL: a Hugging Face checkpoint folder, a llama2.c .bin checkpoint, or a lowbit .safetensors model.\n"
+    std::printf("\nMODEL (positional, or -m MODEL): a Hugging Face checkpoint folder, a llama2.c .bin checkpoint, or a lowbit\n"
+                ".safetensors model.\n"
                 "`lowbit-quantize COMMAND --help` for the options of a command.\n");
 }
 
@@ -154,6 +155,11 @@ parsed_args parse_args(const command_spec& c, int argc, char** argv, int first) 
     parsed_args a;
     for (int i = first; i < argc; ++i) {
         const std::string arg = argv[i];
+        if (arg == "-m" || arg == "--model") { // llama.cpp's spelling of the model argument
+            if (i + 1 >= argc) throw usage_error("option '" + arg + "' needs a value");
+            a.positional.push_back(argv[++i]);
+            continue;
+        }
         if (arg.size() > 1 && arg[0] == '-') {
             const option_spec* spec = nullptr;
             std::string value;

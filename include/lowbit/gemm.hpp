@@ -292,7 +292,16 @@ template <PackedWeights M>
     return y;
 }
 
-/// Y = X·Wᵀ with fp32 activations (weights decoded to float in the kernel; scalar or xsimd path).
+namespace detail {
+/// From this many tokens on, `gemm(…, act_fp32)` decodes each block of 64 weight rows to float once
+/// and multiplies it with all tokens (Eigen GEMM) instead of decoding the weights per token.
+inline constexpr Eigen::Index fp32_batched_min_tokens = 4;
+} // namespace detail
+
+/// Y = X·Wᵀ with fp32 activations. One to three tokens (decode): weights decoded to float inside the
+/// per-token dot-product kernel (scalar or xsimd path). Four or more tokens on a non-scalar path:
+/// 64-row blocks of weights decoded once and multiplied with all tokens (Eigen GEMM; float results
+/// within the same bound as the per-token path, a different summation order). O(T·rows·cols).
 /// \throws shape_error (cols mismatch, empty), numeric_error (NaN/Inf in x), invalid_argument (ISA).
 template <PackedWeights M>
 [[nodiscard]] inline matrix_f gemm(const M& w, const cref_matrix_f& x, act_fp32,
@@ -302,8 +311,31 @@ template <PackedWeights M>
     detail::require_nonempty(x, where, "x");
     detail::require_finite(x, where, "x");
     const kernel_isa path = detail::resolve_isa(isa, where);
-    std::vector<float> xp(static_cast<std::size_t>(w.padded_cols()), 0.0f), d(static_cast<std::size_t>(w.rows()));
     matrix_f y(x.rows(), w.rows());
+    if (x.rows() >= detail::fp32_batched_min_tokens && path != kernel_isa::scalar) {
+        // Batched tokens (prefill, perplexity): decode a block of weight rows to float once and
+        // multiply it with every token (Eigen GEMM), instead of decoding the weights per token.
+        using traits = pack_format<typename M::format>;
+        constexpr Eigen::Index rows_per_block = 64;
+        matrix_f wf(std::min<Eigen::Index>(rows_per_block, w.rows()), w.cols());
+        std::vector<std::uint8_t> u(traits::block_weights);
+        for (Eigen::Index r0 = 0; r0 < w.rows(); r0 += rows_per_block) {
+            const Eigen::Index nr = std::min(rows_per_block, w.rows() - r0);
+            for (Eigen::Index i = 0; i < nr; ++i) {
+                const float a = w.scale()(r0 + i), mu = w.has_offset() ? w.offset()(r0 + i) : 0.0f;
+                for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
+                    detail::unpack_block<typename M::format>(w.block_data(r0 + i, b), u.data());
+                    const Eigen::Index c0 = b * traits::block_weights;
+                    const Eigen::Index n = std::min<Eigen::Index>(traits::block_weights, w.cols() - c0);
+                    for (Eigen::Index j = 0; j < n; ++j)
+                        wf(i, c0 + j) = a * static_cast<float>(traits::digit_mul * u[static_cast<std::size_t>(j)] - traits::digit_offset) + mu;
+                }
+            }
+            y.middleCols(r0, nr).noalias() = x * wf.topRows(nr).transpose();
+        }
+        return y;
+    }
+    std::vector<float> xp(static_cast<std::size_t>(w.padded_cols()), 0.0f), d(static_cast<std::size_t>(w.rows()));
     for (Eigen::Index k = 0; k < x.rows(); ++k) {
         double sum = 0.0;
         for (Eigen::Index j = 0; j < x.cols(); ++j) {

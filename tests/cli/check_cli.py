@@ -65,7 +65,7 @@ check("layers.5.w2" in p.stdout and "ternary" in p.stdout, "inspect lists the li
 p = run("perplexity", out, "-f", dev, "--max-windows", "2")
 check("1022 scored in 2 windows" in p.stdout, f"perplexity scores 2 x 511 tokens:\n{p.stdout}")
 ppl_q = float(p.stdout.split("perplexity ")[1].split()[0]) if "perplexity " in p.stdout else 0
-p = run("perplexity", llama, "-f", dev, "--max-windows", "2", "-t", "2")
+p = run("perplexity", "-m", llama, "-f", dev, "--max-windows", "2", "-t", "2")
 ppl_fp = float(p.stdout.split("perplexity ")[1].split()[0]) if "perplexity " in p.stdout else 0
 check(1 < ppl_fp < ppl_q, f"quantized perplexity {ppl_q} above FP32 {ppl_fp}")
 prompt = ref["greedy"]["text"][:40]

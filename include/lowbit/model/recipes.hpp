@@ -986,8 +986,13 @@ namespace detail {
 /// Parses `model_fields` text: every key required, none unknown, sizes in range.
 inline void parse_model_fields(std::string_view text, llama_model& m) {
     auto& c = m.config;
-    const auto kv = split_fields(text, ';', "lowbit.model");
-    std::map<std::string, std::string> f(kv.begin(), kv.end());
+    std::map<std::string, std::string> f;
+    try {
+        const auto kv = split_fields(text, ';', "lowbit.model");
+        f.insert(kv.begin(), kv.end());
+    } catch (const invalid_argument& e) {
+        throw format_error(std::string("lowbit: load_quantized_model: ") + e.what());
+    }
     static const char* keys[] = {"architecture", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size",
                                  "seq_len", "head_dim", "norm_eps", "rope_theta", "rope", "qk_norm", "attention_bias",
                                  "n_experts", "n_experts_per_token", "moe_hidden_dim", "norm_topk_prob", "bos_token", "stop_token"};
