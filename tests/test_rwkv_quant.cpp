@@ -5,6 +5,8 @@
 // recipe identities (hybrid with thresholds above every proxy = GPTQ, with zero thresholds = VQ).
 #include <lowbit/model/rwkv_quant.hpp>
 
+#include <filesystem>
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -252,4 +254,49 @@ TEST_CASE("rwkv_quantize: methods, bits counted, hybrid thresholds reproduce GPT
     CHECK_THROWS_AS((void)lowbit::rwkv_quantize(g.model, calib, o), lowbit::invalid_argument);
     o.method = lowbit::rwkv_quant_method::gptq;
     CHECK_THROWS_AS((void)lowbit::rwkv_quantize(m, {}, o), lowbit::shape_error);
+}
+
+TEST_CASE("save_rwkv_quantized / load_rwkv_quantized: bit-identical weights, codes and logits") {
+    const auto m = tiny_rwkv();
+    std::vector<int> calib;
+    std::mt19937 rng(2);
+    for (int i = 0; i < 200; ++i) calib.push_back(static_cast<int>(rng() % 50));
+    lowbit::rwkv_quant_options o;
+    o.calib_window = 100;
+    o.group_size = 64;
+    o.vq.kmeans_iterations = 5;
+    std::vector<double> pc; // threshold at the median coarse proxy: a mix of both families
+    for (int l = 0; l < 2; ++l)
+        for (int s = 0; s < 7; ++s) pc.push_back(lowbit::quantile_spacing_proxy(weight_of(m.linear(l, static_cast<lowbit::rwkv_slot>(s)))).coarse);
+    std::sort(pc.begin(), pc.end());
+    o.tau_coarse = pc[7];
+    o.tau_fine = 1e30;
+    const auto q = lowbit::rwkv_quantize(m, calib, o);
+    int vq = 0;
+    for (const auto& r : q.records) vq += r.family == lowbit::quantization_family::vector;
+    const auto path = std::filesystem::temp_directory_path() / "lowbit_test_rwkv_quant.safetensors";
+    lowbit::save_rwkv_quantized(q.model, path);
+    const auto back = lowbit::load_rwkv_quantized(path);
+    std::filesystem::remove(path);
+    CHECK(back.bits_per_weight() == q.model.bits_per_weight());
+    for (int l = 0; l < 2; ++l)
+        for (int s = 0; s < 7; ++s) {
+            const auto slot = static_cast<lowbit::rwkv_slot>(s);
+            CHECK(weight_of(back.linear(l, slot)) == weight_of(q.model.linear(l, slot)));
+        }
+    const std::vector<int> toks{3, 1, 4, 1, 5, 9, 2, 6};
+    lowbit::rwkv_state a(q.model.config), b(back.config);
+    CHECK(lowbit::forward(q.model, a, toks) == lowbit::forward(back, b, toks));
+    CHECK(vq == 7);
+    // an FP32 model round-trips too; a file of another kind is refused
+    const auto fp = std::filesystem::temp_directory_path() / "lowbit_test_rwkv_fp.safetensors";
+    lowbit::save_rwkv_quantized(m, fp);
+    const auto mf = lowbit::load_rwkv_quantized(fp);
+    lowbit::rwkv_state c(m.config), d(mf.config);
+    CHECK(lowbit::forward(m, c, toks) == lowbit::forward(mf, d, toks));
+    lowbit::io::safetensors_writer w;
+    w.add("x", lowbit::matrix_f::Zero(1, 1));
+    w.write(fp);
+    CHECK_THROWS_AS((void)lowbit::load_rwkv_quantized(fp), lowbit::format_error);
+    std::filesystem::remove(fp);
 }

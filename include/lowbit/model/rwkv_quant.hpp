@@ -30,6 +30,7 @@
 #include <lowbit/gptq.hpp>
 #include <lowbit/granularity.hpp>
 #include <lowbit/io/dtype_convert.hpp>
+#include <lowbit/io/safetensors.hpp>
 #include <lowbit/model/rwkv.hpp>
 #include <lowbit/rtn.hpp>
 #include <lowbit/rwkv_proxy.hpp>
@@ -41,6 +42,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <span>
@@ -264,6 +268,8 @@ public:
     [[nodiscard]] int dim() const { return dim_; }                                     ///< d
     [[nodiscard]] Eigen::Index tile_rows() const { return tr_; }                       ///< rows per tile
     [[nodiscard]] Eigen::Index tile_cols() const { return tc_; }                       ///< columns per tile
+    [[nodiscard]] int index_bits() const { return index_bits_; }                       ///< stored bits per index
+    [[nodiscard]] int codebook_value_bits() const { return book_bits_; }               ///< counted bits per centroid value
 
 private:
     std::vector<std::uint16_t> codes_;
@@ -562,6 +568,191 @@ inline bool product_slot(rwkv_slot s) {
         }
     }
     return res;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Saving and loading
+// ---------------------------------------------------------------------------------------------
+
+/// Writes a (quantized or FP32) RWKV model to one safetensors file: `__metadata__` holds
+/// `format` = "lowbit-rwkv", the config as config.json text (`config`), and per block linear
+/// `<prefix>.kind` ("dense", "int" or "vq") with its layout numbers; tensors use the Hugging Face
+/// names for everything float (F32) and, per quantized linear `rwkv.blocks.L.<slot>`: `.codes` (U8
+/// `[out, in]`), `.scale` / `.zero` (F16, exact: the values are fp16) for "int"; `.vq_codes` (U16
+/// `[out, in/d]`), `.codebooks` (F32 `[tiles·K, d]`) for "vq". `load_rwkv_quantized` reads it back
+/// bit-identically. O(parameters).
+/// 	hrows invalid_argument (a linear of another operator type), format_error (I/O).
+inline void save_rwkv_quantized(const rwkv_model& m, const std::filesystem::path& path) {
+    constexpr const char* where = "save_rwkv_quantized";
+    io::safetensors_writer wr;
+    const auto& c = m.config;
+    std::string cfg = "{\"model_type\": \"rwkv\", \"hidden_size\": " + std::to_string(c.dim) +
+                      ", \"attention_hidden_size\": " + std::to_string(c.attention_dim) +
+                      ", \"intermediate_size\": " + std::to_string(c.ffn_dim) + ", \"num_hidden_layers\": " +
+                      std::to_string(c.n_layers) + ", \"vocab_size\": " + std::to_string(c.vocab_size) +
+                      ", \"context_length\": " + std::to_string(c.context_length) + ", \"rescale_every\": " +
+                      std::to_string(c.rescale_every) + ", \"tie_word_embeddings\": false";
+    char eps[64];
+    std::snprintf(eps, sizeof eps, "%.9g", static_cast<double>(c.layer_norm_eps));
+    cfg += std::string(", \"layer_norm_epsilon\": ") + eps;
+    if (c.bos_token_id >= 0) cfg += ", \"bos_token_id\": " + std::to_string(c.bos_token_id);
+    if (c.eos_token_id >= 0) cfg += ", \"eos_token_id\": " + std::to_string(c.eos_token_id);
+    cfg += "}";
+    wr.set_metadata("format", "lowbit-rwkv");
+    wr.set_metadata("config", cfg);
+    auto vec = [&](const std::string& name, const vector_f& v) { wr.add(name, matrix_f(v.transpose())); };
+    wr.add("rwkv.embeddings.weight", m.embedding);
+    vec("rwkv.ln_out.weight", m.ln_out_weight);
+    vec("rwkv.ln_out.bias", m.ln_out_bias);
+    auto f16 = [&](const std::string& name, const matrix_f& x) { wr.add(name, x, io::st_dtype::F16); };
+    auto linear = [&](const std::string& p, const linear_operator& op) {
+        if (const auto* d = dynamic_cast<const detail::linear_adapter<dense_linear>*>(&op)) {
+            wr.set_metadata(p + ".kind", "dense");
+            wr.add(p + ".weight", d->get().weight());
+        } else if (const auto* g = dynamic_cast<const detail::linear_adapter<grouped_int_linear>*>(&op)) {
+            const auto& q = g->get();
+            wr.set_metadata(p + ".kind", "int");
+            wr.set_metadata(p + ".bits", std::to_string(q.bits()));
+            wr.set_metadata(p + ".group_size", std::to_string(q.group_size()));
+            wr.add(p + ".codes", io::st_dtype::U8, {static_cast<std::uint64_t>(q.codes().rows()), static_cast<std::uint64_t>(q.codes().cols())},
+                   std::as_bytes(std::span<const std::uint8_t>(q.codes().data(), static_cast<std::size_t>(q.codes().size()))));
+            f16(p + ".scale", q.scale());
+            f16(p + ".zero", q.zero());
+        } else if (const auto* v = dynamic_cast<const detail::linear_adapter<vq_linear>*>(&op)) {
+            const auto& q = v->get();
+            wr.set_metadata(p + ".kind", "vq");
+            wr.set_metadata(p + ".dim", std::to_string(q.dim()));
+            wr.set_metadata(p + ".tile_rows", std::to_string(q.tile_rows()));
+            wr.set_metadata(p + ".tile_cols", std::to_string(q.tile_cols()));
+            wr.set_metadata(p + ".index_bits", std::to_string(q.index_bits()));
+            wr.set_metadata(p + ".codebook_value_bits", std::to_string(q.codebook_value_bits()));
+            wr.add(p + ".vq_codes", io::st_dtype::U16,
+                   {static_cast<std::uint64_t>(q.out_features()), static_cast<std::uint64_t>(q.in_features() / q.dim())},
+                   std::as_bytes(std::span<const std::uint16_t>(q.codes())));
+            const Eigen::Index K = q.codebooks().front().rows();
+            matrix_f books(K * static_cast<Eigen::Index>(q.codebooks().size()), q.dim());
+            for (std::size_t t = 0; t < q.codebooks().size(); ++t) {
+                detail::require<shape_error>(q.codebooks()[t].rows() == K, where, "codebooks of different sizes");
+                books.middleRows(static_cast<Eigen::Index>(t) * K, K) = q.codebooks()[t];
+            }
+            wr.add(p + ".codebooks", books);
+        } else {
+            throw invalid_argument(std::string("lowbit: ") + where + ": linear '" + p +
+                                   "' is neither dense_linear, grouped_int_linear nor vq_linear");
+        }
+    };
+    linear("head", *m.head);
+    for (int l = 0; l < c.n_layers; ++l) {
+        const auto& b = m.blocks[static_cast<std::size_t>(l)];
+        const std::string p = "rwkv.blocks." + std::to_string(l) + ".";
+        if (b.pre_ln_weight.size()) {
+            vec(p + "pre_ln.weight", b.pre_ln_weight);
+            vec(p + "pre_ln.bias", b.pre_ln_bias);
+        }
+        vec(p + "ln1.weight", b.ln1_weight);
+        vec(p + "ln1.bias", b.ln1_bias);
+        vec(p + "ln2.weight", b.ln2_weight);
+        vec(p + "ln2.bias", b.ln2_bias);
+        vec(p + "attention.time_decay", b.time_decay);
+        vec(p + "attention.time_first", b.time_first);
+        vec(p + "attention.time_mix_key", b.att_mix_key);
+        vec(p + "attention.time_mix_value", b.att_mix_value);
+        vec(p + "attention.time_mix_receptance", b.att_mix_receptance);
+        vec(p + "feed_forward.time_mix_key", b.ffn_mix_key);
+        vec(p + "feed_forward.time_mix_receptance", b.ffn_mix_receptance);
+        for (int s = 0; s < rwkv_slots; ++s) linear(p + rwkv_slot_name(static_cast<rwkv_slot>(s)), m.linear(l, static_cast<rwkv_slot>(s)));
+    }
+    wr.write(path);
+}
+
+/// Reads a file written by `save_rwkv_quantized` (bit-identical weights, codes and codebooks).
+/// 	hrows format_error (not such a file, missing tensors or metadata, shapes that disagree).
+[[nodiscard]] inline rwkv_model load_rwkv_quantized(const std::filesystem::path& path) {
+    const std::string where = "lowbit: load_rwkv_quantized: ";
+    const auto f = io::safetensors_file::open(path);
+    const auto& meta = f.metadata();
+    auto get = [&](const std::string& k) -> const std::string& {
+        const auto it = meta.find(k);
+        if (it == meta.end()) throw format_error(where + "metadata '" + k + "' is missing from '" + path.string() + "'");
+        return it->second;
+    };
+    if (get("format") != "lowbit-rwkv") throw format_error(where + "'" + path.string() + "' is not a lowbit RWKV model");
+    rwkv_model m;
+    m.config = parse_rwkv_config(get("config"), path.string() + " (metadata 'config')");
+    const auto& c = m.config;
+    auto mat = [&](const std::string& name) -> matrix_f {
+        if (!f.contains(name)) throw format_error(where + "tensor '" + name + "' is missing from '" + path.string() + "'");
+        try {
+            return io::to_matrix(f.tensor(name));
+        } catch (const error& e) {
+            throw format_error(where + "tensor '" + name + "': " + e.what());
+        }
+    };
+    auto vec = [&](const std::string& name) -> vector_f { return mat(name).row(0).transpose(); };
+    auto num = [&](const std::string& k) { return std::stoll(get(k)); };
+    auto linear = [&](const std::string& p) -> std::shared_ptr<const linear_operator> {
+        const std::string& kind = get(p + ".kind");
+        try {
+            if (kind == "dense") return make_linear(dense_linear(mat(p + ".weight")));
+            if (kind == "int") {
+                const auto t = f.tensor(p + ".codes");
+                if (t.dtype != io::st_dtype::U8 || t.shape.size() != 2) throw format_error(where + "'" + p + ".codes' is not U8 [out, in]");
+                matrix_u8 codes(static_cast<Eigen::Index>(t.shape[0]), static_cast<Eigen::Index>(t.shape[1]));
+                std::memcpy(codes.data(), t.bytes.data(), t.bytes.size());
+                return make_linear(grouped_int_linear(std::move(codes), mat(p + ".scale"), mat(p + ".zero"), static_cast<int>(num(p + ".bits")),
+                                                      num(p + ".group_size")));
+            }
+            if (kind == "vq") {
+                const auto t = f.tensor(p + ".vq_codes");
+                if (t.dtype != io::st_dtype::U16 || t.shape.size() != 2) throw format_error(where + "'" + p + ".vq_codes' is not U16 [out, in/d]");
+                std::vector<std::uint16_t> codes(static_cast<std::size_t>(t.numel()));
+                std::memcpy(codes.data(), t.bytes.data(), t.bytes.size());
+                const int d = static_cast<int>(num(p + ".dim"));
+                const Eigen::Index out = static_cast<Eigen::Index>(t.shape[0]), in = static_cast<Eigen::Index>(t.shape[1]) * d;
+                const Eigen::Index tr = num(p + ".tile_rows"), tc = num(p + ".tile_cols");
+                const matrix_f books = mat(p + ".codebooks");
+                const Eigen::Index tiles = ((out + tr - 1) / tr) * (tc > 0 ? in / tc : 0);
+                if (tiles <= 0 || books.rows() % tiles != 0) throw format_error(where + "'" + p + ".codebooks' does not hold one codebook per tile");
+                const Eigen::Index K = books.rows() / tiles;
+                std::vector<matrix_f> cbs;
+                for (Eigen::Index i = 0; i < tiles; ++i) cbs.emplace_back(books.middleRows(i * K, K));
+                return make_linear(vq_linear(std::move(codes), out, in, d, std::move(cbs), tr, tc, static_cast<int>(num(p + ".index_bits")),
+                                             static_cast<int>(num(p + ".codebook_value_bits"))));
+            }
+        } catch (const format_error&) {
+            throw;
+        } catch (const error& e) {
+            throw format_error(where + "linear '" + p + "': " + e.what());
+        }
+        throw format_error(where + "linear '" + p + "' has unknown kind '" + kind + "'");
+    };
+    m.embedding = mat("rwkv.embeddings.weight");
+    m.ln_out_weight = vec("rwkv.ln_out.weight");
+    m.ln_out_bias = vec("rwkv.ln_out.bias");
+    m.head = linear("head");
+    for (int l = 0; l < c.n_layers; ++l) {
+        const std::string p = "rwkv.blocks." + std::to_string(l) + ".";
+        rwkv_block b;
+        if (l == 0) {
+            b.pre_ln_weight = vec(p + "pre_ln.weight");
+            b.pre_ln_bias = vec(p + "pre_ln.bias");
+        }
+        b.ln1_weight = vec(p + "ln1.weight");
+        b.ln1_bias = vec(p + "ln1.bias");
+        b.ln2_weight = vec(p + "ln2.weight");
+        b.ln2_bias = vec(p + "ln2.bias");
+        b.time_decay = vec(p + "attention.time_decay");
+        b.time_first = vec(p + "attention.time_first");
+        b.att_mix_key = vec(p + "attention.time_mix_key");
+        b.att_mix_value = vec(p + "attention.time_mix_value");
+        b.att_mix_receptance = vec(p + "attention.time_mix_receptance");
+        b.ffn_mix_key = vec(p + "feed_forward.time_mix_key");
+        b.ffn_mix_receptance = vec(p + "feed_forward.time_mix_receptance");
+        for (int s = 0; s < rwkv_slots; ++s)
+            b.linear[static_cast<std::size_t>(s)] = linear(p + rwkv_slot_name(static_cast<rwkv_slot>(s)));
+        m.blocks.push_back(std::move(b));
+    }
+    return m;
 }
 
 LOWBIT_END_NAMESPACE
