@@ -5,6 +5,7 @@
 #include <lowbit/model/checkpoint.hpp>
 
 #include "models.hpp"
+#include "test_files.hpp"
 
 #include <doctest/doctest.h>
 
@@ -13,24 +14,6 @@
 #include <vector>
 
 namespace {
-
-std::vector<std::uint32_t> read_u32(const std::filesystem::path& p) {
-    std::ifstream f(p, std::ios::binary | std::ios::ate);
-    const auto n = static_cast<std::size_t>(f.tellg());
-    f.seekg(0);
-    std::vector<std::uint32_t> v(n / 4);
-    f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * 4));
-    return v;
-}
-
-struct temp_dir {
-    std::filesystem::path path;
-    explicit temp_dir(const std::string& name) : path(std::filesystem::temp_directory_path() / name) {
-        std::filesystem::remove_all(path);
-        std::filesystem::create_directories(path);
-    }
-    ~temp_dir() { std::filesystem::remove_all(path); }
-};
 
 } // namespace
 
@@ -44,7 +27,7 @@ TEST_CASE("open_model: a Hugging Face folder gives the model and its tokenizer")
     const auto docs = lowbit::io::read_text_documents(lowbit_test::models_dir() / "text-en" / "dev.jsonl");
     const std::vector<std::string> first(docs.begin(), docs.begin() + 20);
     const auto ids = o.tokenizer.encode_documents(first);
-    const auto ref = read_u32(lowbit_test::llama21m("reference/dev_ids.u32"));
+    const auto ref = lowbit_test::read_values<std::uint32_t>(lowbit_test::llama21m("reference/dev_ids.u32"));
     REQUIRE(ids.size() < ref.size());
     CHECK(std::equal(ids.begin(), ids.end(), ref.begin()));
     CHECK(ids.back() == 0); // documents end with <|endoftext|>
@@ -63,7 +46,7 @@ TEST_CASE("open_model: a llama2.c checkpoint finds its tokenizer beside it") {
 }
 
 TEST_CASE("open_model refuses what is not a model, naming it") {
-    temp_dir d("lowbit_test_checkpoint_bad");
+    lowbit_test::temp_dir d("lowbit_test_checkpoint_bad");
     CHECK_THROWS_WITH_AS((void)lowbit::open_model(d.path), doctest::Contains("is not a Hugging Face checkpoint"), lowbit::format_error);
     CHECK_THROWS_WITH_AS((void)lowbit::open_model(d.path / "nope.bin"), doctest::Contains("does not exist"), lowbit::format_error);
     std::ofstream(d.path / "junk.safetensors") << "not a safetensors file";
@@ -74,7 +57,7 @@ TEST_CASE("open_model refuses what is not a model, naming it") {
 }
 
 TEST_CASE("quantize, save and open: HF llama and qwen3moe reload bit-identical, with every expert and the tokenizer") {
-    temp_dir d("lowbit_test_checkpoint_roundtrip");
+    lowbit_test::temp_dir d("lowbit_test_checkpoint_roundtrip");
     for (const auto& [model, recipe] : {std::pair<std::string, std::string>{"llama-21M-en", "absmean-w1.58a8"},
                                         std::pair<std::string, std::string>{"qwen3moe-18M-en", "rtn-w4"}}) {
         const auto src = lowbit::open_model(lowbit_test::hf_model(model));
@@ -99,7 +82,7 @@ TEST_CASE("quantize, save and open: HF llama and qwen3moe reload bit-identical, 
         CHECK(back.tokenizer.bytes() == src.tokenizer.bytes());
         CHECK(back.model.architecture == src.model.architecture);
         CHECK(back.model.bits_per_weight() == q.model.bits_per_weight());
-        const auto ids = read_u32(lowbit_test::hf_model(model, "reference/ref_ids.u32"));
+        const auto ids = lowbit_test::read_values<std::uint32_t>(lowbit_test::hf_model(model, "reference/ref_ids.u32"));
         const std::vector<int> toks(ids.begin(), ids.begin() + 32);
         lowbit::kv_cache c1(q.model.config), c2(back.model.config);
         CHECK((lowbit::forward(q.model, c1, toks).array() == lowbit::forward(back.model, c2, toks).array()).all());
@@ -114,7 +97,7 @@ TEST_CASE("quantize, save and open: HF llama and qwen3moe reload bit-identical, 
 }
 
 TEST_CASE("a saved model whose records disagree with its architecture is refused") {
-    temp_dir d("lowbit_test_checkpoint_mismatch");
+    lowbit_test::temp_dir d("lowbit_test_checkpoint_mismatch");
     const auto src = lowbit::open_model(lowbit_test::qwen3moe18m());
     lowbit::quantized_model q{lowbit::find_recipe("rtn-w4"), {}, {}, {}, {}};
     q.model = lowbit::quantize_model(src.model, q.spec, {}, {}, &q.records);

@@ -9,6 +9,7 @@
 #include <lowbit/model/hf_model.hpp>
 
 #include "models.hpp"
+#include "test_files.hpp"
 
 #include <doctest/doctest.h>
 
@@ -23,26 +24,15 @@
 
 namespace {
 
-template <class T>
-std::vector<T> read_values(const std::filesystem::path& p) {
-    std::ifstream f(p, std::ios::binary | std::ios::ate);
-    REQUIRE(f.good());
-    const auto n = static_cast<std::size_t>(f.tellg());
-    f.seekg(0);
-    std::vector<T> v(n / sizeof(T));
-    f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(T)));
-    return v;
-}
-
 std::vector<int> ref_ids(const std::string& model) {
-    const auto u = read_values<std::uint32_t>(lowbit_test::hf_model(model, "reference/ref_ids.u32"));
+    const auto u = lowbit_test::read_values<std::uint32_t>(lowbit_test::hf_model(model, "reference/ref_ids.u32"));
     return {u.begin(), u.end()};
 }
 
 /// max |a − b| over the logits of the 128 reference tokens run as one window.
 double logits_error(const lowbit::llama_model& m, const std::string& model, std::vector<lowbit::matrix_f>* router = nullptr) {
     const auto ids = ref_ids(model);
-    const auto ref = read_values<float>(lowbit_test::hf_model(model, "reference/ref_logits.f32"));
+    const auto ref = lowbit_test::read_values<float>(lowbit_test::hf_model(model, "reference/ref_logits.f32"));
     REQUIRE(ref.size() == ids.size() * static_cast<std::size_t>(m.config.vocab_size));
     lowbit::kv_cache cache(m.config);
     lowbit::forward_hooks hooks;
@@ -60,16 +50,6 @@ const lowbit::llama_model& qwen_moe() {
     static const lowbit::llama_model m = lowbit::load_hf_model(lowbit_test::qwen3moe18m());
     return m;
 }
-
-/// A temporary folder removed at scope exit.
-struct temp_dir {
-    std::filesystem::path path;
-    explicit temp_dir(const std::string& name) : path(std::filesystem::temp_directory_path() / name) {
-        std::filesystem::remove_all(path);
-        std::filesystem::create_directories(path);
-    }
-    ~temp_dir() { std::filesystem::remove_all(path); }
-};
 
 void write_text(const std::filesystem::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
 
@@ -157,7 +137,7 @@ TEST_CASE("qwen3moe-18M-en: logits within 2e-3 and the same top-2 experts for ev
     const double err = logits_error(m, "qwen3moe-18M-en", &router);
     MESSAGE("qwen3moe-18M-en max abs logit error: " << err);
     CHECK(err <= 2e-3);
-    const auto ref = read_values<float>(lowbit_test::qwen3moe18m("reference/ref_router_logits.f32"));
+    const auto ref = lowbit_test::read_values<float>(lowbit_test::qwen3moe18m("reference/ref_router_logits.f32"));
     REQUIRE(router.size() == 4);
     REQUIRE(ref.size() == 4u * 128u * 8u);
     int mismatches = 0;
@@ -219,7 +199,7 @@ TEST_CASE("greedy generation reproduces transformers' continuation (first 24 tok
 }
 
 TEST_CASE("perplexity protocol without BOS: windows of 512 from 0, last one shorter, tokens 1..len-1 scored") {
-    const auto ids = read_values<std::uint32_t>(lowbit_test::llama21m("reference/dev_ids.u32"));
+    const auto ids = lowbit_test::read_values<std::uint32_t>(lowbit_test::llama21m("reference/dev_ids.u32"));
     const std::vector<int> toks(ids.begin(), ids.begin() + 1100); // 512 + 512 + 76
     const auto r = lowbit::perplexity(llama(), toks);
     CHECK(r.windows == 3);
@@ -325,7 +305,7 @@ TEST_CASE("config.json: unsupported architectures and options are refused, namin
 }
 
 TEST_CASE("checkpoints that disagree with config.json, or hold NaN, are refused naming file and tensor") {
-    temp_dir d("lowbit_test_hf_model");
+    lowbit_test::temp_dir d("lowbit_test_hf_model");
     // the intact tiny checkpoint loads and runs
     write_tiny(d.path, tiny_tensors());
     const auto m = lowbit::load_hf_model(d.path);
