@@ -4,7 +4,7 @@
 // indices, FP16 row scales (16 bits per row), the random-Hadamard sign vector (n bits per tensor) and
 // every data-dependent codebook (FP16, K·d·16 bits). PCDVQ's codebooks (greedy E8 directions, χ₈
 // Lloyd–Max magnitudes) are generated from (b_d, b_r) and cost nothing per tensor.
-//   PCDVQ (algorithms.md §8.2): randomized Hadamard per row (W ↦ W·Q, Q = D_s H/√n), row scale
+//   PCDVQ (docs/sources.md §8.2): randomized Hadamard per row (W ↦ W·Q, Q = D_s H/√n), row scale
 //     s_i = ‖w_i‖/√n (FP16), b_d direction + b_r magnitude bits per 8-vector; Ŵ = Ŵ_rot·Qᵀ. Both
 //     splits b_r = 1 and b_r = 2 (the 3rd-party default) are shown, and b_r = 1 without the rotation.
 //   k-means d ∈ {8, 4, 2}: k-means++ + Lloyd on the same FP16-scaled unit-RMS rows cut into d-vectors,
@@ -174,7 +174,7 @@ int main(int argc, char** argv) try {
     for (const int bits : {8, 12, 16}) { // index bits per 8-vector: 1.0, 1.5, 2.0 b/w
         const auto t0 = std::chrono::steady_clock::now();
         const int bd1 = bits - 1, bd2 = bits - 2;
-        // Candidates: the E8 points of squared norm ≤ 16 (norm ≤ 4, algorithms.md §8.2).
+        // Candidates: the E8 points of squared norm ≤ 16 (norm ≤ 4, docs/sources.md §8.2).
         const auto book1 = lowbit::make_pcdvq_codebook({bd1, 1, 16, 100});
         const auto book2 = lowbit::make_pcdvq_codebook({bd2, 2, 16, 100});
         // Budget of a k-means coder (all bits but the FP16 row scales it shares with PCDVQ):

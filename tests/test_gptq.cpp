@@ -57,7 +57,7 @@ double output_error(const matrix_f& w, const matrix_f& q, const matrix_d& s) {
     return (d * s * d.transpose()).trace();
 }
 
-// Straightforward unblocked GPTQ in double (the recursion of algorithms.md §1.1 without lazy
+// Straightforward unblocked GPTQ in double (the recursion of docs/sources.md §1.1 without lazy
 // batching), with groups of `gs` processed columns (gs = n: per row) and the three tail policies.
 template <class Q>
 matrix_f reference_gptq(const matrix_f& w, const matrix_d& h_in, const Q& quant, Eigen::Index gs,
@@ -329,7 +329,7 @@ TEST_CASE("gptq_quantize: bad input") {
 
 namespace {
 
-// Independent greedy residual ternary on one masked row (algorithms.md §2.3 steps 1–3, repeated).
+// Independent greedy residual ternary on one masked row (docs/sources.md §2.3 steps 1–3, repeated).
 double greedy_sse(const matrix_f& v, const lowbit::group_mask& mask, int terms) {
     double sse = 0;
     for (Eigen::Index i = 0; i < v.rows(); ++i) {

@@ -1,4 +1,4 @@
-// Tests for lowbit/kronecker.hpp. Oracles: the published KOTMS factor-size examples (algorithms.md §2.2);
+// Tests for lowbit/kronecker.hpp. Oracles: the published KOTMS factor-size examples (docs/sources.md §2.2);
 // an element-by-element dense Kronecker product multiplied in double; C·M·B computed by hand per row.
 #include <lowbit/kronecker.hpp>
 #include <lowbit/orthogonal.hpp>

@@ -1,4 +1,4 @@
-// Tests for lowbit/okt.hpp (a reconstruction, algorithms.md §3.2). Oracles: the bimodal density evaluated
+// Tests for lowbit/okt.hpp (a reconstruction, docs/sources.md §3.2). Oracles: the bimodal density evaluated
 // directly in double; central finite differences of the EM Q-function (responsibilities frozen, c_o fixed);
 // binarization errors (binary.hpp, ARB) of W vs W·Q on the real checkpoint.
 #include <lowbit/binary.hpp>

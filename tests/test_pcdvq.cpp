@@ -45,7 +45,7 @@ Eigen::Index largest_k(double nv, int d, double budget) {
     return k;
 }
 
-// PCDVQ pipeline of algorithms.md §8.2 on one weight: W·Q (randomized Hadamard), FP16 row scales,
+// PCDVQ pipeline of docs/sources.md §8.2 on one weight: W·Q (randomized Hadamard), FP16 row scales,
 // codes; the reconstruction is rebuilt here from the codes and the tables (s·r̂·ĉ), then rotated
 // back with Qᵀ. Returns ‖W − Ŵ‖² in double.
 double pcdvq_sq_error(const lowbit::matrix_f& w, const lowbit::pcdvq_codebook& book, std::uint64_t seed) {

@@ -1,6 +1,6 @@
 // Tests for lowbit/rtn.hpp. Oracles: hand-worked grids; the bound |x − q(x)| ≤ s/2 inside the range;
 // a brute-force grid search written here in double for the MSE clipping search; an independent
-// double-precision re-implementation of algorithms.md §1.3 for the per-token activation quantizer.
+// double-precision re-implementation of docs/sources.md §1.3 for the per-token activation quantizer.
 #include <lowbit/rtn.hpp>
 
 #include <doctest/doctest.h>
@@ -190,7 +190,7 @@ TEST_CASE("rtn_quantizer models GroupQuantizer and agrees with quantize_rtn per 
     }
 }
 
-TEST_CASE("per-token activation quantizer follows algorithms.md §1.3") {
+TEST_CASE("per-token activation quantizer follows docs/sources.md §1.3") {
     const auto x = random_matrix(5, 24, 7, 3.0f);
     for (int bits : {2, 4, 8})
         for (float clip : {1.0f, 0.9f})

@@ -1,4 +1,4 @@
-// Tests for lowbit/torq.hpp (a reconstruction, algorithms.md §6.2). Oracles: hand-worked E2M1 histograms
+// Tests for lowbit/torq.hpp (a reconstruction, docs/sources.md §6.2). Oracles: hand-worked E2M1 histograms
 // (entropy in bits); the Schur–Horn property diag(Q₁ᵀΣQ₁) = tr(Σ)/d computed in double; the dense Q;
 // MXFP4 (mxfp.hpp) and per-token int4 (rtn.hpp) errors on synthetic activations with outlier channels.
 #include <lowbit/hadamard.hpp>

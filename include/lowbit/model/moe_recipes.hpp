@@ -3,7 +3,7 @@
 /// Mixture-of-Experts quantization pipelines on a routed-expert `llama_model` (Qwen3-MoE):
 /// - calibration capture per layer on the partially quantized model: every expert linear's
 ///   Hessian over the tokens routed to it, optionally weighted by their gate affinities (AGQ,
-///   algorithms.md §11.2: H_E = (2/N_E) Σ_{t→E} c_t x_t x_tᵀ), and the attention linears' plain
+///   docs/sources.md §11.2: H_E = (2/N_E) Σ_{t→E} c_t x_t x_tᵀ), and the attention linears' plain
 ///   Hessians (`capture_layer_hessians`);
 /// - EBSS (§11.1): calibration sequences the model samples itself with an expert-balance beam
 ///   search (`ebss_sample`);

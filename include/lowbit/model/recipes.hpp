@@ -18,7 +18,7 @@
 ///   (per-row μ, α), binary (per-row μ, α; ARB refinement under GPTQ), MXFP4; optionally a PSP
 ///   low-rank correction around the binarizer;
 /// - an activation policy: FP32, symmetric per-token int-k inside the integer kernel, asymmetric
-///   per-token int-k fake quantization (algorithms.md §1.3), or MXFP4 fake quantization.
+///   per-token int-k fake quantization (docs/sources.md §1.3), or MXFP4 fake quantization.
 /// Optionally (`recipe::nli`) the forward pass's SiLU, softmax exp and RMSNorm rsqrt run as NLI
 /// piecewise-linear tables (`recipe_nonlinear_ops`).
 ///

@@ -1,6 +1,6 @@
 #pragma once
 /// \file model/rwkv_quant.hpp
-/// RWKVQuant (algorithms.md §10) on RWKV-4 models (rwkv.hpp): per weight matrix, the coarse-to-fine
+/// RWKVQuant (docs/sources.md §10) on RWKV-4 models (rwkv.hpp): per weight matrix, the coarse-to-fine
 /// uniformity proxy (rwkv_proxy.hpp) chooses scalar quantization (GPTQ on a uniform grid with
 /// per-group fp16 scale and zero point) or vector quantization (GPTVQ-style: weighted k-means
 /// codebooks over 2-vectors, Hessian-weighted, with GPTQ error feedback, 8-bit codebooks); the
@@ -294,7 +294,7 @@ inline void quantize_codebook(matrix_f& cb, int bits) {
 } // namespace detail
 
 /// GPTVQ-style vector quantization of `w` `[m x n]` with Hessian `h` `[n x n]` (RWKVQuant's VQ
-/// path, algorithms.md §10.3): columns are processed in GPTQ order with error feedback (gptq.hpp's
+/// path, docs/sources.md §10.3): columns are processed in GPTQ order with error feedback (gptq.hpp's
 /// sweep); at the first column of every tile column (tile_cols wide) one codebook per tile of
 /// tile_rows rows is fitted by weighted k-means (k-means++ then Lloyd) on the tile's current
 /// (error-updated) d-vectors, the weight of coordinate (i, j) being row_weight_i / U_jj² (U the
