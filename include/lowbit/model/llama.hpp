@@ -46,6 +46,7 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -721,6 +722,42 @@ struct sampling_options {
     std::function<void(int)> on_token;
 };
 
+namespace detail {
+/// The next token from the last row of `logits` under `opt`: the first maximum for temperature 0;
+/// else softmax(logits / temperature) in double, the `top_k` most likely kept, then the smallest
+/// prefix of mass ≥ `top_p`, and a draw u ∈ [0, mass) from 53 bits of `rng` (independent of the
+/// standard library's distributions, so the text is the same everywhere for a seed). `cand` is scratch.
+inline int sample_next(const matrix_f& logits, const sampling_options& opt, std::mt19937_64& rng,
+                       std::vector<std::pair<double, int>>& cand) {
+    const Eigen::Index r = logits.rows() - 1;
+    if (opt.temperature == 0.0f) return argmax_row(logits, r);
+    cand.clear();
+    double mx = -std::numeric_limits<double>::infinity();
+    for (Eigen::Index j = 0; j < logits.cols(); ++j) mx = std::max(mx, static_cast<double>(logits(r, j)));
+    for (Eigen::Index j = 0; j < logits.cols(); ++j)
+        cand.emplace_back(std::exp((static_cast<double>(logits(r, j)) - mx) / opt.temperature), static_cast<int>(j));
+    std::stable_sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    if (opt.top_k > 0 && static_cast<std::size_t>(opt.top_k) < cand.size()) cand.resize(static_cast<std::size_t>(opt.top_k));
+    double total = 0;
+    for (const auto& c : cand) total += c.first;
+    if (opt.top_p < 1.0f) {
+        double acc = 0;
+        std::size_t keep = 0;
+        while (keep < cand.size() && acc < opt.top_p * total) acc += cand[keep++].first;
+        cand.resize(std::max<std::size_t>(keep, 1));
+        total = 0;
+        for (const auto& c : cand) total += c.first;
+    }
+    const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * total;
+    double acc = 0;
+    for (const auto& c : cand) {
+        acc += c.first;
+        if (u < acc) return c.second;
+    }
+    return cand.back().second;
+}
+} // namespace detail
+
 /// Decoding: the prompt (non-empty) runs as one batch, then one token per step; stops after
 /// `max_new_tokens`, when the model emits `config.stop_token` (not returned), or when the cache is
 /// full. Greedy for temperature 0 (first maximum on ties), else sampling (top-k, then top-p, then a
@@ -736,35 +773,7 @@ struct sampling_options {
     if (opt.max_new_tokens <= 0) return out;
     std::mt19937_64 rng(opt.seed);
     std::vector<std::pair<double, int>> cand;
-    auto pick = [&](const matrix_f& logits) {
-        const Eigen::Index r = logits.rows() - 1;
-        if (opt.temperature == 0.0f) return argmax_row(logits, r);
-        cand.clear();
-        double mx = -std::numeric_limits<double>::infinity();
-        for (Eigen::Index j = 0; j < logits.cols(); ++j) mx = std::max(mx, static_cast<double>(logits(r, j)));
-        for (Eigen::Index j = 0; j < logits.cols(); ++j)
-            cand.emplace_back(std::exp((static_cast<double>(logits(r, j)) - mx) / opt.temperature), static_cast<int>(j));
-        std::stable_sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-        if (opt.top_k > 0 && static_cast<std::size_t>(opt.top_k) < cand.size()) cand.resize(static_cast<std::size_t>(opt.top_k));
-        double total = 0;
-        for (const auto& c : cand) total += c.first;
-        if (opt.top_p < 1.0f) {
-            double acc = 0;
-            std::size_t keep = 0;
-            while (keep < cand.size() && acc < opt.top_p * total) acc += cand[keep++].first;
-            cand.resize(std::max<std::size_t>(keep, 1));
-            total = 0;
-            for (const auto& c : cand) total += c.first;
-        }
-        // u in [0, total): 53 random bits (independent of the standard library's distributions)
-        const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * total;
-        double acc = 0;
-        for (const auto& c : cand) {
-            acc += c.first;
-            if (u < acc) return c.second;
-        }
-        return cand.back().second;
-    };
+    auto pick = [&](const matrix_f& logits) { return detail::sample_next(logits, opt, rng, cand); };
     matrix_f logits = forward(m, cache, prompt, logits_rows::last);
     while (true) {
         const int next = pick(logits);
@@ -819,6 +828,64 @@ inline std::vector<std::pair<std::size_t, std::size_t>> perplexity_windows(std::
 }
 } // namespace detail
 
+namespace detail {
+/// Σ over the first `rows` rows t of −log softmax(logits.row(t))[target(t)], in double.
+template <class Target>
+[[nodiscard]] double rows_nll(const matrix_f& logits, Eigen::Index rows, Target target) {
+    double sum = 0;
+    for (Eigen::Index t = 0; t < rows; ++t) {
+        const auto row = logits.row(t);
+        const double mx = static_cast<double>(row.maxCoeff());
+        double s = 0;
+        for (Eigen::Index j = 0; j < row.size(); ++j) s += std::exp(static_cast<double>(row(j)) - mx);
+        sum += mx + std::log(s) - static_cast<double>(row(target(t)));
+    }
+    return sum;
+}
+
+/// Scores `n` windows with `score(w) -> {nll sum, scored tokens}` on `opt.threads` explicit
+/// std::threads (the calling thread included; it reports `opt.progress(done, n)`), then sums the
+/// windows' NLLs in window order, so the result does not depend on the thread count. An exception
+/// in any window stops the others and reaches the caller.
+template <class Score>
+[[nodiscard]] perplexity_result score_windows(std::size_t n, const perplexity_options& opt, Score score) {
+    std::vector<double> nll(n, 0.0);
+    std::vector<long long> scored(n, 0);
+    std::atomic<std::size_t> next{0};
+    std::atomic<int> done{0};
+    std::exception_ptr failure;
+    std::mutex failure_mutex;
+    auto worker = [&](bool report) {
+        try {
+            for (std::size_t w; (w = next.fetch_add(1)) < n;) {
+                std::tie(nll[w], scored[w]) = score(w);
+                const int d = done.fetch_add(1) + 1;
+                if (report && opt.progress) opt.progress(d, static_cast<int>(n));
+            }
+        } catch (...) {
+            const std::lock_guard<std::mutex> lock(failure_mutex);
+            if (!failure) failure = std::current_exception();
+            next.store(n);
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int i = 1; i < std::min<int>(opt.threads, static_cast<int>(n)); ++i) pool.emplace_back(worker, false);
+    worker(true);
+    for (auto& t : pool) t.join();
+    if (failure) std::rethrow_exception(failure);
+    perplexity_result r;
+    double total = 0;
+    for (std::size_t w = 0; w < n; ++w) {
+        total += nll[w];
+        r.scored += scored[w];
+    }
+    r.windows = static_cast<int>(n);
+    r.mean_nll = total / static_cast<double>(r.scored);
+    r.perplexity = std::exp(r.mean_nll);
+    return r;
+}
+} // namespace detail
+
 /// Perplexity under the models README protocols, chosen by `config.bos_token`:
 /// - with a BOS token (llama2.c models): cut `tokens` (the encoded text, no BOS) into
 ///   non-overlapping windows of `window` tokens (default seq_len − 1 = 511), prepend BOS to each,
@@ -845,9 +912,9 @@ inline std::vector<std::pair<std::size_t, std::size_t>> perplexity_windows(std::
     detail::require<shape_error>(!wins.empty(), where,
                                  "argument 'tokens' has " + std::to_string(tokens.size()) +
                                      " tokens, fewer than one window of " + std::to_string(window));
-    std::vector<double> nll(wins.size(), 0.0);
-    std::vector<long long> scored(wins.size(), 0);
-    auto run_window = [&](std::size_t w, kv_cache& cache) {
+    llama_config wc = m.config; // a cache of one window's length suffices: each window starts empty
+    wc.seq_len = window + (bos ? 1 : 0);
+    return detail::score_windows(wins.size(), opt, [&](std::size_t w) {
         const auto win = tokens.subspan(wins[w].first, wins[w].second - wins[w].first);
         std::vector<int> in;
         if (bos) {
@@ -856,75 +923,12 @@ inline std::vector<std::pair<std::size_t, std::size_t>> perplexity_windows(std::
         } else {
             in.assign(win.begin(), win.end() - 1); // the last token is only a target
         }
-        cache.clear();
+        kv_cache cache(wc);
         const matrix_f logits = forward(m, cache, in);
-        double sum = 0;
-        for (std::size_t t = 0; t < in.size(); ++t) {
-            const auto row = logits.row(static_cast<Eigen::Index>(t));
-            const double mx = static_cast<double>(row.maxCoeff());
-            double s = 0;
-            for (Eigen::Index j = 0; j < row.size(); ++j) s += std::exp(static_cast<double>(row(j)) - mx);
-            const int target = bos ? win[t] : win[t + 1];
-            sum += mx + std::log(s) - static_cast<double>(row(target));
-        }
-        nll[w] = sum;
-        scored[w] = static_cast<long long>(in.size());
-    };
-    const int threads = std::min<int>(opt.threads, static_cast<int>(wins.size()));
-    std::atomic<std::size_t> next{0};
-    std::atomic<int> done{0};
-    std::exception_ptr failure;
-    std::mutex failure_mutex;
-    auto worker = [&]() {
-        kv_cache cache(m.config);
-        try {
-            for (std::size_t w; (w = next.fetch_add(1)) < wins.size();) {
-                run_window(w, cache);
-                done.fetch_add(1);
-            }
-        } catch (...) {
-            const std::lock_guard<std::mutex> lock(failure_mutex);
-            if (!failure) failure = std::current_exception();
-            next.store(wins.size());
-        }
-    };
-    std::vector<std::thread> pool;
-    for (int i = 1; i < threads; ++i) pool.emplace_back(worker);
-    if (opt.progress && threads > 1) {
-        // the calling thread reports progress while it works
-        kv_cache cache(m.config);
-        try {
-            for (std::size_t w; (w = next.fetch_add(1)) < wins.size();) {
-                run_window(w, cache);
-                opt.progress(done.fetch_add(1) + 1, static_cast<int>(wins.size()));
-            }
-        } catch (...) {
-            const std::lock_guard<std::mutex> lock(failure_mutex);
-            if (!failure) failure = std::current_exception();
-            next.store(wins.size());
-        }
-    } else if (opt.progress) {
-        kv_cache cache(m.config);
-        for (std::size_t w = 0; w < wins.size(); ++w) {
-            run_window(w, cache);
-            opt.progress(static_cast<int>(w) + 1, static_cast<int>(wins.size()));
-        }
-        next.store(wins.size());
-    } else {
-        worker();
-    }
-    for (auto& t : pool) t.join();
-    if (failure) std::rethrow_exception(failure);
-    perplexity_result r;
-    double total = 0;
-    for (std::size_t w = 0; w < wins.size(); ++w) {
-        total += nll[w];
-        r.scored += scored[w];
-    }
-    r.windows = static_cast<int>(wins.size());
-    r.mean_nll = total / static_cast<double>(r.scored);
-    r.perplexity = std::exp(r.mean_nll);
-    return r;
+        const double nll = detail::rows_nll(logits, static_cast<Eigen::Index>(in.size()),
+                                            [&](Eigen::Index t) { return bos ? win[static_cast<std::size_t>(t)] : win[static_cast<std::size_t>(t) + 1]; });
+        return std::pair<double, long long>(nll, static_cast<long long>(in.size()));
+    });
 }
 
 /// `perplexity` with a window length and window count (see `perplexity_options`).

@@ -634,34 +634,7 @@ inline void check_rwkv_tokens(const rwkv_model& m, std::span<const int> tokens, 
     if (opt.max_new_tokens <= 0) return out;
     std::mt19937_64 rng(opt.seed);
     std::vector<std::pair<double, int>> cand;
-    auto pick = [&](const matrix_f& logits) {
-        const Eigen::Index r = logits.rows() - 1;
-        if (opt.temperature == 0.0f) return argmax_row(logits, r);
-        cand.clear();
-        double mx = -std::numeric_limits<double>::infinity();
-        for (Eigen::Index j = 0; j < logits.cols(); ++j) mx = std::max(mx, static_cast<double>(logits(r, j)));
-        for (Eigen::Index j = 0; j < logits.cols(); ++j)
-            cand.emplace_back(std::exp((static_cast<double>(logits(r, j)) - mx) / opt.temperature), static_cast<int>(j));
-        std::stable_sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-        if (opt.top_k > 0 && static_cast<std::size_t>(opt.top_k) < cand.size()) cand.resize(static_cast<std::size_t>(opt.top_k));
-        double total = 0;
-        for (const auto& c : cand) total += c.first;
-        if (opt.top_p < 1.0f) {
-            double acc = 0;
-            std::size_t keep = 0;
-            while (keep < cand.size() && acc < opt.top_p * total) acc += cand[keep++].first;
-            cand.resize(std::max<std::size_t>(keep, 1));
-            total = 0;
-            for (const auto& c : cand) total += c.first;
-        }
-        const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * total;
-        double acc = 0;
-        for (const auto& c : cand) {
-            acc += c.first;
-            if (u < acc) return c.second;
-        }
-        return cand.back().second;
-    };
+    auto pick = [&](const matrix_f& logits) { return detail::sample_next(logits, opt, rng, cand); };
     matrix_f logits = forward(m, state, prompt, logits_rows::last);
     while (true) {
         const int next = pick(logits);
@@ -690,56 +663,14 @@ inline void check_rwkv_tokens(const rwkv_model& m, std::span<const int> tokens, 
     detail::check_rwkv_tokens(m, tokens, where);
     const auto wins = detail::perplexity_windows(tokens.size(), static_cast<std::size_t>(window), true, opt.max_windows);
     detail::require<shape_error>(!wins.empty(), where, "argument 'tokens' has no window of at least 2 tokens");
-    std::vector<double> nll(wins.size(), 0.0);
-    std::vector<long long> scored(wins.size(), 0);
-    auto run_window = [&](std::size_t w) {
+    return detail::score_windows(wins.size(), opt, [&](std::size_t w) {
         const auto win = tokens.subspan(wins[w].first, wins[w].second - wins[w].first);
         rwkv_state state(m.config);
         const matrix_f logits = forward(m, state, win.first(win.size() - 1));
-        double sum = 0;
-        for (std::size_t t = 0; t + 1 < win.size(); ++t) {
-            const auto row = logits.row(static_cast<Eigen::Index>(t));
-            const double mx = static_cast<double>(row.maxCoeff());
-            double s = 0;
-            for (Eigen::Index j = 0; j < row.size(); ++j) s += std::exp(static_cast<double>(row(j)) - mx);
-            sum += mx + std::log(s) - static_cast<double>(row(win[t + 1]));
-        }
-        nll[w] = sum;
-        scored[w] = static_cast<long long>(win.size() - 1);
-    };
-    const int threads = std::min<int>(opt.threads, static_cast<int>(wins.size()));
-    std::atomic<std::size_t> next{0};
-    std::atomic<int> done{0};
-    std::exception_ptr failure;
-    std::mutex failure_mutex;
-    auto worker = [&](bool report) {
-        try {
-            for (std::size_t w; (w = next.fetch_add(1)) < wins.size();) {
-                run_window(w);
-                const int d = done.fetch_add(1) + 1;
-                if (report && opt.progress) opt.progress(d, static_cast<int>(wins.size()));
-            }
-        } catch (...) {
-            const std::lock_guard<std::mutex> lock(failure_mutex);
-            if (!failure) failure = std::current_exception();
-            next.store(wins.size());
-        }
-    };
-    std::vector<std::thread> pool;
-    for (int i = 1; i < threads; ++i) pool.emplace_back(worker, false);
-    worker(true); // the calling thread reports progress
-    for (auto& t : pool) t.join();
-    if (failure) std::rethrow_exception(failure);
-    perplexity_result r;
-    double total = 0;
-    for (std::size_t w = 0; w < wins.size(); ++w) {
-        total += nll[w];
-        r.scored += scored[w];
-    }
-    r.windows = static_cast<int>(wins.size());
-    r.mean_nll = total / static_cast<double>(r.scored);
-    r.perplexity = std::exp(r.mean_nll);
-    return r;
+        const double nll = detail::rows_nll(logits, static_cast<Eigen::Index>(win.size() - 1),
+                                            [&](Eigen::Index t) { return win[static_cast<std::size_t>(t) + 1]; });
+        return std::pair<double, long long>(nll, static_cast<long long>(win.size() - 1));
+    });
 }
 
 /// Runs the perplexity protocol's windows (each from the zero state; at most `max_windows`, window
