@@ -129,6 +129,18 @@ private:
 };
 } // namespace detail
 
+namespace detail {
+/// x rounded to the nearest fp16 value (round to nearest even; stored scales and factors are fp16).
+inline float round_fp16(float x) { return static_cast<float>(Eigen::half(x)); }
+
+/// The FP32 weight of a dense block linear. \throws invalid_argument if the layer is not dense.
+inline const matrix_f& dense_weight_of(const linear_operator& op, const char* where) {
+    const auto* d = dynamic_cast<const linear_adapter<dense_linear>*>(&op);
+    require(d != nullptr, where, "the model's block linears must be FP32 dense_linear layers (quantize an unquantized model)");
+    return d->get().weight();
+}
+} // namespace detail
+
 /// Wraps any `LinearOperator` into the type-erased `linear_operator` a model holds. Operators
 /// without `storage_bits()` count as 32 bits per weight.
 template <LinearOperator Op>

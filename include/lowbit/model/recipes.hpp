@@ -290,19 +290,10 @@ struct linear_record {
 
 namespace detail {
 
-/// x rounded to the nearest fp16 value (scales and factors are stored at 16 bits).
-inline float round_fp16(float x) { return static_cast<float>(Eigen::half(x)); }
-
 inline void round_fp16(vector_f& v) {
     for (Eigen::Index i = 0; i < v.size(); ++i) v(i) = round_fp16(v(i));
 }
 
-/// The FP32 weight of a dense block linear. \throws invalid_argument if the layer is not dense.
-inline const matrix_f& dense_weight_of(const linear_operator& op, const char* where) {
-    const auto* d = dynamic_cast<const detail::linear_adapter<dense_linear>*>(&op);
-    require(d != nullptr, where, "the model's block linears must be FP32 dense_linear layers");
-    return d->get().weight();
-}
 
 /// Codes t_ij = round((q_ij − μ_i)/α_i) clamped to [lo, hi] (α_i = 0 gives 0; binary: sign).
 inline matrix_i8 affine_codes(const matrix_f& q, const vector_f& mu, const vector_f& alpha, int lo, int hi,

@@ -54,10 +54,6 @@
 
 LOWBIT_BEGIN_NAMESPACE
 
-namespace detail {
-/// x rounded to the nearest fp16 value (round to nearest even), as float.
-inline float round_fp16(float x) { return io::f16_to_float(io::float_to_f16(x)); }
-} // namespace detail
 
 // ---------------------------------------------------------------------------------------------
 // Scalar path: grouped integer grids with fp16 parameters
@@ -482,10 +478,6 @@ struct rwkv_quant_result {
 }
 
 namespace detail {
-inline const matrix_f& dense_weight_of(const linear_operator& op, const char* where) {
-    if (const auto* d = dynamic_cast<const linear_adapter<dense_linear>*>(&op)) return d->get().weight();
-    throw invalid_argument(std::string("lowbit: ") + where + ": the block linears must be FP32 dense_linear (quantize an unquantized model)");
-}
 inline bool product_slot(rwkv_slot s) {
     return s == rwkv_slot::att_key || s == rwkv_slot::att_receptance || s == rwkv_slot::ffn_receptance;
 }
