@@ -390,4 +390,12 @@ TEST_CASE("safetensors_index: accepted forms, ignored members, JSON round trip")
     CHECK(safetensors_index::valid_shard_name("model-00001-of-00003.safetensors"));
     CHECK(!safetensors_index::valid_shard_name("a/../b"));
     CHECK(!safetensors_index::valid_shard_name("a/"));
+    CHECK(!safetensors_index::valid_shard_name(".."));
+    CHECK(!safetensors_index::valid_shard_name("./a"));
+    // a component that merely starts with dots is an ordinary name (found by fuzz_safetensors_index,
+    // whose own check was too strict)
+    CHECK(safetensors_index::valid_shard_name("..a.safetensors"));
+    CHECK(safetensors_index::valid_shard_name("dir/...safetensors"));
+    const auto dotted = safetensors_index::parse(R"({"weight_map": {"p": "..a.safetensors"}})");
+    CHECK(dotted.shard_files() == std::vector<std::string>{"..a.safetensors"});
 }
