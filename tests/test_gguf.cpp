@@ -5,6 +5,7 @@
 #include <lowbit/io/gguf.hpp>
 
 #include "gguf_fixture.hpp"
+#include "write_failure.hpp"
 
 #include <doctest/doctest.h>
 
@@ -221,7 +222,7 @@ TEST_CASE("gguf: writer round trip, atomic write, and the gguf package reads it"
     lowbit_test::temp_dir dir;
     const auto path = dir.path / "w.gguf";
     w.write(path);
-    CHECK(!std::filesystem::exists(dir.path / "w.gguf.lowbit-tmp"));
+    CHECK(lowbit_test::leftover_temporaries(dir.path).empty());
     const auto g = gguf_file::open(path);
     CHECK(g.metadata().size() == 7);
     CHECK(g.metadata()[1].first == "a.u8");
@@ -260,4 +261,32 @@ TEST_CASE("gguf: writer round trip, atomic write, and the gguf package reads it"
     CHECK(s.find("kv\ta.i32s\tARRAY\t[3, -4]") != std::string::npos);
     CHECK(s.find("tensor\tw.q8\tQ8_0\t32,2\t") != std::string::npos);
     CHECK(s.find("tensor\tw.f32\tF32\t64\t") != std::string::npos);
+}
+
+TEST_CASE("writer: an I/O failure midway (file-size limit) leaves the previous file byte-identical, no temporary") {
+    lowbit_test::temp_dir dir;
+    const auto path = dir.path / "model.gguf";
+    gguf_writer small;
+    small.set("general.architecture", gguf_value::string("llama"));
+    small.add_float_tensor("a", ggml_type::f32, {4}, std::vector<float>{1, 2, 3, 4});
+    small.write(path);
+    const auto before = lowbit_test::file_bytes(path);
+    gguf_writer big; // header and the first tensors fit, the rest does not
+    big.set("general.architecture", gguf_value::string("llama"));
+    for (int i = 0; i < 8; ++i)
+        big.add_float_tensor("t" + std::to_string(i), ggml_type::f32, {64, 64}, std::vector<float>(64 * 64, static_cast<float>(i)));
+    {
+        lowbit_test::file_size_limit limit(40000);
+        CHECK_THROWS_AS(big.write(path), format_error);
+    }
+    CHECK(lowbit_test::file_bytes(path) == before);
+    CHECK(gguf_file::open(path).tensors().size() == 1);
+    CHECK(lowbit_test::leftover_temporaries(dir.path).empty());
+    // without the limit the file is replaced, streaming exactly serialize()'s bytes (padding included)
+    big.write(path);
+    const auto bytes = big.serialize();
+    CHECK(lowbit_test::file_bytes(path) == std::vector<char>(reinterpret_cast<const char*>(bytes.data()),
+                                                             reinterpret_cast<const char*>(bytes.data()) + bytes.size()));
+    CHECK(gguf_file::open(path).tensors().size() == 8);
+    CHECK(lowbit_test::leftover_temporaries(dir.path).empty());
 }

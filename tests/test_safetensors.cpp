@@ -3,6 +3,9 @@
 // reference implementation, a byte-exact expected header for a small writer output, and round trips.
 #include <lowbit/io/safetensors.hpp>
 
+#include "test_files.hpp"
+#include "write_failure.hpp"
+
 #include <doctest/doctest.h>
 
 #include <cstdio>
@@ -186,7 +189,7 @@ TEST_CASE("writer: byte-exact layout, sorting by alignment then name, padding, r
     w3.set_metadata("lowbit.recipe", "rtn4 \"quoted\"");
     const auto path = temp_path("roundtrip.safetensors");
     w3.write(path);
-    CHECK(!std::filesystem::exists(path.string() + ".lowbit-tmp"));
+    CHECK(lowbit_test::leftover_temporaries(path.parent_path()).empty());
     const auto f3 = safetensors_file::read(path);
     for (int i = 0; i < 5; ++i) CHECK(f3.matrix("layers." + std::to_string(i) + ".w \"q\"\n\xC3\xA9") == ms[static_cast<std::size_t>(i)]);
     CHECK(f3.metadata().at("lowbit.recipe") == "rtn4 \"quoted\"");
@@ -211,7 +214,7 @@ TEST_CASE("writer: bad input and atomic failure leave nothing on disk") {
     const auto d2 = temp_path("a_dir");
     std::filesystem::create_directories(d2 / "keep");
     CHECK_THROWS_AS(w.write(d2), format_error);
-    CHECK(!std::filesystem::exists(d2.string() + ".lowbit-tmp"));
+    CHECK(lowbit_test::leftover_temporaries(d2.parent_path()).empty());
     std::filesystem::remove_all(d2);
     CHECK_THROWS_AS((void)safetensors_file::read(temp_path("missing.safetensors")), format_error);
     CHECK_THROWS_AS((void)lowbit::io::dtype_from_name("Q4"), format_error);
@@ -308,4 +311,28 @@ TEST_CASE("writer: float matrices stored as BF16 / F16 round to nearest even and
     CHECK(h(0, 1) == 1.0f + std::ldexp(1.0f, -8));   // exact in f16
     CHECK(h(1, 1) == -std::numeric_limits<float>::infinity()); // 65520 is the overflow tie
     CHECK(f.to_matrix("f") == m);
+}
+
+TEST_CASE("writer: an I/O failure midway (file-size limit) leaves the previous file byte-identical, no temporary") {
+    lowbit_test::temp_dir dir("lowbit_test_st_atomic");
+    const auto path = dir.path / "model.safetensors";
+    lowbit::io::safetensors_writer small;
+    small.add("a", lowbit::matrix_f::Constant(2, 2, 1.5f));
+    small.write(path);
+    const auto before = lowbit_test::file_bytes(path);
+    lowbit::io::safetensors_writer big; // header and the first tensors fit, the rest does not
+    for (int i = 0; i < 8; ++i) big.add("t" + std::to_string(i), lowbit::matrix_f::Constant(64, 64, static_cast<float>(i)));
+    {
+        lowbit_test::file_size_limit limit(40000);
+        CHECK_THROWS_AS(big.write(path), format_error);
+    }
+    CHECK(lowbit_test::file_bytes(path) == before);
+    CHECK(safetensors_file::read(path).names() == std::vector<std::string>{"a"});
+    CHECK(lowbit_test::leftover_temporaries(dir.path).empty());
+    // once the limit is gone the same writer replaces the file, streaming exactly serialize()'s bytes
+    big.write(path);
+    const auto bytes = big.serialize();
+    CHECK(lowbit_test::file_bytes(path) == std::vector<char>(reinterpret_cast<const char*>(bytes.data()),
+                                                             reinterpret_cast<const char*>(bytes.data()) + bytes.size()));
+    CHECK(lowbit_test::leftover_temporaries(dir.path).empty());
 }

@@ -26,10 +26,11 @@
 /// mapping; tensor bytes are views into the mapping (pages load on first touch).
 ///
 /// The writer keeps metadata in insertion order and tensors in insertion order, lays tensors out
-/// at aligned offsets, and writes `<path>.lowbit-tmp` then renames it over `path`, so a failed
-/// write leaves no partial file.
+/// at aligned offsets, and writes atomically (io/detail/atomic_file.hpp: a temporary file beside
+/// `path`, renamed over it once complete), so a failed write leaves no partial file.
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
+#include <lowbit/io/detail/atomic_file.hpp>
 #include <lowbit/io/dtype_convert.hpp>
 #include <lowbit/io/gguf_quants.hpp>
 #include <lowbit/io/mapped_file.hpp>
@@ -521,67 +522,26 @@ public:
     /// The file's bytes. O(size).
     [[nodiscard]] std::vector<std::byte> serialize() const {
         std::vector<std::byte> out;
-        auto put = [&out](const void* p, std::size_t n) {
+        emit([&out](const void* p, std::size_t n) {
             const auto* c = static_cast<const std::byte*>(p);
             out.insert(out.end(), c, c + n);
-        };
-        auto u32 = [&](std::uint32_t v) { std::byte b[4]; detail::store_le(b, v); put(b, 4); };
-        auto u64 = [&](std::uint64_t v) { std::byte b[8]; detail::store_le(b, v); put(b, 8); };
-        auto str = [&](const std::string& s) { u64(s.size()); put(s.data(), s.size()); };
-        put("GGUF", 4);
-        u32(3);
-        u64(tensors_.size());
-        u64(kv_.size());
-        for (const auto& [k, v] : kv_) {
-            str(k);
-            u32(static_cast<std::uint32_t>(v.type));
-            write_value(out, v);
-        }
-        std::uint64_t off = 0;
-        std::vector<std::uint64_t> offsets;
-        for (const auto& t : tensors_) {
-            str(t.name);
-            u32(static_cast<std::uint32_t>(t.ne.size()));
-            for (auto d : t.ne) u64(d);
-            u32(static_cast<std::uint32_t>(t.type));
-            u64(off);
-            offsets.push_back(off);
-            off += (t.bytes.size() + alignment_ - 1) / alignment_ * alignment_;
-        }
-        out.resize((out.size() + alignment_ - 1) / alignment_ * alignment_);
-        const std::size_t base = out.size();
-        out.resize(base + static_cast<std::size_t>(off));
-        for (std::size_t i = 0; i < tensors_.size(); ++i)
-            if (!tensors_[i].bytes.empty())
-                std::memcpy(out.data() + base + offsets[i], tensors_[i].bytes.data(), tensors_[i].bytes.size());
+        });
         return out;
     }
 
-    /// Writes atomically: `<path>.lowbit-tmp`, then rename over `path`. \throws format_error (I/O
-    /// failure; the temporary is removed and `path` is untouched).
+    /// Writes the file atomically (io::detail::write_file_atomically: a temporary file in the
+    /// folder of `path`, renamed over `path` once complete), streaming the tensors without a second
+    /// copy in memory. \throws format_error (I/O failure; `path` is left as it was — absent, or the
+    /// previous file byte for byte — and no temporary file remains).
     void write(const std::filesystem::path& path) const {
-        const auto bytes = serialize();
-        std::filesystem::path tmp = path;
-        tmp += ".lowbit-tmp";
-        {
-            std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-            if (!f) throw format_error("lowbit: gguf: cannot create '" + tmp.string() + "'");
-            f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-            f.flush();
-            if (!f) {
-                f.close();
-                std::error_code ec;
-                std::filesystem::remove(tmp, ec);
-                throw format_error("lowbit: gguf: cannot write '" + tmp.string() + "'");
-            }
-        }
-        std::error_code ec;
-        std::filesystem::rename(tmp, path, ec);
-        if (ec) {
-            std::error_code ec2;
-            std::filesystem::remove(tmp, ec2);
-            throw format_error("lowbit: gguf: cannot rename '" + tmp.string() + "' to '" + path.string() + "': " + ec.message());
-        }
+        detail::write_file_atomically(
+            path,
+            [this](std::ostream& o) {
+                emit([&o](const void* p, std::size_t n) {
+                    if (n && o) o.write(static_cast<const char*>(p), static_cast<std::streamsize>(n));
+                });
+            },
+            "gguf");
     }
 
     /// Number of tensors added.
@@ -600,6 +560,45 @@ private:
         std::vector<std::uint64_t> ne;
         std::vector<std::byte> bytes;
     };
+
+    /// Calls `put(pointer, bytes)` for the file's bytes in order: header, then each tensor's data
+    /// followed by its zero padding to the alignment.
+    template <class Put>
+    void emit(Put&& put_bytes) const {
+        std::vector<std::byte> out;
+        auto put = [&out](const void* p, std::size_t n) {
+            const auto* c = static_cast<const std::byte*>(p);
+            out.insert(out.end(), c, c + n);
+        };
+        auto u32 = [&](std::uint32_t v) { std::byte b[4]; detail::store_le(b, v); put(b, 4); };
+        auto u64 = [&](std::uint64_t v) { std::byte b[8]; detail::store_le(b, v); put(b, 8); };
+        auto str = [&](const std::string& s) { u64(s.size()); put(s.data(), s.size()); };
+        put("GGUF", 4);
+        u32(3);
+        u64(tensors_.size());
+        u64(kv_.size());
+        for (const auto& [k, v] : kv_) {
+            str(k);
+            u32(static_cast<std::uint32_t>(v.type));
+            write_value(out, v);
+        }
+        std::uint64_t off = 0;
+        for (const auto& t : tensors_) {
+            str(t.name);
+            u32(static_cast<std::uint32_t>(t.ne.size()));
+            for (auto d : t.ne) u64(d);
+            u32(static_cast<std::uint32_t>(t.type));
+            u64(off);
+            off += (t.bytes.size() + alignment_ - 1) / alignment_ * alignment_;
+        }
+        out.resize((out.size() + alignment_ - 1) / alignment_ * alignment_);
+        put_bytes(out.data(), out.size());
+        const std::vector<std::byte> zeros(alignment_);
+        for (const auto& t : tensors_) {
+            put_bytes(t.bytes.data(), t.bytes.size());
+            put_bytes(zeros.data(), (alignment_ - t.bytes.size() % alignment_) % alignment_);
+        }
+    }
 
     static void check_value(const gguf_value& v, const std::string& key, int depth) {
         constexpr const char* where = "gguf_writer::set";

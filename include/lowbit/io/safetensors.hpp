@@ -26,12 +26,14 @@
 /// Empty tensors (a zero dimension, b = e) and rank-0 scalars are accepted, as in the reference.
 ///
 /// The writer sorts tensors by descending dtype alignment then name, pads the header with spaces to
-/// a multiple of 8 bytes, and writes to `<path>.lowbit-tmp` then renames over `<path>`: a failure
-/// leaves no partial file at `path` (nor the temporary).
+/// a multiple of 8 bytes, and writes atomically (io/detail/atomic_file.hpp: a temporary file beside
+/// `path`, renamed over it once complete): a failure leaves no partial file at `path` (nor the
+/// temporary), and a previous file there byte for byte as it was.
 
 #include <lowbit/config.hpp>
 #include <lowbit/detail/json.hpp>
 #include <lowbit/error.hpp>
+#include <lowbit/io/detail/atomic_file.hpp>
 #include <lowbit/io/dtype_convert.hpp>
 #include <lowbit/io/mapped_file.hpp>
 #include <lowbit/types.hpp>
@@ -315,6 +317,33 @@ public:
 
     /// The file's bytes.
     [[nodiscard]] std::vector<std::byte> serialize() const {
+        std::vector<std::byte> out;
+        emit([&out](const void* p, std::size_t n) {
+            const auto* c = static_cast<const std::byte*>(p);
+            out.insert(out.end(), c, c + n);
+        });
+        return out;
+    }
+
+    /// Writes the file atomically (io::detail::write_file_atomically: a temporary file in the
+    /// folder of `path`, renamed over `path` once complete), streaming the tensors without a second
+    /// copy in memory. \throws format_error (I/O failure; `path` is left as it was — absent, or the
+    /// previous file byte for byte — and no temporary file remains).
+    void write(const std::filesystem::path& path) const {
+        detail::write_file_atomically(
+            path,
+            [this](std::ostream& o) {
+                emit([&o](const void* p, std::size_t n) {
+                    if (n && o) o.write(static_cast<const char*>(p), static_cast<std::streamsize>(n));
+                });
+            },
+            "safetensors");
+    }
+
+private:
+    /// Calls `put(pointer, bytes)` for the file's bytes in order (header, then each tensor's data).
+    template <class Put>
+    void emit(Put&& put) const {
         std::vector<const std::pair<const std::string, item>*> order;
         for (const auto& t : tensors_) order.push_back(&t);
         std::stable_sort(order.begin(), order.end(), [](auto* a, auto* b) {
@@ -354,44 +383,14 @@ public:
         }
         h += '}';
         while (h.size() % 8 != 0) h += ' ';
-        std::vector<std::byte> out(8 + h.size());
-        std::uint64_t n = h.size();
-        for (int k = 0; k < 8; ++k) out[static_cast<std::size_t>(k)] = static_cast<std::byte>((n >> (8 * k)) & 0xFF);
-        std::memcpy(out.data() + 8, h.data(), h.size());
-        out.reserve(out.size() + at);
-        for (auto* t : order) out.insert(out.end(), t->second.bytes.begin(), t->second.bytes.end());
-        return out;
+        std::byte n[8];
+        const std::uint64_t hn = h.size();
+        for (int k = 0; k < 8; ++k) n[k] = static_cast<std::byte>((hn >> (8 * k)) & 0xFF);
+        put(n, 8);
+        put(h.data(), h.size());
+        for (auto* t : order) put(t->second.bytes.data(), t->second.bytes.size());
     }
 
-    /// Writes atomically: `<path>.lowbit-tmp`, then rename. \throws format_error (I/O failure; no
-    /// file is left at `path` unless it existed before, then it is unchanged).
-    void write(const std::filesystem::path& path) const {
-        const auto bytes = serialize();
-        std::filesystem::path tmp = path;
-        tmp += ".lowbit-tmp";
-        {
-            std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-            if (!f) throw format_error("lowbit: safetensors: cannot create '" + tmp.string() + "'");
-            f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-            f.flush();
-            if (!f) {
-                f.close();
-                std::error_code ec;
-                std::filesystem::remove(tmp, ec);
-                throw format_error("lowbit: safetensors: cannot write '" + tmp.string() + "'");
-            }
-        }
-        std::error_code ec;
-        std::filesystem::rename(tmp, path, ec);
-        if (ec) {
-            std::error_code ec2;
-            std::filesystem::remove(tmp, ec2);
-            throw format_error("lowbit: safetensors: cannot rename '" + tmp.string() + "' to '" + path.string() +
-                               "': " + ec.message());
-        }
-    }
-
-private:
     struct item {
         st_dtype dtype;
         std::vector<std::uint64_t> shape;
