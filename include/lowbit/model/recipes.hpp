@@ -1183,11 +1183,14 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
     };
     auto matrix = [&](const std::string& n) {
         (void)tensor(n);
+        matrix_f x;
         try {
-            return f.matrix(n);
+            x = f.matrix(n);
         } catch (const invalid_argument& e) {
             throw format_error(e.what());
         }
+        if (!x.allFinite()) throw format_error("lowbit: load_quantized_model: '" + n + "' holds NaN or Inf");
+        return x;
     };
     auto vec = [&](const std::string& n, Eigen::Index len) {
         const matrix_f x = matrix(n);
@@ -1219,8 +1222,10 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
         q.tokenizer_bytes.assign(b, b + t.bytes.size());
     }
     m.token_embedding = matrix("token_embedding");
-    detail::require_dim(m.token_embedding.rows(), c.vocab_size, "load_quantized_model", "token_embedding rows");
-    detail::require_dim(m.token_embedding.cols(), c.dim, "load_quantized_model", "token_embedding cols");
+    if (m.token_embedding.rows() != c.vocab_size || m.token_embedding.cols() != c.dim) // a file fault: format_error, not shape_error
+        throw format_error("lowbit: load_quantized_model: token_embedding is " + std::to_string(m.token_embedding.rows()) + "x" +
+                           std::to_string(m.token_embedding.cols()) + ", lowbit.model implies " + std::to_string(c.vocab_size) +
+                           "x" + std::to_string(c.dim));
     {
         matrix_f cls = matrix("classifier");
         if (cls.rows() != c.vocab_size || cls.cols() != c.dim)
@@ -1282,6 +1287,7 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
                 if (t.shape.size() != 2)
                     throw format_error("lowbit: load_quantized_model: '" + n + key + "' must be a matrix");
                 const vector_f v = detail::fp16_vector(t, n + key);
+                if (!v.allFinite()) throw format_error("lowbit: load_quantized_model: '" + n + key + "' holds NaN or Inf");
                 return matrix_f(Eigen::Map<const matrix_f>(v.data(), static_cast<Eigen::Index>(t.shape[0]),
                                                            static_cast<Eigen::Index>(t.shape[1])));
             };
