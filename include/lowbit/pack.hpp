@@ -204,10 +204,6 @@ inline void unpack_block(const std::uint8_t* in, std::uint8_t* u) noexcept {
 
 } // namespace detail
 
-/// A packed `[rows x cols]` code matrix with per-row scale α and optional per-row offset μ;
-/// w_ij = α_i·t_ij + μ_i. Row i occupies `row_bytes()` contiguous bytes starting at `row_data(i)`;
-/// the buffer is 64-byte aligned. Build it with `pack<Format>(codes, scale[, offset])` or from raw
-/// bytes (file formats) with the checked constructor.
 namespace detail {
 
 /// Reference decoder of both layouts (`packed_matrix`, `interleaved_matrix`): the integer codes t
@@ -248,6 +244,15 @@ template <class M>
 
 } // namespace detail
 
+/// A packed `[rows x cols]` code matrix with per-row scale α and optional per-row offset μ;
+/// w_ij = α_i·t_ij + μ_i. Row i occupies `row_bytes()` contiguous bytes starting at `row_data(i)`;
+/// the buffer is 64-byte aligned. Build it with `pack<Format>(codes, scale[, offset])` or from raw
+/// bytes (file formats) with the checked constructor.
+///
+/// Thread safety: a const packed matrix may be read from several threads at once — `gemv`, `gemm`,
+/// `gemm_parallel`, `interleave`, the decoders — since the kernels only read the bytes, scales and
+/// offsets and write their own outputs (no cache, no lazily built state). Writing to it (assignment)
+/// while another thread reads is a data race. The same holds for `interleaved_matrix`.
 template <class Format>
 class packed_matrix {
     static_assert(PackedFormat<Format>, "lowbit: packed_matrix: unknown packed format tag");
@@ -410,7 +415,8 @@ template <class Format>
 /// `packed_matrix<Format>` (pack.hpp table), so the same decoders apply.
 ///
 /// Convert with `interleave(packed)` and `deinterleave(interleaved)` (exact, O(bytes)); the byte
-/// count and `bits_per_weight()` include the padding rows.
+/// count and `bits_per_weight()` include the padding rows. Thread safety: as `packed_matrix` (a const
+/// object may be used by several threads at once).
 template <class Format>
 class interleaved_matrix {
     static_assert(PackedFormat<Format>, "lowbit: interleaved_matrix: unknown packed format tag");

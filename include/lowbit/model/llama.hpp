@@ -288,6 +288,14 @@ struct nonlinear_ops {
 };
 
 /// A decoder-only transformer of the Llama family whose linear layers are pluggable.
+///
+/// Thread safety: a const `llama_model` may be used from several threads at once — `forward` (each
+/// thread with its own `kv_cache`), `perplexity`, `generate`, calibration capture — since these only
+/// read it: no member is `mutable`, no operator caches anything, there is no global state (function-
+/// local tables are initialised once, thread-safely). Changing a model (`set_linear`, `set_weight`,
+/// assignment) while another thread uses it is a data race. A `linear_operator` plugged in must keep
+/// that contract (`apply` const and writing only its output), as every lowbit operator does.
+/// Checked by tests/test_thread_safety.cpp, also under ThreadSanitizer (docs/reliability.md).
 struct llama_model {
     llama_config config;
     std::string architecture = "llama"; ///< informational ("llama", "qwen3_moe", ...)
