@@ -3,15 +3,19 @@
 // MoEQuant (EBSS + AGQ + GPTQ), at 4, 3 and 2 bits per weight (int4 container). Prints one
 // markdown table row per model: stored bits/weight, nominal bits, dev perplexity (first windows of
 // the models README protocol), router top-2 agreement with the float model, expert load balance,
-// router logit RMSE, quantization time per layer.
+// router logit RMSE, quantization time per layer. MoBiE rows (binary experts, model/mobie.hpp):
+// `mobie` (CEJD + GLAS + NGES), the ablations `mobie-nocejd`, `mobie-noglas`, `mobie-nonges`, and
+// `binary` (every component off: ARB + GPTQ per linear); they run once (1 bit), not per --bits.
 //
 // Usage: example_08_moe_quant [--bits 4,3,2] [--calib-windows 16] [--window 256] [--eval-windows 16]
 //                             [--ebss-seq 16] [--ebss-beam 2] [--ebss-cand 4] [--ebss-tau 0.1]
-//                             [--rows rtn,gptq,agq,ebss,moequant] [--save DIR]
+//                             [--rows rtn,gptq,agq,ebss,moequant,mobie,mobie-nocejd,mobie-noglas,mobie-nonges,binary]
+//                             [--cejd-rank 1.0] [--nges-rank 0.25] [--nges-eta 10] [--glas-kappa 1] [--save DIR]
 // Calibration: text-en/calib.jsonl (first documents) or EBSS sequences of --window tokens;
 // evaluation: text-en/dev.jsonl only.
 #include <lowbit/io/text_corpus.hpp>
 #include <lowbit/model/checkpoint.hpp>
+#include <lowbit/model/mobie.hpp>
 #include <lowbit/model/moe_recipes.hpp>
 
 #include "shared_models.hpp"
@@ -61,6 +65,7 @@ int main(int argc, char** argv) try {
     eo.tau = 0.1;
     std::vector<std::string> rows = {"rtn", "gptq", "agq", "ebss", "moequant"};
     std::string save_dir;
+    lowbit::mobie_config mobie_base;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -79,6 +84,10 @@ int main(int argc, char** argv) try {
         else if (a == "--ebss-tau") eo.tau = std::stod(next());
         else if (a == "--rows") rows = split(next());
         else if (a == "--save") save_dir = next();
+        else if (a == "--cejd-rank") mobie_base.cejd_rank = std::stod(next());
+        else if (a == "--nges-rank") mobie_base.nges_rank = std::stod(next());
+        else if (a == "--nges-eta") mobie_base.nges_eta = std::stod(next());
+        else if (a == "--glas-kappa") mobie_base.glas_kappa = std::stod(next());
         else throw std::runtime_error("unknown argument " + a);
     }
     eo.length = window;
@@ -114,8 +123,35 @@ int main(int argc, char** argv) try {
     std::printf("|---|---|---|---|---|---|---|---|\n");
     std::printf("| fp32 | 32.00 | 32.00 | %.3f | 1.000 | %.4f | 0 | - |\n", fp_ppl, fp_route.ref_balance_std);
     std::fflush(stdout);
+    // MoBiE rows: binary, once.
+    for (const auto& row : rows) {
+        if (row != "binary" && row.rfind("mobie", 0) != 0) continue;
+        lowbit::mobie_config c = mobie_base;
+        c.calib_window = window;
+        c.calib_windows = calib_windows;
+        c.name = row == "binary" ? "binary-w1" : row;
+        if (row == "binary") c.cejd = c.glas = c.nges = false;
+        else if (row == "mobie-nocejd") c.cejd = false;
+        else if (row == "mobie-noglas") c.glas = false;
+        else if (row == "mobie-nonges") c.nges = false;
+        else if (row != "mobie") throw std::runtime_error("unknown row " + row);
+        const auto r = lowbit::quantize_mobie(fp.model, calib, c);
+        const double ppl = lowbit::perplexity(r.q.model, dev, po).perplexity;
+        const auto cmp = lowbit::compare_routing(fp.model, r.q.model, dev, 512, eval_windows);
+        double secs = r.gradient_seconds, ns = 0;
+        for (double s : r.layer_seconds) secs += s;
+        for (double v : r.null_space_error) ns += v;
+        std::printf("| %s | %.3f (experts %.3f) | 1 | %.3f | %.3f | %.4f | %.3f | %.2f |\n", c.name.c_str(), r.bits_per_weight,
+                    r.expert_bits_per_weight, ppl, cmp.agreement, cmp.balance_std, cmp.logit_rmse,
+                    secs / static_cast<double>(r.layer_seconds.size()));
+        std::printf("  (%s: GLAS reverse pass %.1f s; mean null-space error sqrt(sum|dW Q_k|^2/sum|W Q_k|^2) %.4f)\n",
+                    c.name.c_str(), r.gradient_seconds, ns / static_cast<double>(r.null_space_error.size()));
+        std::fflush(stdout);
+        if (!save_dir.empty()) lowbit::save_quantized_model(std::filesystem::path(save_dir) / (c.name + ".safetensors"), r.q);
+    }
     for (int bits : bits_list)
         for (const auto& row : rows) {
+            if (row == "binary" || row.rfind("mobie", 0) == 0) continue;
             lowbit::moe_quant_config c;
             c.bits = bits;
             c.calib_window = window;
