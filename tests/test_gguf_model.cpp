@@ -4,6 +4,7 @@
 // the tokenizer rebuilt from GGUF metadata, gguf.quants-exact bytes (io::quantize_row, tested in
 // test_gguf_quants) for FP exports, and the records' own dequantized weights for quantized exports.
 // llama.cpp itself runs the exports in scripts/llama-cpp-check.
+#include <lowbit/model/checkpoint.hpp> // open_model
 #include <lowbit/model/gguf_model.hpp>
 #include <lowbit/model/hf_model.hpp>
 

@@ -1,6 +1,6 @@
 // lowbit-quantize: quantize, evaluate, run and inspect models with lowbit's recipes.
 //
-//   lowbit-quantize quantize   MODEL -o OUT.safetensors --recipe NAME [--set k=v,...] [--calib FILE] ...
+//   lowbit-quantize quantize   MODEL -o OUT.safetensors|OUT.gguf --recipe NAME [--set k=v,...] [--calib FILE] ...
 //   lowbit-quantize perplexity MODEL [-f TEXT] [--max-windows N] [--window N] [-t THREADS]
 //   lowbit-quantize generate   MODEL [-p PROMPT] [-n N] [--temp T] [--top-k K] [--top-p P] [--seed S]
 //   lowbit-quantize inspect    MODEL
@@ -8,9 +8,12 @@
 //   lowbit-quantize compare    MODEL --text FILE [--calib FILE] [--recipes a,b|all|default] ...
 //
 // MODEL is a Hugging Face checkpoint folder, a llama2.c checkpoint (.bin; tokenizer beside it or
-// --tokenizer), or a lowbit quantized model (.safetensors, which carries its tokenizer). Results go
-// to stdout, progress to stderr. `lowbit-quantize COMMAND --help` describes each command.
+// --tokenizer), a lowbit quantized model (.safetensors, which carries its tokenizer) or a GGUF file
+// (.gguf: llama, qwen3, qwen3moe; dequantized to FP32). Results go to stdout, progress to stderr. `lowbit-quantize COMMAND --help` describes each command.
+#include <lowbit/io/gguf.hpp>
+#include <lowbit/io/gguf_quants.hpp>
 #include <lowbit/model/checkpoint.hpp>
+#include <lowbit/model/gguf_model.hpp>
 #include <lowbit/model/llama.hpp>
 #include <lowbit/model/recipes.hpp>
 #include <lowbit/version.hpp>
@@ -87,14 +90,21 @@ const option_spec opt_help{"help", "-h", false, "this help"};
 
 std::vector<command_spec> commands() {
     return {
-        {"quantize", "quantize MODEL -o OUT.safetensors --recipe NAME [options]",
-         "Quantizes every block linear of MODEL with a recipe and writes a lowbit model (safetensors, tokenizer included).",
-         {{"output", "-o", true, "output file (.safetensors); written atomically"},
+        {"quantize", "quantize MODEL -o OUT.safetensors|OUT.gguf --recipe NAME [options]",
+         "Quantizes every block linear of MODEL with a recipe and writes a lowbit model (.safetensors, tokenizer "
+         "included) or a GGUF that llama.cpp runs (.gguf; recipes whose codes GGUF cannot express are refused "
+         "before any work, saying why).",
+         {{"output", "-o", true, "output file (.safetensors or .gguf); written atomically"},
           {"recipe", "-r", true, "recipe name (see `lowbit-quantize recipes`)"},
           {"set", nullptr, true, "override recipe fields: key=value,key=value (seed=3,hadamard_first=false,...)"},
           {"calib", nullptr, true, "calibration text (.txt or .jsonl); required by calibrated recipes; never the evaluation text"},
           {"calib-windows", nullptr, true, "calibration windows used (default 8)"},
           {"calib-window", nullptr, true, "calibration window length in tokens (default: the perplexity window)"},
+          {"outtype", nullptr, true, "GGUF only: type of float weights (block linears of fp32 recipes, the embedding): "
+                                     "f32, f16 (default), bf16, q8_0, q4_0, q4_1, q5_0, q5_1, tq1_0, tq2_0, mxfp4"},
+          {"ternary-type", nullptr, true, "GGUF only: type of ternary/binary codes: tq2_0 (default, 2.06 bits) or tq1_0 (1.69 bits)"},
+          {"weights-only", nullptr, false, "GGUF only: export the weights even when the recipe's activation quantization "
+                                           "or NLI operators cannot be expressed (llama.cpp then runs float activations)"},
           opt_tokenizer, opt_help}},
         {"perplexity", "perplexity MODEL [-f TEXT] [options]",
          "Perplexity under the models README protocol (Hugging Face models: documents joined by EOS, windows of 512 "
@@ -112,7 +122,8 @@ std::vector<command_spec> commands() {
           {"top-p", nullptr, true, "nucleus sampling mass (default 1)"},
           {"seed", "-s", true, "sampling seed (default 0)"},
           opt_tokenizer, opt_help}},
-        {"inspect", "inspect MODEL", "Prints the architecture, the tensors of every block, bits per weight and the recipe with every field.",
+        {"inspect", "inspect MODEL", "Prints the architecture, the tensors of every block, bits per weight and the recipe with every field "
+                                     "(GGUF files: also the metadata and every tensor's stored type).",
          {opt_tokenizer, opt_help}},
         {"recipes", "recipes", "Lists the built-in recipes with their fields.", {opt_help}},
         {"compare", "compare MODEL --text FILE [options]",
@@ -155,7 +166,7 @@ parsed_args parse_args(const command_spec& c, int argc, char** argv, int first) 
     parsed_args a;
     for (int i = first; i < argc; ++i) {
         const std::string arg = argv[i];
-        if (arg == "-m" || arg == "--model") { // llama.cpp's spelling of the model argument
+        if (arg == "-m" || arg == "--model" || arg == "--in") { // llama.cpp's spelling of the model argument
             if (i + 1 >= argc) throw usage_error("option '" + arg + "' needs a value");
             a.positional.push_back(argv[++i]);
             continue;
@@ -246,11 +257,29 @@ lowbit::recipe recipe_from(const parsed_args& a) {
 // ------------------------------------------------------------------------------------------------
 
 int cmd_quantize(const parsed_args& a) {
-    if (!a.has("output")) throw usage_error("-o/--output OUT.safetensors is required");
+    if (!a.has("output")) throw usage_error("-o/--output OUT.safetensors|OUT.gguf is required");
     const fs::path out = a.get("output");
-    if (out.extension() != ".safetensors") throw usage_error("the output must end in .safetensors");
+    const bool to_gguf = out.extension() == ".gguf";
+    if (!to_gguf && out.extension() != ".safetensors") throw usage_error("the output must end in .safetensors or .gguf");
+    for (const char* k : {"outtype", "ternary-type", "weights-only"})
+        if (!to_gguf && a.has(k)) throw usage_error(std::string("--") + k + " applies to GGUF output (-o OUT.gguf) only");
+    lowbit::gguf_export_options eo;
+    if (a.has("outtype")) eo.weight_type = eo.embedding_type = lowbit::io::ggml_type_from_name(a.get("outtype"));
+    if (a.has("ternary-type")) {
+        eo.ternary_type = lowbit::io::ggml_type_from_name(a.get("ternary-type"));
+        if (eo.ternary_type != lowbit::io::ggml_type::tq1_0 && eo.ternary_type != lowbit::io::ggml_type::tq2_0)
+            throw usage_error("--ternary-type takes tq1_0 or tq2_0");
+    }
+    eo.weights_only = a.has("weights-only");
     const lowbit::recipe r = recipe_from(a);
     auto src = open_for(a, "quantize");
+    if (to_gguf) {
+        // refuse what GGUF cannot express before quantizing (minutes of work): the recipe's online
+        // rotation / activation policy and the architecture are checked on an empty record set
+        eo.name = fs::path(a.positional[0]).filename().string();
+        (void)lowbit::gguf_architecture(src.model);
+        lowbit::gguf_check_recipe(r, eo);
+    }
     if (src.kind == "lowbit") throw usage_error("MODEL is already a lowbit quantized model; quantize its float source");
     std::vector<int> calib;
     if (r.needs_calibration()) {
@@ -277,6 +306,14 @@ int cmd_quantize(const parsed_args& a) {
     std::fprintf(stderr, "recipe %s: %s\n  fields: %s\n", r.name.c_str(), r.description.c_str(), lowbit::recipe_fields(r).c_str());
     lowbit::quantized_model q{r, {}, {}, src.tokenizer.format(), src.tokenizer.bytes()};
     q.model = lowbit::quantize_model(src.model, r, calib, qo, &q.records);
+    if (to_gguf) {
+        const auto g = lowbit::make_gguf(q.model, src.tokenizer, eo, &q.records, &q.spec);
+        g.write(out);
+        std::printf("wrote %s: recipe %s, GGUF with %zu tensors, %.1f MB of tensor data (%.1f s)\n", out.string().c_str(), r.name.c_str(),
+                    g.tensor_count(), static_cast<double>(g.tensor_bytes()) / 1e6,
+                    std::chrono::duration<double>(clock_type::now() - t0).count());
+        return 0;
+    }
     lowbit::save_quantized_model(out, q);
     std::printf("wrote %s: recipe %s, %.3f bits/weight over %zu block linears (%.1f s)\n", out.string().c_str(), r.name.c_str(),
                 q.model.bits_per_weight(), q.records.size(), std::chrono::duration<double>(clock_type::now() - t0).count());
@@ -343,6 +380,46 @@ int cmd_generate(const parsed_args& a) {
     return 0;
 }
 
+/// The GGUF file as stored (open_model dequantized it): metadata (arrays by length) and every
+/// tensor's type, shape and bits per weight (bytes · 8 / elements); block tensors ("blk.*") summed.
+void inspect_gguf_file(const fs::path& path) {
+    const auto g = lowbit::io::gguf_file::open(path);
+    std::printf("\nGGUF v%u, alignment %u, %zu metadata keys, %zu tensors\n", g.version(), g.alignment(), g.metadata().size(),
+                g.tensors().size());
+    for (const auto& [key, v] : g.metadata()) {
+        std::string shown;
+        if (v.type == lowbit::io::gguf_type::array) {
+            shown = "[" + std::to_string(v.as_array(key).size()) + " x " + lowbit::io::gguf_type_name(v.element) + "]";
+        } else if (v.type == lowbit::io::gguf_type::string) {
+            shown = v.as_string(key);
+            if (shown.size() > 60) shown = shown.substr(0, 57) + "...";
+        } else if (v.type == lowbit::io::gguf_type::boolean) {
+            shown = v.as_bool(key) ? "true" : "false";
+        } else if (v.is_integer()) {
+            shown = std::to_string(v.as_int(key));
+        } else {
+            char b[32];
+            std::snprintf(b, sizeof b, "%g", v.as_double(key));
+            shown = b;
+        }
+        std::printf("  %-44s %s\n", key.c_str(), shown.c_str());
+    }
+    std::printf("\n%-34s %-8s %-18s %8s\n", "tensor", "type", "ne", "bits/w");
+    double blk_bits = 0, blk_n = 0;
+    for (const auto& t : g.tensors()) {
+        std::string ne;
+        for (auto d : t.shape) ne += (ne.empty() ? "" : "x") + std::to_string(d);
+        const double n = static_cast<double>(t.elements());
+        const double bits = 8.0 * static_cast<double>(t.bytes.size());
+        if (t.name.rfind("blk.", 0) == 0 && t.shape.size() >= 2) {
+            blk_bits += bits;
+            blk_n += n;
+        }
+        std::printf("%-34s %-8s %-18s %8.3f\n", t.name.c_str(), lowbit::io::ggml_type_name(t.type), ne.c_str(), n > 0 ? bits / n : 0.0);
+    }
+    if (blk_n > 0) std::printf("\nblock matrices as stored: %.0f weights, %.3f bits/weight\n", blk_n, blk_bits / blk_n);
+}
+
 int cmd_inspect(const parsed_args& a) {
     auto m = open_for(a, "inspect");
     const auto& c = m.model.config;
@@ -362,7 +439,7 @@ int cmd_inspect(const parsed_args& a) {
             const auto& op = m.model.linear(id);
             const double n = static_cast<double>(op.in_features()) * static_cast<double>(op.out_features());
             params += n;
-            std::string format = "fp32 dense";
+            std::string format = m.kind == "gguf" ? "fp32 (dequant)" : "fp32 dense";
             if (m.quantized) {
                 const auto it = m.quantized->records.find(id.name());
                 if (it != m.quantized->records.end()) format = it->second.format;
@@ -374,6 +451,7 @@ int cmd_inspect(const parsed_args& a) {
     std::printf("\nblock linears: %.0f weights, %.3f bits/weight; embedding %ldx%ld, classifier %s\n", params,
                 m.model.bits_per_weight(), static_cast<long>(m.model.token_embedding.rows()),
                 static_cast<long>(m.model.token_embedding.cols()), "fp32");
+    if (m.kind == "gguf") inspect_gguf_file(a.positional[0]);
     return 0;
 }
 

@@ -3,8 +3,8 @@
 
 usage: check_cli.py LOWBIT_QUANTIZE MODELS_DIR WORK_DIR
 
-Runs what a user runs: quantize (Hugging Face dense and MoE, llama2.c), inspect, perplexity,
-generate, and the bad-input paths (exit status 2 for usage errors, 1 for bad files, a message
+Runs what a user runs: quantize (Hugging Face dense and MoE, llama2.c; lowbit .safetensors and
+GGUF output), inspect (GGUF too), perplexity, generate, and the bad-input paths (exit status 2 for usage errors, 1 for bad files, a message
 naming the problem, and no output file left behind). Expected values come from the models
 folder's reference files (transformers' greedy continuation) or from the protocol, never from the
 tool itself."""
@@ -87,6 +87,39 @@ check("layers.3.experts.7.w2" in p.stdout, "inspect lists expert linears")
 st = models / "stories260K" / "stories260K.bin"
 p = run("generate", st, "-n", "20")
 check("Once upon a time" in p.stdout, "llama2.c greedy text starts as llama2.c's")
+
+# GGUF out and in: rtn-w4's codes export exactly as Q4_0; the file runs like the lowbit model
+w4 = work / "llama-w4.safetensors"
+w4_gguf = work / "llama-w4.gguf"
+run("quantize", llama, "-o", w4, "-r", "rtn-w4")
+p = run("quantize", "--in", llama, "-o", w4_gguf, "-r", "rtn-w4")
+check(w4_gguf.exists() and "GGUF" in p.stdout, f"quantize writes a GGUF: {p.stdout}")
+p = run("inspect", w4_gguf)
+check("kind         gguf" in p.stdout and "general.architecture" in p.stdout, "inspect reads GGUF metadata")
+check("blk.0.attn_q.weight" in p.stdout and "Q4_0" in p.stdout, "inspect lists GGUF tensors and types")
+# Q4_0: 18 bytes per 32 weights = 4.5 bits, counted from the file
+check("block matrices as stored: " in p.stdout and p.stdout.split("block matrices as stored: ")[1].split()[2] == "4.500",
+      f"Q4_0 block matrices are 4.5 bits/weight: {p.stdout[-200:]}")
+ppl = {}
+for f in (w4, w4_gguf):
+    p = run("perplexity", f, "-f", dev, "--max-windows", "2")
+    ppl[f] = float(p.stdout.split("perplexity ")[1].split()[0]) if "perplexity " in p.stdout else -1
+check(abs(ppl[w4_gguf] / ppl[w4] - 1) < 1e-3, f"the GGUF export of rtn-w4 scores as the lowbit model: {ppl}")
+# llama2.c checkpoint through GGUF (SentencePiece tokenizer in the metadata; F16: its 172-wide rows
+# are not whole Q8_0 blocks)
+st_gguf = work / "stories-f16.gguf"
+p = run("quantize", models / "stories260K" / "stories260K.bin", "-o", st_gguf, "-r", "fp32", "--outtype", "f16")
+p = run("generate", "-m", st_gguf, "-n", "20")
+check("Once upon a time" in p.stdout, f"a llama2.c model's GGUF export generates the same story: {p.stdout}")
+# refusals happen before any quantization work, nothing written
+rot = work / "rotated.gguf"
+p = run("quantize", llama, "-o", rot, "-r", "fp32-a4-hadamard", expect=1)
+check("online" in p.stderr and "[1/" not in p.stderr, f"an online-rotation recipe is refused up front: {p.stderr}")
+check(not rot.exists(), "no GGUF after a refusal")
+p = run("quantize", llama, "-o", work / "x.safetensors", "-r", "rtn-w4", "--outtype", "q8_0", expect=2)
+check("GGUF output" in p.stderr, "--outtype is for GGUF output only")
+p = run("quantize", llama, "-o", rot, "-r", "fp32", "--outtype", "q9_9", expect=1)
+check("unknown ggml type 'q9_9'" in p.stderr, f"an unknown --outtype is named: {p.stderr}")
 
 # bad input: usage errors (exit 2) and file errors (exit 1), nothing written
 bad_out = work / "never.safetensors"

@@ -5,6 +5,7 @@
 //   gguf_tool logits <model.gguf> <ids.u32> <out.f32>     lowbit's forward of the imported GGUF, one window
 //   gguf_tool ppl <model.gguf> <ids.u32> <max_windows> <threads>   lowbit's perplexity (models README protocol)
 //   gguf_tool bits <model.gguf>                           bits per weight of the block linears, counted from the file
+#include <lowbit/model/checkpoint.hpp> // open_model
 #include <lowbit/model/gguf_model.hpp>
 #include <lowbit/io/text_corpus.hpp>
 

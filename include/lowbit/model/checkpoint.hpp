@@ -6,13 +6,11 @@
 ///   `tok<N>.bin` beside it),
 /// - a lowbit quantized model (`.safetensors` written by `save_quantized_model`, which carries its
 ///   tokenizer),
+/// - a GGUF file (`.gguf`; architectures `llama`, `qwen3`, `qwen3moe`, every tensor dequantized to
+///   FP32 by `import_gguf`, tokenizer rebuilt from the metadata),
 /// and returns the runnable model with its tokenizer (`text_tokenizer`, either kind behind one
-/// interface) and, for a quantized model, its recipe and records.
-///
-/// Text protocol per tokenizer kind (what `encode_documents` does, and what the perplexity
-/// protocols of the models README expect): Hugging Face byte-level BPE — each document's ids then
-/// the EOS id (token 0 for the models folder's checkpoints); llama2.c SentencePiece-style BPE —
-/// each document encoded on its own without BOS (`dummy_prefix::separate`) and concatenated.
+/// interface) and, for a lowbit quantized model, its recipe and records. The text protocol of each
+/// tokenizer kind is described in model/text_tokenizer.hpp.
 
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
@@ -21,9 +19,11 @@
 #include <lowbit/io/mapped_file.hpp>
 #include <lowbit/io/text_corpus.hpp>
 #include <lowbit/io/tokenizer.hpp>
+#include <lowbit/model/gguf_model.hpp>
 #include <lowbit/model/hf_model.hpp>
 #include <lowbit/model/llama.hpp>
 #include <lowbit/model/recipes.hpp>
+#include <lowbit/model/text_tokenizer.hpp>
 
 #include <cstdint>
 #include <filesystem>
@@ -36,80 +36,10 @@
 
 LOWBIT_BEGIN_NAMESPACE
 
-/// A tokenizer of either kind, with the file bytes it was read from (saved with quantized models).
-class text_tokenizer {
-public:
-    text_tokenizer() = default;
-    /// Parses tokenizer file bytes of `format` "hf-json" (tokenizer.json) or "llama2c" (tokenizer.bin).
-    /// \throws format_error (malformed file), invalid_argument (unknown format).
-    text_tokenizer(std::string format, std::vector<std::uint8_t> bytes, int vocab_size = -1)
-        : format_(std::move(format)), bytes_(std::move(bytes)) {
-        if (format_ == "hf-json") {
-            impl_ = io::bpe_tokenizer::parse(std::string_view(reinterpret_cast<const char*>(bytes_.data()), bytes_.size()));
-        } else if (format_ == "llama2c") {
-            impl_ = io::parse_tokenizer(std::as_bytes(std::span<const std::uint8_t>(bytes_)), vocab_size);
-        } else {
-            throw invalid_argument("lowbit: text_tokenizer: unknown format '" + format_ + "' (hf-json or llama2c)");
-        }
-    }
-    /// Reads a tokenizer file; the format follows the name (`.json` → hf-json, else llama2c).
-    /// \throws format_error.
-    [[nodiscard]] static text_tokenizer read(const std::filesystem::path& path, int vocab_size = -1) {
-        const io::mapped_file f(path);
-        const auto* b = reinterpret_cast<const std::uint8_t*>(f.data());
-        return text_tokenizer(path.extension() == ".json" ? "hf-json" : "llama2c", std::vector<std::uint8_t>(b, b + f.size()),
-                              vocab_size);
-    }
-    /// True if a tokenizer is held.
-    [[nodiscard]] bool empty() const noexcept { return format_.empty(); }
-    /// "hf-json", "llama2c" or "" (none).
-    [[nodiscard]] const std::string& format() const noexcept { return format_; }
-    /// The file's bytes.
-    [[nodiscard]] const std::vector<std::uint8_t>& bytes() const noexcept { return bytes_; }
-    /// Number of ids.
-    [[nodiscard]] int vocab_size() const {
-        if (auto* h = std::get_if<io::bpe_tokenizer>(&impl_)) return h->vocab_size();
-        if (auto* l = std::get_if<io::tokenizer>(&impl_)) return l->vocab_size();
-        return 0;
-    }
-    /// Ids of one document (no BOS/EOS). \throws invalid_argument (no tokenizer) or as the tokenizer.
-    [[nodiscard]] std::vector<int> encode(std::string_view text) const {
-        if (auto* h = std::get_if<io::bpe_tokenizer>(&impl_)) return h->encode(text);
-        if (auto* l = std::get_if<io::tokenizer>(&impl_)) return l->encode(text, false, false, io::dummy_prefix::separate);
-        throw invalid_argument("lowbit: text_tokenizer::encode: no tokenizer");
-    }
-    /// The text of `ids` (`prev` is the token before them, for llama2.c's leading-space rule).
-    [[nodiscard]] std::string decode(std::span<const int> ids, int prev = -1) const {
-        if (auto* h = std::get_if<io::bpe_tokenizer>(&impl_)) return h->decode(ids);
-        std::string out;
-        if (auto* l = std::get_if<io::tokenizer>(&impl_))
-            for (int id : ids) {
-                out += l->decode_piece(prev, id);
-                prev = id;
-            }
-        return out;
-    }
-    /// The token stream of `docs` under the protocol of the file comment (HF: separator = EOS id).
-    [[nodiscard]] std::vector<int> encode_documents(const std::vector<std::string>& docs) const {
-        if (auto* h = std::get_if<io::bpe_tokenizer>(&impl_)) return io::document_stream(*h, docs, std::max(h->eos_id(), 0));
-        std::vector<int> out;
-        for (const auto& d : docs) {
-            const auto ids = encode(d);
-            out.insert(out.end(), ids.begin(), ids.end());
-        }
-        return out;
-    }
-
-private:
-    std::string format_;
-    std::vector<std::uint8_t> bytes_;
-    std::variant<std::monostate, io::bpe_tokenizer, io::tokenizer> impl_;
-};
-
 /// What `open_model` found.
 struct opened_model {
-    std::string kind;                  ///< "hf", "llama2c" or "lowbit"
-    llama_model model;                 ///< runnable (FP32 for hf/llama2c; packed kernels for lowbit)
+    std::string kind;                  ///< "hf", "llama2c", "lowbit" or "gguf"
+    llama_model model;                 ///< runnable (FP32 for hf/llama2c/gguf; packed kernels for lowbit)
     text_tokenizer tokenizer;          ///< may be empty (llama2.c file without a tokenizer beside it)
     std::optional<quantized_model> quantized; ///< recipe and records of a lowbit model (its `model` is moved into `model`)
 };
@@ -150,6 +80,12 @@ inline std::filesystem::path llama2c_tokenizer_beside(const std::filesystem::pat
         else if (!q.tokenizer_format.empty())
             o.tokenizer = text_tokenizer(q.tokenizer_format, q.tokenizer_bytes, o.model.config.vocab_size);
         o.quantized = std::move(q);
+    } else if (path.extension() == ".gguf") {
+        o.kind = "gguf";
+        gguf_model g = import_gguf(path);
+        o.model = std::move(g.model);
+        if (!tokenizer.empty()) o.tokenizer = text_tokenizer::read(tokenizer, o.model.config.vocab_size);
+        else o.tokenizer = std::move(g.tokenizer);
     } else {
         if (!fs::exists(path, ec)) throw format_error("lowbit: open_model: '" + path.string() + "' does not exist");
         o.kind = "llama2c";

@@ -47,9 +47,9 @@
 #include <lowbit/error.hpp>
 #include <lowbit/io/gguf.hpp>
 #include <lowbit/io/gguf_quants.hpp>
-#include <lowbit/model/checkpoint.hpp>
 #include <lowbit/model/llama.hpp>
 #include <lowbit/model/recipes.hpp>
+#include <lowbit/model/text_tokenizer.hpp>
 #include <lowbit/detail/json.hpp>
 
 #include <cmath>
@@ -362,6 +362,26 @@ inline void gguf_put_tokenizer(io::gguf_writer& w, const text_tokenizer& tok, in
 
 } // namespace detail
 
+/// Refuses a recipe whose run-time math llama.cpp cannot express (online rotations; activation
+/// quantization below 8 bits and NLI operators unless `o.weights_only`). Called by `make_gguf`, and
+/// by tools before they spend minutes quantizing. \throws invalid_argument saying why.
+inline void gguf_check_recipe(const recipe& spec, const gguf_export_options& o) {
+    if (spec.rotation != rotation_kind::none)
+        detail::gguf_refuse("recipe '" + spec.name + "' rotates every block linear's input online (" +
+                            std::string(detail::name_of(spec.rotation, detail::rotation_names)) +
+                            "); llama.cpp has no online rotation, so the weights alone compute something else (recipes with "
+                            "residual_rotation=true, such as rtn-w4-quarot, rotate offline and export)");
+    const bool act_ok = spec.activation == activation_kind::fp32 ||
+                        (spec.activation == activation_kind::int_symmetric && spec.act_bits == 8);
+    if (!act_ok && !o.weights_only)
+        detail::gguf_refuse("recipe '" + spec.name + "' quantizes activations (" +
+                            std::string(detail::name_of(spec.activation, detail::activation_names)) + ", " +
+                            std::to_string(spec.act_bits) +
+                            " bits); llama.cpp keeps them at 8 bits or more (set weights_only to export the weights anyway)");
+    if (spec.nli && !o.weights_only)
+        detail::gguf_refuse("recipe '" + spec.name + "' runs NLI piecewise-linear SiLU/exp/rsqrt; llama.cpp uses the exact functions (set weights_only)");
+}
+
 /// The GGUF architecture llama.cpp would run `m` as: "llama", "qwen3" or "qwen3moe".
 /// \throws invalid_argument naming what has no llama.cpp architecture here (q/k/v biases, MoE
 /// without q/k norms or without renormalised top-k, MoE models with dense blocks).
@@ -393,21 +413,7 @@ inline void gguf_put_tokenizer(io::gguf_writer& w, const text_tokenizer& tok, in
     using io::ggml_type;
     const auto& c = m.config;
     const std::string arch = gguf_architecture(m);
-    if (spec) {
-        if (spec->rotation != rotation_kind::none)
-            detail::gguf_refuse("recipe '" + spec->name + "' rotates every block linear's input online (" +
-                                std::string(detail::name_of(spec->rotation, detail::rotation_names)) +
-                                "); llama.cpp has no online rotation, so the weights alone compute something else");
-        const bool act_ok = spec->activation == activation_kind::fp32 ||
-                            (spec->activation == activation_kind::int_symmetric && spec->act_bits == 8);
-        if (!act_ok && !o.weights_only)
-            detail::gguf_refuse("recipe '" + spec->name + "' quantizes activations (" +
-                                std::string(detail::name_of(spec->activation, detail::activation_names)) + ", " +
-                                std::to_string(spec->act_bits) +
-                                " bits); llama.cpp keeps them at 8 bits or more (set weights_only to export the weights anyway)");
-        if (spec->nli && !o.weights_only)
-            detail::gguf_refuse("recipe '" + spec->name + "' runs NLI piecewise-linear SiLU/exp/rsqrt; llama.cpp uses the exact functions (set weights_only)");
-    }
+    if (spec) gguf_check_recipe(*spec, o);
     const bool neox = arch != "llama";
     const bool permute = (c.rope == rope_layout::rotate_half) != neox;
     const int hd = c.head_size();

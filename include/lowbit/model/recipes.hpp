@@ -20,7 +20,10 @@
 /// - an activation policy: FP32, symmetric per-token int-k inside the integer kernel, asymmetric
 ///   per-token int-k fake quantization (docs/sources.md §1.3), or MXFP4 fake quantization.
 /// Optionally (`recipe::nli`) the forward pass's SiLU, softmax exp and RMSNorm rsqrt run as NLI
-/// piecewise-linear tables (`recipe_nonlinear_ops`).
+/// piecewise-linear tables (`recipe_nonlinear_ops`); optionally (`recipe::residual_rotation`) the
+/// residual stream is first rotated offline and the rotation folded into the embedding, the
+/// classifier and the block linears (QuaRot; model/residual_rotation.hpp: embedding, classifier and
+/// norms then hold the rotated model's values).
 ///
 /// Storage and the effective bits per weight: codes are packed in the kernels' formats
 /// (ternary base-3 at 1.6 bits, 2-bit ternary, 1-bit binary, 4-bit int); per-row scales α and
@@ -45,6 +48,7 @@
 #include <lowbit/kronecker.hpp>
 #include <lowbit/lowrank.hpp>
 #include <lowbit/model/llama.hpp>
+#include <lowbit/model/residual_rotation.hpp>
 #include <lowbit/mxfp.hpp>
 #include <lowbit/okt.hpp>
 #include <lowbit/orthogonal.hpp>
@@ -58,6 +62,7 @@
 #include <Eigen/Core>
 #include <Eigen/SVD>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -129,6 +134,10 @@ struct recipe {
     int rotation_max_factor = 16; ///< KOTMS/OKT: learn only when both Kronecker factors are ≤ this (else Hadamard only)
     bool hadamard_first = true; ///< KOTMS/OKT: learn after the randomised Hadamard (false: on the raw weights)
     bool nli = false;          ///< NLI operators in the forward pass (SiLU, softmax exp, RMSNorm rsqrt; recipe_nonlinear_ops)
+    /// QuaRot: rotate the residual stream offline by the randomised Hadamard of width dim (seed
+    /// `seed`) before quantizing, folded into the weights (model/residual_rotation.hpp); nothing runs
+    /// at inference time, so such models export to GGUF.
+    bool residual_rotation = false;
     [[nodiscard]] bool needs_calibration() const {
         return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq;
     }
@@ -194,6 +203,14 @@ struct recipe {
                 R::kotms, A::int_symmetric, 8};
     tnli.nli = true;
     add(tnli);
+    // QuaRot's offline residual-stream rotation folded into the weights (exports to plain GGUF)
+    for (const char* base : {"rtn-w4", "gptq-w4", "absmean-w1.58"}) {
+        recipe q = *std::find_if(r.begin(), r.end(), [&](const recipe& x) { return x.name == base; });
+        q.name += "-quarot";
+        q.description = std::string(base) + " after an offline randomised-Hadamard rotation of the residual stream (QuaRot, folded)";
+        q.residual_rotation = true;
+        add(q);
+    }
     return r;
 }
 
@@ -705,7 +722,7 @@ using linear_records = std::map<std::string, linear_record>;
                                                 linear_records* records = nullptr) {
     constexpr const char* where = "quantize_model";
     detail::check_recipe(r);
-    llama_model m = fp32;
+    llama_model m = r.residual_rotation ? rotate_residual_stream(fp32, residual_rotation_matrix(fp32.config.dim, r.seed)) : fp32;
     m.nonlinear = recipe_nonlinear_ops(r); // calibration runs through the recipe's own operators
     if (records) records->clear();
     const bool calibrate = r.needs_calibration();
@@ -892,7 +909,8 @@ inline std::string real_text(double x) {
 /// Every field of a recipe except its name and description as "key=value" entries joined by ';'
 /// (the form saved models record and `lowbit-quantize --set` takes), in a fixed order:
 /// weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, base3,
-/// damp, act_order, seed, rotation_max_factor, hadamard_first, nli. Numbers round-trip exactly.
+/// damp, act_order, seed, rotation_max_factor, hadamard_first, nli, residual_rotation. Numbers
+/// round-trip exactly.
 [[nodiscard]] inline std::string recipe_fields(const recipe& r) {
     std::string s;
     auto put = [&](const char* k, const std::string& v) { s += (s.empty() ? "" : ";") + std::string(k) + "=" + v; };
@@ -911,6 +929,7 @@ inline std::string real_text(double x) {
     put("rotation_max_factor", std::to_string(r.rotation_max_factor));
     put("hadamard_first", r.hadamard_first ? "true" : "false");
     put("nli", r.nli ? "true" : "false");
+    put("residual_rotation", r.residual_rotation ? "true" : "false");
     return s;
 }
 
@@ -936,10 +955,11 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep = ';'
         } else if (k == "rotation_max_factor") r.rotation_max_factor = static_cast<int>(detail::parse_integer(v, k));
         else if (k == "hadamard_first") r.hadamard_first = detail::parse_flag(v, k);
         else if (k == "nli") r.nli = detail::parse_flag(v, k);
+        else if (k == "residual_rotation") r.residual_rotation = detail::parse_flag(v, k);
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
-                                   "base3, damp, act_order, seed, rotation_max_factor, hadamard_first, nli)");
+                                   "base3, damp, act_order, seed, rotation_max_factor, hadamard_first, nli, residual_rotation)");
     }
 }
 
