@@ -1,11 +1,13 @@
 // Writes small valid seed inputs for the fuzz targets into the folder given as argv[1]:
-// a tiny llama2.c checkpoint, a tiny tokenizer, a safetensors file and a safetensors index JSON
+// a tiny llama2.c checkpoint, a tiny tokenizer, a safetensors file and a safetensors index JSON;
+// seeds of the targets scripts/fuzz has no case for go to <folder>/<target>/ (fuzz_packed)
 // (scripts/fuzz also adds the real tok512.bin and llama-21M-en's index when it finds them).
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/io/safetensors.hpp>
 
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -60,5 +62,13 @@ int main(int argc, char** argv) {
  "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors",
   "model.embed_tokens.weight": "model-00001-of-00002.safetensors", "a\u00e9\"q": "sub/x.safetensors"}})";
     std::ofstream(dir + "/index_tiny.json", std::ios::binary) << index;
+
+    // fuzz_packed: format byte, rows, cols (2 bytes LE), then codes (one per format, 3 x 300)
+    std::filesystem::create_directories(dir + "/fuzz_packed");
+    for (int fmt = 0; fmt < 5; ++fmt) {
+        std::vector<std::byte> p{std::byte(fmt | (fmt % 2 ? 8 : 0)), std::byte{2}, std::byte{43}, std::byte{1}};
+        for (int k = 0; k < 4 * 128; ++k) p.push_back(static_cast<std::byte>((k * 37 + fmt) & 0xFF));
+        save(dir + "/fuzz_packed/packed_" + std::to_string(fmt) + ".bin", p);
+    }
     return 0;
 }

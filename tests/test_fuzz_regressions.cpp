@@ -1,0 +1,100 @@
+// Replays the fuzz regression inputs (tests/fuzz/regressions/<target>/, see the README there) and the
+// small seed inputs through the libFuzzer harnesses of tests/fuzz/, compiled into this normal test
+// program: each harness's contract (it aborts on a violation) is checked on every input that once
+// broke it, without clang or sanitizers.
+#include <lowbit/gemm.hpp>
+#include <lowbit/io/bpe_tokenizer.hpp>
+#include <lowbit/io/gguf.hpp>
+#include <lowbit/io/llama2c.hpp>
+#include <lowbit/io/safetensors.hpp>
+#include <lowbit/io/sharded_safetensors.hpp>
+#include <lowbit/io/tokenizer.hpp>
+#include <lowbit/model/hf_model.hpp>
+#include <lowbit/model/recipes.hpp>
+#include <lowbit/pack.hpp>
+
+// Each harness defines LLVMFuzzerTestOneInput: renamed per target so that all fit in one program.
+#define LLVMFuzzerTestOneInput replay_fuzz_bpe_tokenizer
+#include "fuzz/fuzz_bpe_tokenizer.cpp"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput replay_fuzz_gguf
+#include "fuzz/fuzz_gguf.cpp"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput replay_fuzz_llama2c
+#include "fuzz/fuzz_llama2c.cpp"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput replay_fuzz_model_metadata
+#include "fuzz/fuzz_model_metadata.cpp"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput replay_fuzz_packed
+#include "fuzz/fuzz_packed.cpp"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput replay_fuzz_safetensors
+#include "fuzz/fuzz_safetensors.cpp"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput replay_fuzz_safetensors_index
+#include "fuzz/fuzz_safetensors_index.cpp"
+#undef LLVMFuzzerTestOneInput
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+using harness = int (*)(const std::uint8_t*, std::size_t);
+
+const std::map<std::string, harness>& harnesses() {
+    static const std::map<std::string, harness> m{
+        {"fuzz_bpe_tokenizer", replay_fuzz_bpe_tokenizer}, {"fuzz_gguf", replay_fuzz_gguf},
+        {"fuzz_llama2c", replay_fuzz_llama2c},             {"fuzz_model_metadata", replay_fuzz_model_metadata},
+        {"fuzz_packed", replay_fuzz_packed},               {"fuzz_safetensors", replay_fuzz_safetensors},
+        {"fuzz_safetensors_index", replay_fuzz_safetensors_index}};
+    return m;
+}
+
+int replay(harness h, const std::string& bytes) {
+    // a copy in its own allocation, as libFuzzer passes it (reads past the end stay detectable)
+    const std::vector<std::uint8_t> data(bytes.begin(), bytes.end());
+    return h(data.data(), data.size());
+}
+
+} // namespace
+
+TEST_CASE("every fuzz regression input passes its harness") {
+    const std::filesystem::path dir = std::filesystem::path(__FILE__).parent_path() / "fuzz" / "regressions";
+    int replayed = 0;
+    for (const auto& folder : std::filesystem::directory_iterator(dir)) {
+        if (!folder.is_directory()) continue;
+        const std::string target = folder.path().filename().string();
+        INFO("target " << target);
+        const auto it = harnesses().find(target);
+        REQUIRE_MESSAGE(it != harnesses().end(), "no harness of that name in tests/fuzz");
+        for (const auto& f : std::filesystem::directory_iterator(folder.path())) {
+            INFO("input " << f.path().filename().string());
+            std::ifstream in(f.path(), std::ios::binary);
+            const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+            CHECK(replay(it->second, bytes) == 0); // a contract violation aborts the program
+            ++replayed;
+        }
+    }
+    CHECK(replayed >= 1);
+}
+
+TEST_CASE("the harnesses run on small hand-made inputs (empty, valid, truncated)") {
+    const std::string tiny_index = R"({"metadata":{"total_size":8},"weight_map":{"a":"model-00001-of-00001.safetensors"}})";
+    const std::string tiny_tokenizer =
+        R"({"version":"1.0","added_tokens":[],"normalizer":null,"pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false,)"
+        R"("use_regex":true},"decoder":{"type":"ByteLevel"},"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2},"merges":["a b"]}})";
+    for (const auto& [target, h] : harnesses())
+        for (const std::string& s : {std::string(), std::string("\0\1\2\3\4\5\6\7", 8), tiny_index, tiny_tokenizer,
+                                     tiny_index.substr(0, 20), std::string(300, '\x7f')}) {
+            INFO("target " << target << ", input of " << s.size() << " bytes");
+            CHECK(replay(h, s) == 0);
+        }
+}
