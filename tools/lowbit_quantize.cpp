@@ -10,6 +10,7 @@
 // MODEL is a Hugging Face checkpoint folder, a llama2.c checkpoint (.bin; tokenizer beside it or
 // --tokenizer), a lowbit quantized model (.safetensors, which carries its tokenizer) or a GGUF file
 // (.gguf: llama, qwen3, qwen3moe; dequantized to FP32). Results go to stdout, progress to stderr. `lowbit-quantize COMMAND --help` describes each command.
+#include <lowbit/io/detail/atomic_file.hpp>
 #include <lowbit/io/gguf.hpp>
 #include <lowbit/io/gguf_quants.hpp>
 #include <lowbit/model/checkpoint.hpp>
@@ -506,7 +507,7 @@ struct row {
 };
 
 void write_markdown(const fs::path& p, const std::vector<row>& rows, const std::string& title, bool with_ppl) {
-    std::ofstream f(p);
+    std::ostringstream f; // written atomically below: a failed run never leaves half a table
     f << "# " << title << "\n\n";
     if (with_ppl) {
         f << "| recipe | what | bits/weight | perplexity | ratio to FP32 | decode tok/s | speed vs FP32 |\n";
@@ -524,6 +525,7 @@ void write_markdown(const fs::path& p, const std::vector<row>& rows, const std::
                           r.bits, r.tps, r.speedup);
         f << buf;
     }
+    lowbit::io::detail::write_file_atomically(p, [&](std::ostream& o) { o << f.str(); }, "results");
 }
 
 /// Horizontal bar chart of one column (log scale for perplexity), plain SVG.
@@ -533,7 +535,7 @@ void write_svg(const fs::path& p, const std::vector<row>& rows, const std::strin
     double vmax = 0;
     for (const auto& r : rows) vmax = std::max(vmax, ppl ? std::log10(std::max(r.ppl, 1.0)) : r.speedup);
     if (vmax <= 0) vmax = 1;
-    std::ofstream f(p);
+    std::ostringstream f; // written atomically below: a failed run never leaves half a table
     f << "<svg xmlns='http://www.w3.org/2000/svg' width='" << left + width + 120 << "' height='" << h
       << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n";
     f << "<text x='10' y='22' font-size='15'>" << title << "</text>\n";
@@ -553,6 +555,7 @@ void write_svg(const fs::path& p, const std::vector<row>& rows, const std::strin
     f << "<text x='" << left << "' y='" << h - 8 << "' fill='#555'>"
       << (ppl ? "perplexity, log scale (lower is better)" : "decode speed relative to FP32 (higher is better)")
       << "</text>\n</svg>\n";
+    lowbit::io::detail::write_file_atomically(p, [&](std::ostream& o) { o << f.str(); }, "results");
 }
 
 void print_table(const std::vector<row>& rows, bool with_ppl) {
