@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include "models.hpp"
+#include "small_moe.hpp"
 
 #include <cmath>
 #include <filesystem>
@@ -18,70 +19,11 @@
 
 namespace {
 
+using lowbit_test::random_tokens;
+using lowbit_test::same_record;
+
 lowbit::matrix_f rnd(Eigen::Index r, Eigen::Index c, std::mt19937_64& rng, float sd) {
-    std::normal_distribution<float> g(0.0f, sd);
-    lowbit::matrix_f m(r, c);
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = g(rng);
-    return m;
-}
-
-// A small two-block Qwen3-MoE-shaped model with random weights (as in test_moe_recipes.cpp).
-lowbit::llama_model small_moe(std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    lowbit::llama_config c;
-    c.dim = 32;
-    c.hidden_dim = 48;
-    c.n_layers = 2;
-    c.n_heads = 4;
-    c.n_kv_heads = 2;
-    c.head_dim = 8;
-    c.vocab_size = 40;
-    c.seq_len = 64;
-    c.norm_eps = 1e-6f;
-    c.rope = lowbit::rope_layout::rotate_half;
-    c.qk_norm = true;
-    c.n_experts = 4;
-    c.n_experts_per_token = 2;
-    c.moe_hidden_dim = 24;
-    c.norm_topk_prob = true;
-    c.bos_token = -1;
-    c.stop_token = 0;
-    lowbit::llama_model m;
-    m.config = c;
-    m.architecture = "qwen3_moe";
-    m.token_embedding = rnd(c.vocab_size, c.dim, rng, 1.0f);
-    m.rms_final = lowbit::vector_f::Ones(c.dim);
-    m.classifier = lowbit::make_linear(lowbit::dense_linear(m.token_embedding));
-    auto lin = [&](Eigen::Index o, Eigen::Index i) { return lowbit::make_linear(lowbit::dense_linear(rnd(o, i, rng, 0.3f))); };
-    for (int l = 0; l < c.n_layers; ++l) {
-        lowbit::llama_block b;
-        b.rms_att = lowbit::vector_f::Ones(c.dim);
-        b.rms_ffn = lowbit::vector_f::Ones(c.dim);
-        b.q_norm = lowbit::vector_f::Ones(c.head_size());
-        b.k_norm = lowbit::vector_f::Ones(c.head_size());
-        b.linear[0] = lin(c.q_dim(), c.dim);
-        b.linear[1] = lin(c.kv_dim(), c.dim);
-        b.linear[2] = lin(c.kv_dim(), c.dim);
-        b.linear[3] = lin(c.dim, c.q_dim());
-        b.router = rnd(c.n_experts, c.dim, rng, 1.0f);
-        for (int e = 0; e < c.n_experts; ++e)
-            b.experts.push_back({lin(c.moe_hidden_dim, c.dim), lin(c.dim, c.moe_hidden_dim), lin(c.moe_hidden_dim, c.dim)});
-        m.blocks.push_back(std::move(b));
-    }
-    return m;
-}
-
-std::vector<int> random_tokens(int n, int vocab, std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::uniform_int_distribution<int> u(0, vocab - 1);
-    std::vector<int> t(static_cast<std::size_t>(n));
-    for (auto& x : t) x = u(rng);
-    return t;
-}
-
-bool same_record(const lowbit::linear_record& a, const lowbit::linear_record& b) {
-    return a.format == b.format && a.rows == b.rows && a.cols == b.cols && a.codes == b.codes && a.scale == b.scale &&
-           a.offset == b.offset && a.dense == b.dense && a.dense_bits == b.dense_bits;
+    return lowbit_test::normal_matrix(r, c, rng, sd);
 }
 
 } // namespace
@@ -173,7 +115,7 @@ TEST_CASE("weighted_binary_quantizer: a dominant weight pins its entry; never wo
 }
 
 TEST_CASE("quantize_mobie: bits counted by hand; ablations; deterministic; save and reload bit-identical") {
-    const auto m = small_moe(9);
+    const auto m = lowbit_test::small_moe(2, 9);
     const auto toks = random_tokens(128, 40, 2);
     const int E = 4;
     // hand count: attention binary1 (1 bit + fp16 α, μ per row); experts with CEJD at k = m:

@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include "models.hpp"
+#include "small_moe.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -20,70 +21,11 @@
 
 namespace {
 
+using lowbit_test::random_tokens;
+using lowbit_test::same_record;
+
 lowbit::matrix_f rnd(Eigen::Index r, Eigen::Index c, std::mt19937_64& rng, float sd) {
-    std::normal_distribution<float> g(0.0f, sd);
-    lowbit::matrix_f m(r, c);
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = g(rng);
-    return m;
-}
-
-// A small two-block Qwen3-MoE-shaped model with random weights.
-lowbit::llama_model small_moe(int top_k, std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    lowbit::llama_config c;
-    c.dim = 32;
-    c.hidden_dim = 48;
-    c.n_layers = 2;
-    c.n_heads = 4;
-    c.n_kv_heads = 2;
-    c.head_dim = 8;
-    c.vocab_size = 40;
-    c.seq_len = 64;
-    c.norm_eps = 1e-6f;
-    c.rope = lowbit::rope_layout::rotate_half;
-    c.qk_norm = true;
-    c.n_experts = 4;
-    c.n_experts_per_token = top_k;
-    c.moe_hidden_dim = 24;
-    c.norm_topk_prob = true;
-    c.bos_token = -1;
-    c.stop_token = 0;
-    lowbit::llama_model m;
-    m.config = c;
-    m.architecture = "qwen3_moe";
-    m.token_embedding = rnd(c.vocab_size, c.dim, rng, 1.0f);
-    m.rms_final = lowbit::vector_f::Ones(c.dim);
-    m.classifier = lowbit::make_linear(lowbit::dense_linear(m.token_embedding));
-    auto lin = [&](Eigen::Index o, Eigen::Index i) { return lowbit::make_linear(lowbit::dense_linear(rnd(o, i, rng, 0.3f))); };
-    for (int l = 0; l < c.n_layers; ++l) {
-        lowbit::llama_block b;
-        b.rms_att = lowbit::vector_f::Ones(c.dim);
-        b.rms_ffn = lowbit::vector_f::Ones(c.dim);
-        b.q_norm = lowbit::vector_f::Ones(c.head_size());
-        b.k_norm = lowbit::vector_f::Ones(c.head_size());
-        b.linear[0] = lin(c.q_dim(), c.dim);
-        b.linear[1] = lin(c.kv_dim(), c.dim);
-        b.linear[2] = lin(c.kv_dim(), c.dim);
-        b.linear[3] = lin(c.dim, c.q_dim());
-        b.router = rnd(c.n_experts, c.dim, rng, 1.0f);
-        for (int e = 0; e < c.n_experts; ++e)
-            b.experts.push_back({lin(c.moe_hidden_dim, c.dim), lin(c.dim, c.moe_hidden_dim), lin(c.moe_hidden_dim, c.dim)});
-        m.blocks.push_back(std::move(b));
-    }
-    return m;
-}
-
-std::vector<int> random_tokens(int n, int vocab, std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::uniform_int_distribution<int> u(0, vocab - 1);
-    std::vector<int> t(static_cast<std::size_t>(n));
-    for (auto& x : t) x = u(rng);
-    return t;
-}
-
-bool same_record(const lowbit::linear_record& a, const lowbit::linear_record& b) {
-    return a.format == b.format && a.rows == b.rows && a.cols == b.cols && a.codes == b.codes && a.scale == b.scale &&
-           a.offset == b.offset;
+    return lowbit_test::normal_matrix(r, c, rng, sd);
 }
 
 // Brute-force top-k expert sets of router logits (sort by logit: softmax is monotone).
@@ -143,13 +85,13 @@ TEST_CASE("quantize_moe: AGQ equals plain GPTQ when every gate is 1 (top-1, reno
         return lowbit::quantize_moe(m, toks, c).q.records;
     };
     {
-        const auto m = small_moe(1, 7);
+        const auto m = lowbit_test::small_moe(1, 7);
         const auto a = run(m, true), b = run(m, false);
         REQUIRE(a.size() == b.size());
         for (const auto& [k, r] : a) CHECK(same_record(r, b.at(k)));
     }
     {
-        const auto m = small_moe(2, 7);
+        const auto m = lowbit_test::small_moe(2, 7);
         const auto a = run(m, true), b = run(m, false);
         int differ = 0;
         for (const auto& [k, r] : a) differ += same_record(r, b.at(k)) ? 0 : 1;
@@ -159,7 +101,7 @@ TEST_CASE("quantize_moe: AGQ equals plain GPTQ when every gate is 1 (top-1, reno
 }
 
 TEST_CASE("quantize_moe: bits counted with the int4 container; RTN; save and reload bit-identical") {
-    const auto m = small_moe(2, 9);
+    const auto m = lowbit_test::small_moe(2, 9);
     const auto toks = random_tokens(128, 40, 2);
     for (int bits : {2, 3, 4}) {
         lowbit::moe_quant_config c;
@@ -196,7 +138,7 @@ TEST_CASE("quantize_moe: bits counted with the int4 container; RTN; save and rel
 }
 
 TEST_CASE("compare_routing: top-2 agreement and load against a brute-force recomputation") {
-    const auto m = small_moe(2, 13);
+    const auto m = lowbit_test::small_moe(2, 13);
     const auto toks = random_tokens(128, 40, 3);
     lowbit::moe_quant_config c;
     c.bits = 2;
@@ -226,7 +168,7 @@ TEST_CASE("compare_routing: top-2 agreement and load against a brute-force recom
 }
 
 TEST_CASE("ebss_sample: deterministic, right lengths, the balance term lowers expert-usage σ") {
-    const auto m = small_moe(2, 17);
+    const auto m = lowbit_test::small_moe(2, 17);
     lowbit::ebss_options o;
     o.sequences = 3;
     o.length = 24;

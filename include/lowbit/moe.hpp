@@ -170,22 +170,30 @@ inline gptq_hessian agq_hessian(const cref_matrix_f& x, const cref_vector_f& gat
     return hessian + scale * (matrix_d::Identity(n, n) - p);
 }
 
+namespace detail {
+/// The argument checks shared by `glas_saliency` and the GLAS error weights of model/mobie.hpp.
+template <class Grad>
+inline void check_glas_arguments(const cref_matrix_f& w, const cref_vector_f& u_diag, const Grad& grad, double kappa,
+                                 const char* where) {
+    require_nonempty(w, where, "w");
+    require_dim(u_diag.size(), w.cols(), where, "u_diag size (must equal w cols)");
+    require_dim(grad.rows(), w.rows(), where, "grad rows");
+    require_dim(grad.cols(), w.cols(), where, "grad cols");
+    require_finite(w, where, "w");
+    require_finite(u_diag, where, "u_diag");
+    require_finite(grad, where, "grad");
+    require(u_diag.minCoeff() > 0.0f, where, "argument 'u_diag' must be positive");
+    require(kappa >= 0 && std::isfinite(kappa), where, "argument 'kappa' must be finite and >= 0");
+}
+} // namespace detail
+
 /// GLAS saliency (RECON): `s_ij = (w_ij² / u_j²) · (1 + κ·|g_ij w_ij| / mean|g w|)` — the BiLLM/OBS
 /// local term w²/[U]_jj² (u_j: diagonal of the upper Cholesky factor of H⁻¹) times a first-order
 /// Taylor importance from the global loss gradient g. κ = 0, or g = 0, gives the local term.
 /// \throws shape_error (sizes), numeric_error (NaN/Inf), invalid_argument (u_j ≤ 0, κ < 0).
 [[nodiscard]] inline matrix_f glas_saliency(const cref_matrix_f& w, const cref_vector_f& u_diag, const cref_matrix_f& grad,
                                             double kappa = 1.0) {
-    constexpr const char* where = "glas_saliency";
-    detail::require_nonempty(w, where, "w");
-    detail::require_dim(u_diag.size(), w.cols(), where, "u_diag size (must equal w cols)");
-    detail::require_dim(grad.rows(), w.rows(), where, "grad rows");
-    detail::require_dim(grad.cols(), w.cols(), where, "grad cols");
-    detail::require_finite(w, where, "w");
-    detail::require_finite(u_diag, where, "u_diag");
-    detail::require_finite(grad, where, "grad");
-    detail::require(u_diag.minCoeff() > 0.0f, where, "argument 'u_diag' must be positive");
-    detail::require(kappa >= 0 && std::isfinite(kappa), where, "argument 'kappa' must be finite and >= 0");
+    detail::check_glas_arguments(w, u_diag, grad, kappa, "glas_saliency");
     double mean_gw = 0;
     for (Eigen::Index i = 0; i < w.rows(); ++i)
         for (Eigen::Index j = 0; j < w.cols(); ++j) mean_gw += std::fabs(static_cast<double>(grad(i, j)) * w(i, j));

@@ -521,12 +521,7 @@ public:
 
     /// The file's bytes. O(size).
     [[nodiscard]] std::vector<std::byte> serialize() const {
-        std::vector<std::byte> out;
-        emit([&out](const void* p, std::size_t n) {
-            const auto* c = static_cast<const std::byte*>(p);
-            out.insert(out.end(), c, c + n);
-        });
-        return out;
+        return detail::collect_emitted([this](auto&& put) { emit(put); });
     }
 
     /// Writes the file atomically (io::detail::write_file_atomically: a temporary file in the
@@ -534,14 +529,7 @@ public:
     /// copy in memory. \throws format_error (I/O failure; `path` is left as it was — absent, or the
     /// previous file byte for byte — and no temporary file remains).
     void write(const std::filesystem::path& path) const {
-        detail::write_file_atomically(
-            path,
-            [this](std::ostream& o) {
-                emit([&o](const void* p, std::size_t n) {
-                    if (n && o) o.write(static_cast<const char*>(p), static_cast<std::streamsize>(n));
-                });
-            },
-            "gguf");
+        detail::write_emitted_atomically(path, [this](auto&& put) { emit(put); }, "gguf");
     }
 
     /// Number of tensors added.

@@ -125,15 +125,7 @@ struct cejd_factors {
                                                  const Eigen::Ref<const matrix_d>& grad, double kappa,
                                                  const cref_vector_f& row_weight = vector_f()) {
     constexpr const char* where = "glas_error_weights";
-    detail::require_nonempty(w, where, "w");
-    detail::require_dim(u_diag.size(), w.cols(), where, "u_diag size (must equal w cols)");
-    detail::require_dim(grad.rows(), w.rows(), where, "grad rows");
-    detail::require_dim(grad.cols(), w.cols(), where, "grad cols");
-    detail::require_finite(w, where, "w");
-    detail::require_finite(u_diag, where, "u_diag");
-    detail::require_finite(grad, where, "grad");
-    detail::require(u_diag.minCoeff() > 0.0f, where, "argument 'u_diag' must be positive");
-    detail::require(kappa >= 0 && std::isfinite(kappa), where, "argument 'kappa' must be finite and >= 0");
+    detail::check_glas_arguments(w, u_diag, grad, kappa, where);
     if (row_weight.size()) {
         detail::require_dim(row_weight.size(), w.rows(), where, "row_weight size (must equal w rows)");
         detail::require_finite(row_weight, where, "row_weight");

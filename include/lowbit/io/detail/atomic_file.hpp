@@ -29,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <vector>
 
 LOWBIT_BEGIN_NAMESPACE
 namespace io::detail {
@@ -85,6 +86,32 @@ inline void write_file_atomically(const std::filesystem::path& path, std::span<c
     write_file_atomically(
         path,
         [bytes](std::ostream& o) { o.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size())); },
+        what);
+}
+
+/// The bytes produced by a streaming serializer: `emit(put)` calls `put(const void* p, size_t n)`
+/// for every piece of the file in order (the writers' `emit`). O(size).
+template <class Emit>
+[[nodiscard]] std::vector<std::byte> collect_emitted(Emit&& emit) {
+    std::vector<std::byte> out;
+    emit([&out](const void* p, std::size_t n) {
+        const auto* c = static_cast<const std::byte*>(p);
+        out.insert(out.end(), c, c + n);
+    });
+    return out;
+}
+
+/// `write_file_atomically` of what a streaming serializer produces (see `collect_emitted`), without
+/// holding the file in memory. \throws format_error (as above), or whatever `emit` throws.
+template <class Emit>
+void write_emitted_atomically(const std::filesystem::path& path, Emit&& emit, std::string_view what) {
+    write_file_atomically(
+        path,
+        [&emit](std::ostream& o) {
+            emit([&o](const void* p, std::size_t n) {
+                if (n && o) o.write(static_cast<const char*>(p), static_cast<std::streamsize>(n));
+            });
+        },
         what);
 }
 
