@@ -2,6 +2,7 @@
 // perplexities (independent numpy implementation), bit counts worked by hand, and bit-identical
 // logits after a safetensors round trip.
 #include <lowbit/io/llama2c.hpp>
+#include <lowbit/io/safetensors.hpp>
 #include <lowbit/io/tokenizer.hpp>
 #include <lowbit/model/recipes.hpp>
 #include <lowbit/rtn.hpp>
@@ -9,8 +10,10 @@
 #include <doctest/doctest.h>
 
 #include "models.hpp"
+#include "test_files.hpp"
 
 #include <fstream>
+#include <set>
 #include <sstream>
 
 namespace {
@@ -33,6 +36,41 @@ const fixture& fx() {
 }
 double ppl(const lowbit::llama_model& m, int windows = -1) {
     return lowbit::perplexity(m, fx().eval, -1, windows).perplexity;
+}
+// Two records hold the same bytes and numbers (every field the file stores).
+bool same_record(const lowbit::linear_record& a, const lowbit::linear_record& b) {
+    auto same_opt = [](const auto& x, const auto& y, auto&& eq) { return x.has_value() == y.has_value() && (!x || eq(*x, *y)); };
+    return a.format == b.format && a.rows == b.rows && a.cols == b.cols && a.codes == b.codes && a.scale == b.scale &&
+           a.offset == b.offset && a.dense == b.dense && (a.format != "dense" || a.dense_bits == b.dense_bits) &&
+           same_opt(a.correction, b.correction, [](const auto& x, const auto& y) { return x.a == y.a && x.b == y.b; }) &&
+           same_opt(a.rotation, b.rotation,
+                    [](const auto& x, const auto& y) { return x.left == y.left && x.right == y.right && x.dense == y.dense; });
+}
+bool same_records(const lowbit::linear_records& a, const lowbit::linear_records& b) {
+    if (a.size() != b.size()) return false;
+    for (const auto& [name, rec] : a)
+        if (!b.count(name) || !same_record(rec, b.at(name))) return false;
+    return true;
+}
+// Logits of the first `n` evaluation tokens.
+lowbit::matrix_f logits(const lowbit::llama_model& m, std::size_t n = 24) {
+    const std::vector<int> toks(fx().eval.begin(), fx().eval.begin() + static_cast<std::ptrdiff_t>(n));
+    lowbit::kv_cache c(m.config);
+    return lowbit::forward(m, c, toks);
+}
+// Copies a safetensors file, replacing (or adding) one metadata entry.
+void rewrite_metadata(const std::filesystem::path& from, const std::filesystem::path& to, const std::string& key,
+                      const std::string& value) {
+    const auto f = lowbit::io::safetensors_file::open(from);
+    lowbit::io::safetensors_writer w;
+    for (const auto& [k, v] : f.metadata())
+        if (k != key) w.set_metadata(k, v);
+    w.set_metadata(key, value);
+    for (const auto& n : f.names()) {
+        const auto t = f.tensor(n);
+        w.add(n, t.dtype, t.shape, t.bytes);
+    }
+    w.write(to);
 }
 } // namespace
 
@@ -82,18 +120,21 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
     // dense matrices (learned from the calibration inputs).
     lowbit::recipe kotms = lowbit::find_recipe("twla-w1.58a4-kotms");
     kotms.solver = lowbit::solver_kind::rtn;
-    for (const char* name : {"absmean-w1.58a8", "fp32-a4-hadamard", "bwla-w1a6-psp", "twla-w1.58a4-kotms",
-                             "mxfp4-w4a4-torq", "fp32-nli", "twla-tra-kotms"}) {
+    // Every built-in recipe (issue 18: a saved model reloads bit-identical for every recipe).
+    for (const auto& builtin : lowbit::builtin_recipes()) {
+        const std::string& name = builtin.name;
+        CAPTURE(name);
         lowbit::quantize_options qo;
         qo.calib_windows = 1;
         qo.calib_window = 64;
-        const std::string n(name);
-        lowbit::quantized_model q{n == psp.name ? psp : n == kotms.name ? kotms : lowbit::find_recipe(name), {}, {}};
+        lowbit::quantized_model q{name == psp.name ? psp : name == kotms.name ? kotms : builtin, {}, {}, {}, {}};
         q.model = lowbit::quantize_model(fx().fp32, q.spec, fx().calib, qo, &q.records);
-        const auto path = dir / (std::string(name) + ".safetensors");
+        const auto path = dir / (name + ".safetensors");
         lowbit::save_quantized_model(path, q);
         const auto back = lowbit::load_quantized_model(path);
         CHECK(back.spec.name == name);
+        CHECK(lowbit::recipe_fields(back.spec) == lowbit::recipe_fields(q.spec));
+        CHECK(same_records(back.records, q.records));
         if (q.spec.low_rank > 0) {
             REQUIRE(back.records.at("layers.0.wq").correction.has_value());
             CHECK(back.records.at("layers.0.wq").correction->a == q.records.at("layers.0.wq").correction->a);
@@ -140,7 +181,7 @@ TEST_CASE("every recipe field is saved: a non-default seed and hadamard_first re
     r.act_clip = 0.875f;
     r.damp = 0.0125;
     r.hadamard_first = false;
-    lowbit::quantized_model q{r, {}, {}};
+    lowbit::quantized_model q{r, {}, {}, {}, {}};
     q.model = lowbit::quantize_model(fx().fp32, r, {}, {}, &q.records);
     lowbit::save_quantized_model(dir / "seed7.safetensors", q);
     const auto back = lowbit::load_quantized_model(dir / "seed7.safetensors");
@@ -176,6 +217,130 @@ TEST_CASE("every recipe field is saved: a non-default seed and hadamard_first re
     CHECK(x.seed == 3);
     CHECK(x.nli);
     std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("every recipe field travels: each set to a non-default value reloads as set and changes the model") {
+    // One row per field of recipe_fields(): a base recipe in which the field matters (cheap settings
+    // first), and a value other than the base's. A field added to the recipe without a row fails here.
+    struct row {
+        const char* key;
+        const char* base;
+        const char* base_fields;
+        const char* value;
+    };
+    const row rows[] = {
+        {"weights", "rtn-w4", "", "sign_binary"},
+        {"solver", "gptq-w4", "", "rtn"},
+        {"rotation", "rtn-w4", "", "hadamard"},
+        {"activation", "rtn-w4", "", "int_symmetric"},
+        {"act_bits", "rtn-w4a8", "", "4"},
+        {"act_clip", "fp32-a4", "", "0.75"},
+        {"low_rank", "bwla-w1a6-psp", "solver=rtn;psp_iterations=1", "2"},
+        {"psp_iterations", "bwla-w1a6-psp", "", "1"},
+        {"base3", "absmean-w1.58", "", "false"},
+        {"damp", "gptq-w4", "", "0.25"},
+        {"act_order", "gptq-w4", "", "false"},
+        {"seed", "rtn-w4-quarot", "", "5"},
+        {"rotation_max_factor", "twla-w1.58-kotms", "solver=rtn", "4"},
+        {"hadamard_first", "twla-w1.58-kotms", "solver=rtn", "false"},
+        {"nli", "rtn-w4", "", "true"},
+        {"residual_rotation", "rtn-w4", "", "true"},
+    };
+    std::set<std::string> keys;
+    for (const auto& [k, v] : lowbit::detail::split_fields(lowbit::recipe_fields(lowbit::find_recipe("fp32")), ';', "test"))
+        keys.insert(k);
+    for (const auto& r : rows) CHECK(keys.erase(r.key) == 1);
+    CHECK_MESSAGE(keys.empty(), "recipe fields without a round-trip row: ", keys.size());
+
+    lowbit_test::temp_dir d("lowbit_test_every_field");
+    lowbit::quantize_options qo;
+    qo.calib_windows = 1;
+    qo.calib_window = 64;
+    for (const auto& row : rows) {
+        const std::string key = row.key;
+        CAPTURE(key);
+        lowbit::recipe r0 = lowbit::find_recipe(row.base);
+        lowbit::set_recipe_fields(r0, row.base_fields);
+        lowbit::recipe r = r0;
+        lowbit::set_recipe_fields(r, std::string(row.key) + "=" + row.value);
+        REQUIRE(lowbit::recipe_fields(r) != lowbit::recipe_fields(r0)); // the value is not the base's
+        lowbit::quantized_model q{r, {}, {}, {}, {}};
+        q.model = lowbit::quantize_model(fx().fp32, r, fx().calib, qo, &q.records);
+        const auto path = d.path / (std::string(row.key) + ".safetensors");
+        lowbit::save_quantized_model(path, q);
+        const auto back = lowbit::load_quantized_model(path);
+        CHECK(lowbit::recipe_fields(back.spec) == lowbit::recipe_fields(r));
+        CHECK(same_records(back.records, q.records));
+        CHECK((logits(back.model).array() == logits(q.model).array()).all());
+        // the field matters: the model (its logits, or for base3 its stored format) differs from the base's
+        lowbit::linear_records recs0;
+        const auto m0 = lowbit::quantize_model(fx().fp32, r0, fx().calib, qo, &recs0);
+        CHECK((!(logits(m0).array() == logits(q.model).array()).all() || !same_records(recs0, q.records)));
+    }
+}
+
+TEST_CASE("a file whose recorded recipe would not produce its layers is refused, and never written") {
+    lowbit_test::temp_dir d("lowbit_test_recipe_mismatch");
+    lowbit::quantize_options qo;
+    qo.calib_windows = 1;
+    qo.calib_window = 64;
+    auto make = [&](const char* name, const char* fields) {
+        lowbit::quantized_model q{lowbit::find_recipe(name), {}, {}, {}, {}};
+        lowbit::set_recipe_fields(q.spec, fields);
+        q.model = lowbit::quantize_model(fx().fp32, q.spec, fx().calib, qo, &q.records);
+        return q;
+    };
+    const auto ternary = make("absmean-w1.58", "");
+    const auto kotms = make("twla-w1.58-kotms", "solver=rtn");
+    const auto psp = make("bwla-w1a6-psp", "solver=rtn;psp_iterations=1");
+    REQUIRE(kotms.records.at("layers.0.wq").rotation.has_value()); // 64 = 8 x 8: learned
+    struct tamper {
+        const lowbit::quantized_model* q;
+        const char* fields; // applied to the recorded recipe
+        const char* message;
+    };
+    const tamper cases[] = {
+        {&ternary, "weights=int4", "is stored as 'ternary_base3', but recipe weights=int4"},
+        {&ternary, "base3=false", "stores 'ternary2'"},
+        {&kotms, "rotation=hadamard", "learned rotation that recipe rotation=hadamard does not learn"},
+        {&kotms, "rotation=torq", "does not learn"},
+        {&psp, "low_rank=0", "rank-1 correction, recipe low_rank=0"},
+    };
+    for (const auto& t : cases) {
+        CAPTURE(t.fields);
+        // the saver refuses to write it (nothing left behind) ...
+        lowbit::quantized_model bad = *t.q;
+        lowbit::set_recipe_fields(bad.spec, t.fields);
+        const auto out = d.path / "bad.safetensors";
+        CHECK_THROWS_WITH_AS(lowbit::save_quantized_model(out, bad), doctest::Contains(t.message), lowbit::invalid_argument);
+        CHECK(!std::filesystem::exists(out));
+        // ... and the loader refuses such a file written by someone else
+        const auto good = d.path / "good.safetensors";
+        lowbit::save_quantized_model(good, *t.q);
+        rewrite_metadata(good, out, "lowbit.recipe_fields", lowbit::recipe_fields(bad.spec));
+        CHECK_THROWS_WITH_AS((void)lowbit::load_quantized_model(out), doctest::Contains(t.message), lowbit::format_error);
+        CHECK_THROWS_WITH_AS((void)lowbit::load_quantized_model(out), doctest::Contains("the recorded recipe cannot be rebuilt"),
+                             lowbit::format_error);
+        std::filesystem::remove(out);
+    }
+    // recorded fields the loader cannot rebuild: invalid values and unknown keys
+    const auto good = d.path / "good.safetensors";
+    lowbit::save_quantized_model(good, ternary);
+    lowbit::recipe five = ternary.spec; // integer kernels take 4, 6 or 8 activation bits
+    five.activation = lowbit::activation_kind::int_symmetric;
+    five.act_bits = 5;
+    std::string negative = lowbit::recipe_fields(ternary.spec);
+    negative.replace(negative.find("seed=0"), 6, "seed=-1");
+    for (const std::string& fields : {lowbit::recipe_fields(five), lowbit::recipe_fields(ternary.spec) + ";group_size=128", negative}) {
+        CAPTURE(fields);
+        const auto out = d.path / "bad.safetensors";
+        rewrite_metadata(good, out, "lowbit.recipe_fields", fields);
+        CHECK_THROWS_WITH_AS((void)lowbit::load_quantized_model(out), doctest::Contains("the recorded recipe cannot be rebuilt"),
+                             lowbit::format_error);
+    }
+    // the unmodified file loads (the rewrite itself is faithful)
+    rewrite_metadata(good, d.path / "same.safetensors", "lowbit.recipe", ternary.spec.name);
+    CHECK(same_records(lowbit::load_quantized_model(d.path / "same.safetensors").records, ternary.records));
 }
 
 TEST_CASE("learned rotations: orthonormal after fp16 storage, FP32 layers keep their function, bits counted") {

@@ -451,7 +451,15 @@ def lowbit_entries():
     entry(put("lowbit/shape_vs_model.safetensors", lowbit_model(tweak=shape_meta)), "lowbit_model", "format_error",
           "lowbit.model implies")
 
+    def int4_recipe(meta):
+        # an int4 recipe whose other linears are counted dense fallbacks: the loader accepts the
+        # recipe, so the entries below reach the codes checks
+        meta["lowbit.recipe_fields"] = "weights=int4;solver=rtn;rotation=none;activation=fp32"
+        for slot in LINEARS:
+            meta["layers.0." + slot + ".dense_bits"] = "4.5"
+
     def codes_f32(meta, t):
+        int4_recipe(meta)
         meta["layers.0.wq.format"] = "int4"
         t.pop("layers.0.wq.weight")
         t["layers.0.wq.codes"] = ("F32", [32], f32([0] * 32))
@@ -460,6 +468,7 @@ def lowbit_entries():
           "must be U8")
 
     def codes_short(meta, t):
+        int4_recipe(meta)
         meta["layers.0.wq.format"] = "int4"
         t.pop("layers.0.wq.weight")
         t["layers.0.wq.codes"] = ("U8", [100], b"\x88" * 100)
@@ -487,6 +496,17 @@ def lowbit_entries():
         t["layers.0.wo.lowrank_b"] = ("F16", [1, 8], b"\0\x3c" * 8)
     entry(put("lowbit/inf_lowrank.safetensors", lowbit_model(tweak=inf_lowrank)), "lowbit_model",
           "format_error", "'layers.0.wo.lowrank_a' holds NaN or Inf")
+
+    # the recorded recipe would not produce the stored layers (docs/reliability.md, "Saved models reload as saved")
+    entry(put("lowbit/recipe_vs_layers.safetensors", lowbit_model(meta_extra={
+        "lowbit.recipe_fields": "weights=int4;solver=rtn;rotation=none;activation=fp32"})), "lowbit_model",
+          "format_error", "is stored as 'dense', but recipe weights=int4")
+
+    def lowrank_without_recipe(meta, t):
+        t["layers.0.wo.lowrank_a"] = ("F16", [8, 1], b"\0\x3c" * 8)
+        t["layers.0.wo.lowrank_b"] = ("F16", [1, 8], b"\0\x3c" * 8)
+    entry(put("lowbit/lowrank_vs_recipe.safetensors", lowbit_model(tweak=lowrank_without_recipe)), "lowbit_model",
+          "format_error", "rank-1 correction, recipe low_rank=0")
 
     def missing_weight(meta, t):
         t.pop("layers.0.w2.weight")

@@ -1100,6 +1100,42 @@ inline std::vector<long long> split_ints(const std::string& s, std::size_t n, co
     return out;
 }
 
+
+/// Why a linear's record is not what `r` produces, or "" when it is: the packed format of the
+/// recipe's weight scheme (int4 → "int4", ternary → "ternary_base3" or "ternary2" by `base3`, binary
+/// → "binary1"), or "dense" — always for fp32/mxfp4/tra_ternary, and for a packed scheme only as a
+/// counted fallback (`dense_bits` < 32, e.g. MoBiE's CEJD experts); learned rotations only under a
+/// learning rotation of the right kind (KOTMS/OKT: Kronecker factors, TORQ: dense); a low-rank term
+/// only under `low_rank > 0`, of rank at most `low_rank`. The saver refuses such a record
+/// (invalid_argument) and the loader such a file (format_error), so a saved model never runs as
+/// something its recorded recipe does not make.
+inline std::string record_recipe_mismatch(const recipe& r, const linear_record& rec) {
+    std::string want;
+    switch (r.weights) {
+    case weight_scheme::fp32:
+    case weight_scheme::mxfp4:
+    case weight_scheme::tra_ternary: want = "dense"; break;
+    case weight_scheme::int4: want = pack_format<int4>::name; break;
+    case weight_scheme::absmean_ternary:
+    case weight_scheme::e2m_atq: want = r.base3 ? pack_format<ternary_base3>::name : pack_format<ternary2>::name; break;
+    case weight_scheme::sign_binary:
+    case weight_scheme::arb_binary: want = pack_format<binary1>::name; break;
+    }
+    const bool fallback = rec.format == "dense" && want != "dense" && rec.dense_bits < 32.0;
+    if (rec.format != want && !fallback)
+        return "is stored as '" + rec.format + "', but recipe weights=" + name_of(r.weights, weight_scheme_names) +
+               (want == "dense" ? "" : std::string(r.base3 ? ", base3=true" : ", base3=false")) + " stores '" + want + "'";
+    if (rec.rotation) {
+        const bool kron = r.rotation == rotation_kind::kotms || r.rotation == rotation_kind::okt;
+        if (rec.rotation->dense.size() > 0 ? r.rotation != rotation_kind::torq : !kron)
+            return "carries a learned rotation that recipe rotation=" + std::string(name_of(r.rotation, rotation_names)) +
+                   " does not learn";
+    }
+    if (rec.correction && (r.low_rank == 0 || rec.correction->rank() > r.low_rank))
+        return "carries a rank-" + std::to_string(rec.correction->rank()) + " correction, recipe low_rank=" +
+               std::to_string(r.low_rank);
+    return {};
+}
 } // namespace detail
 
 /// Writes a quantized model as safetensors (lowbit convention, docs/formats.md): F32
@@ -1112,7 +1148,8 @@ inline std::vector<long long> split_ints(const std::string& s, std::size_t n, co
 /// `lowbit.recipe` (name), `lowbit.recipe_fields` (`recipe_fields`: every field, seed included),
 /// `lowbit.model` (`model_fields`), `lowbit.tokenizer_format`, and `<name>.format` / `.shape` /
 /// `.dense_bits`. Atomic (temporary file + rename): a failure leaves any previous file intact.
-/// \throws invalid_argument (records do not match the model, non-dense classifier), format_error (I/O).
+/// \throws invalid_argument (records do not match the model or the recipe — `detail::record_recipe_mismatch` —,
+/// non-dense classifier), format_error (I/O).
 inline void save_quantized_model(const std::filesystem::path& path, const quantized_model& q) {
     constexpr const char* where = "save_quantized_model";
     const auto& m = q.model;
@@ -1146,6 +1183,8 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
             const auto it = q.records.find(n);
             detail::require(it != q.records.end() && !it->second.format.empty(), where, "missing record for " + n);
             const auto& rec = it->second;
+            if (const std::string why = detail::record_recipe_mismatch(q.spec, rec); !why.empty())
+                throw invalid_argument(std::string("lowbit: save_quantized_model: record of '") + n + "' " + why);
             ++n_linears;
             out.set_metadata(n + ".format", rec.format);
             out.set_metadata(n + ".shape", detail::join_ints({rec.rows, rec.cols}));
@@ -1188,7 +1227,8 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
 /// are bit-identical to the saved model's): the recipe comes from `lowbit.recipe_fields` (every
 /// field), never from the built-in table, so a non-default seed or flag reloads as saved.
 /// \throws format_error (corrupt, truncated, inconsistent or not a lowbit quantized model; a recipe
-/// field it does not know).
+/// field it does not know; a recorded recipe that would not produce the stored layers —
+/// `detail::record_recipe_mismatch`: the file is refused rather than run as something else).
 [[nodiscard]] inline quantized_model load_quantized_model(const std::filesystem::path& path) {
     const auto f = io::safetensors_file::read(path);
     const auto& md = f.metadata();
@@ -1343,6 +1383,8 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
                 throw format_error("lowbit: load_quantized_model: '" + n + "' has shape " + std::to_string(rec.rows) + "x" +
                                    std::to_string(rec.cols) + ", lowbit.model implies " + std::to_string(want_r) + "x" +
                                    std::to_string(want_c));
+            if (const std::string why = detail::record_recipe_mismatch(q.spec, rec); !why.empty())
+                throw format_error("lowbit: load_quantized_model: the recorded recipe cannot be rebuilt: layer '" + n + "' " + why);
             std::shared_ptr<const linear_operator> op;
             try {
                 op = build_linear(q.spec, rec, recipe_rotation(q.spec, rec.cols));
