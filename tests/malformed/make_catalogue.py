@@ -399,6 +399,7 @@ MODEL_FIELDS = {"architecture": "llama", "dim": "8", "hidden_dim": "16", "n_laye
                 "rope_theta": "10000", "rope": "rotate_half", "qk_norm": "false", "attention_bias": "false",
                 "n_experts": "0", "n_experts_per_token": "0", "moe_hidden_dim": "0", "norm_topk_prob": "true",
                 "bos_token": "0", "stop_token": "1"}
+INT4_RECIPE = "weights=int4;solver=rtn;rotation=none;activation=fp32"
 LINEARS = {"wq": (8, 8), "wk": (4, 8), "wv": (4, 8), "wo": (8, 8), "w1": (16, 8), "w2": (8, 16), "w3": (16, 8)}
 
 
@@ -454,7 +455,7 @@ def lowbit_entries():
     def int4_recipe(meta):
         # an int4 recipe whose other linears are counted dense fallbacks: the loader accepts the
         # recipe, so the entries below reach the codes checks
-        meta["lowbit.recipe_fields"] = "weights=int4;solver=rtn;rotation=none;activation=fp32"
+        meta["lowbit.recipe_fields"] = INT4_RECIPE
         for slot in LINEARS:
             meta["layers.0." + slot + ".dense_bits"] = "4.5"
 
@@ -491,20 +492,23 @@ def lowbit_entries():
     entry(put("lowbit/nan_dense_linear.safetensors", lowbit_model(tweak=nan_dense)), "lowbit_model",
           "format_error", "'layers.0.wk.weight' holds NaN or Inf")
 
-    def inf_lowrank(meta, t):
-        t["layers.0.wo.lowrank_a"] = ("F16", [8, 1], b"\0\x7c" * 8)
+    def rank1_lowrank(t, a_half):
+        # a rank-1 low-rank term on layers.0.wo: a = 8 copies of the fp16 `a_half`, b = ones
+        t["layers.0.wo.lowrank_a"] = ("F16", [8, 1], a_half * 8)
         t["layers.0.wo.lowrank_b"] = ("F16", [1, 8], b"\0\x3c" * 8)
+
+    def inf_lowrank(meta, t):
+        rank1_lowrank(t, b"\0\x7c")  # +Inf
     entry(put("lowbit/inf_lowrank.safetensors", lowbit_model(tweak=inf_lowrank)), "lowbit_model",
           "format_error", "'layers.0.wo.lowrank_a' holds NaN or Inf")
 
     # the recorded recipe would not produce the stored layers (docs/reliability.md, "Saved models reload as saved")
-    entry(put("lowbit/recipe_vs_layers.safetensors", lowbit_model(meta_extra={
-        "lowbit.recipe_fields": "weights=int4;solver=rtn;rotation=none;activation=fp32"})), "lowbit_model",
+    entry(put("lowbit/recipe_vs_layers.safetensors", lowbit_model(meta_extra={"lowbit.recipe_fields": INT4_RECIPE})),
+          "lowbit_model",
           "format_error", "is stored as 'dense', but recipe weights=int4")
 
     def lowrank_without_recipe(meta, t):
-        t["layers.0.wo.lowrank_a"] = ("F16", [8, 1], b"\0\x3c" * 8)
-        t["layers.0.wo.lowrank_b"] = ("F16", [1, 8], b"\0\x3c" * 8)
+        rank1_lowrank(t, b"\0\x3c")  # 1.0
     entry(put("lowbit/lowrank_vs_recipe.safetensors", lowbit_model(tweak=lowrank_without_recipe)), "lowbit_model",
           "format_error", "rank-1 correction, recipe low_rank=0")
 
