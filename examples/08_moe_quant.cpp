@@ -6,15 +6,20 @@
 // router logit RMSE, quantization time per layer. MoBiE rows (binary experts, model/mobie.hpp):
 // `mobie` (CEJD + GLAS + NGES), the ablations `mobie-nocejd`, `mobie-noglas`, `mobie-nonges`, and
 // `binary` (every component off: ARB + GPTQ per linear); they run once (1 bit), not per --bits.
+// KBVQ-MoE rows (model/kbvq_moe.hpp, --bits 2 or 3 only): `kbvq` (IDRE + VQ residual + BCOS), the
+// ablations `kbvq-noidre`, `kbvq-nobcos`, `kbvq-scalar` (scalar RTN residual at the same bits instead
+// of VQ), `kbvq-idre-only` (IDRE, residual dropped) and `kbvq-vq-only` (VQ alone: IDRE and BCOS off).
 //
 // Usage: example_08_moe_quant [--bits 4,3,2] [--calib-windows 16] [--window 256] [--eval-windows 16]
 //                             [--ebss-seq 16] [--ebss-beam 2] [--ebss-cand 4] [--ebss-tau 0.1]
 //                             [--rows rtn,gptq,agq,ebss,moequant,mobie,mobie-nocejd,mobie-noglas,mobie-nonges,binary]
 //                             [--cejd-rank 1.0] [--nges-rank 0.25] [--nges-eta 10] [--glas-kappa 1] [--save DIR]
+//                             [--kbvq-rank 4] [--vq-iters 10]
 // Calibration: text-en/calib.jsonl (first documents) or EBSS sequences of --window tokens;
 // evaluation: text-en/dev.jsonl only.
 #include <lowbit/io/text_corpus.hpp>
 #include <lowbit/model/checkpoint.hpp>
+#include <lowbit/model/kbvq_moe.hpp>
 #include <lowbit/model/mobie.hpp>
 #include <lowbit/model/moe_recipes.hpp>
 
@@ -66,6 +71,7 @@ int main(int argc, char** argv) try {
     std::vector<std::string> rows = {"rtn", "gptq", "agq", "ebss", "moequant"};
     std::string save_dir;
     lowbit::mobie_config mobie_base;
+    int kbvq_rank = 4, vq_iters = 10;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -88,6 +94,8 @@ int main(int argc, char** argv) try {
         else if (a == "--nges-rank") mobie_base.nges_rank = std::stod(next());
         else if (a == "--nges-eta") mobie_base.nges_eta = std::stod(next());
         else if (a == "--glas-kappa") mobie_base.glas_kappa = std::stod(next());
+        else if (a == "--kbvq-rank") kbvq_rank = std::stoi(next());
+        else if (a == "--vq-iters") vq_iters = std::stoi(next());
         else throw std::runtime_error("unknown argument " + a);
     }
     eo.length = window;
@@ -152,6 +160,35 @@ int main(int argc, char** argv) try {
     for (int bits : bits_list)
         for (const auto& row : rows) {
             if (row == "binary" || row.rfind("mobie", 0) == 0) continue;
+            if (row.rfind("kbvq", 0) == 0) {
+                if (bits != 2 && bits != 3) continue;
+                lowbit::kbvq_config c = lowbit::kbvq_preset(bits);
+                c.idre_rank = kbvq_rank;
+                c.vq_iterations = vq_iters;
+                c.calib_window = window;
+                c.calib_windows = calib_windows;
+                c.name = row + "-w" + std::to_string(bits);
+                if (row == "kbvq-noidre") c.idre = false;
+                else if (row == "kbvq-nobcos") c.bcos = false;
+                else if (row == "kbvq-scalar") c.residual = lowbit::kbvq_residual::scalar;
+                else if (row == "kbvq-idre-only") c.residual = lowbit::kbvq_residual::none;
+                else if (row == "kbvq-vq-only") c.idre = c.bcos = false;
+                else if (row != "kbvq") throw std::runtime_error("unknown row " + row);
+                const auto r = lowbit::quantize_kbvq_moe(fp.model, calib, c);
+                const double ppl = lowbit::perplexity(r.q.model, dev, po).perplexity;
+                const auto cmp = lowbit::compare_routing(fp.model, r.q.model, dev, 512, eval_windows);
+                double secs = 0, oe = 0;
+                for (double s : r.layer_seconds) secs += s;
+                for (double v : r.expert_output_error) oe += v;
+                std::printf("| %s | %.3f (experts %.3f) | - | %.3f | %.3f | %.4f | %.3f | %.2f |\n", c.name.c_str(), r.bits_per_weight,
+                            r.expert_bits_per_weight, ppl, cmp.agreement, cmp.balance_std, cmp.logit_rmse,
+                            secs / static_cast<double>(r.layer_seconds.size()));
+                std::printf("  (%s: mean expert output error sum|X(W - W^)'|^2/sum|XW'|^2 %.5f)\n", c.name.c_str(),
+                            oe / static_cast<double>(r.expert_output_error.size()));
+                std::fflush(stdout);
+                if (!save_dir.empty()) lowbit::save_quantized_model(std::filesystem::path(save_dir) / (c.name + ".safetensors"), r.q);
+                continue;
+            }
             lowbit::moe_quant_config c;
             c.bits = bits;
             c.calib_window = window;

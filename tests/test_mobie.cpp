@@ -3,13 +3,13 @@
 // glas_saliency (moe.hpp), a hand count of the stored bits from the layer shapes, a model written
 // and read back through safetensors (bit-identical logits), and — on the real checkpoint — the same
 // recipe with NGES switched off.
-#include <lowbit/io/text_corpus.hpp>
 #include <lowbit/model/checkpoint.hpp>
 #include <lowbit/model/mobie.hpp>
 
 #include <doctest/doctest.h>
 
 #include "models.hpp"
+#include "real_moe.hpp"
 #include "small_moe.hpp"
 
 #include <cmath>
@@ -179,15 +179,10 @@ TEST_CASE("quantize_mobie: bits counted by hand; ablations; deterministic; save 
 }
 
 TEST_CASE("real qwen3moe-18M-en: NGES lowers the null-space error ‖ΔW Q_k‖ against the same recipe without it; router shift reported; reload identical") {
-    auto fp = lowbit::open_model(lowbit_test::qwen3moe18m());
-    auto docs = lowbit::io::read_text_documents(lowbit_test::models_dir() / "text-en" / "calib.jsonl");
-    docs.resize(6);
-    const auto calib = fp.tokenizer.encode_documents(docs);
-    auto dev_docs = lowbit::io::read_text_documents(lowbit_test::models_dir() / "text-en" / "dev.jsonl");
-    dev_docs.resize(3);
-    const auto dev = fp.tokenizer.encode_documents(dev_docs);
-    REQUIRE(calib.size() >= 256);
-    REQUIRE(dev.size() >= 256);
+    auto real = lowbit_test::open_real_moe();
+    auto& fp = real.fp;
+    const auto& calib = real.calib;
+    const auto& dev = real.dev;
     std::vector<lowbit::mobie_result> runs;
     std::vector<double> rmse;
     for (bool nges : {true, false}) {

@@ -4,11 +4,11 @@
 // brute-force sort of the router logits (top-2 agreement, expert usage σ of EBSS).
 #include <lowbit/model/checkpoint.hpp>
 #include <lowbit/model/moe_recipes.hpp>
-#include <lowbit/io/text_corpus.hpp>
 
 #include <doctest/doctest.h>
 
 #include "models.hpp"
+#include "real_moe.hpp"
 #include "small_moe.hpp"
 
 #include <algorithm>
@@ -192,15 +192,10 @@ TEST_CASE("ebss_sample: deterministic, right lengths, the balance term lowers ex
 }
 
 TEST_CASE("real qwen3moe-18M-en: MoEQuant W4 keeps top-2 routing of the float model better than W2; reload identical") {
-    auto fp = lowbit::open_model(lowbit_test::qwen3moe18m());
-    auto docs = lowbit::io::read_text_documents(lowbit_test::models_dir() / "text-en" / "calib.jsonl");
-    docs.resize(6);
-    const auto calib = fp.tokenizer.encode_documents(docs);
-    auto dev_docs = lowbit::io::read_text_documents(lowbit_test::models_dir() / "text-en" / "dev.jsonl");
-    dev_docs.resize(3);
-    const auto dev = fp.tokenizer.encode_documents(dev_docs);
-    REQUIRE(calib.size() >= 256);
-    REQUIRE(dev.size() >= 256);
+    auto real = lowbit_test::open_real_moe();
+    auto& fp = real.fp;
+    const auto& calib = real.calib;
+    const auto& dev = real.dev;
     std::vector<double> agree;
     for (int bits : {4, 2}) {
         lowbit::moe_quant_config c;

@@ -15,7 +15,10 @@
 #include <lowbit/io/gguf_quants.hpp>
 #include <lowbit/model/checkpoint.hpp>
 #include <lowbit/model/gguf_model.hpp>
+#include <lowbit/model/kbvq_moe.hpp>
 #include <lowbit/model/llama.hpp>
+#include <lowbit/model/mobie.hpp>
+#include <lowbit/model/moe_recipes.hpp>
 #include <lowbit/model/recipes.hpp>
 #include <lowbit/version.hpp>
 
@@ -25,7 +28,9 @@
 #include <cstdlib>
 #include <exception>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -96,7 +101,8 @@ std::vector<command_spec> commands() {
          "included) or a GGUF that llama.cpp runs (.gguf; recipes whose codes GGUF cannot express are refused "
          "before any work, saying why).",
          {{"output", "-o", true, "output file (.safetensors or .gguf); written atomically"},
-          {"recipe", "-r", true, "recipe name (see `lowbit-quantize recipes`)"},
+          {"recipe", "-r", true, "recipe name (see `lowbit-quantize recipes`): a built-in recipe, or a Mixture-of-Experts "
+                                  "pipeline (moequant-w4|w3|w2, mobie-w1, kbvq-w2|w3) for routed-expert models"},
           {"set", nullptr, true, "override recipe fields: key=value,key=value (seed=3,hadamard_first=false,...)"},
           {"calib", nullptr, true, "calibration text (.txt or .jsonl); required by calibrated recipes; never the evaluation text"},
           {"calib-windows", nullptr, true, "calibration windows used (default 8)"},
@@ -246,6 +252,58 @@ std::vector<int> encode_file(const lowbit::text_tokenizer& tok, const fs::path& 
     return ids;
 }
 
+// --- the Mixture-of-Experts pipelines: recipes that need the routing (MoEQuant, MoBiE, KBVQ-MoE) ---
+
+/// One MoE pipeline under its recipe name: quantizes a routed-expert model from calibration tokens
+/// (window, windows: as --calib-window / --calib-windows; progress: one line per block).
+struct moe_pipeline {
+    std::string name;
+    std::string description;
+    std::function<lowbit::quantized_model(const lowbit::llama_model&, std::span<const int>, int, int,
+                                          const std::function<void(const std::string&)>&)>
+        run;
+};
+
+std::vector<moe_pipeline> moe_pipelines() {
+    std::vector<moe_pipeline> out;
+    for (int bits : {4, 3, 2}) {
+        lowbit::moe_quant_config c;
+        c.name = "moequant-w" + std::to_string(bits);
+        c.bits = bits;
+        out.push_back({c.name, lowbit::moe_recipe(c).description, [c](const auto& m, auto calib, int w, int n, const auto& progress) mutable {
+                           c.calib_window = w;
+                           c.calib_windows = n;
+                           c.progress = progress;
+                           return lowbit::quantize_moe(m, calib, c).q;
+                       }});
+    }
+    {
+        lowbit::mobie_config c;
+        out.push_back({c.name, lowbit::mobie_recipe(c).description, [c](const auto& m, auto calib, int w, int n, const auto& progress) mutable {
+                           c.calib_window = w;
+                           c.calib_windows = n;
+                           c.progress = progress;
+                           return lowbit::quantize_mobie(m, calib, c).q;
+                       }});
+    }
+    for (int bits : {2, 3}) {
+        lowbit::kbvq_config c = lowbit::kbvq_preset(bits);
+        out.push_back({c.name, lowbit::kbvq_recipe(c).description, [c](const auto& m, auto calib, int w, int n, const auto& progress) mutable {
+                           c.calib_window = w;
+                           c.calib_windows = n;
+                           c.progress = progress;
+                           return lowbit::quantize_kbvq_moe(m, calib, c).q;
+                       }});
+    }
+    return out;
+}
+
+const moe_pipeline* find_moe_pipeline(const std::vector<moe_pipeline>& all, const std::string& name) {
+    for (const auto& p : all)
+        if (p.name == name) return &p;
+    return nullptr;
+}
+
 lowbit::recipe recipe_from(const parsed_args& a) {
     if (!a.has("recipe")) throw usage_error("--recipe NAME is required (see `lowbit-quantize recipes`)");
     lowbit::recipe r = lowbit::find_recipe(a.get("recipe"));
@@ -256,6 +314,52 @@ lowbit::recipe recipe_from(const parsed_args& a) {
 // ------------------------------------------------------------------------------------------------
 // Commands
 // ------------------------------------------------------------------------------------------------
+
+/// Writes a quantized model as lowbit .safetensors or (to_gguf) a GGUF; prints what it wrote.
+void write_quantized(const lowbit::quantized_model& q, const lowbit::text_tokenizer& tok, const fs::path& out, bool to_gguf,
+                     const lowbit::gguf_export_options& eo, clock_type::time_point t0) {
+    if (to_gguf) {
+        const auto g = lowbit::make_gguf(q.model, tok, eo, &q.records, &q.spec);
+        g.write(out);
+        std::printf("wrote %s: recipe %s, GGUF with %zu tensors, %.1f MB of tensor data (%.1f s)\n", out.string().c_str(), q.spec.name.c_str(),
+                    g.tensor_count(), static_cast<double>(g.tensor_bytes()) / 1e6,
+                    std::chrono::duration<double>(clock_type::now() - t0).count());
+        return;
+    }
+    lowbit::save_quantized_model(out, q);
+    std::printf("wrote %s: recipe %s, %.3f bits/weight over %zu block linears (%.1f s)\n", out.string().c_str(), q.spec.name.c_str(),
+                q.model.bits_per_weight(), q.records.size(), std::chrono::duration<double>(clock_type::now() - t0).count());
+}
+
+/// `quantize` with a MoE pipeline: MODEL must have routed experts; calibration is required.
+int quantize_moe_pipeline(const parsed_args& a, const moe_pipeline& p, const fs::path& out, bool to_gguf,
+                          lowbit::gguf_export_options eo) {
+    auto src = open_for(a, "quantize");
+    if (src.kind == "lowbit") throw usage_error("MODEL is already a lowbit quantized model; quantize its float source");
+    if (src.model.config.n_experts <= 0)
+        throw usage_error("recipe '" + p.name + "' quantizes Mixture-of-Experts models (routed experts, e.g. qwen3moe); MODEL has none");
+    if (!a.has("calib")) throw usage_error("recipe '" + p.name + "' is calibrated: pass --calib FILE (.txt or .jsonl)");
+    if (to_gguf) {
+        eo.name = fs::path(a.positional[0]).filename().string();
+        (void)lowbit::gguf_architecture(src.model);
+    }
+    const auto calib = encode_file(need_tokenizer(src), a.get("calib"), src.model.config.vocab_size);
+    const int windows = static_cast<int>(a.integer("calib-windows", 8, 1, 1 << 20));
+    const int window = static_cast<int>(a.integer("calib-window", -1, 1, 1 << 20));
+    const auto t0 = clock_type::now();
+    const int layers = src.model.config.n_layers;
+    int done = 0;
+    const auto progress = [&](const std::string& s) {
+        ++done;
+        std::fprintf(stderr, "[%d/%d %.0f s] %s\n", done, layers, std::chrono::duration<double>(clock_type::now() - t0).count(), s.c_str());
+    };
+    std::fprintf(stderr, "recipe %s: %s\n", p.name.c_str(), p.description.c_str());
+    lowbit::quantized_model q = p.run(src.model, calib, window, windows, progress);
+    q.tokenizer_format = src.tokenizer.format();
+    q.tokenizer_bytes = src.tokenizer.bytes();
+    write_quantized(q, src.tokenizer, out, to_gguf, eo, t0);
+    return 0;
+}
 
 int cmd_quantize(const parsed_args& a) {
     if (!a.has("output")) throw usage_error("-o/--output OUT.safetensors|OUT.gguf is required");
@@ -272,6 +376,10 @@ int cmd_quantize(const parsed_args& a) {
             throw usage_error("--ternary-type takes tq1_0 or tq2_0");
     }
     eo.weights_only = a.has("weights-only");
+    const auto pipelines = moe_pipelines();
+    const moe_pipeline* moe = a.has("recipe") ? find_moe_pipeline(pipelines, a.get("recipe")) : nullptr;
+    if (moe && a.has("set")) throw usage_error("--set applies to the built-in recipes; '" + moe->name + "' takes no field overrides");
+    if (moe) return quantize_moe_pipeline(a, *moe, out, to_gguf, eo);
     const lowbit::recipe r = recipe_from(a);
     auto src = open_for(a, "quantize");
     if (to_gguf) {
@@ -307,17 +415,7 @@ int cmd_quantize(const parsed_args& a) {
     std::fprintf(stderr, "recipe %s: %s\n  fields: %s\n", r.name.c_str(), r.description.c_str(), lowbit::recipe_fields(r).c_str());
     lowbit::quantized_model q{r, {}, {}, src.tokenizer.format(), src.tokenizer.bytes()};
     q.model = lowbit::quantize_model(src.model, r, calib, qo, &q.records);
-    if (to_gguf) {
-        const auto g = lowbit::make_gguf(q.model, src.tokenizer, eo, &q.records, &q.spec);
-        g.write(out);
-        std::printf("wrote %s: recipe %s, GGUF with %zu tensors, %.1f MB of tensor data (%.1f s)\n", out.string().c_str(), r.name.c_str(),
-                    g.tensor_count(), static_cast<double>(g.tensor_bytes()) / 1e6,
-                    std::chrono::duration<double>(clock_type::now() - t0).count());
-        return 0;
-    }
-    lowbit::save_quantized_model(out, q);
-    std::printf("wrote %s: recipe %s, %.3f bits/weight over %zu block linears (%.1f s)\n", out.string().c_str(), r.name.c_str(),
-                q.model.bits_per_weight(), q.records.size(), std::chrono::duration<double>(clock_type::now() - t0).count());
+    write_quantized(q, src.tokenizer, out, to_gguf, eo, t0);
     return 0;
 }
 
@@ -461,6 +559,8 @@ int cmd_recipes(const parsed_args&) {
         std::printf("%-24s %s\n", r.name.c_str(), r.description.c_str());
         std::printf("%-24s %s\n", "", lowbit::recipe_fields(r).c_str());
     }
+    std::printf("\nMixture-of-Experts pipelines (routed-expert models such as qwen3moe; --calib required; no --set):\n");
+    for (const auto& p : moe_pipelines()) std::printf("%-24s %s\n", p.name.c_str(), p.description.c_str());
     return 0;
 }
 

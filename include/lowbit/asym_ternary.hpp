@@ -19,6 +19,11 @@
 ///   The stage-1 parameters are kept if the relocation does not lower e S eᵀ (rounding guard), so
 ///   stage 2 never increases the output error.
 /// Published defaults: K₁ = K₂ = 15, ratio 0.75.
+///
+/// Compile time: `fit_e2m_atq` (and `e2m_atq_quantizer::fit`) are function templates with one defaulted,
+/// unused parameter (`template <class = void>`; call them as ordinary functions), so their Eigen
+/// decompositions and solvers are compiled only in a translation unit that calls them
+/// (docs/compile_time.md).
 
 #include <lowbit/concepts.hpp>
 #include <lowbit/config.hpp>
@@ -100,8 +105,9 @@ inline double atq_threshold_fit(const std::vector<double>& c, const bool* m, dou
 }
 
 /// One row of E2M-ATQ (stages 1 and 2). `s` nullptr means S = I.
-inline void atq_row(const float* w, const bool* m, Eigen::Index n, const matrix_d* s, const e2m_atq& cfg,
-                    std::int8_t* t0, std::int8_t* t1, float& mu_out, float& a0_out, float& a1_out) {
+template <class = void>
+void atq_row(const float* w, const bool* m, Eigen::Index n, const matrix_d* s, const e2m_atq& cfg,
+             std::int8_t* t0, std::int8_t* t1, float& mu_out, float& a0_out, float& a1_out) {
     const auto un = static_cast<std::size_t>(n);
     double cnt = 0.0, mu = 0.0;
     for (std::size_t j = 0; j < un; ++j)
@@ -199,8 +205,9 @@ inline void atq_row(const float* w, const bool* m, Eigen::Index n, const matrix_
     a1_out = static_cast<float>(a1);
 }
 
-inline asym_ternary_rows fit_e2m_atq_impl(const cref_matrix_f& w, const group_mask& mask, const matrix_d* s,
-                                          const e2m_atq& cfg) {
+template <class = void>
+asym_ternary_rows fit_e2m_atq_impl(const cref_matrix_f& w, const group_mask& mask, const matrix_d* s,
+                                   const e2m_atq& cfg) {
     asym_ternary_rows out;
     out.order = cfg.order;
     out.codes[0].resize(w.rows(), w.cols());
@@ -224,8 +231,9 @@ inline asym_ternary_rows fit_e2m_atq_impl(const cref_matrix_f& w, const group_ma
 /// This is the per-group call of TRA-GPTQ (sources.md §2.4e): disjoint masks, each fitted alone.
 /// \throws shape_error (empty w, mask/S shape), numeric_error (NaN/Inf in w or S), invalid_argument (cfg).
 /// Complexity O(rows·n·(K₁ + 1)) for stage 1, O(rows·n²) for stage 2.
-[[nodiscard]] inline asym_ternary_rows fit_e2m_atq(const cref_matrix_f& w, const Eigen::Ref<const group_mask>& mask,
-                                                   const Eigen::Ref<const matrix_d>& s, const e2m_atq& cfg = {}) {
+template <class = void>
+[[nodiscard]] asym_ternary_rows fit_e2m_atq(const cref_matrix_f& w, const Eigen::Ref<const group_mask>& mask,
+                                            const Eigen::Ref<const matrix_d>& s, const e2m_atq& cfg = {}) {
     constexpr const char* where = "fit_e2m_atq";
     cfg.validate(where);
     detail::require_nonempty(w, where, "w");
@@ -241,7 +249,8 @@ inline asym_ternary_rows fit_e2m_atq_impl(const cref_matrix_f& w, const group_ma
 
 /// Fits E2M-ATQ to every entry of every row of `w` with S = I (Euclidean stage 2).
 /// \throws as above.
-[[nodiscard]] inline asym_ternary_rows fit_e2m_atq(const cref_matrix_f& w, const e2m_atq& cfg = {}) {
+template <class = void>
+[[nodiscard]] asym_ternary_rows fit_e2m_atq(const cref_matrix_f& w, const e2m_atq& cfg = {}) {
     constexpr const char* where = "fit_e2m_atq";
     cfg.validate(where);
     detail::require_nonempty(w, where, "w");
@@ -314,7 +323,9 @@ struct e2m_atq_quantizer {
         vector_f alpha1; ///< (rows) α₁ (0 for order 1)
     };
 
-    /// Fits every row of `block` (non-empty, finite).
+    /// Fits every row of `block` (non-empty, finite). (A template only so that the fit is compiled
+    /// where it is called, docs/compile_time.md; call it as `q.fit(block)`.)
+    template <class = void>
     [[nodiscard]] params fit(const cref_matrix_f& block) const {
         const auto f = fit_e2m_atq(block, config);
         return {f.mean, f.alpha[0], f.alpha[1]};

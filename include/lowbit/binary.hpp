@@ -100,8 +100,9 @@ inline binary_row_params binary_row(const sign_scale& r, const float* w, Eigen::
 }
 
 /// Least-squares (μ, α…) for the given planes; S = nullptr is the identity.
-inline binary_row_params binary_refit(const float* w, Eigen::Index n, const matrix_d* s, const std::int8_t* b0,
-                                      const std::int8_t* b1) {
+template <class = void>
+binary_row_params binary_refit(const float* w, Eigen::Index n, const matrix_d* s, const std::int8_t* b0,
+                               const std::int8_t* b1) {
     affine_codes_row row{w, nullptr, {b0}, n};
     if (b1) row.planes.push_back(b1);
     const vector_d x = affine_codes_solve(row, s);
@@ -110,8 +111,9 @@ inline binary_row_params binary_refit(const float* w, Eigen::Index n, const matr
     return p;
 }
 
-inline binary_row_params binary_row(const arb& r, const float* w, Eigen::Index n, const matrix_d*, std::int8_t* b,
-                                    std::int8_t*) {
+template <class = void>
+binary_row_params binary_row(const arb& r, const float* w, Eigen::Index n, const matrix_d*, std::int8_t* b,
+                             std::int8_t*) {
     double mu = row_mean(w, n);
     double a = sign_and_scale(w, n, mu, b);
     for (int it = 0; it < r.iters; ++it) {
@@ -123,16 +125,18 @@ inline binary_row_params binary_row(const arb& r, const float* w, Eigen::Index n
     return binary_refit(w, n, nullptr, b, nullptr);
 }
 
-inline binary_row_params binary_row(const residual_binary&, const float* w, Eigen::Index n, const matrix_d*,
-                                    std::int8_t* b0, std::int8_t* b1) {
+template <class = void>
+binary_row_params binary_row(const residual_binary&, const float* w, Eigen::Index n, const matrix_d*,
+                             std::int8_t* b0, std::int8_t* b1) {
     const double mu = row_mean(w, n);
     const double a0 = sign_and_scale(w, n, mu, b0);
     for (Eigen::Index j = 0; j < n; ++j) b1[j] = sign_code(static_cast<double>(w[j]) - mu - a0 * b0[j]);
     return binary_refit(w, n, nullptr, b0, b1);
 }
 
-inline binary_row_params binary_row(const arb_x& r, const float* w, Eigen::Index n, const matrix_d* s,
-                                    std::int8_t* b, std::int8_t*) {
+template <class = void>
+binary_row_params binary_row(const arb_x& r, const float* w, Eigen::Index n, const matrix_d* s,
+                             std::int8_t* b, std::int8_t*) {
     (void)binary_row(arb{r.iters}, w, n, nullptr, b, nullptr); // Euclidean start: codes b
     std::vector<std::int8_t> cur(b, b + n);
     binary_row_params best = binary_refit(w, n, s, b, nullptr);

@@ -29,6 +29,11 @@
 ///
 /// Complexity: O(n³) for the factorisation, O(m n²) for the updates, plus the quantizer's cost.
 /// Memory: W, U and H in double (3·8·max(m,n)·n bytes).
+///
+/// Compile time: TRA-GPTQ (`tra_gptq_quantize`) and the Cholesky preparation shared with `gptq_quantize`
+/// are function templates with one defaulted, unused parameter (`template <class = void>`; call them as
+/// ordinary functions), so their Eigen decompositions and solvers are compiled only in a translation unit
+/// that calls them (docs/compile_time.md).
 
 #include <lowbit/asym_ternary.hpp>
 #include <lowbit/concepts.hpp>
@@ -153,7 +158,8 @@ inline void check_gptq_inputs(const cref_matrix_f& w, const Eigen::Ref<const mat
 }
 
 /// Steps 1–4 of the file comment.
-inline gptq_problem gptq_prepare(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h_in, const gptq_options& opt,
+template <class = void>
+gptq_problem gptq_prepare(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h_in, const gptq_options& opt,
                                  const char* where) {
     const Eigen::Index n = w.cols();
     gptq_problem p;
@@ -358,7 +364,8 @@ namespace detail {
 /// Greedy residual ternary approximation of `v` restricted to `mask`: `terms` successive E2M-ATQ
 /// stage-1 initialisations (steps 1–3: μ = mean, Δ = 0.75·mean|c|, t, α) each on the previous residual,
 /// no alternation (the BiLLM/TWLA mask-search approximation). Zero outside the mask.
-inline matrix_f tra_greedy_ternary(const matrix_f& v, const group_mask& mask, int terms, const matrix_d& eye) {
+template <class = void>
+matrix_f tra_greedy_ternary(const matrix_f& v, const group_mask& mask, int terms, const matrix_d& eye) {
     e2m_atq cfg;
     cfg.order = 1;
     cfg.stage1_iters = 0;
@@ -437,7 +444,8 @@ inline double tra_split(const matrix_f& omega, const group_mask& region, int ste
 }
 
 /// Steps b–d for one block: Ω = W1²/U_jj² (`omega`), S of the block's columns (`s`).
-inline tra_partition_result tra_partition(const matrix_f& omega, const matrix_d& s, const tra_gptq_options& opt) {
+template <class = void>
+tra_partition_result tra_partition(const matrix_f& omega, const matrix_d& s, const tra_gptq_options& opt) {
     const Eigen::Index m = omega.rows(), bw = omega.cols();
     const matrix_d eye = matrix_d::Identity(bw, bw);
     tra_partition_result r;
@@ -535,7 +543,8 @@ inline tra_partition_result tra_partition(const matrix_f& omega, const matrix_d&
 /// \throws as `gptq_quantize`, plus invalid_argument for bad options.
 /// Complexity per block: O(K·m·B) for the salient search, O(quantile_steps·m·B²) for the
 /// non-salient criterion, O(m·B²) for stage 2; plus GPTQ's O(n³ + m n²).
-[[nodiscard]] inline tra_gptq_result tra_gptq_quantize(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h,
+template <class = void>
+[[nodiscard]] tra_gptq_result tra_gptq_quantize(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h,
                                                        const tra_gptq_options& opt = {}) {
     constexpr const char* where = "tra_gptq_quantize";
     opt.validate(where);

@@ -556,6 +556,9 @@ class hadamard_transform {
 public:
     /// Plans width n. Throws `invalid_argument` for n < 1, an oversized odd factor, or when
     /// `opt.require_hadamard` is set and n gets a construction that is not a Hadamard matrix.
+    /// (A template with one defaulted, unused parameter so that the random fallback's QR is compiled only
+    /// where a transform is built, docs/compile_time.md; construct it as an ordinary class.)
+    template <class = void>
     explicit hadamard_transform(Eigen::Index n, hadamard_options opt = {}) : info_(hadamard_construction(n, opt.policy)) {
         if (opt.require_hadamard && !info_.is_hadamard())
             throw invalid_argument("lowbit: hadamard_transform: no Hadamard matrix of order " + std::to_string(n) +

@@ -14,6 +14,11 @@
 /// full batch; simultaneous updates (released code) or alternating (the paper's figure).
 /// Published defaults (KOTMS.py CLI): 100 iterations, lr 1e-2 for both factors, ρ₀ = ρ₁ = 0.25, λ_bal = 0.1.
 /// Complexity per iteration: O(m·n·(l + r)) + O(l³ + r³). All arithmetic in double.
+///
+/// Compile time: `learn_kotms`, `kotms_loss` and their helpers are function templates with one defaulted,
+/// unused parameter (`template <class = void>`; call them as ordinary functions), so their Eigen
+/// decompositions and solvers are compiled only in a translation unit that calls them
+/// (docs/compile_time.md).
 
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
@@ -55,8 +60,9 @@ struct mixture_eval {
 /// Evaluates the mixture-shaping loss (see kotms.hpp's file comment). `fixed_scale`: use these c_o instead
 /// of computing them. `frozen`: EM M-step — the NLL part becomes −mean Σ_k γ_k^old log(π_k N_k) with the
 /// given responsibilities. O(m·n·K).
-inline mixture_eval mixture_shaping_loss(const matrix_d& wrot, const mixture_spec& spec, const vector_d* fixed_scale,
-                                         const std::vector<double>* frozen, bool want_resp) {
+template <class = void>
+mixture_eval mixture_shaping_loss(const matrix_d& wrot, const mixture_spec& spec, const vector_d* fixed_scale,
+                                  const std::vector<double>* frozen, bool want_resp) {
     const Eigen::Index m = wrot.rows(), n = wrot.cols();
     const std::size_t K = spec.means.size();
     const double N = static_cast<double>(m) * static_cast<double>(n);
@@ -142,7 +148,8 @@ inline mixture_eval mixture_shaping_loss(const matrix_d& wrot, const mixture_spe
 }
 
 /// Rows of w (m × l·r) as l×r matrices M_o, mapped to C·M_o·B. O(m·n·(l + r)).
-inline matrix_d kronecker_rotate_rows(const matrix_d& w, const matrix_d& c, const matrix_d& b) {
+template <class = void>
+matrix_d kronecker_rotate_rows(const matrix_d& w, const matrix_d& c, const matrix_d& b) {
     const Eigen::Index m = w.rows(), l = c.rows(), r = b.rows();
     using cmap = Eigen::Map<const matrix_d>;
     using map = Eigen::Map<matrix_d>;
@@ -153,8 +160,9 @@ inline matrix_d kronecker_rotate_rows(const matrix_d& w, const matrix_d& c, cons
 }
 
 /// ∂L/∂C and ∂L/∂B from G = ∂L/∂W_rot for W_rot rows = C M_o B. O(m·n·(l + r)).
-inline void kronecker_factor_gradients(const matrix_d& w, const matrix_d& c, const matrix_d& b, const matrix_d& g,
-                                       matrix_d& gc, matrix_d& gb) {
+template <class = void>
+void kronecker_factor_gradients(const matrix_d& w, const matrix_d& c, const matrix_d& b, const matrix_d& g,
+                                matrix_d& gc, matrix_d& gb) {
     const Eigen::Index m = w.rows(), l = c.rows(), r = b.rows();
     using cmap = Eigen::Map<const matrix_d>;
     const matrix_d z = cmap(w.data(), m * l, r) * b; // M_o B stacked
@@ -226,9 +234,10 @@ struct kotms_loss_value {
 /// Evaluates the KOTMS loss of W [m x l·r] rotated by rows ↦ C·M·B, with analytic gradients in C and B.
 /// `row_scale`: the per-row c_o to hold fixed (default: computed from the rotated rows). C and B need not
 /// be orthogonal here. Throws `shape_error` (sizes), `numeric_error` (NaN/Inf), `invalid_argument` (options).
-[[nodiscard]] inline kotms_loss_value kotms_loss(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& left,
-                                                 const Eigen::Ref<const matrix_d>& right, const kotms_options& opt = {},
-                                                 const vector_d* row_scale = nullptr) {
+template <class = void>
+[[nodiscard]] kotms_loss_value kotms_loss(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& left,
+                                          const Eigen::Ref<const matrix_d>& right, const kotms_options& opt = {},
+                                          const vector_d* row_scale = nullptr) {
     constexpr const char* where = "kotms_loss";
     opt.validate(where);
     detail::require_square(left.rows(), left.cols(), where, "left");
@@ -257,7 +266,8 @@ struct rotation_learning_result {
 /// `rotate_weights(w, result.rotation)`; activations take the same rotation online.
 /// Throws `shape_error` (empty w, sizes not dividing n), `numeric_error` (NaN/Inf), `invalid_argument`.
 /// Deterministic. Complexity O(iters·(m·n·(l + r) + l³ + r³)).
-[[nodiscard]] inline rotation_learning_result learn_kotms(const cref_matrix_f& w, const kotms_options& opt = {}) {
+template <class = void>
+[[nodiscard]] rotation_learning_result learn_kotms(const cref_matrix_f& w, const kotms_options& opt = {}) {
     constexpr const char* where = "learn_kotms";
     opt.validate(where);
     detail::require_nonempty(w, where, "w");

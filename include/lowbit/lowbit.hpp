@@ -2,9 +2,9 @@
 /// \file lowbit.hpp
 /// Umbrella header: every maths header of lowbit (core, quantizers, solvers, transforms, NLI, kernels).
 /// It does not include the file formats (lowbit/io/) nor the model layer (lowbit/model/), and it is
-/// expensive to compile (every solver and Eigen decomposition, ~1 min at -O2): an engine that only
-/// runs packed layers should include what it uses, e.g. <lowbit/gemm.hpp>, <lowbit/hadamard.hpp>,
-/// <lowbit/quantized_linear.hpp> (docs/compile_time.md).
+/// the most expensive maths header to compile (the union of all of them): an engine that only runs
+/// packed layers should include what it uses, e.g. <lowbit/gemm.hpp>, <lowbit/hadamard.hpp>,
+/// <lowbit/quantized_linear.hpp> (docs/compile_time.md has the figures).
 /// The structure test `umbrella_header` checks that this list names every lowbit/*.hpp.
 
 #include <lowbit/activations.hpp>

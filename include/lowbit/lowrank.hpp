@@ -126,8 +126,9 @@ struct whitening {
     }
 };
 
-inline whitening make_whitening(const Eigen::Ref<const matrix_d>& gram, double damping, Eigen::Index n,
-                                const char* where) {
+template <class = void>
+whitening make_whitening(const Eigen::Ref<const matrix_d>& gram, double damping, Eigen::Index n,
+                         const char* where) {
     require_dim(gram.rows(), n, where, "gram rows (must equal the weight's column count)");
     require_dim(gram.cols(), n, where, "gram cols (must equal the weight's column count)");
     require_finite(gram, where, "gram");

@@ -10,6 +10,11 @@
 /// - MoBiE GLAS (§4.2, RECON): global-gradient-weighted saliency.
 ///
 /// Shapes: inputs `x` `[tokens x n]`, weights/gradients `[m x n]`, Grams/Hessians `[n x n]` (double).
+///
+/// Compile time: `agq_hessian`, the NGES projector and penalised Hessian, `project_update` and
+/// `glas_saliency` are function templates with one defaulted, unused parameter (`template <class = void>`;
+/// call them as ordinary functions), so their Eigen decompositions and solvers are compiled only in a
+/// translation unit that calls them (docs/compile_time.md).
 
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
@@ -89,7 +94,8 @@ LOWBIT_BEGIN_NAMESPACE
 /// \param x    `[tokens x n]` inputs reaching the MoE layer; \param gate (tokens) the expert's gate
 ///             probability per token, 0 for tokens not routed to it.
 /// \throws shape_error (sizes, empty x, no token routed), numeric_error (NaN/Inf), invalid_argument (gate < 0).
-[[nodiscard]] inline gptq_hessian agq_hessian(const cref_matrix_f& x, const cref_vector_f& gate);
+template <class = void>
+[[nodiscard]] gptq_hessian agq_hessian(const cref_matrix_f& x, const cref_vector_f& gate);
 
 /// The routed rows of `x` (gate > 0) and their gates, for `gptq_hessian::add(rows, gates)`.
 struct agq_routed {
@@ -115,7 +121,8 @@ struct agq_routed {
     }
 };
 
-inline gptq_hessian agq_hessian(const cref_matrix_f& x, const cref_vector_f& gate) {
+template <class>
+gptq_hessian agq_hessian(const cref_matrix_f& x, const cref_vector_f& gate) {
     const agq_routed sel(x, gate);
     detail::require<shape_error>(sel.rows.rows() > 0, "agq_hessian", "no token is routed to the expert (all gates 0)");
     gptq_hessian h(x.cols());
@@ -128,7 +135,8 @@ inline gptq_hessian agq_hessian(const cref_matrix_f& x, const cref_vector_f& gat
 /// (the typical inputs), so the router of the next layer sees (almost) no shift.
 /// \throws invalid_argument unless 0 ≤ k ≤ n; shape_error (non-square, empty), numeric_error (NaN/Inf).
 /// Complexity O(n³) (symmetric eigensolver).
-[[nodiscard]] inline matrix_d input_null_space_projector(const Eigen::Ref<const matrix_d>& gram, Eigen::Index k) {
+template <class = void>
+[[nodiscard]] matrix_d input_null_space_projector(const Eigen::Ref<const matrix_d>& gram, Eigen::Index k) {
     constexpr const char* where = "input_null_space_projector";
     detail::require_nonempty(gram, where, "gram");
     detail::require_dim(gram.cols(), gram.rows(), where, "gram cols (must be square)");
@@ -144,7 +152,8 @@ inline gptq_hessian agq_hessian(const cref_matrix_f& x, const cref_vector_f& gat
 
 /// δ·P_⊥ for a weight update δ `[m x n]` and a projector from `input_null_space_projector`.
 /// \throws shape_error if δ's columns do not match P.
-[[nodiscard]] inline matrix_f project_update(const cref_matrix_f& delta, const Eigen::Ref<const matrix_d>& projector) {
+template <class = void>
+[[nodiscard]] matrix_f project_update(const cref_matrix_f& delta, const Eigen::Ref<const matrix_d>& projector) {
     constexpr const char* where = "project_update";
     detail::require_nonempty(delta, where, "delta");
     detail::require_dim(projector.rows(), delta.cols(), where, "projector rows (must equal delta cols)");
@@ -156,8 +165,9 @@ inline gptq_hessian agq_hessian(const cref_matrix_f& x, const cref_vector_f& gat
 /// NGES as a penalty: `H + η·mean(diag H)·Q_k Q_kᵀ` (Q_k from `gram`), i.e. the GPTQ Hessian of the
 /// objective plus η‖ΔW Q_k‖² (scaled to H). Feed the result to a GPTQ solver instead of H.
 /// \throws shape_error (sizes), invalid_argument (η < 0, bad k), numeric_error (NaN/Inf).
-[[nodiscard]] inline matrix_d nges_penalized_hessian(const Eigen::Ref<const matrix_d>& hessian,
-                                                     const Eigen::Ref<const matrix_d>& gram, Eigen::Index k, double eta) {
+template <class = void>
+[[nodiscard]] matrix_d nges_penalized_hessian(const Eigen::Ref<const matrix_d>& hessian,
+                                              const Eigen::Ref<const matrix_d>& gram, Eigen::Index k, double eta) {
     constexpr const char* where = "nges_penalized_hessian";
     detail::require_nonempty(hessian, where, "hessian");
     detail::require_dim(hessian.cols(), hessian.rows(), where, "hessian cols (must be square)");
@@ -191,8 +201,9 @@ inline void check_glas_arguments(const cref_matrix_f& w, const cref_vector_f& u_
 /// local term w²/[U]_jj² (u_j: diagonal of the upper Cholesky factor of H⁻¹) times a first-order
 /// Taylor importance from the global loss gradient g. κ = 0, or g = 0, gives the local term.
 /// \throws shape_error (sizes), numeric_error (NaN/Inf), invalid_argument (u_j ≤ 0, κ < 0).
-[[nodiscard]] inline matrix_f glas_saliency(const cref_matrix_f& w, const cref_vector_f& u_diag, const cref_matrix_f& grad,
-                                            double kappa = 1.0) {
+template <class = void>
+[[nodiscard]] matrix_f glas_saliency(const cref_matrix_f& w, const cref_vector_f& u_diag, const cref_matrix_f& grad,
+                                     double kappa = 1.0) {
     detail::check_glas_arguments(w, u_diag, grad, kappa, "glas_saliency");
     double mean_gw = 0;
     for (Eigen::Index i = 0; i < w.rows(); ++i)

@@ -11,6 +11,10 @@
 /// Cayley parameters of one factor (the other frozen) minimising the expected complete-data NLL
 /// −mean Σ± γ± log(½N±) (+ an optional balance term toward ½/½); the factors alternate R₁, R₂, R₁, ...
 /// Factor sizes: the KOTMS rule. Complexity per M-step O(m·n·(l + r) + l³ + r³).
+///
+/// Compile time: `learn_okt` and `okt_loss` are function templates with one defaulted, unused parameter
+/// (`template <class = void>`; call them as ordinary functions), so their Eigen decompositions and solvers
+/// are compiled only in a translation unit that calls them (docs/compile_time.md).
 
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
@@ -45,8 +49,9 @@ struct okt_options {
 
 /// The bimodal negative log-likelihood (+ balance) of W rotated by rows ↦ C·M·B (the quantity OKT's EM
 /// decreases). Throws as `learn_okt`.
-[[nodiscard]] inline double okt_loss(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& left,
-                                     const Eigen::Ref<const matrix_d>& right, const okt_options& opt = {}) {
+template <class = void>
+[[nodiscard]] double okt_loss(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& left,
+                              const Eigen::Ref<const matrix_d>& right, const okt_options& opt = {}) {
     constexpr const char* where = "okt_loss";
     opt.validate(where);
     detail::require_square(left.rows(), left.cols(), where, "left");
@@ -61,7 +66,8 @@ struct okt_options {
 /// Learns OKT factors for W [m x n] by alternating EM (see the file comment). `loss_history` holds the
 /// bimodal loss at every E-step and at the end. Throws `shape_error` (empty w, sizes not dividing n),
 /// `numeric_error` (NaN/Inf), `invalid_argument` (options). Deterministic.
-[[nodiscard]] inline rotation_learning_result learn_okt(const cref_matrix_f& w, const okt_options& opt = {}) {
+template <class = void>
+[[nodiscard]] rotation_learning_result learn_okt(const cref_matrix_f& w, const okt_options& opt = {}) {
     constexpr const char* where = "learn_okt";
     opt.validate(where);
     detail::require_nonempty(w, where, "w");

@@ -58,8 +58,10 @@ template <class Derived>
 
 /// Haar-random orthogonal n×n matrix: QR of a Gaussian matrix with the sign fix Q·diag(sign R_ii)
 /// (Mezzadri 2007), from `std::mt19937_64(seed)` and a portable Box–Muller. Deterministic per seed.
-/// O(n³). Throws `invalid_argument` for n < 1.
-[[nodiscard]] inline matrix_d random_orthogonal(Eigen::Index n, std::uint64_t seed) {
+/// O(n³). Throws `invalid_argument` for n < 1. (A template with one defaulted, unused parameter, called as
+/// an ordinary function: its QR is compiled only where it is called, docs/compile_time.md.)
+template <class = void>
+[[nodiscard]] matrix_d random_orthogonal(Eigen::Index n, std::uint64_t seed) {
     detail::require(n >= 1, "random_orthogonal", "argument 'n' must be >= 1, got " + std::to_string(n));
     std::mt19937_64 rng(seed);
     Eigen::MatrixXd g(n, n);

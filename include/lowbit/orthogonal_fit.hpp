@@ -8,7 +8,9 @@
 /// applies a rotation includes orthogonal.hpp or hadamard.hpp and does not pay for them.
 ///
 /// Same conventions as orthogonal.hpp: transforms act on rows from the right (x ↦ x·Q), dense matrices
-/// are double precision (`matrix_d`).
+/// are double precision (`matrix_d`). Every function here is a template with one defaulted, unused
+/// parameter (`template <class = void>`; call them as ordinary functions): Eigen's LU, SVD and eigen
+/// solver are then compiled only in a translation unit that calls them (docs/compile_time.md).
 
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
@@ -25,7 +27,8 @@ LOWBIT_BEGIN_NAMESPACE
 /// Cayley map of the skew part of a free square matrix P: A = P − Pᵀ, Q = (I + A)⁻¹(I − A).
 /// Q is orthogonal for every P (I + A is invertible for skew A); P = 0 gives Q = I. O(n³).
 /// Throws `shape_error` for a non-square or empty P, `numeric_error` for NaN/Inf.
-[[nodiscard]] inline matrix_d cayley(const Eigen::Ref<const matrix_d>& p) {
+template <class = void>
+[[nodiscard]] matrix_d cayley(const Eigen::Ref<const matrix_d>& p) {
     detail::require_square(p.rows(), p.cols(), "cayley", "p");
     detail::require_finite(p, "cayley", "p");
     const Eigen::Index n = p.rows();
@@ -36,8 +39,9 @@ LOWBIT_BEGIN_NAMESPACE
 
 /// Gradient of L(Q(P)) with respect to the free matrix P, given Q = cayley(P) and G = ∂L/∂Q:
 /// with M = I + A, ∂L/∂A = −M⁻ᵀ G (I + Q)ᵀ and ∂L/∂P = ∂L/∂A − (∂L/∂A)ᵀ. O(n³).
-[[nodiscard]] inline matrix_d cayley_gradient(const Eigen::Ref<const matrix_d>& p, const Eigen::Ref<const matrix_d>& q,
-                                              const Eigen::Ref<const matrix_d>& g) {
+template <class = void>
+[[nodiscard]] matrix_d cayley_gradient(const Eigen::Ref<const matrix_d>& p, const Eigen::Ref<const matrix_d>& q,
+                                       const Eigen::Ref<const matrix_d>& g) {
     detail::require_square(p.rows(), p.cols(), "cayley_gradient", "p");
     detail::require_dim(q.rows(), p.rows(), "cayley_gradient", "rows of 'q'");
     detail::require_dim(q.cols(), p.cols(), "cayley_gradient", "columns of 'q'");
@@ -53,7 +57,8 @@ LOWBIT_BEGIN_NAMESPACE
 
 /// Orthogonal Procrustes: the orthogonal Q minimising ‖A Q − B‖_F, Q = U Vᵀ from the SVD AᵀB = U Σ Vᵀ
 /// (Schönemann 1966). A, B: [k x n] with equal shapes. O(k n² + n³).
-[[nodiscard]] inline matrix_d orthogonal_procrustes(const Eigen::Ref<const matrix_d>& a, const Eigen::Ref<const matrix_d>& b) {
+template <class = void>
+[[nodiscard]] matrix_d orthogonal_procrustes(const Eigen::Ref<const matrix_d>& a, const Eigen::Ref<const matrix_d>& b) {
     detail::require_nonempty(a, "orthogonal_procrustes", "a");
     detail::require_dim(b.rows(), a.rows(), "orthogonal_procrustes", "rows of 'b'");
     detail::require_dim(b.cols(), a.cols(), "orthogonal_procrustes", "columns of 'b'");
@@ -67,7 +72,8 @@ LOWBIT_BEGIN_NAMESPACE
 /// Karhunen–Loève basis of activations X [tokens x n]: the eigenvectors of the second moment
 /// Σ = XᵀX / tokens as columns, by decreasing eigenvalue, each column's largest-|entry| made positive.
 /// x·Q gives the decorrelated KLT coefficients (QᵀΣQ diagonal, descending). O(tokens n² + n³).
-[[nodiscard]] inline matrix_d klt_basis(const cref_matrix_f& x) {
+template <class = void>
+[[nodiscard]] matrix_d klt_basis(const cref_matrix_f& x) {
     detail::require_nonempty(x, "klt_basis", "x");
     detail::require_finite(x, "klt_basis", "x");
     const Eigen::MatrixXd xd = x.cast<double>();

@@ -24,6 +24,11 @@
 ///   heavy tails the latter is decided by a handful of tokens and did not carry over to held-out data.
 /// Deployment: x ↦ x Q₁ Q₂ and W ↦ W Q₁ Q₂ (`rotate_activations` / `rotate_weights`; `torq_rotation` is a
 /// `RowTransform`). Width d must be a multiple of 32. Cost: O(T d² + d³) to learn, O(d² + 32 d) per row.
+///
+/// Compile time: `learn_torq`, `e2m1_code_entropy` and their helpers are function templates with one
+/// defaulted, unused parameter (`template <class = void>`; call them as ordinary functions), so their Eigen
+/// decompositions and solvers are compiled only in a translation unit that calls them
+/// (docs/compile_time.md).
 
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
@@ -79,7 +84,8 @@ struct torq_candidate {
 
 /// Entropy (bits) of the histogram of E2M1 codes of MXFP4(x) (OCP floor scale); the two zero codes are
 /// merged. x: [rows x cols], cols a multiple of 32. Throws as `quantize_mx`. O(rows·cols).
-[[nodiscard]] inline double e2m1_code_entropy(const cref_matrix_f& x) {
+template <class = void>
+[[nodiscard]] double e2m1_code_entropy(const cref_matrix_f& x) {
     const auto q = quantize_mx<mxfp4>(x);
     std::array<double, 16> hist{};
     for (Eigen::Index i = 0; i < q.codes.size(); ++i) {
@@ -120,7 +126,8 @@ struct torq_rotation {
 namespace detail {
 
 /// Orthonormal DCT-II as a right-multiplication matrix: (x R)_k = Σ_j x_j C_kj.
-inline matrix_d dct2_matrix(Eigen::Index g) {
+template <class = void>
+matrix_d dct2_matrix(Eigen::Index g) {
     constexpr double pi = 3.14159265358979323846;
     matrix_d r(g, g);
     for (Eigen::Index k = 0; k < g; ++k)
@@ -131,7 +138,8 @@ inline matrix_d dct2_matrix(Eigen::Index g) {
 }
 
 /// The zigzag dealing permutation of §6.2 as a right-multiplication matrix P (x P moves channel j to its slot).
-inline matrix_d zigzag_permutation(const Eigen::VectorXd& var, Eigen::Index g) {
+template <class = void>
+matrix_d zigzag_permutation(const Eigen::VectorXd& var, Eigen::Index g) {
     const Eigen::Index d = var.size(), nb = d / g;
     std::vector<Eigen::Index> order(static_cast<std::size_t>(d));
     std::iota(order.begin(), order.end(), Eigen::Index{0});
@@ -150,7 +158,8 @@ inline matrix_d zigzag_permutation(const Eigen::VectorXd& var, Eigen::Index g) {
 namespace detail {
 
 /// Q₁ of one level-1 construction (not `select`). x: calibration activations [T x d], d a multiple of g.
-inline matrix_d torq_level1_matrix(const cref_matrix_f& x, torq_level1 kind, std::uint64_t seed, Eigen::Index g) {
+template <class = void>
+matrix_d torq_level1_matrix(const cref_matrix_f& x, torq_level1 kind, std::uint64_t seed, Eigen::Index g) {
     const Eigen::Index d = x.cols(), nb = d / g;
     switch (kind) {
     case torq_level1::eigen_hadamard: {
@@ -192,7 +201,8 @@ inline const char* torq_level1_name(torq_level1 kind) {
 }
 
 /// Mean over rows of ‖x − q‖/‖x‖ (rows with ‖x‖ = 0 count 0).
-inline double mean_token_relative_error(const matrix_f& x, const matrix_f& q) {
+template <class = void>
+double mean_token_relative_error(const matrix_f& x, const matrix_f& q) {
     if (x.rows() == 0) return 0.0;
     double s = 0;
     for (Eigen::Index i = 0; i < x.rows(); ++i) {
@@ -208,7 +218,8 @@ inline double mean_token_relative_error(const matrix_f& x, const matrix_f& q) {
 /// candidate pair is scored on X and the best by `opt.criterion` wins (see the file comment). Evaluate on
 /// held-out tokens. Throws `shape_error` (empty X, d not a multiple of 32), `numeric_error` (NaN/Inf),
 /// `invalid_argument` (random_candidates < 0). Deterministic per seed. O(L·(T d² + d³)) for L level-1 constructions.
-[[nodiscard]] inline torq_rotation learn_torq(const cref_matrix_f& x, const torq_options& opt = {}) {
+template <class = void>
+[[nodiscard]] torq_rotation learn_torq(const cref_matrix_f& x, const torq_options& opt = {}) {
     constexpr const char* where = "learn_torq";
     constexpr Eigen::Index g = 32;
     detail::require_nonempty(x, where, "x");
@@ -237,7 +248,7 @@ inline double mean_token_relative_error(const matrix_f& x, const matrix_f& q) {
         const matrix_f q1 = detail::torq_level1_matrix(x, kind, opt.seed, g).cast<float>();
         const matrix_f x1 = x * q1;
         for (auto& [name, r] : cands) {
-            const matrix_f rf = r.cast<float>();
+            const matrix_f rf = r.template cast<float>(); // `template`: r is a structured binding inside a template
             matrix_f x2(x1.rows(), d);
             for (Eigen::Index b = 0; b < nb; ++b) x2.middleCols(b * g, g).noalias() = x1.middleCols(b * g, g) * rf;
             const matrix_f deq = mx_fake_quantize<mxfp4>(x2);

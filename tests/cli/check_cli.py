@@ -3,7 +3,7 @@
 
 usage: check_cli.py LOWBIT_QUANTIZE MODELS_DIR WORK_DIR
 
-Runs what a user runs: quantize (Hugging Face dense and MoE, llama2.c; lowbit .safetensors and
+Runs what a user runs: quantize (Hugging Face dense and MoE, the MoE pipelines, llama2.c; lowbit .safetensors and
 GGUF output), inspect (GGUF too), perplexity, generate, and the bad-input paths (exit status 2 for usage errors, 1 for bad files, a message
 naming the problem, and no output file left behind). Expected values come from the models
 folder's reference files (transformers' greedy continuation) or from the protocol, never from the
@@ -82,6 +82,31 @@ moe_out = work / "moe-w4.safetensors"
 run("quantize", moe, "-o", moe_out, "-r", "rtn-w4")
 p = run("inspect", moe_out)
 check("layers.3.experts.7.w2" in p.stdout, "inspect lists expert linears")
+
+# the MoE pipelines by recipe name (MoEQuant, MoBiE, KBVQ-MoE): calibrated, saved, reloaded, evaluated;
+# refused on a dense model, without --calib and with --set (exit 2, nothing written)
+p = run("recipes")
+check(all(n in p.stdout for n in ("moequant-w4", "mobie-w1", "kbvq-w2", "kbvq-w3")), "recipes lists the MoE pipelines")
+p = run("perplexity", moe, "-f", dev, "--max-windows", "1")
+ppl_moe = float(p.stdout.split("perplexity ")[1].split()[0]) if "perplexity " in p.stdout else 0
+for name, worst in (("moequant-w4", 1.15), ("kbvq-w3", 1.5), ("mobie-w1", 40.0)):
+    f = work / f"moe-{name}.safetensors"
+    p = run("quantize", moe, "-o", f, "-r", name, "--calib", calib, "--calib-windows", "1", "--calib-window", "128")
+    check(f.exists() and f"recipe {name}" in p.stdout and "bits/weight" in p.stdout, f"{name}: quantize writes the model:\n{p.stdout}")
+    check("[1/4" in p.stderr and "[4/4" in p.stderr, f"{name}: one progress line per block:\n{p.stderr[-600:]}")
+    p = run("inspect", f)
+    check(f"recipe       {name} (" in p.stdout, f"{name}: inspect shows the recipe")
+    p = run("perplexity", f, "-f", dev, "--max-windows", "1")
+    ppl = float(p.stdout.split("perplexity ")[1].split()[0]) if "perplexity " in p.stdout else 0
+    # W4 within 15 % of FP32, KBVQ ~3 bits within 50 %, binary experts (MoBiE) finite and bounded
+    check(ppl_moe < ppl < worst * ppl_moe, f"{name}: perplexity {ppl} vs FP32 {ppl_moe} (bound x{worst})")
+bad = work / "refused.safetensors"
+p = run("quantize", llama, "-o", bad, "-r", "mobie-w1", "--calib", calib, expect=2)
+check("Mixture-of-Experts" in p.stderr and not bad.exists(), f"a MoE pipeline on a dense model is refused: {p.stderr}")
+p = run("quantize", moe, "-o", bad, "-r", "kbvq-w2", expect=2)
+check("--calib" in p.stderr and not bad.exists(), f"a MoE pipeline needs --calib: {p.stderr}")
+p = run("quantize", moe, "-o", bad, "-r", "kbvq-w2", "--calib", calib, "--set", "seed=1", expect=2)
+check("--set" in p.stderr and not bad.exists(), f"--set is refused for MoE pipelines: {p.stderr}")
 
 # llama2.c checkpoint with its tokenizer beside it
 st = models / "stories260K" / "stories260K.bin"

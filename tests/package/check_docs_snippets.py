@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Every code block copied into tests/consumer/docs_snippets.cpp between `// BEGIN <file>` and
+"""Every code block copied into tests/consumer/docs_snippets.cpp (or an instances/*.cpp source) between `// BEGIN <file>` and
 `// END <file>` must appear verbatim (same lines, in order) in that file, so the compiled copy and
 the documentation cannot drift apart. Usage: check_docs_snippets.py <repo root>."""
 import pathlib
@@ -7,8 +7,9 @@ import re
 import sys
 
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
-src = (root / "tests" / "consumer" / "docs_snippets.cpp").read_text(encoding="utf-8")
-blocks = re.findall(r"// BEGIN (\S+)\n(.*?)\n\s*// END \1", src, re.S)
+# docs_snippets.cpp, and the compiled sources docs quote whole (instances/: separate instantiation)
+sources = [root / "tests" / "consumer" / "docs_snippets.cpp", *sorted((root / "instances").glob("*.cpp"))]
+blocks = [b for p in sources for b in re.findall(r"// BEGIN (\S+)\n(.*?)\n\s*// END \1", p.read_text(encoding="utf-8"), re.S)]
 bad = []
 for name, body in blocks:
     doc = (root / name).read_text(encoding="utf-8")

@@ -5,7 +5,10 @@
 #include <lowbit/model/recipes.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <random>
+#include <span>
+#include <string>
 #include <vector>
 
 namespace lowbit_test {
@@ -79,6 +82,21 @@ inline std::vector<int> random_tokens(int n, int vocab, std::uint64_t seed) {
 inline bool same_record(const lowbit::linear_record& a, const lowbit::linear_record& b) {
     return a.format == b.format && a.rows == b.rows && a.cols == b.cols && a.codes == b.codes && a.scale == b.scale &&
            a.offset == b.offset && a.dense == b.dense && a.dense_bits == b.dense_bits;
+}
+
+/// Writes `q` to a temporary safetensors file (`save_quantized_model`), reads it back and reports
+/// whether the reloaded model has the same recipe name, identical records, the same counted bits and
+/// bit-identical logits on `probe`. `tag` names the temporary file.
+inline bool reloads_identically(const lowbit::quantized_model& q, const std::string& tag, std::span<const int> probe) {
+    const auto path = std::filesystem::temp_directory_path() / ("lowbit_test_" + tag + ".safetensors");
+    lowbit::save_quantized_model(path, q);
+    const auto back = lowbit::load_quantized_model(path);
+    std::filesystem::remove(path);
+    bool same = back.spec.name == q.spec.name && back.records.size() == q.records.size() &&
+                back.model.bits_per_weight() == q.model.bits_per_weight();
+    for (const auto& [k, rec] : q.records) same = same && back.records.count(k) && same_record(rec, back.records.at(k));
+    lowbit::kv_cache c1(q.model.config), c2(q.model.config);
+    return same && (lowbit::forward(q.model, c1, probe).array() == lowbit::forward(back.model, c2, probe).array()).all();
 }
 
 } // namespace lowbit_test

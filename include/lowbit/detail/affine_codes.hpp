@@ -6,7 +6,9 @@
 /// (S = I when no S is given). The normal equations are the (P+1)×(P+1) system G x = b with
 /// G = [m; t_1; …] S [m; t_1; …]ᵀ and b = [m; t_1; …] S (w⊙m)ᵀ, solved in double by a complete
 /// orthogonal decomposition (the minimum-norm solution when a plane is empty or planes coincide).
-/// Used by binary.hpp (ARB, ARB-X) and asym_ternary.hpp (E2M-ATQ stage 2).
+/// Used by binary.hpp (ARB, ARB-X) and asym_ternary.hpp (E2M-ATQ stage 2). The solver and the
+/// objective are templates with one defaulted, unused parameter, as are their callers up to the
+/// public API: the decomposition is compiled only where a fit is called (docs/compile_time.md).
 
 #include <lowbit/config.hpp>
 #include <lowbit/types.hpp>
@@ -83,7 +85,8 @@ inline void affine_codes_basis(const affine_codes_row& r, matrix_d& basis, vecto
 
 /// Solution x = (μ, α_1 … α_P) of the normal equations; `s` nullptr means S = I. With
 /// `fit_mean == false`, μ is fixed at 0 (x(0) = 0). O(n²·(P+1)) with S, O(n·(P+1)²) without.
-inline vector_d affine_codes_solve(const affine_codes_row& r, const matrix_d* s, bool fit_mean = true) {
+template <class = void>
+vector_d affine_codes_solve(const affine_codes_row& r, const matrix_d* s, bool fit_mean = true) {
     matrix_d basis;
     vector_d target;
     affine_codes_basis(r, basis, target);
@@ -101,7 +104,8 @@ inline vector_d affine_codes_solve(const affine_codes_row& r, const matrix_d* s,
 }
 
 /// e S eᵀ for the row with parameters x (as returned by `affine_codes_solve`).
-inline double affine_codes_objective(const affine_codes_row& r, const matrix_d* s, const vector_d& x) {
+template <class = void>
+double affine_codes_objective(const affine_codes_row& r, const matrix_d* s, const vector_d& x) {
     matrix_d basis;
     vector_d target;
     affine_codes_basis(r, basis, target);

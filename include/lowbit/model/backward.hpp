@@ -463,7 +463,8 @@ inline std::vector<std::pair<std::size_t, std::size_t>> gradient_windows(const l
 /// The loss equals `log(perplexity(m, tokens, window, max_windows).perplexity)` up to float rounding
 /// of the forward pass. \throws invalid_argument (window, token out of range), shape_error (no
 /// window). Complexity: see the file comment; one double copy of every weight.
-[[nodiscard]] inline model_gradients calibration_gradients(const llama_model& m, std::span<const int> tokens,
+template <class = void>
+[[nodiscard]] model_gradients calibration_gradients(const llama_model& m, std::span<const int> tokens,
                                                            const gradient_options& opt = {}) {
     constexpr const char* where = "calibration_gradients";
     const auto wins = detail::gradient_windows(m, tokens, opt.window, opt.max_windows, where);
@@ -520,5 +521,12 @@ inline std::vector<std::pair<std::size_t, std::size_t>> gradient_windows(const l
     return detail::window_pass(m, dw, in, tg, 1.0, nullptr, false, {}, shift_layer, shift) /
            static_cast<double>(tg.size());
 }
+
+// Separate instantiation (docs/compile_time.md): defined as `extern`, LOWBIT_MODEL_INSTANTIATION turns these
+// into declarations; one translation unit of the program defines it empty after including this header's
+// dependencies, and compiles them.
+#ifdef LOWBIT_MODEL_INSTANTIATION
+LOWBIT_MODEL_INSTANTIATION template model_gradients calibration_gradients<>(const llama_model&, std::span<const int>, const gradient_options&);
+#endif
 
 LOWBIT_END_NAMESPACE

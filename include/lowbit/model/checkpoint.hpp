@@ -11,6 +11,11 @@
 /// and returns the runnable model with its tokenizer (`text_tokenizer`, either kind behind one
 /// interface) and, for a lowbit quantized model, its recipe and records. The text protocol of each
 /// tokenizer kind is described in model/text_tokenizer.hpp.
+///
+/// Compile time: `open_model` is a function template with one defaulted, unused parameter
+/// (`template <class = void>`; call it as an ordinary function), so what loading needs (every
+/// packed-kernel combination of `build_linear`) is compiled only in a translation unit that calls it
+/// (docs/compile_time.md).
 
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
@@ -60,7 +65,8 @@ inline std::filesystem::path llama2c_tokenizer_beside(const std::filesystem::pat
 
 /// Opens the model at `path` (see the file comment). `tokenizer` overrides the tokenizer file.
 /// \throws format_error (not a recognised model, or as the readers), numeric_error (NaN/Inf weights).
-[[nodiscard]] inline opened_model open_model(const std::filesystem::path& path, const std::filesystem::path& tokenizer = {}) {
+template <class = void>
+[[nodiscard]] opened_model open_model(const std::filesystem::path& path, const std::filesystem::path& tokenizer = {}) {
     namespace fs = std::filesystem;
     std::error_code ec;
     opened_model o;
@@ -100,5 +106,12 @@ inline std::filesystem::path llama2c_tokenizer_beside(const std::filesystem::pat
                            " tokens, the model's vocabulary " + std::to_string(o.model.config.vocab_size));
     return o;
 }
+
+// Separate instantiation (docs/compile_time.md): defined as `extern`, LOWBIT_MODEL_INSTANTIATION turns these
+// into declarations; one translation unit of the program defines it empty after including this header's
+// dependencies, and compiles them.
+#ifdef LOWBIT_MODEL_INSTANTIATION
+LOWBIT_MODEL_INSTANTIATION template opened_model open_model<>(const std::filesystem::path&, const std::filesystem::path&);
+#endif
 
 LOWBIT_END_NAMESPACE

@@ -407,7 +407,8 @@ inline void gguf_check_recipe(const recipe& spec, const gguf_export_options& o) 
 /// recipe; without them every block linear must be an FP32 `dense_linear`. `tok` may be empty (no
 /// tokenizer metadata; llama.cpp then refuses the file). O(weights).
 /// \throws invalid_argument (what cannot be expressed, see the file comment), shape_error.
-[[nodiscard]] inline io::gguf_writer make_gguf(const llama_model& m, const text_tokenizer& tok, const gguf_export_options& o = {},
+template <class = void>
+[[nodiscard]] io::gguf_writer make_gguf(const llama_model& m, const text_tokenizer& tok, const gguf_export_options& o = {},
                                                const linear_records* records = nullptr, const recipe* spec = nullptr) {
     using io::gguf_value;
     using io::ggml_type;
@@ -641,7 +642,8 @@ inline text_tokenizer gguf_read_tokenizer(const io::gguf_file& g, int vocab_size
 /// file comment). O(weights). \throws format_error (missing or misshaped tensors and keys, unknown
 /// architecture, tensors the architecture does not use), invalid_argument (a tensor type without a
 /// dequantizer), numeric_error (NaN/Inf weights).
-[[nodiscard]] inline gguf_model import_gguf(const std::filesystem::path& path) {
+template <class = void>
+[[nodiscard]] gguf_model import_gguf(const std::filesystem::path& path) {
     const auto g = io::gguf_file::open(path);
     gguf_model out;
     const std::string arch = g.get_string("general.architecture");
@@ -755,5 +757,14 @@ inline text_tokenizer gguf_read_tokenizer(const io::gguf_file& g, int vocab_size
     m.config = c;
     return out;
 }
+
+// Separate instantiation (docs/compile_time.md): defined as `extern`, LOWBIT_MODEL_INSTANTIATION turns these
+// into declarations; one translation unit of the program defines it empty after including this header's
+// dependencies, and compiles them.
+#ifdef LOWBIT_MODEL_INSTANTIATION
+LOWBIT_MODEL_INSTANTIATION template io::gguf_writer make_gguf<>(const llama_model&, const text_tokenizer&, const gguf_export_options&,
+                                                            const linear_records*, const recipe*);
+LOWBIT_MODEL_INSTANTIATION template gguf_model import_gguf<>(const std::filesystem::path&);
+#endif
 
 LOWBIT_END_NAMESPACE

@@ -267,7 +267,8 @@ inline int json_token_id(const json_value& o, std::string_view key, const std::s
 /// `llama_model` (see the file comment for the checks). Memory: the float weights (4 bytes per
 /// parameter) plus the mapped files. O(parameters).
 /// \throws format_error (config, missing/extra tensors, shapes), numeric_error (NaN/Inf weights).
-[[nodiscard]] inline llama_model load_hf_model(const std::filesystem::path& folder) {
+template <class = void>
+[[nodiscard]] llama_model load_hf_model(const std::filesystem::path& folder) {
     const hf_config h = read_hf_config(folder);
     const auto st = io::sharded_safetensors::open(folder);
     const auto& c = h.config;
@@ -358,5 +359,12 @@ inline int json_token_id(const json_value& o, std::string_view key, const std::s
                                " as config.json describes it (wrong config.json, or an unsupported variant)");
     return m;
 }
+
+// Separate instantiation (docs/compile_time.md): defined as `extern`, LOWBIT_MODEL_INSTANTIATION turns these
+// into declarations; one translation unit of the program defines it empty after including this header's
+// dependencies, and compiles them.
+#ifdef LOWBIT_MODEL_INSTANTIATION
+LOWBIT_MODEL_INSTANTIATION template llama_model load_hf_model<>(const std::filesystem::path&);
+#endif
 
 LOWBIT_END_NAMESPACE

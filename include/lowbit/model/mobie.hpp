@@ -34,6 +34,10 @@
 /// reloading (`save_quantized_model` / `load_quantized_model`) is bit-identical.
 ///
 /// Threads: none. Deterministic (no random numbers).
+///
+/// Compile time: `quantize_mobie` and its solvers are function templates with one defaulted, unused
+/// parameter (`template <class = void>`; call them as ordinary functions), so their Eigen decompositions
+/// and solvers are compiled only in a translation unit that calls them (docs/compile_time.md).
 
 #include <lowbit/binary.hpp>
 #include <lowbit/config.hpp>
@@ -80,7 +84,8 @@ struct cejd_factors {
 /// factor re-fitted to the rounded G by least squares (double). k = m is lossless up to float
 /// rounding (G square and invertible). \throws as joint_svd_shared_left; numeric_error if GᵀG is
 /// singular. Complexity: one SVD of `[m x E·n]` + O(E·(k²n + kmn)).
-[[nodiscard]] inline cejd_factors cejd_decompose(std::span<const matrix_f> experts, Eigen::Index k) {
+template <class = void>
+[[nodiscard]] cejd_factors cejd_decompose(std::span<const matrix_f> experts, Eigen::Index k) {
     const joint_left_basis j = joint_svd_shared_left(experts, k);
     cejd_factors out;
     out.basis = j.basis;
@@ -98,7 +103,8 @@ struct cejd_factors {
 /// columns (H_jj = 0) set to 1, plus damp·mean(diag H)·I — GPTQ's factor in the original column
 /// order. \throws shape_error (non-square, empty), numeric_error (NaN/Inf, not positive definite).
 /// O(n³).
-[[nodiscard]] inline vector_f gptq_u_diagonal(const Eigen::Ref<const matrix_d>& h, double damp) {
+template <class = void>
+[[nodiscard]] vector_f gptq_u_diagonal(const Eigen::Ref<const matrix_d>& h, double damp) {
     constexpr const char* where = "gptq_u_diagonal";
     detail::require_nonempty(h, where, "h");
     detail::require_dim(h.cols(), h.rows(), where, "h cols (must be square)");
@@ -121,9 +127,10 @@ struct cejd_factors {
 /// `glas_saliency(w, u, g, κ)` scaled by c_i). `row_weight` c `[m]` may be empty (all 1).
 /// κ = 0 or g = 0 give the local OBS weights 1/u_j². \throws shape_error (sizes), numeric_error
 /// (NaN/Inf), invalid_argument (u_j ≤ 0, κ < 0, c < 0). O(m n).
-[[nodiscard]] inline matrix_d glas_error_weights(const cref_matrix_f& w, const cref_vector_f& u_diag,
-                                                 const Eigen::Ref<const matrix_d>& grad, double kappa,
-                                                 const cref_vector_f& row_weight = vector_f()) {
+template <class = void>
+[[nodiscard]] matrix_d glas_error_weights(const cref_matrix_f& w, const cref_vector_f& u_diag,
+                                          const Eigen::Ref<const matrix_d>& grad, double kappa,
+                                          const cref_vector_f& row_weight = vector_f()) {
     constexpr const char* where = "glas_error_weights";
     detail::check_glas_arguments(w, u_diag, grad, kappa, where);
     if (row_weight.size()) {
@@ -231,8 +238,9 @@ struct binary_solution {
 /// (`binary_quantizer<arb>{arb{iters}}`) and activation order. With `omega` `[m x n]` (GLAS):
 /// `weighted_binary_quantizer` and columns processed by Σ_i ω_ij w_ij² descending (stable).
 /// \throws as gptq_quantize, shape_error (ω's shape). O(n³ + m n² + m n·iters).
-[[nodiscard]] inline binary_solution mobie_binarize(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h,
-                                                    const matrix_d* omega, double damp = 0.01, int iters = 15) {
+template <class = void>
+[[nodiscard]] binary_solution mobie_binarize(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h,
+                                             const matrix_d* omega, double damp = 0.01, int iters = 15) {
     constexpr const char* where = "mobie_binarize";
     gptq_options go;
     go.damp = damp;
@@ -297,17 +305,12 @@ struct mobie_config {
     std::function<void(const std::string&)> progress;
 };
 
-/// What `quantize_mobie` measured.
-struct mobie_result {
-    quantized_model q;                 ///< the runnable model, recipe and records (save with save_quantized_model)
-    std::vector<double> layer_seconds; ///< wall time per block (capture + solve)
-    double gradient_seconds = 0;       ///< the GLAS reverse pass (0 without GLAS)
-    double bits_per_weight = 0;        ///< counted bits / weights over every block linear
-    double expert_bits_per_weight = 0; ///< the same over the expert linears only
+/// What `quantize_mobie` measured (besides `moe_expert_result`'s model, bits and routing counts).
+struct mobie_result : moe_expert_result {
+    double gradient_seconds = 0; ///< the GLAS reverse pass (0 without GLAS)
     /// Per block (NaN for dense blocks): sqrt(Σ‖ΔW Q_k‖²_F / Σ‖W Q_k‖²_F) over the calibrated expert
     /// linears, ΔW = W − Ŵ (Ŵ the weight the layer runs), Q_k as NGES's (computed with or without NGES).
     std::vector<double> null_space_error;
-    std::vector<std::vector<long long>> routed; ///< [layer][expert] calibration tokens routed
 };
 
 /// The `recipe` a `quantize_mobie` model is saved and rebuilt with (binary weights, FP32 activations;
@@ -351,7 +354,8 @@ inline Eigen::MatrixXd binary_dequantize(const matrix_i8& t, const vector_f& mu,
 }
 
 /// Top-k eigenvectors `[n x k]` of a symmetric matrix.
-inline Eigen::MatrixXd top_eigenvectors(const matrix_d& s, Eigen::Index k) {
+template <class = void>
+Eigen::MatrixXd top_eigenvectors(const matrix_d& s, Eigen::Index k) {
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(Eigen::MatrixXd(0.5 * (s + s.transpose())));
     return es.eigenvectors().rightCols(k);
 }
@@ -366,8 +370,9 @@ inline Eigen::MatrixXd top_eigenvectors(const matrix_d& s, Eigen::Index k) {
 /// token), numeric_error (Hessian damping fails). Complexity per block: one forward pass over the
 /// calibration windows, O(n³ + m n²) per linear, one eigendecomposition per expert and input width,
 /// one SVD of `[m x E·n]` per projection type; GLAS adds one reverse pass (≈ 3 forward passes, double).
-[[nodiscard]] inline mobie_result quantize_mobie(const llama_model& fp32, std::span<const int> calib_tokens,
-                                                 const mobie_config& c) {
+template <class = void>
+[[nodiscard]] mobie_result quantize_mobie(const llama_model& fp32, std::span<const int> calib_tokens,
+                                          const mobie_config& c) {
     constexpr const char* where = "quantize_mobie";
     detail::require<shape_error>(!calib_tokens.empty(), where, "MoBiE needs calibration tokens");
     detail::require(c.cejd_rank > 0 && c.cejd_rank <= 1, where, "cejd_rank must lie in (0, 1]");
@@ -389,7 +394,7 @@ inline Eigen::MatrixXd top_eigenvectors(const matrix_d& s, Eigen::Index k) {
         grads = calibration_gradients(fp32, calib_tokens, go);
         res.gradient_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
-    double expert_bits = 0, expert_weights = 0;
+    detail::expert_bit_count experts;
     for (int l = 0; l < static_cast<int>(m.blocks.size()); ++l) {
         const auto t0 = std::chrono::steady_clock::now();
         const layer_calibration cal = capture_layer_hessians(m, l, calib_tokens, false, c.calib_window, c.calib_windows);
@@ -490,22 +495,22 @@ inline Eigen::MatrixXd top_eigenvectors(const matrix_d& s, Eigen::Index k) {
                         ns_err += ((wd - w_hat) * qk).squaredNorm();
                         ns_ref += (wd * qk).squaredNorm();
                     }
-                    m.set_linear(id, build_linear(res.q.spec, rec, none));
-                    expert_bits += rec.storage_bits();
-                    expert_weights += static_cast<double>(rows) * static_cast<double>(cols);
-                    res.q.records[id.name()] = std::move(rec);
+                    detail::install_expert_record(res, m, id, std::move(rec), experts);
                 }
             }
         }
         res.null_space_error.push_back(ns_ref > 0 ? std::sqrt(ns_err / ns_ref) : std::numeric_limits<double>::quiet_NaN());
-        res.routed.push_back(cal.routed);
-        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        res.layer_seconds.push_back(secs);
-        if (c.progress) c.progress("layer " + std::to_string(l) + " binarized (" + c.name + ", " + std::to_string(secs) + " s)");
+        detail::close_expert_block(res, cal.routed, l, t0, "binarized", c.name, c.progress);
     }
-    res.bits_per_weight = m.bits_per_weight();
-    res.expert_bits_per_weight = expert_weights > 0 ? expert_bits / expert_weights : 0.0;
+    detail::set_expert_bits(res, m, experts);
     return res;
 }
+
+// Separate instantiation (docs/compile_time.md): defined as `extern`, LOWBIT_MODEL_INSTANTIATION turns these
+// into declarations; one translation unit of the program defines it empty after including this header's
+// dependencies, and compiles them.
+#ifdef LOWBIT_MODEL_INSTANTIATION
+LOWBIT_MODEL_INSTANTIATION template mobie_result quantize_mobie<>(const llama_model&, std::span<const int>, const mobie_config&);
+#endif
 
 LOWBIT_END_NAMESPACE

@@ -24,6 +24,11 @@
 /// kernels over the rows of the tokens routed to each expert (no dense dequantized copies).
 ///
 /// Threads: none (everything runs on the calling thread). Deterministic for a fixed seed.
+///
+/// Compile time: `quantize_moe`, `capture_layer_hessians` and `quantize_grid_record` are function templates
+/// with one defaulted, unused parameter (`template <class = void>`; call them as ordinary functions), so
+/// their Eigen decompositions and solvers are compiled only in a translation unit that calls them
+/// (docs/compile_time.md).
 
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
@@ -43,6 +48,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -70,8 +76,9 @@ struct layer_calibration {
 /// (input: the normed hidden state) and w2 (input: its SwiGLU activation) over the tokens routed to
 /// it, each token weighted by its gate affinity c_t when `affinity_weighted` (AGQ) and by 1
 /// otherwise. \throws as capture_linear_inputs. O(windows · forward + Σ tokens·n² per linear).
-[[nodiscard]] inline layer_calibration capture_layer_hessians(const llama_model& m, int layer, std::span<const int> tokens,
-                                                              bool affinity_weighted, int window = -1, int max_windows = -1) {
+template <class = void>
+[[nodiscard]] layer_calibration capture_layer_hessians(const llama_model& m, int layer, std::span<const int> tokens,
+                                                       bool affinity_weighted, int window = -1, int max_windows = -1) {
     layer_calibration cal;
     const auto& b = m.blocks.at(static_cast<std::size_t>(layer));
     if (b.is_moe()) {
@@ -276,6 +283,51 @@ struct moe_quant_result {
     std::vector<std::vector<long long>> routed; ///< [layer][expert] calibration tokens routed (MoE blocks)
 };
 
+/// What the expert recipes' quantizers measured (`quantize_mobie`, `quantize_kbvq_moe` extend it).
+struct moe_expert_result {
+    quantized_model q;                 ///< the runnable model, recipe and records (save with save_quantized_model)
+    std::vector<double> layer_seconds; ///< wall time per block (capture + solve)
+    double bits_per_weight = 0;        ///< counted bits / weights over every block linear
+    double expert_bits_per_weight = 0; ///< the same over the expert linears only
+    std::vector<std::vector<long long>> routed; ///< [layer][expert] calibration tokens routed
+};
+
+namespace detail {
+/// Running sums of the expert linears' stored bits and weights (`expert_bits_per_weight`).
+struct expert_bit_count {
+    double bits = 0;
+    double weights = 0;
+};
+
+/// Installs expert linear `id`'s record: `m` runs it (built under `res.q.spec`, no rotation), `res`
+/// keeps it, `count` adds its stored bits and weights.
+template <class = void>
+void install_expert_record(moe_expert_result& res, llama_model& m, const linear_id& id, linear_record rec,
+                           expert_bit_count& count) {
+    m.set_linear(id, build_linear(res.q.spec, rec, std::optional<hadamard_transform>{}));
+    count.bits += rec.storage_bits();
+    count.weights += static_cast<double>(rec.rows) * static_cast<double>(rec.cols);
+    res.q.records[id.name()] = std::move(rec);
+}
+
+/// Closes block `l`: its routing counts and wall time since `t0`, and one progress line
+/// "layer l <what> (<name>, <seconds> s)".
+inline void close_expert_block(moe_expert_result& res, const std::vector<long long>& routed, int l,
+                               std::chrono::steady_clock::time_point t0, const char* what, const std::string& name,
+                               const std::function<void(const std::string&)>& progress) {
+    res.routed.push_back(routed);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    res.layer_seconds.push_back(secs);
+    if (progress) progress("layer " + std::to_string(l) + " " + what + " (" + name + ", " + std::to_string(secs) + " s)");
+}
+
+/// Sets the finished model's bits per weight (every block linear, and the experts from `count`).
+inline void set_expert_bits(moe_expert_result& res, const llama_model& m, const expert_bit_count& count) {
+    res.bits_per_weight = m.bits_per_weight();
+    res.expert_bits_per_weight = count.weights > 0 ? count.bits / count.weights : 0.0;
+}
+} // namespace detail
+
 /// The `recipe` a `quantize_moe` model is saved and rebuilt with (int4 container, FP32 activations).
 [[nodiscard]] inline recipe moe_recipe(const moe_quant_config& c) {
     recipe r;
@@ -292,7 +344,8 @@ struct moe_quant_result {
 namespace detail {
 
 /// Quantizes `w` to a b-bit per-row grid (GPTQ when `h`, else RTN) and stores it in an int4 record.
-inline linear_record quantize_grid_record(const matrix_f& w, const matrix_d* h, const moe_quant_config& c) {
+template <class = void>
+linear_record quantize_grid_record(const matrix_f& w, const matrix_d* h, const moe_quant_config& c) {
     const rtn_quantizer rq{c.bits, c.asymmetric ? int_mode::asymmetric : int_mode::symmetric};
     matrix_f q;
     vector_f s, z;
@@ -336,8 +389,9 @@ inline linear_record quantize_grid_record(const matrix_f& w, const matrix_d* h, 
 /// \throws invalid_argument (bits outside 2..4, non-dense input), shape_error (no calibration token
 /// for a GPTQ run), numeric_error (Hessian damping fails). Complexity: per block one forward pass
 /// over the calibration windows plus O(n³ + m n²) per linear.
-[[nodiscard]] inline moe_quant_result quantize_moe(const llama_model& fp32, std::span<const int> calib_tokens,
-                                                   const moe_quant_config& c) {
+template <class = void>
+[[nodiscard]] moe_quant_result quantize_moe(const llama_model& fp32, std::span<const int> calib_tokens,
+                                            const moe_quant_config& c) {
     constexpr const char* where = "quantize_moe";
     detail::require(c.bits >= 2 && c.bits <= 4, where, "bits must lie in 2..4 (the int4 container)");
     if (c.gptq) detail::require<shape_error>(!calib_tokens.empty(), where, "GPTQ needs calibration tokens");
@@ -467,5 +521,13 @@ struct routing_comparison {
                                                 int max_windows = -1) {
     return compare_routing(m, m, tokens, window, max_windows).ref_balance_std;
 }
+
+// Separate instantiation (docs/compile_time.md): defined as `extern`, LOWBIT_MODEL_INSTANTIATION turns these
+// into declarations; one translation unit of the program defines it empty after including this header's
+// dependencies, and compiles them.
+#ifdef LOWBIT_MODEL_INSTANTIATION
+LOWBIT_MODEL_INSTANTIATION template layer_calibration capture_layer_hessians<>(const llama_model&, int, std::span<const int>, bool, int, int);
+LOWBIT_MODEL_INSTANTIATION template moe_quant_result quantize_moe<>(const llama_model&, std::span<const int>, const moe_quant_config&);
+#endif
 
 LOWBIT_END_NAMESPACE

@@ -34,6 +34,11 @@
 ///
 /// Calibration tokens must not overlap the evaluation text (the demo calibrates on the dev text
 /// after the 60,000 characters it evaluates).
+///
+/// Compile time: `quantize_model`, `build_linear`, `load_quantized_model` and their helpers are
+/// function templates with one defaulted, unused parameter (`template <class = void>`; call them as
+/// ordinary functions), so the solvers, rotation learners and every packed-kernel combination are
+/// compiled only in a translation unit that calls them (docs/compile_time.md).
 
 #include <lowbit/activations.hpp>
 #include <lowbit/asym_ternary.hpp>
@@ -354,7 +359,8 @@ struct mxfp4_fake_quant {
 };
 
 /// The polar factor U·Vᵀ of a square matrix (its nearest orthogonal matrix), computed in double.
-inline matrix_f polar_orthonormal(const matrix_f& m) {
+template <class = void>
+matrix_f polar_orthonormal(const matrix_f& m) {
     const Eigen::JacobiSVD<matrix_d> svd(m.cast<double>(), Eigen::ComputeFullU | Eigen::ComputeFullV);
     return (svd.matrixU() * svd.matrixV().transpose()).cast<float>();
 }
@@ -376,6 +382,7 @@ struct block_rotation {
 
     /// The transform of a stored rotation (factors re-orthonormalised, see `stored_rotation`).
     /// 	hrows shape_error (non-square factors).
+    template <class = void>
     [[nodiscard]] static block_rotation from(std::optional<hadamard_transform> h, const std::optional<stored_rotation>& s) {
         block_rotation b;
         b.hadamard = std::move(h);
@@ -457,8 +464,9 @@ inline std::shared_ptr<const linear_operator> packed_from_record(const recipe& r
 /// Used by `quantize_model` and by `load_quantized_model`, so a saved model rebuilds identically.
 /// \throws invalid_argument (unknown format, activation policy the weights cannot take),
 ///         shape_error / numeric_error (inconsistent record).
-[[nodiscard]] inline std::shared_ptr<const linear_operator> build_linear(const recipe& r, const linear_record& rec,
-                                                                         const std::optional<hadamard_transform>& hadamard) {
+template <class = void>
+[[nodiscard]] std::shared_ptr<const linear_operator> build_linear(const recipe& r, const linear_record& rec,
+                                                                  const std::optional<hadamard_transform>& hadamard) {
     if (rec.rotation)
         detail::require_dim(rec.rotation->dim(), rec.cols, "build_linear", "width of the learned rotation");
     const block_rotation rot = block_rotation::from(hadamard, rec.rotation);
@@ -502,22 +510,27 @@ inline linear_record packed_record(const packed_matrix<F>& pw, std::optional<low
     return rec;
 }
 
+/// `w` rounded column by column with a column-wise quantizer's `round_column` (round to nearest,
+/// no error feedback): the `[rows x cols]` dequantized weight. O(rows · cols).
+template <class Quantizer, class Params>
+matrix_f round_columns(const Quantizer& quantizer, const Params& params, const matrix_f& w) {
+    matrix_f q(w.rows(), w.cols());
+    vector_f col(w.rows()), out(w.rows());
+    for (Eigen::Index j = 0; j < w.cols(); ++j) {
+        col = w.col(j);
+        quantizer.round_column(params, col, out);
+        q.col(j) = out;
+    }
+    return q;
+}
+
 /// Quantizes one block linear (W already rotated; `h` the rotated Hessian or null) to its record.
-inline linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d* h) {
+template <class = void>
+linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d* h) {
     const bool gptq = r.solver == solver_kind::gptq;
     gptq_options gopt;
     gopt.damp = r.damp;
     gopt.act_order = r.act_order;
-    auto round_column_wise = [&w](const auto& quantizer, const auto& params) {
-        matrix_f q(w.rows(), w.cols());
-        vector_f col(w.rows()), out(w.rows());
-        for (Eigen::Index j = 0; j < w.cols(); ++j) {
-            col = w.col(j);
-            quantizer.round_column(params, col, out);
-            q.col(j) = out;
-        }
-        return q;
-    };
     switch (r.weights) {
     case weight_scheme::fp32:
     case weight_scheme::mxfp4: {
@@ -566,7 +579,7 @@ inline linear_record quantize_linear(const recipe& r, const matrix_f& w, const m
             z = res.params.front().zero;
         } else {
             const auto p = rq.fit(w);
-            q = round_column_wise(rq, p);
+            q = round_columns(rq, p, w);
             s = p.scale;
             z = p.zero;
         }
@@ -594,7 +607,7 @@ inline linear_record quantize_linear(const recipe& r, const matrix_f& w, const m
         } else {
             const e2m_atq_quantizer eq{};
             const auto p = eq.fit(w);
-            q = round_column_wise(eq, p);
+            q = round_columns(eq, p, w);
             mu = p.mean;
             alpha = p.alpha0;
         }
@@ -652,7 +665,8 @@ inline linear_record quantize_linear(const recipe& r, const matrix_f& w, const m
 /// Hadamard), entries rounded to fp16: KOTMS / OKT factors with the KOTMS size rule (none when a
 /// factor would exceed `r.rotation_max_factor`), TORQ from the layer's calibration inputs `x` (none
 /// when 32 ∤ n). std::nullopt when the recipe learns nothing.
-inline std::optional<stored_rotation> learn_block_rotation(const recipe& r, const matrix_f& w, const matrix_f& x) {
+template <class = void>
+std::optional<stored_rotation> learn_block_rotation(const recipe& r, const matrix_f& w, const matrix_f& x) {
     const Eigen::Index n = w.cols();
     if (r.rotation == rotation_kind::torq) {
         if (n % 32 != 0) return std::nullopt;
@@ -717,9 +731,10 @@ using linear_records = std::map<std::string, linear_record>;
 ///         calibration tokens), numeric_error (a Hessian that damping cannot repair).
 /// Complexity: per calibrated block, one forward pass over the calibration windows plus the
 /// solver (GPTQ O(n³ + m n²) per linear).
-[[nodiscard]] inline llama_model quantize_model(const llama_model& fp32, const recipe& r,
-                                                std::span<const int> calib_tokens, const quantize_options& opt = {},
-                                                linear_records* records = nullptr) {
+template <class = void>
+[[nodiscard]] llama_model quantize_model(const llama_model& fp32, const recipe& r,
+                                         std::span<const int> calib_tokens, const quantize_options& opt = {},
+                                         linear_records* records = nullptr) {
     constexpr const char* where = "quantize_model";
     detail::check_recipe(r);
     llama_model m = r.residual_rotation ? rotate_residual_stream(fp32, residual_rotation_matrix(fp32.config.dim, r.seed)) : fp32;
@@ -1100,7 +1115,6 @@ inline std::vector<long long> split_ints(const std::string& s, std::size_t n, co
     return out;
 }
 
-
 /// Why a linear's record is not what `r` produces, or "" when it is: the packed format of the
 /// recipe's weight scheme (int4 → "int4", ternary → "ternary_base3" or "ternary2" by `base3`, binary
 /// → "binary1"), or "dense" — always for fp32/mxfp4/tra_ternary, and for a packed scheme only as a
@@ -1150,7 +1164,8 @@ inline std::string record_recipe_mismatch(const recipe& r, const linear_record& 
 /// `.dense_bits`. Atomic (temporary file + rename): a failure leaves any previous file intact.
 /// \throws invalid_argument (records do not match the model or the recipe — `detail::record_recipe_mismatch` —,
 /// non-dense classifier), format_error (I/O).
-inline void save_quantized_model(const std::filesystem::path& path, const quantized_model& q) {
+template <class = void>
+void save_quantized_model(const std::filesystem::path& path, const quantized_model& q) {
     constexpr const char* where = "save_quantized_model";
     const auto& m = q.model;
     io::safetensors_writer out;
@@ -1229,7 +1244,8 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
 /// \throws format_error (corrupt, truncated, inconsistent or not a lowbit quantized model; a recipe
 /// field it does not know; a recorded recipe that would not produce the stored layers —
 /// `detail::record_recipe_mismatch`: the file is refused rather than run as something else).
-[[nodiscard]] inline quantized_model load_quantized_model(const std::filesystem::path& path) {
+template <class = void>
+[[nodiscard]] quantized_model load_quantized_model(const std::filesystem::path& path) {
     const auto f = io::safetensors_file::read(path);
     const auto& md = f.metadata();
     auto meta = [&](const std::string& k) -> const std::string& {
@@ -1401,5 +1417,17 @@ inline void save_quantized_model(const std::filesystem::path& path, const quanti
     }
     return q;
 }
+
+// Separate instantiation (docs/compile_time.md): defined as `extern`, LOWBIT_MODEL_INSTANTIATION turns these
+// into declarations; one translation unit of the program defines it empty after including this header's
+// dependencies, and compiles them.
+#ifdef LOWBIT_MODEL_INSTANTIATION
+LOWBIT_MODEL_INSTANTIATION template std::shared_ptr<const linear_operator> build_linear<>(const recipe&, const linear_record&,
+                                                                                   const std::optional<hadamard_transform>&);
+LOWBIT_MODEL_INSTANTIATION template llama_model quantize_model<>(const llama_model&, const recipe&, std::span<const int>, const quantize_options&,
+                                                        linear_records*);
+LOWBIT_MODEL_INSTANTIATION template void save_quantized_model<>(const std::filesystem::path&, const quantized_model&);
+LOWBIT_MODEL_INSTANTIATION template quantized_model load_quantized_model<>(const std::filesystem::path&);
+#endif
 
 LOWBIT_END_NAMESPACE

@@ -24,6 +24,11 @@
 /// `rwkv_hooks::on_product_sensitivity`); quantize the 7 linears; replace them.
 ///
 /// Determinism: no threads; k-means seeds derive from `seed`, the layer, slot and tile.
+///
+/// Compile time: `rwkv_quantize` and the grouped / VQ solvers are function templates with one defaulted,
+/// unused parameter (`template <class = void>`; call them as ordinary functions), so their Eigen
+/// decompositions and solvers are compiled only in a translation unit that calls them
+/// (docs/compile_time.md).
 
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
@@ -148,7 +153,8 @@ private:
 
 /// RTN of `w` `[m x n]` on `fp16_grid_quantizer` grids per row and group of `group_size` columns
 /// (the last group may be narrower). O(m·n). \throws invalid_argument (bits, group_size), shape_error.
-[[nodiscard]] inline grouped_int_linear rtn_grouped(const matrix_f& w, int bits, Eigen::Index group_size) {
+template <class = void>
+[[nodiscard]] grouped_int_linear rtn_grouped(const matrix_f& w, int bits, Eigen::Index group_size) {
     detail::require(group_size >= 1, "rtn_grouped", "group_size must be >= 1");
     detail::require_nonempty(w, "rtn_grouped", "w");
     const fp16_grid_quantizer q{bits};
@@ -173,8 +179,9 @@ private:
 /// contiguous columns).
 /// `loss` receives the GPTQ loss when given. O(n³ + m·n²).
 /// \throws as gptq_quantize.
-[[nodiscard]] inline grouped_int_linear gptq_grouped(const matrix_f& w, const Eigen::Ref<const matrix_d>& h, int bits,
-                                                     Eigen::Index group_size, gptq_options opt = {}, double* loss = nullptr) {
+template <class = void>
+[[nodiscard]] grouped_int_linear gptq_grouped(const matrix_f& w, const Eigen::Ref<const matrix_d>& h, int bits,
+                                              Eigen::Index group_size, gptq_options opt = {}, double* loss = nullptr) {
     opt.act_order = false;
     const auto r = gptq_quantize(w, h, fp16_grid_quantizer{bits}, per_group{group_size, tail_policy::smaller_last}, opt);
     const auto groups = static_cast<Eigen::Index>(r.params.size());
@@ -301,9 +308,10 @@ inline void quantize_codebook(matrix_f& cb, int bits) {
 /// `loss` receives the GPTQ loss Σ_j ‖w_j − q_j‖²/U_jj² when given.
 /// \throws shape_error (h not n×n, n not a multiple of tile_cols, row_weight length), numeric_error,
 /// invalid_argument (options). O(n³ + m·n² + iterations·m·n·K).
-[[nodiscard]] inline vq_linear gptvq_quantize(const matrix_f& w, const Eigen::Ref<const matrix_d>& h,
-                                              const gptvq_options& opt, const vector_f& row_weight = {},
-                                              double* loss = nullptr) {
+template <class = void>
+[[nodiscard]] vq_linear gptvq_quantize(const matrix_f& w, const Eigen::Ref<const matrix_d>& h,
+                                       const gptvq_options& opt, const vector_f& row_weight = {},
+                                       double* loss = nullptr) {
     constexpr const char* where = "gptvq_quantize";
     opt.validate(where);
     gptq_options go = opt.gptq;
@@ -490,8 +498,9 @@ inline bool product_slot(rwkv_slot s) {
 /// 	hrows invalid_argument (non-dense linears, bad options), shape_error (empty calibration
 /// tokens for a calibrated method, VQ tiles not dividing a matrix), numeric_error (Hessian).
 /// Cost: L calibration passes of calib_windows·calib_window tokens, plus the solvers.
-[[nodiscard]] inline rwkv_quant_result rwkv_quantize(const rwkv_model& m, std::span<const int> calib_tokens,
-                                                     const rwkv_quant_options& opt) {
+template <class = void>
+[[nodiscard]] rwkv_quant_result rwkv_quantize(const rwkv_model& m, std::span<const int> calib_tokens,
+                                              const rwkv_quant_options& opt) {
     constexpr const char* where = "rwkv_quantize";
     detail::require(opt.calib_window >= 1, where, "calib_window must be >= 1");
     detail::require(opt.tau_coarse >= 0 && opt.tau_fine >= 0, where, "tau_coarse and tau_fine must be >= 0");
@@ -746,5 +755,12 @@ inline void save_rwkv_quantized(const rwkv_model& m, const std::filesystem::path
     }
     return m;
 }
+
+// Separate instantiation (docs/compile_time.md): defined as `extern`, LOWBIT_MODEL_INSTANTIATION turns these
+// into declarations; one translation unit of the program defines it empty after including this header's
+// dependencies, and compiles them.
+#ifdef LOWBIT_MODEL_INSTANTIATION
+LOWBIT_MODEL_INSTANTIATION template rwkv_quant_result rwkv_quantize<>(const rwkv_model&, std::span<const int>, const rwkv_quant_options&);
+#endif
 
 LOWBIT_END_NAMESPACE
