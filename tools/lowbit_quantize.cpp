@@ -264,36 +264,37 @@ struct moe_pipeline {
         run;
 };
 
+/// A pipeline running `quantize(model, calib, config)` with `c` plus the command line's calibration
+/// window, window count and progress.
+template <class Config, class Quantize>
+moe_pipeline make_moe_pipeline(const Config& c, std::string description, Quantize quantize) {
+    return {c.name, std::move(description),
+            [c, quantize](const lowbit::llama_model& m, std::span<const int> calib, int window, int windows,
+                          const std::function<void(const std::string&)>& progress) {
+                Config run = c;
+                run.calib_window = window;
+                run.calib_windows = windows;
+                run.progress = progress;
+                return quantize(m, calib, run).q;
+            }};
+}
+
 std::vector<moe_pipeline> moe_pipelines() {
     std::vector<moe_pipeline> out;
     for (int bits : {4, 3, 2}) {
         lowbit::moe_quant_config c;
         c.name = "moequant-w" + std::to_string(bits);
         c.bits = bits;
-        out.push_back({c.name, lowbit::moe_recipe(c).description, [c](const auto& m, auto calib, int w, int n, const auto& progress) mutable {
-                           c.calib_window = w;
-                           c.calib_windows = n;
-                           c.progress = progress;
-                           return lowbit::quantize_moe(m, calib, c).q;
-                       }});
+        out.push_back(make_moe_pipeline(c, lowbit::moe_recipe(c).description,
+                                        [](const auto& m, auto calib, const auto& k) { return lowbit::quantize_moe(m, calib, k); }));
     }
-    {
-        lowbit::mobie_config c;
-        out.push_back({c.name, lowbit::mobie_recipe(c).description, [c](const auto& m, auto calib, int w, int n, const auto& progress) mutable {
-                           c.calib_window = w;
-                           c.calib_windows = n;
-                           c.progress = progress;
-                           return lowbit::quantize_mobie(m, calib, c).q;
-                       }});
-    }
+    const lowbit::mobie_config mobie;
+    out.push_back(make_moe_pipeline(mobie, lowbit::mobie_recipe(mobie).description,
+                                    [](const auto& m, auto calib, const auto& k) { return lowbit::quantize_mobie(m, calib, k); }));
     for (int bits : {2, 3}) {
-        lowbit::kbvq_config c = lowbit::kbvq_preset(bits);
-        out.push_back({c.name, lowbit::kbvq_recipe(c).description, [c](const auto& m, auto calib, int w, int n, const auto& progress) mutable {
-                           c.calib_window = w;
-                           c.calib_windows = n;
-                           c.progress = progress;
-                           return lowbit::quantize_kbvq_moe(m, calib, c).q;
-                       }});
+        const lowbit::kbvq_config c = lowbit::kbvq_preset(bits);
+        out.push_back(make_moe_pipeline(c, lowbit::kbvq_recipe(c).description,
+                                        [](const auto& m, auto calib, const auto& k) { return lowbit::quantize_kbvq_moe(m, calib, k); }));
     }
     return out;
 }
