@@ -595,11 +595,14 @@ public:
 
     /// x ↦ x Q on every row (float). Throws `shape_error` if `m.cols() != n`, `numeric_error` for a row with
     /// NaN/Inf (rows before it are transformed).
+    template <class = void> // compiled only where called (docs/compile_time.md)
     void apply_rows(Eigen::Ref<matrix_f> m) const { apply_impl<float>(m, left_f_); }
     /// x ↦ x Q on every row (double).
+    template <class = void> // compiled only where called (docs/compile_time.md)
     void apply_rows(Eigen::Ref<matrix_d> m) const { apply_impl<double>(m, left_d_); }
 
     /// The dense n×n Q in double (rows of the identity transformed). O(n² K).
+    template <class = void> // compiled only where called (docs/compile_time.md)
     [[nodiscard]] matrix_d matrix() const {
         matrix_d q = matrix_d::Identity(info_.n, info_.n);
         apply_rows(q);

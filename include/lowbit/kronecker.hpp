@@ -64,6 +64,7 @@ struct kronecker_rotation {
     [[nodiscard]] kronecker_factor_sizes sizes() const { return {left.rows(), right.rows()}; }
 
     /// Applies to every row in place. Throws `shape_error` for non-square factors or `m.cols() != l·r`.
+    template <class = void> // compiled only where called (docs/compile_time.md)
     void apply_rows(Eigen::Ref<matrix_f> m) const {
         detail::require_dim(left.cols(), left.rows(), "kronecker_rotation::apply_rows", "columns of 'left'");
         detail::require_dim(right.cols(), right.rows(), "kronecker_rotation::apply_rows", "columns of 'right'");

@@ -116,10 +116,12 @@ struct whitening {
     Eigen::MatrixXd l; ///< lower-triangular [n x n]
 
     /// M·L.
+    template <class = void> // compiled only where called (docs/compile_time.md)
     [[nodiscard]] Eigen::MatrixXd whiten(const Eigen::MatrixXd& m) const {
         return m * l.triangularView<Eigen::Lower>();
     }
     /// B·L⁻¹ (B [r x n]).
+    template <class = void> // compiled only where called (docs/compile_time.md)
     [[nodiscard]] Eigen::MatrixXd unwhiten(const Eigen::MatrixXd& b) const {
         // (B L⁻¹)ᵀ = L⁻ᵀ Bᵀ
         return l.transpose().triangularView<Eigen::Upper>().solve(b.transpose()).transpose();
@@ -151,7 +153,8 @@ whitening make_whitening(const Eigen::Ref<const matrix_d>& gram, double damping,
     return {std::move(l)};
 }
 
-inline low_rank factors_from(const svd_triplets& t, double total_energy) {
+template <class = void> // compiled only where called (docs/compile_time.md)
+low_rank factors_from(const svd_triplets& t, double total_energy) {
     low_rank out;
     const Eigen::VectorXd root = t.s.cwiseSqrt();
     out.a = (t.u * root.asDiagonal()).cast<float>();
@@ -228,6 +231,7 @@ struct saes_statistics {
 
     /// Accumulates one batch of matching rows of `x` and `x_hat` (`[tokens x n]`). O(tokens·n²).
     /// \throws shape_error if the shapes differ or n does not match earlier batches.
+    template <class = void> // compiled only where called (docs/compile_time.md)
     void accumulate(const cref_matrix_f& x, const cref_matrix_f& x_hat) {
         constexpr const char* where = "saes_statistics::accumulate";
         detail::require_dim(x_hat.rows(), x.rows(), where, "x_hat rows (must equal x rows)");
@@ -247,7 +251,8 @@ struct saes_statistics {
 
 namespace detail {
 /// W*(γ) = W[(1−γ)I + γ C Ĥ⁻¹] computed with the damped factor (Ĥ ≈ L Lᵀ).
-inline Eigen::MatrixXd saes_target(const Eigen::MatrixXd& w, const saes_statistics& st, const whitening& wh,
+template <class = void> // compiled only where called (docs/compile_time.md)
+Eigen::MatrixXd saes_target(const Eigen::MatrixXd& w, const saes_statistics& st, const whitening& wh,
                                    double gamma) {
     if (gamma == 0.0) return w;
     // C Ĥ⁻¹ = C L⁻ᵀ L⁻¹  → W C Ĥ⁻¹ = ((W C) L⁻ᵀ) L⁻¹
@@ -342,6 +347,7 @@ struct psp_result {
     low_rank correction;            ///< L = a·b, rank r
     std::vector<double> objective;  ///< objective after each iteration; [0] = without correction
     /// Ŵ = quantized + correction.
+    template <class = void> // compiled only where called (docs/compile_time.md)
     [[nodiscard]] matrix_f reconstruct() const { return quantized + correction.reconstruct(); }
 };
 
@@ -458,6 +464,7 @@ struct joint_input_basis {
     double discarded_energy = 0;        ///< Σ_e ‖(W_e − C_e Bₛ) Σ^{1/2}‖_F² = Σ_{j>r} σ_j(M)²
 
     /// R_e = W_e − C_e Bₛ, the expert-specific residual that KBVQ quantizes.
+    template <class = void> // compiled only where called (docs/compile_time.md)
     [[nodiscard]] matrix_f residual(const cref_matrix_f& w, std::size_t e) const {
         return w - coefficients.at(e) * basis;
     }

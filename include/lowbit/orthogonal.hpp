@@ -126,6 +126,7 @@ struct dense_rotation {
 
     [[nodiscard]] Eigen::Index dim() const { return q.rows(); }
     /// x ↦ x Q on every row. Throws `shape_error` if `m.cols() != n`.
+    template <class = void> // compiled only where called (docs/compile_time.md)
     void apply_rows(Eigen::Ref<matrix_f> m) const {
         detail::require_dim(m.cols(), q.rows(), "dense_rotation::apply_rows", "columns of 'm'");
         const matrix_f out = m * q;

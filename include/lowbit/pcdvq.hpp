@@ -253,7 +253,8 @@ struct pcdvq_codes {
 /// Encodes `w` with `book` (see the file comment). Zero vectors get direction 0 and the smallest
 /// magnitude; zero rows get scale 0. O(rows·cols/8 · 2^b_d · 8) as blocked GEMMs (double).
 /// \throws shape_error (empty, cols not a multiple of 8, bad codebook shape), numeric_error (NaN/Inf).
-[[nodiscard]] inline pcdvq_codes pcdvq_encode(const cref_matrix_f& w, const pcdvq_codebook& book) {
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] pcdvq_codes pcdvq_encode(const cref_matrix_f& w, const pcdvq_codebook& book) {
     constexpr const char* where = "pcdvq_encode";
     detail::require_nonempty(w, where, "w");
     detail::require_finite(w, where, "w");

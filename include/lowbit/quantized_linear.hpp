@@ -103,6 +103,7 @@ struct linear_kernel<packed_matrix<F>, Act> {
 /// Dense weights × fp32 activations: Eigen GEMM.
 template <>
 struct linear_kernel<dense_weights, act_fp32> {
+    template <class = void> // compiled only where called (docs/compile_time.md)
     static void run(const dense_weights& w, const act_fp32&, const matrix_f& x, matrix_f& y) {
         y.resize(x.rows(), w.w.rows());
         y.noalias() = x * w.w.transpose();
@@ -112,6 +113,7 @@ struct linear_kernel<dense_weights, act_fp32> {
 /// Dense weights × symmetric per-token integer activations: quantize-dequantize, then Eigen GEMM.
 template <>
 struct linear_kernel<dense_weights, act_int> {
+    template <class = void> // compiled only where called (docs/compile_time.md)
     static void run(const dense_weights& w, const act_int& act, const matrix_f& x, matrix_f& y) {
         const matrix_f xq = detail::int_fake_quantize(x, act.bits);
         y.resize(x.rows(), w.w.rows());
@@ -122,6 +124,7 @@ struct linear_kernel<dense_weights, act_int> {
 /// Dense weights × a fake-quantizing activation transform.
 template <class Q>
 struct linear_kernel<dense_weights, act_fake<Q>> {
+    template <class = void> // compiled only where called (docs/compile_time.md)
     static void run(const dense_weights& w, const act_fake<Q>& act, const matrix_f& x, matrix_f& y) {
         const matrix_f xq = act.quantize(x);
         detail::require<shape_error>(xq.rows() == x.rows() && xq.cols() == x.cols(), "quantized_linear",

@@ -109,6 +109,7 @@ struct torq_rotation {
     [[nodiscard]] Eigen::Index dim() const { return level1.rows(); }
 
     /// x ↦ x Q₁ (I ⊗ R) on every row. Throws `shape_error` if `m.cols() != d`.
+    template <class = void> // compiled only where called (docs/compile_time.md)
     void apply_rows(Eigen::Ref<matrix_f> m) const {
         detail::require_dim(m.cols(), dim(), "torq_rotation::apply_rows", "columns of 'm'");
         const Eigen::Index g = level2.rows(), nb = dim() / g;
@@ -117,6 +118,7 @@ struct torq_rotation {
             for (Eigen::Index b = 0; b < nb; ++b) m.row(i).segment(b * g, g).noalias() = y.row(i).segment(b * g, g) * level2;
     }
     /// The dense d×d matrix Q₁ (I ⊗ R) (double). O(d³).
+    template <class = void> // compiled only where called (docs/compile_time.md)
     [[nodiscard]] matrix_d matrix() const {
         const Eigen::Index g = level2.rows(), nb = dim() / g;
         return level1.cast<double>() * kronecker_product(matrix_d::Identity(nb, nb), level2.cast<double>());

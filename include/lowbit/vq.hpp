@@ -59,7 +59,8 @@ inline double weighted_sq_dist(const float* x, const float* c, const float* h, E
 
 /// Nearest centroid of every point (weighted), chunked GEMM expansion in double:
 /// ‖x−c‖²_h = Σ h x² − 2 (h∘x)·c + h·(c∘c). Ties: lowest index.
-inline void nearest_codes(const cref_matrix_f& points, const cref_matrix_f& weights, const cref_matrix_f& centroids,
+template <class = void> // compiled only where called (docs/compile_time.md)
+void nearest_codes(const cref_matrix_f& points, const cref_matrix_f& weights, const cref_matrix_f& centroids,
                           std::uint32_t* codes) {
     const Eigen::Index n = points.rows(), d = points.cols(), k = centroids.rows();
     const bool weighted = weights.size() != 0;
@@ -97,7 +98,8 @@ inline void nearest_codes(const cref_matrix_f& points, const cref_matrix_f& weig
     (void)d;
 }
 
-inline double vq_sse(const cref_matrix_f& points, const cref_matrix_f& weights, const cref_matrix_f& centroids,
+template <class = void> // compiled only where called (docs/compile_time.md)
+double vq_sse(const cref_matrix_f& points, const cref_matrix_f& weights, const cref_matrix_f& centroids,
                      const std::vector<std::uint32_t>& codes) {
     double s = 0;
     const bool weighted = weights.size() != 0;
@@ -111,7 +113,8 @@ inline double vq_sse(const cref_matrix_f& points, const cref_matrix_f& weights, 
 
 /// Weighted sum of squared errors Σ_i Σ_j h_ij (x_ij − c_{code_i, j})². O(N·d).
 /// \throws shape_error if the sizes disagree; invalid_argument for a code ≥ K.
-[[nodiscard]] inline double vq_objective(const cref_matrix_f& points, const cref_matrix_f& centroids,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] double vq_objective(const cref_matrix_f& points, const cref_matrix_f& centroids,
                                          const std::vector<std::uint32_t>& codes,
                                          const cref_matrix_f& weights = matrix_f()) {
     constexpr const char* where = "vq_objective";
@@ -126,7 +129,8 @@ inline double vq_sse(const cref_matrix_f& points, const cref_matrix_f& weights, 
 /// Encodes every point to its nearest centroid in the (weighted) distance; ties go to the lowest
 /// index. O(N·K·d) as blocked GEMMs in double.
 /// \throws shape_error (empty, dimension mismatch), numeric_error (NaN/Inf).
-[[nodiscard]] inline std::vector<std::uint32_t> vq_encode(const cref_matrix_f& points, const cref_matrix_f& centroids,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] std::vector<std::uint32_t> vq_encode(const cref_matrix_f& points, const cref_matrix_f& centroids,
                                                           const cref_matrix_f& weights = matrix_f()) {
     constexpr const char* where = "vq_encode";
     detail::require_nonempty(points, where, "points");
@@ -164,7 +168,8 @@ inline double vq_sse(const cref_matrix_f& points, const cref_matrix_f& weights, 
 /// \param weights  empty, or `[N x d]` non-negative (e.g. the Hessian diagonal of each coordinate).
 /// \throws shape_error, numeric_error, invalid_argument (K < 1, K > N, iterations < 0).
 /// Complexity: O((iterations + 1)·N·K·d) plus O(N·K·d) for seeding.
-[[nodiscard]] inline kmeans_result weighted_kmeans(const cref_matrix_f& points, const cref_matrix_f& weights,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] kmeans_result weighted_kmeans(const cref_matrix_f& points, const cref_matrix_f& weights,
                                                    const kmeans_options& opt) {
     constexpr const char* where = "weighted_kmeans";
     detail::require_nonempty(points, where, "points");
@@ -338,7 +343,8 @@ struct affine_correction {
 /// correction). Folding: γ into the quantized weight's row scale, β into the layer bias.
 /// \param y_ref  full-precision outputs `[tokens x m]`; \param y_hat quantized-model outputs, same shape.
 /// \throws shape_error (empty, shape mismatch), numeric_error (NaN/Inf). O(tokens·m).
-[[nodiscard]] inline affine_correction fit_affine_correction(const cref_matrix_f& y_ref, const cref_matrix_f& y_hat,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] affine_correction fit_affine_correction(const cref_matrix_f& y_ref, const cref_matrix_f& y_hat,
                                                              bool mean_only = false) {
     constexpr const char* where = "fit_affine_correction";
     detail::require_nonempty(y_ref, where, "y_ref");

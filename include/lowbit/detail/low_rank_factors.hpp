@@ -21,6 +21,7 @@ struct low_rank {
     /// The rank. O(1).
     [[nodiscard]] Eigen::Index rank() const { return a.cols(); }
     /// The dense `[m x n]` product a·b. O(m·n·r).
+    template <class = void> // compiled only where called (docs/compile_time.md)
     [[nodiscard]] matrix_f reconstruct() const { return a * b; }
 };
 

@@ -114,7 +114,8 @@ struct double_weights {
     matrix_d embedding;
 };
 
-inline double_weights to_double(const llama_model& m) {
+template <class = void> // compiled only where called (docs/compile_time.md)
+double_weights to_double(const llama_model& m) {
     double_weights d;
     d.embedding = m.token_embedding.cast<double>();
     d.classifier = effective_weight(*m.classifier);
@@ -135,7 +136,8 @@ inline double_weights to_double(const llama_model& m) {
 }
 
 /// RMSNorm of each row (width `width` chunks of `x`), out = w ⊙ x·r; returns r per (row, chunk).
-inline matrix_d rms_fwd(const matrix_d& x, const vector_f& w, double eps, Eigen::Index width, matrix_d& out) {
+template <class = void> // compiled only where called (docs/compile_time.md)
+matrix_d rms_fwd(const matrix_d& x, const vector_f& w, double eps, Eigen::Index width, matrix_d& out) {
     const Eigen::Index chunks = x.cols() / width;
     matrix_d r(x.rows(), chunks);
     out.resize(x.rows(), x.cols());
@@ -150,7 +152,8 @@ inline matrix_d rms_fwd(const matrix_d& x, const vector_f& w, double eps, Eigen:
 }
 
 /// Reverse of rms_fwd: dx from dy (x, r as in the forward pass).
-inline matrix_d rms_bwd(const matrix_d& x, const matrix_d& r, const vector_f& w, Eigen::Index width, const matrix_d& dy) {
+template <class = void> // compiled only where called (docs/compile_time.md)
+matrix_d rms_bwd(const matrix_d& x, const matrix_d& r, const vector_f& w, Eigen::Index width, const matrix_d& dy) {
     matrix_d dx(x.rows(), x.cols());
     const Eigen::Index chunks = x.cols() / width;
     for (Eigen::Index t = 0; t < x.rows(); ++t)
@@ -167,7 +170,8 @@ inline matrix_d rms_bwd(const matrix_d& x, const matrix_d& r, const vector_f& w,
 }
 
 /// RoPE (sign = +1) or its transpose (sign = −1) in place, positions 0..T−1, angles in double.
-inline void rope_d(matrix_d& m, int head_size, double theta, rope_layout layout, double sign) {
+template <class = void> // compiled only where called (docs/compile_time.md)
+void rope_d(matrix_d& m, int head_size, double theta, rope_layout layout, double sign) {
     const Eigen::Index half = head_size / 2;
     for (Eigen::Index k = 0; k < half; ++k) {
         const double freq = 1.0 / std::pow(theta, static_cast<double>(2 * k) / head_size);
@@ -191,7 +195,8 @@ inline double sigmoid_d(double a) { return 1.0 / (1.0 + std::exp(-a)); }
 /// at row t (−1: not scored). Adds scale·dL/dW into `g` (when `weights`) and returns the summed NLL.
 /// `shift` (optional, for finite-difference checks) is added to the residual stream after block
 /// `shift_layer` in the forward pass.
-inline double window_pass(const llama_model& m, const double_weights& dw, std::span<const int> in,
+template <class = void> // compiled only where called (docs/compile_time.md)
+double window_pass(const llama_model& m, const double_weights& dw, std::span<const int> in,
                           std::span<const int> targets, double scale, model_gradients* g, bool weights,
                           const std::function<void(int, const matrix_d&)>& on_output_grad, int shift_layer = -1,
                           const matrix_d* shift = nullptr) {
@@ -261,7 +266,7 @@ inline double window_pass(const llama_model& m, const double_weights& dw, std::s
         } else {
             const int E = static_cast<int>(b.experts.size()), K = c.n_experts_per_token;
             // Routing decided as the float forward does (float logits, float softmax, ties by index).
-            const matrix_f lf = s.n2.cast<float>() * b.router.transpose();
+            const matrix_f lf = s.n2.template cast<float>() * b.router.transpose();
             s.logits = s.n2 * w.router.transpose();
             s.sel.assign(static_cast<std::size_t>(T), {});
             s.gate.assign(static_cast<std::size_t>(T), {});
@@ -507,7 +512,8 @@ template <class = void>
 /// rows) added to the residual stream after block `shift_layer` when given — the hook for
 /// finite-difference checks of the output gradients. \throws as calibration_gradients, shape_error
 /// (shift's shape).
-[[nodiscard]] inline double calibration_loss(const llama_model& m, std::span<const int> tokens, int window = -1,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] double calibration_loss(const llama_model& m, std::span<const int> tokens, int window = -1,
                                              int shift_layer = -1, const matrix_d* shift = nullptr) {
     constexpr const char* where = "calibration_loss";
     const auto wins = detail::gradient_windows(m, tokens, window, 1, where);

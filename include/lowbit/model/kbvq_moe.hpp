@@ -395,6 +395,7 @@ struct kbvq_pieces {
     vector_f dir;    ///< (n) BCOS u, fp16-exact, or empty
 
     /// Ŵ in double (basis: Bₛ `[r x n]`, ignored without coeff).
+    template <class = void> // compiled only where called (docs/compile_time.md)
     [[nodiscard]] Eigen::MatrixXd dense(const matrix_f& basis, Eigen::Index m, Eigen::Index n) const {
         Eigen::MatrixXd w = Eigen::MatrixXd::Zero(m, n);
         if (coeff.size()) w += coeff.cast<double>() * basis.cast<double>();

@@ -94,6 +94,7 @@ public:
     [[nodiscard]] Eigen::Index in_features() const { return w_.cols(); }
     [[nodiscard]] Eigen::Index out_features() const { return w_.rows(); }
     /// y = x·Wᵀ, float accumulation. O(tokens·in·out).
+    template <class = void> // compiled only where called (docs/compile_time.md)
     void apply(const matrix_f& x, matrix_f& y) const {
         y.resize(x.rows(), w_.rows());
         y.noalias() = x * w_.transpose();
@@ -604,7 +605,8 @@ enum class logits_rows { all, last };
 /// float rounding). O(T·(weights + (pos+T)·dim)) per block.
 /// \throws shape_error (empty tokens, cache not sized for the model, pos + T > seq_len),
 /// invalid_argument (token id out of range).
-[[nodiscard]] inline matrix_f forward(const llama_model& m, kv_cache& cache, std::span<const int> tokens,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] matrix_f forward(const llama_model& m, kv_cache& cache, std::span<const int> tokens,
                                       logits_rows rows = logits_rows::all, const forward_hooks* hooks = nullptr) {
     constexpr const char* where = "forward";
     const auto& c = m.config;
@@ -783,7 +785,8 @@ inline int sample_next(const matrix_f& logits, const sampling_options& opt, std:
 /// full. Greedy for temperature 0 (first maximum on ties), else sampling (top-k, then top-p, then a
 /// draw from the renormalised distribution, in double). Deterministic for a seed. Returns the
 /// generated tokens (prompt excluded). \throws as forward; invalid_argument (temperature < 0, top_p ∉ (0, 1]).
-[[nodiscard]] inline std::vector<int> generate(const llama_model& m, std::span<const int> prompt,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] std::vector<int> generate(const llama_model& m, std::span<const int> prompt,
                                                const sampling_options& opt) {
     constexpr const char* where = "generate";
     detail::require(opt.temperature >= 0.0f && std::isfinite(opt.temperature), where, "temperature must be >= 0");
@@ -808,7 +811,8 @@ inline int sample_next(const matrix_f& logits, const sampling_options& opt, std:
 
 /// Greedy (temperature 0) decoding as llama2.c's `generate` (see `generate`): stops at
 /// `config.stop_token` (llama2.c models: BOS = 1). \throws as forward.
-[[nodiscard]] inline std::vector<int> generate_greedy(const llama_model& m, std::span<const int> prompt,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] std::vector<int> generate_greedy(const llama_model& m, std::span<const int> prompt,
                                                       int max_new_tokens) {
     sampling_options o;
     o.max_new_tokens = max_new_tokens;
@@ -917,7 +921,8 @@ template <class Score>
 /// NLLs are summed in window order, so the result is the same for any `threads`.
 /// \throws invalid_argument (window outside its range, token out of range, threads < 1),
 /// shape_error (no window to score).
-[[nodiscard]] inline perplexity_result perplexity(const llama_model& m, std::span<const int> tokens,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] perplexity_result perplexity(const llama_model& m, std::span<const int> tokens,
                                                   const perplexity_options& opt) {
     constexpr const char* where = "perplexity";
     const bool bos = m.config.bos_token >= 0;
@@ -952,7 +957,8 @@ template <class Score>
 }
 
 /// `perplexity` with a window length and window count (see `perplexity_options`).
-[[nodiscard]] inline perplexity_result perplexity(const llama_model& m, std::span<const int> tokens, int window = -1,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] perplexity_result perplexity(const llama_model& m, std::span<const int> tokens, int window = -1,
                                                   int max_windows = -1) {
     perplexity_options o;
     o.window = window;
@@ -966,7 +972,8 @@ template <class Score>
 /// `on_expert_input`, `on_router_logits`). Inputs are those the current model sees (quantized
 /// earlier layers included), so a solver that quantizes layer by layer captures X̂ of the partially
 /// quantized model. \throws as forward; invalid_argument (window).
-inline void capture_linear_inputs(const llama_model& m, std::span<const int> tokens, const forward_hooks& hooks,
+template <class = void> // compiled only where called (docs/compile_time.md)
+void capture_linear_inputs(const llama_model& m, std::span<const int> tokens, const forward_hooks& hooks,
                                   int window = -1, int max_windows = -1) {
     constexpr const char* where = "capture_linear_inputs";
     const bool bos = m.config.bos_token >= 0;
@@ -995,7 +1002,8 @@ inline void capture_linear_inputs(const llama_model& m, std::span<const int> tok
 /// `[N x in]` (wq, wk, wv share one input, as do w1 and w3; each slot keeps its own copy).
 /// Memory 7·L·N·in floats — for large models feed `capture_linear_inputs` into a Hessian
 /// accumulator instead. \throws as capture_linear_inputs.
-[[nodiscard]] inline std::vector<std::array<matrix_f, linear_slots>>
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] std::vector<std::array<matrix_f, linear_slots>>
 calibration_inputs(const llama_model& m, std::span<const int> tokens, int window = -1, int max_windows = -1) {
     std::vector<std::array<std::vector<matrix_f>, linear_slots>> parts(m.blocks.size());
     forward_hooks hooks;

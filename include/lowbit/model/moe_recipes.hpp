@@ -128,7 +128,8 @@ struct ebss_options {
 /// (`ebss_select`); the best final beam is the sequence. Deterministic for a seed.
 /// \throws invalid_argument (non-MoE model, options out of range).
 /// Complexity: sequences · length · beam · candidates one-token forward steps.
-[[nodiscard]] inline std::vector<std::vector<int>> ebss_sample(const llama_model& m, const ebss_options& o) {
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] std::vector<std::vector<int>> ebss_sample(const llama_model& m, const ebss_options& o) {
     constexpr const char* where = "ebss_sample";
     detail::require(o.sequences >= 1 && o.length >= 2 && o.beam >= 1 && o.candidates >= 1, where,
                     "sequences, beam, candidates must be >= 1 and length >= 2");
@@ -457,7 +458,8 @@ struct routing_comparison {
 /// compares the top-k expert set of every token in every MoE layer with the reference's (sets, not
 /// order). \throws invalid_argument (models of different shape), as capture_linear_inputs.
 /// O(2 forward passes).
-[[nodiscard]] inline routing_comparison compare_routing(const llama_model& reference, const llama_model& model,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] routing_comparison compare_routing(const llama_model& reference, const llama_model& model,
                                                         std::span<const int> tokens, int window = -1, int max_windows = -1) {
     constexpr const char* where = "compare_routing";
     detail::require(reference.config.n_layers == model.config.n_layers && reference.config.n_experts == model.config.n_experts,
@@ -517,7 +519,8 @@ struct routing_comparison {
 
 /// Expert usage balance of a token stream under `m` (EBSS's σ): mean over MoE layers of
 /// `expert_balance_std` of the routed fractions. \throws as compare_routing.
-[[nodiscard]] inline double routing_balance_std(const llama_model& m, std::span<const int> tokens, int window = -1,
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] double routing_balance_std(const llama_model& m, std::span<const int> tokens, int window = -1,
                                                 int max_windows = -1) {
     return compare_routing(m, m, tokens, window, max_windows).ref_balance_std;
 }

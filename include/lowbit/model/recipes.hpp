@@ -381,7 +381,7 @@ struct block_rotation {
     std::optional<dense_rotation> dense;         ///< learned dense rotation (orthonormalised)
 
     /// The transform of a stored rotation (factors re-orthonormalised, see `stored_rotation`).
-    /// 	hrows shape_error (non-square factors).
+    /// \throws shape_error (non-square factors).
     template <class = void>
     [[nodiscard]] static block_rotation from(std::optional<hadamard_transform> h, const std::optional<stored_rotation>& s) {
         block_rotation b;
@@ -403,6 +403,7 @@ struct block_rotation {
         return hadamard ? hadamard->dim() : kronecker ? kronecker->dim() : dense ? dense->dim() : 0;
     }
     /// x ↦ x·H·K on every row. \throws shape_error (width mismatch).
+    template <class = void> // compiled only where called (docs/compile_time.md)
     void apply_rows(Eigen::Ref<matrix_f> m) const {
         if (hadamard) hadamard->apply_rows(m);
         if (kronecker) kronecker->apply_rows(m);
@@ -702,7 +703,8 @@ std::optional<stored_rotation> learn_block_rotation(const recipe& r, const matri
 /// rotation; TORQ at widths that are multiples of 32) or the randomised Hadamard transform seeded by
 /// `r.seed + n`. Deterministic: saving a model stores only the recipe (and the learned part per layer).
 /// \throws invalid_argument (n < 1).
-[[nodiscard]] inline std::optional<hadamard_transform> recipe_rotation(const recipe& r, Eigen::Index n) {
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] std::optional<hadamard_transform> recipe_rotation(const recipe& r, Eigen::Index n) {
     if (r.rotation == rotation_kind::none) return std::nullopt;
     if (r.rotation == rotation_kind::torq && n % 32 == 0) return std::nullopt;
     if ((r.rotation == rotation_kind::kotms || r.rotation == rotation_kind::okt) && !r.hadamard_first) return std::nullopt;

@@ -36,7 +36,8 @@ LOWBIT_BEGIN_NAMESPACE
 /// The randomised Hadamard rotation Q = diag(s)·H/√n of width `n` (`hadamard_transform` with seeded
 /// signs; a Kronecker / random-orthogonal fallback where no Hadamard matrix of order n is known),
 /// dense, in double. ‖QᵀQ − I‖_max ≤ 1e-12. \throws invalid_argument (n < 1 or no construction).
-[[nodiscard]] inline matrix_d residual_rotation_matrix(Eigen::Index n, std::uint64_t seed) {
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] matrix_d residual_rotation_matrix(Eigen::Index n, std::uint64_t seed) {
     hadamard_options o;
     o.randomized = true;
     o.seed = seed;
@@ -50,7 +51,8 @@ LOWBIT_BEGIN_NAMESPACE
 /// \param q orthogonal `[dim x dim]` (checked: ‖QᵀQ − I‖_max ≤ 1e-6).
 /// \throws invalid_argument (a block linear or the classifier is not an FP32 `dense_linear`: rotate
 /// before quantizing), shape_error (q not dim × dim), numeric_error (q not orthogonal or not finite).
-[[nodiscard]] inline llama_model rotate_residual_stream(const llama_model& m, const matrix_d& q) {
+template <class = void> // compiled only where called (docs/compile_time.md)
+[[nodiscard]] llama_model rotate_residual_stream(const llama_model& m, const matrix_d& q) {
     constexpr const char* where = "rotate_residual_stream";
     const Eigen::Index dim = m.config.dim;
     detail::require_dim(q.rows(), dim, where, "rows of q");

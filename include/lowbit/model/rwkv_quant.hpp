@@ -450,7 +450,7 @@ struct rwkv_quant_result {
 /// v_(⌊(k+1)(N−1)/Q⌋) − v_(⌊k(N−1)/Q⌋), k < Q; zero spacings dropped; not de-duplicated), with
 /// the coarse and fine statistics of rwkv_proxy.hpp. Unlike the distinct-gap form this does not
 /// degenerate on weights stored in bf16/fp16, whose distinct gaps are the format's spacings.
-/// O(N log N). 	hrows shape_error (empty), numeric_error (NaN/Inf), invalid_argument (quantiles < 2).
+/// O(N log N). \throws shape_error (empty), numeric_error (NaN/Inf), invalid_argument (quantiles < 2).
 [[nodiscard]] inline uniformity_proxy quantile_spacing_proxy(const matrix_f& w, Eigen::Index quantiles = 1024) {
     constexpr const char* where = "quantile_spacing_proxy";
     detail::require_nonempty(w, where, "w");
@@ -495,7 +495,7 @@ inline bool product_slot(rwkv_slot s) {
 /// receptance) of `m` (FP32 dense linears) with `opt.method`, layer by layer, calibrating on the
 /// first `calib_windows` windows of `calib_tokens` (ignored by RTN). Embedding, head, LayerNorms
 /// and the element-wise vectors stay float. Deterministic.
-/// 	hrows invalid_argument (non-dense linears, bad options), shape_error (empty calibration
+/// \throws invalid_argument (non-dense linears, bad options), shape_error (empty calibration
 /// tokens for a calibrated method, VQ tiles not dividing a matrix), numeric_error (Hessian).
 /// Cost: L calibration passes of calib_windows·calib_window tokens, plus the solvers.
 template <class = void>
@@ -582,7 +582,7 @@ template <class = void>
 /// `[out, in]`), `.scale` / `.zero` (F16, exact: the values are fp16) for "int"; `.vq_codes` (U16
 /// `[out, in/d]`), `.codebooks` (F32 `[tiles·K, d]`) for "vq". `load_rwkv_quantized` reads it back
 /// bit-identically. O(parameters).
-/// 	hrows invalid_argument (a linear of another operator type), format_error (I/O).
+/// \throws invalid_argument (a linear of another operator type), format_error (I/O).
 inline void save_rwkv_quantized(const rwkv_model& m, const std::filesystem::path& path) {
     constexpr const char* where = "save_rwkv_quantized";
     io::safetensors_writer wr;
@@ -667,7 +667,7 @@ inline void save_rwkv_quantized(const rwkv_model& m, const std::filesystem::path
 }
 
 /// Reads a file written by `save_rwkv_quantized` (bit-identical weights, codes and codebooks).
-/// 	hrows format_error (not such a file, missing tensors or metadata, shapes that disagree).
+/// \throws format_error (not such a file, missing tensors or metadata, shapes that disagree).
 [[nodiscard]] inline rwkv_model load_rwkv_quantized(const std::filesystem::path& path) {
     const std::string where = "lowbit: load_rwkv_quantized: ";
     const auto f = io::safetensors_file::open(path);
