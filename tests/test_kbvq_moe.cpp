@@ -207,8 +207,14 @@ TEST_CASE("quantize_kbvq_moe: switches change exactly what they claim; BCOS fold
             for (Eigen::Index j = 0; j < u.size(); ++j) u(j) = lowbit::detail::round_fp16(static_cast<float>(mu(j) / mu.squaredNorm()));
             const Eigen::VectorXd z = xd * u;
             const Eigen::MatrixXd y = xd * w.cast<double>().transpose();
-            const Eigen::MatrixXd y_off = xd * off.q.records.at(key).dense.cast<double>().transpose();
-            const Eigen::MatrixXd y_on = xd * on.q.records.at(key).dense.cast<double>().transpose();
+            // the experts are packed "kbvq_vq" records (no dense copy): their operators' outputs
+            auto run = [&](const lowbit::kbvq_result& q) {
+                lowbit::matrix_f out;
+                q.q.model.linear(lowbit::linear_id{0, slot, e}).apply(x, out);
+                return Eigen::MatrixXd(out.cast<double>());
+            };
+            REQUIRE(off.q.records.at(key).format == "kbvq_vq");
+            const Eigen::MatrixXd y_off = run(off), y_on = run(on);
             Eigen::MatrixXd expect(y.rows(), y.cols());
             for (Eigen::Index k = 0; k < y.cols(); ++k) {
                 Eigen::MatrixXd a(y.rows(), 2);
@@ -287,7 +293,7 @@ TEST_CASE("quantize_kbvq_moe: bits counted by hand; deterministic; seeded; save 
         CHECK(r.expert_bits_per_weight == doctest::Approx(eb / exp_w).epsilon(1e-12));
         CHECK(r.bits_per_weight == doctest::Approx(2 * (attn_bits + eb) / (2 * (attn_w + exp_w))).epsilon(1e-12));
         CHECK(r.layer_seconds.size() == 2);
-        CHECK(r.q.records.at("layers.1.experts.2.w2").format == "dense");
+        CHECK(r.q.records.at("layers.1.experts.2.w2").format == (full ? "kbvq_vq" : "dense"));
         // deterministic
         const auto again = lowbit::quantize_kbvq_moe(m, toks, c);
         for (const auto& [k, rec] : r.q.records) CHECK(same_record(rec, again.q.records.at(k)));

@@ -78,10 +78,11 @@ inline std::vector<int> random_tokens(int n, int vocab, std::uint64_t seed) {
     return t;
 }
 
-/// Two records store the same thing (format, shape, codes, scales, offsets, dense weights and bits).
+/// Two records store the same thing (format, shape, codes, scales, offsets, dense weights, bits and expert tensors).
 inline bool same_record(const lowbit::linear_record& a, const lowbit::linear_record& b) {
     return a.format == b.format && a.rows == b.rows && a.cols == b.cols && a.codes == b.codes && a.scale == b.scale &&
-           a.offset == b.offset && a.dense == b.dense && a.dense_bits == b.dense_bits;
+           a.offset == b.offset && a.dense == b.dense && a.dense_bits == b.dense_bits &&
+           lowbit::same_expert_tensors(a.expert, b.expert);
 }
 
 /// Writes `q` to a temporary safetensors file (`save_quantized_model`), reads it back and reports

@@ -40,11 +40,16 @@
 /// Storage and bits (everything stored is counted; `kbvq_expert_bits`): per expert linear
 /// `[m x n]` of a layer with E experts: IDRE 16·m·r (C_e) + 16·r·n/E (its share of Bₛ); VQ
 /// (m·n/d)·index_bits (codes) + 16·m (row scales) + 16·K·d/E (its share of the codebook); scalar
-/// m·n·b + 32·m; BCOS 16·m (β) + 16·n (u). **No packed kernel decodes a shared-basis + VQ
-/// expert**, so every expert linear is *stored and run as a dense FP32 record* of Ŵ_e (a dequantized
-/// fallback, as MoBiE's CEJD experts and MXFP4): `linear_record::dense_bits` carries the counted
-/// bits, the file holds 32 bits per weight. Ŵ_e is assembled in double from exactly the fp16 /
-/// integer pieces the counted format would store. Saving and reloading (`save_quantized_model` /
+/// m·n·b + 32·m; BCOS 16·m (β) + 16·n (u). With the VQ residual every expert linear is a "kbvq_vq"
+/// record (model/moe_experts.hpp) storing exactly the counted pieces — indices packed at index_bits,
+/// fp16 row scales, C_e, β, u, and a reference to the layer's Bₛ and codebook, which the file stores
+/// once per layer and projection type — and runs as `kbvq_expert_linear` (Bₛx per call, C_e, a
+/// lookup-table or row-decoding VQ GEMV, β·(uᵀx)) with no dense copy of Ŵ_e. The scalar-residual and
+/// no-residual ablations are still *stored and run as a dense FP32 record* of Ŵ_e (a dequantized
+/// fallback, as MXFP4): `linear_record::dense_bits` carries the counted bits, the file holds 32 bits
+/// per weight. Ŵ_e is assembled in double from exactly the fp16 / integer pieces the counted format
+/// would store (the error figure `expert_output_error` uses it for every residual). Saving and
+/// reloading (`save_quantized_model` /
 /// `load_quantized_model`) is bit-identical.
 ///
 /// Threads: none. Deterministic for a seed (`kbvq_config::seed`: k-means++ seeding).
@@ -54,6 +59,7 @@
 #include <lowbit/gptq.hpp>
 #include <lowbit/lowrank.hpp>
 #include <lowbit/model/llama.hpp>
+#include <lowbit/model/moe_experts.hpp>
 #include <lowbit/model/moe_recipes.hpp>
 #include <lowbit/model/recipes.hpp>
 #include <lowbit/rtn.hpp>
@@ -69,6 +75,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -317,7 +324,7 @@ struct kbvq_result : moe_expert_result {
 };
 
 /// The `recipe` a `quantize_kbvq_moe` model is saved and rebuilt with (int4 attention records,
-/// dense expert records, FP32 activations).
+/// "kbvq_vq" or dense-fallback expert records, FP32 activations).
 [[nodiscard]] inline recipe kbvq_recipe(const kbvq_config& c) {
     recipe r;
     r.name = c.name;
@@ -393,6 +400,7 @@ struct kbvq_pieces {
     matrix_f base;   ///< (m, n) Q: normalised codewords (VQ) or integer codes (scalar)
     vector_f beta;   ///< (m) BCOS β, fp16-exact, or empty
     vector_f dir;    ///< (n) BCOS u, fp16-exact, or empty
+    std::vector<std::uint32_t> vq_codes; ///< (m·n/d) VQ indices of Q in `to_vectors` order (VQ), or empty
 
     /// Ŵ in double (basis: Bₛ `[r x n]`, ignored without coeff).
     template <class = void> // compiled only where called (docs/compile_time.md)
@@ -419,6 +427,28 @@ struct kbvq_pieces {
     }
 };
 
+/// The "kbvq_vq" record (moe_experts.hpp) of one expert with a VQ residual: codes `p.vq_codes` packed
+/// at `index_bits`, row scales, own C, β, u, and the group `shared` ({"codebook", "basis"}) held by
+/// `experts` records under `key`.
+inline linear_record kbvq_vq_record(const kbvq_pieces& p, Eigen::Index rows, Eigen::Index cols, int index_bits,
+                                    std::shared_ptr<const expert_tensor_map> shared, std::string key, int experts) {
+    linear_record rec;
+    rec.format = "kbvq_vq";
+    rec.rows = rows;
+    rec.cols = cols;
+    rec.codes = pack_vq_indices(p.vq_codes, index_bits);
+    rec.scale = p.scale;
+    if (p.coeff.size()) rec.expert.own.emplace("coeff", p.coeff);
+    if (p.beta.size()) {
+        rec.expert.own.emplace("beta", matrix_f(p.beta));
+        rec.expert.own.emplace("direction", matrix_f(p.dir));
+    }
+    rec.expert.shared_key = std::move(key);
+    rec.expert.shared = std::move(shared);
+    rec.expert.shared_by = experts;
+    return rec;
+}
+
 /// Per-row asymmetric b-bit round to nearest of `r` as pieces (codes t ∈ [−2^(b−1), 2^(b−1) − 1],
 /// fp16 α, μ: value μ + α·t).
 template <class = void>
@@ -438,8 +468,8 @@ void scalar_residual(const matrix_f& r, int bits, kbvq_pieces& p) {
 
 /// Quantizes every block linear of `fp32` with KBVQ-MoE (see the file comment), block by block on
 /// the partially quantized model: attention linears by GPTQ at `attention_bits` (int4 records),
-/// experts per projection type by IDRE → residual quantizer → BCOS (dense fallback records with
-/// counted bits). An expert no calibration token reaches gets the mean diagonal of the others as
+/// experts per projection type by IDRE → residual quantizer → BCOS ("kbvq_vq" records; the scalar and
+/// no-residual ablations dense fallback records with counted bits). An expert no calibration token reaches gets the mean diagonal of the others as
 /// importance (identity Σ if none is reached) and no BCOS correction (γ = 1, β = 0; its β and u
 /// are still counted). \throws shape_error (no calibration token, vq_dim not dividing an expert
 /// width), invalid_argument (non-dense input, options out of range, idre_rank > min(E·m, n), K
@@ -507,6 +537,7 @@ template <class = void>
                 std::vector<detail::kbvq_pieces> pieces(static_cast<std::size_t>(E));
                 std::optional<idre_factors> dec;
                 std::vector<matrix_f> residuals = ws;
+                std::shared_ptr<const expert_tensor_map> shared; // VQ: codebook (+ Bₛ), held once by the experts' records
                 if (c.idre) {
                     dec = idre_decompose(ws, sigma, c.idre_rank, c.idre_damping);
                     for (int e = 0; e < E; ++e) {
@@ -523,7 +554,11 @@ template <class = void>
                         const auto se = static_cast<std::size_t>(e);
                         pieces[se].scale = vq.row_scale[se];
                         pieces[se].base = vq.decode_normalised(se, rows, cols);
+                        pieces[se].vq_codes = vq.codes[se];
                     }
+                    expert_tensor_map group{{"codebook", vq.codebook}};
+                    if (dec) group.emplace("basis", dec->basis);
+                    shared = std::make_shared<const expert_tensor_map>(std::move(group));
                 } else if (c.residual == kbvq_residual::scalar) {
                     for (int e = 0; e < E; ++e) detail::scalar_residual(residuals[static_cast<std::size_t>(e)], c.scalar_bits, pieces[static_cast<std::size_t>(e)]);
                 }
@@ -541,15 +576,21 @@ template <class = void>
                             p.dir = vector_f::Zero(cols);
                         }
                     }
+                    const matrix_f w_hat = p.dense(basis, rows, cols).cast<float>();
                     linear_record rec;
-                    rec.format = "dense";
-                    rec.rows = rows;
-                    rec.cols = cols;
-                    rec.dense = p.dense(basis, rows, cols).cast<float>();
-                    rec.dense_bits = counted / (static_cast<double>(rows) * static_cast<double>(cols));
+                    if (shared) {
+                        rec = detail::kbvq_vq_record(p, rows, cols, c.vq_index_bits, shared,
+                                                     "layers." + std::to_string(l) + ".experts." + slot_name(slot) + ".kbvq", E);
+                    } else { // scalar residual or none: dense fallback with the counted bits
+                        rec.format = "dense";
+                        rec.rows = rows;
+                        rec.cols = cols;
+                        rec.dense = w_hat;
+                        rec.dense_bits = counted / (static_cast<double>(rows) * static_cast<double>(cols));
+                    }
                     if (x.rows()) {
                         const Eigen::MatrixXd xd = x.cast<double>();
-                        err += (xd * (ws[se] - rec.dense).cast<double>().transpose()).squaredNorm();
+                        err += (xd * (ws[se] - w_hat).cast<double>().transpose()).squaredNorm();
                         ref += (xd * ws[se].cast<double>().transpose()).squaredNorm();
                     }
                     const linear_id id{l, slot, e};

@@ -28,9 +28,10 @@
 /// Storage and bits (`mobie_result`): per-row α, μ and the shared bases in fp16 (counted at 16 bits),
 /// binary codes at 1 bit. Attention linears and non-CEJD experts are `binary1` packed records (they
 /// run lowbit's packed binary kernels). A CEJD expert counts `k·n` code bits + `32·k` (its α, μ) +
-/// `16·m·k/E` (its share of G) — but it is **stored and run as a dense FP32 record** holding the
-/// product G·F̂_e (a dequantized fallback: `linear_record::dense_bits` carries the counted bits, as
-/// for MXFP4), because no packed layout composes a binary factor with a shared dense basis. Saving and
+/// `16·m·k/E` (its share of G) and stores exactly that: a "cejd_binary1" record (model/moe_experts.hpp)
+/// holding the packed binary factor (α, μ) and a reference to the layer's G, which the file stores once
+/// per layer and projection type; it runs as `cejd_expert_linear` — the packed binary kernel, then the
+/// shared fp16 basis — with no dense copy of G·F̂_e. Saving and
 /// reloading (`save_quantized_model` / `load_quantized_model`) is bit-identical.
 ///
 /// Threads: none. Deterministic (no random numbers).
@@ -46,6 +47,7 @@
 #include <lowbit/lowrank.hpp>
 #include <lowbit/model/backward.hpp>
 #include <lowbit/model/llama.hpp>
+#include <lowbit/model/moe_experts.hpp>
 #include <lowbit/model/moe_recipes.hpp>
 #include <lowbit/model/recipes.hpp>
 #include <lowbit/moe.hpp>
@@ -62,6 +64,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <span>
@@ -314,7 +317,7 @@ struct mobie_result : moe_expert_result {
 };
 
 /// The `recipe` a `quantize_mobie` model is saved and rebuilt with (binary weights, FP32 activations;
-/// the records' formats — `binary1` or dense — select each operator).
+/// the records' formats — `binary1` or `cejd_binary1` — select each operator).
 [[nodiscard]] inline recipe mobie_recipe(const mobie_config& c) {
     recipe r;
     r.name = c.name;
@@ -335,6 +338,19 @@ struct mobie_result : moe_expert_result {
 }
 
 namespace detail {
+
+/// The "cejd_binary1" record of one CEJD expert `[rows x n]`: the packed binary factor `[k x n]`
+/// (fp16 α, μ) and the group `shared` ({"basis": G `[rows x k]`}) held by `experts` records under `key`.
+inline linear_record cejd_record(const packed_matrix<binary1>& factor, Eigen::Index rows,
+                                 std::shared_ptr<const expert_tensor_map> shared, std::string key, int experts) {
+    linear_record rec = packed_record(factor);
+    rec.format = "cejd_binary1";
+    rec.rows = rows;
+    rec.expert.shared_key = std::move(key);
+    rec.expert.shared = std::move(shared);
+    rec.expert.shared_by = experts;
+    return rec;
+}
 
 /// μ + α·t with fp16-rounded (μ, α) and codes t = sign(q − μ) of a solution; returns the codes.
 inline matrix_i8 binary_codes_rounded(binary_solution& s) {
@@ -463,7 +479,11 @@ template <class = void>
                     dec = cejd_decompose(ws, k);
                 }
                 vector_f row_weight;
-                if (dec) row_weight = dec->basis.colwise().squaredNorm().transpose();
+                std::shared_ptr<const expert_tensor_map> shared_basis; // G, held once by every expert's record and operator
+                if (dec) {
+                    row_weight = dec->basis.colwise().squaredNorm().transpose();
+                    shared_basis = std::make_shared<const expert_tensor_map>(expert_tensor_map{{"basis", dec->basis}});
+                }
                 for (int e = 0; e < E; ++e) {
                     const linear_id id{l, slot, e};
                     const matrix_f& target = dec ? dec->factors[static_cast<std::size_t>(e)] : ws[static_cast<std::size_t>(e)];
@@ -479,11 +499,8 @@ template <class = void>
                     if (dec) {
                         const matrix_i8 t = detail::binary_codes_rounded(s);
                         w_hat = dec->basis.cast<double>() * detail::binary_dequantize(t, s.mean, s.alpha);
-                        rec.format = "dense";
-                        rec.rows = rows;
-                        rec.cols = cols;
-                        rec.dense = w_hat.cast<float>();
-                        rec.dense_bits = cejd_expert_bits(rows, cols, k, E) / (static_cast<double>(rows) * static_cast<double>(cols));
+                        rec = detail::cejd_record(pack<binary1>(t, s.alpha, s.mean), rows, shared_basis,
+                                                  "layers." + std::to_string(l) + ".experts." + slot_name(slot) + ".cejd", E);
                     } else {
                         const matrix_i8 t = detail::binary_codes_rounded(s);
                         w_hat = detail::binary_dequantize(t, s.mean, s.alpha);

@@ -53,6 +53,7 @@
 #include <lowbit/kronecker.hpp>
 #include <lowbit/lowrank.hpp>
 #include <lowbit/model/llama.hpp>
+#include <lowbit/model/moe_experts.hpp>
 #include <lowbit/model/residual_rotation.hpp>
 #include <lowbit/mxfp.hpp>
 #include <lowbit/okt.hpp>
@@ -279,7 +280,7 @@ struct stored_rotation {
 /// What a quantized block linear stores: the serialized form (`save_quantized_model`) from which
 /// `build_linear` rebuilds the operator.
 struct linear_record {
-    std::string format;               ///< "dense" or a packed format name ("int4", "ternary2", ...)
+    std::string format;               ///< "dense", a packed format name ("int4", "ternary2", ...) or an expert format (moe_experts.hpp)
     Eigen::Index rows = 0;            ///< out features
     Eigen::Index cols = 0;            ///< in features
     std::vector<std::uint8_t> codes;  ///< packed bytes in the kernels' layout (packed formats)
@@ -289,11 +290,14 @@ struct linear_record {
     double dense_bits = 32.0;         ///< bits per weight counted for the dense format (MXFP4: 4.25)
     std::optional<low_rank> correction; ///< low-rank term, fp16-exact factors
     std::optional<stored_rotation> rotation; ///< learned rotation (after the recipe's Hadamard), fp16-exact
+    expert_tensors expert;            ///< own and shared tensors of an expert format (moe_experts.hpp), else empty
 
-    /// Serialized storage bits (see the file comment).
+    /// Serialized storage bits (see the file comment). \throws as the expert format's builder (inconsistent record).
     [[nodiscard]] double storage_bits() const {
         double bits = 0.0;
-        if (format == "dense") {
+        if (const auto* ef = detail::find_expert_format(format)) {
+            bits = ef->storage_bits({rows, cols, codes, scale, offset, expert});
+        } else if (format == "dense") {
             bits = dense_bits * static_cast<double>(rows) * static_cast<double>(cols);
         } else {
             const auto nb = [](int bb, int bw) { return 8.0 * bb / bw; };
@@ -476,6 +480,9 @@ template <class = void>
     if (rec.format == pack_format<ternary2>::name) return detail::packed_from_record<ternary2>(r, rec, rot);
     if (rec.format == pack_format<ternary_base3>::name) return detail::packed_from_record<ternary_base3>(r, rec, rot);
     if (rec.format == pack_format<binary1>::name) return detail::packed_from_record<binary1>(r, rec, rot);
+    if (const auto* ef = detail::find_expert_format(rec.format))
+        return detail::build_expert_linear(*ef, {rec.rows, rec.cols, rec.codes, rec.scale, rec.offset, rec.expert},
+                                           r.activation == activation_kind::fp32 && rot.empty() && !rec.correction);
     throw invalid_argument("lowbit: build_linear: unknown weight format '" + rec.format + "'");
 }
 
@@ -1120,7 +1127,9 @@ inline std::vector<long long> split_ints(const std::string& s, std::size_t n, co
 /// Why a linear's record is not what `r` produces, or "" when it is: the packed format of the
 /// recipe's weight scheme (int4 → "int4", ternary → "ternary_base3" or "ternary2" by `base3`, binary
 /// → "binary1"), or "dense" — always for fp32/mxfp4/tra_ternary, and for a packed scheme only as a
-/// counted fallback (`dense_bits` < 32, e.g. MoBiE's CEJD experts); learned rotations only under a
+/// counted fallback (`dense_bits` < 32, e.g. KBVQ's scalar-residual experts), or an expert format standing
+/// for the scheme's packed format (moe_experts.hpp: "cejd_binary1" for binary, "kbvq_vq" for int4; expert
+/// tensors only on such records); learned rotations only under a
 /// learning rotation of the right kind (KOTMS/OKT: Kronecker factors, TORQ: dense); a low-rank term
 /// only under `low_rank > 0`, of rank at most `low_rank`. The saver refuses such a record
 /// (invalid_argument) and the loader such a file (format_error), so a saved model never runs as
@@ -1137,10 +1146,13 @@ inline std::string record_recipe_mismatch(const recipe& r, const linear_record& 
     case weight_scheme::sign_binary:
     case weight_scheme::arb_binary: want = pack_format<binary1>::name; break;
     }
-    const bool fallback = rec.format == "dense" && want != "dense" && rec.dense_bits < 32.0;
+    const bool fallback = (rec.format == "dense" && want != "dense" && rec.dense_bits < 32.0) ||
+                          detail::expert_format_stands_for(rec.format, want);
     if (rec.format != want && !fallback)
         return "is stored as '" + rec.format + "', but recipe weights=" + name_of(r.weights, weight_scheme_names) +
                (want == "dense" ? "" : std::string(r.base3 ? ", base3=true" : ", base3=false")) + " stores '" + want + "'";
+    if (!rec.expert.empty() && !detail::find_expert_format(rec.format))
+        return "carries expert tensors, which format '" + rec.format + "' does not store";
     if (rec.rotation) {
         const bool kron = r.rotation == rotation_kind::kotms || r.rotation == rotation_kind::okt;
         if (rec.rotation->dense.size() > 0 ? r.rotation != rotation_kind::torq : !kron)
@@ -1163,9 +1175,10 @@ inline std::string record_recipe_mismatch(const recipe& r, const linear_record& 
 /// the tokenizer file as U8 `tokenizer` when the model carries one. Metadata: `lowbit.version`,
 /// `lowbit.recipe` (name), `lowbit.recipe_fields` (`recipe_fields`: every field, seed included),
 /// `lowbit.model` (`model_fields`), `lowbit.tokenizer_format`, and `<name>.format` / `.shape` /
-/// `.dense_bits`. Atomic (temporary file + rename): a failure leaves any previous file intact.
+/// `.dense_bits`; expert formats add their own and shared F16 tensors (moe_experts.hpp: each shared
+/// group once). Atomic (temporary file + rename): a failure leaves any previous file intact.
 /// \throws invalid_argument (records do not match the model or the recipe — `detail::record_recipe_mismatch` —,
-/// non-dense classifier), format_error (I/O).
+/// a shared tensor group not held by exactly its `shared_by` records, non-dense classifier), format_error (I/O).
 template <class = void>
 void save_quantized_model(const std::filesystem::path& path, const quantized_model& q) {
     constexpr const char* where = "save_quantized_model";
@@ -1186,6 +1199,9 @@ void save_quantized_model(const std::filesystem::path& path, const quantized_mod
     out.add("classifier", detail::dense_weight_of(*m.classifier, where));
     out.add("rms_final", m.rms_final.transpose());
     std::size_t n_linears = 0;
+    if (const std::string why = detail::expert_sharing_mismatch(q.records); !why.empty())
+        throw invalid_argument(std::string("lowbit: save_quantized_model: ") + why);
+    std::map<std::string, std::shared_ptr<const expert_tensor_map>> shared_written;
     for (std::size_t l = 0; l < m.blocks.size(); ++l) {
         const auto& b = m.blocks[l];
         const std::string p = "layers." + std::to_string(l) + ".";
@@ -1216,6 +1232,7 @@ void save_quantized_model(const std::filesystem::path& path, const quantized_mod
                 if (rec.offset.size())
                     out.add(n + ".offset", io::st_dtype::F16, {static_cast<std::uint64_t>(rec.offset.size())},
                             detail::fp16_bytes(rec.offset));
+                detail::write_expert_tensors(out, n, rec.expert, shared_written);
             }
             auto add_f16_matrix = [&](const std::string& key, const matrix_f& x) {
                 if (!x.size()) return;
@@ -1312,6 +1329,7 @@ template <class = void>
     }
     m.rms_final = vec("rms_final", c.dim);
     m.blocks.resize(static_cast<std::size_t>(c.n_layers));
+    std::map<std::string, std::pair<std::shared_ptr<const expert_tensor_map>, int>> shared_read;
     for (std::size_t l = 0; l < m.blocks.size(); ++l) {
         auto& b = m.blocks[l];
         const std::string p = "layers." + std::to_string(l) + ".";
@@ -1359,6 +1377,7 @@ template <class = void>
                 rec.codes.assign(cb, cb + codes.bytes.size());
                 rec.scale = detail::fp16_vector(tensor(n + ".scale"), n + ".scale");
                 if (f.contains(n + ".offset")) rec.offset = detail::fp16_vector(tensor(n + ".offset"), n + ".offset");
+                detail::read_expert_tensors(f, n, rec.expert, shared_read);
             }
             auto f16_matrix = [&](const std::string& key) {
                 const auto t = tensor(n + key);
@@ -1417,6 +1436,8 @@ template <class = void>
                 b.linear[static_cast<std::size_t>(id.slot)] = std::move(op);
         }
     }
+    if (const std::string why = detail::expert_sharing_mismatch(q.records); !why.empty())
+        throw format_error("lowbit: load_quantized_model: " + why);
     return q;
 }
 
