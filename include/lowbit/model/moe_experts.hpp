@@ -278,7 +278,6 @@ public:
         }
         const bool lookup = path_ == vq_residual_path::lookup ||
                             (path_ == vq_residual_path::automatic && t_count <= 3 && k < m);
-        std::vector<std::uint32_t> idx(static_cast<std::size_t>(groups));
         if (lookup) {
             using col_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
             col_major table(k, groups);
@@ -294,13 +293,14 @@ public:
                 }
             }
         } else {
-            vector_f row(n);
+            vector_f row(n), xr(t_count); // allocated once per call, not per row
             for (Eigen::Index i = 0; i < m; ++i) {
                 const std::size_t base = static_cast<std::size_t>(i) * static_cast<std::size_t>(groups);
                 for (Eigen::Index g = 0; g < groups; ++g)
                     row.segment(g * d, d) =
                         cb.row(detail::vq_index_at(p_.codes.data(), base + static_cast<std::size_t>(g), bits_)).transpose();
-                y.col(i).noalias() += p_.scale(i) * (x * row);
+                xr.noalias() = x * row;
+                y.col(i) += p_.scale(i) * xr;
             }
         }
         if (p_.beta.size()) {
