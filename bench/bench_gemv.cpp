@@ -65,6 +65,23 @@ void packed_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, boo
     st.counters["bits_per_weight"] = w0.bits_per_weight();
 }
 
+/// Weight-only GEMV: fp32 activations (gemm(w, x, act_fp32), 1 token; no activation quantization).
+template <class F>
+void packed_gemv_f32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
+    const auto w0 = lowbit_bench::random_packed<F>(rows, cols, 7);
+    const auto w = copies(w0, dram);
+    const lowbit::matrix_f x = random_activations(1, cols, 1);
+    std::size_t k = 0;
+    for (auto _ : st) {
+        lowbit::matrix_f y = lowbit::gemm(w[k], x, lowbit::act_fp32{});
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+        k = (k + 1) % w.size();
+    }
+    st.counters["packed_bytes"] = double(w0.bytes().size());
+    st.counters["bits_per_weight"] = w0.bits_per_weight();
+}
+
 template <bool Interleaved = false>
 void xnor(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
     const auto p0 = lowbit_bench::random_packed<lowbit::binary1>(rows, cols, 7);
@@ -155,6 +172,41 @@ const int registered = [] {
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
         benchmark::RegisterBenchmark(("gemv/xnor_binary1_r4_b1/4096x4096" + where + "/threads:1").c_str(),
                                      [=](benchmark::State& s) { xnor<true>(s, 4096, 4096, dram); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    }
+    // fp32 activations (weight-only) and int8 activations at the shapes engines call besides 4096²:
+    // MoE experts of qwen3moe-18M-en (256x512, 512x256) and a wider MoE FFN (1536x512), the
+    // stories260K layers (64x64, 172x64, 64x172), in cache; 4096² from cache and DRAM.
+    const std::pair<Eigen::Index, Eigen::Index> small[] = {{256, 512}, {512, 256}, {1536, 512}, {64, 64}, {172, 64}, {64, 172}};
+    for (auto [r, c] : small) {
+        const std::string sh = shape(r, c) + "/cache/threads:1";
+        benchmark::RegisterBenchmark(("gemv/eigen_fp32/" + sh).c_str(), [=](benchmark::State& s) { eigen_fp32(s, r, c, false); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("gemv/ternary2_i8/" + sh).c_str(),
+                                     [=](benchmark::State& s) { packed_gemv<lowbit::ternary2>(s, r, c, false, 1); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("gemv/int4_i8/" + sh).c_str(), [=](benchmark::State& s) { packed_gemv<lowbit::int4>(s, r, c, false, 1); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    }
+    for (auto [r, c] : small) {
+        const std::string sh = shape(r, c) + "/cache/threads:1";
+        benchmark::RegisterBenchmark(("gemv/ternary2_f32/" + sh).c_str(), [=](benchmark::State& s) { packed_gemv_f32<lowbit::ternary2>(s, r, c, false); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("gemv/binary1_f32/" + sh).c_str(), [=](benchmark::State& s) { packed_gemv_f32<lowbit::binary1>(s, r, c, false); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("gemv/int4_f32/" + sh).c_str(), [=](benchmark::State& s) { packed_gemv_f32<lowbit::int4>(s, r, c, false); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    }
+    for (bool dram : {false, true}) {
+        const std::string sh = std::string("4096x4096") + (dram ? "/dram" : "/cache") + "/threads:1";
+        benchmark::RegisterBenchmark(("gemv/ternary2_f32/" + sh).c_str(), [=](benchmark::State& s) { packed_gemv_f32<lowbit::ternary2>(s, 4096, 4096, dram); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("gemv/ternary_base3_f32/" + sh).c_str(),
+                                     [=](benchmark::State& s) { packed_gemv_f32<lowbit::ternary_base3>(s, 4096, 4096, dram); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("gemv/binary1_f32/" + sh).c_str(), [=](benchmark::State& s) { packed_gemv_f32<lowbit::binary1>(s, 4096, 4096, dram); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("gemv/int4_f32/" + sh).c_str(), [=](benchmark::State& s) { packed_gemv_f32<lowbit::int4>(s, 4096, 4096, dram); })
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
     }
     return 0;

@@ -151,7 +151,10 @@ TEST_CASE("quantize_activations matches rtn's symmetric per-token grid") {
         pq.mode = lowbit::int_mode::symmetric;
         const auto ref = lowbit::quantize_per_token(x, pq);
         const int levels = (1 << (bits - 1)) - 1;
-        CHECK(a.padded_cols() % 1280 == 0);
+        // padded to the widest packed format of this width (blocks of 256 and of 320 weights)
+        const Eigen::Index n = x.cols();
+        CHECK(a.padded_cols() == std::max((n + 255) / 256 * 256, (n + 319) / 320 * 320));
+        CHECK((a.q.rightCols(a.padded_cols() - n).array() == 0).all());
         for (Eigen::Index k = 0; k < x.rows(); ++k) {
             CHECK(a.scale(k) == ref.scale(k, 0));
             std::int32_t qs = 0;
@@ -254,14 +257,16 @@ TEST_CASE_TEMPLATE("gemm/gemv float epilogue within the stated bound, with and w
 
 TEST_CASE_TEMPLATE("fp32 activations within the stated bound on every path", F, lowbit::ternary2, lowbit::ternary_base3,
                    lowbit::binary1, lowbit::int2, lowbit::int4) {
-    // 2 tokens: the per-token kernels; 9 tokens: 64-row blocks decoded once and multiplied with all
-    // tokens (70 rows cross a block boundary). Same double-precision oracle and bound for both.
+    // 1-5 tokens: the per-token kernels (AVX-512: groups of up to 4 tokens share each decoded weight
+    // vector, 5 = a group of 4 + 1); 9 tokens: per-token on AVX-512, 64-row blocks decoded once and
+    // multiplied with all tokens elsewhere; 17 tokens: the batched path everywhere but scalar (70 rows
+    // cross a block boundary). Same double-precision oracle and bound for all.
     const Eigen::Index rows = 70, cols = 1000;
     const lowbit::matrix_i8 c = random_codes<F>(rows, cols, 9);
     lowbit::vector_f s = lowbit::vector_f::Constant(rows, 0.05f), mu = lowbit::vector_f::Constant(rows, 0.02f);
     const auto w = lowbit::pack<F>(c, s, mu);
     const Eigen::Index n = w.padded_cols();
-    for (Eigen::Index tokens : {2, 9})
+    for (Eigen::Index tokens : {1, 2, 3, 4, 5, 9, 17})
     for (kernel_isa isa : all_isas) {
         const lowbit::matrix_f x = random_x(tokens, cols, 10);
         if (!lowbit::isa_available(isa)) continue;

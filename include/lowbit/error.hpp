@@ -10,6 +10,8 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 LOWBIT_BEGIN_NAMESPACE
 
@@ -49,6 +51,20 @@ namespace detail {
 template <class E = invalid_argument>
 inline void require(bool ok, const char* where, const std::string& what) {
     if (!ok) throw E(std::string("lowbit: ") + where + ": " + what);
+}
+
+/// As above for a literal message: nothing is allocated when `ok` (kernel entry points check on
+/// every call).
+template <class E = invalid_argument>
+inline void require(bool ok, const char* where, const char* what) {
+    if (!ok) throw E(std::string("lowbit: ") + where + ": " + what);
+}
+
+/// As above with the message built by `what()` only when the check fails (messages with numbers).
+template <class E = invalid_argument, class Message>
+    requires std::is_invocable_r_v<std::string, Message>
+inline void require(bool ok, const char* where, Message&& what) {
+    if (!ok) throw E(std::string("lowbit: ") + where + ": " + std::forward<Message>(what)());
 }
 
 } // namespace detail

@@ -22,7 +22,8 @@
 /// ISA: `kernel_isa::automatic` picks, once per call, the best of avx512 (F/BW/VL/VNNI/VPOPCNTDQ),
 /// avx2, generic (xsimd in the caller's default architecture) available on the running CPU;
 /// scalar is the reference. Explicitly requesting an ISA the CPU lacks throws invalid_argument.
-/// fp32 activations use the generic (xsimd) path for every SIMD request.
+/// fp32 activations: avx512 has its own kernels (arch/avx512_fp32.hpp); avx2 and generic requests
+/// run the generic (xsimd) path.
 ///
 /// Threads: none are created. `gemm_rows` / `dot_rows` compute a row range so callers can split
 /// work; `gemm_parallel` splits rows with OpenMP when the consumer compiles with it (`_OPENMP`),
@@ -30,6 +31,7 @@
 
 #include <lowbit/arch/avx2.hpp>
 #include <lowbit/arch/avx512.hpp>
+#include <lowbit/arch/avx512_fp32.hpp>
 #include <lowbit/arch/generic.hpp>
 #include <lowbit/config.hpp>
 #include <lowbit/detail/cpu_features.hpp>
@@ -88,8 +90,8 @@ struct act_int {
 /// Activation policy: fp32 activations (weights decoded to float inside the kernel).
 struct act_fp32 {};
 
-/// Activations quantized per token, zero-padded to `padded_cols()` (a multiple of 1280, so that
-/// every packed format's block size divides it).
+/// Activations quantized per token, zero-padded to `padded_cols()` = max(⌈cols/256⌉·256,
+/// ⌈cols/320⌉·320), so that one quantization serves every packed format of `cols` columns.
 struct quantized_activations {
     int bits = 8;                   ///< 4, 6 or 8
     Eigen::Index cols = 0;          ///< unpadded columns
@@ -103,19 +105,23 @@ struct quantized_activations {
 
 namespace detail {
 
-/// Padding granule of quantized activations: lcm of the block sizes (256, 320).
-inline constexpr Eigen::Index activation_pad = 1280;
+/// Padded width of quantized activations of n columns: max(⌈n/256⌉·256, ⌈n/320⌉·320), at least the
+/// padded width of every packed format of n columns (blocks of 256 and 320 weights; MXFP4's 32
+/// divides 256). O(1).
+[[nodiscard]] constexpr Eigen::Index padded_activation_cols(Eigen::Index n) noexcept {
+    return std::max((n + 255) / 256 * 256, (n + 319) / 320 * 320);
+}
 /// Largest accepted row length: keeps |Σ t·q| ≤ 8·127·cols < 2^31.
 inline constexpr Eigen::Index max_kernel_cols = Eigen::Index(1) << 21;
 
 inline kernel_isa resolve_isa(kernel_isa isa, const char* where) {
     if (isa == kernel_isa::automatic) return best_isa();
-    require(isa_available(isa), where, std::string("argument 'isa' = ") + isa_name(isa) + " is not supported by this CPU");
+    require(isa_available(isa), where, [&] { return std::string("argument 'isa' = ") + isa_name(isa) + " is not supported by this CPU"; });
     return isa;
 }
 
 inline void require_levels(int bits, const char* where) {
-    require(bits == 4 || bits == 6 || bits == 8, where, "activation bits must be 4, 6 or 8, got " + std::to_string(bits));
+    require(bits == 4 || bits == 6 || bits == 8, where, [&] { return "activation bits must be 4, 6 or 8, got " + std::to_string(bits); });
 }
 
 template <PackedWeights M>
@@ -210,13 +216,14 @@ inline bool quantize_row_avx512(const float* x, Eigen::Index n, int levels, std:
 } // namespace detail
 
 /// Quantizes each row (token) of `x` `[tokens x in]` to `bits`-bit symmetric integers (see the file
-/// comment for the rule) and zero-pads to a multiple of 1280 columns. O(tokens·in).
+/// comment for the rule) and zero-pads to max(⌈in/256⌉·256, ⌈in/320⌉·320) columns (every packed
+/// format's padded width). O(tokens·in).
 /// \throws shape_error (empty x), numeric_error (NaN/Inf), invalid_argument (bits ∉ {4, 6, 8}).
 [[nodiscard]] inline quantized_activations quantize_activations(const cref_matrix_f& x, int bits = 8) {
     constexpr const char* where = "quantize_activations";
     detail::require_levels(bits, where);
     detail::require_nonempty(x, where, "x");
-    const Eigen::Index n = x.cols(), padded = (n + detail::activation_pad - 1) / detail::activation_pad * detail::activation_pad;
+    const Eigen::Index n = x.cols(), padded = detail::padded_activation_cols(n);
     const int levels = (1 << (bits - 1)) - 1;
     quantized_activations a;
     a.bits = bits;
@@ -251,11 +258,13 @@ inline void dot_rows(const M& w, const quantized_activations& a, Eigen::Index ro
                      Eigen::Index row_end, std::int32_t* out, Eigen::Index ldo, kernel_isa isa = kernel_isa::automatic) {
     constexpr const char* where = "dot_rows";
     detail::require_kernel_shape(w, a.cols, where, "activation columns");
-    detail::require<shape_error>(a.padded_cols() >= w.padded_cols() && a.padded_cols() % detail::activation_pad == 0, where,
+    detail::require<shape_error>(a.padded_cols() >= w.padded_cols() && a.padded_cols() == detail::padded_activation_cols(a.cols), where,
                                  "activations are not padded as quantize_activations pads them");
     detail::require<shape_error>(0 <= row_begin && row_begin <= row_end && row_end <= w.rows(), where,
-                                 "row range [" + std::to_string(row_begin) + ", " + std::to_string(row_end) +
-                                     ") outside [0, " + std::to_string(w.rows()) + ")");
+                                 [&] {
+                                     return "row range [" + std::to_string(row_begin) + ", " + std::to_string(row_end) +
+                                            ") outside [0, " + std::to_string(w.rows()) + ")";
+                                 });
     detail::require<shape_error>(a.tokens() <= 1 || ldo >= row_end - row_begin, where, "ldo smaller than the row range");
     detail::require<invalid_argument>(out != nullptr || row_end == row_begin, where, "argument 'out' is null");
     detail::dot_rows_isa(detail::resolve_isa(isa, where), w, row_begin, row_end, a, out, ldo);
@@ -294,14 +303,45 @@ template <PackedWeights M>
 
 namespace detail {
 /// From this many tokens on, `gemm(…, act_fp32)` decodes each block of 64 weight rows to float once
-/// and multiplies it with all tokens (Eigen GEMM) instead of decoding the weights per token.
+/// and multiplies it with all tokens (Eigen GEMM) instead of decoding the weights per token: 4 on the
+/// generic path; 16 on the AVX-512 path, whose per-token kernel shares each decoded weight vector
+/// among 4 tokens (measured crossover: docs/kernels.md, "fp32 activations").
 inline constexpr Eigen::Index fp32_batched_min_tokens = 4;
+inline constexpr Eigen::Index fp32_batched_min_tokens_avx512 = 16;
+
+/// Float codes t of rows [r0, r0 + nr) times α_i plus μ_i into wf.topRows(nr) (`wf` has w.cols() columns).
+template <PackedWeights M>
+inline void decode_rows_f32(const M& w, Eigen::Index r0, Eigen::Index nr, kernel_isa path, matrix_f& wf,
+                            std::vector<float>& buf) {
+    using traits = pack_format<typename M::format>;
+    buf.resize(static_cast<std::size_t>(w.padded_cols()));
+    std::vector<std::uint8_t> u(path == kernel_isa::avx512 ? 0 : traits::block_weights);
+    for (Eigen::Index i = 0; i < nr; ++i) {
+        const float a = w.scale()(r0 + i), mu = w.has_offset() ? w.offset()(r0 + i) : 0.0f;
+#if LOWBIT_HAVE_X86_KERNELS
+        if (path == kernel_isa::avx512) {
+            avx512_kernels::decode_row_f32(w, r0 + i, buf.data());
+        } else
+#endif
+        {
+            for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
+                unpack_block<typename M::format>(w.block_data(r0 + i, b), u.data());
+                for (Eigen::Index j = 0; j < traits::block_weights; ++j)
+                    buf[static_cast<std::size_t>(b * traits::block_weights + j)] =
+                        static_cast<float>(traits::digit_mul * u[static_cast<std::size_t>(j)] - traits::digit_offset);
+            }
+        }
+        wf.row(i) = (Eigen::Map<const Eigen::RowVectorXf>(buf.data(), w.cols()) * a).array() + mu;
+    }
+}
 } // namespace detail
 
-/// Y = X·Wᵀ with fp32 activations. One to three tokens (decode): weights decoded to float inside the
-/// per-token dot-product kernel (scalar or xsimd path). Four or more tokens on a non-scalar path:
-/// 64-row blocks of weights decoded once and multiplied with all tokens (Eigen GEMM; float results
-/// within the same bound as the per-token path, a different summation order). O(T·rows·cols).
+/// Y = X·Wᵀ with fp32 activations (weight-only quantization). Decode (few tokens): weights decoded to
+/// float inside the per-token dot-product kernel — scalar, xsimd (generic, avx2 requests), or AVX-512
+/// (arch/avx512_fp32.hpp: codes decoded in registers, each decoded vector shared by up to 4 tokens).
+/// From `fp32_batched_min_tokens` (4; AVX-512: 16) tokens on a non-scalar path: 64-row blocks of
+/// weights decoded to float once and multiplied with all tokens (Eigen GEMM; float results within the
+/// same bound, a different summation order). O(T·rows·cols).
 /// \throws shape_error (cols mismatch, empty), numeric_error (NaN/Inf in x), invalid_argument (ISA).
 template <PackedWeights M>
 [[nodiscard]] inline matrix_f gemm(const M& w, const cref_matrix_f& x, act_fp32,
@@ -311,43 +351,48 @@ template <PackedWeights M>
     detail::require_nonempty(x, where, "x");
     detail::require_finite(x, where, "x");
     const kernel_isa path = detail::resolve_isa(isa, where);
+    const bool avx512 = LOWBIT_HAVE_X86_KERNELS && path == kernel_isa::avx512;
     matrix_f y(x.rows(), w.rows());
-    if (x.rows() >= detail::fp32_batched_min_tokens && path != kernel_isa::scalar) {
+    const Eigen::Index batched_from = avx512 ? detail::fp32_batched_min_tokens_avx512 : detail::fp32_batched_min_tokens;
+    if (x.rows() >= batched_from && path != kernel_isa::scalar) {
         // Batched tokens (prefill, perplexity): decode a block of weight rows to float once and
         // multiply it with every token (Eigen GEMM), instead of decoding the weights per token.
-        using traits = pack_format<typename M::format>;
         constexpr Eigen::Index rows_per_block = 64;
         matrix_f wf(std::min<Eigen::Index>(rows_per_block, w.rows()), w.cols());
-        std::vector<std::uint8_t> u(traits::block_weights);
+        std::vector<float> buf;
         for (Eigen::Index r0 = 0; r0 < w.rows(); r0 += rows_per_block) {
             const Eigen::Index nr = std::min(rows_per_block, w.rows() - r0);
-            for (Eigen::Index i = 0; i < nr; ++i) {
-                const float a = w.scale()(r0 + i), mu = w.has_offset() ? w.offset()(r0 + i) : 0.0f;
-                for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
-                    detail::unpack_block<typename M::format>(w.block_data(r0 + i, b), u.data());
-                    const Eigen::Index c0 = b * traits::block_weights;
-                    const Eigen::Index n = std::min<Eigen::Index>(traits::block_weights, w.cols() - c0);
-                    for (Eigen::Index j = 0; j < n; ++j)
-                        wf(i, c0 + j) = a * static_cast<float>(traits::digit_mul * u[static_cast<std::size_t>(j)] - traits::digit_offset) + mu;
-                }
-            }
+            detail::decode_rows_f32(w, r0, nr, path, wf, buf);
             y.middleCols(r0, nr).noalias() = x * wf.topRows(nr).transpose();
         }
         return y;
     }
-    std::vector<float> xp(static_cast<std::size_t>(w.padded_cols()), 0.0f), d(static_cast<std::size_t>(w.rows()));
-    for (Eigen::Index k = 0; k < x.rows(); ++k) {
-        double sum = 0.0;
-        for (Eigen::Index j = 0; j < x.cols(); ++j) {
-            xp[static_cast<std::size_t>(j)] = x(k, j);
-            sum += static_cast<double>(x(k, j));
+    // Per token: activations zero-padded to the packed width; Σx in double for the μ term.
+    const Eigen::Index tokens = x.rows(), rows = w.rows();
+    matrix_f xp = matrix_f::Zero(tokens, w.padded_cols());
+    xp.leftCols(x.cols()) = x;
+    std::vector<float> d(static_cast<std::size_t>(tokens * rows));
+#if LOWBIT_HAVE_X86_KERNELS
+    if (avx512) {
+        std::vector<const float*> xs(static_cast<std::size_t>(tokens));
+        for (Eigen::Index k = 0; k < tokens; ++k) xs[static_cast<std::size_t>(k)] = xp.row(k).data();
+        detail::avx512_kernels::dot_rows_f32(w, 0, rows, xs.data(), tokens, d.data(), rows);
+    } else
+#endif
+    {
+        for (Eigen::Index k = 0; k < tokens; ++k) {
+            if (path == kernel_isa::scalar)
+                detail::scalar_kernels::dot_rows_f32(w, 0, rows, xp.row(k).data(), d.data() + k * rows);
+            else
+                detail::generic_kernels::dot_rows_f32(w, 0, rows, xp.row(k).data(), d.data() + k * rows);
         }
-        if (path == kernel_isa::scalar)
-            detail::scalar_kernels::dot_rows_f32(w, 0, w.rows(), xp.data(), d.data());
-        else
-            detail::generic_kernels::dot_rows_f32(w, 0, w.rows(), xp.data(), d.data());
-        for (Eigen::Index i = 0; i < w.rows(); ++i)
-            y(k, i) = w.scale()(i) * d[static_cast<std::size_t>(i)] + (w.has_offset() ? w.offset()(i) * static_cast<float>(sum) : 0.0f);
+    }
+    for (Eigen::Index k = 0; k < tokens; ++k) {
+        double sum = 0.0;
+        for (Eigen::Index j = 0; j < x.cols(); ++j) sum += static_cast<double>(x(k, j));
+        for (Eigen::Index i = 0; i < rows; ++i)
+            y(k, i) = w.scale()(i) * d[static_cast<std::size_t>(k * rows + i)] +
+                      (w.has_offset() ? w.offset()(i) * static_cast<float>(sum) : 0.0f);
     }
     return y;
 }
@@ -401,7 +446,7 @@ inline void gemm_rows(const packed_mxfp4<L>& w, const quantized_activations& a, 
     constexpr const char* where = "gemm_rows";
     detail::require<shape_error>(w.cols() <= detail::max_kernel_cols, where, "w.cols() exceeds 2^21");
     detail::require_dim(a.cols, w.cols(), where, "activation columns");
-    detail::require<shape_error>(a.padded_cols() >= w.padded_cols() && a.padded_cols() % detail::activation_pad == 0, where,
+    detail::require<shape_error>(a.padded_cols() >= w.padded_cols() && a.padded_cols() == detail::padded_activation_cols(a.cols), where,
                                  "activations are not padded as quantize_activations pads them");
     detail::require<shape_error>(0 <= row_begin && row_begin <= row_end && row_end <= w.rows(), where, "row range outside [0, rows)");
     detail::require_dim(y.rows(), a.tokens(), where, "y.rows()");

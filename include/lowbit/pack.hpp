@@ -635,8 +635,9 @@ template <class Layout>
             r[b * 17] = scales(i, b);
         }
         for (Eigen::Index j = 0; j < cols; ++j) {
-            detail::require(codes(i, j) < 16, where, "argument 'codes' has a value above 15 at (" + std::to_string(i) + ", " +
-                                                         std::to_string(j) + ")");
+            detail::require(codes(i, j) < 16, where, [&] {
+                return "argument 'codes' has a value above 15 at (" + std::to_string(i) + ", " + std::to_string(j) + ")";
+            });
             int byte = 0, shift = 0;
             detail::mxfp4_position<Layout>(static_cast<int>(j % 32), byte, shift);
             r[(j / 32) * 17 + byte] = static_cast<std::uint8_t>(r[(j / 32) * 17 + byte] | (codes(i, j) << shift));

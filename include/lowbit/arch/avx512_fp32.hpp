@@ -1,0 +1,218 @@
+#pragma once
+/// \file arch/avx512_fp32.hpp
+/// AVX-512 kernels for packed weights × fp32 activations (weight-only quantization): the per-token
+/// (decode) GEMV of `gemm(w, x, act_fp32)` and the block decoder of its batched path. Compiled with
+/// per-function target attributes (no `-march` needed); gemm.hpp calls them only when
+/// detail::host_cpu_features().avx512 is true.
+///
+/// Weights are decoded in registers, 16 at a time, straight to float codes t and multiplied into the
+/// activations with FMA — no byte or float staging buffer:
+/// - 2-bit (ternary2, int2), 4-bit (int4), base 3: `vpmovzxbd` widens 16 packed bytes to dword lanes,
+///   a shift brings a digit to bits 3..0 and `vpermps` maps it through a 16-entry float table of
+///   t = digit_mul·u − digit_offset (the permute reads only bits 3..0, so no AND is needed; base 3
+///   first takes the next trit as (3·s) >> 8, s ← 3·s mod 256, as the scalar decoder does);
+/// - binary1: the 16 code bits are the k-mask of a masked XOR that flips the sign bit of x_j where
+///   t_j = +1, accumulating −Σ t·x (negated at the end): one ALU instruction per 16 weights.
+/// Up to 4 tokens share each decoded weight vector (4 accumulators per token, one per digit plane).
+///
+/// Error: every product t·x is exact (t ∈ small integers), the sums are float in a fixed order per
+/// compiled path, so |result − Σ_j t_ij x_j| ≤ (n + 2)·u·Σ_j |t_ij x_j| (n = padded columns, u = 2^-24),
+/// the bound of gemm.hpp's act_fp32 contract.
+
+#include <lowbit/arch/avx512.hpp>
+
+#include <cstdint>
+
+#if LOWBIT_HAVE_X86_KERNELS
+#include <immintrin.h>
+
+LOWBIT_BEGIN_NAMESPACE
+namespace detail::avx512_kernels {
+
+/// Most tokens one call of `dot_rows_f32_tokens` handles (accumulators: 4 per token).
+inline constexpr int f32_max_tokens = 4;
+
+/// `vpermps` table of the float codes: entry e = digit_mul·(e & digit_mask) − digit_offset, where
+/// digit_mask = 3 (2-bit), 15 (4-bit), 3 (base 3: digits 0..2 reach the permute with bits 4.. zero).
+template <class F>
+LOWBIT_AVX512_TARGET inline __m512 code_table_f32() {
+    using T = pack_format<F>;
+    constexpr int mask = std::is_same_v<F, int4> ? 15 : 3;
+    alignas(64) float t[16];
+    for (int e = 0; e < 16; ++e) t[e] = static_cast<float>(T::digit_mul * (e & mask) - T::digit_offset);
+    return _mm512_load_ps(t);
+}
+
+/// 16 packed bytes widened to dword lanes (zero-masked form: GCC 12 warns on the unmasked intrinsic's
+/// undefined source).
+LOWBIT_AVX512_TARGET inline __m512i widen_bytes(const std::uint8_t* p) {
+    return _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+/// table[idx & 15] per lane (`vpermps`; zero-masked form for the same reason).
+LOWBIT_AVX512_TARGET inline __m512 lookup(__m512i idx, __m512 table) {
+    return _mm512_maskz_permutexvar_ps(0xFFFF, idx, table);
+}
+
+/// acc[k][plane] += wf · x_k[col] for the NT tokens.
+template <int NT>
+LOWBIT_AVX512_TARGET inline void fma_tokens(__m512 (&acc)[NT][4], int plane, __m512 wf, const float* const* x, Eigen::Index col) {
+#pragma GCC unroll 4
+    for (int k = 0; k < NT; ++k) acc[k][plane] = _mm512_fmadd_ps(wf, _mm512_loadu_ps(x[k] + col), acc[k][plane]);
+}
+
+/// Horizontal float sum of a zmm (fixed order).
+LOWBIT_AVX512_TARGET inline float reduce_add_f32(__m512 v) {
+    const __m256 h = _mm256_add_ps(_mm512_mask_extractf32x8_ps(_mm256_setzero_ps(), 0xFF, v, 0),
+                                   _mm512_mask_extractf32x8_ps(_mm256_setzero_ps(), 0xFF, v, 1));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
+/// out[k·ldo + i − r0] = Σ_j t_ij · x_k[j] for rows [r0, r1) and NT ≤ 4 tokens; x_k zero-padded to
+/// w.padded_cols(). Either layout (blocks read through block_data). O((r1 − r0)·padded_cols·NT).
+template <int NT, class M>
+LOWBIT_AVX512_TARGET inline void dot_rows_f32_tokens(const M& w, Eigen::Index r0, Eigen::Index r1, const float* const* x,
+                                                     float* out, Eigen::Index ldo) {
+    using F = typename M::format;
+    using T = pack_format<F>;
+    constexpr Eigen::Index bw = T::block_weights;
+    const Eigen::Index nb = w.blocks_per_row(), stride = M::block_stride();
+    [[maybe_unused]] const __m512 table = code_table_f32<F>();
+    [[maybe_unused]] const __m512 sign = _mm512_set1_ps(-0.0f);
+    [[maybe_unused]] const __m512i byte_mask = _mm512_set1_epi32(255);
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        __m512 acc[NT][4];
+#pragma GCC unroll 4
+        for (int k = 0; k < NT; ++k)
+#pragma GCC unroll 4
+            for (int l = 0; l < 4; ++l) acc[k][l] = _mm512_setzero_ps();
+        const std::uint8_t* p = w.block_data(i, 0);
+        for (Eigen::Index b = 0; b < nb; ++b, p += stride) {
+            const Eigen::Index c0 = b * bw;
+            prefetch_ahead(p);
+            if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
+                // byte j holds columns j, 64 + j, 128 + j, 192 + j (bits 0-1, 2-3, 4-5, 6-7)
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; ++c) {
+                    const __m512i v = widen_bytes(p + 16 * c);
+                    fma_tokens<NT>(acc, 0, lookup(v, table), x, c0 + 16 * c);
+                    fma_tokens<NT>(acc, 1, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 2), table), x, c0 + 64 + 16 * c);
+                    fma_tokens<NT>(acc, 2, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 4), table), x, c0 + 128 + 16 * c);
+                    fma_tokens<NT>(acc, 3, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 6), table), x, c0 + 192 + 16 * c);
+                }
+            } else if constexpr (std::is_same_v<F, int4>) {
+                // byte j holds columns j (low nibble) and 128 + j (high nibble)
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; ++c) {
+                    const __m512i v = widen_bytes(p + 16 * c);
+                    fma_tokens<NT>(acc, c & 1, lookup(v, table), x, c0 + 16 * c);
+                    fma_tokens<NT>(acc, 2 + (c & 1), lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 4), table), x, c0 + 128 + 16 * c);
+                }
+            } else if constexpr (std::is_same_v<F, ternary_base3>) {
+                // byte j holds the trits of columns j, 64 + j, …, 256 + j: trit = (3·s) >> 8, s ← 3·s mod 256
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; ++c) {
+                    __m512i s = widen_bytes(p + 16 * c);
+#pragma GCC unroll 5
+                    for (int k = 0; k < 5; ++k) {
+                        const __m512i t3 = _mm512_add_epi32(s, _mm512_maskz_slli_epi32(0xFFFF, s, 1));
+                        fma_tokens<NT>(acc, k & 3, lookup(_mm512_maskz_srli_epi32(0xFFFF, t3, 8), table), x, c0 + 64 * k + 16 * c);
+                        s = _mm512_and_si512(t3, byte_mask);
+                    }
+                }
+            } else if constexpr (std::is_same_v<F, binary1>) {
+                // bit j (LSB first) is column j: flip the sign of x_j where t_j = +1 (accumulates −Σ t·x)
+#pragma GCC unroll 16
+                for (int c = 0; c < 16; ++c) {
+                    std::uint16_t bits;
+                    std::memcpy(&bits, p + 2 * c, 2);
+                    const __mmask16 m = _cvtu32_mask16(bits);
+#pragma GCC unroll 4
+                    for (int k = 0; k < NT; ++k) {
+                        const __m512 xv = _mm512_loadu_ps(x[k] + c0 + 16 * c);
+                        acc[k][c & 3] = _mm512_add_ps(acc[k][c & 3], _mm512_mask_xor_ps(xv, m, xv, sign));
+                    }
+                }
+            } else {
+                static_assert(dependent_false<F>, "lowbit: dot_rows_f32_tokens: unknown packed format tag");
+            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < NT; ++k) {
+            const float s = reduce_add_f32(_mm512_add_ps(_mm512_add_ps(acc[k][0], acc[k][1]), _mm512_add_ps(acc[k][2], acc[k][3])));
+            out[k * ldo + (i - r0)] = std::is_same_v<F, binary1> ? -s : s;
+        }
+    }
+}
+
+/// Σ_j t_ij·x_k[j] for rows [r0, r1) and `tokens` tokens (any count; groups of up to 4 share each
+/// decoded weight vector): out[k·ldo + i − r0].
+template <class M>
+LOWBIT_AVX512_TARGET inline void dot_rows_f32(const M& w, Eigen::Index r0, Eigen::Index r1, const float* const* x,
+                                              Eigen::Index tokens, float* out, Eigen::Index ldo) {
+    Eigen::Index k = 0;
+    for (; k + 4 <= tokens; k += 4) dot_rows_f32_tokens<4>(w, r0, r1, x + k, out + k * ldo, ldo);
+    switch (tokens - k) {
+    case 3: dot_rows_f32_tokens<3>(w, r0, r1, x + k, out + k * ldo, ldo); break;
+    case 2: dot_rows_f32_tokens<2>(w, r0, r1, x + k, out + k * ldo, ldo); break;
+    case 1: dot_rows_f32_tokens<1>(w, r0, r1, x + k, out + k * ldo, ldo); break;
+    default: break;
+    }
+}
+
+/// Decodes row i's codes to float t values, out[0 .. padded_cols) (the batched fp32 path's weight
+/// block decoder; same codes as detail::unpack_block, written in column order).
+template <class M>
+LOWBIT_AVX512_TARGET inline void decode_row_f32(const M& w, Eigen::Index i, float* out) {
+    using F = typename M::format;
+    using T = pack_format<F>;
+    constexpr Eigen::Index bw = T::block_weights;
+    const Eigen::Index nb = w.blocks_per_row(), stride = M::block_stride();
+    [[maybe_unused]] const __m512 table = code_table_f32<F>();
+    [[maybe_unused]] const __m512i byte_mask = _mm512_set1_epi32(255);
+    const std::uint8_t* p = w.block_data(i, 0);
+    for (Eigen::Index b = 0; b < nb; ++b, p += stride) {
+        float* o = out + b * bw;
+        if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
+            for (int c = 0; c < 4; ++c) {
+                const __m512i v = widen_bytes(p + 16 * c);
+                _mm512_storeu_ps(o + 16 * c, lookup(v, table));
+                _mm512_storeu_ps(o + 64 + 16 * c, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 2), table));
+                _mm512_storeu_ps(o + 128 + 16 * c, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 4), table));
+                _mm512_storeu_ps(o + 192 + 16 * c, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 6), table));
+            }
+        } else if constexpr (std::is_same_v<F, int4>) {
+            for (int c = 0; c < 8; ++c) {
+                const __m512i v = widen_bytes(p + 16 * c);
+                _mm512_storeu_ps(o + 16 * c, lookup(v, table));
+                _mm512_storeu_ps(o + 128 + 16 * c, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 4), table));
+            }
+        } else if constexpr (std::is_same_v<F, ternary_base3>) {
+            for (int c = 0; c < 4; ++c) {
+                __m512i s = widen_bytes(p + 16 * c);
+                for (int k = 0; k < 5; ++k) {
+                    const __m512i t3 = _mm512_add_epi32(s, _mm512_maskz_slli_epi32(0xFFFF, s, 1));
+                    _mm512_storeu_ps(o + 64 * k + 16 * c, lookup(_mm512_maskz_srli_epi32(0xFFFF, t3, 8), table));
+                    s = _mm512_and_si512(t3, byte_mask);
+                }
+            }
+        } else if constexpr (std::is_same_v<F, binary1>) {
+            const __m512 plus = _mm512_set1_ps(1.0f), minus = _mm512_set1_ps(-1.0f);
+            for (int c = 0; c < 16; ++c) {
+                std::uint16_t bits;
+                std::memcpy(&bits, p + 2 * c, 2);
+                _mm512_storeu_ps(o + 16 * c, _mm512_mask_blend_ps(_cvtu32_mask16(bits), minus, plus));
+            }
+        } else {
+            static_assert(dependent_false<F>, "lowbit: decode_row_f32: unknown packed format tag");
+        }
+    }
+}
+
+} // namespace detail::avx512_kernels
+LOWBIT_END_NAMESPACE
+
+#endif // LOWBIT_HAVE_X86_KERNELS
