@@ -17,7 +17,9 @@
 /// + u·|μ_i Σx| (u = 2^-24), identical on every ISA path (d_i is bit-exact).
 ///
 /// fp32 activations (act_fp32): y_i = α_i·Σ_j t_ij x_j + μ_i·Σ_j x_j with float accumulation;
-/// |y_i − exact| ≤ (n + 2)·u·(α_i·Σ_j |t_ij x_j| + |μ_i|·Σ_j|x_j|) on every path (n = padded cols).
+/// |y_i − exact| ≤ (n + 2)·u·(α_i·Σ_j |t_ij x_j| + |μ_i|·Σ_j|x_j|) on every path (n = padded cols),
+/// except binary1 on the AVX-512 per-token kernel (Σ t·x formed as 2·Σ_{t=+1} x − Σx):
+/// ≤ (2n + 4)·u·(α_i + |μ_i|)·Σ_j|x_j|.
 ///
 /// ISA: `kernel_isa::automatic` picks, once per call, the best of avx512 (F/BW/VL/VNNI/VPOPCNTDQ),
 /// avx2, generic (xsimd in the caller's default architecture) available on the running CPU;
@@ -372,11 +374,18 @@ template <PackedWeights M>
     matrix_f xp = matrix_f::Zero(tokens, w.padded_cols());
     xp.leftCols(x.cols()) = x;
     std::vector<float> d(static_cast<std::size_t>(tokens * rows));
+    std::vector<double> sums(static_cast<std::size_t>(tokens), 0.0);
+    for (Eigen::Index k = 0; k < tokens; ++k)
+        for (Eigen::Index j = 0; j < x.cols(); ++j) sums[static_cast<std::size_t>(k)] += static_cast<double>(x(k, j));
 #if LOWBIT_HAVE_X86_KERNELS
     if (avx512) {
         std::vector<const float*> xs(static_cast<std::size_t>(tokens));
-        for (Eigen::Index k = 0; k < tokens; ++k) xs[static_cast<std::size_t>(k)] = xp.row(k).data();
-        detail::avx512_kernels::dot_rows_f32(w, 0, rows, xs.data(), tokens, d.data(), rows);
+        std::vector<float> xsum(static_cast<std::size_t>(tokens));
+        for (Eigen::Index k = 0; k < tokens; ++k) {
+            xs[static_cast<std::size_t>(k)] = xp.row(k).data();
+            xsum[static_cast<std::size_t>(k)] = static_cast<float>(sums[static_cast<std::size_t>(k)]);
+        }
+        detail::avx512_kernels::dot_rows_f32(w, 0, rows, xs.data(), xsum.data(), tokens, d.data(), rows);
     } else
 #endif
     {
@@ -388,8 +397,7 @@ template <PackedWeights M>
         }
     }
     for (Eigen::Index k = 0; k < tokens; ++k) {
-        double sum = 0.0;
-        for (Eigen::Index j = 0; j < x.cols(); ++j) sum += static_cast<double>(x(k, j));
+        const double sum = sums[static_cast<std::size_t>(k)];
         for (Eigen::Index i = 0; i < rows; ++i)
             y(k, i) = w.scale()(i) * d[static_cast<std::size_t>(k * rows + i)] +
                       (w.has_offset() ? w.offset()(i) * static_cast<float>(sum) : 0.0f);

@@ -11,13 +11,13 @@
 ///   a shift brings a digit to bits 3..0 and `vpermps` maps it through a 16-entry float table of
 ///   t = digit_mul·u − digit_offset (the permute reads only bits 3..0, so no AND is needed; base 3
 ///   first takes the next trit as (3·s) >> 8, s ← 3·s mod 256, as the scalar decoder does);
-/// - binary1: the 16 code bits are the k-mask of a masked XOR that flips the sign bit of x_j where
-///   t_j = +1, accumulating −Σ t·x (negated at the end): one ALU instruction per 16 weights.
+/// - binary1: the 16 code bits, loaded as a k-mask, select the x_j with t_j = +1 for a masked add:
+///   P = Σ_{t=+1} x_j, one ALU instruction per 16 weights; Σ t·x = 2P − Σx.
 /// Up to 4 tokens share each decoded weight vector (4 accumulators per token, one per digit plane).
 ///
 /// Error: every product t·x is exact (t ∈ small integers), the sums are float in a fixed order per
 /// compiled path, so |result − Σ_j t_ij x_j| ≤ (n + 2)·u·Σ_j |t_ij x_j| (n = padded columns, u = 2^-24),
-/// the bound of gemm.hpp's act_fp32 contract.
+/// the bound of gemm.hpp's act_fp32 contract; binary1 (2P − Σx): ≤ (2n + 4)·u·Σ_j |x_j|.
 
 #include <lowbit/arch/avx512.hpp>
 
@@ -54,6 +54,21 @@ LOWBIT_AVX512_TARGET inline __m512 lookup(__m512i idx, __m512 table) {
     return _mm512_maskz_permutexvar_ps(0xFFFF, idx, table);
 }
 
+/// The 16 bits at p as a k-mask, loaded straight into the mask register (`kmovw k, m16`: a load,
+/// no ALU port; GCC otherwise goes through a general register and `kmovw k, r32`).
+LOWBIT_AVX512_TARGET inline __mmask16 load_mask16(const std::uint8_t* p) {
+#if defined(__GNUC__)
+    using u16_alias = std::uint16_t __attribute__((may_alias, aligned(1)));
+    __mmask16 m;
+    __asm__("kmovw %1, %0" : "=k"(m) : "m"(*reinterpret_cast<const u16_alias*>(p)));
+    return m;
+#else
+    std::uint16_t bits;
+    std::memcpy(&bits, p, 2);
+    return _cvtu32_mask16(bits);
+#endif
+}
+
 /// acc[k][plane] += wf · x_k[col] for the NT tokens.
 template <int NT>
 LOWBIT_AVX512_TARGET inline void fma_tokens(__m512 (&acc)[NT][4], int plane, __m512 wf, const float* const* x, Eigen::Index col) {
@@ -72,16 +87,16 @@ LOWBIT_AVX512_TARGET inline float reduce_add_f32(__m512 v) {
 }
 
 /// out[k·ldo + i − r0] = Σ_j t_ij · x_k[j] for rows [r0, r1) and NT ≤ 4 tokens; x_k zero-padded to
-/// w.padded_cols(). Either layout (blocks read through block_data). O((r1 − r0)·padded_cols·NT).
+/// w.padded_cols(); xsum[k] = Σ_j x_k[j] rounded to float (read for binary1 only). Either layout
+/// (blocks read through block_data). O((r1 − r0)·padded_cols·NT).
 template <int NT, class M>
 LOWBIT_AVX512_TARGET inline void dot_rows_f32_tokens(const M& w, Eigen::Index r0, Eigen::Index r1, const float* const* x,
-                                                     float* out, Eigen::Index ldo) {
+                                                     const float* xsum, float* out, Eigen::Index ldo) {
     using F = typename M::format;
     using T = pack_format<F>;
     constexpr Eigen::Index bw = T::block_weights;
     const Eigen::Index nb = w.blocks_per_row(), stride = M::block_stride();
     [[maybe_unused]] const __m512 table = code_table_f32<F>();
-    [[maybe_unused]] const __m512 sign = _mm512_set1_ps(-0.0f);
     [[maybe_unused]] const __m512i byte_mask = _mm512_set1_epi32(255);
     for (Eigen::Index i = r0; i < r1; ++i) {
         __m512 acc[NT][4];
@@ -124,17 +139,14 @@ LOWBIT_AVX512_TARGET inline void dot_rows_f32_tokens(const M& w, Eigen::Index r0
                     }
                 }
             } else if constexpr (std::is_same_v<F, binary1>) {
-                // bit j (LSB first) is column j: flip the sign of x_j where t_j = +1 (accumulates −Σ t·x)
+                // bit j (LSB first) is column j: P = Σ_{t_j = +1} x_j by masked adds (the mask loaded
+                // straight from the packed bytes), Σ t·x = 2P − Σx at the end
 #pragma GCC unroll 16
                 for (int c = 0; c < 16; ++c) {
-                    std::uint16_t bits;
-                    std::memcpy(&bits, p + 2 * c, 2);
-                    const __mmask16 m = _cvtu32_mask16(bits);
+                    const __mmask16 m = load_mask16(p + 2 * c);
 #pragma GCC unroll 4
-                    for (int k = 0; k < NT; ++k) {
-                        const __m512 xv = _mm512_loadu_ps(x[k] + c0 + 16 * c);
-                        acc[k][c & 3] = _mm512_add_ps(acc[k][c & 3], _mm512_mask_xor_ps(xv, m, xv, sign));
-                    }
+                    for (int k = 0; k < NT; ++k)
+                        acc[k][c & 3] = _mm512_mask_add_ps(acc[k][c & 3], m, acc[k][c & 3], _mm512_loadu_ps(x[k] + c0 + 16 * c));
                 }
             } else {
                 static_assert(dependent_false<F>, "lowbit: dot_rows_f32_tokens: unknown packed format tag");
@@ -143,7 +155,10 @@ LOWBIT_AVX512_TARGET inline void dot_rows_f32_tokens(const M& w, Eigen::Index r0
 #pragma GCC unroll 4
         for (int k = 0; k < NT; ++k) {
             const float s = reduce_add_f32(_mm512_add_ps(_mm512_add_ps(acc[k][0], acc[k][1]), _mm512_add_ps(acc[k][2], acc[k][3])));
-            out[k * ldo + (i - r0)] = std::is_same_v<F, binary1> ? -s : s;
+            if constexpr (std::is_same_v<F, binary1>)
+                out[k * ldo + (i - r0)] = 2.0f * s - xsum[k];
+            else
+                out[k * ldo + (i - r0)] = s;
         }
     }
 }
@@ -152,13 +167,13 @@ LOWBIT_AVX512_TARGET inline void dot_rows_f32_tokens(const M& w, Eigen::Index r0
 /// decoded weight vector): out[k·ldo + i − r0].
 template <class M>
 LOWBIT_AVX512_TARGET inline void dot_rows_f32(const M& w, Eigen::Index r0, Eigen::Index r1, const float* const* x,
-                                              Eigen::Index tokens, float* out, Eigen::Index ldo) {
+                                              const float* xsum, Eigen::Index tokens, float* out, Eigen::Index ldo) {
     Eigen::Index k = 0;
-    for (; k + 4 <= tokens; k += 4) dot_rows_f32_tokens<4>(w, r0, r1, x + k, out + k * ldo, ldo);
+    for (; k + 4 <= tokens; k += 4) dot_rows_f32_tokens<4>(w, r0, r1, x + k, xsum + k, out + k * ldo, ldo);
     switch (tokens - k) {
-    case 3: dot_rows_f32_tokens<3>(w, r0, r1, x + k, out + k * ldo, ldo); break;
-    case 2: dot_rows_f32_tokens<2>(w, r0, r1, x + k, out + k * ldo, ldo); break;
-    case 1: dot_rows_f32_tokens<1>(w, r0, r1, x + k, out + k * ldo, ldo); break;
+    case 3: dot_rows_f32_tokens<3>(w, r0, r1, x + k, xsum + k, out + k * ldo, ldo); break;
+    case 2: dot_rows_f32_tokens<2>(w, r0, r1, x + k, xsum + k, out + k * ldo, ldo); break;
+    case 1: dot_rows_f32_tokens<1>(w, r0, r1, x + k, xsum + k, out + k * ldo, ldo); break;
     default: break;
     }
 }
