@@ -385,13 +385,18 @@ TEST_CASE("kernels reject bad input with lowbit errors") {
 
 TEST_CASE_TEMPLATE("MXFP4 x int8: both layouts, every path, within the stated bound", L, lowbit::mxfp4_rowmajor, lowbit::mxfp4_ggml) {
     static constexpr int doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12}; // OCP E2M1 × 2
-    for (Eigen::Index cols : {32, 33, 172, 4544}) {
+    // AVX-512 runs 4 blocks per step and the rest scalar: 1, 2, 4, 6 (4 + 2), 16 and 142 blocks
+    for (Eigen::Index cols : {32, 33, 128, 172, 512, 4544}) {
         const Eigen::Index rows = 6, nb = (cols + 31) / 32;
         std::mt19937_64 rng(static_cast<std::uint64_t>(cols));
         std::uniform_int_distribution<int> dc(0, 15), de(110, 140);
         lowbit::detail::u8_matrix c(rows, cols), e(rows, nb);
         for (Eigen::Index i = 0; i < c.size(); ++i) c.data()[i] = static_cast<std::uint8_t>(dc(rng));
         for (Eigen::Index i = 0; i < e.size(); ++i) e.data()[i] = static_cast<std::uint8_t>(de(rng));
+        if (cols == 512) { // E8M0 codes 0 (2^-127, a float subnormal) and 1 inside a 4-block step
+            e(0, 3) = 0;
+            e(1, 5) = 1;
+        }
         const auto w = lowbit::pack_mxfp4<L>(c, e);
         CHECK(w.codes() == c);
         CHECK(w.scales() == e);

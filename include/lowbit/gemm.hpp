@@ -433,20 +433,11 @@ template <PackedWeights M>
     return y;
 }
 
-namespace detail {
-/// 12·(x_4m + x_4m+1 + x_4m+2 + x_4m+3) for each group of 4 columns of token k (MXFP4 AVX-512 offset).
-inline std::vector<std::int32_t> mxfp4_corr12(const quantized_activations& a, Eigen::Index k) {
-    std::vector<std::int32_t> c(static_cast<std::size_t>(a.padded_cols() / 4));
-    const std::int8_t* q = a.q.row(k).data();
-    for (std::size_t m = 0; m < c.size(); ++m) c[m] = 12 * (q[4 * m] + q[4 * m + 1] + q[4 * m + 2] + q[4 * m + 3]);
-    return c;
-}
-} // namespace detail
-
 /// MXFP4 × quantized activations, rows [row_begin, row_end) of Y `[tokens x w.rows()]`:
 ///     Y(k, i) = (0.5·s_k)·Σ_b 2^(E_ib − 127)·S_ikb,   S_ikb = Σ_{j∈b} e2m1_doubled(c_ij)·q_kj (exact int)
 /// with float accumulation over blocks: |ΔY| ≤ (nb + 8)·u·0.5·s_k·Σ_b 2^(E−127)·Σ_j |e2m1_doubled·q|.
-/// Paths: avx512 (vpshufb table + vpdpbusd); every other request runs the scalar reference.
+/// Paths: avx512 (4 blocks per step: vpermi2b gather, vpshufb table, vpdpbusd; arch/avx512.hpp);
+/// every other request runs the scalar reference.
 /// \throws shape_error (cols mismatch, range, y shape), invalid_argument (ISA unsupported).
 template <class L>
 inline void gemm_rows(const packed_mxfp4<L>& w, const quantized_activations& a, Eigen::Index row_begin,
@@ -461,12 +452,14 @@ inline void gemm_rows(const packed_mxfp4<L>& w, const quantized_activations& a, 
     detail::require_dim(y.cols(), w.rows(), where, "y.cols()");
     const kernel_isa path = detail::resolve_isa(isa, where);
     std::vector<float> d(static_cast<std::size_t>(std::max<Eigen::Index>(row_end - row_begin, 1)));
+    std::vector<std::int8_t> xp(path == kernel_isa::avx512 ? static_cast<std::size_t>(w.padded_cols()) : 0);
+    std::vector<std::int32_t> ncorr(path == kernel_isa::avx512 ? static_cast<std::size_t>(w.padded_cols() / 8) : 0);
     for (Eigen::Index k = 0; k < a.tokens(); ++k) {
         const std::int8_t* xk = a.q.row(k).data();
 #if LOWBIT_HAVE_X86_KERNELS
         if (path == kernel_isa::avx512) {
-            const std::vector<std::int32_t> corr = detail::mxfp4_corr12(a, k);
-            detail::avx512_kernels::mxfp4_rows(w, row_begin, row_end, xk, corr.data(), d.data());
+            detail::avx512_kernels::mxfp4_prepare<L>(xk, w.blocks_per_row(), xp.data(), ncorr.data());
+            detail::avx512_kernels::mxfp4_rows(w, row_begin, row_end, xk, xp.data(), ncorr.data(), d.data());
         } else
 #endif
             detail::scalar_kernels::mxfp4_rows(w, row_begin, row_end, xk, d.data());

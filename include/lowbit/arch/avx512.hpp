@@ -1,6 +1,6 @@
 #pragma once
 /// \file arch/avx512.hpp
-/// AVX-512 kernels (F, BW, VL, VNNI, VPOPCNTDQ) for packed weights × int8 activations, compiled with
+/// AVX-512 kernels (F, BW, VL, VNNI, VPOPCNTDQ, VBMI) for packed weights × int8 activations, compiled with
 /// per-function target attributes so that they exist in a build without `-march` flags; gemm.hpp
 /// calls them only when detail::host_cpu_features().avx512 is true.
 ///
@@ -30,7 +30,7 @@
 #include <immintrin.h>
 
 /// Target string of the AVX-512 kernels.
-#define LOWBIT_AVX512_TARGET LOWBIT_TARGET("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vpopcntdq,avx2,fma,popcnt,bmi2")
+#define LOWBIT_AVX512_TARGET LOWBIT_TARGET("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vpopcntdq,avx512vbmi,avx2,fma,popcnt,bmi2")
 
 LOWBIT_BEGIN_NAMESPACE
 namespace detail::avx512_kernels {
@@ -393,68 +393,89 @@ inline float e8m0_float(std::uint8_t c) noexcept {
     return f;
 }
 
-/// AVX-512 MXFP4 × int8 (contract of scalar_kernels::mxfp4_rows up to float summation order).
-/// Two blocks per step: nibbles → `vpshufb` table of e2m1_doubled + 12 (unsigned), `vpdpbusd` with
-/// 64 activations, minus the precomputed 12·Σ of each 4 activations (`corr12`, int32 per 4 columns),
-/// converted to float, times the blocks' scales, accumulated with FMA.
+/// Per-token activation layout of the AVX-512 MXFP4 kernel, for each group of 4 blocks (128 columns,
+/// g < nb / 4): xp[128g + slot] where slot = 16·b' + i (the element whose code is the low nibble of
+/// byte 1 + i of block b') or 64 + 16·b' + i (high nibble); ncorr[16g + l] = −12·Σ of the 8
+/// activations at slots 4l..4l+3 and 64+4l..64+4l+3 (the offset of the unsigned e2m1 + 12 codes that
+/// meet in int32 lane l). O(nb·32).
 template <class L>
-LOWBIT_AVX512_TARGET inline void mxfp4_rows(const packed_mxfp4<L>& w, Eigen::Index r0, Eigen::Index r1,
-                                            const std::int8_t* x, const std::int32_t* corr12, float* out) {
+inline void mxfp4_prepare(const std::int8_t* x, Eigen::Index nb, std::int8_t* xp, std::int32_t* ncorr) {
+    int slot[32];
+    for (int j = 0; j < 32; ++j) {
+        int byte = 0, shift = 0;
+        mxfp4_position<L>(j, byte, shift);
+        slot[j] = (shift ? 64 : 0) + (byte - 1);
+    }
+    for (Eigen::Index g = 0; g < nb / 4; ++g) {
+        std::int8_t* o = xp + 128 * g;
+        for (int b = 0; b < 4; ++b)
+            for (int j = 0; j < 32; ++j) o[slot[j] + 16 * b] = x[128 * g + 32 * b + j];
+        for (int l = 0; l < 16; ++l) {
+            int s = 0;
+            for (int t = 0; t < 4; ++t) s += o[4 * l + t] + o[64 + 4 * l + t];
+            ncorr[16 * g + l] = -12 * s;
+        }
+    }
+}
+
+/// AVX-512 MXFP4 × int8 (contract of scalar_kernels::mxfp4_rows up to float summation order), four
+/// blocks (68 bytes) per step: one 64-byte load plus a 4-byte masked load, `vpermi2b` gathers the
+/// 64 code bytes, a zero-masked `vpermb` each block's E8M0 byte into its 4 lanes; nibbles →
+/// `vpshufb` table of e2m1_doubled + 12 (unsigned), two `vpdpbusd` with the reordered activations of
+/// mxfp4_prepare starting from −12·Σx (so every int32 lane holds an exact partial block sum), then
+/// converted to float, FMA with 2^(E−127) built from the E8M0 byte by a shift (E = 0: 2^-127).
+/// Blocks beyond the last multiple of 4 of a row: scalar. `xp`, `ncorr` from mxfp4_prepare; `x` the
+/// original codes (tail).
+template <class L>
+LOWBIT_AVX512_TARGET inline void mxfp4_rows(const packed_mxfp4<L>& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x,
+                                            const std::int8_t* xp, const std::int32_t* ncorr, float* out) {
     const __m512i lut = _mm512_mask_broadcast_i32x4(
         _mm512_setzero_si512(), 0xFFFF, _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
-    const __m128i m15 = _mm_set1_epi8(15);
-    const Eigen::Index nb = w.blocks_per_row();
-    auto elements = [&](const std::uint8_t* q, __m128i& e0, __m128i& e1) LOWBIT_AVX512_TARGET {
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-        const __m128i lo = _mm_and_si128(v, m15), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m15);
-        if constexpr (std::is_same_v<L, mxfp4_ggml>) {
-            e0 = lo;
-            e1 = hi;
-        } else {
-            e0 = _mm_unpacklo_epi8(lo, hi);
-            e1 = _mm_unpackhi_epi8(lo, hi);
-        }
-    };
+    alignas(64) std::uint8_t iq[64], is[64];
+    std::uint64_t scale_bytes = 0;
+    for (int q = 0; q < 64; ++q) {
+        iq[q] = static_cast<std::uint8_t>(17 * (q / 16) + 1 + q % 16); // code byte of slot q (< 68)
+        is[q] = static_cast<std::uint8_t>(17 * (q / 16));               // lane q/4's block scale byte
+        if (q % 4 == 1) scale_bytes |= std::uint64_t{1} << q;            // ... placed at bits 8..15
+    }
+    const __m512i idx_q = _mm512_load_si512(iq), idx_s = _mm512_load_si512(is), m15 = _mm512_set1_epi8(15);
+    const __mmask64 ks = _cvtu64_mask64(scale_bytes);
+    const __m512i e0_bits = _mm512_set1_epi32(0x00200000); // 2^-127 (E8M0 code 0)
+    const Eigen::Index nb = w.blocks_per_row(), ng = nb / 4;
     for (Eigen::Index i = r0; i < r1; ++i) {
         const std::uint8_t* p = w.row_data(i);
-        __m512 acc = _mm512_setzero_ps();
-        Eigen::Index b = 0;
-        for (; b + 2 <= nb; b += 2, p += 34) {
-            __m128i e0, e1, e2, e3;
-            elements(p + 1, e0, e1);
-            elements(p + 18, e2, e3);
-            __m512i idx = _mm512_castsi128_si512(e0);
-            idx = _mm512_inserti32x4(idx, e1, 1);
-            idx = _mm512_inserti32x4(idx, e2, 2);
-            idx = _mm512_inserti32x4(idx, e3, 3);
-            const __m512i u = _mm512_shuffle_epi8(lut, idx);
-            const __m512i d = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(x + 32 * b)),
-                                               _mm512_loadu_si512(corr12 + 8 * b));
-            const __m512 sc = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(e8m0_float(p[0])), _mm512_set1_ps(e8m0_float(p[17])));
-            acc = _mm512_fmadd_ps(_mm512_mask_cvtepi32_ps(_mm512_setzero_ps(), 0xFFFF, d), sc, acc);
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        for (Eigen::Index g = 0; g < ng; ++g, p += 68) {
+            prefetch_ahead(p);
+            const __m512i v0 = _mm512_loadu_si512(p), v1 = _mm512_maskz_loadu_epi8(0xF, p + 64);
+            const __m512i q = _mm512_permutex2var_epi8(v0, idx_q, v1);
+            const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(q, m15));
+            const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(q, 4), m15));
+            __m512i d = _mm512_dpbusd_epi32(_mm512_loadu_si512(ncorr + 16 * g), lo, _mm512_loadu_si512(xp + 128 * g));
+            d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512(xp + 128 * g + 64));
+            // 2^(E−127) as float bits E << 23; E = 0 gives 0 → max with the bits of 2^-127
+            const __m512i e = _mm512_maskz_max_epu32(0xFFFF, _mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_permutexvar_epi8(ks, idx_s, v0), 15), e0_bits);
+            const __m512 df = _mm512_mask_cvtepi32_ps(_mm512_setzero_ps(), 0xFFFF, d);
+            if (g & 1) acc1 = _mm512_fmadd_ps(df, _mm512_castsi512_ps(e), acc1);
+            else acc0 = _mm512_fmadd_ps(df, _mm512_castsi512_ps(e), acc0);
         }
-        float tail = 0.0f;
-        if (b < nb) { // odd last block: 256-bit step
-            __m128i e0, e1;
-            elements(p + 1, e0, e1);
-            const __m256i idx = _mm256_inserti128_si256(_mm256_castsi128_si256(e0), e1, 1);
-            const __m256i u = _mm256_shuffle_epi8(
-                _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16, 18, 20, 24, 12,
-                                 11, 10, 9, 8, 6, 4, 0),
-                idx);
-            const __m256i d = _mm256_sub_epi32(
-                _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * b))),
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr12 + 8 * b)));
-            const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
-            const __m128i q2 = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4E));
-            tail = e8m0_float(p[0]) * static_cast<float>(_mm_cvtsi128_si32(_mm_add_epi32(q2, _mm_shuffle_epi32(q2, 0xB1))));
-        }
+        const __m512 acc = _mm512_add_ps(acc0, acc1);
         const __m256 h = _mm256_add_ps(_mm512_mask_extractf32x8_ps(_mm256_setzero_ps(), 0xFF, acc, 0),
                                        _mm512_mask_extractf32x8_ps(_mm256_setzero_ps(), 0xFF, acc, 1));
-        __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        q = _mm_add_ss(q, _mm_movehdup_ps(q));
-        out[i - r0] = _mm_cvtss_f32(q) + tail;
+        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+        float sum = _mm_cvtss_f32(s4);
+        for (Eigen::Index b = 4 * ng; b < nb; ++b, p += 17) { // tail blocks: scalar
+            std::int32_t sb = 0;
+            for (int j = 0; j < 32; ++j) {
+                int byte = 0, shift = 0;
+                mxfp4_position<L>(j, byte, shift);
+                sb += e2m1_doubled[(p[byte] >> shift) & 15] * x[b * 32 + j];
+            }
+            sum += e8m0_float(p[0]) * static_cast<float>(sb);
+        }
+        out[i - r0] = sum;
     }
 }
 

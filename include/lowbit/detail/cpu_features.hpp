@@ -24,7 +24,7 @@ namespace detail {
 /// The x86 features lowbit's kernels care about.
 struct cpu_features {
     bool avx2 = false;            ///< AVX2 + FMA + POPCNT usable (OS saves YMM state)
-    bool avx512 = false;          ///< AVX-512 F, DQ, BW, VL, VNNI and VPOPCNTDQ usable (OS saves ZMM/opmask state)
+    bool avx512 = false;          ///< AVX-512 F, DQ, BW, VL, VNNI, VPOPCNTDQ and VBMI usable (OS saves ZMM/opmask state)
 };
 
 /// Queries the CPU once (cpuid leaves 1 and 7, xgetbv for XCR0). Non-x86 builds report nothing.
@@ -44,9 +44,9 @@ inline cpu_features query_cpu_features() noexcept {
     __cpuid_count(7, 0, a7, b7, c7, d7);
     const bool avx2 = (b7 >> 5) & 1u;
     const bool f512 = (b7 >> 16) & 1u, dq = (b7 >> 17) & 1u, bw = (b7 >> 30) & 1u, vl = (b7 >> 31) & 1u;
-    const bool vnni = (c7 >> 11) & 1u, vpopcntdq = (c7 >> 14) & 1u;
+    const bool vbmi = (c7 >> 1) & 1u, vnni = (c7 >> 11) & 1u, vpopcntdq = (c7 >> 14) & 1u;
     f.avx2 = ymm_state && avx2 && fma && popcnt;
-    f.avx512 = f.avx2 && zmm_state && f512 && dq && bw && vl && vnni && vpopcntdq;
+    f.avx512 = f.avx2 && zmm_state && f512 && dq && bw && vl && vnni && vpopcntdq && vbmi;
 #endif
     return f;
 }
