@@ -6,6 +6,8 @@
 // scripts/bench turns the medians into "ratio_vs_eigen_fp32" and "gbps" summary lines.
 #include "gemm_bench_util.hpp"
 
+#include <lowbit/thread_pool.hpp>
+
 #include <benchmark/benchmark.h>
 
 #include <string>
@@ -63,6 +65,24 @@ void packed_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, boo
         st.counters["part_cpu_us"] = pool.part_cpu_us();   // max thread CPU of the two halves, per call
     }
     st.counters["bits_per_weight"] = w0.bits_per_weight();
+}
+
+/// The library's own two-thread entry point: gemm_parallel over a lowbit::thread_pool (activation
+/// quantization on the caller, rows split in two; wall time only).
+template <class F>
+void pool_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram, int threads) {
+    const auto w0 = lowbit::interleave(lowbit_bench::random_packed<F>(rows, cols, 7));
+    const auto w = copies(w0, dram);
+    const lowbit::matrix_f x = random_activations(1, cols, 1);
+    lowbit::thread_pool pool(threads);
+    std::size_t k = 0;
+    for (auto _ : st) {
+        lowbit::matrix_f y = lowbit::gemm_parallel(w[k], x, lowbit::act_int{8}, pool);
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+        k = (k + 1) % w.size();
+    }
+    st.counters["packed_bytes"] = double(w0.bytes().size());
 }
 
 /// Weight-only GEMV: fp32 activations (gemm(w, x, act_fp32), 1 token; no activation quantization).
@@ -139,6 +159,10 @@ const int registered = [] {
             for (int t : {1, 2})
                 benchmark::RegisterBenchmark(("gemv/ternary2_i8/" + shape(r, c) + where + "/threads:" + std::to_string(t)).c_str(),
                                              [=](benchmark::State& s) { packed_gemv<lowbit::ternary2>(s, r, c, dram, t); })
+                    ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            for (int t : {1, 2}) // lowbit::thread_pool + gemm_parallel (the library's threading entry point)
+                benchmark::RegisterBenchmark(("gemv/ternary2_r4_pool_i8/" + shape(r, c) + where + "/threads:" + std::to_string(t)).c_str(),
+                                             [=](benchmark::State& s) { pool_gemv<lowbit::ternary2>(s, r, c, dram, t); })
                     ->Unit(benchmark::kMicrosecond)->UseRealTime();
             for (int t : {1, 2}) // 4-row interleaved tiles (interleaved_matrix)
                 benchmark::RegisterBenchmark(("gemv/ternary2_r4_i8/" + shape(r, c) + where + "/threads:" + std::to_string(t)).c_str(),

@@ -35,6 +35,7 @@
 #include <lowbit/rtn.hpp>
 #include <lowbit/rwkv_proxy.hpp>
 #include <lowbit/ternary.hpp>
+#include <lowbit/thread_pool.hpp>
 #include <lowbit/torq.hpp>
 #include <lowbit/types.hpp>
 #include <lowbit/version.hpp>
