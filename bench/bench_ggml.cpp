@@ -18,6 +18,9 @@
 // Graphs are built and weights uploaded (repacked) outside the timed region; only
 // ggml_backend_graph_compute is timed (which quantizes x itself). "dram" cycles through
 // >= 256 MiB of weight copies (one graph per copy). Counter packed_bytes = ggml_row_size · rows.
+// This libggml (llama-cpp-python's build) runs graph threads with OpenMP: run with
+// OMP_WAIT_POLICY=passive (scripts/bench does) when other processes share the cores, else its
+// spinning barriers make the 2-thread cases 10-40x slower than 1 thread.
 //
 // Every graph variant is first run in a forked child on a 512x4096 slice (1 and 2 threads; for
 // the GEMV cases with 1 token, for the GEMM case with 128 tokens, which take other kernels) and
