@@ -1,5 +1,6 @@
 // GEMM Y = X·Wᵀ with 128 tokens: Eigen FP32 SGEMM (baseline, same process) against the packed
-// ternary 2-bit × int8 kernel (activation quantization included), weights 4096x4096, 1 or 2 threads.
+// ternary 2-bit × int8 kernel (activation quantization included), weights 4096x4096, 1 or 2 threads,
+// and the base-3 ternary, int4 and int2 kernels with 1 thread.
 #include "gemm_bench_util.hpp"
 
 #include <benchmark/benchmark.h>
@@ -7,18 +8,6 @@
 #include <string>
 
 namespace {
-
-void eigen_sgemm(benchmark::State& st, Eigen::Index tokens, Eigen::Index rows, Eigen::Index cols) {
-    const lowbit::matrix_f w = lowbit::matrix_f::Random(rows, cols);
-    const lowbit::matrix_f x = lowbit_bench::random_activations(tokens, cols, 1);
-    lowbit::matrix_f y(tokens, rows);
-    for (auto _ : st) {
-        y.noalias() = x * w.transpose();
-        benchmark::DoNotOptimize(y.data());
-        benchmark::ClobberMemory();
-    }
-    st.counters["packed_bytes"] = double(sizeof(float) * rows * cols);
-}
 
 template <class F>
 void packed_gemm(benchmark::State& st, Eigen::Index tokens, Eigen::Index rows, Eigen::Index cols, int threads) {
@@ -48,12 +37,22 @@ void packed_gemm(benchmark::State& st, Eigen::Index tokens, Eigen::Index rows, E
 
 const int registered = [] {
     benchmark::RegisterBenchmark("gemm128/eigen_fp32/4096x4096/cache/threads:1",
-                                 [](benchmark::State& s) { eigen_sgemm(s, 128, 4096, 4096); })
+                                 [](benchmark::State& s) { lowbit_bench::eigen_fp32_gemm(s, 128, 4096, 4096); })
         ->Unit(benchmark::kMillisecond)->UseRealTime();
     for (int t : {1, 2})
         benchmark::RegisterBenchmark(("gemm128/ternary2_i8/4096x4096/cache/threads:" + std::to_string(t)).c_str(),
                                      [=](benchmark::State& s) { packed_gemm<lowbit::ternary2>(s, 128, 4096, 4096, t); })
             ->Unit(benchmark::kMillisecond)->UseRealTime();
+    // the other widths, 1 thread (peers of ggml's TQ1_0, Q4_0 and Q2_K in bench_ggml)
+    benchmark::RegisterBenchmark("gemm128/ternary_base3_i8/4096x4096/cache/threads:1",
+                                 [](benchmark::State& s) { packed_gemm<lowbit::ternary_base3>(s, 128, 4096, 4096, 1); })
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark("gemm128/int4_i8/4096x4096/cache/threads:1",
+                                 [](benchmark::State& s) { packed_gemm<lowbit::int4>(s, 128, 4096, 4096, 1); })
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark("gemm128/int2_i8/4096x4096/cache/threads:1",
+                                 [](benchmark::State& s) { packed_gemm<lowbit::int2>(s, 128, 4096, 4096, 1); })
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
     return 0;
 }();
 

@@ -17,21 +17,6 @@ namespace {
 using lowbit_bench::copies;
 using lowbit_bench::random_activations;
 
-void eigen_fp32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
-    const std::size_t n = dram ? std::max<std::size_t>(2, lowbit_bench::dram_bytes / (sizeof(float) * rows * cols) + 1) : 1;
-    std::vector<lowbit::matrix_f> w(n, lowbit::matrix_f::Random(rows, cols));
-    const lowbit::vector_f x = random_activations(1, cols, 1).row(0).transpose();
-    lowbit::vector_f y(rows);
-    std::size_t k = 0;
-    for (auto _ : st) {
-        y.noalias() = w[k] * x;
-        benchmark::DoNotOptimize(y.data());
-        benchmark::ClobberMemory();
-        k = (k + 1) % n;
-    }
-    st.counters["packed_bytes"] = double(sizeof(float) * rows * cols);
-}
-
 template <class F, bool Interleaved = false>
 void packed_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram, int threads) {
     const auto p0 = lowbit_bench::random_packed<F>(rows, cols, 7);
@@ -154,7 +139,7 @@ const int registered = [] {
         for (bool dram : {false, true}) {
             const std::string where = dram ? "/dram" : "/cache";
             benchmark::RegisterBenchmark(("gemv/eigen_fp32/" + shape(r, c) + where + "/threads:1").c_str(),
-                                         [=](benchmark::State& s) { eigen_fp32(s, r, c, dram); })
+                                         [=](benchmark::State& s) { lowbit_bench::eigen_fp32_gemv(s, r, c, dram); })
                 ->Unit(benchmark::kMicrosecond)->UseRealTime();
             for (int t : {1, 2})
                 benchmark::RegisterBenchmark(("gemv/ternary2_i8/" + shape(r, c) + where + "/threads:" + std::to_string(t)).c_str(),
@@ -187,6 +172,9 @@ const int registered = [] {
         }
         benchmark::RegisterBenchmark(("gemv/int4_i8/4096x4096" + where + "/threads:1").c_str(),
                                      [=](benchmark::State& s) { packed_gemv<lowbit::int4>(s, 4096, 4096, dram, 1); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        benchmark::RegisterBenchmark(("gemv/int2_i8/4096x4096" + where + "/threads:1").c_str(),
+                                     [=](benchmark::State& s) { packed_gemv<lowbit::int2>(s, 4096, 4096, dram, 1); })
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
         benchmark::RegisterBenchmark(("gemv/mxfp4_ggml_i8/4096x4096" + where + "/threads:1").c_str(),
                                      [=](benchmark::State& s) { mxfp4_gemv<lowbit::mxfp4_ggml>(s, 4096, 4096, dram); })

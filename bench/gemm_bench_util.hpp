@@ -1,9 +1,12 @@
 #pragma once
-// Shared helpers of bench_gemv.cpp and bench_gemm.cpp: random packed matrices, copies that cycle
-// through DRAM, and a two-thread runner (one persistent worker) for the row-range API.
+// Shared helpers of bench_gemv.cpp, bench_gemm.cpp and bench_ggml.cpp: the Eigen FP32 baselines,
+// random packed matrices, copies that cycle through DRAM, and a two-thread runner (one persistent
+// worker) for the row-range API.
 #include <lowbit/gemm.hpp>
 
 #include "random_codes.hpp"
+
+#include <benchmark/benchmark.h>
 
 #include <atomic>
 #include <chrono>
@@ -41,6 +44,36 @@ inline lowbit::matrix_f random_activations(Eigen::Index tokens, Eigen::Index col
     lowbit::matrix_f x(tokens, cols);
     for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = g(rng);
     return x;
+}
+
+/// Baseline GEMV y = W·x with Eigen FP32, 1 thread: one matrix ("cache") or cycling through
+/// >= dram_bytes of copies ("dram"). Counter packed_bytes = the FP32 weight bytes.
+inline void eigen_fp32_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
+    const std::size_t n = dram ? std::max<std::size_t>(2, dram_bytes / (sizeof(float) * rows * cols) + 1) : 1;
+    std::vector<lowbit::matrix_f> w(n, lowbit::matrix_f::Random(rows, cols));
+    const lowbit::vector_f x = random_activations(1, cols, 1).row(0).transpose();
+    lowbit::vector_f y(rows);
+    std::size_t k = 0;
+    for (auto _ : st) {
+        y.noalias() = w[k] * x;
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+        k = (k + 1) % n;
+    }
+    st.counters["packed_bytes"] = double(sizeof(float) * rows * cols);
+}
+
+/// Baseline GEMM Y = X·Wᵀ (tokens × cols activations) with Eigen FP32 SGEMM, 1 thread, weights in cache.
+inline void eigen_fp32_gemm(benchmark::State& st, Eigen::Index tokens, Eigen::Index rows, Eigen::Index cols) {
+    const lowbit::matrix_f w = lowbit::matrix_f::Random(rows, cols);
+    const lowbit::matrix_f x = random_activations(tokens, cols, 1);
+    lowbit::matrix_f y(tokens, rows);
+    for (auto _ : st) {
+        y.noalias() = x * w.transpose();
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    st.counters["packed_bytes"] = double(sizeof(float) * rows * cols);
 }
 
 /// Runs job(part, nparts) on the calling thread (part 0) and, for nparts = 2, part 1 on one
