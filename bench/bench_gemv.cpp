@@ -192,7 +192,7 @@ const int registered = [] {
     const std::pair<Eigen::Index, Eigen::Index> small[] = {{256, 512}, {512, 256}, {1536, 512}, {64, 64}, {172, 64}, {64, 172}};
     for (auto [r, c] : small) {
         const std::string sh = shape(r, c) + "/cache/threads:1";
-        benchmark::RegisterBenchmark(("gemv/eigen_fp32/" + sh).c_str(), [=](benchmark::State& s) { eigen_fp32(s, r, c, false); })
+        benchmark::RegisterBenchmark(("gemv/eigen_fp32/" + sh).c_str(), [=](benchmark::State& s) { lowbit_bench::eigen_fp32_gemv(s, r, c, false); })
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
         benchmark::RegisterBenchmark(("gemv/ternary2_i8/" + sh).c_str(),
                                      [=](benchmark::State& s) { packed_gemv<lowbit::ternary2>(s, r, c, false, 1); })
