@@ -108,7 +108,7 @@ void xnor(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram)
 }
 
 template <class L>
-void mxfp4_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
+void mxfp4_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram, int threads) {
     std::mt19937_64 rng(3);
     std::uniform_int_distribution<int> dc(0, 15), de(115, 125);
     lowbit::detail::u8_matrix c(rows, cols), e(rows, (cols + 31) / 32);
@@ -119,16 +119,29 @@ void mxfp4_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool
     std::vector<lowbit::packed_mxfp4<L>> w(n, w0);
     const lowbit::matrix_f x = random_activations(1, cols, 1);
     lowbit::matrix_f y(1, rows);
+    lowbit_bench::thread_pair pool(threads);
     std::size_t k = 0;
     for (auto _ : st) {
+        const double c0 = lowbit_bench::thread_pair::thread_cpu_us();
         const auto a = lowbit::quantize_activations(x, 8);
-        lowbit::gemm_rows(w[k], a, 0, rows, y);
+        const double serial = lowbit_bench::thread_pair::thread_cpu_us() - c0;
+        const auto& wk = w[k];
+        pool.run(
+            [&](int p, int np) {
+                const auto [r0, r1] = lowbit_bench::part_rows(rows, p, np);
+                lowbit::gemm_rows(wk, a, r0, r1, y);
+            },
+            serial);
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
         k = (k + 1) % n;
     }
     st.counters["packed_bytes"] = double(w0.bytes().size());
     st.counters["bits_per_weight"] = w0.bits_per_weight();
+    if (threads == 2) {
+        st.counters["worker_share"] = pool.worker_share();
+        st.counters["part_cpu_us"] = pool.part_cpu_us();
+    }
 }
 
 std::string shape(Eigen::Index r, Eigen::Index c) { return std::to_string(r) + "x" + std::to_string(c); }
@@ -170,14 +183,19 @@ const int registered = [] {
                                          [=](benchmark::State& s) { packed_gemv<lowbit::ternary_base3, true>(s, 4096, 4096, dram, t); })
                 ->Unit(benchmark::kMicrosecond)->UseRealTime();
         }
-        benchmark::RegisterBenchmark(("gemv/int4_i8/4096x4096" + where + "/threads:1").c_str(),
-                                     [=](benchmark::State& s) { packed_gemv<lowbit::int4>(s, 4096, 4096, dram, 1); })
-            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        for (int t : {1, 2}) {
+            benchmark::RegisterBenchmark(("gemv/int4_i8/4096x4096" + where + "/threads:" + std::to_string(t)).c_str(),
+                                         [=](benchmark::State& s) { packed_gemv<lowbit::int4>(s, 4096, 4096, dram, t); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            benchmark::RegisterBenchmark(("gemv/int4_r4_i8/4096x4096" + where + "/threads:" + std::to_string(t)).c_str(),
+                                         [=](benchmark::State& s) { packed_gemv<lowbit::int4, true>(s, 4096, 4096, dram, t); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            benchmark::RegisterBenchmark(("gemv/mxfp4_ggml_i8/4096x4096" + where + "/threads:" + std::to_string(t)).c_str(),
+                                         [=](benchmark::State& s) { mxfp4_gemv<lowbit::mxfp4_ggml>(s, 4096, 4096, dram, t); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        }
         benchmark::RegisterBenchmark(("gemv/int2_i8/4096x4096" + where + "/threads:1").c_str(),
                                      [=](benchmark::State& s) { packed_gemv<lowbit::int2>(s, 4096, 4096, dram, 1); })
-            ->Unit(benchmark::kMicrosecond)->UseRealTime();
-        benchmark::RegisterBenchmark(("gemv/mxfp4_ggml_i8/4096x4096" + where + "/threads:1").c_str(),
-                                     [=](benchmark::State& s) { mxfp4_gemv<lowbit::mxfp4_ggml>(s, 4096, 4096, dram); })
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
         benchmark::RegisterBenchmark(("gemv/xnor_binary1_b1/4096x4096" + where + "/threads:1").c_str(),
                                      [=](benchmark::State& s) { xnor(s, 4096, 4096, dram); })
