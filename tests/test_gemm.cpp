@@ -1,5 +1,5 @@
 // Tests for lowbit/gemm.hpp and the arch/ kernels. Every ISA path this CPU can run (scalar, generic,
-// AVX2, AVX-512) is checked bit-exact against an independent int64 brute force over the original
+// AVX2, AVX-512, AMX) is checked bit-exact against an independent int64 brute force over the original
 // codes; float epilogues against double references within the bounds stated in gemm.hpp; dynamic
 // activation quantization against rtn.hpp's quantize_per_token (symmetric grid).
 #include <lowbit/gemm.hpp>
@@ -12,12 +12,13 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace {
 
 using lowbit::kernel_isa;
-constexpr kernel_isa all_isas[] = {kernel_isa::scalar, kernel_isa::generic, kernel_isa::avx2, kernel_isa::avx512};
+constexpr kernel_isa all_isas[] = {kernel_isa::scalar, kernel_isa::generic, kernel_isa::avx2, kernel_isa::avx512, kernel_isa::amx};
 constexpr double u32 = 1.0 / (1 << 24);
 
 using lowbit_test::random_codes;
@@ -97,8 +98,86 @@ TEST_CASE("isa detection is consistent") {
     CHECK(lowbit::isa_available(kernel_isa::generic));
     CHECK(lowbit::isa_available(lowbit::best_isa()));
     if (lowbit::isa_available(kernel_isa::avx512)) CHECK(lowbit::isa_available(kernel_isa::avx2));
+    if (lowbit::isa_available(kernel_isa::amx)) CHECK(lowbit::isa_available(kernel_isa::avx512));
+    CHECK(std::string(lowbit::isa_name(kernel_isa::amx)) == "amx");
     MESSAGE("kernel paths on this CPU: avx2=" << lowbit::isa_available(kernel_isa::avx2)
-                                              << " avx512=" << lowbit::isa_available(kernel_isa::avx512));
+                                              << " avx512=" << lowbit::isa_available(kernel_isa::avx512)
+                                              << " amx=" << lowbit::isa_available(kernel_isa::amx));
+}
+
+namespace {
+// AMX (explicit request, any token count) and `automatic` against scalar_kernels::dot_rows and the
+// int64 brute force, on weights `w` of either layout; the full range and [1, rows) when rows > 1.
+template <class M>
+void check_amx_layout(const M& w, const lowbit::quantized_activations& a, const std::vector<std::int64_t>& want,
+                      Eigen::Index rows, Eigen::Index tokens) {
+    for (Eigen::Index r0 : {Eigen::Index(0), Eigen::Index(1)}) {
+        if (r0 >= rows) continue;
+        const Eigen::Index nr = rows - r0;
+        std::vector<std::int32_t> ref(static_cast<std::size_t>(tokens * nr), -1), amx(ref.size(), -7), aut(ref.size(), -9);
+        lowbit::dot_rows(w, a, r0, rows, ref.data(), nr, kernel_isa::scalar);
+        lowbit::dot_rows(w, a, r0, rows, amx.data(), nr, kernel_isa::amx);
+        lowbit::dot_rows(w, a, r0, rows, aut.data(), nr, kernel_isa::automatic);
+        bool ref_ok = true;
+        for (Eigen::Index k = 0; k < tokens; ++k)
+            for (Eigen::Index i = r0; i < rows; ++i)
+                ref_ok = ref_ok && std::int64_t(ref[static_cast<std::size_t>(k * nr + i - r0)]) == want[static_cast<std::size_t>(k * rows + i)];
+        CHECK(ref_ok);
+        CHECK(amx == ref);
+        CHECK(aut == ref);
+    }
+}
+} // namespace
+
+TEST_CASE_TEMPLATE("AMX GEMM is bit-exact with the scalar reference: token, row and column tails", F, lowbit::ternary2,
+                   lowbit::int2, lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
+    if (!lowbit::isa_available(kernel_isa::amx)) {
+        MESSAGE("AMX not available on this CPU/OS: AMX GEMM test skipped");
+        const auto w = lowbit::pack<F>(random_codes<F>(3, 64, 1), lowbit::vector_f::Ones(3));
+        const auto a = lowbit::quantize_activations(random_x(2, 64, 2));
+        std::vector<std::int32_t> out(6);
+        CHECK_THROWS_AS(lowbit::dot_rows(w, a, 0, 3, out.data(), 3, kernel_isa::amx), lowbit::invalid_argument);
+        return;
+    }
+    for (Eigen::Index cols : {64, 300, 1280 + 7})
+        for (Eigen::Index rows : {1, 15, 16, 17, 64 + 3}) {
+            const bool extreme = rows == 17; // codes at their extremes
+            const lowbit::matrix_i8 c = random_codes<F>(rows, cols, static_cast<std::uint64_t>(rows * 7 + cols), extreme);
+            const auto w = lowbit::pack<F>(c, lowbit::vector_f::Ones(rows));
+            const auto wi = lowbit::interleave(w);
+            for (Eigen::Index tokens : {1, 15, 16, 17, 33, 128}) {
+                CAPTURE(lowbit::pack_format<F>::name);
+                CAPTURE(cols);
+                CAPTURE(rows);
+                CAPTURE(tokens);
+                lowbit::matrix_f x = random_x(tokens, cols, static_cast<std::uint64_t>(tokens * 3 + cols));
+                if (extreme)
+                    for (Eigen::Index j = 0; j < cols; ++j) x(tokens - 1, j) = (j % 3 == 0) ? -1.0f : 1.0f; // q = ±127
+                const auto a = lowbit::quantize_activations(x, 8);
+                const auto want = brute_dot(c, a);
+                check_amx_layout(w, a, want, rows, tokens);
+                check_amx_layout(wi, a, want, rows, tokens);
+            }
+        }
+}
+
+TEST_CASE("AMX: gemm, gemm_parallel, MXFP4 and XNOR accept an amx request") {
+    const lowbit::matrix_i8 c = random_codes<lowbit::ternary2>(40, 300, 3);
+    const auto w = lowbit::pack<lowbit::ternary2>(c, lowbit::vector_f::LinSpaced(40, 0.5f, 1.5f), lowbit::vector_f::Constant(40, 0.25f));
+    const lowbit::matrix_f x = random_x(20, 300, 4);
+    if (!lowbit::isa_available(kernel_isa::amx)) {
+        CHECK_THROWS_AS((void)lowbit::gemm(w, x, lowbit::act_int{8}, kernel_isa::amx), lowbit::invalid_argument);
+        CHECK_THROWS_AS((void)lowbit::gemm_parallel(w, x, lowbit::act_int{8}, kernel_isa::amx), lowbit::invalid_argument);
+        return;
+    }
+    const lowbit::matrix_f ref = lowbit::gemm(w, x, lowbit::act_int{8}, kernel_isa::scalar);
+    CHECK(lowbit::gemm(w, x, lowbit::act_int{8}, kernel_isa::amx) == ref);
+    CHECK(lowbit::gemm(w, x, lowbit::act_int{8}) == ref); // automatic: 20 tokens ≥ amx_min_tokens
+    CHECK(lowbit::gemm_parallel(w, x, lowbit::act_int{8}, kernel_isa::amx) == ref);
+    CHECK(lowbit::gemm_parallel(w, x, lowbit::act_int{4}) == lowbit::gemm(w, x, lowbit::act_int{4}, kernel_isa::scalar));
+    const auto wb = lowbit::pack<lowbit::binary1>(random_codes<lowbit::binary1>(9, 300, 5), lowbit::vector_f::Ones(9));
+    const lowbit::vector_f xv = x.row(0).transpose();
+    CHECK(lowbit::xnor_gemv(wb, xv, kernel_isa::amx) == lowbit::xnor_gemv(wb, xv, kernel_isa::scalar));
 }
 
 TEST_CASE_TEMPLATE("integer kernels are bit-exact on every ISA path, random and awkward shapes", F, lowbit::ternary2,

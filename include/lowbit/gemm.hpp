@@ -21,16 +21,20 @@
 /// except binary1 on the AVX-512 per-token kernel (Σ t·x formed as 2·Σ_{t=+1} x − Σx):
 /// ≤ (2n + 4)·u·(α_i + |μ_i|)·Σ_j|x_j|.
 ///
-/// ISA: `kernel_isa::automatic` picks, once per call, the best of avx512 (F/BW/VL/VNNI/VPOPCNTDQ),
+/// ISA: `kernel_isa::automatic` picks, once per call, the best of avx512 (F/BW/VL/VNNI/VPOPCNTDQ/VBMI),
 /// avx2, generic (xsimd in the caller's default architecture) available on the running CPU;
-/// scalar is the reference. Explicitly requesting an ISA the CPU lacks throws invalid_argument.
-/// fp32 activations: avx512 has its own kernels (arch/avx512_fp32.hpp); avx2 and generic requests
-/// run the generic (xsimd) path.
+/// scalar is the reference. For the integer GEMM of packed_matrix / interleaved_matrix with at
+/// least detail::amx_min_tokens tokens (prefill), `automatic` uses amx (AMX-INT8 tiles) when the CPU
+/// and OS provide it; an explicit `amx` request uses it for any token count. Explicitly requesting
+/// an ISA the CPU lacks throws invalid_argument. fp32 activations: avx512 (and an amx request) run
+/// their own kernels (arch/avx512_fp32.hpp); avx2 and generic requests run the generic (xsimd)
+/// path. MXFP4 and XNOR run their avx512 kernels for an amx request.
 ///
 /// Threads: none are created. `gemm_rows` / `dot_rows` compute a row range so callers can split
 /// work; `gemm_parallel` splits rows with OpenMP when the consumer compiles with it (`_OPENMP`),
 /// otherwise runs serially.
 
+#include <lowbit/arch/amx.hpp>
 #include <lowbit/arch/avx2.hpp>
 #include <lowbit/arch/avx512.hpp>
 #include <lowbit/arch/avx512_fp32.hpp>
@@ -55,7 +59,8 @@ enum class kernel_isa {
     scalar,    ///< the scalar reference
     generic,   ///< xsimd with the translation unit's default architecture
     avx2,      ///< AVX2 (maddubs), x86 only
-    avx512     ///< AVX-512 VNNI / VPOPCNTDQ, x86 only
+    avx512,    ///< AVX-512 VNNI / VPOPCNTDQ, x86 only
+    amx,       ///< AMX-INT8 tiles for the integer GEMM (other kernels: avx512), x86-64 only
 };
 
 /// True if `isa` can run on this CPU (scalar, generic, automatic always can).
@@ -63,24 +68,27 @@ enum class kernel_isa {
     switch (isa) {
     case kernel_isa::avx2: return detail::host_cpu_features().avx2;
     case kernel_isa::avx512: return detail::host_cpu_features().avx512;
+    case kernel_isa::amx: return detail::host_cpu_features().amx;
     default: return true;
     }
 }
 
-/// The ISA `automatic` resolves to on this CPU.
+/// The ISA `automatic` resolves to on this CPU (integer GEMM with ≥ detail::amx_min_tokens tokens:
+/// amx instead, when available).
 [[nodiscard]] inline kernel_isa best_isa() noexcept {
     if (isa_available(kernel_isa::avx512)) return kernel_isa::avx512;
     if (isa_available(kernel_isa::avx2)) return kernel_isa::avx2;
     return kernel_isa::generic;
 }
 
-/// Name of an ISA ("scalar", "generic", "avx2", "avx512", "automatic").
+/// Name of an ISA ("scalar", "generic", "avx2", "avx512", "amx", "automatic").
 [[nodiscard]] inline const char* isa_name(kernel_isa isa) noexcept {
     switch (isa) {
     case kernel_isa::scalar: return "scalar";
     case kernel_isa::generic: return "generic";
     case kernel_isa::avx2: return "avx2";
     case kernel_isa::avx512: return "avx512";
+    case kernel_isa::amx: return "amx";
     default: return "automatic";
     }
 }
@@ -122,6 +130,19 @@ inline kernel_isa resolve_isa(kernel_isa isa, const char* where) {
     return isa;
 }
 
+/// From this many tokens on, `automatic` runs the integer GEMM of packed_matrix / interleaved_matrix
+/// on AMX (when available) instead of AVX-512: below it the per-call weight unpacking into tiles
+/// and the padding of token groups to 16 cost more than the tile products save.
+/// Measured (4096², 1 thread, ternary2 / int4): see docs/kernels.md "AMX-INT8 prefill".
+inline constexpr Eigen::Index amx_min_tokens = 16;
+
+/// resolve_isa for the integer GEMM of `tokens` tokens: `automatic` becomes amx from amx_min_tokens
+/// tokens on when the CPU has it.
+inline kernel_isa resolve_gemm_isa(kernel_isa isa, Eigen::Index tokens, const char* where) {
+    if (isa == kernel_isa::automatic && tokens >= amx_min_tokens && isa_available(kernel_isa::amx)) return kernel_isa::amx;
+    return resolve_isa(isa, where);
+}
+
 inline void require_levels(int bits, const char* where) {
     require(bits == 4 || bits == 6 || bits == 8, where, [&] { return "activation bits must be 4, 6 or 8, got " + std::to_string(bits); });
 }
@@ -140,6 +161,9 @@ inline void dot_rows_isa(kernel_isa isa, const M& w, Eigen::Index r0, Eigen::Ind
     const std::int8_t* x = a.q.data();
     const Eigen::Index ldx = a.q.cols(), nt = a.q.rows();
     switch (isa) {
+#if LOWBIT_HAVE_AMX_KERNELS
+    case kernel_isa::amx: amx_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
+#endif
 #if LOWBIT_HAVE_X86_KERNELS
     case kernel_isa::avx512: avx512_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
     case kernel_isa::avx2: avx2_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
@@ -269,7 +293,7 @@ inline void dot_rows(const M& w, const quantized_activations& a, Eigen::Index ro
                                  });
     detail::require<shape_error>(a.tokens() <= 1 || ldo >= row_end - row_begin, where, "ldo smaller than the row range");
     detail::require<invalid_argument>(out != nullptr || row_end == row_begin, where, "argument 'out' is null");
-    detail::dot_rows_isa(detail::resolve_isa(isa, where), w, row_begin, row_end, a, out, ldo);
+    detail::dot_rows_isa(detail::resolve_gemm_isa(isa, a.tokens(), where), w, row_begin, row_end, a, out, ldo);
 }
 
 /// Y(:, row_begin..row_end) = X·Wᵀ for quantized activations (float epilogue of the file comment).
@@ -317,11 +341,12 @@ inline void decode_rows_f32(const M& w, Eigen::Index r0, Eigen::Index nr, kernel
                             std::vector<float>& buf) {
     using traits = pack_format<typename M::format>;
     buf.resize(static_cast<std::size_t>(w.padded_cols()));
-    std::vector<std::uint8_t> u(path == kernel_isa::avx512 ? 0 : traits::block_weights);
+    const bool avx512 = path == kernel_isa::avx512 || path == kernel_isa::amx;
+    std::vector<std::uint8_t> u(avx512 ? 0 : traits::block_weights);
     for (Eigen::Index i = 0; i < nr; ++i) {
         const float a = w.scale()(r0 + i), mu = w.has_offset() ? w.offset()(r0 + i) : 0.0f;
 #if LOWBIT_HAVE_X86_KERNELS
-        if (path == kernel_isa::avx512) {
+        if (avx512) {
             avx512_kernels::decode_row_f32(w, r0 + i, buf.data());
         } else
 #endif
@@ -353,7 +378,7 @@ template <PackedWeights M>
     detail::require_nonempty(x, where, "x");
     detail::require_finite(x, where, "x");
     const kernel_isa path = detail::resolve_isa(isa, where);
-    const bool avx512 = LOWBIT_HAVE_X86_KERNELS && path == kernel_isa::avx512;
+    const bool avx512 = LOWBIT_HAVE_X86_KERNELS && (path == kernel_isa::avx512 || path == kernel_isa::amx);
     matrix_f y(x.rows(), w.rows());
     const Eigen::Index batched_from = avx512 ? detail::fp32_batched_min_tokens_avx512 : detail::fp32_batched_min_tokens;
     if (x.rows() >= batched_from && path != kernel_isa::scalar) {
@@ -420,7 +445,7 @@ template <PackedWeights M>
 [[nodiscard]] inline matrix_f gemm_parallel(const M& w, const cref_matrix_f& x, act_int act = {},
                                             kernel_isa isa = kernel_isa::automatic) {
     detail::require_kernel_shape(w, x.cols(), "gemm_parallel", "x.cols()");
-    const kernel_isa path = detail::resolve_isa(isa, "gemm_parallel");
+    const kernel_isa path = detail::resolve_gemm_isa(isa, x.rows(), "gemm_parallel");
     const quantized_activations a = quantize_activations(x, act.bits);
     matrix_f y(x.rows(), w.rows());
     constexpr Eigen::Index chunk = 64;
@@ -436,8 +461,8 @@ template <PackedWeights M>
 /// MXFP4 × quantized activations, rows [row_begin, row_end) of Y `[tokens x w.rows()]`:
 ///     Y(k, i) = (0.5·s_k)·Σ_b 2^(E_ib − 127)·S_ikb,   S_ikb = Σ_{j∈b} e2m1_doubled(c_ij)·q_kj (exact int)
 /// with float accumulation over blocks: |ΔY| ≤ (nb + 8)·u·0.5·s_k·Σ_b 2^(E−127)·Σ_j |e2m1_doubled·q|.
-/// Paths: avx512 (4 blocks per step: vpermi2b gather, vpshufb table, vpdpbusd; arch/avx512.hpp);
-/// every other request runs the scalar reference.
+/// Paths: avx512 (4 blocks per step: vpermi2b gather, vpshufb table, vpdpbusd; arch/avx512.hpp;
+/// also for an amx request); every other request runs the scalar reference.
 /// \throws shape_error (cols mismatch, range, y shape), invalid_argument (ISA unsupported).
 template <class L>
 inline void gemm_rows(const packed_mxfp4<L>& w, const quantized_activations& a, Eigen::Index row_begin,
@@ -452,12 +477,13 @@ inline void gemm_rows(const packed_mxfp4<L>& w, const quantized_activations& a, 
     detail::require_dim(y.cols(), w.rows(), where, "y.cols()");
     const kernel_isa path = detail::resolve_isa(isa, where);
     std::vector<float> d(static_cast<std::size_t>(std::max<Eigen::Index>(row_end - row_begin, 1)));
-    std::vector<std::int8_t> xp(path == kernel_isa::avx512 ? static_cast<std::size_t>(w.padded_cols()) : 0);
-    std::vector<std::int32_t> ncorr(path == kernel_isa::avx512 ? static_cast<std::size_t>(w.padded_cols() / 8) : 0);
+    const bool avx512 = path == kernel_isa::avx512 || path == kernel_isa::amx;
+    std::vector<std::int8_t> xp(avx512 ? static_cast<std::size_t>(w.padded_cols()) : 0);
+    std::vector<std::int32_t> ncorr(avx512 ? static_cast<std::size_t>(w.padded_cols() / 8) : 0);
     for (Eigen::Index k = 0; k < a.tokens(); ++k) {
         const std::int8_t* xk = a.q.row(k).data();
 #if LOWBIT_HAVE_X86_KERNELS
-        if (path == kernel_isa::avx512) {
+        if (avx512) {
             detail::avx512_kernels::mxfp4_prepare<L>(xk, w.blocks_per_row(), xp.data(), ncorr.data());
             detail::avx512_kernels::mxfp4_rows(w, row_begin, row_end, xk, xp.data(), ncorr.data(), d.data());
         } else
@@ -540,6 +566,7 @@ inline void xnor_dot_rows(const M& w, const binary_activations& a, Eigen::Index 
     detail::require<shape_error>(0 <= row_begin && row_begin <= row_end && row_end <= w.rows(), where, "row range outside [0, rows)");
     switch (detail::resolve_isa(isa, where)) {
 #if LOWBIT_HAVE_X86_KERNELS
+    case kernel_isa::amx:
     case kernel_isa::avx512: detail::avx512_kernels::xnor_rows(w, row_begin, row_end, a.bits.data(), out); return;
     case kernel_isa::avx2: detail::avx2_kernels::xnor_rows(w, row_begin, row_end, a.bits.data(), out); return;
 #endif

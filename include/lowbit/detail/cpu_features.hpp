@@ -5,7 +5,11 @@
 /// lowbit's kernels carry per-function target attributes (LOWBIT_TARGET) so that a consumer who
 /// compiles without `-march` flags still gets the AVX2 / AVX-512 paths on a CPU that has them.
 /// A path is usable only if the CPU reports the instructions *and* the OS saves the registers
-/// (XCR0: SSE+AVX state for AVX2; additionally opmask and ZMM state for AVX-512).
+/// (XCR0: SSE+AVX state for AVX2; additionally opmask and ZMM state for AVX-512; additionally
+/// TILECFG and TILEDATA state for AMX). On Linux the AMX tile data state is also off until the process
+/// asks for it: the first query makes the one-time request arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA) (process-wide kernel permission, idempotent); if the kernel refuses (or the
+/// OS is not Linux), AMX is reported unavailable and the AVX-512 path is used instead.
 
 #include <lowbit/config.hpp>
 
@@ -14,6 +18,10 @@
 #if LOWBIT_X86_TARGETS && (defined(__x86_64__) || defined(__i386__))
 #include <cpuid.h>
 #define LOWBIT_HAVE_X86_KERNELS 1
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #else
 #define LOWBIT_HAVE_X86_KERNELS 0
 #endif
@@ -25,9 +33,22 @@ namespace detail {
 struct cpu_features {
     bool avx2 = false;            ///< AVX2 + FMA + POPCNT usable (OS saves YMM state)
     bool avx512 = false;          ///< AVX-512 F, DQ, BW, VL, VNNI, VPOPCNTDQ and VBMI usable (OS saves ZMM/opmask state)
+    bool amx = false;             ///< avx512 and AMX-TILE + AMX-INT8 usable (XCR0 tile state, Linux permission granted)
 };
 
-/// Queries the CPU once (cpuid leaves 1 and 7, xgetbv for XCR0). Non-x86 builds report nothing.
+/// Asks Linux for permission to use the AMX tile data state (arch_prctl ARCH_REQ_XCOMP_PERM = 0x1023,
+/// XFEATURE_XTILEDATA = 18); true if granted. Other systems: false.
+inline bool request_amx_permission() noexcept {
+#if LOWBIT_HAVE_X86_KERNELS && defined(__linux__) && defined(__x86_64__) && defined(SYS_arch_prctl)
+    constexpr long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
+    return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
+#else
+    return false;
+#endif
+}
+
+/// Queries the CPU once (cpuid leaves 1 and 7, xgetbv for XCR0; the AMX permission request of the
+/// file comment when the CPU and XCR0 report AMX). Non-x86 builds report nothing.
 inline cpu_features query_cpu_features() noexcept {
     cpu_features f;
 #if LOWBIT_HAVE_X86_KERNELS
@@ -47,6 +68,9 @@ inline cpu_features query_cpu_features() noexcept {
     const bool vbmi = (c7 >> 1) & 1u, vnni = (c7 >> 11) & 1u, vpopcntdq = (c7 >> 14) & 1u;
     f.avx2 = ymm_state && avx2 && fma && popcnt;
     f.avx512 = f.avx2 && zmm_state && f512 && dq && bw && vl && vnni && vpopcntdq && vbmi;
+    const bool amx_tile = (d7 >> 24) & 1u, amx_int8 = (d7 >> 25) & 1u;
+    const bool tile_state = (xcr0_lo & 0x60000u) == 0x60000u;  // XTILECFG (bit 17), XTILEDATA (bit 18)
+    f.amx = f.avx512 && amx_tile && amx_int8 && tile_state && request_amx_permission();
 #endif
     return f;
 }
