@@ -1,5 +1,5 @@
 // Tests for lowbit/gemm.hpp and the arch/ kernels. Every ISA path this CPU can run (scalar, generic,
-// AVX2, AVX-512) is checked bit-exact against an independent int64 brute force over the original
+// AVX2, AVX-512; NEON on aarch64, cross-built and run under qemu by scripts/test-aarch64) is checked bit-exact against an independent int64 brute force over the original
 // codes; float epilogues against double references within the bounds stated in gemm.hpp; dynamic
 // activation quantization against rtn.hpp's quantize_per_token (symmetric grid).
 #include <lowbit/gemm.hpp>
@@ -12,12 +12,14 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace {
 
 using lowbit::kernel_isa;
-constexpr kernel_isa all_isas[] = {kernel_isa::scalar, kernel_isa::generic, kernel_isa::avx2, kernel_isa::avx512};
+constexpr kernel_isa all_isas[] = {kernel_isa::scalar, kernel_isa::generic, kernel_isa::avx2, kernel_isa::avx512,
+                                   kernel_isa::neon};
 constexpr double u32 = 1.0 / (1 << 24);
 
 using lowbit_test::random_codes;
@@ -97,8 +99,17 @@ TEST_CASE("isa detection is consistent") {
     CHECK(lowbit::isa_available(kernel_isa::generic));
     CHECK(lowbit::isa_available(lowbit::best_isa()));
     if (lowbit::isa_available(kernel_isa::avx512)) CHECK(lowbit::isa_available(kernel_isa::avx2));
+#if defined(__aarch64__)
+    CHECK(lowbit::isa_available(kernel_isa::neon));
+    CHECK(lowbit::best_isa() == kernel_isa::neon);
+#else
+    CHECK_FALSE(lowbit::isa_available(kernel_isa::neon));
+#endif
+    CHECK(std::string(lowbit::isa_name(kernel_isa::neon)) == "neon");
     MESSAGE("kernel paths on this CPU: avx2=" << lowbit::isa_available(kernel_isa::avx2)
-                                              << " avx512=" << lowbit::isa_available(kernel_isa::avx512));
+                                              << " avx512=" << lowbit::isa_available(kernel_isa::avx512)
+                                              << " neon=" << lowbit::isa_available(kernel_isa::neon)
+                                              << " neon_dotprod=" << lowbit::detail::host_cpu_features().neon_dotprod);
 }
 
 TEST_CASE_TEMPLATE("integer kernels are bit-exact on every ISA path, random and awkward shapes", F, lowbit::ternary2,
@@ -117,6 +128,65 @@ TEST_CASE_TEMPLATE("integer kernels do not saturate at extreme codes and activat
     check_exact<F>(5, 4544, 6, 8, true);
     check_exact<F>(5, 33000, 1, 8, true); // > 128 blocks: crosses a chunk of the AND-only 2-bit micro-kernel
 }
+
+namespace {
+// d from `run` against the scalar reference on both layouts of one random matrix, every
+// (tokens, rows, cols) of the grid; rows 11 cut a 4-row tile and a 16-row tile.
+template <class F, class Run>
+void check_against_scalar(Run run) {
+    for (Eigen::Index tokens : {1, 3, 8})
+        for (Eigen::Index rows : {1, 5, 11})
+            for (Eigen::Index cols : {64, 300, 1287}) {
+                CAPTURE(tokens);
+                CAPTURE(rows);
+                CAPTURE(cols);
+                const lowbit::matrix_i8 c = random_codes<F>(rows, cols, static_cast<std::uint64_t>(rows * 7 + cols), false);
+                const auto w = lowbit::pack<F>(c, lowbit::vector_f::Ones(rows));
+                const auto wi = lowbit::interleave(w);
+                const auto a = lowbit::quantize_activations(random_x(tokens, cols, static_cast<std::uint64_t>(tokens + cols)));
+                const std::size_t n = static_cast<std::size_t>(tokens * rows);
+                std::vector<std::int32_t> want(n), got(n, -12345), got_i(n, -12345);
+                lowbit::dot_rows(w, a, 0, rows, want.data(), rows, kernel_isa::scalar);
+                run(w, a, rows, got.data());
+                run(wi, a, rows, got_i.data());
+                CHECK(got == want);
+                CHECK(got_i == want);
+            }
+}
+} // namespace
+
+TEST_CASE_TEMPLATE("every ISA path equals the scalar reference on the tokens x rows x cols grid", F, lowbit::ternary2,
+                   lowbit::int2, lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
+    for (kernel_isa isa : all_isas) {
+        if (!lowbit::isa_available(isa)) continue;
+        CAPTURE(lowbit::isa_name(isa));
+        check_against_scalar<F>([isa](const auto& w, const lowbit::quantized_activations& a, Eigen::Index rows, std::int32_t* out) {
+            lowbit::dot_rows(w, a, 0, rows, out, rows, isa);
+        });
+    }
+}
+
+#if LOWBIT_HAVE_NEON_KERNELS
+TEST_CASE_TEMPLATE("NEON: baseline ASIMD and sdot micro-kernels equal the scalar reference", F, lowbit::ternary2,
+                   lowbit::int2, lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
+    namespace nk = lowbit::detail::neon_kernels;
+    // the baseline path directly (automatic dispatch takes sdot on a CPU that has it)
+    check_against_scalar<F>([](const auto& w, const lowbit::quantized_activations& a, Eigen::Index rows, std::int32_t* out) {
+        nk::dot_rows_asimd(w, 0, rows, a.q.data(), a.q.cols(), a.qsum.data(), a.tokens(), out, rows);
+    });
+#if LOWBIT_HAVE_NEON_SDOT
+    if (!lowbit::detail::host_cpu_features().neon_dotprod) {
+        MESSAGE("no dot-product extension on this CPU: sdot path not run");
+        return;
+    }
+    check_against_scalar<F>([](const auto& w, const lowbit::quantized_activations& a, Eigen::Index rows, std::int32_t* out) {
+        nk::dot_rows_dotprod(w, 0, rows, a.q.data(), a.q.cols(), a.qsum.data(), a.tokens(), out, rows);
+    });
+#else
+    MESSAGE("sdot path not compiled (Clang without -march=...+dotprod)");
+#endif
+}
+#endif
 
 #if LOWBIT_HAVE_X86_KERNELS
 TEST_CASE_TEMPLATE("AVX-512 4-row tile micro-kernels: AND-only unpack equals shift+AND decode, exactly", F, lowbit::ternary2,

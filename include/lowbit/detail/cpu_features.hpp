@@ -1,6 +1,7 @@
 #pragma once
 /// \file detail/cpu_features.hpp
-/// Run-time x86 CPU feature detection (cpuid + xgetbv), cached in a function-local static.
+/// Run-time CPU feature detection, cached in a function-local static: x86 (cpuid + xgetbv) and
+/// aarch64 Linux (getauxval: the dot-product extension, HWCAP_ASIMDDP).
 ///
 /// lowbit's kernels carry per-function target attributes (LOWBIT_TARGET) so that a consumer who
 /// compiles without `-march` flags still gets the AVX2 / AVX-512 paths on a CPU that has them.
@@ -18,16 +19,30 @@
 #define LOWBIT_HAVE_X86_KERNELS 0
 #endif
 
+/// 1 when the NEON kernels (arch/neon.hpp) are compiled: aarch64 with GCC or Clang (ASIMD is part of
+/// the AArch64 base ISA, so the baseline path needs no run-time check).
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#define LOWBIT_HAVE_NEON_KERNELS 1
+#if defined(__linux__)
+#include <sys/auxv.h>
+#endif
+#else
+#define LOWBIT_HAVE_NEON_KERNELS 0
+#endif
+
 LOWBIT_BEGIN_NAMESPACE
 namespace detail {
 
-/// The x86 features lowbit's kernels care about.
+/// The CPU features lowbit's kernels care about.
 struct cpu_features {
     bool avx2 = false;            ///< AVX2 + FMA + POPCNT usable (OS saves YMM state)
     bool avx512 = false;          ///< AVX-512 F, DQ, BW, VL, VNNI and VPOPCNTDQ usable (OS saves ZMM/opmask state)
+    bool neon_dotprod = false;    ///< aarch64 SDOT/UDOT (FEAT_DotProd, Linux HWCAP_ASIMDDP)
 };
 
-/// Queries the CPU once (cpuid leaves 1 and 7, xgetbv for XCR0). Non-x86 builds report nothing.
+/// Queries the CPU once: x86 cpuid leaves 1 and 7 and xgetbv for XCR0; aarch64 Linux
+/// getauxval(AT_HWCAP) for the dot-product extension (other aarch64 systems report none, so the
+/// baseline NEON path runs). Other builds report nothing.
 inline cpu_features query_cpu_features() noexcept {
     cpu_features f;
 #if LOWBIT_HAVE_X86_KERNELS
@@ -47,6 +62,10 @@ inline cpu_features query_cpu_features() noexcept {
     const bool vnni = (c7 >> 11) & 1u, vpopcntdq = (c7 >> 14) & 1u;
     f.avx2 = ymm_state && avx2 && fma && popcnt;
     f.avx512 = f.avx2 && zmm_state && f512 && dq && bw && vl && vnni && vpopcntdq;
+#endif
+#if LOWBIT_HAVE_NEON_KERNELS && defined(__linux__)
+    constexpr unsigned long hwcap_asimddp = 1ul << 20; // HWCAP_ASIMDDP of the Linux arm64 ABI
+    f.neon_dotprod = (getauxval(AT_HWCAP) & hwcap_asimddp) != 0;
 #endif
     return f;
 }
