@@ -109,7 +109,8 @@ TEST_CASE("isa detection is consistent") {
     MESSAGE("kernel paths on this CPU: avx2=" << lowbit::isa_available(kernel_isa::avx2)
                                               << " avx512=" << lowbit::isa_available(kernel_isa::avx512)
                                               << " neon=" << lowbit::isa_available(kernel_isa::neon)
-                                              << " neon_dotprod=" << lowbit::detail::host_cpu_features().neon_dotprod);
+                                              << " neon_dotprod=" << lowbit::detail::host_cpu_features().neon_dotprod
+                                              << " neon_i8mm=" << lowbit::detail::host_cpu_features().neon_i8mm);
 }
 
 TEST_CASE_TEMPLATE("integer kernels are bit-exact on every ISA path, random and awkward shapes", F, lowbit::ternary2,
@@ -167,7 +168,7 @@ TEST_CASE_TEMPLATE("every ISA path equals the scalar reference on the tokens x r
 }
 
 #if LOWBIT_HAVE_NEON_KERNELS
-TEST_CASE_TEMPLATE("NEON: baseline ASIMD and sdot micro-kernels equal the scalar reference", F, lowbit::ternary2,
+TEST_CASE_TEMPLATE("NEON: baseline ASIMD, sdot and smmla micro-kernels equal the scalar reference", F, lowbit::ternary2,
                    lowbit::int2, lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
     namespace nk = lowbit::detail::neon_kernels;
     // the baseline path directly (automatic dispatch takes sdot on a CPU that has it)
@@ -184,6 +185,16 @@ TEST_CASE_TEMPLATE("NEON: baseline ASIMD and sdot micro-kernels equal the scalar
     });
 #else
     MESSAGE("sdot path not compiled (Clang without -march=...+dotprod)");
+#endif
+#if LOWBIT_HAVE_NEON_I8MM
+    if (!lowbit::detail::host_cpu_features().neon_i8mm) {
+        MESSAGE("no int8 matrix-multiply extension on this CPU: smmla path not run");
+        return;
+    }
+    // tokens {1, 3, 8} × rows {1, 5, 11}: odd rows and odd tokens take the sdot remainder
+    check_against_scalar<F>([](const auto& w, const lowbit::quantized_activations& a, Eigen::Index rows, std::int32_t* out) {
+        nk::dot_rows_i8mm(w, 0, rows, a.q.data(), a.q.cols(), a.qsum.data(), a.tokens(), out, rows);
+    });
 #endif
 }
 #endif

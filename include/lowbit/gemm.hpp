@@ -20,7 +20,7 @@
 /// |y_i − exact| ≤ (n + 2)·u·(α_i·Σ_j |t_ij x_j| + |μ_i|·Σ_j|x_j|) on every path (n = padded cols).
 ///
 /// ISA: `kernel_isa::automatic` picks, once per call, the best of avx512 (F/BW/VL/VNNI/VPOPCNTDQ),
-/// avx2, neon (aarch64; `sdot` when the CPU has the dot-product extension), generic (xsimd in the
+/// avx2, neon (aarch64; `sdot` / `smmla` when the CPU has them), generic (xsimd in the
 /// caller's default architecture) available on the running CPU; scalar is the reference.
 /// Explicitly requesting an ISA the CPU lacks throws invalid_argument.
 /// fp32 activations use the generic (xsimd) path for every SIMD request.
@@ -52,7 +52,7 @@ enum class kernel_isa {
     automatic, ///< best available on this CPU (chosen once per call)
     scalar,    ///< the scalar reference
     generic,   ///< xsimd with the translation unit's default architecture
-    neon,      ///< ARM NEON (ASIMD; `sdot` with the dot-product extension), aarch64 only; integer kernels
+    neon,      ///< ARM NEON (ASIMD; `sdot`, `smmla` when present), aarch64 only; integer kernels
     avx2,      ///< AVX2 (maddubs), x86 only
     avx512     ///< AVX-512 VNNI / VPOPCNTDQ, x86 only
 };

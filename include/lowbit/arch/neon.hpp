@@ -13,7 +13,9 @@
 ///     int32 lane — compiled with a per-function target attribute and chosen at run time when
 ///     detail::host_cpu_features().neon_dotprod (Linux getauxval HWCAP_ASIMDDP) is set.
 /// Both layouts (packed_matrix, interleaved_matrix) go through block_data/block_stride; four tokens
-/// share each decoded weight block (GEMM). Same contract and exact results as
+/// share each decoded weight block (GEMM). With FEAT_I8MM (HWCAP2_I8MM) and two or more tokens, pairs
+/// of rows × pairs of tokens run `smmla` (2×8 digits by 8×2 activations into a 2×2 int32 tile, after
+/// zipping the 8-byte halves of the two rows and of the two tokens); odd rows/tokens use `sdot`. Same contract and exact results as
 /// detail::scalar_kernels::dot_rows (arch/generic.hpp).
 ///
 /// The per-target entry points carry `flatten` so that the shared body (templated on the
@@ -39,12 +41,23 @@
 #define LOWBIT_HAVE_NEON_SDOT 0
 #endif
 
+#if !defined(__clang__) || (defined(__ARM_FEATURE_DOTPROD) && defined(__ARM_FEATURE_MATMUL_INT8))
+/// 1 when the `smmla` path is compiled (same rule as LOWBIT_HAVE_NEON_SDOT).
+#define LOWBIT_HAVE_NEON_I8MM 1
+#else
+#define LOWBIT_HAVE_NEON_I8MM 0
+#endif
+
 #if defined(__clang__)
 /// Target of the dot-product kernels (Clang spelling).
 #define LOWBIT_NEON_DOTPROD_TARGET LOWBIT_TARGET("dotprod")
+/// Target of the int8 matrix-multiply kernels (Clang spelling).
+#define LOWBIT_NEON_I8MM_TARGET LOWBIT_TARGET("dotprod,i8mm")
 #else
 /// Target of the dot-product kernels (GCC 12 needs the architecture level with the extension).
 #define LOWBIT_NEON_DOTPROD_TARGET LOWBIT_TARGET("arch=armv8.2-a+dotprod")
+/// Target of the int8 matrix-multiply kernels (with dotprod for the odd rows and tokens).
+#define LOWBIT_NEON_I8MM_TARGET LOWBIT_TARGET("arch=armv8.2-a+dotprod+i8mm")
 #endif
 /// Inlines every call of the marked entry point into it (the body then gets the entry's target).
 #define LOWBIT_NEON_FLATTEN __attribute__((flatten))
@@ -177,6 +190,74 @@ LOWBIT_NEON_FLATTEN inline void dot_rows_asimd(const M& w, Eigen::Index r0, Eige
 }
 
 #if LOWBIT_HAVE_NEON_SDOT
+#if LOWBIT_HAVE_NEON_I8MM
+/// Two rows × two tokens: r = {row0·tok0, row0·tok1, row1·tok0, row1·tok1} (Σ_j u_j·x_j) for the
+/// rows whose blocks start at p0, p1 (`stride` bytes apart) and tokens x, x + ldx. Per 16 digits of
+/// each row: zip the 8-byte halves of the two rows and of the two tokens' activations, two `smmla`.
+template <class F>
+LOWBIT_NEON_I8MM_TARGET inline void digit_dot_2x2(const std::uint8_t* p0, const std::uint8_t* p1, Eigen::Index stride,
+                                                  const std::int8_t* x, Eigen::Index ldx, Eigen::Index nblocks,
+                                                  std::int32_t* r) {
+    constexpr int bw = pack_format<F>::block_weights, nvec = bw / 16;
+    int32x4_t acc0 = vdupq_n_s32(0), acc1 = vdupq_n_s32(0);
+    for (Eigen::Index b = 0; b < nblocks; ++b, p0 += stride, p1 += stride, x += bw) {
+        uint8x16_t d1[nvec];
+        int n = 0;
+        for_each_digit_vector<F>(p1, [&](uint8x16_t d, int) { d1[n++] = d; });
+        n = 0;
+        for_each_digit_vector<F>(p0, [&](uint8x16_t d, int o) LOWBIT_NEON_I8MM_TARGET {
+            const uint64x2_t a = vreinterpretq_u64_u8(d), e = vreinterpretq_u64_u8(d1[n++]);
+            const uint64x2_t xa = vreinterpretq_u64_s8(vld1q_s8(x + o)), xb = vreinterpretq_u64_s8(vld1q_s8(x + ldx + o));
+            acc0 = vmmlaq_s32(acc0, vreinterpretq_s8_u64(vzip1q_u64(a, e)), vreinterpretq_s8_u64(vzip1q_u64(xa, xb)));
+            acc1 = vmmlaq_s32(acc1, vreinterpretq_s8_u64(vzip2q_u64(a, e)), vreinterpretq_s8_u64(vzip2q_u64(xa, xb)));
+        });
+    }
+    vst1q_s32(r, vaddq_s32(acc0, acc1));
+}
+
+/// Int8 matrix-multiply `dot_rows` (`smmla` on pairs of rows × pairs of tokens, `sdot` for an odd
+/// last row or token); call only when host_cpu_features().neon_i8mm.
+template <PackedWeights M>
+LOWBIT_NEON_FLATTEN LOWBIT_NEON_I8MM_TARGET inline void dot_rows_i8mm(const M& w, Eigen::Index r0, Eigen::Index r1,
+                                                                      const std::int8_t* x, Eigen::Index ldx,
+                                                                      const std::int32_t* qsum, Eigen::Index ntok,
+                                                                      std::int32_t* out, Eigen::Index ldo) {
+    using F = typename M::format;
+    using T = pack_format<F>;
+    const Eigen::Index nb = w.blocks_per_row(), stride = w.block_stride();
+    auto put = [&](Eigen::Index k, Eigen::Index i, std::int32_t d) {
+        out[k * ldo + (i - r0)] = T::digit_mul * d - T::digit_offset * qsum[k];
+    };
+    for (Eigen::Index i0 = r0; i0 < r1; i0 += gemm_row_tile) {
+        const Eigen::Index i1 = i0 + gemm_row_tile < r1 ? i0 + gemm_row_tile : r1;
+        Eigen::Index k = 0;
+        for (; k + 2 <= ntok; k += 2) {
+            Eigen::Index i = i0;
+            for (; i + 2 <= i1; i += 2) {
+                std::int32_t r[4];
+                digit_dot_2x2<F>(w.block_data(i, 0), w.block_data(i + 1, 0), stride, x + k * ldx, ldx, nb, r);
+                put(k, i, r[0]);
+                put(k + 1, i, r[1]);
+                put(k, i + 1, r[2]);
+                put(k + 1, i + 1, r[3]);
+            }
+            if (i < i1) {
+                std::int32_t r[2];
+                digit_dot_row<F, mla_sdot, 2>(w.block_data(i, 0), stride, x + k * ldx, ldx, nb, r);
+                put(k, i, r[0]);
+                put(k + 1, i, r[1]);
+            }
+        }
+        if (k < ntok)
+            for (Eigen::Index i = i0; i < i1; ++i) {
+                std::int32_t r;
+                digit_dot_row<F, mla_sdot, 1>(w.block_data(i, 0), stride, x + k * ldx, ldx, nb, &r);
+                put(k, i, r);
+            }
+    }
+}
+#endif
+
 /// Dot-product `dot_rows` (`sdot`); call only when host_cpu_features().neon_dotprod.
 template <PackedWeights M>
 LOWBIT_NEON_FLATTEN LOWBIT_NEON_DOTPROD_TARGET inline void dot_rows_dotprod(const M& w, Eigen::Index r0, Eigen::Index r1,
@@ -187,12 +268,18 @@ LOWBIT_NEON_FLATTEN LOWBIT_NEON_DOTPROD_TARGET inline void dot_rows_dotprod(cons
 }
 #endif
 
-/// NEON `dot_rows` (contract of arch/generic.hpp) for packed_matrix and interleaved_matrix: the
-/// `sdot` path when it is compiled (LOWBIT_HAVE_NEON_SDOT) and the CPU has the dot-product
-/// extension, the baseline ASIMD path otherwise.
+/// NEON `dot_rows` (contract of arch/generic.hpp) for packed_matrix and interleaved_matrix: with two
+/// or more tokens the `smmla` path when compiled and the CPU has FEAT_I8MM, else the `sdot` path when
+/// compiled (LOWBIT_HAVE_NEON_SDOT) and the CPU has the dot-product extension, else baseline ASIMD.
 template <PackedWeights M>
 inline void dot_rows(const M& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x, Eigen::Index ldx,
                      const std::int32_t* qsum, Eigen::Index ntok, std::int32_t* out, Eigen::Index ldo) {
+#if LOWBIT_HAVE_NEON_I8MM
+    if (ntok >= 2 && host_cpu_features().neon_i8mm) {
+        dot_rows_i8mm(w, r0, r1, x, ldx, qsum, ntok, out, ldo);
+        return;
+    }
+#endif
 #if LOWBIT_HAVE_NEON_SDOT
     if (host_cpu_features().neon_dotprod) {
         dot_rows_dotprod(w, r0, r1, x, ldx, qsum, ntok, out, ldo);

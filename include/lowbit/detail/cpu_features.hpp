@@ -38,11 +38,12 @@ struct cpu_features {
     bool avx2 = false;            ///< AVX2 + FMA + POPCNT usable (OS saves YMM state)
     bool avx512 = false;          ///< AVX-512 F, DQ, BW, VL, VNNI and VPOPCNTDQ usable (OS saves ZMM/opmask state)
     bool neon_dotprod = false;    ///< aarch64 SDOT/UDOT (FEAT_DotProd, Linux HWCAP_ASIMDDP)
+    bool neon_i8mm = false;       ///< aarch64 SMMLA (FEAT_I8MM, Linux HWCAP2_I8MM), reported only with dotprod
 };
 
 /// Queries the CPU once: x86 cpuid leaves 1 and 7 and xgetbv for XCR0; aarch64 Linux
-/// getauxval(AT_HWCAP) for the dot-product extension (other aarch64 systems report none, so the
-/// baseline NEON path runs). Other builds report nothing.
+/// getauxval(AT_HWCAP / AT_HWCAP2) for the dot-product and int8 matrix-multiply extensions (other
+/// aarch64 systems report none, so the baseline NEON path runs). Other builds report nothing.
 inline cpu_features query_cpu_features() noexcept {
     cpu_features f;
 #if LOWBIT_HAVE_X86_KERNELS
@@ -65,7 +66,9 @@ inline cpu_features query_cpu_features() noexcept {
 #endif
 #if LOWBIT_HAVE_NEON_KERNELS && defined(__linux__)
     constexpr unsigned long hwcap_asimddp = 1ul << 20; // HWCAP_ASIMDDP of the Linux arm64 ABI
+    constexpr unsigned long hwcap2_i8mm = 1ul << 13;   // HWCAP2_I8MM
     f.neon_dotprod = (getauxval(AT_HWCAP) & hwcap_asimddp) != 0;
+    f.neon_i8mm = f.neon_dotprod && (getauxval(AT_HWCAP2) & hwcap2_i8mm) != 0;
 #endif
     return f;
 }
