@@ -1,5 +1,5 @@
 // Tests for lowbit/gemm.hpp and the arch/ kernels. Every ISA path this CPU can run (scalar, generic,
-// AVX2, AVX-512, AMX) is checked bit-exact against an independent int64 brute force over the original
+// AVX2, AVX-512, AMX; NEON on aarch64, cross-built and run under qemu by scripts/test-aarch64) is checked bit-exact against an independent int64 brute force over the original
 // codes; float epilogues against double references within the bounds stated in gemm.hpp; dynamic
 // activation quantization against rtn.hpp's quantize_per_token (symmetric grid).
 #include <lowbit/gemm.hpp>
@@ -18,7 +18,8 @@
 namespace {
 
 using lowbit::kernel_isa;
-constexpr kernel_isa all_isas[] = {kernel_isa::scalar, kernel_isa::generic, kernel_isa::avx2, kernel_isa::avx512, kernel_isa::amx};
+constexpr kernel_isa all_isas[] = {kernel_isa::scalar, kernel_isa::generic, kernel_isa::avx2, kernel_isa::avx512,
+                                   kernel_isa::amx, kernel_isa::neon};
 constexpr double u32 = 1.0 / (1 << 24);
 
 using lowbit_test::random_codes;
@@ -100,9 +101,19 @@ TEST_CASE("isa detection is consistent") {
     if (lowbit::isa_available(kernel_isa::avx512)) CHECK(lowbit::isa_available(kernel_isa::avx2));
     if (lowbit::isa_available(kernel_isa::amx)) CHECK(lowbit::isa_available(kernel_isa::avx512));
     CHECK(std::string(lowbit::isa_name(kernel_isa::amx)) == "amx");
+#if defined(__aarch64__)
+    CHECK(lowbit::isa_available(kernel_isa::neon));
+    CHECK(lowbit::best_isa() == kernel_isa::neon);
+#else
+    CHECK_FALSE(lowbit::isa_available(kernel_isa::neon));
+#endif
+    CHECK(std::string(lowbit::isa_name(kernel_isa::neon)) == "neon");
     MESSAGE("kernel paths on this CPU: avx2=" << lowbit::isa_available(kernel_isa::avx2)
                                               << " avx512=" << lowbit::isa_available(kernel_isa::avx512)
-                                              << " amx=" << lowbit::isa_available(kernel_isa::amx));
+                                              << " amx=" << lowbit::isa_available(kernel_isa::amx)
+                                              << " neon=" << lowbit::isa_available(kernel_isa::neon)
+                                              << " neon_dotprod=" << lowbit::detail::host_cpu_features().neon_dotprod
+                                              << " neon_i8mm=" << lowbit::detail::host_cpu_features().neon_i8mm);
 }
 
 namespace {
@@ -196,6 +207,75 @@ TEST_CASE_TEMPLATE("integer kernels do not saturate at extreme codes and activat
     check_exact<F>(5, 4544, 6, 8, true);
     check_exact<F>(5, 33000, 1, 8, true); // > 128 blocks: crosses a chunk of the AND-only 2-bit micro-kernel
 }
+
+namespace {
+// d from `run` against the scalar reference on both layouts of one random matrix, every
+// (tokens, rows, cols) of the grid; rows 11 cut a 4-row tile and a 16-row tile.
+template <class F, class Run>
+void check_against_scalar(Run run) {
+    for (Eigen::Index tokens : {1, 3, 8})
+        for (Eigen::Index rows : {1, 5, 11})
+            for (Eigen::Index cols : {64, 300, 1287}) {
+                CAPTURE(tokens);
+                CAPTURE(rows);
+                CAPTURE(cols);
+                const lowbit::matrix_i8 c = random_codes<F>(rows, cols, static_cast<std::uint64_t>(rows * 7 + cols), false);
+                const auto w = lowbit::pack<F>(c, lowbit::vector_f::Ones(rows));
+                const auto wi = lowbit::interleave(w);
+                const auto a = lowbit::quantize_activations(random_x(tokens, cols, static_cast<std::uint64_t>(tokens + cols)));
+                const std::size_t n = static_cast<std::size_t>(tokens * rows);
+                std::vector<std::int32_t> want(n), got(n, -12345), got_i(n, -12345);
+                lowbit::dot_rows(w, a, 0, rows, want.data(), rows, kernel_isa::scalar);
+                run(w, a, rows, got.data());
+                run(wi, a, rows, got_i.data());
+                CHECK(got == want);
+                CHECK(got_i == want);
+            }
+}
+} // namespace
+
+TEST_CASE_TEMPLATE("every ISA path equals the scalar reference on the tokens x rows x cols grid", F, lowbit::ternary2,
+                   lowbit::int2, lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
+    for (kernel_isa isa : all_isas) {
+        if (!lowbit::isa_available(isa)) continue;
+        CAPTURE(lowbit::isa_name(isa));
+        check_against_scalar<F>([isa](const auto& w, const lowbit::quantized_activations& a, Eigen::Index rows, std::int32_t* out) {
+            lowbit::dot_rows(w, a, 0, rows, out, rows, isa);
+        });
+    }
+}
+
+#if LOWBIT_HAVE_NEON_KERNELS
+TEST_CASE_TEMPLATE("NEON: baseline ASIMD, sdot and smmla micro-kernels equal the scalar reference", F, lowbit::ternary2,
+                   lowbit::int2, lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
+    namespace nk = lowbit::detail::neon_kernels;
+    // the baseline path directly (automatic dispatch takes sdot on a CPU that has it)
+    check_against_scalar<F>([](const auto& w, const lowbit::quantized_activations& a, Eigen::Index rows, std::int32_t* out) {
+        nk::dot_rows_asimd(w, 0, rows, a.q.data(), a.q.cols(), a.qsum.data(), a.tokens(), out, rows);
+    });
+#if LOWBIT_HAVE_NEON_SDOT
+    if (!lowbit::detail::host_cpu_features().neon_dotprod) {
+        MESSAGE("no dot-product extension on this CPU: sdot path not run");
+        return;
+    }
+    check_against_scalar<F>([](const auto& w, const lowbit::quantized_activations& a, Eigen::Index rows, std::int32_t* out) {
+        nk::dot_rows_dotprod(w, 0, rows, a.q.data(), a.q.cols(), a.qsum.data(), a.tokens(), out, rows);
+    });
+#else
+    MESSAGE("sdot path not compiled (Clang without -march=...+dotprod)");
+#endif
+#if LOWBIT_HAVE_NEON_I8MM
+    if (!lowbit::detail::host_cpu_features().neon_i8mm) {
+        MESSAGE("no int8 matrix-multiply extension on this CPU: smmla path not run");
+        return;
+    }
+    // tokens {1, 3, 8} × rows {1, 5, 11}: odd rows and odd tokens take the sdot remainder
+    check_against_scalar<F>([](const auto& w, const lowbit::quantized_activations& a, Eigen::Index rows, std::int32_t* out) {
+        nk::dot_rows_i8mm(w, 0, rows, a.q.data(), a.q.cols(), a.qsum.data(), a.tokens(), out, rows);
+    });
+#endif
+}
+#endif
 
 #if LOWBIT_HAVE_X86_KERNELS
 TEST_CASE_TEMPLATE("AVX-512 4-row tile micro-kernels: AND-only unpack equals shift+AND decode, exactly", F, lowbit::ternary2,
@@ -361,9 +441,9 @@ TEST_CASE_TEMPLATE("fp32 activations within the stated bound on every path", F, 
                     sabs += std::fabs(x(k, j));
                 }
                 // binary1 on the AVX-512 per-token kernel: 2·Σ_{t=+1} x − Σx, bound (2n + 4)·u·(α + |μ|)·Σ|x|
-                const bool two_p = std::is_same_v<F, lowbit::binary1> && isa != kernel_isa::scalar &&
-                                   lowbit::detail::host_cpu_features().avx512 &&
-                                   (isa == kernel_isa::avx512 || isa == kernel_isa::automatic) && tokens < 16;
+                const bool two_p = std::is_same_v<F, lowbit::binary1> && lowbit::detail::host_cpu_features().avx512 &&
+                                   (isa == kernel_isa::avx512 || isa == kernel_isa::amx || isa == kernel_isa::automatic) &&
+                                   tokens < 16;
                 const double bound = two_p ? double(2 * n + 4) * u32 * (double(s(i)) + std::fabs(double(mu(i)))) * sabs
                                            : double(n + 2) * u32 * (mag + std::fabs(double(mu(i))) * sabs);
                 CHECK(std::fabs(double(y(k, i)) - ref) <= bound);

@@ -22,13 +22,14 @@
 /// ≤ (2n + 4)·u·(α_i + |μ_i|)·Σ_j|x_j|.
 ///
 /// ISA: `kernel_isa::automatic` picks, once per call, the best of avx512 (F/BW/VL/VNNI/VPOPCNTDQ/VBMI),
-/// avx2, generic (xsimd in the caller's default architecture) available on the running CPU;
-/// scalar is the reference. For the integer GEMM of packed_matrix / interleaved_matrix with at
-/// least detail::amx_min_tokens tokens (prefill), `automatic` uses amx (AMX-INT8 tiles) when the CPU
-/// and OS provide it; an explicit `amx` request uses it for any token count. Explicitly requesting
-/// an ISA the CPU lacks throws invalid_argument. fp32 activations: avx512 (and an amx request) run
-/// their own kernels (arch/avx512_fp32.hpp); avx2 and generic requests run the generic (xsimd)
-/// path. MXFP4 and XNOR run their avx512 kernels for an amx request.
+/// avx2, neon (aarch64; `sdot` / `smmla` when the CPU has them), generic (xsimd in the caller's
+/// default architecture) available on the running CPU; scalar is the reference. For the integer
+/// GEMM of packed_matrix / interleaved_matrix with at least detail::amx_min_tokens tokens
+/// (prefill), `automatic` uses amx (AMX-INT8 tiles) when the CPU and OS provide it; an explicit
+/// `amx` request uses it for any token count. Explicitly requesting an ISA the CPU lacks throws
+/// invalid_argument. fp32 activations: avx512 (and an amx request) run their own kernels
+/// (arch/avx512_fp32.hpp); avx2, neon and generic requests run the generic (xsimd) path. MXFP4 and
+/// XNOR run their avx512 kernels for an amx request.
 ///
 /// Threads: none are created. `gemm_rows` / `dot_rows` compute a row range so callers can split
 /// work; `gemm_parallel` splits rows with OpenMP when the consumer compiles with it (`_OPENMP`),
@@ -39,6 +40,7 @@
 #include <lowbit/arch/avx512.hpp>
 #include <lowbit/arch/avx512_fp32.hpp>
 #include <lowbit/arch/generic.hpp>
+#include <lowbit/arch/neon.hpp>
 #include <lowbit/config.hpp>
 #include <lowbit/detail/cpu_features.hpp>
 #include <lowbit/error.hpp>
@@ -58,6 +60,7 @@ enum class kernel_isa {
     automatic, ///< best available on this CPU (chosen once per call)
     scalar,    ///< the scalar reference
     generic,   ///< xsimd with the translation unit's default architecture
+    neon,      ///< ARM NEON (ASIMD; `sdot`, `smmla` when present), aarch64 only; integer kernels
     avx2,      ///< AVX2 (maddubs), x86 only
     avx512,    ///< AVX-512 VNNI / VPOPCNTDQ, x86 only
     amx,       ///< AMX-INT8 tiles for the integer GEMM (other kernels: avx512), x86-64 only
@@ -69,6 +72,7 @@ enum class kernel_isa {
     case kernel_isa::avx2: return detail::host_cpu_features().avx2;
     case kernel_isa::avx512: return detail::host_cpu_features().avx512;
     case kernel_isa::amx: return detail::host_cpu_features().amx;
+    case kernel_isa::neon: return LOWBIT_HAVE_NEON_KERNELS != 0;
     default: return true;
     }
 }
@@ -78,10 +82,11 @@ enum class kernel_isa {
 [[nodiscard]] inline kernel_isa best_isa() noexcept {
     if (isa_available(kernel_isa::avx512)) return kernel_isa::avx512;
     if (isa_available(kernel_isa::avx2)) return kernel_isa::avx2;
+    if (isa_available(kernel_isa::neon)) return kernel_isa::neon;
     return kernel_isa::generic;
 }
 
-/// Name of an ISA ("scalar", "generic", "avx2", "avx512", "amx", "automatic").
+/// Name of an ISA ("scalar", "generic", "avx2", "avx512", "amx", "neon", "automatic").
 [[nodiscard]] inline const char* isa_name(kernel_isa isa) noexcept {
     switch (isa) {
     case kernel_isa::scalar: return "scalar";
@@ -89,6 +94,7 @@ enum class kernel_isa {
     case kernel_isa::avx2: return "avx2";
     case kernel_isa::avx512: return "avx512";
     case kernel_isa::amx: return "amx";
+    case kernel_isa::neon: return "neon";
     default: return "automatic";
     }
 }
@@ -167,6 +173,9 @@ inline void dot_rows_isa(kernel_isa isa, const M& w, Eigen::Index r0, Eigen::Ind
 #if LOWBIT_HAVE_X86_KERNELS
     case kernel_isa::avx512: avx512_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
     case kernel_isa::avx2: avx2_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
+#endif
+#if LOWBIT_HAVE_NEON_KERNELS
+    case kernel_isa::neon: neon_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
 #endif
     case kernel_isa::generic: generic_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
     default: scalar_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
@@ -570,6 +579,7 @@ inline void xnor_dot_rows(const M& w, const binary_activations& a, Eigen::Index 
     case kernel_isa::avx512: detail::avx512_kernels::xnor_rows(w, row_begin, row_end, a.bits.data(), out); return;
     case kernel_isa::avx2: detail::avx2_kernels::xnor_rows(w, row_begin, row_end, a.bits.data(), out); return;
 #endif
+    case kernel_isa::neon: // binary × binary on aarch64: the portable popcount path
     case kernel_isa::generic: detail::generic_kernels::xnor_rows(w, row_begin, row_end, a.bits.data(), out); return;
     default: detail::scalar_kernels::xnor_rows(w, row_begin, row_end, a.bits.data(), out); return;
     }

@@ -1,6 +1,7 @@
 #pragma once
 /// \file detail/cpu_features.hpp
-/// Run-time x86 CPU feature detection (cpuid + xgetbv), cached in a function-local static.
+/// Run-time CPU feature detection, cached in a function-local static: x86 (cpuid + xgetbv) and
+/// aarch64 Linux (getauxval: the dot-product extension, HWCAP_ASIMDDP).
 ///
 /// lowbit's kernels carry per-function target attributes (LOWBIT_TARGET) so that a consumer who
 /// compiles without `-march` flags still gets the AVX2 / AVX-512 paths on a CPU that has them.
@@ -26,14 +27,27 @@
 #define LOWBIT_HAVE_X86_KERNELS 0
 #endif
 
+/// 1 when the NEON kernels (arch/neon.hpp) are compiled: aarch64 with GCC or Clang (ASIMD is part of
+/// the AArch64 base ISA, so the baseline path needs no run-time check).
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#define LOWBIT_HAVE_NEON_KERNELS 1
+#if defined(__linux__)
+#include <sys/auxv.h>
+#endif
+#else
+#define LOWBIT_HAVE_NEON_KERNELS 0
+#endif
+
 LOWBIT_BEGIN_NAMESPACE
 namespace detail {
 
-/// The x86 features lowbit's kernels care about.
+/// The CPU features lowbit's kernels care about.
 struct cpu_features {
     bool avx2 = false;            ///< AVX2 + FMA + POPCNT usable (OS saves YMM state)
     bool avx512 = false;          ///< AVX-512 F, DQ, BW, VL, VNNI, VPOPCNTDQ and VBMI usable (OS saves ZMM/opmask state)
     bool amx = false;             ///< avx512 and AMX-TILE + AMX-INT8 usable (XCR0 tile state, Linux permission granted)
+    bool neon_dotprod = false;    ///< aarch64 SDOT/UDOT (FEAT_DotProd, Linux HWCAP_ASIMDDP)
+    bool neon_i8mm = false;       ///< aarch64 SMMLA (FEAT_I8MM, Linux HWCAP2_I8MM), reported only with dotprod
 };
 
 /// Asks Linux for permission to use the AMX tile data state (arch_prctl ARCH_REQ_XCOMP_PERM = 0x1023,
@@ -47,8 +61,10 @@ inline bool request_amx_permission() noexcept {
 #endif
 }
 
-/// Queries the CPU once (cpuid leaves 1 and 7, xgetbv for XCR0; the AMX permission request of the
-/// file comment when the CPU and XCR0 report AMX). Non-x86 builds report nothing.
+/// Queries the CPU once: x86 cpuid leaves 1 and 7 and xgetbv for XCR0 (and the AMX permission
+/// request of the file comment when the CPU and XCR0 report AMX); aarch64 Linux
+/// getauxval(AT_HWCAP / AT_HWCAP2) for the dot-product and int8 matrix-multiply extensions (other
+/// aarch64 systems report none, so the baseline NEON path runs). Other builds report nothing.
 inline cpu_features query_cpu_features() noexcept {
     cpu_features f;
 #if LOWBIT_HAVE_X86_KERNELS
@@ -71,6 +87,12 @@ inline cpu_features query_cpu_features() noexcept {
     const bool amx_tile = (d7 >> 24) & 1u, amx_int8 = (d7 >> 25) & 1u;
     const bool tile_state = (xcr0_lo & 0x60000u) == 0x60000u;  // XTILECFG (bit 17), XTILEDATA (bit 18)
     f.amx = f.avx512 && amx_tile && amx_int8 && tile_state && request_amx_permission();
+#endif
+#if LOWBIT_HAVE_NEON_KERNELS && defined(__linux__)
+    constexpr unsigned long hwcap_asimddp = 1ul << 20; // HWCAP_ASIMDDP of the Linux arm64 ABI
+    constexpr unsigned long hwcap2_i8mm = 1ul << 13;   // HWCAP2_I8MM
+    f.neon_dotprod = (getauxval(AT_HWCAP) & hwcap_asimddp) != 0;
+    f.neon_i8mm = f.neon_dotprod && (getauxval(AT_HWCAP2) & hwcap2_i8mm) != 0;
 #endif
     return f;
 }
