@@ -6,6 +6,7 @@
 #include <lowbit/hadamard.hpp>
 #include <lowbit/pack.hpp>
 #include <lowbit/quantized_linear.hpp>
+#include <lowbit/thread_pool.hpp>
 
 #include <cstdio>
 #include <stdexcept>
@@ -46,7 +47,18 @@ layer.apply(x, y);                                                       // y â‰
     if (y.rows() != x.rows() || y.cols() != w.rows()) throw std::runtime_error("quantized_linear.md: shape");
 }
 
+static void kernels_md_thread_pool() {
+    const auto W = lowbit::pack<lowbit::ternary2>(lowbit::matrix_i8::Ones(48, 300), lowbit::vector_f::Constant(48, 0.5f));
+    const lowbit::matrix_f X = lowbit::matrix_f::Random(3, 300);
+    // BEGIN docs/kernels.md
+  lowbit::thread_pool pool(2);                                   // one worker thread, owned here
+  lowbit::matrix_f y = lowbit::gemm_parallel(W, X, lowbit::act_int{8}, pool);
+    // END docs/kernels.md
+    if (y != lowbit::gemm(W, X, lowbit::act_int{8})) throw std::runtime_error("docs/kernels.md thread_pool snippet");
+}
+
 int main() {
+    kernels_md_thread_pool();
     transforms_md_hadamard_options();
     readme_gptq(lowbit::matrix_f::Random(8, 256), lowbit::matrix_f::Random(64, 256));
     quantized_linear_md(lowbit::matrix_f::Random(16, 512), lowbit::matrix_f::Random(128, 512),
