@@ -44,7 +44,7 @@ void run(Eigen::Index rows, Eigen::Index cols, bool offsets, const std::uint8_t*
         x(1, j) = static_cast<float>((j * 7) % 11) - 5.0f;
     }
     const matrix_f ref = gemm(w, x, act_int{8}, kernel_isa::scalar);
-    for (auto isa : {kernel_isa::generic, kernel_isa::avx2, kernel_isa::avx512}) {
+    for (auto isa : {kernel_isa::generic, kernel_isa::avx2, kernel_isa::avx512, kernel_isa::amx}) {
         if (!isa_available(isa)) continue;
         if (gemm(w, x, act_int{8}, isa) != ref) std::abort();
     }
