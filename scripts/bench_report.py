@@ -110,30 +110,19 @@ def target_row(name, measured, ok, missed_by=None):
     w(f"| {name} | {measured} | {status} |")
 
 
-# 1. MXFP4 vs ggml's fastest MXFP4 (repacked) from cache and DRAM, 1 and 2 threads
-for regime in ("cache", "dram"):
-    for th in (1, 2):
-        m, g = lowbit_of("mxfp4_ggml", regime=regime, threads=th), peer_of("mxfp4", regime=regime, threads=th)
-        if m and g:
-            r = g["t"] / m["t"]
-            target_row(f"MXFP4 GEMV 4096², {regime}, {th} thread(s): ≥ 1.3× ggml's best MXFP4",
-                       f"{r:.2f}× ({m['kernel']} {m['t'] * 1e6:.0f} µs vs {g['kernel']} {g['t'] * 1e6:.0f} µs)", r >= 1.3,
-                       f"{1.3 / r:.2f}×" if r < 1.3 else None)
-        else:
-            target_row(f"MXFP4 GEMV 4096², {regime}, {th} thread(s): ≥ 1.3× ggml's best MXFP4",
-                       "no " + ("lowbit" if not m else "ggml") + " case in this run", None)
-# 2. int4 vs ggml's fastest Q4_0 (AMX buffer / repacked)
-for regime in ("cache", "dram"):
-    for th in (1, 2):
-        m, g = lowbit_of("int4", regime=regime, threads=th), peer_of("q4_0", regime=regime, threads=th)
-        if m and g:
-            r = g["t"] / m["t"]
-            target_row(f"int4 GEMV 4096², {regime}, {th} thread(s): ≥ 1.3× ggml's best Q4_0",
-                       f"{r:.2f}× ({m['kernel']} {m['t'] * 1e6:.0f} µs vs {g['kernel']} {g['t'] * 1e6:.0f} µs)", r >= 1.3,
-                       f"{1.3 / r:.2f}×" if r < 1.3 else None)
-        else:
-            target_row(f"int4 GEMV 4096², {regime}, {th} thread(s): ≥ 1.3× ggml's best Q4_0",
-                       "no " + ("lowbit" if not m else "ggml") + " case in this run", None)
+# 1. MXFP4 vs ggml's fastest MXFP4 (repacked), 2. int4 vs ggml's fastest Q4_0 (AMX buffer / repacked):
+# ≥ 1.3× from cache and DRAM, 1 and 2 threads
+for label, fmt_name, ggml_type, peer_label in (("MXFP4", "mxfp4_ggml", "mxfp4", "MXFP4"), ("int4", "int4", "q4_0", "Q4_0")):
+    for regime in ("cache", "dram"):
+        for th in (1, 2):
+            name = f"{label} GEMV 4096², {regime}, {th} thread(s): ≥ 1.3× ggml's best {peer_label}"
+            m, g = lowbit_of(fmt_name, regime=regime, threads=th), peer_of(ggml_type, regime=regime, threads=th)
+            if m and g:
+                r = g["t"] / m["t"]
+                target_row(name, f"{r:.2f}× ({m['kernel']} {m['t'] * 1e6:.0f} µs vs {g['kernel']} {g['t'] * 1e6:.0f} µs)", r >= 1.3,
+                           f"{1.3 / r:.2f}×" if r < 1.3 else None)
+            else:
+                target_row(name, "no " + ("lowbit" if not m else "ggml") + " case in this run", None)
 # 3. base 3 at ≥ 90 % of the DRAM read roof
 m = best([r for r in lowbit if r["kernel"].startswith("ternary_base3") and r["kernel"].endswith("_i8") and r["op"] == "gemv"
           and r["shape"] == "4096x4096" and r["regime"] == "dram" and r["threads"] == 1])

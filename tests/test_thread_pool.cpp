@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include "gaussian_matrix.hpp"
 #include "random_codes.hpp"
 
 #include <atomic>
@@ -15,17 +16,7 @@
 #include <thread>
 #include <vector>
 
-namespace {
-
-lowbit::matrix_f random_x(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> g(0.0f, 1.0f);
-    lowbit::matrix_f x(rows, cols);
-    for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = g(rng);
-    return x;
-}
-
-} // namespace
+using lowbit_test::gaussian;
 
 TEST_CASE("thread_pool runs every part exactly once, also after idle workers blocked") {
     for (int threads : {1, 2, 3}) {
@@ -77,7 +68,7 @@ TEST_CASE_TEMPLATE("gemm_parallel is bit-identical to gemm", F, lowbit::ternary2
                                        lowbit::vector_f::Constant(rows, 0.01f));
         const auto wi = lowbit::interleave(w);
         for (Eigen::Index tokens : {1, 3}) {
-            const lowbit::matrix_f x = random_x(tokens, cols, 7);
+            const lowbit::matrix_f x = gaussian(tokens, cols, 7);
             for (int threads : {1, 2, 3}) {
                 CAPTURE(rows);
                 CAPTURE(threads);
@@ -96,10 +87,10 @@ TEST_CASE("gemm_parallel on MXFP4 is bit-identical to gemm; errors reach the cal
     for (Eigen::Index i = 0; i < c.size(); ++i) c.data()[i] = static_cast<std::uint8_t>(rng() % 16);
     for (Eigen::Index i = 0; i < e.size(); ++i) e.data()[i] = static_cast<std::uint8_t>(120 + rng() % 10);
     const auto w = lowbit::pack_mxfp4<lowbit::mxfp4_ggml>(c, e);
-    const lowbit::matrix_f x = random_x(2, cols, 9);
+    const lowbit::matrix_f x = gaussian(2, cols, 9);
     lowbit::thread_pool pool(2);
     CHECK(lowbit::gemm_parallel(w, x, lowbit::act_int{8}, pool) == lowbit::gemm(w, x, lowbit::act_int{8}));
-    CHECK_THROWS_AS((void)lowbit::gemm_parallel(w, random_x(2, cols + 1, 9), lowbit::act_int{8}, pool), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::gemm_parallel(w, gaussian(2, cols + 1, 9), lowbit::act_int{8}, pool), lowbit::shape_error);
     lowbit::matrix_f bad = x;
     bad(1, 3) = std::numeric_limits<float>::quiet_NaN();
     CHECK_THROWS_AS((void)lowbit::gemm_parallel(w, bad, lowbit::act_int{8}, pool), lowbit::numeric_error);
