@@ -443,7 +443,7 @@ TEST_CASE_TEMPLATE("fp32 activations within the stated bound on every path", F, 
                 // binary1 on the AVX-512 per-token kernel: 2·Σ_{t=+1} x − Σx, bound (2n + 4)·u·(α + |μ|)·Σ|x|
                 const bool two_p = std::is_same_v<F, lowbit::binary1> && lowbit::detail::host_cpu_features().avx512 &&
                                    (isa == kernel_isa::avx512 || isa == kernel_isa::amx || isa == kernel_isa::automatic) &&
-                                   tokens < 16;
+                                   tokens < lowbit::detail::fp32_batched_min_tokens_avx512;
                 const double bound = two_p ? double(2 * n + 4) * u32 * (double(s(i)) + std::fabs(double(mu(i)))) * sabs
                                            : double(n + 2) * u32 * (mag + std::fabs(double(mu(i))) * sabs);
                 CHECK(std::fabs(double(y(k, i)) - ref) <= bound);
