@@ -6,6 +6,7 @@
 // scripts/bench turns the medians into "ratio_vs_eigen_fp32" and "gbps" summary lines.
 #include "gemm_bench_util.hpp"
 
+#include <lowbit/gemm.hpp>
 #include <lowbit/thread_pool.hpp>
 
 #include <benchmark/benchmark.h>

@@ -1,6 +1,7 @@
 // thread_pool.hpp: every part runs exactly once per run(), exceptions reach the caller, idle workers
 // that blocked wake up again, and gemm_parallel is bit-identical to the single-threaded gemm (the
 // oracle) for every packed layout and MXFP4, with row counts that do not divide into the parts.
+#include <lowbit/gemm.hpp>
 #include <lowbit/thread_pool.hpp>
 
 #include <doctest/doctest.h>
@@ -94,4 +95,31 @@ TEST_CASE("gemm_parallel on MXFP4 is bit-identical to gemm; errors reach the cal
     lowbit::matrix_f bad = x;
     bad(1, 3) = std::numeric_limits<float>::quiet_NaN();
     CHECK_THROWS_AS((void)lowbit::gemm_parallel(w, bad, lowbit::act_int{8}, pool), lowbit::numeric_error);
+}
+
+namespace {
+/// A caller's own pool: runs the parts serially in reverse order (a PartRunner that is not lowbit's).
+struct reverse_serial_runner {
+    int parts = 3;
+    int size() const { return parts; }
+    template <class F>
+    void run(const F& job) {
+        for (int p = parts - 1; p >= 0; --p) job(p, parts);
+    }
+};
+} // namespace
+
+static_assert(lowbit::PartRunner<lowbit::thread_pool>);
+static_assert(lowbit::PartRunner<reverse_serial_runner>);
+static_assert(!lowbit::PartRunner<int>);
+
+TEST_CASE("gemm_parallel runs on a caller's own PartRunner, bit-identical to gemm") {
+    const Eigen::Index rows = 70, cols = 300;
+    const auto w = lowbit::pack<lowbit::ternary2>(lowbit_test::random_codes<lowbit::ternary2>(rows, cols, 5),
+                                                  lowbit::vector_f::Constant(rows, 0.03f), lowbit::vector_f::Constant(rows, 0.01f));
+    const lowbit::matrix_f x = gaussian(3, cols, 7);
+    for (int parts : {1, 4, 9}) {
+        reverse_serial_runner runner{parts};
+        CHECK(lowbit::gemm_parallel(w, x, lowbit::act_int{8}, runner) == lowbit::gemm(w, x, lowbit::act_int{8}));
+    }
 }

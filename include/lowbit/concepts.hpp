@@ -18,6 +18,9 @@
 ///
 /// `RowTransform` is what rotations model (hadamard.hpp, kronecker.hpp, orthogonal.hpp) and what
 /// `quantized_linear` accepts as its online rotation.
+///
+/// `PartRunner` is what `gemm_parallel(w, x, act, pool)` splits its output rows over:
+/// `lowbit::thread_pool` (thread_pool.hpp) or any caller-owned pool with the same two members.
 
 #include <lowbit/config.hpp>
 #include <lowbit/types.hpp>
@@ -41,6 +44,15 @@ template <class T>
 concept RowTransform = requires(const T& t, Eigen::Ref<matrix_f> m) {
     { t.dim() } -> std::convertible_to<Eigen::Index>;
     { t.apply_rows(m) } -> std::same_as<void>;
+};
+
+/// Runs a job in parts: `p.run(job)` calls job(part, n) once for every part < n = p.size() (in any
+/// order, on any threads) and returns when all have finished, rethrowing an exception of a part.
+/// Models: `thread_pool` (thread_pool.hpp); a caller's own pool with the same members.
+template <class P>
+concept PartRunner = requires(P& p, void (*job)(int, int)) {
+    { p.size() } -> std::convertible_to<int>;
+    p.run(job);
 };
 
 LOWBIT_END_NAMESPACE

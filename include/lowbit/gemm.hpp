@@ -41,6 +41,7 @@
 #include <lowbit/arch/avx512_fp32.hpp>
 #include <lowbit/arch/generic.hpp>
 #include <lowbit/arch/neon.hpp>
+#include <lowbit/concepts.hpp>
 #include <lowbit/config.hpp>
 #include <lowbit/detail/cpu_features.hpp>
 #include <lowbit/error.hpp>
@@ -51,6 +52,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 LOWBIT_BEGIN_NAMESPACE
@@ -522,6 +524,48 @@ template <class L>
     detail::require_dim(x.size(), w.cols(), "gemv", "x length");
     const Eigen::Map<const matrix_f> xr(x.data(), 1, x.size());
     return gemm(w, xr, act, isa).row(0).transpose();
+}
+
+namespace detail {
+/// Rows [begin, end) of part p of n: contiguous ranges of a multiple of 16 rows (whole 4-row tiles
+/// of an interleaved_matrix), the last part takes the rest.
+[[nodiscard]] inline std::pair<Eigen::Index, Eigen::Index> part_rows(Eigen::Index rows, int p, int n) noexcept {
+    const Eigen::Index h = ((rows + n - 1) / n + 15) / 16 * 16;
+    const Eigen::Index b = std::min(rows, h * p);
+    return {b, p + 1 == n ? rows : std::min(rows, h * (p + 1))};
+}
+
+/// Quantizes X once on the caller, then gemm_rows over `pool.size()` row ranges.
+template <class W, PartRunner P>
+[[nodiscard]] inline matrix_f gemm_on_pool(const W& w, const cref_matrix_f& x, act_int act, P& pool, kernel_isa isa) {
+    detail::require_dim(x.cols(), w.cols(), "gemm_parallel", "x.cols()");
+    const kernel_isa path = resolve_isa(isa, "gemm_parallel");
+    const quantized_activations a = quantize_activations(x, act.bits);
+    matrix_f y(x.rows(), w.rows());
+    pool.run([&](int p, int n) {
+        const auto [r0, r1] = part_rows(w.rows(), p, n);
+        if (r0 < r1) gemm_rows(w, a, r0, r1, y, path);
+    });
+    return y;
+}
+} // namespace detail
+
+/// Y = X·Wᵀ with int activations quantized per token inside (once, on the calling thread), output
+/// rows split over `pool` (a `PartRunner`: lowbit's caller-owned `thread_pool` from thread_pool.hpp,
+/// or the caller's own pool) in contiguous ranges of multiples of 16 rows. Bit-identical to
+/// gemm(w, x, act, isa). O(T·rows·cols / pool.size()) per part. No thread is created here.
+/// \throws as gemm (rethrown by the pool from whichever part failed first).
+template <PackedWeights M, PartRunner P>
+[[nodiscard]] inline matrix_f gemm_parallel(const M& w, const cref_matrix_f& x, act_int act, P& pool,
+                                            kernel_isa isa = kernel_isa::automatic) {
+    return detail::gemm_on_pool(w, x, act, pool, isa);
+}
+
+/// MXFP4 weights: as above.
+template <class L, PartRunner P>
+[[nodiscard]] inline matrix_f gemm_parallel(const packed_mxfp4<L>& w, const cref_matrix_f& x, act_int act, P& pool,
+                                            kernel_isa isa = kernel_isa::automatic) {
+    return detail::gemm_on_pool(w, x, act, pool, isa);
 }
 
 /// Sign-packed activations for binary × binary: bit j = [x_j ≥ 0] in binary1's block layout, with

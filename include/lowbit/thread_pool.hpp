@@ -1,7 +1,9 @@
 #pragma once
 /// \file thread_pool.hpp
 /// Optional multi-threading for the packed kernels: a `thread_pool` that the caller constructs and
-/// owns, and `gemm_parallel` overloads that split the output rows of one GEMV/GEMM over it.
+/// owns. It models `PartRunner` (concepts.hpp), so `gemm_parallel(w, x, act, pool)` (gemm.hpp)
+/// splits the output rows of one GEMV/GEMM over it. This header does not include the kernels (and
+/// gemm.hpp does not include this one): each costs only its own compile time.
 ///
 /// No hidden threads: lowbit never starts a thread by itself. A `thread_pool(n)` starts n − 1 worker
 /// threads in its constructor and joins them in its destructor; the thread calling `run` does part 0.
@@ -9,10 +11,11 @@
 /// kernel calls, as in token-by-token decoding, then start without a sleep/wake round trip — and
 /// then block on a condition variable (no CPU used while idle).
 ///
-/// Results are bit-identical to the single-threaded calls: each output row is computed by exactly
+/// gemm_parallel over a pool is bit-identical to the single-threaded gemm: each output row is computed by exactly
 /// one part, with the same kernel and ISA path.
 
-#include <lowbit/gemm.hpp>
+#include <lowbit/config.hpp>
+#include <lowbit/error.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -21,6 +24,7 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -145,46 +149,5 @@ private:
     const std::function<void(int, int)>* job_ = nullptr;
     std::exception_ptr error_;
 };
-
-namespace detail {
-/// Rows [begin, end) of part p of n: contiguous ranges of a multiple of 16 rows (whole 4-row tiles
-/// of an interleaved_matrix), the last part takes the rest.
-[[nodiscard]] inline std::pair<Eigen::Index, Eigen::Index> part_rows(Eigen::Index rows, int p, int n) noexcept {
-    const Eigen::Index h = ((rows + n - 1) / n + 15) / 16 * 16;
-    const Eigen::Index b = std::min(rows, h * p);
-    return {b, p + 1 == n ? rows : std::min(rows, h * (p + 1))};
-}
-
-/// Quantizes X once on the caller, then gemm_rows over `pool.size()` row ranges.
-template <class W>
-[[nodiscard]] inline matrix_f gemm_on_pool(const W& w, const cref_matrix_f& x, act_int act, thread_pool& pool, kernel_isa isa) {
-    detail::require_dim(x.cols(), w.cols(), "gemm_parallel", "x.cols()");
-    const kernel_isa path = resolve_isa(isa, "gemm_parallel");
-    const quantized_activations a = quantize_activations(x, act.bits);
-    matrix_f y(x.rows(), w.rows());
-    pool.run([&](int p, int n) {
-        const auto [r0, r1] = part_rows(w.rows(), p, n);
-        if (r0 < r1) gemm_rows(w, a, r0, r1, y, path);
-    });
-    return y;
-}
-} // namespace detail
-
-/// Y = X·Wᵀ with int activations quantized per token inside (once, on the calling thread), output
-/// rows split over `pool` in contiguous ranges of multiples of 16 rows. Bit-identical to
-/// gemm(w, x, act, isa). O(T·rows·cols / pool.size()) per thread.
-/// \throws as gemm (rethrown from whichever part failed first).
-template <PackedWeights M>
-[[nodiscard]] inline matrix_f gemm_parallel(const M& w, const cref_matrix_f& x, act_int act, thread_pool& pool,
-                                            kernel_isa isa = kernel_isa::automatic) {
-    return detail::gemm_on_pool(w, x, act, pool, isa);
-}
-
-/// MXFP4 weights: as above.
-template <class L>
-[[nodiscard]] inline matrix_f gemm_parallel(const packed_mxfp4<L>& w, const cref_matrix_f& x, act_int act, thread_pool& pool,
-                                            kernel_isa isa = kernel_isa::automatic) {
-    return detail::gemm_on_pool(w, x, act, pool, isa);
-}
 
 LOWBIT_END_NAMESPACE
