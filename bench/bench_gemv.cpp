@@ -30,6 +30,15 @@ void packed_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, boo
     lowbit::matrix_f y(1, rows);
     lowbit_bench::thread_pair pool(threads);
     std::size_t k = 0;
+    if (threads == 1) { // the decode-loop call: one gemm_into with a reused workspace (no allocation)
+        lowbit::gemm_workspace ws;
+        for (auto _ : st) {
+            lowbit::gemm_into(w[k], x, lowbit::act_int{8}, y, ws);
+            benchmark::DoNotOptimize(y.data());
+            benchmark::ClobberMemory();
+            k = (k + 1) % w.size();
+        }
+    } else
     for (auto _ : st) {
         const double c0 = lowbit_bench::thread_pair::thread_cpu_us();
         const auto a = lowbit::quantize_activations(x, 8);
@@ -71,15 +80,18 @@ void pool_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool 
     st.counters["packed_bytes"] = double(w0.bytes().size());
 }
 
-/// Weight-only GEMV: fp32 activations (gemm(w, x, act_fp32), 1 token; no activation quantization).
+/// Weight-only GEMV: fp32 activations (gemm_into(w, x, act_fp32, y, workspace), 1 token; no
+/// activation quantization).
 template <class F>
 void packed_gemv_f32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
     const auto w0 = lowbit_bench::random_packed<F>(rows, cols, 7);
     const auto w = copies(w0, dram);
     const lowbit::matrix_f x = random_activations(1, cols, 1);
+    lowbit::gemm_workspace ws;
+    lowbit::matrix_f y(1, rows);
     std::size_t k = 0;
     for (auto _ : st) {
-        lowbit::matrix_f y = lowbit::gemm(w[k], x, lowbit::act_fp32{});
+        lowbit::gemm_into(w[k], x, lowbit::act_fp32{}, y, ws);
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
         k = (k + 1) % w.size();

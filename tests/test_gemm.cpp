@@ -417,37 +417,42 @@ TEST_CASE_TEMPLATE("gemm/gemv float epilogue within the stated bound, with and w
 TEST_CASE_TEMPLATE("fp32 activations within the stated bound on every path", F, lowbit::ternary2, lowbit::ternary_base3,
                    lowbit::binary1, lowbit::int2, lowbit::int4) {
     // 1-5 tokens: the per-token kernels (AVX-512: groups of up to 4 tokens share each decoded weight
-    // vector, 5 = a group of 4 + 1); 9 tokens: per-token on AVX-512, 64-row blocks decoded once and
-    // multiplied with all tokens elsewhere; 17 tokens: the batched path everywhere but scalar (70 rows
-    // cross a block boundary). Same double-precision oracle and bound for all.
-    const Eigen::Index rows = 70, cols = 1000;
-    const lowbit::matrix_i8 c = random_codes<F>(rows, cols, 9);
-    lowbit::vector_f s = lowbit::vector_f::Constant(rows, 0.05f), mu = lowbit::vector_f::Constant(rows, 0.02f);
-    const auto w = lowbit::pack<F>(c, s, mu);
-    const Eigen::Index n = w.padded_cols();
-    for (Eigen::Index tokens : {1, 2, 3, 4, 5, 9, 17})
-    for (kernel_isa isa : all_isas) {
-        const lowbit::matrix_f x = random_x(tokens, cols, 10);
-        if (!lowbit::isa_available(isa)) continue;
-        CAPTURE(lowbit::isa_name(isa));
-        const lowbit::matrix_f y = lowbit::gemm(w, x, lowbit::act_fp32{}, isa);
-        for (Eigen::Index k = 0; k < x.rows(); ++k)
-            for (Eigen::Index i = 0; i < rows; ++i) {
-                double ref = 0, mag = 0, sx = 0, sabs = 0;
-                for (Eigen::Index j = 0; j < cols; ++j) {
-                    ref += double(s(i)) * c(i, j) * x(k, j) + double(mu(i)) * x(k, j);
-                    mag += std::fabs(double(s(i)) * c(i, j) * x(k, j));
-                    sx += x(k, j);
-                    sabs += std::fabs(x(k, j));
+    // vector, 5 = a group of 4 + 1; one token: four rows at a time, 70 = 17 groups + 2); 9 and 17
+    // tokens: per-token on AVX-512, 64-row blocks decoded once and multiplied with all tokens
+    // elsewhere; 33 tokens: the batched path everywhere but scalar (70 rows cross a block boundary).
+    // Widths whose last block holds 1, 2, 3 or all of its 64-column planes (the AVX-512 kernels skip
+    // the padded ones). Same double-precision oracle and bound for all.
+    const Eigen::Index rows = 70;
+    for (Eigen::Index cols : {1000, 64, 172, 129}) {
+        CAPTURE(cols);
+        const lowbit::matrix_i8 c = random_codes<F>(rows, cols, 9);
+        lowbit::vector_f s = lowbit::vector_f::Constant(rows, 0.05f), mu = lowbit::vector_f::Constant(rows, 0.02f);
+        const auto w = lowbit::pack<F>(c, s, mu);
+        const Eigen::Index n = w.padded_cols();
+        for (Eigen::Index tokens : {1, 2, 3, 4, 5, 9, 17, 33})
+        for (kernel_isa isa : all_isas) {
+            const lowbit::matrix_f x = random_x(tokens, cols, 10);
+            if (!lowbit::isa_available(isa)) continue;
+            CAPTURE(lowbit::isa_name(isa));
+            const lowbit::matrix_f y = lowbit::gemm(w, x, lowbit::act_fp32{}, isa);
+            for (Eigen::Index k = 0; k < x.rows(); ++k)
+                for (Eigen::Index i = 0; i < rows; ++i) {
+                    double ref = 0, mag = 0, sx = 0, sabs = 0;
+                    for (Eigen::Index j = 0; j < cols; ++j) {
+                        ref += double(s(i)) * c(i, j) * x(k, j) + double(mu(i)) * x(k, j);
+                        mag += std::fabs(double(s(i)) * c(i, j) * x(k, j));
+                        sx += x(k, j);
+                        sabs += std::fabs(x(k, j));
+                    }
+                    // binary1 on the AVX-512 per-token kernel: 2·Σ_{t=+1} x − Σx, bound (2n + 4)·u·(α + |μ|)·Σ|x|
+                    const bool two_p = std::is_same_v<F, lowbit::binary1> && lowbit::detail::host_cpu_features().avx512 &&
+                                       (isa == kernel_isa::avx512 || isa == kernel_isa::amx || isa == kernel_isa::automatic) &&
+                                       tokens < lowbit::detail::fp32_batched_min_tokens_avx512;
+                    const double bound = two_p ? double(2 * n + 4) * u32 * (double(s(i)) + std::fabs(double(mu(i)))) * sabs
+                                               : double(n + 2) * u32 * (mag + std::fabs(double(mu(i))) * sabs);
+                    CHECK(std::fabs(double(y(k, i)) - ref) <= bound);
                 }
-                // binary1 on the AVX-512 per-token kernel: 2·Σ_{t=+1} x − Σx, bound (2n + 4)·u·(α + |μ|)·Σ|x|
-                const bool two_p = std::is_same_v<F, lowbit::binary1> && lowbit::detail::host_cpu_features().avx512 &&
-                                   (isa == kernel_isa::avx512 || isa == kernel_isa::amx || isa == kernel_isa::automatic) &&
-                                   tokens < lowbit::detail::fp32_batched_min_tokens_avx512;
-                const double bound = two_p ? double(2 * n + 4) * u32 * (double(s(i)) + std::fabs(double(mu(i)))) * sabs
-                                           : double(n + 2) * u32 * (mag + std::fabs(double(mu(i))) * sabs);
-                CHECK(std::fabs(double(y(k, i)) - ref) <= bound);
-            }
+        }
     }
 }
 
@@ -604,4 +609,62 @@ TEST_CASE_TEMPLATE("MXFP4 x int8: both layouts, every path, within the stated bo
     CHECK_THROWS_AS((void)lowbit::gemv(w, lowbit::vector_f::Ones(31)), lowbit::shape_error);
     using P = lowbit::packed_mxfp4<L>;
     CHECK_THROWS_AS(P(1, 32, typename P::buffer(16)), lowbit::shape_error);
+}
+
+TEST_CASE("quantize_activations into reused storage: same codes, pads zeroed when the width shrinks") {
+    lowbit::quantized_activations a;
+    const lowbit::matrix_f wide = random_x(3, 300, 21) * 50.0f; // 300 and 260 columns share a 512 padded width
+    lowbit::quantize_activations(wide, 8, a);
+    for (Eigen::Index cols : {260, 300, 64, 1})
+        for (int bits : {8, 4}) {
+            const lowbit::matrix_f x = random_x(cols == 1 ? 1 : 2, cols, static_cast<std::uint64_t>(cols));
+            lowbit::quantize_activations(x, bits, a);
+            const lowbit::quantized_activations fresh = lowbit::quantize_activations(x, bits);
+            CAPTURE(cols);
+            CHECK(a.q == fresh.q); // includes every pad column (zero in a fresh quantization)
+            CHECK(a.scale == fresh.scale);
+            CHECK(a.sum == fresh.sum);
+            CHECK(a.qsum == fresh.qsum);
+            CHECK(a.cols == cols);
+            CHECK(a.bits == bits);
+        }
+    lowbit::matrix_f bad = random_x(2, 40, 3);
+    bad(1, 39) = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_AS(lowbit::quantize_activations(bad, 8, a), lowbit::numeric_error);
+    bad(1, 39) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS(lowbit::quantize_activations(bad, 8, a), lowbit::numeric_error);
+    bad(1, 39) = std::numeric_limits<float>::max(); // finite: accepted
+    CHECK_NOTHROW(lowbit::quantize_activations(bad, 8, a));
+}
+
+TEST_CASE_TEMPLATE("gemm_into with one reused workspace equals gemm for every shape sequence", F, lowbit::ternary2,
+                   lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
+    lowbit::gemm_workspace ws;
+    // big, then small, then the same shape again: the workspace's history must not leak into results
+    const std::pair<Eigen::Index, Eigen::Index> shapes[] = {{70, 700}, {64, 64}, {172, 64}, {64, 172}, {70, 700}, {5, 1}};
+    std::uint64_t seed = 1;
+    for (auto [rows, cols] : shapes)
+        for (Eigen::Index tokens : {1, 5, 40}) {
+            const auto w = lowbit::pack<F>(random_codes<F>(rows, cols, seed), lowbit::vector_f::Constant(rows, 0.03f),
+                                           lowbit::vector_f::Constant(rows, 0.01f));
+            const lowbit::matrix_f x = random_x(tokens, cols, ++seed);
+            CAPTURE(rows);
+            CAPTURE(cols);
+            CAPTURE(tokens);
+            lowbit::matrix_f y(tokens, rows);
+            lowbit::gemm_into(w, x, lowbit::act_int{6}, y, ws);
+            CHECK(y == lowbit::gemm(w, x, lowbit::act_int{6}));
+            lowbit::gemm_into(w, x, lowbit::act_fp32{}, y, ws);
+            CHECK(y == lowbit::gemm(w, x, lowbit::act_fp32{}));
+            lowbit::gemm_into(w, x, lowbit::act_fp32{}, y, ws, kernel_isa::scalar);
+            CHECK(y == lowbit::gemm(w, x, lowbit::act_fp32{}, kernel_isa::scalar));
+        }
+    const auto w = lowbit::pack<F>(random_codes<F>(8, 40, 2), lowbit::vector_f::Constant(8, 0.03f));
+    const lowbit::matrix_f x = random_x(2, 40, 9);
+    lowbit::matrix_f wrong(2, 9), wrong_tokens(3, 8);
+    CHECK_THROWS_AS(lowbit::gemm_into(w, x, lowbit::act_int{8}, wrong, ws), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::gemm_into(w, x, lowbit::act_fp32{}, wrong, ws), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::gemm_into(w, x, lowbit::act_fp32{}, wrong_tokens, ws), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::gemm_into(w, x, lowbit::act_int{8}, wrong_tokens, ws), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::gemm_into(w, random_x(2, 41, 9), lowbit::act_int{8}, wrong, ws), lowbit::shape_error);
 }

@@ -49,8 +49,10 @@
 #include <lowbit/types.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -193,13 +195,25 @@ __attribute__((always_inline))
 #endif
 inline bool quantize_row_body(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
                               std::int32_t& qsum) {
-    float amax = 0.0f;
-    bool finite = true;
-    for (Eigen::Index j = 0; j < n; ++j) {
-        finite = finite && std::isfinite(x[j]);
-        amax = std::max(amax, std::fabs(x[j]));
+    // max|x| and the finiteness check over 16 independent lanes (vectorizable; a single running
+    // max is one dependent chain of n maxss). Max is exact, so the lane split changes nothing.
+    float m[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    int bad = 0;
+    Eigen::Index j16 = 0;
+    for (; j16 + 16 <= n; j16 += 16)
+        for (int l = 0; l < 16; ++l) {
+            const float v = std::fabs(x[j16 + l]);
+            bad |= !(v <= std::numeric_limits<float>::max()); // NaN or Inf
+            m[l] = m[l] < v ? v : m[l];
+        }
+    for (Eigen::Index j = j16; j < n; ++j) {
+        const float v = std::fabs(x[j]);
+        bad |= !(v <= std::numeric_limits<float>::max());
+        m[j - j16] = m[j - j16] < v ? v : m[j - j16];
     }
-    if (!finite) return false;
+    if (bad) return false;
+    float amax = 0.0f;
+    for (float v : m) amax = amax < v ? v : amax;
     // Σx in double over 8 interleaved partial sums (lane j mod 8), combined pairwise: the same order
     // in every compilation (so identical on every path) and vectorizable, unlike one serial chain
     // of n dependent adds (≈ 4 µs for n = 4096).
@@ -253,22 +267,24 @@ inline bool quantize_row_avx512(const float* x, Eigen::Index n, int levels, std:
 } // namespace detail
 
 /// Quantizes each row (token) of `x` `[tokens x in]` to `bits`-bit symmetric integers (see the file
-/// comment for the rule) and zero-pads to max(⌈in/256⌉·256, ⌈in/320⌉·320) columns (every packed
-/// format's padded width). O(tokens·in).
-/// \throws shape_error (empty x), numeric_error (NaN/Inf), invalid_argument (bits ∉ {4, 6, 8}).
-[[nodiscard]] inline quantized_activations quantize_activations(const cref_matrix_f& x, int bits = 8) {
+/// comment for the rule) into `a`, zero-padded to max(⌈in/256⌉·256, ⌈in/320⌉·320) columns (every
+/// packed format's padded width). Reuses a's storage: no allocation when `a` already has this shape
+/// (decode loops, `gemm_workspace`). O(tokens·padded).
+/// \throws shape_error (empty x), numeric_error (NaN/Inf), invalid_argument (bits ∉ {4, 6, 8}); on a
+/// throw `a` holds no valid activations (its shape is kept, its contents are unspecified).
+inline void quantize_activations(const cref_matrix_f& x, int bits, quantized_activations& a) {
     constexpr const char* where = "quantize_activations";
     detail::require_levels(bits, where);
     detail::require_nonempty(x, where, "x");
     const Eigen::Index n = x.cols(), padded = detail::padded_activation_cols(n);
     const int levels = (1 << (bits - 1)) - 1;
-    quantized_activations a;
     a.bits = bits;
     a.cols = n;
-    a.q = matrix_i8::Zero(x.rows(), padded);
+    a.q.resize(x.rows(), padded);
+    a.q.rightCols(padded - n).setZero();
     a.scale.resize(x.rows());
     a.sum.resize(x.rows());
-    a.qsum.assign(static_cast<std::size_t>(x.rows()), 0);
+    a.qsum.resize(static_cast<std::size_t>(x.rows()));
     const bool avx2 = detail::host_cpu_features().avx2, avx512 = detail::host_cpu_features().avx512;
     for (Eigen::Index k = 0; k < x.rows(); ++k) {
         std::int32_t qs = 0;
@@ -284,8 +300,30 @@ inline bool quantize_row_avx512(const float* x, Eigen::Index n, int levels, std:
         a.sum(k) = static_cast<float>(sum);
         a.qsum[static_cast<std::size_t>(k)] = qs;
     }
+}
+
+/// As above, returning new activations. O(tokens·padded).
+/// \throws shape_error (empty x), numeric_error (NaN/Inf), invalid_argument (bits ∉ {4, 6, 8}).
+[[nodiscard]] inline quantized_activations quantize_activations(const cref_matrix_f& x, int bits = 8) {
+    quantized_activations a;
+    quantize_activations(x, bits, a);
     return a;
 }
+
+/// Scratch space for repeated `gemm_into` calls (token-by-token decoding, small layers): buffers grow
+/// to the largest shape seen and are reused, so a call of a shape seen before allocates nothing.
+/// Results never depend on what the workspace held before. One per thread: not thread-safe.
+struct gemm_workspace {
+    quantized_activations act;          ///< int activations of the last `act_int` call
+    std::vector<std::int32_t> dots;     ///< exact int dot products of one call
+    std::vector<float> fdots;           ///< fp32 dot products (weight-only path)
+    matrix_f x_padded;                  ///< fp32 activations zero-padded to the packed width
+    matrix_f decoded;                   ///< weight rows decoded to float (batched fp32 path)
+    std::vector<float> row;             ///< one decoded row
+    std::vector<double> sums;           ///< Σx per token in double
+    std::vector<const float*> x_rows;   ///< token row pointers
+    std::vector<float> x_sums;          ///< Σx per token in float
+};
 
 /// Exact integer dot products d = Σ_j t_ij·q_kj for rows [row_begin, row_end) and every token k:
 /// out[k·ldo + (i − row_begin)]. The row-range building block of every integer GEMV/GEMM.
@@ -307,17 +345,16 @@ inline void dot_rows(const M& w, const quantized_activations& a, Eigen::Index ro
     detail::dot_rows_isa(detail::resolve_gemm_isa(isa, a.tokens(), where), w, row_begin, row_end, a, out, ldo);
 }
 
-/// Y(:, row_begin..row_end) = X·Wᵀ for quantized activations (float epilogue of the file comment).
-/// `y` must be `[tokens x w.rows()]`.
-/// \throws shape_error, invalid_argument as dot_rows.
+namespace detail {
+/// gemm_rows with the int dot products in `d` (resized as needed).
 template <PackedWeights M>
-inline void gemm_rows(const M& w, const quantized_activations& a, Eigen::Index row_begin,
-                      Eigen::Index row_end, Eigen::Ref<matrix_f> y, kernel_isa isa = kernel_isa::automatic) {
+inline void gemm_rows_scratch(const M& w, const quantized_activations& a, Eigen::Index row_begin, Eigen::Index row_end,
+                              Eigen::Ref<matrix_f> y, kernel_isa isa, std::vector<std::int32_t>& d) {
     constexpr const char* where = "gemm_rows";
-    detail::require_dim(y.rows(), a.tokens(), where, "y.rows()");
-    detail::require_dim(y.cols(), w.rows(), where, "y.cols()");
+    require_dim(y.rows(), a.tokens(), where, "y.rows()");
+    require_dim(y.cols(), w.rows(), where, "y.cols()");
     const Eigen::Index nr = row_end - row_begin;
-    std::vector<std::int32_t> d(static_cast<std::size_t>(std::max<Eigen::Index>(nr, 0) * a.tokens()) + 1);
+    d.resize(static_cast<std::size_t>(std::max<Eigen::Index>(nr, 0) * a.tokens()) + 1);
     dot_rows(w, a, row_begin, row_end, d.data(), std::max<Eigen::Index>(nr, 1), isa);
     for (Eigen::Index k = 0; k < a.tokens(); ++k)
         for (Eigen::Index i = row_begin; i < row_end; ++i) {
@@ -326,25 +363,47 @@ inline void gemm_rows(const M& w, const quantized_activations& a, Eigen::Index r
             y(k, i) = v;
         }
 }
+} // namespace detail
+
+/// Y(:, row_begin..row_end) = X·Wᵀ for quantized activations (float epilogue of the file comment).
+/// `y` must be `[tokens x w.rows()]`.
+/// \throws shape_error, invalid_argument as dot_rows.
+template <PackedWeights M>
+inline void gemm_rows(const M& w, const quantized_activations& a, Eigen::Index row_begin,
+                      Eigen::Index row_end, Eigen::Ref<matrix_f> y, kernel_isa isa = kernel_isa::automatic) {
+    std::vector<std::int32_t> d;
+    detail::gemm_rows_scratch(w, a, row_begin, row_end, y, isa, d);
+}
+
+/// Y = X·Wᵀ into `y` `[tokens x out]` with activations quantized per token inside (`act_int{bits}`),
+/// all buffers from `ws`: a call of a shape `ws` has seen allocates nothing. Same results as gemm.
+/// \throws shape_error (cols mismatch, empty x, y shape), numeric_error (NaN/Inf), invalid_argument.
+template <PackedWeights M>
+inline void gemm_into(const M& w, const cref_matrix_f& x, act_int act, Eigen::Ref<matrix_f> y, gemm_workspace& ws,
+                      kernel_isa isa = kernel_isa::automatic) {
+    detail::require_kernel_shape(w, x.cols(), "gemm", "x.cols()");
+    quantize_activations(x, act.bits, ws.act);
+    detail::gemm_rows_scratch(w, ws.act, 0, w.rows(), y, isa, ws.dots);
+}
 
 /// Y = X·Wᵀ `[tokens x out]` with activations quantized per token inside (`act_int{bits}`).
+/// \throws as gemm_into.
 template <PackedWeights M>
 [[nodiscard]] inline matrix_f gemm(const M& w, const cref_matrix_f& x, act_int act = {},
                                    kernel_isa isa = kernel_isa::automatic) {
-    detail::require_kernel_shape(w, x.cols(), "gemm", "x.cols()");
-    const quantized_activations a = quantize_activations(x, act.bits);
+    gemm_workspace ws;
     matrix_f y(x.rows(), w.rows());
-    gemm_rows(w, a, 0, w.rows(), y, isa);
+    gemm_into(w, x, act, y, ws, isa);
     return y;
 }
 
 namespace detail {
 /// From this many tokens on, `gemm(…, act_fp32)` decodes each block of 64 weight rows to float once
 /// and multiplies it with all tokens (Eigen GEMM) instead of decoding the weights per token: 4 on the
-/// generic path; 16 on the AVX-512 path, whose per-token kernel shares each decoded weight vector
+/// generic path; 32 on the AVX-512 path, whose per-token kernel shares each decoded weight vector
 /// among 4 tokens (measured crossover: docs/kernels.md, "fp32 activations").
 inline constexpr Eigen::Index fp32_batched_min_tokens = 4;
-inline constexpr Eigen::Index fp32_batched_min_tokens_avx512 = 16;
+inline constexpr Eigen::Index fp32_batched_min_tokens_avx512 = 32;
 
 /// Float codes t of rows [r0, r0 + nr) times α_i plus μ_i into wf.topRows(nr) (`wf` has w.cols() columns).
 template <PackedWeights M>
@@ -353,7 +412,7 @@ inline void decode_rows_f32(const M& w, Eigen::Index r0, Eigen::Index nr, kernel
     using traits = pack_format<typename M::format>;
     buf.resize(static_cast<std::size_t>(w.padded_cols()));
     const bool avx512 = path == kernel_isa::avx512 || path == kernel_isa::amx;
-    std::vector<std::uint8_t> u(avx512 ? 0 : traits::block_weights);
+    std::array<std::uint8_t, traits::block_weights> u{};
     for (Eigen::Index i = 0; i < nr; ++i) {
         const float a = w.scale()(r0 + i), mu = w.has_offset() ? w.offset()(r0 + i) : 0.0f;
 #if LOWBIT_HAVE_X86_KERNELS
@@ -374,70 +433,82 @@ inline void decode_rows_f32(const M& w, Eigen::Index r0, Eigen::Index nr, kernel
 }
 } // namespace detail
 
-/// Y = X·Wᵀ with fp32 activations (weight-only quantization). Decode (few tokens): weights decoded to
+/// Y = X·Wᵀ into `y` `[tokens x out]` with fp32 activations (weight-only quantization), buffers from `ws`
+/// (a call of a shape `ws` has seen allocates nothing). Decode (few tokens): weights decoded to
 /// float inside the per-token dot-product kernel — scalar, xsimd (generic, avx2 requests), or AVX-512
 /// (arch/avx512_fp32.hpp: codes decoded in registers, each decoded vector shared by up to 4 tokens).
-/// From `fp32_batched_min_tokens` (4; AVX-512: 16) tokens on a non-scalar path: 64-row blocks of
+/// From `fp32_batched_min_tokens` (4; AVX-512: 32) tokens on a non-scalar path: 64-row blocks of
 /// weights decoded to float once and multiplied with all tokens (Eigen GEMM; float results within the
 /// same bound, a different summation order). O(T·rows·cols).
 /// \throws shape_error (cols mismatch, empty), numeric_error (NaN/Inf in x), invalid_argument (ISA).
 template <PackedWeights M>
-[[nodiscard]] inline matrix_f gemm(const M& w, const cref_matrix_f& x, act_fp32,
-                                   kernel_isa isa = kernel_isa::automatic) {
+inline void gemm_into(const M& w, const cref_matrix_f& x, act_fp32, Eigen::Ref<matrix_f> y, gemm_workspace& ws,
+                      kernel_isa isa = kernel_isa::automatic) {
     constexpr const char* where = "gemm";
     detail::require_kernel_shape(w, x.cols(), where, "x.cols()");
     detail::require_nonempty(x, where, "x");
     detail::require_finite(x, where, "x");
+    detail::require_dim(y.rows(), x.rows(), where, "y.rows()");
+    detail::require_dim(y.cols(), w.rows(), where, "y.cols()");
     const kernel_isa path = detail::resolve_isa(isa, where);
     const bool avx512 = LOWBIT_HAVE_X86_KERNELS && (path == kernel_isa::avx512 || path == kernel_isa::amx);
-    matrix_f y(x.rows(), w.rows());
     const Eigen::Index batched_from = avx512 ? detail::fp32_batched_min_tokens_avx512 : detail::fp32_batched_min_tokens;
     if (x.rows() >= batched_from && path != kernel_isa::scalar) {
         // Batched tokens (prefill, perplexity): decode a block of weight rows to float once and
         // multiply it with every token (Eigen GEMM), instead of decoding the weights per token.
         constexpr Eigen::Index rows_per_block = 64;
-        matrix_f wf(std::min<Eigen::Index>(rows_per_block, w.rows()), w.cols());
-        std::vector<float> buf;
+        ws.decoded.resize(std::min<Eigen::Index>(rows_per_block, w.rows()), w.cols());
         for (Eigen::Index r0 = 0; r0 < w.rows(); r0 += rows_per_block) {
             const Eigen::Index nr = std::min(rows_per_block, w.rows() - r0);
-            detail::decode_rows_f32(w, r0, nr, path, wf, buf);
-            y.middleCols(r0, nr).noalias() = x * wf.topRows(nr).transpose();
+            detail::decode_rows_f32(w, r0, nr, path, ws.decoded, ws.row);
+            y.middleCols(r0, nr).noalias() = x * ws.decoded.topRows(nr).transpose();
         }
-        return y;
+        return;
     }
     // Per token: activations zero-padded to the packed width; Σx in double for the μ term.
     const Eigen::Index tokens = x.rows(), rows = w.rows();
-    matrix_f xp = matrix_f::Zero(tokens, w.padded_cols());
-    xp.leftCols(x.cols()) = x;
-    std::vector<float> d(static_cast<std::size_t>(tokens * rows));
-    std::vector<double> sums(static_cast<std::size_t>(tokens), 0.0);
+    ws.x_padded.resize(tokens, w.padded_cols());
+    ws.x_padded.leftCols(x.cols()) = x;
+    ws.x_padded.rightCols(w.padded_cols() - x.cols()).setZero();
+    ws.fdots.resize(static_cast<std::size_t>(tokens * rows));
+    ws.sums.assign(static_cast<std::size_t>(tokens), 0.0);
+    float* d = ws.fdots.data();
     for (Eigen::Index k = 0; k < tokens; ++k)
-        for (Eigen::Index j = 0; j < x.cols(); ++j) sums[static_cast<std::size_t>(k)] += static_cast<double>(x(k, j));
+        for (Eigen::Index j = 0; j < x.cols(); ++j) ws.sums[static_cast<std::size_t>(k)] += static_cast<double>(x(k, j));
 #if LOWBIT_HAVE_X86_KERNELS
     if (avx512) {
-        std::vector<const float*> xs(static_cast<std::size_t>(tokens));
-        std::vector<float> xsum(static_cast<std::size_t>(tokens));
+        ws.x_rows.resize(static_cast<std::size_t>(tokens));
+        ws.x_sums.resize(static_cast<std::size_t>(tokens));
         for (Eigen::Index k = 0; k < tokens; ++k) {
-            xs[static_cast<std::size_t>(k)] = xp.row(k).data();
-            xsum[static_cast<std::size_t>(k)] = static_cast<float>(sums[static_cast<std::size_t>(k)]);
+            ws.x_rows[static_cast<std::size_t>(k)] = ws.x_padded.row(k).data();
+            ws.x_sums[static_cast<std::size_t>(k)] = static_cast<float>(ws.sums[static_cast<std::size_t>(k)]);
         }
-        detail::avx512_kernels::dot_rows_f32(w, 0, rows, xs.data(), xsum.data(), tokens, d.data(), rows);
+        detail::avx512_kernels::dot_rows_f32(w, 0, rows, ws.x_rows.data(), ws.x_sums.data(), tokens, d, rows);
     } else
 #endif
     {
         for (Eigen::Index k = 0; k < tokens; ++k) {
             if (path == kernel_isa::scalar)
-                detail::scalar_kernels::dot_rows_f32(w, 0, rows, xp.row(k).data(), d.data() + k * rows);
+                detail::scalar_kernels::dot_rows_f32(w, 0, rows, ws.x_padded.row(k).data(), d + k * rows);
             else
-                detail::generic_kernels::dot_rows_f32(w, 0, rows, xp.row(k).data(), d.data() + k * rows);
+                detail::generic_kernels::dot_rows_f32(w, 0, rows, ws.x_padded.row(k).data(), d + k * rows);
         }
     }
     for (Eigen::Index k = 0; k < tokens; ++k) {
-        const double sum = sums[static_cast<std::size_t>(k)];
+        const double sum = ws.sums[static_cast<std::size_t>(k)];
         for (Eigen::Index i = 0; i < rows; ++i)
             y(k, i) = w.scale()(i) * d[static_cast<std::size_t>(k * rows + i)] +
                       (w.has_offset() ? w.offset()(i) * static_cast<float>(sum) : 0.0f);
     }
+}
+
+/// Y = X·Wᵀ with fp32 activations into a new matrix (gemm_into with a fresh workspace).
+/// \throws as gemm_into.
+template <PackedWeights M>
+[[nodiscard]] inline matrix_f gemm(const M& w, const cref_matrix_f& x, act_fp32 act, kernel_isa isa = kernel_isa::automatic) {
+    gemm_workspace ws;
+    matrix_f y(x.rows(), w.rows());
+    gemm_into(w, x, act, y, ws, isa);
     return y;
 }
 

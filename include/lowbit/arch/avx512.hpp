@@ -35,10 +35,16 @@
 LOWBIT_BEGIN_NAMESPACE
 namespace detail::avx512_kernels {
 
+/// Lanes i and i + 8 of a zmm added: the first step of every horizontal int32 sum.
+LOWBIT_AVX512_TARGET inline __m256i fold_halves_epi32(__m512i v) {
+    return _mm256_add_epi32(_mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xF, v, 0),
+                            _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xF, v, 1));
+}
+
 /// Horizontal int32 sum of a zmm (masked extract with an explicit source: avoids GCC 12's
 /// maybe-uninitialized warnings inside _mm512_reduce_add_epi32).
 LOWBIT_AVX512_TARGET inline std::int32_t reduce_add_epi32(__m512i v) {
-    const __m256i h = _mm256_add_epi32(_mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xF, v, 0), _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xF, v, 1));
+    const __m256i h = fold_halves_epi32(v);
     const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
     const __m128i q2 = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0x4E));
     return _mm_cvtsi128_si32(_mm_add_epi32(q2, _mm_shuffle_epi32(q2, 0xB1)));
@@ -200,6 +206,41 @@ LOWBIT_AVX512_TARGET inline void digit_dot_row4(const std::uint8_t* p, const std
     r[3] = reduce_add_epi32(_mm512_add_epi32(a30, a31));
 }
 
+/// Horizontal int32 sums of four zmm: lane j of the result = Σ of a_j's 16 lanes.
+LOWBIT_AVX512_TARGET inline __m128i reduce4_add_epi32(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(fold_halves_epi32(a0), fold_halves_epi32(a1)),
+                                        _mm256_hadd_epi32(fold_halves_epi32(a2), fold_halves_epi32(a3)));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/// One token, four rows (row j at p + j·rb): r[j] = Σ_c u_jc·x_c. Each activation vector is loaded
+/// once for the four rows, the four sums are reduced together, and the last block multiplies only
+/// its first `last_planes` 64-column planes (the others meet zero-padded activations: skipping
+/// them changes no sum). Used by the GEMV path, where narrow rows (64, 172 columns) made the
+/// per-row reduction and the padded planes most of the work.
+template <class F>
+LOWBIT_AVX512_TARGET inline void digit_dot_rows4(const std::uint8_t* p, Eigen::Index rb, const std::int8_t* x,
+                                                 Eigen::Index nblocks, int last_planes, std::int32_t* r) {
+    using T = pack_format<F>;
+    constexpr int all_planes = T::block_weights / 64;
+    __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (Eigen::Index b = 0; b < nblocks; ++b, p += T::block_bytes, x += T::block_weights) {
+        const int planes = b + 1 == nblocks ? last_planes : all_planes;
+        __m512i xv[5];
+        for (int k = 0; k < all_planes; ++k) xv[k] = k < planes ? _mm512_loadu_si512(x + 64 * k) : _mm512_setzero_si512();
+        for (int j = 0; j < 4; ++j) {
+            if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) prefetch_ahead(p + j * rb);
+            __m512i d[5];
+            d[4] = _mm512_setzero_si512();
+            decode_block<F>(p + j * rb, d[0], d[1], d[2], d[3], d[4]);
+            acc[j] = _mm512_dpbusd_epi32(acc[j], d[0], xv[0]);
+            for (int k = 1; k < all_planes; ++k)
+                if (k < planes) acc[j] = _mm512_dpbusd_epi32(acc[j], d[k], xv[k]);
+        }
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(r), reduce4_add_epi32(acc[0], acc[1], acc[2], acc[3]));
+}
+
 /// AVX-512 `dot_rows` (contract of arch/generic.hpp). Rows are processed in tiles of
 /// gemm_row_tile so that several tokens reuse a weight tile from cache.
 template <class F>
@@ -209,8 +250,16 @@ LOWBIT_AVX512_TARGET inline void dot_rows(const packed_matrix<F>& w, Eigen::Inde
     using T = pack_format<F>;
     const Eigen::Index nb = w.blocks_per_row(), rb = w.row_bytes();
     const std::uint8_t* base = w.row_data(0);
-    if (ntok == 1) { // GEMV: stream rows in order
-        for (Eigen::Index i = r0; i < r1; ++i)
+    if (ntok == 1) { // GEMV: stream rows in order, four at a time
+        const Eigen::Index tail_cols = w.cols() - (nb - 1) * T::block_weights;
+        const int last_planes = static_cast<int>((tail_cols + 63) / 64);
+        Eigen::Index i = r0;
+        for (; i + 4 <= r1; i += 4) {
+            std::int32_t r[4];
+            digit_dot_rows4<F>(base + i * rb, rb, x, nb, last_planes, r);
+            for (int j = 0; j < 4; ++j) out[i + j - r0] = T::digit_mul * r[j] - T::digit_offset * qsum[0];
+        }
+        for (; i < r1; ++i)
             out[i - r0] = T::digit_mul * digit_dot_row<F>(base + i * rb, x, nb) - T::digit_offset * qsum[0];
         return;
     }

@@ -76,90 +76,141 @@ LOWBIT_AVX512_TARGET inline void fma_tokens(__m512 (&acc)[NT][4], int plane, __m
     for (int k = 0; k < NT; ++k) acc[k][plane] = _mm512_fmadd_ps(wf, _mm512_loadu_ps(x[k] + col), acc[k][plane]);
 }
 
+/// Lanes i and i + 8 of a zmm added.
+LOWBIT_AVX512_TARGET inline __m256 fold_halves_ps(__m512 v) {
+    return _mm256_add_ps(_mm512_mask_extractf32x8_ps(_mm256_setzero_ps(), 0xFF, v, 0),
+                         _mm512_mask_extractf32x8_ps(_mm256_setzero_ps(), 0xFF, v, 1));
+}
+
 /// Horizontal float sum of a zmm (fixed order).
 LOWBIT_AVX512_TARGET inline float reduce_add_f32(__m512 v) {
-    const __m256 h = _mm256_add_ps(_mm512_mask_extractf32x8_ps(_mm256_setzero_ps(), 0xFF, v, 0),
-                                   _mm512_mask_extractf32x8_ps(_mm256_setzero_ps(), 0xFF, v, 1));
+    const __m256 h = fold_halves_ps(v);
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
     q = _mm_add_ps(q, _mm_movehl_ps(q, q));
     q = _mm_add_ss(q, _mm_movehdup_ps(q));
     return _mm_cvtss_f32(q);
 }
 
+/// acc[k][·] += the products t_ij·x_k[j] of row i for NT ≤ 4 tokens (binary1: P = Σ_{t=+1} x_k[j]),
+/// over every block; the last block only over its first `last_planes` 64-column planes (the others
+/// meet zero-padded activations, so skipping them drops only zero terms). x_k zero-padded to
+/// w.padded_cols(). Either layout (blocks read through block_data). O(padded_cols·NT).
+template <int NT, class M>
+LOWBIT_AVX512_TARGET inline void accumulate_row_f32(const M& w, Eigen::Index i, const float* const* x, int last_planes,
+                                                    __m512 (&acc)[NT][4]) {
+    using F = typename M::format;
+    using T = pack_format<F>;
+    constexpr Eigen::Index bw = T::block_weights;
+    constexpr int all_planes = static_cast<int>(bw / 64);
+    const Eigen::Index nb = w.blocks_per_row(), stride = M::block_stride();
+    [[maybe_unused]] const __m512 table = code_table_f32<F>();
+    [[maybe_unused]] const __m512i byte_mask = _mm512_set1_epi32(255);
+    const std::uint8_t* p = w.block_data(i, 0);
+    for (Eigen::Index b = 0; b < nb; ++b, p += stride) {
+        const Eigen::Index c0 = b * bw;
+        const int planes = b + 1 == nb ? last_planes : all_planes;
+        prefetch_ahead(p);
+        if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
+            // byte j holds columns j, 64 + j, 128 + j, 192 + j (bits 0-1, 2-3, 4-5, 6-7)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; ++c) {
+                const __m512i v = widen_bytes(p + 16 * c);
+                fma_tokens<NT>(acc, 0, lookup(v, table), x, c0 + 16 * c);
+                if (planes > 1) fma_tokens<NT>(acc, 1, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 2), table), x, c0 + 64 + 16 * c);
+                if (planes > 2) fma_tokens<NT>(acc, 2, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 4), table), x, c0 + 128 + 16 * c);
+                if (planes > 3) fma_tokens<NT>(acc, 3, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 6), table), x, c0 + 192 + 16 * c);
+            }
+        } else if constexpr (std::is_same_v<F, int4>) {
+            // byte j holds columns j (low nibble) and 128 + j (high nibble)
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; ++c) {
+                if (planes <= c / 4) break; // columns 16c.. and 128 + 16c.. both start past the live planes
+                const __m512i v = widen_bytes(p + 16 * c);
+                fma_tokens<NT>(acc, c & 1, lookup(v, table), x, c0 + 16 * c);
+                if (planes > 2 + c / 4)
+                    fma_tokens<NT>(acc, 2 + (c & 1), lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 4), table), x, c0 + 128 + 16 * c);
+            }
+        } else if constexpr (std::is_same_v<F, ternary_base3>) {
+            // byte j holds the trits of columns j, 64 + j, …, 256 + j: trit = (3·s) >> 8, s ← 3·s mod 256
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; ++c) {
+                __m512i s = widen_bytes(p + 16 * c);
+#pragma GCC unroll 5
+                for (int k = 0; k < 5; ++k) {
+                    if (k >= planes) break;
+                    const __m512i t3 = _mm512_add_epi32(s, _mm512_maskz_slli_epi32(0xFFFF, s, 1));
+                    fma_tokens<NT>(acc, k & 3, lookup(_mm512_maskz_srli_epi32(0xFFFF, t3, 8), table), x, c0 + 64 * k + 16 * c);
+                    s = _mm512_and_si512(t3, byte_mask);
+                }
+            }
+        } else if constexpr (std::is_same_v<F, binary1>) {
+            // bit j (LSB first) is column j: P = Σ_{t_j = +1} x_j by masked adds (the mask loaded
+            // straight from the packed bytes), Σ t·x = 2P − Σx at the end
+#pragma GCC unroll 16
+            for (int c = 0; c < 16; ++c) {
+                if (c / 4 >= planes) break;
+                const __mmask16 m = load_mask16(p + 2 * c);
+#pragma GCC unroll 4
+                for (int k = 0; k < NT; ++k)
+                    acc[k][c & 3] = _mm512_mask_add_ps(acc[k][c & 3], m, acc[k][c & 3], _mm512_loadu_ps(x[k] + c0 + 16 * c));
+            }
+        } else {
+            static_assert(dependent_false<F>, "lowbit: accumulate_row_f32: unknown packed format tag");
+        }
+    }
+}
+
+/// 64-column planes of the last block of `w` that hold real columns (the rest is padding).
+template <class M>
+inline int last_block_planes(const M& w) noexcept {
+    constexpr Eigen::Index bw = pack_format<typename M::format>::block_weights;
+    return static_cast<int>((w.cols() - (w.blocks_per_row() - 1) * bw + 63) / 64);
+}
+
+/// Horizontal float sums of four zmm: lane j of the result = Σ of a_j's 16 lanes (fixed order).
+LOWBIT_AVX512_TARGET inline __m128 reduce4_add_ps(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(fold_halves_ps(a0), fold_halves_ps(a1)),
+                                    _mm256_hadd_ps(fold_halves_ps(a2), fold_halves_ps(a3)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
 /// out[k·ldo + i − r0] = Σ_j t_ij · x_k[j] for rows [r0, r1) and NT ≤ 4 tokens; x_k zero-padded to
-/// w.padded_cols(); xsum[k] = Σ_j x_k[j] rounded to float (read for binary1 only). Either layout
-/// (blocks read through block_data). O((r1 − r0)·padded_cols·NT).
+/// w.padded_cols(); xsum[k] = Σ_j x_k[j] rounded to float (read for binary1 only). One token: four
+/// rows at a time, their sums reduced together. Either layout. O((r1 − r0)·padded_cols·NT).
 template <int NT, class M>
 LOWBIT_AVX512_TARGET inline void dot_rows_f32_tokens(const M& w, Eigen::Index r0, Eigen::Index r1, const float* const* x,
                                                      const float* xsum, float* out, Eigen::Index ldo) {
     using F = typename M::format;
-    using T = pack_format<F>;
-    constexpr Eigen::Index bw = T::block_weights;
-    const Eigen::Index nb = w.blocks_per_row(), stride = M::block_stride();
-    [[maybe_unused]] const __m512 table = code_table_f32<F>();
-    [[maybe_unused]] const __m512i byte_mask = _mm512_set1_epi32(255);
-    for (Eigen::Index i = r0; i < r1; ++i) {
+    const int last_planes = last_block_planes(w);
+    const auto finish = [&](float s, int k) { return std::is_same_v<F, binary1> ? 2.0f * s - xsum[k] : s; };
+    Eigen::Index i = r0;
+    if constexpr (NT == 1) {
+        for (; i + 4 <= r1; i += 4) {
+            __m512 acc[4][1][4];
+            __m512 row[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; ++r) {
+#pragma GCC unroll 4
+                for (int l = 0; l < 4; ++l) acc[r][0][l] = _mm512_setzero_ps();
+                accumulate_row_f32<1>(w, i + r, x, last_planes, acc[r]);
+                row[r] = _mm512_add_ps(_mm512_add_ps(acc[r][0][0], acc[r][0][1]), _mm512_add_ps(acc[r][0][2], acc[r][0][3]));
+            }
+            alignas(16) float s[4];
+            _mm_store_ps(s, reduce4_add_ps(row[0], row[1], row[2], row[3]));
+            for (int r = 0; r < 4; ++r) out[i + r - r0] = finish(s[r], 0);
+        }
+    }
+    for (; i < r1; ++i) {
         __m512 acc[NT][4];
 #pragma GCC unroll 4
         for (int k = 0; k < NT; ++k)
 #pragma GCC unroll 4
             for (int l = 0; l < 4; ++l) acc[k][l] = _mm512_setzero_ps();
-        const std::uint8_t* p = w.block_data(i, 0);
-        for (Eigen::Index b = 0; b < nb; ++b, p += stride) {
-            const Eigen::Index c0 = b * bw;
-            prefetch_ahead(p);
-            if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) {
-                // byte j holds columns j, 64 + j, 128 + j, 192 + j (bits 0-1, 2-3, 4-5, 6-7)
+        accumulate_row_f32<NT>(w, i, x, last_planes, acc);
 #pragma GCC unroll 4
-                for (int c = 0; c < 4; ++c) {
-                    const __m512i v = widen_bytes(p + 16 * c);
-                    fma_tokens<NT>(acc, 0, lookup(v, table), x, c0 + 16 * c);
-                    fma_tokens<NT>(acc, 1, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 2), table), x, c0 + 64 + 16 * c);
-                    fma_tokens<NT>(acc, 2, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 4), table), x, c0 + 128 + 16 * c);
-                    fma_tokens<NT>(acc, 3, lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 6), table), x, c0 + 192 + 16 * c);
-                }
-            } else if constexpr (std::is_same_v<F, int4>) {
-                // byte j holds columns j (low nibble) and 128 + j (high nibble)
-#pragma GCC unroll 8
-                for (int c = 0; c < 8; ++c) {
-                    const __m512i v = widen_bytes(p + 16 * c);
-                    fma_tokens<NT>(acc, c & 1, lookup(v, table), x, c0 + 16 * c);
-                    fma_tokens<NT>(acc, 2 + (c & 1), lookup(_mm512_maskz_srli_epi32(0xFFFF, v, 4), table), x, c0 + 128 + 16 * c);
-                }
-            } else if constexpr (std::is_same_v<F, ternary_base3>) {
-                // byte j holds the trits of columns j, 64 + j, …, 256 + j: trit = (3·s) >> 8, s ← 3·s mod 256
-#pragma GCC unroll 4
-                for (int c = 0; c < 4; ++c) {
-                    __m512i s = widen_bytes(p + 16 * c);
-#pragma GCC unroll 5
-                    for (int k = 0; k < 5; ++k) {
-                        const __m512i t3 = _mm512_add_epi32(s, _mm512_maskz_slli_epi32(0xFFFF, s, 1));
-                        fma_tokens<NT>(acc, k & 3, lookup(_mm512_maskz_srli_epi32(0xFFFF, t3, 8), table), x, c0 + 64 * k + 16 * c);
-                        s = _mm512_and_si512(t3, byte_mask);
-                    }
-                }
-            } else if constexpr (std::is_same_v<F, binary1>) {
-                // bit j (LSB first) is column j: P = Σ_{t_j = +1} x_j by masked adds (the mask loaded
-                // straight from the packed bytes), Σ t·x = 2P − Σx at the end
-#pragma GCC unroll 16
-                for (int c = 0; c < 16; ++c) {
-                    const __mmask16 m = load_mask16(p + 2 * c);
-#pragma GCC unroll 4
-                    for (int k = 0; k < NT; ++k)
-                        acc[k][c & 3] = _mm512_mask_add_ps(acc[k][c & 3], m, acc[k][c & 3], _mm512_loadu_ps(x[k] + c0 + 16 * c));
-                }
-            } else {
-                static_assert(dependent_false<F>, "lowbit: dot_rows_f32_tokens: unknown packed format tag");
-            }
-        }
-#pragma GCC unroll 4
-        for (int k = 0; k < NT; ++k) {
-            const float s = reduce_add_f32(_mm512_add_ps(_mm512_add_ps(acc[k][0], acc[k][1]), _mm512_add_ps(acc[k][2], acc[k][3])));
-            if constexpr (std::is_same_v<F, binary1>)
-                out[k * ldo + (i - r0)] = 2.0f * s - xsum[k];
-            else
-                out[k * ldo + (i - r0)] = s;
-        }
+        for (int k = 0; k < NT; ++k)
+            out[k * ldo + (i - r0)] =
+                finish(reduce_add_f32(_mm512_add_ps(_mm512_add_ps(acc[k][0], acc[k][1]), _mm512_add_ps(acc[k][2], acc[k][3]))), k);
     }
 }
 
