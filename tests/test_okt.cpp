@@ -112,3 +112,78 @@ TEST_CASE("bad input is refused with lowbit errors") {
     inf(0, 0) = std::numeric_limits<float>::infinity();
     CHECK_THROWS_AS((void)lowbit::learn_okt(inf), lowbit::numeric_error);
 }
+
+namespace {
+
+// The EM objective with the E-step's statistics held fixed, evaluated by the double-precision oracle path:
+// `frozen` = the responsibilities (Q-function) or null (the NLL at fixed row means and scales).
+double fixed_stats(const lowbit::matrix_d& wd, const lowbit::matrix_d& c, const lowbit::matrix_d& b,
+                   const lowbit::detail::mixture_eval& e, const lowbit::detail::mixture_spec& spec, bool q) {
+    return lowbit::detail::mixture_shaping_loss(lowbit::detail::kronecker_rotate_rows(wd, c, b), spec, &e.row_scale,
+                                                q ? &e.resp : nullptr, false, &e.row_mean)
+        .nll;
+}
+
+} // namespace
+
+TEST_CASE("OKT M-step is exact: Procrustes beats a brute-force search of 2x2 factors, and the NLL at fixed statistics never increases") {
+    const auto w = heavy_matrix(6, 8, 21);
+    const lowbit::matrix_d wd = w.cast<double>();
+    const lowbit::detail::mixture_spec spec{{-1.0, 1.0}, {0.25, 0.25}, 0.0};
+    lowbit::matrix_d c = lowbit::random_orthogonal(2, 22), b = lowbit::random_orthogonal(4, 23);
+    lowbit::detail::kronecker_stack<> st(w, {2, 4});
+    st.set_right(b);
+    for (int round = 0; round < 4; ++round) {
+        // left factor (2x2): every orthogonal 2x2 is a rotation or a reflection by an angle θ
+        auto estep = lowbit::detail::mixture_shaping_loss(lowbit::detail::kronecker_rotate_rows(wd, c, b), spec, nullptr, nullptr, true);
+        auto step = lowbit::detail::okt_em_step(st, c, 0, spec);
+        CHECK(step.loss == doctest::Approx(estep.nll).epsilon(1e-5));
+        const double q_new = fixed_stats(wd, step.factor, b, estep, spec, true);
+        double q_best = std::numeric_limits<double>::infinity();
+        for (int i = 0; i < 3600; ++i) {
+            const double th = 2 * M_PI * i / 3600.0, cs = std::cos(th), sn = std::sin(th);
+            lowbit::matrix_d rot(2, 2), ref(2, 2);
+            rot << cs, -sn, sn, cs;
+            ref << cs, sn, sn, -cs;
+            q_best = std::min({q_best, fixed_stats(wd, rot, b, estep, spec, true), fixed_stats(wd, ref, b, estep, spec, true)});
+        }
+        CAPTURE(round);
+        CHECK(q_new <= q_best + 1e-6 * std::abs(q_best));
+        CHECK(q_new <= fixed_stats(wd, c, b, estep, spec, true) + 1e-9);
+        CHECK(fixed_stats(wd, step.factor, b, estep, spec, false) <= fixed_stats(wd, c, b, estep, spec, false) + 1e-9);
+        c = step.factor;
+        // right factor (4x4): no orthogonal matrix tried at random does better, and EM's inequality holds
+        estep = lowbit::detail::mixture_shaping_loss(lowbit::detail::kronecker_rotate_rows(wd, c, b), spec, nullptr, nullptr, true);
+        step = lowbit::detail::okt_em_step(st, c, 1, spec);
+        const double qb = fixed_stats(wd, c, step.factor, estep, spec, true);
+        for (std::uint64_t seed = 0; seed < 200; ++seed) {
+            const lowbit::matrix_d cand = lowbit::random_orthogonal(4, 1000 + seed);
+            CHECK(qb <= fixed_stats(wd, c, cand, estep, spec, true) + 1e-9);
+        }
+        CHECK(qb <= fixed_stats(wd, c, b, estep, spec, true) + 1e-9);
+        CHECK(fixed_stats(wd, c, step.factor, estep, spec, false) <= fixed_stats(wd, c, b, estep, spec, false) + 1e-9);
+        CHECK(lowbit::orthogonality_error(step.factor) < 1e-10);
+        b = step.factor;
+        st.set_right(b);
+    }
+}
+
+TEST_CASE("learn_okt with the balance term (generalised EM with fixed statistics) still lowers the loss") {
+    const auto w = heavy_matrix(32, 64, 24);
+    lowbit::okt_options opt;
+    opt.rounds = 10;
+    opt.lambda_bal = 0.1;
+    const auto r = lowbit::learn_okt(w, opt);
+    CHECK(r.loss_history.back() < r.loss_history.front() - 0.05);
+    CHECK(lowbit::orthogonality_error(r.rotation.matrix()) <= 1e-5);
+}
+
+TEST_CASE("row sampling: evenly spaced rows, all rows under the budget") {
+    const auto w = heavy_matrix(10, 4, 25);
+    CHECK(lowbit::detail::sample_rows(w, 0) == w);
+    CHECK(lowbit::detail::sample_rows(w, 40) == w);
+    const lowbit::matrix_f s = lowbit::detail::sample_rows(w, 20); // 5 rows: 0, 2, 4, 6, 8
+    REQUIRE(s.rows() == 5);
+    for (Eigen::Index i = 0; i < 5; ++i) CHECK(s.row(i) == w.row(2 * i));
+    CHECK(lowbit::detail::sample_rows(w, 1).rows() == 1);
+}

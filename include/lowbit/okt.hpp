@@ -7,10 +7,22 @@
 /// Model: rows of W_rot = W (R₁ᵀ ⊗ R₂) (each row's l×r view M ↦ R₁·M·R₂), centred per row, fitted by the fixed
 /// bimodal mixture p(x) = ½N(−c_o, σ²) + ½N(+c_o, σ²), c_o = mean|x| of the centred row (constant),
 /// σ = ρ·c_o (ρ = 0.25 by analogy with KOTMS).
-/// EM: the E-step computes the posterior responsibilities γ±; the M-step takes `m_steps` Adam steps on the
-/// Cayley parameters of one factor (the other frozen) minimising the expected complete-data NLL
-/// −mean Σ± γ± log(½N±) (+ an optional balance term toward ½/½); the factors alternate R₁, R₂, R₁, ...
-/// Factor sizes: the KOTMS rule. Complexity per M-step O(m·n·(l + r) + l³ + r³).
+/// EM with fixed row statistics inside each step: the E-step computes, at the current rotation, every row's
+/// mean m_o, scale c_o and the posterior responsibilities γ±; the M-step then holds (m_o, c_o, γ) fixed and
+/// minimises the expected complete-data NLL  Q = −Σ Σ± γ± log(½N(y − m_o; ±c_o, σ²))  over one orthogonal
+/// factor, the other frozen. With one σ for both components Q = Σ_o ‖C M_o B − T_o‖² / (2ρ²c_o²) + const,
+/// T_o = m_o + c_o(γ₊ − γ₋) (the posterior means), and since ‖C M_o B‖ does not depend on an orthogonal
+/// factor the exact minimiser is an orthogonal Procrustes solution: C = polar(Σ_o c_o⁻² T_o (M_o B)ᵀ) (l×l),
+/// B = polar(Σ_o c_o⁻² (C M_o)ᵀ T_o) (r×r), polar(A) = U Vᵀ from the SVD A = U Σ Vᵀ. This is a true EM step:
+/// the NLL at the E-step's (m_o, c_o) never increases (test_okt.cpp checks it, and checks the M-step against a
+/// brute-force search). The next E-step re-estimates m_o and c_o by the moment rules above (row mean,
+/// mean |x|), which are not the likelihood maximisers, so the recorded loss (statistics re-estimated) is
+/// not guaranteed monotone; it decreases in practice. With `lambda_bal` > 0 the balance term makes Q non-
+/// quadratic: the M-step is then `m_steps` Adam steps on the Cayley parameters of the factor, on Q with the
+/// same fixed (m_o, c_o, γ) (a generalised EM step). The factors alternate R₁, R₂, R₁, ...
+/// Factor sizes: the KOTMS rule. The fit uses `detail::sample_rows(w, sample_entries)` like KOTMS.
+/// Complexity per EM round (both factors, λ_bal = 0): two O(m_s·n·r) float GEMMs, O(m_s·n·l) l-side products,
+/// the E-step O(m_s·n), SVDs of l×l and r×r (O(l³ + r³)); never an n×n matrix. Measured: docs/transforms.md.
 ///
 /// Compile time: `learn_okt` and `okt_loss` are function templates with one defaulted, unused parameter
 /// (`template <class = void>`; call them as ordinary functions), so their Eigen decompositions and solvers
@@ -24,6 +36,9 @@
 #include <lowbit/orthogonal_fit.hpp>
 #include <lowbit/types.hpp>
 
+#include <Eigen/SVD>
+
+#include <cstdint>
 #include <optional>
 #include <vector>
 
@@ -32,12 +47,13 @@ LOWBIT_BEGIN_NAMESPACE
 /// OKT settings (reconstructed defaults, see the file comment).
 struct okt_options {
     int rounds = 25;          ///< EM rounds; each round updates R₁ then R₂
-    int m_steps = 2;          ///< Adam steps per M-step
+    int m_steps = 2;          ///< Adam steps per M-step when lambda_bal > 0 (else the exact Procrustes M-step)
     double lr_left = 1e-2;    ///< learning rate of R₁'s Cayley parameters
     double lr_right = 1e-2;   ///< learning rate of R₂'s Cayley parameters
     double rho = 0.25;        ///< σ / c_o
     double lambda_bal = 0.0;  ///< optional responsibility-balance weight (target ½, ½)
     std::optional<kronecker_factor_sizes> sizes{}; ///< (l, r); default `kotms_factor_sizes(m, n)`
+    std::int64_t sample_entries = 0; ///< fit on ⌊sample_entries / n⌋ evenly spaced rows when m·n exceeds it; ≤ 0 = every row
 
     void validate(const char* where) const {
         detail::require(rounds >= 0 && m_steps >= 1, where, "rounds must be >= 0 and m_steps >= 1");
@@ -63,9 +79,40 @@ template <class = void>
     return ev.nll + ev.balance;
 }
 
+namespace detail {
+
+/// The orthogonal Q maximising tr(Qᵀ A): U Vᵀ from the SVD A = U Σ Vᵀ (the polar factor; orthogonal
+/// Procrustes). O(k³) for A k×k.
+template <class = void>
+matrix_d polar_orthogonal(const matrix_d& a) {
+    const Eigen::MatrixXd ad = a;
+    Eigen::BDCSVD<Eigen::MatrixXd> svd(ad, Eigen::ComputeFullU | Eigen::ComputeFullV);
+    return svd.matrixU() * svd.matrixV().transpose();
+}
+
+/// One OKT EM step (see okt.hpp's file comment) on the left factor (`side` 0, C) or the right one (1, B),
+/// for the rows of `st` whose Z = M·B holds the current B: the E-step (`kronecker_stack::okt_targets`) and
+/// the exact M-step, an orthogonal Procrustes solution. Returns the new factor and the E-step's loss.
+/// Requires equal component widths (`spec.rhos` all equal).
+struct okt_em_step_result {
+    matrix_d factor;
+    double loss = 0;
+};
+
+template <class = void>
+okt_em_step_result okt_em_step(kronecker_stack<>& st, const matrix_d& c, int side, const mixture_spec& spec) {
+    okt_em_step_result out;
+    out.loss = st.okt_targets(c, spec);
+    out.factor = polar_orthogonal(side == 0 ? st.left_contract(st.g) : st.right_contract(c, st.g));
+    return out;
+}
+
+} // namespace detail
+
 /// Learns OKT factors for W [m x n] by alternating EM (see the file comment). `loss_history` holds the
-/// bimodal loss at every E-step and at the end. Throws `shape_error` (empty w, sizes not dividing n),
-/// `numeric_error` (NaN/Inf), `invalid_argument` (options). Deterministic.
+/// bimodal loss (statistics re-estimated) of the fitted rows at every E-step and at the end.
+/// Throws `shape_error` (empty w, sizes not dividing n), `numeric_error` (NaN/Inf), `invalid_argument`
+/// (options). Deterministic.
 template <class = void>
 [[nodiscard]] rotation_learning_result learn_okt(const cref_matrix_f& w, const okt_options& opt = {}) {
     constexpr const char* where = "learn_okt";
@@ -73,33 +120,39 @@ template <class = void>
     detail::require_nonempty(w, where, "w");
     const kronecker_factor_sizes s = opt.sizes.value_or(kotms_factor_sizes(w.rows(), w.cols()));
     detail::check_factor_shapes(w, s.l, s.r, where);
-    const matrix_d wd = w.cast<double>();
+    detail::kronecker_stack<> st(detail::sample_rows(w, opt.sample_entries), s);
     const detail::mixture_spec spec{{-1.0, 1.0}, {opt.rho, opt.rho}, opt.lambda_bal};
-    matrix_d pl = matrix_d::Zero(s.l, s.l), pr = matrix_d::Zero(s.r, s.r);
+    matrix_d c = matrix_d::Identity(s.l, s.l), b = matrix_d::Identity(s.r, s.r);
+    matrix_d pl = matrix_d::Zero(s.l, s.l), pr = matrix_d::Zero(s.r, s.r); // Cayley parameters (λ_bal > 0)
     detail::adam_state al, ar;
     rotation_learning_result res;
+    st.set_right(b);
     for (int round = 0; round < opt.rounds; ++round)
         for (int side = 0; side < 2; ++side) {
             if ((side == 0 && s.l == 1) || (side == 1 && s.r == 1)) continue;
-            // E-step at the current rotation
-            auto e = detail::mixture_shaping_loss(detail::kronecker_rotate_rows(wd, cayley(pl), cayley(pr)), spec, nullptr,
-                                                  nullptr, true);
+            if (opt.lambda_bal == 0.0) { // exact M-step: orthogonal Procrustes
+                auto step = detail::okt_em_step(st, c, side, spec);
+                res.loss_history.push_back(step.loss);
+                (side == 0 ? c : b) = std::move(step.factor);
+                if (side == 1) st.set_right(b);
+                continue;
+            }
+            // generalised M-step: Adam on Q with the E-step's (m_o, c_o, γ) fixed
+            const auto e = detail::mixture_shaping_loss(st.rotated(c), spec, nullptr, nullptr, true);
             res.loss_history.push_back(e.nll + e.balance);
-            const std::vector<double> resp = std::move(e.resp);
-            // M-step on one factor with the responsibilities frozen
-            for (int step = 0; step < opt.m_steps; ++step) {
-                const matrix_d c = cayley(pl), b = cayley(pr);
-                const auto ev = detail::mixture_shaping_loss(detail::kronecker_rotate_rows(wd, c, b), spec, nullptr, &resp, false);
-                matrix_d gc, gb;
-                detail::kronecker_factor_gradients(wd, c, b, ev.grad, gc, gb);
-                if (side == 0)
-                    al.step(pl, cayley_gradient(pl, c, gc), opt.lr_left);
-                else
-                    ar.step(pr, cayley_gradient(pr, b, gb), opt.lr_right);
+            for (int k = 0; k < opt.m_steps; ++k) {
+                const auto ev = detail::mixture_shaping_loss(st.rotated(c), spec, &e.row_scale, &e.resp, false, &e.row_mean);
+                if (side == 0) {
+                    al.step(pl, cayley_gradient(pl, c, st.left_contract(ev.grad)), opt.lr_left);
+                    c = cayley(pl);
+                } else {
+                    ar.step(pr, cayley_gradient(pr, b, st.right_contract(c, ev.grad)), opt.lr_right);
+                    b = cayley(pr);
+                    st.set_right(b);
+                }
             }
         }
-    const matrix_d c = cayley(pl), b = cayley(pr);
-    const auto fin = detail::mixture_shaping_loss(detail::kronecker_rotate_rows(wd, c, b), spec, nullptr, nullptr, false);
+    const auto fin = detail::mixture_shaping_loss(st.rotated(c), spec, nullptr, nullptr, false);
     res.loss_history.push_back(fin.nll + fin.balance);
     res.rotation = {c.cast<float>(), b.cast<float>()};
     return res;
