@@ -169,6 +169,7 @@ LOWBIT_AVX512_TARGET inline void decode_block(const std::uint8_t* p, __m512i& d0
         const __m512i one = _mm512_set1_epi8(1), t86 = _mm512_set1_epi8(86), t171 = _mm512_set1_epi8(static_cast<char>(171));
         __m512i s = load_pinned(p);
         __m512i* d[5] = {&d0, &d1, &d2, &d3, &d4};
+#pragma GCC unroll 5
         for (int k = 0; k < 5; ++k) {
             const __m512i lo = _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(s, t86), one);
             *d[k] = _mm512_mask_add_epi8(lo, _mm512_cmpge_epu8_mask(s, t171), lo, one);
@@ -226,14 +227,18 @@ LOWBIT_AVX512_TARGET inline void digit_dot_rows4(const std::uint8_t* p, Eigen::I
     __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
     for (Eigen::Index b = 0; b < nblocks; ++b, p += T::block_bytes, x += T::block_weights) {
         const int planes = b + 1 == nblocks ? last_planes : all_planes;
+        // (fully unrolled: the tests' and tools' -O2 builds otherwise keep these arrays on the stack)
         __m512i xv[5];
+#pragma GCC unroll 5
         for (int k = 0; k < all_planes; ++k) xv[k] = k < planes ? _mm512_loadu_si512(x + 64 * k) : _mm512_setzero_si512();
+#pragma GCC unroll 4
         for (int j = 0; j < 4; ++j) {
             if constexpr (std::is_same_v<F, ternary2> || std::is_same_v<F, int2>) prefetch_ahead(p + j * rb);
             __m512i d[5];
             d[4] = _mm512_setzero_si512();
             decode_block<F>(p + j * rb, d[0], d[1], d[2], d[3], d[4]);
             acc[j] = _mm512_dpbusd_epi32(acc[j], d[0], xv[0]);
+#pragma GCC unroll 5
             for (int k = 1; k < all_planes; ++k)
                 if (k < planes) acc[j] = _mm512_dpbusd_epi32(acc[j], d[k], xv[k]);
         }
