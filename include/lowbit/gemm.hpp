@@ -411,7 +411,7 @@ inline void decode_rows_f32(const M& w, Eigen::Index r0, Eigen::Index nr, kernel
                             std::vector<float>& buf) {
     using traits = pack_format<typename M::format>;
     buf.resize(static_cast<std::size_t>(w.padded_cols()));
-    const bool avx512 = path == kernel_isa::avx512 || path == kernel_isa::amx;
+    [[maybe_unused]] const bool avx512 = path == kernel_isa::avx512 || path == kernel_isa::amx;
     std::array<std::uint8_t, traits::block_weights> u{};
     for (Eigen::Index i = 0; i < nr; ++i) {
         const float a = w.scale()(r0 + i), mu = w.has_offset() ? w.offset()(r0 + i) : 0.0f;
