@@ -214,6 +214,13 @@ LOWBIT_AVX512_TARGET inline __m128i reduce4_add_epi32(__m512i a0, __m512i a1, __
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
+/// 64-column planes of the last block of `w` that hold real columns (the rest is padding).
+template <class M>
+inline int last_block_planes(const M& w) noexcept {
+    constexpr Eigen::Index bw = pack_format<typename M::format>::block_weights;
+    return static_cast<int>((w.cols() - (w.blocks_per_row() - 1) * bw + 63) / 64);
+}
+
 /// One token, four rows (row j at p + j·rb): r[j] = Σ_c u_jc·x_c. Each activation vector is loaded
 /// once for the four rows, the four sums are reduced together, and the last block multiplies only
 /// its first `last_planes` 64-column planes (the others meet zero-padded activations: skipping
@@ -256,8 +263,7 @@ LOWBIT_AVX512_TARGET inline void dot_rows(const packed_matrix<F>& w, Eigen::Inde
     const Eigen::Index nb = w.blocks_per_row(), rb = w.row_bytes();
     const std::uint8_t* base = w.row_data(0);
     if (ntok == 1) { // GEMV: stream rows in order, four at a time
-        const Eigen::Index tail_cols = w.cols() - (nb - 1) * T::block_weights;
-        const int last_planes = static_cast<int>((tail_cols + 63) / 64);
+        const int last_planes = last_block_planes(w);
         Eigen::Index i = r0;
         for (; i + 4 <= r1; i += 4) {
             std::int32_t r[4];

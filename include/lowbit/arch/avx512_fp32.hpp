@@ -160,13 +160,6 @@ LOWBIT_AVX512_TARGET inline void accumulate_row_f32(const M& w, Eigen::Index i, 
     }
 }
 
-/// 64-column planes of the last block of `w` that hold real columns (the rest is padding).
-template <class M>
-inline int last_block_planes(const M& w) noexcept {
-    constexpr Eigen::Index bw = pack_format<typename M::format>::block_weights;
-    return static_cast<int>((w.cols() - (w.blocks_per_row() - 1) * bw + 63) / 64);
-}
-
 /// Horizontal float sums of four zmm: lane j of the result = Σ of a_j's 16 lanes (fixed order).
 LOWBIT_AVX512_TARGET inline __m128 reduce4_add_ps(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(fold_halves_ps(a0), fold_halves_ps(a1)),
