@@ -81,15 +81,6 @@ template <class = void>
 
 namespace detail {
 
-/// The orthogonal Q maximising tr(Qᵀ A): U Vᵀ from the SVD A = U Σ Vᵀ (the polar factor; orthogonal
-/// Procrustes). O(k³) for A k×k.
-template <class = void>
-matrix_d polar_orthogonal(const matrix_d& a) {
-    const Eigen::MatrixXd ad = a;
-    Eigen::BDCSVD<Eigen::MatrixXd> svd(ad, Eigen::ComputeFullU | Eigen::ComputeFullV);
-    return svd.matrixU() * svd.matrixV().transpose();
-}
-
 /// One OKT EM step (see okt.hpp's file comment) on the left factor (`side` 0, C) or the right one (1, B),
 /// for the rows of `st` whose Z = M·B holds the current B: the E-step (`kronecker_stack::okt_targets`) and
 /// the exact M-step, an orthogonal Procrustes solution. Returns the new factor and the E-step's loss.

@@ -55,6 +55,18 @@ template <class = void>
     return ga - ga.transpose();
 }
 
+namespace detail {
+/// The orthogonal Q maximising tr(Qᵀ M): U Vᵀ from the SVD M = U Σ Vᵀ (the polar factor of M; the core
+/// of orthogonal Procrustes, and OKT's exact M-step). BDCSVD: Jacobi below 16×16, divide and conquer
+/// above (OKT's 512×512 factor). O(k³) for M k×k.
+template <class = void>
+[[nodiscard]] matrix_d polar_orthogonal(const Eigen::Ref<const matrix_d>& m) {
+    const Eigen::MatrixXd md = m;
+    Eigen::BDCSVD<Eigen::MatrixXd> svd(md, Eigen::ComputeFullU | Eigen::ComputeFullV);
+    return svd.matrixU() * svd.matrixV().transpose();
+}
+} // namespace detail
+
 /// Orthogonal Procrustes: the orthogonal Q minimising ‖A Q − B‖_F, Q = U Vᵀ from the SVD AᵀB = U Σ Vᵀ
 /// (Schönemann 1966). A, B: [k x n] with equal shapes. O(k n² + n³).
 template <class = void>
@@ -64,9 +76,7 @@ template <class = void>
     detail::require_dim(b.cols(), a.cols(), "orthogonal_procrustes", "columns of 'b'");
     detail::require_finite(a, "orthogonal_procrustes", "a");
     detail::require_finite(b, "orthogonal_procrustes", "b");
-    const Eigen::MatrixXd m = a.transpose() * b;
-    Eigen::JacobiSVD<Eigen::MatrixXd> svd(m, Eigen::ComputeFullU | Eigen::ComputeFullV);
-    return svd.matrixU() * svd.matrixV().transpose();
+    return detail::polar_orthogonal(a.transpose() * b);
 }
 
 /// Karhunen–Loève basis of activations X [tokens x n]: the eigenvectors of the second moment
