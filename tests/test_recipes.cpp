@@ -42,6 +42,7 @@ bool same_record(const lowbit::linear_record& a, const lowbit::linear_record& b)
     auto same_opt = [](const auto& x, const auto& y, auto&& eq) { return x.has_value() == y.has_value() && (!x || eq(*x, *y)); };
     return a.format == b.format && a.rows == b.rows && a.cols == b.cols && a.codes == b.codes && a.scale == b.scale &&
            a.offset == b.offset && a.dense == b.dense && (a.format != "dense" || a.dense_bits == b.dense_bits) &&
+           a.rotation_status == b.rotation_status &&
            same_opt(a.correction, b.correction, [](const auto& x, const auto& y) { return x.a == y.a && x.b == y.b; }) &&
            same_opt(a.rotation, b.rotation,
                     [](const auto& x, const auto& y) { return x.left == y.left && x.right == y.right && x.dense == y.dense; });
@@ -82,6 +83,15 @@ TEST_CASE("recipe lookup") {
     bad.activation = lowbit::activation_kind::int_asymmetric;
     CHECK_THROWS_AS((void)lowbit::quantize_model(fx().fp32, bad, {}), lowbit::invalid_argument);
     CHECK_THROWS_AS((void)lowbit::quantize_model(fx().fp32, lowbit::find_recipe("gptq-w4"), {}), lowbit::shape_error);
+    lowbit::recipe nan_bits = lowbit::find_recipe("twla-w1.58-kotms");
+    CHECK_THROWS_AS(lowbit::set_recipe_fields(nan_bits, "rotation_max_bits=nan"), lowbit::invalid_argument);
+    for (const char* f : {"rotation_max_bits=-1", "rotation_max_factor=-2"}) {
+        CAPTURE(f);
+        lowbit::recipe r = lowbit::find_recipe("twla-w1.58-kotms");
+        lowbit::set_recipe_fields(r, std::string("solver=rtn;") + f);
+        CHECK_THROWS_WITH_AS((void)lowbit::quantize_model(fx().fp32, r, {}), doctest::Contains("rotation_max_"),
+                             lowbit::invalid_argument);
+    }
 }
 
 TEST_CASE("RTN int4 recipe: packed kernels reproduce the README's naive figure and count bits honestly") {
@@ -242,6 +252,7 @@ TEST_CASE("every recipe field travels: each set to a non-default value reloads a
         {"act_order", "gptq-w4", "", "false"},
         {"seed", "rtn-w4-quarot", "", "5"},
         {"rotation_max_factor", "twla-w1.58-kotms", "solver=rtn", "4"},
+        {"rotation_max_bits", "twla-w1.58-kotms", "solver=rtn", "1"},
         {"hadamard_first", "twla-w1.58-kotms", "solver=rtn", "false"},
         {"nli", "rtn-w4", "", "true"},
         {"residual_rotation", "rtn-w4", "", "true"},
@@ -294,6 +305,7 @@ TEST_CASE("a file whose recorded recipe would not produce its layers is refused,
     const auto kotms = make("twla-w1.58-kotms", "solver=rtn");
     const auto psp = make("bwla-w1a6-psp", "solver=rtn;psp_iterations=1");
     REQUIRE(kotms.records.at("layers.0.wq").rotation.has_value()); // 64 = 8 x 8: learned
+    CHECK(kotms.records.at("layers.0.wq").rotation_status.starts_with("kotms (8, 8) learned, loss "));
     struct tamper {
         const lowbit::quantized_model* q;
         const char* fields; // applied to the recorded recipe
@@ -343,6 +355,48 @@ TEST_CASE("a file whose recorded recipe would not produce its layers is refused,
     CHECK(same_records(lowbit::load_quantized_model(d.path / "same.safetensors").records, ternary.records));
 }
 
+TEST_CASE("a rotation the recipe does not learn is said so in the record, the saved file and the progress line") {
+    lowbit::quantize_options qo;
+    qo.calib_windows = 1;
+    qo.calib_window = 64;
+    std::vector<std::string> lines;
+    qo.progress = [&](const std::string& s) { lines.push_back(s); };
+    lowbit::quantized_model q{lowbit::find_recipe("twla-w1.58-kotms"), {}, {}, {}, {}};
+    lowbit::set_recipe_fields(q.spec, "solver=rtn;rotation_max_factor=4");
+    q.model = lowbit::quantize_model(fx().fp32, q.spec, fx().calib, qo, &q.records);
+    REQUIRE(!q.records.empty());
+    for (const auto& [name, rec] : q.records) {
+        CAPTURE(name);
+        CHECK(!rec.rotation.has_value());
+        const auto sz = lowbit::kotms_factor_sizes(rec.rows, rec.cols);
+        CHECK(rec.rotation_status == "kotms not learned: factors (" + std::to_string(sz.l) + ", " + std::to_string(sz.r) +
+                                         ") exceed rotation_max_factor 4; Hadamard only");
+    }
+    REQUIRE(lines.size() == q.records.size());
+    CHECK(lines.front().find("kotms not learned") != std::string::npos);
+    lowbit_test::temp_dir d("lowbit_test_rotation_status");
+    lowbit::save_quantized_model(d.path / "m.safetensors", q);
+    const auto back = lowbit::load_quantized_model(d.path / "m.safetensors");
+    CHECK(same_records(back.records, q.records));
+    // the default bound on stored bits: the 64x172 w2's (43, 4) factors would add 2.71 bits per weight
+    lowbit::recipe dflt = lowbit::find_recipe("twla-w1.58-kotms");
+    lowbit::set_recipe_fields(dflt, "solver=rtn");
+    lowbit::linear_records dr;
+    (void)lowbit::quantize_model(fx().fp32, dflt, fx().calib, qo, &dr);
+    CHECK(dr.at("layers.0.w2").rotation_status ==
+          "kotms not learned: factors (43, 4) would add 2.71 bits per weight > rotation_max_bits 2.5; Hadamard only");
+    CHECK(!dr.at("layers.0.w2").rotation);
+    CHECK(dr.at("layers.0.w1").rotation); // 172x64: (8, 8) adds 0.186
+    CHECK(dr.at("layers.0.wk").rotation); // 32x64: (16, 4) adds 2.12
+    // TORQ at the 172-wide FFN input (not a multiple of 32): Hadamard only, said so
+    lowbit::recipe torq = lowbit::find_recipe("twla-w1.58-kotms");
+    lowbit::set_recipe_fields(torq, "solver=rtn;rotation=torq");
+    lowbit::linear_records recs;
+    (void)lowbit::quantize_model(fx().fp32, torq, fx().calib, qo, &recs);
+    CHECK(recs.at("layers.0.w2").rotation_status == "torq not learned: width 172 is not a multiple of 32; Hadamard only");
+    CHECK(recs.at("layers.0.wq").rotation_status.starts_with("torq learned from "));
+}
+
 TEST_CASE("learned rotations: orthonormal after fp16 storage, FP32 layers keep their function, bits counted") {
     // Oracle: with FP32 weights every rotation must leave the model's function unchanged,
     // (xQ)(WQ)ᵀ = xWᵀ, so the logits equal the unrotated FP32 model's up to float rounding.
@@ -376,7 +430,7 @@ TEST_CASE("learned rotations: orthonormal after fp16 storage, FP32 layers keep t
                 const lowbit::matrix_f ortho = rec.rotation->dense.size() ? q : t.kronecker->left;
                 CHECK((stored - ortho).cwiseAbs().maxCoeff() < 2e-3f);
             }
-        // KOTMS/OKT learn for every linear whose Kronecker factors are ≤ 16 (all but w2: 172 = 43·4);
+        // KOTMS/OKT learn for every linear whose factors add ≤ 2.5 bits per weight (all but w2: (43, 4) adds 2.71);
         // TORQ for every linear whose width is a multiple of 32 (all but w2)
         CHECK(learned == 6 * m.config.n_layers);
         double weights = 0;

@@ -137,7 +137,16 @@ struct recipe {
     double damp = 0.01;        ///< GPTQ damping λ
     bool act_order = true;     ///< GPTQ activation order (columns by diag H descending)
     std::uint64_t seed = 0;    ///< rotation seed
-    int rotation_max_factor = 16; ///< KOTMS/OKT: learn only when both Kronecker factors are ≤ this (else Hadamard only)
+    /// KOTMS/OKT: learn only when both Kronecker factors of the size rule are ≤ this; 0 (default):
+    /// learn at every size. A linear whose factors exceed a set cap runs the Hadamard only, and its
+    /// record says so (`linear_record::rotation_status`, saved with the model, on the progress line).
+    int rotation_max_factor = 0;
+    /// KOTMS/OKT: learn only when the fp16 factors (16·(l² + r²) bits) add at most this many bits per
+    /// weight to their linear; 0: no bound. LLM-width layers add little (a 512² layer's (8, 64) pair
+    /// 0.25, 512×1536's (8, 64) 0.08, a 4096² layer's (8, 512) 0.25); the default 2.5 refuses only a
+    /// rotation that would cost more than the ternary codes it serves (stories260K's 64×172 w2: (43, 4)
+    /// would add 2.71; its 32×64 wk/wv (16, 4) add 2.12 and are learned). Said in the record as above.
+    double rotation_max_bits = 2.5;
     bool hadamard_first = true; ///< KOTMS/OKT: learn after the randomised Hadamard (false: on the raw weights)
     bool nli = false;          ///< NLI operators in the forward pass (SiLU, softmax exp, RMSNorm rsqrt; recipe_nonlinear_ops)
     /// QuaRot: rotate the residual stream offline by the randomised Hadamard of width dim (seed
@@ -290,6 +299,11 @@ struct linear_record {
     double dense_bits = 32.0;         ///< bits per weight counted for the dense format (MXFP4: 4.25)
     std::optional<low_rank> correction; ///< low-rank term, fp16-exact factors
     std::optional<stored_rotation> rotation; ///< learned rotation (after the recipe's Hadamard), fp16-exact
+    /// What the recipe's rotation learner did for this linear, e.g. "kotms (8, 64) learned, loss -0.04 -> -0.59"
+    /// or "kotms not learned: factors (8, 512) exceed rotation_max_factor 16; Hadamard only"; empty when
+    /// the recipe learns no rotation. Saved as metadata `<name>.rotation_status`; informational (the
+    /// loader rebuilds from `rotation` and the recipe, never from this text).
+    std::string rotation_status;
     expert_tensors expert;            ///< own and shared tensors of an expert format (moe_experts.hpp), else empty
 
     /// Serialized storage bits (see the file comment). \throws as the expert format's builder (inconsistent record).
@@ -499,6 +513,9 @@ inline void check_recipe(const recipe& r) {
     require(r.low_rank == 0 || r.weights == weight_scheme::sign_binary || r.weights == weight_scheme::arb_binary,
             where, "PSP low-rank correction applies to binary weights only");
     require(r.psp_iterations >= 1, where, "recipe psp_iterations must be >= 1");
+    require(r.rotation_max_factor >= 0, where, "recipe rotation_max_factor must be >= 0 (0: no cap)");
+    require(std::isfinite(r.rotation_max_bits) && r.rotation_max_bits >= 0, where,
+            "recipe rotation_max_bits must be finite and >= 0 (0: no bound)");
     const bool packed = r.weights != weight_scheme::fp32 && r.weights != weight_scheme::mxfp4 &&
                         r.weights != weight_scheme::tra_ternary;
     require(!(packed && (r.activation == activation_kind::int_asymmetric || r.activation == activation_kind::mxfp4)),
@@ -669,39 +686,77 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
     throw invalid_argument("lowbit: recipe '" + r.name + "': unknown weight scheme");
 }
 
+/// What `learn_block_rotation` returns: the learned rotation (none when the recipe learns nothing for
+/// this linear) and the text `linear_record::rotation_status` keeps.
+struct learned_block_rotation {
+    std::optional<stored_rotation> rotation;
+    std::string status;
+};
+
 /// The rotation recipe `r` learns for block linear `w` `[out x n]` (already rotated by the recipe's
-/// Hadamard), entries rounded to fp16: KOTMS / OKT factors with the KOTMS size rule (none when a
-/// factor would exceed `r.rotation_max_factor`), TORQ from the layer's calibration inputs `x` (none
-/// when 32 ∤ n). std::nullopt when the recipe learns nothing.
+/// Hadamard), entries rounded to fp16: KOTMS / OKT factors with the KOTMS size rule at every size
+/// (unless a factor exceeds `r.rotation_max_factor` > 0 or the fp16 factors would add more than
+/// `r.rotation_max_bits` > 0 bits per weight: then nothing is learned and the status says so),
+/// TORQ from the layer's calibration inputs `x` (none when 32 ∤ n, status says so). Complexity: as
+/// `learn_kotms` / `learn_okt` / `learn_torq` (docs/transforms.md "Learning time").
 template <class = void>
-std::optional<stored_rotation> learn_block_rotation(const recipe& r, const matrix_f& w, const matrix_f& x) {
+learned_block_rotation learn_block_rotation(const recipe& r, const matrix_f& w, const matrix_f& x) {
     const Eigen::Index n = w.cols();
+    auto fixed = [](double v) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.4g", v);
+        return std::string(buf);
+    };
+    learned_block_rotation out;
     if (r.rotation == rotation_kind::torq) {
-        if (n % 32 != 0) return std::nullopt;
+        if (n % 32 != 0) {
+            out.status = "torq not learned: width " + std::to_string(n) + " is not a multiple of 32; Hadamard only";
+            return out;
+        }
         require<shape_error>(x.rows() > 0, "quantize_model", "TORQ needs calibration inputs");
         torq_options to;
         to.seed = r.seed + static_cast<std::uint64_t>(n);
         stored_rotation s;
         s.dense = fp16_rounded(learn_torq(x, to).matrix().cast<float>());
-        return s;
+        out.rotation = std::move(s);
+        out.status = "torq learned from " + std::to_string(x.rows()) + " input rows";
+        return out;
     }
-    if (r.rotation != rotation_kind::kotms && r.rotation != rotation_kind::okt) return std::nullopt;
+    if (r.rotation != rotation_kind::kotms && r.rotation != rotation_kind::okt) return out;
+    const std::string method = r.rotation == rotation_kind::kotms ? "kotms" : "okt";
     const kronecker_factor_sizes sz = kotms_factor_sizes(w.rows(), n);
-    if (sz.l > r.rotation_max_factor || sz.r > r.rotation_max_factor) return std::nullopt;
-    kronecker_rotation k;
+    const std::string sizes = "(" + std::to_string(sz.l) + ", " + std::to_string(sz.r) + ")";
+    if (r.rotation_max_factor > 0 && (sz.l > r.rotation_max_factor || sz.r > r.rotation_max_factor)) {
+        out.status = method + " not learned: factors " + sizes + " exceed rotation_max_factor " +
+                     std::to_string(r.rotation_max_factor) + "; Hadamard only";
+        return out;
+    }
+    const double extra_bits = 16.0 * static_cast<double>(sz.l * sz.l + sz.r * sz.r) / static_cast<double>(w.rows() * n);
+    if (r.rotation_max_bits > 0 && extra_bits > r.rotation_max_bits) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, " not learned: factors %s would add %.3g bits per weight > rotation_max_bits %.3g; Hadamard only",
+                      sizes.c_str(), extra_bits, r.rotation_max_bits);
+        out.status = method + buf;
+        return out;
+    }
+    rotation_learning_result res;
     if (r.rotation == rotation_kind::kotms) {
         kotms_options ko;
         ko.sizes = sz;
-        k = learn_kotms(w, ko).rotation;
+        res = learn_kotms(w, ko);
     } else {
         okt_options oo;
         oo.sizes = sz;
-        k = learn_okt(w, oo).rotation;
+        res = learn_okt(w, oo);
     }
     stored_rotation s;
-    s.left = fp16_rounded(k.left);
-    s.right = fp16_rounded(k.right);
-    return s;
+    s.left = fp16_rounded(res.rotation.left);
+    s.right = fp16_rounded(res.rotation.right);
+    out.rotation = std::move(s);
+    out.status = method + " " + sizes + " learned";
+    if (!res.loss_history.empty())
+        out.status += ", loss " + fixed(res.loss_history.front()) + " -> " + fixed(res.loss_history.back());
+    return out;
 }
 
 } // namespace detail
@@ -807,8 +862,9 @@ template <class = void>
                 }
             }
             const auto kin = inputs.find(key);
-            std::optional<stored_rotation> learned =
+            detail::learned_block_rotation lr =
                 detail::learn_block_rotation(r, w, kin != inputs.end() ? kin->second : matrix_f());
+            std::optional<stored_rotation>& learned = lr.rotation;
             if (learned) { // W·H·K, and the Hessian of the inputs x·H·K: Kᵀ H K
                 const block_rotation k = block_rotation::from(std::nullopt, learned);
                 k.apply_rows(w);
@@ -821,11 +877,13 @@ template <class = void>
             }
             linear_record rec = detail::quantize_linear(r, w, calibrate ? &h : nullptr);
             rec.rotation = std::move(learned);
+            rec.rotation_status = std::move(lr.status);
             m.set_linear(id, build_linear(r, rec, rot));
-            if (records) (*records)[key] = std::move(rec);
             if (opt.progress)
                 opt.progress(key + " " + std::to_string(w.rows()) + "x" + std::to_string(w.cols()) + " quantized (" +
-                             r.name + (uncalibrated ? "; no calibration token routed here: H = I" : "") + ")");
+                             r.name + (uncalibrated ? "; no calibration token routed here: H = I" : "") +
+                             (rec.rotation_status.empty() ? "" : "; " + rec.rotation_status) + ")");
+            if (records) (*records)[key] = std::move(rec);
         }
     }
     return m;
@@ -933,7 +991,7 @@ inline std::string real_text(double x) {
 /// Every field of a recipe except its name and description as "key=value" entries joined by ';'
 /// (the form saved models record and `lowbit-quantize --set` takes), in a fixed order:
 /// weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, base3,
-/// damp, act_order, seed, rotation_max_factor, hadamard_first, nli, residual_rotation. Numbers
+/// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation. Numbers
 /// round-trip exactly.
 [[nodiscard]] inline std::string recipe_fields(const recipe& r) {
     std::string s;
@@ -951,6 +1009,7 @@ inline std::string real_text(double x) {
     put("act_order", r.act_order ? "true" : "false");
     put("seed", std::to_string(r.seed));
     put("rotation_max_factor", std::to_string(r.rotation_max_factor));
+    put("rotation_max_bits", detail::real_text(r.rotation_max_bits));
     put("hadamard_first", r.hadamard_first ? "true" : "false");
     put("nli", r.nli ? "true" : "false");
     put("residual_rotation", r.residual_rotation ? "true" : "false");
@@ -977,13 +1036,15 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep = ';'
             detail::require(x >= 0, "set_recipe_fields", "seed must be >= 0");
             r.seed = static_cast<std::uint64_t>(x);
         } else if (k == "rotation_max_factor") r.rotation_max_factor = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "rotation_max_bits") r.rotation_max_bits = detail::parse_real(v, k);
         else if (k == "hadamard_first") r.hadamard_first = detail::parse_flag(v, k);
         else if (k == "nli") r.nli = detail::parse_flag(v, k);
         else if (k == "residual_rotation") r.residual_rotation = detail::parse_flag(v, k);
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
-                                   "base3, damp, act_order, seed, rotation_max_factor, hadamard_first, nli, residual_rotation)");
+                                   "base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
+                                   "residual_rotation)");
     }
 }
 
@@ -1240,6 +1301,7 @@ void save_quantized_model(const std::filesystem::path& path, const quantized_mod
                 out.add(n + key, io::st_dtype::F16,
                         {static_cast<std::uint64_t>(x.rows()), static_cast<std::uint64_t>(x.cols())}, detail::fp16_bytes(v));
             };
+            if (!rec.rotation_status.empty()) out.set_metadata(n + ".rotation_status", rec.rotation_status);
             if (rec.rotation) { // learned rotation: F16 matrices
                 add_f16_matrix(".rotation_left", rec.rotation->left);
                 add_f16_matrix(".rotation_right", rec.rotation->right);
@@ -1388,6 +1450,7 @@ template <class = void>
                 return matrix_f(Eigen::Map<const matrix_f>(v.data(), static_cast<Eigen::Index>(t.shape[0]),
                                                            static_cast<Eigen::Index>(t.shape[1])));
             };
+            if (const auto st = md.find(n + ".rotation_status"); st != md.end()) rec.rotation_status = st->second;
             if (f.contains(n + ".rotation_dense")) {
                 stored_rotation sr;
                 sr.dense = f16_matrix(".rotation_dense");
