@@ -1,12 +1,13 @@
-// Rotation learning (KOTMS, OKT) on one square layer at the factor sizes of the KOTMS rule:
-// 512² → (8, 64), 4096² → (8, 512). Input: a Gaussian weight (σ = 0.02) with 8 outlier columns (×10),
-// rotated by the randomised Hadamard first, as the recipes do (hadamard_first); the counters give the loss
-// with the Hadamard only (`loss_hadamard`, the loss at identity factors) and after learning (`loss_learned`),
-// both on every row of the layer, and the seconds per layer (`s_per_layer`, one learning run per iteration).
+// Rotation learning (KOTMS, OKT) on one layer at the factor sizes of the KOTMS rule:
+// 512² → (8, 64), 4096² → (8, 512), 4096×11008 → (16, 688). Input: a Gaussian weight (σ = 0.02) with 8
+// outlier columns (×10), rotated by the randomised Hadamard first, as the recipes do (hadamard_first); the
+// counters give the loss with the Hadamard only (`loss_hadamard`, the loss at identity factors) and after
+// learning (`loss_learned`), both on every row of the layer by the double-precision reference
+// (`kotms_loss`, `okt_loss`), and the seconds per layer (`s_per_layer`, one learning run per iteration).
 // Run (one core; docs/transforms.md "Learning time" has the figures and the machine's load):
 //   cat /proc/loadavg
-//   taskset -c 0 build-bench/bench/bench_rotation_learning --benchmark_filter='/512/|okt/4096/-1' --benchmark_repetitions=3
-//   taskset -c 0 build-bench/bench/bench_rotation_learning --benchmark_filter='okt/4096/(1|3|6)/|kotms/4096/-1/-1'
+//   taskset -c 0 build-bench/bench/bench_rotation_learning --benchmark_filter='/512/' --benchmark_repetitions=3
+//   taskset -c 0 build-bench/bench/bench_rotation_learning --benchmark_filter='/4096/|rect'
 #include <lowbit/hadamard.hpp>
 #include <lowbit/kotms.hpp>
 #include <lowbit/okt.hpp>
@@ -18,10 +19,10 @@
 
 namespace {
 
-lowbit::matrix_f hadamard_rotated_layer(Eigen::Index n) {
+lowbit::matrix_f hadamard_rotated_layer(Eigen::Index m, Eigen::Index n) {
     std::mt19937_64 rng(7);
     std::normal_distribution<float> g(0.0f, 0.02f);
-    lowbit::matrix_f w(n, n);
+    lowbit::matrix_f w(m, n);
     for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = g(rng);
     for (Eigen::Index k = 0; k < 8; ++k) w.col((k * 131 + 5) % n) *= 10.0f; // outlier input channels
     lowbit::hadamard_options ho;
@@ -32,12 +33,11 @@ lowbit::matrix_f hadamard_rotated_layer(Eigen::Index n) {
 }
 
 template <class Learn, class Loss>
-void run(benchmark::State& st, Learn learn, Loss loss) {
-    const Eigen::Index n = st.range(0);
-    const lowbit::matrix_f w = hadamard_rotated_layer(n);
+void run(benchmark::State& st, Eigen::Index m, Eigen::Index n, Learn learn, Loss loss) {
+    const lowbit::matrix_f w = hadamard_rotated_layer(m, n);
     lowbit::rotation_learning_result r;
     for (auto _ : st) {
-        r = learn(w, static_cast<int>(st.range(1)));
+        r = learn(w);
         benchmark::DoNotOptimize(r.rotation.left.data());
     }
     const auto sz = r.rotation.sizes();
@@ -53,37 +53,58 @@ void run(benchmark::State& st, Learn learn, Loss loss) {
                                                         benchmark::Counter::kInvert);
 }
 
-// range(1): iterations (KOTMS) / EM rounds (OKT), −1 = the defaults; range(2) (optional): sample_entries,
-// −1 = the default, 0 = every row.
+double kotms_total(const lowbit::matrix_f& w, const lowbit::kronecker_rotation& k) {
+    return lowbit::kotms_loss(w, k.left.cast<double>(), k.right.cast<double>()).total;
+}
+double okt_value(const lowbit::matrix_f& w, const lowbit::kronecker_rotation& k) {
+    return lowbit::okt_loss(w, k.left.cast<double>(), k.right.cast<double>());
+}
+
+// KOTMS, Adam (the published optimiser). range(0): n (square layer); range(1): steps, −1 = the default
+// (100); range(2): sample_entries, −1 = the default (every row).
 void BM_learn_kotms(benchmark::State& st) {
-    const std::int64_t sample = st.range(2);
-    run(st, [sample](const lowbit::matrix_f& w, int steps) {
+    const std::int64_t steps = st.range(1), sample = st.range(2);
+    run(st, st.range(0), st.range(0), [=](const lowbit::matrix_f& w) {
         lowbit::kotms_options o;
-        if (steps >= 0) o.iters = steps;
+        if (steps >= 0) o.iters = static_cast<int>(steps);
         if (sample >= 0) o.sample_entries = sample;
         return lowbit::learn_kotms(w, o);
-    }, [](const lowbit::matrix_f& w, const lowbit::kronecker_rotation& k) {
-        return lowbit::kotms_loss(w, k.left.cast<double>(), k.right.cast<double>()).total;
-    });
+    }, kotms_total);
 }
 BENCHMARK(BM_learn_kotms)->Args({512, -1, -1})->Args({4096, -1, -1})->Unit(benchmark::kMillisecond)->Iterations(1);
+// A few steps at 4096² (the cost per step).
+BENCHMARK(BM_learn_kotms)->Args({4096, 2, 0})->Args({4096, 12, 0})->Unit(benchmark::kMillisecond)->Iterations(1);
 
-void BM_learn_okt(benchmark::State& st) {
-    run(st, [](const lowbit::matrix_f& w, int steps) {
-        lowbit::okt_options o;
-        if (steps >= 0) o.rounds = steps;
-        return lowbit::learn_okt(w, o);
-    }, [](const lowbit::matrix_f& w, const lowbit::kronecker_rotation& k) {
-        return lowbit::okt_loss(w, k.left.cast<double>(), k.right.cast<double>());
-    });
+// KOTMS, Procrustes EM (opt-in `kotms_method::procrustes_em`, ω = 1.8). range(1): rounds.
+void BM_learn_kotms_em(benchmark::State& st) {
+    const std::int64_t rounds = st.range(1);
+    run(st, st.range(0), st.range(0), [=](const lowbit::matrix_f& w) {
+        lowbit::kotms_options o;
+        o.method = lowbit::kotms_method::procrustes_em;
+        o.iters = static_cast<int>(rounds);
+        return lowbit::learn_kotms(w, o);
+    }, kotms_total);
 }
-BENCHMARK(BM_learn_okt)->Args({512, -1})->Args({4096, -1})->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK(BM_learn_kotms_em)->Args({512, 50})->Args({512, 100})->Args({4096, 12})->Args({4096, 30})->Args({4096, 100})->Unit(benchmark::kMillisecond)->Iterations(1);
 
-// Row-sample sizes at 4096² (256, 1024 rows, every row): time against the loss on the whole layer.
-BENCHMARK(BM_learn_kotms)->Args({4096, -1, 1 << 22})->Args({4096, 20, 0})->Unit(benchmark::kMillisecond)->Iterations(1);
+// OKT. range(1): rounds, −1 = the default (10, tolerance 1e-3); range(2): relaxation ω × 10, −1 = the
+// default (1.8); 10 = plain EM.
+void BM_learn_okt(benchmark::State& st) {
+    const std::int64_t rounds = st.range(1), om = st.range(2);
+    run(st, st.range(0), st.range(0), [=](const lowbit::matrix_f& w) {
+        lowbit::okt_options o;
+        if (rounds >= 0) o.rounds = static_cast<int>(rounds);
+        if (om >= 0) o.relaxation = static_cast<double>(om) / 10.0;
+        return lowbit::learn_okt(w, o);
+    }, okt_value);
+}
+BENCHMARK(BM_learn_okt)->Args({512, -1, -1})->Args({4096, -1, -1})->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK(BM_learn_okt)->Args({4096, 25, -1})->Args({4096, 25, 10})->Unit(benchmark::kMillisecond)->Iterations(1);
 
-// A few steps at 4096² (the cost per step, to extrapolate runs too long to repeat).
-BENCHMARK(BM_learn_kotms)->Args({4096, 2, 0})->Unit(benchmark::kMillisecond)->Iterations(1);
-BENCHMARK(BM_learn_okt)->Args({4096, 1})->Args({4096, 3})->Args({4096, 6})->Unit(benchmark::kMillisecond)->Iterations(1);
+// OKT on a 4096×11008 layer (an FFN's down projection, in-features 11008): factors (16, 688).
+void BM_learn_okt_rect(benchmark::State& st) {
+    run(st, 4096, 11008, [](const lowbit::matrix_f& w) { return lowbit::learn_okt(w); }, okt_value);
+}
+BENCHMARK(BM_learn_okt_rect)->Unit(benchmark::kMillisecond)->Iterations(1);
 
 } // namespace

@@ -1,7 +1,9 @@
 // Tests for lowbit/kotms.hpp. Oracles: central finite differences of the loss (c_o held fixed, as the method
 // detaches it) for the analytic gradients in C, B and through the Cayley parameters; the mixture density
-// evaluated directly in double for the loss value; E2M-ATQ (asym_ternary.hpp) errors of W vs W·Q on the real
-// checkpoint.
+// evaluated directly in double for the loss value; the double-precision `mixture_shaping_loss` for the
+// learners' float evaluation (loss and gradient, with the balance term); a dense search over 2x2 rotations
+// and reflections and random 4x4 orthogonal matrices for the Procrustes EM steps, and EM's inequality at
+// fixed statistics (double); E2M-ATQ (asym_ternary.hpp) errors of W vs W·Q on the real checkpoint.
 #include <lowbit/asym_ternary.hpp>
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/kotms.hpp>
@@ -11,7 +13,9 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <random>
 
@@ -171,6 +175,21 @@ TEST_CASE("bad input is refused with lowbit errors") {
     bad.iters = -1;
     CHECK_THROWS_AS((void)lowbit::learn_kotms(w, bad), lowbit::invalid_argument);
     bad = {};
+    bad.method = lowbit::kotms_method::procrustes_em;
+    bad.rho0 = 0.2; // procrustes_em needs one width
+    CHECK_THROWS_AS((void)lowbit::learn_kotms(w, bad), lowbit::invalid_argument);
+    for (double om : {0.0, 2.0}) {
+        bad = {};
+        bad.relaxation = om;
+        CHECK_THROWS_AS((void)lowbit::learn_kotms(w, bad), lowbit::invalid_argument);
+    }
+    bad = {};
+    bad.tolerance = -1;
+    CHECK_THROWS_AS((void)lowbit::learn_kotms(w, bad), lowbit::invalid_argument);
+    bad = {};
+    bad.method = static_cast<lowbit::kotms_method>(7);
+    CHECK_THROWS_AS((void)lowbit::learn_kotms(w, bad), lowbit::invalid_argument);
+    bad = {};
     bad.sizes = lowbit::kronecker_factor_sizes{5, 3};
     CHECK_THROWS_AS((void)lowbit::learn_kotms(w, bad), lowbit::shape_error);
     lowbit::matrix_f nan = w;
@@ -179,4 +198,107 @@ TEST_CASE("bad input is refused with lowbit errors") {
     CHECK_THROWS_AS((void)lowbit::learn_kotms(lowbit::matrix_f(0, 12)), lowbit::shape_error);
     const lowbit::vector_d short_scale = lowbit::vector_d::Ones(2);
     CHECK_THROWS_AS((void)lowbit::kotms_loss(w, c, b, {}, &short_scale), lowbit::shape_error);
+}
+
+TEST_CASE("the learners' float evaluation (one pass + balance pass) matches the double reference: loss and dL/dW_rot") {
+    const auto w = heavy_matrix(9, 48, 61);
+    const lowbit::matrix_d wd = w.cast<double>();
+    const lowbit::matrix_d c = lowbit::random_orthogonal(6, 62), b = lowbit::random_orthogonal(8, 63);
+    for (double lambda : {0.0, 0.1, 0.7}) {
+        CAPTURE(lambda);
+        const lowbit::detail::mixture_spec spec{{-1.0, 0.0, 1.0}, {0.35, 0.2, 0.35}, lambda};
+        const auto ref = lowbit::detail::mixture_shaping_loss(lowbit::detail::kronecker_rotate_rows(wd, c, b), spec, nullptr, nullptr, false);
+        lowbit::detail::kronecker_stack<> st(w, {6, 8});
+        st.set_right(b);
+        CHECK(st.kotms_eval(c, spec, false) == doctest::Approx(ref.nll + ref.balance).epsilon(1e-5));
+        CHECK(st.kotms_eval(c, spec, true) == doctest::Approx(ref.nll + ref.balance).epsilon(1e-5));
+        const lowbit::matrix_d got = Eigen::Map<const lowbit::matrix_f>(st.g.data(), 9, 48).cast<double>();
+        CHECK((got - ref.grad).cwiseAbs().maxCoeff() <= 1e-4 * ref.grad.cwiseAbs().maxCoeff());
+    }
+}
+
+TEST_CASE("learn_kotms (Adam): the first recorded loss is the double reference at the identity") {
+    const auto w = heavy_matrix(16, 64, 64);
+    lowbit::kotms_options opt;
+    opt.iters = 3;
+    const auto r = lowbit::learn_kotms(w, opt);
+    const auto s = r.rotation.sizes();
+    CHECK(r.loss_history.front() ==
+          doctest::Approx(lowbit::kotms_loss(w, lowbit::matrix_d::Identity(s.l, s.l), lowbit::matrix_d::Identity(s.r, s.r)).total).epsilon(1e-5));
+    CHECK(r.loss_history.back() ==
+          doctest::Approx(lowbit::kotms_loss(w, r.rotation.left.cast<double>(), r.rotation.right.cast<double>()).total).epsilon(1e-4));
+}
+
+namespace {
+
+// The EM objective of the three-component KOTMS mixture with the E-step's statistics `e` fixed (double
+// reference): the Q-function (`q`) or the NLL at fixed row means and scales.
+double kotms_fixed_stats(const lowbit::matrix_d& wd, const lowbit::matrix_d& c, const lowbit::matrix_d& b,
+                         const lowbit::detail::mixture_eval& e, const lowbit::detail::mixture_spec& spec, bool q) {
+    return lowbit::detail::mixture_shaping_loss(lowbit::detail::kronecker_rotate_rows(wd, c, b), spec, &e.row_scale,
+                                                q ? &e.resp : nullptr, false, &e.row_mean)
+        .nll;
+}
+
+} // namespace
+
+TEST_CASE("KOTMS Procrustes EM step: beats a dense angle search (2x2) and random rotations (4x4), EM's inequality holds") {
+    const auto w = heavy_matrix(6, 8, 71);
+    const lowbit::matrix_d wd = w.cast<double>();
+    const lowbit::detail::mixture_spec spec{{-1.0, 0.0, 1.0}, {0.25, 0.25, 0.25}, 0.0};
+    lowbit::matrix_d c = lowbit::random_orthogonal(2, 72), b = lowbit::random_orthogonal(4, 73);
+    lowbit::detail::kronecker_stack<> st(w, {2, 4});
+    st.set_right(b);
+    for (int round = 0; round < 5; ++round) {
+        CAPTURE(round);
+        const auto e = lowbit::detail::mixture_shaping_loss(lowbit::detail::kronecker_rotate_rows(wd, c, b), spec, nullptr, nullptr, true);
+        const lowbit::matrix_d c0 = c, b0 = b;
+        const double loss = lowbit::detail::procrustes_em_round(st, c, b, spec, 1.0);
+        CHECK(loss == doctest::Approx(e.nll).epsilon(1e-5));
+        const double qc = kotms_fixed_stats(wd, c, b0, e, spec, true), qcb = kotms_fixed_stats(wd, c, b, e, spec, true);
+        double q_best = std::numeric_limits<double>::infinity();
+        for (int i = 0; i < 3600; ++i) {
+            const double th = 2 * M_PI * i / 3600.0, cs = std::cos(th), sn = std::sin(th);
+            lowbit::matrix_d rot(2, 2), ref(2, 2);
+            rot << cs, -sn, sn, cs;
+            ref << cs, sn, sn, -cs;
+            q_best = std::min({q_best, kotms_fixed_stats(wd, rot, b0, e, spec, true), kotms_fixed_stats(wd, ref, b0, e, spec, true)});
+        }
+        CHECK(qc <= q_best + 1e-6 * std::abs(q_best));
+        for (std::uint64_t seed = 0; seed < 200; ++seed)
+            CHECK(qcb <= kotms_fixed_stats(wd, c, lowbit::random_orthogonal(4, 7000 + seed), e, spec, true) + 1e-9);
+        CHECK(qc <= kotms_fixed_stats(wd, c0, b0, e, spec, true) + 1e-9);
+        CHECK(qcb <= qc + 1e-9);
+        CHECK(kotms_fixed_stats(wd, c, b, e, spec, false) <= kotms_fixed_stats(wd, c0, b0, e, spec, false) + 1e-9);
+    }
+}
+
+TEST_CASE("learn_kotms with procrustes_em: loss decreases, factors orthogonal, invariance holds, deterministic") {
+    const auto w = heavy_matrix(32, 64, 74);
+    for (double omega : {1.0, 1.8}) {
+        CAPTURE(omega);
+        lowbit::kotms_options opt;
+        opt.method = lowbit::kotms_method::procrustes_em;
+        opt.relaxation = omega;
+        opt.iters = 20;
+        const auto r = lowbit::learn_kotms(w, opt);
+        CHECK(r.loss_history.size() == 21);
+        CHECK(r.loss_history.back() < r.loss_history.front() - 0.1);
+        CHECK(r.loss_history.back() ==
+              doctest::Approx(lowbit::kotms_loss(w, r.rotation.left.cast<double>(), r.rotation.right.cast<double>()).total).epsilon(1e-4));
+        CHECK(lowbit::orthogonality_error(r.rotation.matrix()) <= 1e-5);
+        const auto r2 = lowbit::learn_kotms(w, opt);
+        CHECK(r2.rotation.left == r.rotation.left);
+        CHECK(r2.rotation.right == r.rotation.right);
+        const lowbit::matrix_f x = heavy_matrix(3, 64, 75) * 50.0f;
+        const Eigen::MatrixXd y = x.cast<double>() * w.cast<double>().transpose();
+        const Eigen::MatrixXd y2 = lowbit::rotate_activations(x, r.rotation).cast<double>() *
+                                   lowbit::rotate_weights(w, r.rotation).cast<double>().transpose();
+        CHECK((y - y2).cwiseAbs().maxCoeff() < 1e-5 * y.cwiseAbs().maxCoeff());
+    }
+    lowbit::kotms_options stop;
+    stop.method = lowbit::kotms_method::procrustes_em;
+    stop.iters = 20;
+    stop.tolerance = 10.0; // stops at the second E-step
+    CHECK(lowbit::learn_kotms(w, stop).loss_history.size() == 2);
 }

@@ -20,9 +20,15 @@
 /// not guaranteed monotone; it decreases in practice. With `lambda_bal` > 0 the balance term makes Q non-
 /// quadratic: the M-step is then `m_steps` Adam steps on the Cayley parameters of the factor, on Q with the
 /// same fixed (m_o, c_o, γ) (a generalised EM step). The factors alternate R₁, R₂, R₁, ...
+/// Rounds (λ_bal = 0, `detail::procrustes_em` in kotms.hpp): one E-step, then R₁ and, at the new R₁, R₂ with
+/// the same statistics (expectation-conditional maximisation: Q still never increases); the targets are
+/// over-relaxed, Y + ω(T − Y) with ω = `relaxation` (1.8; ω = 1 is the plain EM step above), which reaches
+/// a given loss in fewer rounds; if the loss rises ω drops to 1; `tolerance` stops the run when a round
+/// gains less than it. (Before issue 15 each factor had its own E-step and ω was 1.)
 /// Factor sizes: the KOTMS rule. The fit uses `detail::sample_rows(w, sample_entries)` like KOTMS.
 /// Complexity per EM round (both factors, λ_bal = 0): two O(m_s·n·r) float GEMMs, O(m_s·n·l) l-side products,
-/// the E-step O(m_s·n), SVDs of l×l and r×r (O(l³ + r³)); never an n×n matrix. Measured: docs/transforms.md.
+/// the E-step O(m_s·n) in float, SVDs of l×l and r×r (O(l³ + r³)); never an n×n matrix.
+/// Measured: docs/transforms.md.
 ///
 /// Compile time: `learn_okt` and `okt_loss` are function templates with one defaulted, unused parameter
 /// (`template <class = void>`; call them as ordinary functions), so their Eigen decompositions and solvers
@@ -46,8 +52,18 @@ LOWBIT_BEGIN_NAMESPACE
 
 /// OKT settings (reconstructed defaults, see the file comment).
 struct okt_options {
-    int rounds = 25;          ///< EM rounds; each round updates R₁ then R₂
+    /// At most this many EM rounds; each round updates R₁ then R₂ (λ_bal = 0: one E-step per round).
+    /// 10 keeps a 4096² layer under 5 s on one core (docs/transforms.md "Learning time"); before issue 15
+    /// the default was 25 rounds of plain EM.
+    int rounds = 10;
     int m_steps = 2;          ///< Adam steps per M-step when lambda_bal > 0 (else the exact Procrustes M-step)
+    /// Over-relaxation ω ∈ (0, 2) of the Procrustes targets (lambda_bal = 0): Y + ω(T − Y); 1 = plain EM
+    /// (a guaranteed descent of the NLL at fixed statistics). ω > 1 reaches a given loss in fewer rounds
+    /// (docs/transforms.md "Learning time"); if the loss rises, ω drops to 1 for the rest of the run.
+    double relaxation = 1.8;
+    /// Stop when a round lowers the loss by less than this (nats per weight, absolute: the loss is
+    /// scale-free and crosses zero); 0 = run every round. Applies with lambda_bal = 0.
+    double tolerance = 1e-3;
     double lr_left = 1e-2;    ///< learning rate of R₁'s Cayley parameters
     double lr_right = 1e-2;   ///< learning rate of R₂'s Cayley parameters
     double rho = 0.25;        ///< σ / c_o
@@ -55,11 +71,14 @@ struct okt_options {
     std::optional<kronecker_factor_sizes> sizes{}; ///< (l, r); default `kotms_factor_sizes(m, n)`
     std::int64_t sample_entries = 0; ///< fit on ⌊sample_entries / n⌋ evenly spaced rows when m·n exceeds it; ≤ 0 = every row
 
+    /// Throws `invalid_argument` naming `where` for an out-of-range option.
     void validate(const char* where) const {
         detail::require(rounds >= 0 && m_steps >= 1, where, "rounds must be >= 0 and m_steps >= 1");
         detail::require(lr_left >= 0 && lr_right >= 0, where, "learning rates must be >= 0");
         detail::require(rho > 0, where, "rho must be > 0");
         detail::require(lambda_bal >= 0, where, "lambda_bal must be >= 0");
+        detail::require(relaxation > 0 && relaxation < 2, where, "relaxation must be in (0, 2)");
+        detail::require(tolerance >= 0, where, "tolerance must be >= 0");
     }
 };
 
@@ -82,7 +101,7 @@ template <class = void>
 namespace detail {
 
 /// One OKT EM step (see okt.hpp's file comment) on the left factor (`side` 0, C) or the right one (1, B),
-/// for the rows of `st` whose Z = M·B holds the current B: the E-step (`kronecker_stack::okt_targets`) and
+/// for the rows of `st` whose Z = M·B holds the current B: the E-step (`kronecker_stack::em_targets`, ω = 1) and
 /// the exact M-step, an orthogonal Procrustes solution. Returns the new factor and the E-step's loss.
 /// Requires equal component widths (`spec.rhos` all equal).
 struct okt_em_step_result {
@@ -93,7 +112,7 @@ struct okt_em_step_result {
 template <class = void>
 okt_em_step_result okt_em_step(kronecker_stack<>& st, const matrix_d& c, int side, const mixture_spec& spec) {
     okt_em_step_result out;
-    out.loss = st.okt_targets(c, spec);
+    out.loss = st.em_targets(c, spec, 1.0);
     out.factor = polar_orthogonal(side == 0 ? st.left_contract(st.g) : st.right_contract(c, st.g));
     return out;
 }
@@ -101,7 +120,9 @@ okt_em_step_result okt_em_step(kronecker_stack<>& st, const matrix_d& c, int sid
 } // namespace detail
 
 /// Learns OKT factors for W [m x n] by alternating EM (see the file comment). `loss_history` holds the
-/// bimodal loss (statistics re-estimated) of the fitted rows at every E-step and at the end.
+/// bimodal loss (statistics re-estimated) of the fitted rows at every E-step and, unless `tolerance`
+/// stopped the run (then the last E-step's loss is the final one), at the end: λ_bal = 0 gives at most
+/// rounds + 1 values, one per round. O(rounds·(m_s·n·(l + r) + l³ + r³)).
 /// Throws `shape_error` (empty w, sizes not dividing n), `numeric_error` (NaN/Inf), `invalid_argument`
 /// (options). Deterministic.
 template <class = void>
@@ -118,16 +139,14 @@ template <class = void>
     detail::adam_state al, ar;
     rotation_learning_result res;
     st.set_right(b);
+    if (opt.lambda_bal == 0.0) { // exact (ω = 1) or over-relaxed Procrustes M-steps, one E-step per round
+        res.loss_history = detail::procrustes_em(st, c, b, spec, opt.rounds, opt.relaxation, opt.tolerance);
+        res.rotation = {c.cast<float>(), b.cast<float>()};
+        return res;
+    }
     for (int round = 0; round < opt.rounds; ++round)
         for (int side = 0; side < 2; ++side) {
             if ((side == 0 && s.l == 1) || (side == 1 && s.r == 1)) continue;
-            if (opt.lambda_bal == 0.0) { // exact M-step: orthogonal Procrustes
-                auto step = detail::okt_em_step(st, c, side, spec);
-                res.loss_history.push_back(step.loss);
-                (side == 0 ? c : b) = std::move(step.factor);
-                if (side == 1) st.set_right(b);
-                continue;
-            }
             // generalised M-step: Adam on Q with the E-step's (m_o, c_o, γ) fixed
             const auto e = detail::mixture_shaping_loss(st.rotated(c), spec, nullptr, nullptr, true);
             res.loss_history.push_back(e.nll + e.balance);
