@@ -361,6 +361,106 @@ TEST_CASE("quantize_activations matches rtn's symmetric per-token grid") {
     CHECK(z.q.isZero());
 }
 
+TEST_CASE("AVX-512 activation codes equal the scalar row quantizer at every width, on ties and at the clamp") {
+    if (!lowbit::isa_available(kernel_isa::avx512)) return;
+    // widths 1..72 (every masked tail of the 8-lane loop) and a few wide ones; levels of 8, 6 and 4 bits
+    std::vector<Eigen::Index> widths;
+    for (Eigen::Index n = 1; n <= 72; ++n) widths.push_back(n);
+    for (Eigen::Index n : {255, 256, 300, 4096}) widths.push_back(n);
+    for (const Eigen::Index n : widths)
+        for (int levels : {127, 31, 7}) {
+            CAPTURE(n);
+            CAPTURE(levels);
+            lowbit::matrix_f x = random_x(1, n, static_cast<unsigned>(n * 3 + levels));
+            // exact ties: amax = levels gives s = 1, so k + 0.5 must round half to even
+            if (n >= 3) {
+                x(0, 0) = static_cast<float>(levels);
+                for (Eigen::Index j = 1; j < n; ++j) x(0, j) = static_cast<float>((j % 9) - 4) + 0.5f;
+            }
+            std::vector<std::int8_t> q1(static_cast<std::size_t>(n) + 8, 99), q2(q1);
+            float s1 = 0, s2 = 0;
+            double m1 = 0, m2 = 0;
+            std::int32_t c1 = 0, c2 = 0;
+            REQUIRE(lowbit::detail::quantize_row(x.data(), n, levels, q1.data(), s1, m1, c1));
+            REQUIRE(lowbit::detail::quantize_row_avx512(x.data(), n, levels, q2.data(), s2, m2, c2));
+            CHECK(q1 == q2); // includes the 8 bytes after n: the masked store wrote none of them
+            CHECK(s1 == s2);
+            CHECK(m1 == m2);
+            CHECK(c1 == c2);
+            if (n >= 3) {
+                CHECK(int(q2[0]) == levels);
+                for (Eigen::Index j = 1; j < n; ++j) { // round half to even, independent of the library
+                    const double v = static_cast<double>((j % 9) - 4) + 0.5;
+                    const double lo = std::floor(v);
+                    const double want = (static_cast<long long>(lo) % 2 == 0) ? lo : lo + 1;
+                    CHECK(int(q2[static_cast<std::size_t>(j)]) == static_cast<int>(want));
+                }
+            }
+        }
+    // adversarial: inputs within a few float ulps of every half-integer boundary (k + ½)·s, for 300
+    // scales (the AVX-512 path multiplies by 1/s and corrects; the scalar body divides)
+    std::mt19937_64 rng(2024);
+    std::uniform_real_distribution<float> amax_dist(1e-3f, 1e3f);
+    for (int trial = 0; trial < 300; ++trial)
+        for (int levels : {127, 31, 7}) {
+            const float amax = amax_dist(rng);
+            const auto sc = static_cast<float>(static_cast<double>(amax) / levels);
+            std::vector<float> row{amax};
+            for (int k = -levels - 1; k <= levels; ++k) {
+                const auto b = static_cast<float>((k + 0.5) * static_cast<double>(sc));
+                float lo = b, hi = b;
+                row.push_back(std::clamp(b, -amax, amax)); // max|x| stays amax, so s stays sc
+                for (int u = 0; u < 2; ++u) {
+                    lo = std::nextafter(lo, -1e30f);
+                    hi = std::nextafter(hi, 1e30f);
+                    row.push_back(std::clamp(lo, -amax, amax));
+                    row.push_back(std::clamp(hi, -amax, amax));
+                }
+            }
+            const auto n = static_cast<Eigen::Index>(row.size());
+            std::vector<std::int8_t> q1(row.size()), q2(row.size());
+            float s1 = 0, s2 = 0;
+            double m1 = 0, m2 = 0;
+            std::int32_t c1 = 0, c2 = 0;
+            REQUIRE(lowbit::detail::quantize_row(row.data(), n, levels, q1.data(), s1, m1, c1));
+            REQUIRE(lowbit::detail::quantize_row_avx512(row.data(), n, levels, q2.data(), s2, m2, c2));
+            REQUIRE(s1 == sc);
+            CHECK(q1 == q2);
+            CHECK(c1 == c2);
+        }
+    // NaN / ±Inf anywhere (a full 16-lane step or the masked tail) is refused by both paths
+    for (const Eigen::Index n : {Eigen::Index{5}, Eigen::Index{16}, Eigen::Index{37}})
+        for (Eigen::Index at = 0; at < n; at += 3)
+            for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                              -std::numeric_limits<float>::infinity()}) {
+                std::vector<float> row(static_cast<std::size_t>(n), 0.25f);
+                row[static_cast<std::size_t>(at)] = bad;
+                std::vector<std::int8_t> q(static_cast<std::size_t>(n));
+                float sc = 0;
+                double sm = 0;
+                std::int32_t c = 0;
+                CHECK(!lowbit::detail::quantize_row(row.data(), n, 127, q.data(), sc, sm, c));
+                CHECK(!lowbit::detail::quantize_row_avx512(row.data(), n, 127, q.data(), sc, sm, c));
+            }
+    // the scale floor (1e-5): tiny inputs give zero codes on both paths
+    lowbit::matrix_f tiny = lowbit::matrix_f::Constant(1, 20, 1e-9f);
+    tiny(0, 3) = -1e-9f;
+    std::vector<std::int8_t> q1(20), q2(20);
+    float s1 = 0, s2 = 0;
+    double m1 = 0, m2 = 0;
+    std::int32_t c1 = 0, c2 = 0;
+    REQUIRE(lowbit::detail::quantize_row(tiny.data(), 20, 7, q1.data(), s1, m1, c1));
+    REQUIRE(lowbit::detail::quantize_row_avx512(tiny.data(), 20, 7, q2.data(), s2, m2, c2));
+    CHECK(q1 == q2);
+    CHECK(c1 == c2);
+    lowbit::matrix_f big = lowbit::matrix_f::Constant(1, 20, 3e5f); // s = 1e4 ceiling: 3e5/1e4 = 30 > 7
+    REQUIRE(lowbit::detail::quantize_row(big.data(), 20, 7, q1.data(), s1, m1, c1));
+    REQUIRE(lowbit::detail::quantize_row_avx512(big.data(), 20, 7, q2.data(), s2, m2, c2));
+    CHECK(q1 == q2);
+    CHECK(int(q2[5]) == 7);
+    CHECK(c1 == c2);
+}
+
 TEST_CASE_TEMPLATE("gemm/gemv float epilogue within the stated bound, with and without offsets", F, lowbit::ternary2,
                    lowbit::ternary_base3, lowbit::binary1, lowbit::int4) {
     const Eigen::Index rows = 9, cols = 4544, tokens = 3;

@@ -186,15 +186,19 @@ inline void dot_rows_isa(kernel_isa isa, const M& w, Eigen::Index r0, Eigen::Ind
     }
 }
 
-/// One token of quantize_activations: s = clamp(max|x|/L, 1e-5, 1e4) as float,
-/// q_j = clamp(round_half_even(x_j / s), −L, L) in double (IEEE-exact, so every compilation of this
-/// body gives the same codes), Σx in double over 8 lane-interleaved partial sums (fixed order).
-/// Returns false if x has NaN/Inf. O(n).
+/// The scale of a token whose max|x| is `amax`: clamp(amax/L, 1e-5, 1e4) in double, rounded to float.
+inline float activation_scale(float amax, int levels) {
+    return static_cast<float>(std::clamp(static_cast<double>(amax) / levels, 1e-5, 1e4));
+}
+
+/// The per-token statistics of quantize_activations: s = clamp(max|x|/L, 1e-5, 1e4) as float, Σx in
+/// double over 8 lane-interleaved partial sums (fixed order). The codes (quantize_row_body) are
+/// q_j = clamp(round_half_even(x_j / s), −L, L) in double (IEEE-exact, so every compilation and
+/// the AVX-512 `activation_codes_f64` give the same codes). Returns false if x has NaN/Inf. O(n).
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((always_inline))
 #endif
-inline bool quantize_row_body(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
-                              std::int32_t& qsum) {
+inline bool quantize_row_stats(const float* x, Eigen::Index n, int levels, float& scale, double& sum) {
     // max|x| and the finiteness check over 16 independent lanes (vectorizable; a single running
     // max is one dependent chain of n maxss). Max is exact, so the lane split changes nothing.
     float m[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
@@ -223,7 +227,17 @@ inline bool quantize_row_body(const float* x, Eigen::Index n, int levels, std::i
         for (int l = 0; l < 8; ++l) p[l] += static_cast<double>(x[j8 + l]);
     for (Eigen::Index j = j8; j < n; ++j) p[j - j8] += static_cast<double>(x[j]);
     sum = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-    scale = static_cast<float>(std::clamp(static_cast<double>(amax) / levels, 1e-5, 1e4));
+    scale = activation_scale(amax, levels);
+    return true;
+}
+
+/// One token of quantize_activations (see quantize_row_stats for the rule); false on NaN/Inf. O(n).
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+inline bool quantize_row_body(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
+                              std::int32_t& qsum) {
+    if (!quantize_row_stats(x, n, levels, scale, sum)) return false;
     const double den = static_cast<double>(scale), lim = static_cast<double>(levels);
     std::int32_t qs = 0;
     for (Eigen::Index j = 0; j < n; ++j) {
@@ -247,11 +261,17 @@ LOWBIT_TARGET("avx2,fma") inline bool quantize_row_avx2(const float* x, Eigen::I
                                                          float& scale, double& sum, std::int32_t& qsum) {
     return quantize_row_body(x, n, levels, q, scale, sum, qsum);
 }
-/// quantize_row_body compiled for AVX-512 (8 doubles per vector); identical results.
+/// quantize_row_body for AVX-512: the statistics 16 lanes at a time (`avx512_kernels::activation_stats`),
+/// the codes without a division (`activation_codes_f64`: reciprocal, then an exact boundary test);
+/// identical results.
 LOWBIT_TARGET("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
 inline bool quantize_row_avx512(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
                                 std::int32_t& qsum) {
-    return quantize_row_body(x, n, levels, q, scale, sum, qsum);
+    float amax = 0.0f;
+    if (!avx512_kernels::activation_stats(x, n, amax, sum)) return false;
+    scale = activation_scale(amax, levels);
+    qsum = avx512_kernels::activation_codes_f64(x, n, static_cast<double>(scale), static_cast<double>(levels), q);
+    return true;
 }
 #else
 inline bool quantize_row_avx2(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,

@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #if LOWBIT_HAVE_X86_KERNELS
 #include <immintrin.h>
@@ -560,6 +561,86 @@ LOWBIT_AVX512_TARGET inline void xnor_rows(const packed_matrix<binary1>& w, Eige
         const long long pc = reduce_add_epi64(_mm512_add_epi64(c0, c1));
         out[i - r0] = static_cast<std::int32_t>(w.cols() - 2 * pc);
     }
+}
+
+/// Statistics of one token for the activation quantizer, equal bit for bit to the scalar body
+/// (gemm.hpp `quantize_row_stats`): `amax` = max|x_j| (exact in any order), `sum` = Σx_j in double as
+/// 8 partial sums p_l += x_{8i+l} in index order (one zmm of 8 doubles: the same additions in the
+/// same order; the tail's masked add leaves the other lanes untouched) combined as
+/// ((p0+p1)+(p2+p3))+((p4+p5)+(p6+p7)). Returns false if some x_j is NaN or ±Inf. O(n).
+LOWBIT_TARGET("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+inline bool activation_stats(const float* x, Eigen::Index n, float& amax, double& sum) {
+    const __mmask16 all16 = 0xFFFF;
+    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+    const __m512 fmax = _mm512_set1_ps(std::numeric_limits<float>::max());
+    __m512 m = _mm512_setzero_ps();
+    __m512d p = _mm512_setzero_pd();
+    __mmask16 finite = all16;
+    for (Eigen::Index j = 0; j < n; j += 16) {
+        const Eigen::Index left = n - j;
+        const __mmask16 k = left >= 16 ? all16 : static_cast<__mmask16>((1u << left) - 1u);
+        const __m512 v = _mm512_maskz_loadu_ps(k, x + j);
+        const __m512 a = _mm512_and_ps(v, abs_mask);
+        finite &= _mm512_cmp_ps_mask(a, fmax, _CMP_LE_OQ) | static_cast<__mmask16>(~k);
+        m = _mm512_maskz_max_ps(all16, m, a);
+        const __mmask8 k0 = static_cast<__mmask8>(k & 0xFF), k1 = static_cast<__mmask8>(k >> 8);
+        p = _mm512_mask_add_pd(p, k0, p, _mm512_maskz_cvtps_pd(k0, _mm512_maskz_extractf32x8_ps(0xFF, v, 0)));
+        if (k1) // the second 8 lanes: x_{j+8..j+15}, the next round of the 8 partial sums
+            p = _mm512_mask_add_pd(p, k1, p,
+                                   _mm512_maskz_cvtps_pd(k1, _mm512_maskz_extractf32x8_ps(0xFF, v, 1)));
+    }
+    if (finite != all16) return false;
+    // _mm512_reduce_max_ps warns under GCC 12 (undefined source); max is exact in any order
+    const __m256 h = _mm256_max_ps(_mm512_maskz_extractf32x8_ps(0xFF, m, 0), _mm512_maskz_extractf32x8_ps(0xFF, m, 1));
+    __m128 q = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_max_ps(q, _mm_movehl_ps(q, q));
+    amax = _mm_cvtss_f32(_mm_max_ss(q, _mm_movehdup_ps(q)));
+    alignas(64) double l[8];
+    _mm512_store_pd(l, p);
+    sum = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    return true;
+}
+
+/// Activation codes of one token, exactly the scalar rule q_j = clamp(round_half_even(x_j / s), −L, L)
+/// (x_j, s float, s > 0; the scalar body divides in double, which decides every half-integer boundary
+/// as the exact quotient does) without a division: k₀ = round(clamp(x_j·(1/s), ±(L + 1))) in double is
+/// within one of the exact rounding (relative error 2⁻⁵², |k₀| ≤ L + 1 ≤ 128), and the boundaries
+/// (k₀ ± ½)·s are exact in double (≤ 9 + 24 significant bits), so comparing x_j with them moves k₀
+/// to the exact result: one step up or down, a tie to the even neighbour. 8 lanes per step, the tail
+/// masked; stores n codes and returns Σq_j. `lim` = L ≤ 127. Needs AVX-512 F/DQ/VL/BW (the target
+/// of `quantize_row_avx512`). Bit-exact against the scalar body (test_gemm: every width 1–72, ties,
+/// the clamp). O(n).
+LOWBIT_TARGET("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+inline std::int32_t activation_codes_f64(const float* x, Eigen::Index n, double s, double lim, std::int8_t* q) {
+    // maskz forms throughout: GCC 12's plain forms start from _mm512_undefined_* and warn
+    // (-Wmaybe-uninitialized); lanes past n are zero and never stored
+    const __mmask8 all = 0xFF;
+    const __m512d sv = _mm512_set1_pd(s), half_s = _mm512_set1_pd(0.5 * s), inv = _mm512_set1_pd(1.0 / s);
+    const __m512d hi = _mm512_set1_pd(lim + 1.0), lo = _mm512_set1_pd(-lim - 1.0);
+    const __m256i ilim = _mm256_set1_epi32(static_cast<int>(lim)), one = _mm256_set1_epi32(1);
+    __m256i acc = _mm256_setzero_si256();
+    for (Eigen::Index j = 0; j < n; j += 8) {
+        const Eigen::Index left = n - j;
+        const __mmask8 m = left >= 8 ? all : static_cast<__mmask8>((1u << left) - 1u);
+        const __m512d v = _mm512_maskz_cvtps_pd(m, _mm256_maskz_loadu_ps(m, x + j));
+        const __m512d t = _mm512_maskz_min_pd(all, _mm512_maskz_max_pd(all, _mm512_maskz_mul_pd(all, v, inv), lo), hi);
+        const __m512d k0 = _mm512_maskz_roundscale_pd(all, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512d up = _mm512_maskz_fmadd_pd(all, k0, sv, half_s);    // (k0 + ½)·s, exact
+        const __m512d down = _mm512_maskz_fmsub_pd(all, k0, sv, half_s);  // (k0 − ½)·s, exact
+        __m256i c = _mm512_maskz_cvtpd_epi32(all, k0);
+        const __mmask8 odd = _mm256_test_epi32_mask(c, one);
+        const __mmask8 inc = _mm512_cmp_pd_mask(v, up, _CMP_GT_OQ) | (_mm512_cmp_pd_mask(v, up, _CMP_EQ_OQ) & odd);
+        const __mmask8 dec = _mm512_cmp_pd_mask(v, down, _CMP_LT_OQ) | (_mm512_cmp_pd_mask(v, down, _CMP_EQ_OQ) & odd);
+        c = _mm256_mask_add_epi32(c, inc, c, one);
+        c = _mm256_mask_sub_epi32(c, dec, c, one);
+        c = _mm256_min_epi32(_mm256_max_epi32(c, _mm256_sub_epi32(_mm256_setzero_si256(), ilim)), ilim);
+        c = _mm256_maskz_mov_epi32(m, c);
+        acc = _mm256_add_epi32(acc, c);
+        _mm256_mask_cvtepi32_storeu_epi8(q + j, m, c);
+    }
+    const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
 }
 
 } // namespace detail::avx512_kernels
