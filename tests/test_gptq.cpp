@@ -61,7 +61,8 @@ double output_error(const matrix_f& w, const matrix_f& q, const matrix_d& s) {
 // batching), with groups of `gs` processed columns (gs = n: per row) and the three tail policies.
 template <class Q>
 matrix_f reference_gptq(const matrix_f& w, const matrix_d& h_in, const Q& quant, Eigen::Index gs,
-                        lowbit::tail_policy tail, double damp, bool act_order, double* loss_out = nullptr) {
+                        lowbit::tail_policy tail, double damp, bool act_order, double* loss_out = nullptr,
+                        bool gram = false) {
     const Eigen::Index m = w.rows(), n = w.cols();
     Eigen::MatrixXd h = h_in, w0 = w.cast<double>();
     for (Eigen::Index j = 0; j < n; ++j)
@@ -78,6 +79,7 @@ matrix_f reference_gptq(const matrix_f& w, const matrix_d& h_in, const Q& quant,
         W.col(j) = w0.col(perm[static_cast<std::size_t>(j)]);
         for (Eigen::Index i = 0; i < n; ++i) H(i, j) = h(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
     }
+    const Eigen::MatrixXd H_undamped = H;
     H.diagonal().array() += damp * H.diagonal().mean();
     const Eigen::MatrixXd hinv = H.llt().solve(Eigen::MatrixXd::Identity(n, n));
     const Eigen::MatrixXd U = hinv.llt().matrixU();
@@ -90,7 +92,17 @@ matrix_f reference_gptq(const matrix_f& w, const matrix_d& h_in, const Q& quant,
             const Eigen::Index width = std::min(gs, n - j);
             matrix_f blk = matrix_f::Zero(m, tail == lowbit::tail_policy::zero_pad ? gs : width);
             blk.leftCols(width) = W.middleCols(j, width).cast<float>();
-            params = quant.fit(blk);
+            if constexpr (lowbit::GramAwareGroupQuantizer<Q>) {
+                if (gram) { // the group's S = H/2, zero for padding columns
+                    matrix_d g = matrix_d::Zero(blk.cols(), blk.cols());
+                    g.topLeftCorner(width, width) = 0.5 * H_undamped.block(j, j, width, width);
+                    params = quant.fit_with_gram(blk, g);
+                } else {
+                    params = quant.fit(blk);
+                }
+            } else {
+                params = quant.fit(blk);
+            }
         }
         colf = W.col(j).cast<float>();
         quant.round_column(params, colf, out);
@@ -297,6 +309,34 @@ TEST_CASE("act order: diag-descending order and invariance under input-channel p
     const auto r0 = lowbit::gptq_quantize(w, h, q, lowbit::per_group{8});
     const auto rp0 = lowbit::gptq_quantize(wp, hp, q, lowbit::per_group{8});
     CHECK(std::fabs(r0.loss - rp0.loss) > 1e-6 * r0.loss);
+}
+
+TEST_CASE("gram_fit: each group's E2M-ATQ stage 2 uses the group's H/2 (unblocked reference), act order and tails") {
+    const matrix_f x = correlated_inputs(400, 36, 81);
+    const matrix_d h = hessian_of(x);
+    const matrix_f w = random_weights(10, 36, 82);
+    const lowbit::e2m_atq_quantizer q{};
+    for (bool act_order : {false, true}) {
+        CAPTURE(act_order);
+        lowbit::gptq_options opt;
+        opt.act_order = act_order;
+        opt.block_size = 8;
+        opt.gram_fit = true;
+        const auto r = lowbit::gptq_quantize(w, h, q, lowbit::per_row{}, opt);
+        const matrix_f ref = reference_gptq(w, h, q, 36, lowbit::tail_policy::smaller_last, opt.damp, act_order, nullptr, true);
+        CHECK((r.weights - ref).cwiseAbs().maxCoeff() <= 1e-4f);
+        const auto rg = lowbit::gptq_quantize(w, h, q, lowbit::per_group{10, lowbit::tail_policy::zero_pad}, opt);
+        const matrix_f refg = reference_gptq(w, h, q, 10, lowbit::tail_policy::zero_pad, opt.damp, act_order, nullptr, true);
+        CHECK((rg.weights - refg).cwiseAbs().maxCoeff() <= 1e-4f);
+        // the Gram changes the fit (the option is not ignored)
+        opt.gram_fit = false;
+        const auto r0 = lowbit::gptq_quantize(w, h, q, lowbit::per_row{}, opt);
+        CHECK((r0.weights - r.weights).cwiseAbs().maxCoeff() > 1e-3f);
+    }
+    lowbit::gptq_options bad;
+    bad.gram_fit = true;
+    CHECK_THROWS_WITH_AS((void)lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{4}, lowbit::per_row{}, bad),
+                         doctest::Contains("fit_with_gram"), lowbit::invalid_argument);
 }
 
 TEST_CASE("gptq_quantize: bad input") {

@@ -9,6 +9,7 @@
 #include <lowbit/kotms.hpp>
 
 #include "gaussian_matrix.hpp"
+#include "rotation_oracles.hpp"
 #include "models.hpp"
 
 #include <doctest/doctest.h>
@@ -21,9 +22,8 @@
 
 namespace {
 
-lowbit::matrix_f heavy_matrix(Eigen::Index rows, Eigen::Index cols, unsigned seed) {
-    return lowbit_test::student_t(rows, cols, seed, 4.0f, 0.02f);
-}
+using lowbit_test::heavy_matrix;
+using lowbit_test::mixture_fixed_stats;
 
 using lowbit_test::gaussian_d;
 
@@ -229,19 +229,6 @@ TEST_CASE("learn_kotms (Adam): the first recorded loss is the double reference a
           doctest::Approx(lowbit::kotms_loss(w, r.rotation.left.cast<double>(), r.rotation.right.cast<double>()).total).epsilon(1e-4));
 }
 
-namespace {
-
-// The EM objective of the three-component KOTMS mixture with the E-step's statistics `e` fixed (double
-// reference): the Q-function (`q`) or the NLL at fixed row means and scales.
-double kotms_fixed_stats(const lowbit::matrix_d& wd, const lowbit::matrix_d& c, const lowbit::matrix_d& b,
-                         const lowbit::detail::mixture_eval& e, const lowbit::detail::mixture_spec& spec, bool q) {
-    return lowbit::detail::mixture_shaping_loss(lowbit::detail::kronecker_rotate_rows(wd, c, b), spec, &e.row_scale,
-                                                q ? &e.resp : nullptr, false, &e.row_mean)
-        .nll;
-}
-
-} // namespace
-
 TEST_CASE("KOTMS Procrustes EM step: beats a dense angle search (2x2) and random rotations (4x4), EM's inequality holds") {
     const auto w = heavy_matrix(6, 8, 71);
     const lowbit::matrix_d wd = w.cast<double>();
@@ -255,21 +242,15 @@ TEST_CASE("KOTMS Procrustes EM step: beats a dense angle search (2x2) and random
         const lowbit::matrix_d c0 = c, b0 = b;
         const double loss = lowbit::detail::procrustes_em_round(st, c, b, spec, 1.0);
         CHECK(loss == doctest::Approx(e.nll).epsilon(1e-5));
-        const double qc = kotms_fixed_stats(wd, c, b0, e, spec, true), qcb = kotms_fixed_stats(wd, c, b, e, spec, true);
-        double q_best = std::numeric_limits<double>::infinity();
-        for (int i = 0; i < 3600; ++i) {
-            const double th = 2 * M_PI * i / 3600.0, cs = std::cos(th), sn = std::sin(th);
-            lowbit::matrix_d rot(2, 2), ref(2, 2);
-            rot << cs, -sn, sn, cs;
-            ref << cs, sn, sn, -cs;
-            q_best = std::min({q_best, kotms_fixed_stats(wd, rot, b0, e, spec, true), kotms_fixed_stats(wd, ref, b0, e, spec, true)});
-        }
+        const double qc = mixture_fixed_stats(wd, c, b0, e, spec, true), qcb = mixture_fixed_stats(wd, c, b, e, spec, true);
+        const double q_best = lowbit_test::min_over_2x2_orthogonal(
+            [&](const lowbit::matrix_d& q2) { return mixture_fixed_stats(wd, q2, b0, e, spec, true); });
         CHECK(qc <= q_best + 1e-6 * std::abs(q_best));
         for (std::uint64_t seed = 0; seed < 200; ++seed)
-            CHECK(qcb <= kotms_fixed_stats(wd, c, lowbit::random_orthogonal(4, 7000 + seed), e, spec, true) + 1e-9);
-        CHECK(qc <= kotms_fixed_stats(wd, c0, b0, e, spec, true) + 1e-9);
+            CHECK(qcb <= mixture_fixed_stats(wd, c, lowbit::random_orthogonal(4, 7000 + seed), e, spec, true) + 1e-9);
+        CHECK(qc <= mixture_fixed_stats(wd, c0, b0, e, spec, true) + 1e-9);
         CHECK(qcb <= qc + 1e-9);
-        CHECK(kotms_fixed_stats(wd, c, b, e, spec, false) <= kotms_fixed_stats(wd, c0, b0, e, spec, false) + 1e-9);
+        CHECK(mixture_fixed_stats(wd, c, b, e, spec, false) <= mixture_fixed_stats(wd, c0, b0, e, spec, false) + 1e-9);
     }
 }
 

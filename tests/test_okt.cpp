@@ -9,6 +9,7 @@
 #include <lowbit/okt.hpp>
 
 #include "gaussian_matrix.hpp"
+#include "rotation_oracles.hpp"
 #include "models.hpp"
 
 #include <doctest/doctest.h>
@@ -21,9 +22,8 @@
 
 namespace {
 
-lowbit::matrix_f heavy_matrix(Eigen::Index rows, Eigen::Index cols, unsigned seed) {
-    return lowbit_test::student_t(rows, cols, seed, 4.0f, 0.02f);
-}
+using lowbit_test::heavy_matrix;
+using lowbit_test::mixture_fixed_stats;
 
 } // namespace
 
@@ -127,19 +127,6 @@ TEST_CASE("bad input is refused with lowbit errors") {
     CHECK_THROWS_AS((void)lowbit::learn_okt(inf), lowbit::numeric_error);
 }
 
-namespace {
-
-// The EM objective with the E-step's statistics held fixed, evaluated by the double-precision oracle path:
-// `frozen` = the responsibilities (Q-function) or null (the NLL at fixed row means and scales).
-double fixed_stats(const lowbit::matrix_d& wd, const lowbit::matrix_d& c, const lowbit::matrix_d& b,
-                   const lowbit::detail::mixture_eval& e, const lowbit::detail::mixture_spec& spec, bool q) {
-    return lowbit::detail::mixture_shaping_loss(lowbit::detail::kronecker_rotate_rows(wd, c, b), spec, &e.row_scale,
-                                                q ? &e.resp : nullptr, false, &e.row_mean)
-        .nll;
-}
-
-} // namespace
-
 TEST_CASE("OKT M-step is exact: Procrustes beats a brute-force search of 2x2 factors, and the NLL at fixed statistics never increases") {
     const auto w = heavy_matrix(6, 8, 21);
     const lowbit::matrix_d wd = w.cast<double>();
@@ -152,30 +139,24 @@ TEST_CASE("OKT M-step is exact: Procrustes beats a brute-force search of 2x2 fac
         auto estep = lowbit::detail::mixture_shaping_loss(lowbit::detail::kronecker_rotate_rows(wd, c, b), spec, nullptr, nullptr, true);
         auto step = lowbit::detail::okt_em_step(st, c, 0, spec);
         CHECK(step.loss == doctest::Approx(estep.nll).epsilon(1e-5));
-        const double q_new = fixed_stats(wd, step.factor, b, estep, spec, true);
-        double q_best = std::numeric_limits<double>::infinity();
-        for (int i = 0; i < 3600; ++i) {
-            const double th = 2 * M_PI * i / 3600.0, cs = std::cos(th), sn = std::sin(th);
-            lowbit::matrix_d rot(2, 2), ref(2, 2);
-            rot << cs, -sn, sn, cs;
-            ref << cs, sn, sn, -cs;
-            q_best = std::min({q_best, fixed_stats(wd, rot, b, estep, spec, true), fixed_stats(wd, ref, b, estep, spec, true)});
-        }
+        const double q_new = mixture_fixed_stats(wd, step.factor, b, estep, spec, true);
+        const double q_best = lowbit_test::min_over_2x2_orthogonal(
+            [&](const lowbit::matrix_d& q2) { return mixture_fixed_stats(wd, q2, b, estep, spec, true); });
         CAPTURE(round);
         CHECK(q_new <= q_best + 1e-6 * std::abs(q_best));
-        CHECK(q_new <= fixed_stats(wd, c, b, estep, spec, true) + 1e-9);
-        CHECK(fixed_stats(wd, step.factor, b, estep, spec, false) <= fixed_stats(wd, c, b, estep, spec, false) + 1e-9);
+        CHECK(q_new <= mixture_fixed_stats(wd, c, b, estep, spec, true) + 1e-9);
+        CHECK(mixture_fixed_stats(wd, step.factor, b, estep, spec, false) <= mixture_fixed_stats(wd, c, b, estep, spec, false) + 1e-9);
         c = step.factor;
         // right factor (4x4): no orthogonal matrix tried at random does better, and EM's inequality holds
         estep = lowbit::detail::mixture_shaping_loss(lowbit::detail::kronecker_rotate_rows(wd, c, b), spec, nullptr, nullptr, true);
         step = lowbit::detail::okt_em_step(st, c, 1, spec);
-        const double qb = fixed_stats(wd, c, step.factor, estep, spec, true);
+        const double qb = mixture_fixed_stats(wd, c, step.factor, estep, spec, true);
         for (std::uint64_t seed = 0; seed < 200; ++seed) {
             const lowbit::matrix_d cand = lowbit::random_orthogonal(4, 1000 + seed);
-            CHECK(qb <= fixed_stats(wd, c, cand, estep, spec, true) + 1e-9);
+            CHECK(qb <= mixture_fixed_stats(wd, c, cand, estep, spec, true) + 1e-9);
         }
-        CHECK(qb <= fixed_stats(wd, c, b, estep, spec, true) + 1e-9);
-        CHECK(fixed_stats(wd, c, step.factor, estep, spec, false) <= fixed_stats(wd, c, b, estep, spec, false) + 1e-9);
+        CHECK(qb <= mixture_fixed_stats(wd, c, b, estep, spec, true) + 1e-9);
+        CHECK(mixture_fixed_stats(wd, c, step.factor, estep, spec, false) <= mixture_fixed_stats(wd, c, b, estep, spec, false) + 1e-9);
         CHECK(lowbit::orthogonality_error(step.factor) < 1e-10);
         b = step.factor;
         st.set_right(b);
@@ -244,25 +225,19 @@ TEST_CASE("Procrustes EM round (one E-step, C then B at the new C): exact M-step
         const lowbit::matrix_d c0 = c, b0 = b;
         const double loss = lowbit::detail::procrustes_em_round(st, c, b, spec, 1.0);
         CHECK(loss == doctest::Approx(e.nll).epsilon(1e-5));
-        const double q0 = fixed_stats(wd, c0, b0, e, spec, true), qc = fixed_stats(wd, c, b0, e, spec, true),
-                     qcb = fixed_stats(wd, c, b, e, spec, true);
+        const double q0 = mixture_fixed_stats(wd, c0, b0, e, spec, true), qc = mixture_fixed_stats(wd, c, b0, e, spec, true),
+                     qcb = mixture_fixed_stats(wd, c, b, e, spec, true);
         // C-step: no 2x2 rotation or reflection (3600 angles each) does better with B fixed
-        double q_best = std::numeric_limits<double>::infinity();
-        for (int i = 0; i < 3600; ++i) {
-            const double th = 2 * M_PI * i / 3600.0, cs = std::cos(th), sn = std::sin(th);
-            lowbit::matrix_d rot(2, 2), ref(2, 2);
-            rot << cs, -sn, sn, cs;
-            ref << cs, sn, sn, -cs;
-            q_best = std::min({q_best, fixed_stats(wd, rot, b0, e, spec, true), fixed_stats(wd, ref, b0, e, spec, true)});
-        }
+        const double q_best = lowbit_test::min_over_2x2_orthogonal(
+            [&](const lowbit::matrix_d& q2) { return mixture_fixed_stats(wd, q2, b0, e, spec, true); });
         CHECK(qc <= q_best + 1e-6 * std::abs(q_best));
         // B-step at the new C: no random 4x4 orthogonal matrix does better
         for (std::uint64_t seed = 0; seed < 200; ++seed)
-            CHECK(qcb <= fixed_stats(wd, c, lowbit::random_orthogonal(4, 5000 + seed), e, spec, true) + 1e-9);
+            CHECK(qcb <= mixture_fixed_stats(wd, c, lowbit::random_orthogonal(4, 5000 + seed), e, spec, true) + 1e-9);
         // EM's inequality for the round (ECM): Q, and the NLL at the fixed statistics, never increase
         CHECK(qc <= q0 + 1e-9);
         CHECK(qcb <= qc + 1e-9);
-        CHECK(fixed_stats(wd, c, b, e, spec, false) <= fixed_stats(wd, c0, b0, e, spec, false) + 1e-9);
+        CHECK(mixture_fixed_stats(wd, c, b, e, spec, false) <= mixture_fixed_stats(wd, c0, b0, e, spec, false) + 1e-9);
         CHECK(lowbit::orthogonality_error(c) < 1e-10);
         CHECK(lowbit::orthogonality_error(b) < 1e-10);
         CHECK(qcb < prev_q + 1.0); // finite

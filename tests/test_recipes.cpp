@@ -226,6 +226,18 @@ TEST_CASE("every recipe field is saved: a non-default seed and hadamard_first re
     lowbit::set_recipe_fields(x, "seed=3,nli=true", ',');
     CHECK(x.seed == 3);
     CHECK(x.nli);
+    // recipe variants by name: "base:key=value:key=value" = the built-in recipe with those fields
+    const lowbit::recipe v = lowbit::find_recipe("twla-w1.58:gram_stage2=true:damp=0.1");
+    lowbit::recipe want = lowbit::find_recipe("twla-w1.58");
+    lowbit::set_recipe_fields(want, "gram_stage2=true;damp=0.1");
+    CHECK(lowbit::recipe_fields(v) == lowbit::recipe_fields(want));
+    CHECK(v.name == "twla-w1.58:gram_stage2=true:damp=0.1");
+    CHECK(lowbit::find_recipe("gptq-w4:").name == "gptq-w4:");
+    CHECK_THROWS_WITH_AS((void)lowbit::find_recipe("twla-w1.58:gram=true"), doctest::Contains("unknown recipe field"),
+                         lowbit::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)lowbit::find_recipe("twla:damp=0.1"), doctest::Contains("unknown recipe 'twla'"),
+                         lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::find_recipe("gptq-w4:damp"), lowbit::invalid_argument);
     std::filesystem::remove_all(dir);
 }
 
@@ -256,6 +268,8 @@ TEST_CASE("every recipe field travels: each set to a non-default value reloads a
         {"hadamard_first", "twla-w1.58-kotms", "solver=rtn", "false"},
         {"nli", "rtn-w4", "", "true"},
         {"residual_rotation", "rtn-w4", "", "true"},
+        {"gram_stage2", "twla-w1.58", "", "false"},
+        {"affine_refit", "gptq-w4", "", "true"},
     };
     std::set<std::string> keys;
     for (const auto& [k, v] : lowbit::detail::split_fields(lowbit::recipe_fields(lowbit::find_recipe("fp32")), ';', "test"))

@@ -258,6 +258,27 @@ template <class = void>
     return detail::fit_e2m_atq_impl(w, group_mask::Constant(w.rows(), w.cols(), true), nullptr, cfg);
 }
 
+/// E2M-ATQ's stage 2 for given order-1 codes, every row at once: for row i of `w` `[rows x n]` with codes
+/// t_i (row i of `codes` `[rows x n]`, values in {−1, 0, +1}) the (μ_i, α_i) minimising
+/// e S eᵀ, e = w_i − μ_i·1 − α_i·t_i, S = `s` `[n x n]` (symmetric PSD, finite; e.g. XᵀX/N of the layer's
+/// inputs). Use it after a solver has fixed the codes (GPTQ with error feedback): the codes stay, only the
+/// two affine parameters per row move. `mean` and `alpha` (rows) hold the starting values and are replaced
+/// only where the solution lowers e S eᵀ (rounding guard, so the error never increases). Rows whose 2×2
+/// system is singular (all codes zero or all equal) fit μ alone with α kept. Same solver as
+/// `detail::refit_affine_rows` (detail/affine_codes.hpp), which takes any integer codes.
+/// \throws shape_error (empty w; codes, s, mean, alpha shapes), numeric_error (NaN/Inf in w or s),
+///         invalid_argument (a code outside {−1, 0, 1}).
+/// Complexity O(rows·n²) (one double GEMM S·Tᵀ), O(rows·n) extra memory.
+template <class = void>
+void relocate_e2m_atq(const cref_matrix_f& w, const Eigen::Ref<const matrix_i8>& codes,
+                      const Eigen::Ref<const matrix_d>& s, Eigen::Ref<vector_f> mean, Eigen::Ref<vector_f> alpha) {
+    constexpr const char* where = "relocate_e2m_atq";
+    detail::require_dim(codes.rows(), w.rows(), where, "rows of 'codes'");
+    detail::require_dim(codes.cols(), w.cols(), where, "columns of 'codes'");
+    detail::require((codes.array() >= -1).all() && (codes.array() <= 1).all(), where, "codes must lie in {-1, 0, 1}");
+    detail::refit_affine_rows(w, codes, s, mean, alpha, where);
+}
+
 /// An E2M-ATQ-quantized matrix at a per_row / per_group granularity: code planes in {−1, 0, +1},
 /// μ and α per row and group (detail/affine_codes.hpp).
 using asym_ternary_tensor = code_plane_tensor;
@@ -331,6 +352,23 @@ struct e2m_atq_quantizer {
         return {f.mean, f.alpha[0], f.alpha[1]};
     }
 
+    /// Fits every row of `block` `[rows x g]` with stage 2 weighted by `gram` `[g x g]` (the group's input
+    /// Gram matrix; makes this a `GramAwareGroupQuantizer`, so GPTQ with `gram_fit` passes its H/2).
+    /// Order 1 with the closed-form stage 2: stage 1 per row, then `relocate_e2m_atq` for all rows (one
+    /// GEMM, O(rows·g²)); otherwise `fit_e2m_atq(block, mask, gram)`.
+    template <class = void>
+    [[nodiscard]] params fit_with_gram(const cref_matrix_f& block, const Eigen::Ref<const matrix_d>& gram) const {
+        if (config.order == 1 && config.relocate && config.stage2_rounds == 0) {
+            e2m_atq stage1 = config;
+            stage1.relocate = false;
+            auto f = fit_e2m_atq(block, stage1);
+            relocate_e2m_atq(block, f.codes[0], gram, f.mean, f.alpha[0]);
+            return {f.mean, f.alpha[0], f.alpha[1]};
+        }
+        const auto f = fit_e2m_atq(block, group_mask::Constant(block.rows(), block.cols(), true), gram, config);
+        return {f.mean, f.alpha[0], f.alpha[1]};
+    }
+
     /// Rounds one column to the nearest level of each row.
     void round_column(const params& p, const cref_vector_f& col, Eigen::Ref<vector_f> out) const {
         const int s1max = config.order == 2 ? 1 : 0;
@@ -351,6 +389,6 @@ struct e2m_atq_quantizer {
     }
 };
 
-static_assert(GroupQuantizer<e2m_atq_quantizer>);
+static_assert(GramAwareGroupQuantizer<e2m_atq_quantizer>);
 
 LOWBIT_END_NAMESPACE

@@ -38,6 +38,18 @@ concept GroupQuantizer = requires(const Q& q, const cref_matrix_f& block, const 
     { q.round_column(p, col, out) } -> std::same_as<void>;
 };
 
+/// A `GroupQuantizer` whose fit can also weight the error by the group's input Gram matrix:
+/// `fit_with_gram(block, gram)` with `gram` `[g x g]` = XᵀX/N over the group's input columns (symmetric PSD,
+/// finite; zero rows/columns for padding columns), so that the fitted parameters minimise the group's
+/// layer-output error e·S·eᵀ instead of the plain ‖e‖² (E2M-ATQ's stage 2, sources.md §2.3). GPTQ
+/// (gptq.hpp) passes the undamped H/2 of the group's columns (processing order) to such quantizers
+/// when `gptq_options::gram_fit` is set.
+template <class Q>
+concept GramAwareGroupQuantizer =
+    GroupQuantizer<Q> && requires(const Q& q, const cref_matrix_f& block, const Eigen::Ref<const matrix_d>& gram) {
+        { q.fit_with_gram(block, gram) } -> std::same_as<typename Q::params>;
+    };
+
 /// A linear map applied to the rows of a row-major float matrix in place (x ↦ x·Q), of width `dim()`.
 /// Models: `dense_rotation`, `hadamard_transform`, `kronecker_rotation`, `givens_rotation`.
 template <class T>

@@ -114,6 +114,10 @@ struct gptq_options {
     double damp = 0.01;            ///< λ ≥ 0, relative to mean(diag H) (TWLA uses 0.1)
     int max_damp_retries = 5;      ///< retries with λ·10 after a failed Cholesky (≥ 0)
     bool act_order = false;        ///< process columns by diag(H) descending
+    /// Fit each group with its input Gram matrix (the undamped H/2 of the group's columns, processing
+    /// order): E2M-ATQ's stage 2 ("manifold relocation", sources.md §2.3) with the layer's S instead of
+    /// S = I. Needs a `GramAwareGroupQuantizer` (else `invalid_argument`). Costs O(rows·g²) per group fit.
+    bool gram_fit = false;
 
     /// Throws `invalid_argument` naming the bad field.
     void validate(const char* where) const {
@@ -290,6 +294,8 @@ template <GroupQuantizer Q, class G = per_row>
                   "lowbit: gptq_quantize: granularity must be per_row or per_group");
     constexpr const char* where = "gptq_quantize";
     detail::check_gptq_inputs(w, h, opt, where);
+    if constexpr (!GramAwareGroupQuantizer<Q>)
+        detail::require(!opt.gram_fit, where, "gram_fit needs a quantizer with fit_with_gram(block, gram) (GramAwareGroupQuantizer)");
     gptq_result<typename Q::params> r;
     r.groups = column_groups(w.cols(), gran, where);
     auto p = detail::gptq_prepare(w, h, opt, where);
@@ -309,7 +315,17 @@ template <GroupQuantizer Q, class G = per_row>
                 if (in_block < cg.width)
                     blk.middleCols(in_block, cg.width - in_block) =
                         p.w.middleCols(j + in_block, cg.width - in_block).cast<float>();
-                r.params.push_back(quantizer.fit(blk));
+                if constexpr (GramAwareGroupQuantizer<Q>) {
+                    if (opt.gram_fit) {
+                        matrix_d gram = matrix_d::Zero(cg.padded_width, cg.padded_width);
+                        gram.topLeftCorner(cg.width, cg.width) = 0.5 * p.h.block(j, j, cg.width, cg.width);
+                        r.params.push_back(quantizer.fit_with_gram(blk, gram));
+                    } else {
+                        r.params.push_back(quantizer.fit(blk));
+                    }
+                } else {
+                    r.params.push_back(quantizer.fit(blk));
+                }
                 ++next_group;
             }
             quantizer.round_column(r.params.back(), col, out);
@@ -324,7 +340,7 @@ template <GroupQuantizer Q, class G = per_row>
 
 /// TRA-GPTQ settings (TWLA defaults).
 struct tra_gptq_options {
-    gptq_options gptq{128, 0.1, 5, false}; ///< block 128, damp 0.1 (TWLA's percdamp)
+    gptq_options gptq{128, 0.1, 5, false, false}; ///< block 128, damp 0.1 (TWLA's percdamp)
     Eigen::Index salient_candidates = 64;  ///< top-scored columns considered; k = 1 … candidates − 1
     int quantile_steps = 81;               ///< break points at the 10 %, …, 90 % quantiles (≥ 1)
     e2m_atq atq{};                         ///< final E2M-ATQ fits (order is set per group: 2, 2, 1, 1)

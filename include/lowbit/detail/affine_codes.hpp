@@ -16,6 +16,7 @@
 #include <Eigen/Dense>
 
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -111,6 +112,53 @@ double affine_codes_objective(const affine_codes_row& r, const matrix_d* s, cons
     affine_codes_basis(r, basis, target);
     const vector_d e = target - basis.transpose() * x;
     return s ? e.dot((*s) * e) : e.squaredNorm();
+}
+
+/// Per-row refit of (μ_i, α_i) for fixed integer codes t_i (row i of `codes`), all rows at once:
+/// minimise e S eᵀ, e = w_i − μ_i·1 − α_i·t_i, S `[n x n]` symmetric PSD. Normal equations
+/// [tStᵀ  tS1; tS1  1S1]·(α, μ) = (tSwᵀ, 1Swᵀ) in double from one GEMM S·Tᵀ. `mean`/`alpha` hold the
+/// starting values and change only where the solution lowers e S eᵀ (compared without the w S wᵀ term,
+/// which cancels). Singular systems (det ≤ 1e-12·tStᵀ·1S1: codes all zero or constant) fit μ alone.
+/// \throws shape_error, numeric_error (NaN/Inf in w or s). O(rows·n²).
+template <class = void>
+void refit_affine_rows(const cref_matrix_f& w, const Eigen::Ref<const matrix_i8>& codes,
+                       const Eigen::Ref<const matrix_d>& s, Eigen::Ref<vector_f> mean, Eigen::Ref<vector_f> alpha,
+                       const char* where) {
+    require_nonempty(w, where, "w");
+    require_finite(w, where, "w");
+    const Eigen::Index m = w.rows(), n = w.cols();
+    require_dim(codes.rows(), m, where, "rows of 'codes'");
+    require_dim(codes.cols(), n, where, "columns of 'codes'");
+    require_dim(s.rows(), n, where, "rows of 'S'");
+    require_dim(s.cols(), n, where, "columns of 'S'");
+    require_finite(s, where, "S");
+    require_dim(mean.size(), m, where, "size of 'mean'");
+    require_dim(alpha.size(), m, where, "size of 'alpha'");
+    const Eigen::MatrixXd tt = codes.transpose().cast<double>(); // n x m
+    const Eigen::MatrixXd st = s * tt;                             // n x m: S·t_iᵀ
+    const Eigen::VectorXd s1 = s * Eigen::VectorXd::Ones(n);      // S·1
+    const double c = s1.sum();                                     // 1 S 1
+    for (Eigen::Index i = 0; i < m; ++i) {
+        const Eigen::VectorXd wi = w.row(i).transpose().cast<double>();
+        const double a = tt.col(i).dot(st.col(i)), b = tt.col(i).dot(s1);
+        const double ra = wi.dot(st.col(i)), rm = wi.dot(s1);
+        auto f = [&](double mu, double al) { // e S eᵀ − w S wᵀ
+            return -2 * mu * rm - 2 * al * ra + mu * mu * c + 2 * mu * al * b + al * al * a;
+        };
+        const double mu0 = mean(i), al0 = alpha(i);
+        double mu = mu0, al = al0;
+        const double det = a * c - b * b;
+        if (a > 0 && c > 0 && det > 1e-12 * a * c) {
+            al = (ra * c - rm * b) / det;
+            mu = (rm * a - ra * b) / det;
+        } else if (c > 0) {
+            mu = (rm - al * b) / c;
+        }
+        if (std::isfinite(mu) && std::isfinite(al) && f(mu, al) < f(mu0, al0)) {
+            mean(i) = static_cast<float>(mu);
+            alpha(i) = static_cast<float>(al);
+        }
+    }
 }
 
 } // namespace detail

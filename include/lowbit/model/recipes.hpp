@@ -153,6 +153,13 @@ struct recipe {
     /// `seed`) before quantizing, folded into the weights (model/residual_rotation.hpp); nothing runs
     /// at inference time, so such models export to GGUF.
     bool residual_rotation = false;
+    /// E2M-ATQ under GPTQ: stage 2 ("manifold relocation") of each row's fit weighted by the layer's
+    /// input Gram S = H/2 instead of S = I, as TWLA does (`gptq_options::gram_fit`).
+    bool gram_stage2 = false;
+    /// After GPTQ (int4, ternary, binary weights): re-fit each row's offset and scale (μ, α) for the final
+    /// codes to minimise the layer-output error e S eᵀ on the calibration inputs, S = H/2
+    /// (`relocate_e2m_atq`; the codes stay, a row changes only if its error drops).
+    bool affine_refit = false;
     [[nodiscard]] bool needs_calibration() const {
         return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq;
     }
@@ -176,7 +183,7 @@ struct recipe {
     add({"absmean-w1.58a8", "absmean ternary, int8 activations (integer kernel)", W::absmean_ternary, S::rtn,
          R::none, A::int_symmetric, 8});
     add({"mxfp4-w4a4", "MXFP4 weights and activations (naive)", W::mxfp4, S::rtn, R::none, A::mxfp4});
-    add({"twla-w1.58", "Hadamard + GPTQ + E2M-ATQ (μ, α per row)", W::e2m_atq, S::gptq, R::randomized_hadamard,
+    add({"twla-w1.58", "Hadamard + GPTQ + E2M-ATQ (μ, α per row, stage 2 with the layer's S)", W::e2m_atq, S::gptq, R::randomized_hadamard,
          A::fp32});
     add({"twla-w1.58a8", "twla-w1.58 with int8 activations", W::e2m_atq, S::gptq, R::randomized_hadamard,
          A::int_symmetric, 8});
@@ -226,6 +233,14 @@ struct recipe {
         q.residual_rotation = true;
         add(q);
     }
+    // TWLA's E2M-ATQ under GPTQ runs stage 2 with the layer's S (the paper's "manifold" step), and every
+    // TWLA / BWLA recipe re-fits (μ, α) per row for GPTQ's final codes against the calibration error
+    // (llama-21M-en, 16 dev windows: twla-w1.58 35.06 -> 29.63, bwla-w1a6 236.4 -> 83.5; docs/results.md)
+    for (auto& x : r) {
+        if (x.solver != S::gptq) continue;
+        if (x.weights == W::e2m_atq) x.gram_stage2 = x.affine_refit = true;
+        if (x.weights == W::arb_binary) x.affine_refit = true;
+    }
     return r;
 }
 
@@ -239,11 +254,26 @@ struct recipe {
     return s;
 }
 
-/// The built-in recipe called `name`. \throws invalid_argument naming the known recipes.
+/// Applies "key=value" fields to a recipe (defined below, after `recipe_fields`).
+inline void set_recipe_fields(recipe& r, std::string_view fields, char sep = ';');
+
+/// The built-in recipe called `name`, or a variant of one: `name:key=value:key=value…` applies the
+/// fields (keys of `recipe_fields`, ':'-separated) to the built-in recipe, and the variant's name is the
+/// whole text (e.g. "twla-w1.58:gram_stage2=true:affine_refit=true"; `lowbit-quantize compare --recipes`
+/// takes such names). \throws invalid_argument naming the known recipes, or the bad field.
 [[nodiscard]] inline recipe find_recipe(std::string_view name) {
+    const auto colon = name.find(':');
+    const std::string_view base = name.substr(0, colon);
     for (auto& r : builtin_recipes())
-        if (r.name == name) return r;
-    throw invalid_argument("lowbit: find_recipe: unknown recipe '" + std::string(name) +
+        if (r.name == base) {
+            if (colon != std::string_view::npos) {
+                set_recipe_fields(r, name.substr(colon + 1), ':');
+                r.name = std::string(name);
+                r.description += " (" + std::string(name.substr(colon + 1)) + ")";
+            }
+            return r;
+        }
+    throw invalid_argument("lowbit: find_recipe: unknown recipe '" + std::string(base) +
                            "' (known: " + builtin_recipe_names() + ")");
 }
 
@@ -549,6 +579,13 @@ matrix_f round_columns(const Quantizer& quantizer, const Params& params, const m
     return q;
 }
 
+/// `recipe::affine_refit`: (μ, α) per row for the codes GPTQ chose, minimising e S eᵀ with S = H/2.
+template <class = void>
+void refit_after_gptq(const matrix_f& w, const matrix_i8& t, const matrix_d& h, vector_f& mu, vector_f& alpha) {
+    const matrix_d s = 0.5 * h;
+    refit_affine_rows(w, t, s, mu, alpha, "quantize_model");
+}
+
 /// Quantizes one block linear (W already rotated; `h` the rotated Hessian or null) to its record.
 template <class = void>
 linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d* h) {
@@ -611,6 +648,7 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
         // value s·(c − z), c ∈ [0, 15] → t = c − 8 ∈ [−8, 7], value α·t + μ with α = s, μ = s·(8 − z)
         vector_f mu = s.array() * (8.0f - z.array());
         const matrix_i8 t = affine_codes(q, mu, s, -8, 7, false);
+        if (gptq && r.affine_refit) refit_after_gptq(w, t, *h, mu, s);
         round_fp16(s);
         round_fp16(mu);
         return packed_record(pack<int4>(t, s, mu));
@@ -625,7 +663,9 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
             alpha = tq.scale.col(0);
             q = tq.dequantize();
         } else if (gptq) {
-            auto res = gptq_quantize(w, *h, e2m_atq_quantizer{}, per_row{}, gopt);
+            gptq_options eo = gopt;
+            eo.gram_fit = r.gram_stage2;
+            auto res = gptq_quantize(w, *h, e2m_atq_quantizer{}, per_row{}, eo);
             q = std::move(res.weights);
             mu = res.params.front().mean;
             alpha = res.params.front().alpha0;
@@ -637,6 +677,7 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
             alpha = p.alpha0;
         }
         const matrix_i8 t = affine_codes(q, mu, alpha, -1, 1, false);
+        if (gptq && r.affine_refit) refit_after_gptq(w, t, *h, mu, alpha);
         round_fp16(alpha);
         round_fp16(mu);
         if (r.base3) return packed_record(pack<ternary_base3>(t, alpha, mu));
@@ -678,6 +719,7 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
         vector_f mu, alpha;
         const matrix_f q = binarize_matrix(target, &mu, &alpha);
         const matrix_i8 t = affine_codes(q, mu, alpha, -1, 1, true);
+        if (gptq && r.affine_refit) refit_after_gptq(target, t, *h, mu, alpha);
         round_fp16(alpha);
         round_fp16(mu);
         return packed_record(pack<binary1>(t, alpha, mu), std::move(lr));
@@ -1013,12 +1055,14 @@ inline std::string real_text(double x) {
     put("hadamard_first", r.hadamard_first ? "true" : "false");
     put("nli", r.nli ? "true" : "false");
     put("residual_rotation", r.residual_rotation ? "true" : "false");
+    put("gram_stage2", r.gram_stage2 ? "true" : "false");
+    put("affine_refit", r.affine_refit ? "true" : "false");
     return s;
 }
 
 /// Applies "key=value" entries separated by `sep` (';' or ',') to `r` (the keys of `recipe_fields`;
 /// any subset, in any order). \throws invalid_argument (unknown key, malformed value, repeated key).
-inline void set_recipe_fields(recipe& r, std::string_view fields, char sep = ';') {
+inline void set_recipe_fields(recipe& r, std::string_view fields, char sep) {
     for (const auto& [k, v] : detail::split_fields(fields, sep, "recipe fields")) {
         if (k == "weights") r.weights = detail::value_of<weight_scheme>(v, detail::weight_scheme_names, k);
         else if (k == "solver") r.solver = detail::value_of<solver_kind>(v, detail::solver_names, k);
@@ -1040,11 +1084,13 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep = ';'
         else if (k == "hadamard_first") r.hadamard_first = detail::parse_flag(v, k);
         else if (k == "nli") r.nli = detail::parse_flag(v, k);
         else if (k == "residual_rotation") r.residual_rotation = detail::parse_flag(v, k);
+        else if (k == "gram_stage2") r.gram_stage2 = detail::parse_flag(v, k);
+        else if (k == "affine_refit") r.affine_refit = detail::parse_flag(v, k);
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
                                    "base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
-                                   "residual_rotation)");
+                                   "residual_rotation, gram_stage2, affine_refit)");
     }
 }
 
