@@ -186,6 +186,43 @@ TEST_CASE("ARB-X: S-weighted least-squares parameters, never worse than ARB in o
     }
 }
 
+TEST_CASE("ARB-X over all rows at once (GEMMs) equals the per-row reference; binary_quantizer<arb_x> takes S") {
+    const auto w = random_matrix(16, 40, 21);
+    const auto s = random_gram(40, 22);
+    for (int iters : {0, 3, 15}) {
+        CAPTURE(iters);
+        const auto ax = lowbit::binarize(w, lowbit::arb_x{iters}, lowbit::per_row{}, s);
+        std::vector<std::int8_t> b(40);
+        int same_codes = 0;
+        for (Eigen::Index r = 0; r < 16; ++r) {
+            const auto p = lowbit::detail::binary_row(lowbit::arb_x{iters}, w.row(r).data(), 40, &s, b.data(), nullptr);
+            bool eq = true;
+            for (Eigen::Index j = 0; j < 40; ++j) eq = eq && ax.codes[0](r, j) == b[static_cast<std::size_t>(j)];
+            same_codes += eq;
+            if (eq) {
+                CHECK(ax.mean(r, 0) == doctest::Approx(p.mean).epsilon(1e-4));
+                CHECK(ax.alpha[0](r, 0) == doctest::Approx(p.alpha[0]).epsilon(1e-4));
+            } else { // a near-tie between iterations decided by rounding: the errors must agree
+                const lowbit::matrix_f wr = w.row(r);
+                lowbit::matrix_f ref_row(1, 40);
+                for (Eigen::Index j = 0; j < 40; ++j) ref_row(0, j) = p.mean + p.alpha[0] * b[static_cast<std::size_t>(j)];
+                CHECK(static_cast<double>(row_error(wr, ref_row, 0, &s)) ==
+                      doctest::Approx(static_cast<double>(row_error(w, ax.dequantize(), r, &s))).epsilon(1e-6));
+            }
+        }
+        CHECK(same_codes >= 15);
+    }
+    static_assert(lowbit::GramAwareGroupQuantizer<lowbit::binary_quantizer<lowbit::arb_x>>);
+    static_assert(!lowbit::GramAwareGroupQuantizer<lowbit::binary_quantizer<lowbit::arb>>);
+    const lowbit::binary_quantizer<lowbit::arb_x> q{};
+    const auto pg = q.fit_with_gram(w, s);
+    const auto ref = lowbit::binarize(w, lowbit::arb_x{}, lowbit::per_row{}, s);
+    CHECK(pg.mean == ref.mean.col(0));
+    CHECK(pg.alpha0 == ref.alpha[0].col(0));
+    const auto pe = q.fit(w); // no S: ARB-X's Euclidean start, ARB
+    CHECK(pe.mean == lowbit::binarize(w, lowbit::arb{}).mean.col(0));
+}
+
 TEST_CASE("per_group binarization equals binarizing each (zero-padded) slice") {
     const auto w = random_matrix(3, 10, 12);
     const auto t = lowbit::binarize(w, lowbit::arb{}, lowbit::per_group{4, lowbit::tail_policy::zero_pad});

@@ -160,6 +160,60 @@ binary_row_params binary_row(const arb_x& r, const float* w, Eigen::Index n, con
     return best;
 }
 
+/// ARB-X for every row of a group block at once (the same iteration as `binary_row(arb_x…)`, which stays
+/// the per-row reference): the S-weighted 2×2 solves of all rows come from one GEMM B·S per iteration, the
+/// error e S eᵀ from quadratic forms with w S wᵀ formed once. Writes codes `[rows x g]`, μ and α.
+/// O(rows·g²·(iters + 2)) at GEMM speed.
+template <class = void>
+void arb_x_block(const matrix_f& block, const matrix_d& s, const arb_x& r, std::int8_t* codes, float* mu_out,
+                 float* alpha_out) {
+    const Eigen::Index m = block.rows(), g = block.cols();
+    Eigen::Matrix<std::int8_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> best_b(m, g), cur(m, g);
+    for (Eigen::Index i = 0; i < m; ++i) (void)binary_row(arb{r.iters}, block.row(i).data(), g, nullptr, best_b.row(i).data(), nullptr);
+    const Eigen::MatrixXd wd = block.cast<double>();
+    const Eigen::VectorXd s1 = s * Eigen::VectorXd::Ones(g);
+    const double c = s1.sum();
+    const Eigen::MatrixXd ws = wd * s; // rows w S
+    const Eigen::VectorXd rm = wd * s1;
+    const Eigen::VectorXd wsw = ws.cwiseProduct(wd).rowwise().sum();
+    Eigen::VectorXf best_mu(m), best_al(m), mu(m), al(m);
+    Eigen::VectorXd best_obj(m), obj(m);
+    // (μ, α) = argmin e S eᵀ for the codes `b` of every row (min-norm on singular rows), and the error.
+    auto refit = [&](const auto& b, Eigen::VectorXf& mu_o, Eigen::VectorXf& al_o, Eigen::VectorXd& obj_o) {
+        const Eigen::MatrixXd bd = b.template cast<double>();
+        const Eigen::MatrixXd bs = bd * s;
+        for (Eigen::Index i = 0; i < m; ++i) {
+            const double a = bs.row(i).dot(bd.row(i)), bb = bd.row(i).dot(s1), ra = ws.row(i).dot(bd.row(i));
+            Eigen::Matrix2d gm;
+            gm << c, bb, bb, a;
+            const Eigen::Vector2d x = gm.completeOrthogonalDecomposition().solve(Eigen::Vector2d(rm(i), ra));
+            mu_o(i) = static_cast<float>(x(0));
+            al_o(i) = static_cast<float>(x(1));
+            const double u = mu_o(i), v = al_o(i);
+            obj_o(i) = wsw(i) - 2 * u * rm(i) - 2 * v * ra + u * u * c + 2 * u * v * bb + v * v * a;
+        }
+    };
+    refit(best_b, best_mu, best_al, best_obj);
+    mu = best_mu;
+    for (int it = 0; it < r.iters; ++it) {
+        for (Eigen::Index i = 0; i < m; ++i)
+            for (Eigen::Index j = 0; j < g; ++j) cur(i, j) = sign_code(static_cast<double>(block(i, j)) - mu(i));
+        refit(cur, mu, al, obj);
+        for (Eigen::Index i = 0; i < m; ++i)
+            if (obj(i) < best_obj(i)) {
+                best_obj(i) = obj(i);
+                best_mu(i) = mu(i);
+                best_al(i) = al(i);
+                best_b.row(i) = cur.row(i);
+            }
+    }
+    for (Eigen::Index i = 0; i < m; ++i) {
+        mu_out[i] = best_mu(i);
+        alpha_out[i] = best_al(i);
+        for (Eigen::Index j = 0; j < g; ++j) codes[i * g + j] = best_b(i, j);
+    }
+}
+
 template <class Rule>
 inline void check_binary_rule(const Rule& r, const char* where) {
     if constexpr (std::is_same_v<Rule, arb> || std::is_same_v<Rule, arb_x>)
@@ -182,6 +236,20 @@ inline binary_tensor binarize_impl(const cref_matrix_f& w, const Rule& rule, con
         const matrix_f block = padded_block(w, cg);
         const matrix_d sg = padded_gram_block(s, cg);
         std::vector<std::int8_t> b0(static_cast<std::size_t>(cg.padded_width)), b1(b0.size());
+        if constexpr (std::is_same_v<Rule, arb_x>) {
+            if (s) { // every row at once (GEMMs); binary_row(arb_x…) is the per-row reference
+                std::vector<std::int8_t> codes(static_cast<std::size_t>(w.rows() * cg.padded_width));
+                vector_f mu(w.rows()), al(w.rows());
+                arb_x_block(block, sg, rule, codes.data(), mu.data(), al.data());
+                for (Eigen::Index r = 0; r < w.rows(); ++r) {
+                    t.mean(r, gi) = mu(r);
+                    t.alpha[0](r, gi) = al(r);
+                    for (Eigen::Index j = 0; j < cg.width; ++j)
+                        t.codes[0](r, cg.begin + j) = codes[static_cast<std::size_t>(r * cg.padded_width + j)];
+                }
+                continue;
+            }
+        }
         for (Eigen::Index r = 0; r < w.rows(); ++r) {
             const auto p = binary_row(rule, block.row(r).data(), cg.padded_width, s ? &sg : nullptr, b0.data(),
                                       b1.data());
@@ -222,12 +290,13 @@ template <class G = per_row>
     return detail::binarize_impl(w, rule, gran, &sm);
 }
 
-/// `GroupQuantizer` model for binarization with `Rule` (sign_scale, arb, residual_binary):
+/// `GroupQuantizer` model for binarization with `Rule` (sign_scale, arb, residual_binary, arb_x):
 /// `fit` binarizes each row of a `[rows x g]` block; `round_column` gives μ + α₀ sign(x − μ) (+ α₁
-/// sign(x − μ − α₀ b₀) for order 2).
+/// sign(x − μ − α₀ b₀) for order 2). With `arb_x` it is also a `GramAwareGroupQuantizer`:
+/// `fit_with_gram(block, S)` runs ARB-X with the group's Gram matrix (GPTQ's `gram_fit` passes H/2), and
+/// `fit(block)` (no S) falls back to `arb{iters}`, ARB-X's Euclidean start.
 template <class Rule>
 struct binary_quantizer {
-    static_assert(!std::is_same_v<Rule, arb_x>, "lowbit: arb_x needs S and cannot be driven as a GroupQuantizer");
     Rule rule{}; ///< the rule and its settings
 
     /// Per-row parameters of one column group.
@@ -239,10 +308,16 @@ struct binary_quantizer {
 
     /// Fits every row of `block` (non-empty, finite).
     [[nodiscard]] params fit(const cref_matrix_f& block) const {
-        const binary_tensor t = binarize(block, rule, per_row{});
-        params p{t.mean.col(0), t.alpha[0].col(0), vector_f::Zero(block.rows())};
-        if (t.order == 2) p.alpha1 = t.alpha[1].col(0);
-        return p;
+        if constexpr (std::is_same_v<Rule, arb_x>) return from(binarize(block, arb{rule.iters}, per_row{}), block.rows());
+        else return from(binarize(block, rule, per_row{}), block.rows());
+    }
+
+    /// ARB-X only: fits every row of `block` `[rows x g]` with the group's Gram matrix `gram` `[g x g]`.
+    /// O(rows·iters·g²).
+    [[nodiscard]] params fit_with_gram(const cref_matrix_f& block, const Eigen::Ref<const matrix_d>& gram) const
+        requires std::is_same_v<Rule, arb_x>
+    {
+        return from(binarize(block, rule, per_row{}, gram), block.rows());
     }
 
     /// Rounds one column with each row's parameters.
@@ -256,8 +331,17 @@ struct binary_quantizer {
             out(i) = v;
         }
     }
+
+private:
+    static params from(const binary_tensor& t, Eigen::Index rows) {
+        params p{t.mean.col(0), t.alpha[0].col(0), vector_f::Zero(rows)};
+        if (t.order == 2) p.alpha1 = t.alpha[1].col(0);
+        return p;
+    }
 };
 
 static_assert(GroupQuantizer<binary_quantizer<arb>>);
+static_assert(!GramAwareGroupQuantizer<binary_quantizer<arb>>);
+static_assert(GramAwareGroupQuantizer<binary_quantizer<arb_x>>);
 
 LOWBIT_END_NAMESPACE

@@ -153,8 +153,8 @@ struct recipe {
     /// `seed`) before quantizing, folded into the weights (model/residual_rotation.hpp); nothing runs
     /// at inference time, so such models export to GGUF.
     bool residual_rotation = false;
-    /// E2M-ATQ under GPTQ: stage 2 ("manifold relocation") of each row's fit weighted by the layer's
-    /// input Gram S = H/2 instead of S = I, as TWLA does (`gptq_options::gram_fit`).
+    /// Under GPTQ, fit each row's parameters with the layer's input Gram S = H/2 (`gptq_options::gram_fit`):
+    /// E2M-ATQ's stage 2 ("manifold relocation") weighted by S as TWLA does; ARB binary becomes ARB-X.
     bool gram_stage2 = false;
     /// After GPTQ (int4, ternary, binary weights): re-fit each row's offset and scale (μ, α) for the final
     /// codes to minimise the layer-output error e S eᵀ on the calibration inputs, S = H/2
@@ -689,13 +689,16 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
         auto binarize_matrix = [&](const matrix_f& m, vector_f* mu, vector_f* alpha) -> matrix_f {
             if (gptq) {
                 auto run = [&](const auto& quantizer) {
-                    auto res = gptq_quantize(m, *h, quantizer, per_row{}, gopt);
+                    gptq_options bo = gopt;
+                    bo.gram_fit = GramAwareGroupQuantizer<std::decay_t<decltype(quantizer)>>;
+                    auto res = gptq_quantize(m, *h, quantizer, per_row{}, bo);
                     if (mu) *mu = res.params.front().mean;
                     if (alpha) *alpha = res.params.front().alpha0;
                     return matrix_f(std::move(res.weights));
                 };
-                return r.weights == weight_scheme::arb_binary ? run(binary_quantizer<arb>{})
-                                                              : run(binary_quantizer<sign_scale>{sign_scale{true}});
+                if (r.weights == weight_scheme::arb_binary)
+                    return r.gram_stage2 ? run(binary_quantizer<arb_x>{}) : run(binary_quantizer<arb>{});
+                return run(binary_quantizer<sign_scale>{sign_scale{true}});
             }
             const binary_tensor bt = r.weights == weight_scheme::arb_binary ? binarize(m, arb{}, per_row{})
                                                                            : binarize(m, sign_scale{true}, per_row{});
