@@ -23,6 +23,13 @@
 /// G *processed* columns, as in the reference GPTQ). Each group is fitted on its weights as updated by
 /// all previous columns (blocks are cut so that a group never straddles a block boundary after its
 /// start). `zero_pad` tails are fitted padded with zero columns.
+/// Static groups (`gptq_options::static_groups`, reference GPTQ's `static_groups=True`): the
+/// parameters of every group of G contiguous ORIGINAL columns are fitted before the sweep on the
+/// original W (dead columns zeroed), and processed column j is rounded with the parameters of group
+/// ⌊order[j]/G⌋ — so with act order the groups stay contiguous in the stored matrix and can be packed
+/// per group (`pack_gptq_grouped_int4`). `hessian_weighted_fit` passes diag(H) of the group's columns
+/// to the quantizer's `fit(block, importance)` (rtn_quantizer: clip search minimising
+/// Σ_j H_jj·(w_ij − q_ij)²).
 ///
 /// Loss: `loss` = Σ_j ‖w_j − q_j‖²/U_jj² (w_j updated) — the GPTQ proxy. It equals exactly
 /// tr(Δ H_d Δᵀ), Δ = W − Q, H_d the damped Hessian (since W − Q = E U and H_d = U⁻¹U⁻ᵀ); tested.
@@ -114,6 +121,15 @@ struct gptq_options {
     double damp = 0.01;            ///< λ ≥ 0, relative to mean(diag H) (TWLA uses 0.1)
     int max_damp_retries = 5;      ///< retries with λ·10 after a failed Cholesky (≥ 0)
     bool act_order = false;        ///< process columns by diag(H) descending
+    /// `per_group` only: fit every group of G contiguous ORIGINAL columns up front on the original W
+    /// (dead columns zeroed), then quantize each processed column with the parameters of its original
+    /// group (reference GPTQ's `static_groups=True`). With act order this keeps groups contiguous in
+    /// the stored matrix, so a grouped result can be packed per group. Default: dynamic groups.
+    bool static_groups = false;
+    /// Pass diag(H) of the group's columns (undamped, dead columns 1, zero-padded columns 0) to the
+    /// quantizer's fit as importance: `quantizer.fit(block, importance)` must exist (rtn_quantizer:
+    /// the clip search then minimises Σ_j H_jj·(w_ij − q_ij)² per row). Default off.
+    bool hessian_weighted_fit = false;
 
     /// Throws `invalid_argument` naming the bad field.
     void validate(const char* where) const {
@@ -127,8 +143,13 @@ struct gptq_options {
 template <class Params>
 struct gptq_result {
     matrix_f weights;                  ///< (m, n) dequantized weights, original column order
-    std::vector<Params> params;        ///< one per group, in processing order
-    std::vector<column_group> groups;  ///< the groups, in processing coordinates (see `order`)
+    /// One per group, in processing order; with `gptq_options::static_groups` in ORIGINAL column
+    /// order (params[g] belongs to groups[g]).
+    std::vector<Params> params;
+    /// The groups, in processing coordinates (see `order`); with `static_groups` in ORIGINAL column
+    /// coordinates (original column c belongs to group c / G).
+    std::vector<column_group> groups;
+    bool static_groups = false;        ///< `groups`/`params` are in original coordinates
     std::vector<Eigen::Index> order;   ///< processed column p is original column order[p]
     double loss = 0.0;                 ///< Σ_j ‖w_j − q_j‖²/U_jj² = tr(Δ H_damped Δᵀ)
     double damp = 0.0;                 ///< λ used (after retries)
@@ -290,12 +311,58 @@ template <GroupQuantizer Q, class G = per_row>
                   "lowbit: gptq_quantize: granularity must be per_row or per_group");
     constexpr const char* where = "gptq_quantize";
     detail::check_gptq_inputs(w, h, opt, where);
+    constexpr bool weighted = requires(const Q& qq, const cref_matrix_f& b, const cref_vector_f& imp) {
+        { qq.fit(b, imp) } -> std::same_as<typename Q::params>;
+    };
+    detail::require(!opt.hessian_weighted_fit || weighted, where,
+                    "hessian_weighted_fit needs a quantizer with fit(block, importance) (e.g. rtn_quantizer)");
     gptq_result<typename Q::params> r;
     r.groups = column_groups(w.cols(), gran, where);
+    r.static_groups = opt.static_groups;
     auto p = detail::gptq_prepare(w, h, opt, where);
+    // Fits `blk` (m x padded_width), importance = diag H of processing columns pcols (pad: 0).
+    auto fit = [&](const matrix_f& blk, const std::vector<Eigen::Index>& pcols) {
+        if constexpr (weighted) {
+            if (opt.hessian_weighted_fit) {
+                vector_f imp = vector_f::Zero(blk.cols());
+                for (std::size_t c = 0; c < pcols.size(); ++c)
+                    imp(static_cast<Eigen::Index>(c)) = static_cast<float>(p.h(pcols[c], pcols[c]));
+                return quantizer.fit(blk, imp);
+            }
+        }
+        return quantizer.fit(blk);
+    };
+    Eigen::MatrixXd q;
+    if (opt.static_groups) {
+        // Original column c sits at processing position pos[c]; fit each original group on the
+        // original (dead-zeroed) W, which p.w still holds before the sweep.
+        const Eigen::Index n = w.cols();
+        std::vector<Eigen::Index> pos(static_cast<std::size_t>(n)), group_of(static_cast<std::size_t>(n));
+        for (Eigen::Index j = 0; j < n; ++j) pos[static_cast<std::size_t>(p.order[static_cast<std::size_t>(j)])] = j;
+        for (std::size_t g = 0; g < r.groups.size(); ++g) {
+            const column_group& cg = r.groups[g];
+            matrix_f blk = matrix_f::Zero(w.rows(), cg.padded_width);
+            std::vector<Eigen::Index> pcols;
+            for (Eigen::Index c = cg.begin; c < cg.begin + cg.width; ++c) {
+                const Eigen::Index pj = pos[static_cast<std::size_t>(c)];
+                blk.col(c - cg.begin) = p.w.col(pj).cast<float>();
+                pcols.push_back(pj);
+                group_of[static_cast<std::size_t>(c)] = static_cast<Eigen::Index>(g);
+            }
+            r.params.push_back(fit(blk, pcols));
+        }
+        const auto blocks = detail::gptq_blocks(n, opt.block_size, {});
+        r.loss = detail::gptq_sweep(
+            p, blocks, q, [](const Eigen::MatrixXd&, Eigen::Index, Eigen::Index) {},
+            [&](const Eigen::MatrixXd&, Eigen::Index, Eigen::Index j, const vector_f& col, vector_f& out) {
+                const Eigen::Index g = group_of[static_cast<std::size_t>(p.order[static_cast<std::size_t>(j)])];
+                quantizer.round_column(r.params[static_cast<std::size_t>(g)], col, out);
+            });
+        detail::gptq_finish(r, p, q);
+        return r;
+    }
     const auto blocks = detail::gptq_blocks(w.cols(), opt.block_size, r.groups);
     std::size_t next_group = 0;
-    Eigen::MatrixXd q;
     r.loss = detail::gptq_sweep(
         p, blocks, q, [](const Eigen::MatrixXd&, Eigen::Index, Eigen::Index) {},
         [&](const Eigen::MatrixXd& w1, Eigen::Index s, Eigen::Index j, const vector_f& col, vector_f& out) {
@@ -309,7 +376,9 @@ template <GroupQuantizer Q, class G = per_row>
                 if (in_block < cg.width)
                     blk.middleCols(in_block, cg.width - in_block) =
                         p.w.middleCols(j + in_block, cg.width - in_block).cast<float>();
-                r.params.push_back(quantizer.fit(blk));
+                std::vector<Eigen::Index> pcols(static_cast<std::size_t>(cg.width));
+                std::iota(pcols.begin(), pcols.end(), j);
+                r.params.push_back(fit(blk, pcols));
                 ++next_group;
             }
             quantizer.round_column(r.params.back(), col, out);

@@ -89,7 +89,7 @@ LOWBIT_BEGIN_NAMESPACE
 /// Weight quantizer of a recipe.
 enum class weight_scheme {
     fp32,            ///< keep FP32 (dense Eigen GEMM)
-    int4,            ///< symmetric int4 per row (scale max|w|/7), packed int4
+    int4,            ///< int4: symmetric per row (scale max|w|/7), or asymmetric per group of `group_size` columns
     absmean_ternary, ///< BitNet absmean ternary per row, packed ternary
     e2m_atq,         ///< asymmetric ternary μ + α·t per row (E2M-ATQ), packed ternary with offsets
     sign_binary,     ///< μ + α·sign(w − μ) per row, packed binary with offsets
@@ -136,6 +136,13 @@ struct recipe {
     bool base3 = true;         ///< ternary codes at 1.6 bits (base 3) instead of 2
     double damp = 0.01;        ///< GPTQ damping λ
     bool act_order = true;     ///< GPTQ activation order (columns by diag H descending)
+    /// int4 only: 0 = one symmetric scale per row; G > 0 = asymmetric int4 with an fp16 scale and
+    /// offset per row and per G contiguous input columns (GPTQ with static groups, so act order keeps
+    /// the groups contiguous). G must divide every linear's input width.
+    int group_size = 0;
+    /// int4 groups: clip-ratio candidates linspace(1, 0.5, clip_grid) per row and group, the one
+    /// minimising Σ_j H_jj·(w_ij − q_ij)² kept (RTN: unweighted); 0 or 1 = plain min/max range.
+    int clip_grid = 0;
     std::uint64_t seed = 0;    ///< rotation seed
     /// KOTMS/OKT: learn only when both Kronecker factors of the size rule are ≤ this; 0 (default):
     /// learn at every size. A linear whose factors exceed a set cap runs the Hadamard only, and its
@@ -169,6 +176,19 @@ struct recipe {
     add({"fp32", "FP32 reference", W::fp32, S::rtn, R::none, A::fp32});
     add({"rtn-w4", "RTN int4 per row (naive)", W::int4, S::rtn, R::none, A::fp32});
     add({"gptq-w4", "GPTQ int4 per row", W::int4, S::gptq, R::none, A::fp32});
+    for (int g : {128, 256}) {
+        recipe x{"gptq-w4-g" + std::to_string(g), "GPTQ int4, fp16 scale + offset per " + std::to_string(g) +
+                                                      " columns (static groups, act order, H-weighted clip)",
+                 W::int4, S::gptq, R::none, A::fp32};
+        x.group_size = g;
+        x.clip_grid = 11;
+        add(x);
+    }
+    {
+        recipe x{"gptq-w4-g128-noclip", "gptq-w4-g128 without the clip search", W::int4, S::gptq, R::none, A::fp32};
+        x.group_size = 128;
+        add(x);
+    }
     add({"absmean-w1.58", "absmean ternary per row (naive)", W::absmean_ternary, S::rtn, R::none, A::fp32});
     add({"binary-w1", "sign binary μ + α·b per row (naive)", W::sign_binary, S::rtn, R::none, A::fp32});
     add({"rtn-w4a8", "RTN int4 per row, int8 activations (integer kernel)", W::int4, S::rtn, R::none,
@@ -549,6 +569,61 @@ matrix_f round_columns(const Quantizer& quantizer, const Params& params, const m
     return q;
 }
 
+/// Grouped int4 (recipe::group_size = G > 0): asymmetric rtn_quantizer{4} per row and per G
+/// contiguous columns, GPTQ with static groups (act order as the recipe says) and, with clip_grid > 1,
+/// the diag(H)-weighted clip search (clip_min 0.5); RTN without a Hessian fits each group on its own.
+/// Stored as codes t = c − 8 ∈ [−8, 7] with fp16 α = s, μ = s·(8 − z) per row and group.
+template <class = void>
+linear_record int4_grouped_record(const recipe& r, const matrix_f& w, const matrix_d* h, gptq_options gopt) {
+    const Eigen::Index gs = r.group_size;
+    require(w.cols() % gs == 0, "quantize_model",
+            "group_size " + std::to_string(gs) + " does not divide the input width " + std::to_string(w.cols()));
+    rtn_quantizer rq{4, int_mode::asymmetric};
+    if (r.clip_grid > 1) {
+        rq.clip_grid = r.clip_grid;
+        rq.clip_min = 0.5f;
+    }
+    const Eigen::Index ng = w.cols() / gs;
+    matrix_f scale(w.rows(), ng), zero(w.rows(), ng);
+    matrix_f q;
+    if (r.solver == solver_kind::gptq) {
+        gopt.static_groups = true;
+        gopt.hessian_weighted_fit = r.clip_grid > 1;
+        auto res = gptq_quantize(w, *h, rq, per_group{gs}, gopt);
+        for (Eigen::Index g = 0; g < ng; ++g) {
+            scale.col(g) = res.params[static_cast<std::size_t>(g)].scale;
+            zero.col(g) = res.params[static_cast<std::size_t>(g)].zero;
+        }
+        q = std::move(res.weights);
+    } else {
+        const int_tensor t = quantize_rtn(w, rq, per_group{gs});
+        scale = t.scale;
+        zero = t.zero;
+        q = t.dequantize();
+    }
+    // codes c = clamp(round(q/s) + z) recover GPTQ's codes exactly (q = s·(c − z) on the grid)
+    matrix_i8 t(w.rows(), w.cols());
+    matrix_f alpha(w.rows(), ng), mu(w.rows(), ng);
+    for (Eigen::Index i = 0; i < w.rows(); ++i)
+        for (Eigen::Index g = 0; g < ng; ++g) {
+            const int_grid grid{scale(i, g), zero(i, g)};
+            alpha(i, g) = round_fp16(grid.scale);
+            mu(i, g) = round_fp16(grid.scale * (8.0f - grid.zero));
+            for (Eigen::Index c = g * gs; c < (g + 1) * gs; ++c)
+                t(i, c) = static_cast<std::int8_t>(static_cast<int>(int_code(q(i, c), grid, 4)) - 8);
+        }
+    linear_record rec;
+    rec.format = "dense";
+    rec.rows = w.rows();
+    rec.cols = w.cols();
+    rec.dense.resize(w.rows(), w.cols());
+    for (Eigen::Index i = 0; i < w.rows(); ++i)
+        for (Eigen::Index c = 0; c < w.cols(); ++c)
+            rec.dense(i, c) = alpha(i, c / gs) * static_cast<float>(t(i, c)) + mu(i, c / gs);
+    rec.dense_bits = 4.0 + 32.0 / static_cast<double>(gs);
+    return rec;
+}
+
 /// Quantizes one block linear (W already rotated; `h` the rotated Hessian or null) to its record.
 template <class = void>
 linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d* h) {
@@ -594,6 +669,7 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
         return rec;
     }
     case weight_scheme::int4: {
+        if (r.group_size > 0) return int4_grouped_record(r, w, h, gopt);
         const rtn_quantizer rq{4, int_mode::symmetric};
         matrix_f q;
         vector_f s, z;
@@ -991,7 +1067,8 @@ inline std::string real_text(double x) {
 /// Every field of a recipe except its name and description as "key=value" entries joined by ';'
 /// (the form saved models record and `lowbit-quantize --set` takes), in a fixed order:
 /// weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, base3,
-/// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation. Numbers
+/// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation,
+/// group_size, clip_grid. Numbers
 /// round-trip exactly.
 [[nodiscard]] inline std::string recipe_fields(const recipe& r) {
     std::string s;
@@ -1013,6 +1090,8 @@ inline std::string real_text(double x) {
     put("hadamard_first", r.hadamard_first ? "true" : "false");
     put("nli", r.nli ? "true" : "false");
     put("residual_rotation", r.residual_rotation ? "true" : "false");
+    put("group_size", std::to_string(r.group_size));
+    put("clip_grid", std::to_string(r.clip_grid));
     return s;
 }
 
@@ -1040,11 +1119,13 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep = ';'
         else if (k == "hadamard_first") r.hadamard_first = detail::parse_flag(v, k);
         else if (k == "nli") r.nli = detail::parse_flag(v, k);
         else if (k == "residual_rotation") r.residual_rotation = detail::parse_flag(v, k);
+        else if (k == "group_size") r.group_size = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "clip_grid") r.clip_grid = static_cast<int>(detail::parse_integer(v, k));
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
                                    "base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
-                                   "residual_rotation)");
+                                   "residual_rotation, group_size, clip_grid)");
     }
 }
 
