@@ -624,3 +624,47 @@ TEST_CASE("pack_gptq: packed codes dequantize to the GPTQ result and run in the 
                              doctest::Contains("per_row"), lowbit::invalid_argument);
     }
 }
+
+TEST_CASE("pack_gptq_grouped_int4: the packed codes are the static groups' grid indices, kernels run it") {
+    const Eigen::Index m = 7, n = 384; // 3 groups of 128
+    const matrix_f x = correlated_inputs(600, n, 31);
+    const matrix_d h = hessian_of(x);
+    const matrix_f w = random_weights(m, n, 32);
+    lowbit::gptq_options opt;
+    opt.act_order = true;
+    opt.static_groups = true;
+    const lowbit::rtn_quantizer q{4, lowbit::int_mode::asymmetric};
+    const auto r = lowbit::gptq_quantize(w, h, q, lowbit::per_group{128}, opt);
+    const auto pw = lowbit::pack_gptq_grouped_int4(r);
+    REQUIRE(pw.groups() == 3);
+    const lowbit::matrix_i8 t = pw.codes().codes();
+    for (Eigen::Index i = 0; i < m; ++i)
+        for (Eigen::Index j = 0; j < n; ++j) {
+            const auto& p = r.params[static_cast<std::size_t>(j / 128)];
+            // oracle: the value of code t + 8 on the group's grid s·(c − z) is the GPTQ weight
+            CHECK(p.scale(i) * (static_cast<float>(t(i, j) + 8) - p.zero(i)) == doctest::Approx(r.weights(i, j)).epsilon(1e-6));
+            CHECK(pw.scale()(i, j / 128) == static_cast<float>(Eigen::half(p.scale(i))));
+        }
+    // dequantized within the fp16 rounding of α and μ
+    const matrix_f d = pw.dequantize();
+    for (Eigen::Index i = 0; i < m; ++i)
+        for (Eigen::Index j = 0; j < n; ++j) {
+            const auto& p = r.params[static_cast<std::size_t>(j / 128)];
+            const double bound = std::ldexp(1.0, -11) * (8.0 * std::fabs(p.scale(i)) + std::fabs(p.scale(i) * (8.0 - p.zero(i)))) + 1e-6;
+            CHECK(std::fabs(double(d(i, j)) - double(r.weights(i, j))) <= bound);
+        }
+    // the integer kernels: y ≈ x·dequantized (int8 activations: within s/2 per activation)
+    const matrix_f xv = x.topRows(2);
+    const matrix_f y = lowbit::gemm(pw, xv, lowbit::act_int{8});
+    const matrix_f yf = xv * d.transpose();
+    CHECK((y - yf).cwiseAbs().maxCoeff() <= 0.02f * yf.cwiseAbs().maxCoeff());
+    // refused: dynamic groups, per row, groups of 64, a 3-bit run (codes fine but G wrong) 
+    lowbit::gptq_options dyn = opt;
+    dyn.static_groups = false;
+    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, q, lowbit::per_group{128}, dyn)),
+                    lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, q, lowbit::per_group{64}, opt)),
+                    lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{5}, lowbit::per_group{128}, opt)),
+                    lowbit::invalid_argument);
+}

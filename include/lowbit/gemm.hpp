@@ -617,6 +617,179 @@ template <class L>
     return gemm(w, xr, act, isa).row(0).transpose();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Grouped int4 (pack.hpp grouped_int4_matrix): per-group scales and offsets
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+
+/// Digit half sums of int4 rows [r0, r1) for every token, on `path`: out[(k·(r1 − r0) + i − r0)·nh + h]
+/// = Σ_{j<128} u_{i,128h+j}·q_{k,128h+j}, nh = 2·blocks_per_row (exact; arch/ int4_half_dots).
+/// amx runs the avx512 kernel (no AMX code for groups).
+inline void int4_half_dots_rows(kernel_isa path, const packed_matrix<int4>& w, Eigen::Index r0, Eigen::Index r1,
+                                const quantized_activations& a, std::int32_t* out) {
+    const Eigen::Index nb = w.blocks_per_row(), nh = 2 * nb, nr = r1 - r0, stride = packed_matrix<int4>::block_stride();
+    for (Eigen::Index i0 = r0; i0 < r1; i0 += gemm_row_tile) {
+        const Eigen::Index i1 = std::min(r1, i0 + gemm_row_tile);
+        for (Eigen::Index k = 0; k < a.tokens(); ++k)
+            for (Eigen::Index i = i0; i < i1; ++i) {
+                const std::uint8_t* p = w.row_data(i);
+                const std::int8_t* x = a.q.row(k).data();
+                std::int32_t* o = out + (k * nr + i - r0) * nh;
+                switch (path) {
+#if LOWBIT_HAVE_X86_KERNELS
+                case kernel_isa::amx:
+                case kernel_isa::avx512: avx512_kernels::int4_half_dots(p, x, nb, stride, o); break;
+                case kernel_isa::avx2: avx2_kernels::int4_half_dots(p, x, nb, stride, o); break;
+#endif
+#if LOWBIT_HAVE_NEON_KERNELS
+                case kernel_isa::neon: neon_kernels::int4_half_dots(p, x, nb, stride, o); break;
+#endif
+                case kernel_isa::generic: generic_kernels::int4_half_dots(p, x, nb, stride, o); break;
+                default: scalar_kernels::int4_half_dots(p, x, nb, stride, o); break;
+                }
+            }
+    }
+}
+
+/// Per token k and group g of G columns: Σ_{j∈g} q_kj (int32, `qs[k·ng + g]`) and Σ_{j∈g} x_kj
+/// (double, sequential in j, `xs[k·ng + g]`). O(tokens·cols).
+inline void group_activation_sums(const cref_matrix_f& x, const quantized_activations& a, Eigen::Index gcols,
+                                  Eigen::Index ng, std::vector<std::int32_t>& qs, std::vector<double>& xs) {
+    qs.assign(static_cast<std::size_t>(a.tokens() * ng), 0);
+    xs.assign(static_cast<std::size_t>(a.tokens() * ng), 0.0);
+    for (Eigen::Index k = 0; k < a.tokens(); ++k)
+        for (Eigen::Index j = 0; j < x.cols(); ++j) {
+            const auto o = static_cast<std::size_t>(k * ng + j / gcols);
+            qs[o] += a.q(k, j);
+            xs[o] += static_cast<double>(x(k, j));
+        }
+}
+
+} // namespace detail
+
+/// Exact per-group integer sums of a grouped int4 matrix for rows [row_begin, row_end) and every
+/// token: out[(k·(row_end − row_begin) + i − row_begin)·groups + g] = Σ_{j∈g} t_ij·q_kj (t = u − 8;
+/// formed from the kernels' nibble-half digit sums minus 8·Σ_{j∈half} q_kj, halves added pairwise
+/// for G = 256). Identical on every ISA path (scalar, generic, avx2, avx512 — also for an amx
+/// request —, neon). `group_q` = the per-token group sums Σ_{j∈g} q_kj (`tokens·groups`).
+/// \throws shape_error (cols mismatch, range, activations not padded as quantize_activations pads
+///         them), invalid_argument (ISA unsupported, null out). O(tokens·rows·cols).
+inline void dot_groups(const grouped_int4_matrix& w, const quantized_activations& a, const std::vector<std::int32_t>& group_q,
+                       Eigen::Index row_begin, Eigen::Index row_end, std::int32_t* out, kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "dot_groups";
+    const packed_matrix<int4>& c = w.codes();
+    detail::require_kernel_shape(c, a.cols, where, "activation columns");
+    detail::require<shape_error>(a.padded_cols() >= c.padded_cols() && a.padded_cols() == detail::padded_activation_cols(a.cols), where,
+                                 "activations are not padded as quantize_activations pads them");
+    detail::require<shape_error>(0 <= row_begin && row_begin <= row_end && row_end <= w.rows(), where, "row range outside [0, rows)");
+    const Eigen::Index ng = w.groups(), nh = 2 * c.blocks_per_row(), nr = row_end - row_begin;
+    detail::require_dim(static_cast<Eigen::Index>(group_q.size()), a.tokens() * ng, where, "length of 'group_q'");
+    detail::require<invalid_argument>(out != nullptr || nr == 0, where, "argument 'out' is null");
+    const kernel_isa path = detail::resolve_isa(isa, where); // amx: the avx512 kernel (int4_half_dots_rows)
+    std::vector<std::int32_t> half(static_cast<std::size_t>(std::max<Eigen::Index>(nr * a.tokens() * nh, 1)));
+    detail::int4_half_dots_rows(path, c, row_begin, row_end, a, half.data());
+    const Eigen::Index per = w.group_cols() / 128; // halves per group
+    for (Eigen::Index k = 0; k < a.tokens(); ++k)
+        for (Eigen::Index r = 0; r < nr; ++r) {
+            const std::int32_t* h = half.data() + (k * nr + r) * nh;
+            std::int32_t* o = out + (k * nr + r) * ng;
+            for (Eigen::Index g = 0; g < ng; ++g) {
+                std::int32_t d = 0;
+                for (Eigen::Index e = g * per; e < std::min(nh, (g + 1) * per); ++e) d += h[e];
+                o[g] = d - 8 * group_q[static_cast<std::size_t>(k * ng + g)];
+            }
+        }
+}
+
+/// Y = X·Wᵀ `[tokens x rows]` for a grouped int4 matrix with activations quantized per token inside
+/// (`act_int{bits}`, the rule of the file comment; s_k the token's scale):
+///     y_ki = Σ_g (α_ig·s_k)·d_kig + μ_ig·Σ_{j∈g} x_kj,    d_kig = Σ_{j∈g} t_ij·q_kj (dot_groups, exact)
+/// evaluated in double (α·s exact, Σx per group sequential in double) and rounded to float once:
+/// |y − formula| ≤ 2^-24·|formula| + (groups + 128)·2^-52·Σ_g (|α s d| + |μ|·Σ_{j∈g}|x_j|), the same
+/// on every ISA path (bit-identical results, since d is exact and the epilogue is shared).
+/// \throws shape_error (cols mismatch, empty x), numeric_error (NaN/Inf), invalid_argument (bits, ISA).
+/// O(tokens·rows·cols).
+[[nodiscard]] inline matrix_f gemm(const grouped_int4_matrix& w, const cref_matrix_f& x, act_int act = {},
+                                   kernel_isa isa = kernel_isa::automatic) {
+    detail::require_kernel_shape(w.codes(), x.cols(), "gemm", "x.cols()");
+    const quantized_activations a = quantize_activations(x, act.bits);
+    const Eigen::Index ng = w.groups();
+    std::vector<std::int32_t> qs;
+    std::vector<double> xs;
+    detail::group_activation_sums(x, a, w.group_cols(), ng, qs, xs);
+    std::vector<std::int32_t> d(static_cast<std::size_t>(a.tokens() * w.rows() * ng));
+    dot_groups(w, a, qs, 0, w.rows(), d.data(), isa);
+    matrix_f y(x.rows(), w.rows());
+    for (Eigen::Index k = 0; k < x.rows(); ++k) {
+        const double s = static_cast<double>(a.scale(k));
+        for (Eigen::Index i = 0; i < w.rows(); ++i) {
+            const std::int32_t* dk = d.data() + (k * w.rows() + i) * ng;
+            double acc = 0.0;
+            for (Eigen::Index g = 0; g < ng; ++g)
+                acc += static_cast<double>(w.scale()(i, g)) * s * static_cast<double>(dk[g]) +
+                       static_cast<double>(w.offset()(i, g)) * xs[static_cast<std::size_t>(k * ng + g)];
+            y(k, i) = static_cast<float>(acc);
+        }
+    }
+    return y;
+}
+
+/// Y = X·Wᵀ for a grouped int4 matrix with fp32 activations (weight-only): per row and group the
+/// codes are decoded (scalar unpack) and Σ_{j∈g} t_ij·x_kj accumulated in float over 8 interleaved
+/// partial sums, then y_ki = Σ_g α_ig·that + μ_ig·Σ_{j∈g} x_kj in double, rounded once. One portable
+/// path for every `isa` (no SIMD kernel for this pair; the compiler vectorizes the partial sums).
+/// |y − exact| ≤ (G + 8)·u·Σ_g (|α_ig|·Σ_{j∈g}|t_ij x_kj|) + 2^-24·|exact| + 2^-45·Σ_g|μ_ig|·Σ_{j∈g}|x_kj|.
+/// \throws shape_error (cols mismatch, empty x), numeric_error (NaN/Inf in x). O(tokens·rows·cols).
+[[nodiscard]] inline matrix_f gemm(const grouped_int4_matrix& w, const cref_matrix_f& x, act_fp32,
+                                   kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "gemm";
+    detail::require_kernel_shape(w.codes(), x.cols(), where, "x.cols()");
+    detail::require_nonempty(x, where, "x");
+    detail::require_finite(x, where, "x");
+    (void)detail::resolve_isa(isa, where);
+    const packed_matrix<int4>& c = w.codes();
+    const Eigen::Index ng = w.groups(), gc = w.group_cols(), n = x.cols(), np = c.padded_cols();
+    matrix_f xp = matrix_f::Zero(x.rows(), np);
+    xp.leftCols(n) = x;
+    std::vector<double> xs(static_cast<std::size_t>(x.rows() * ng), 0.0);
+    for (Eigen::Index k = 0; k < x.rows(); ++k)
+        for (Eigen::Index j = 0; j < n; ++j) xs[static_cast<std::size_t>(k * ng + j / gc)] += static_cast<double>(x(k, j));
+    std::vector<float> t(static_cast<std::size_t>(np));
+    std::uint8_t u[256];
+    matrix_f y(x.rows(), w.rows());
+    for (Eigen::Index i = 0; i < w.rows(); ++i) {
+        for (Eigen::Index b = 0; b < c.blocks_per_row(); ++b) {
+            detail::unpack_block<int4>(c.block_data(i, b), u);
+            for (int j = 0; j < 256; ++j) t[static_cast<std::size_t>(256 * b + j)] = static_cast<float>(static_cast<int>(u[j]) - 8);
+        }
+        for (Eigen::Index k = 0; k < x.rows(); ++k) {
+            const float* xk = xp.row(k).data();
+            double acc = 0.0;
+            for (Eigen::Index g = 0; g < ng; ++g) {
+                float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                for (Eigen::Index j = g * gc; j < (g + 1) * gc && j < np; j += 8)
+                    for (int l = 0; l < 8; ++l) part[l] += t[static_cast<std::size_t>(j + l)] * xk[j + l];
+                const float sg = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+                acc += static_cast<double>(w.scale()(i, g)) * static_cast<double>(sg) +
+                       static_cast<double>(w.offset()(i, g)) * xs[static_cast<std::size_t>(k * ng + g)];
+            }
+            y(k, i) = static_cast<float>(acc);
+        }
+    }
+    return y;
+}
+
+/// y = W·x for a grouped int4 matrix (`act_int{bits}` or `act_fp32`), as `gemm` with one token.
+template <class Act = act_int>
+    requires(std::is_same_v<Act, act_int> || std::is_same_v<Act, act_fp32>)
+[[nodiscard]] inline vector_f gemv(const grouped_int4_matrix& w, const cref_vector_f& x, Act act = {},
+                                   kernel_isa isa = kernel_isa::automatic) {
+    detail::require_dim(x.size(), w.cols(), "gemv", "x length");
+    const Eigen::Map<const matrix_f> xr(x.data(), 1, x.size());
+    return gemm(w, xr, act, isa).row(0).transpose();
+}
+
 namespace detail {
 /// Rows [begin, end) of part p of n: contiguous ranges of a multiple of 16 rows (whole 4-row tiles
 /// of an interleaved_matrix), the last part takes the rest.
