@@ -635,7 +635,7 @@ TEST_CASE("pack_gptq_grouped_int4: the packed codes are the static groups' grid 
     opt.static_groups = true;
     const lowbit::rtn_quantizer q{4, lowbit::int_mode::asymmetric};
     const auto r = lowbit::gptq_quantize(w, h, q, lowbit::per_group{128}, opt);
-    const auto pw = lowbit::pack_gptq_grouped_int4(r);
+    const auto pw = lowbit::pack_gptq_grouped_int4(r, 128);
     REQUIRE(pw.groups() == 3);
     const lowbit::matrix_i8 t = pw.codes().codes();
     for (Eigen::Index i = 0; i < m; ++i)
@@ -658,13 +658,14 @@ TEST_CASE("pack_gptq_grouped_int4: the packed codes are the static groups' grid 
     const matrix_f y = lowbit::gemm(pw, xv, lowbit::act_int{8});
     const matrix_f yf = xv * d.transpose();
     CHECK((y - yf).cwiseAbs().maxCoeff() <= 0.02f * yf.cwiseAbs().maxCoeff());
-    // refused: dynamic groups, per row, groups of 64, a 3-bit run (codes fine but G wrong) 
+    // refused: dynamic groups, groups of 64, a 5-bit run (codes beyond 15), a G that is not the run's
     lowbit::gptq_options dyn = opt;
     dyn.static_groups = false;
-    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, q, lowbit::per_group{128}, dyn)),
+    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, q, lowbit::per_group{128}, dyn), 128),
                     lowbit::invalid_argument);
-    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, q, lowbit::per_group{64}, opt)),
+    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, q, lowbit::per_group{64}, opt), 64),
                     lowbit::invalid_argument);
-    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{5}, lowbit::per_group{128}, opt)),
+    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{5}, lowbit::per_group{128}, opt), 128),
                     lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(r, 256), lowbit::invalid_argument);
 }

@@ -21,6 +21,12 @@
 /// except binary1 on the AVX-512 per-token kernel (Σ t·x formed as 2·Σ_{t=+1} x − Σx):
 /// ≤ (2n + 4)·u·(α_i + |μ_i|)·Σ_j|x_j|.
 ///
+/// Grouped int4 (`grouped_int4_matrix`, per-group α_ig, μ_ig over G = 128 or 256 columns): the kernels
+/// form exact int32 digit sums per nibble half of each block (`int4_half_dots` of every arch/ path:
+/// scalar, generic, avx2, avx512 — also run for an amx request —, neon baseline ASIMD), combined
+/// into d_ig = Σ_{j∈g} t_ij·q_j and y_i = Σ_g (α_ig·s)·d_ig + μ_ig·Σ_{j∈g} x_j in double (`gemm`,
+/// `gemm_into`, `gemv`, `dot_groups`; bounds at each).
+///
 /// ISA: `kernel_isa::automatic` picks, once per call, the best of avx512 (F/BW/VL/VNNI/VPOPCNTDQ/VBMI),
 /// avx2, neon (aarch64; `sdot` / `smmla` when the CPU has them), generic (xsimd in the caller's
 /// default architecture) available on the running CPU; scalar is the reference. For the integer
@@ -343,6 +349,7 @@ struct gemm_workspace {
     std::vector<double> sums;           ///< Σx per token in double
     std::vector<const float*> x_rows;   ///< token row pointers
     std::vector<float> x_sums;          ///< Σx per token in float
+    std::vector<std::int32_t> group_q;  ///< Σq per token and column group (grouped int4)
 };
 
 /// Exact integer dot products d = Σ_j t_ij·q_kj for rows [row_begin, row_end) and every token k:
@@ -652,20 +659,6 @@ inline void int4_half_dots_rows(kernel_isa path, const packed_matrix<int4>& w, E
     }
 }
 
-/// Per token k and group g of G columns: Σ_{j∈g} q_kj (int32, `qs[k·ng + g]`) and Σ_{j∈g} x_kj
-/// (double, sequential in j, `xs[k·ng + g]`). O(tokens·cols).
-inline void group_activation_sums(const cref_matrix_f& x, const quantized_activations& a, Eigen::Index gcols,
-                                  Eigen::Index ng, std::vector<std::int32_t>& qs, std::vector<double>& xs) {
-    qs.assign(static_cast<std::size_t>(a.tokens() * ng), 0);
-    xs.assign(static_cast<std::size_t>(a.tokens() * ng), 0.0);
-    for (Eigen::Index k = 0; k < a.tokens(); ++k)
-        for (Eigen::Index j = 0; j < x.cols(); ++j) {
-            const auto o = static_cast<std::size_t>(k * ng + j / gcols);
-            qs[o] += a.q(k, j);
-            xs[o] += static_cast<double>(x(k, j));
-        }
-}
-
 } // namespace detail
 
 /// Exact per-group integer sums of a grouped int4 matrix for rows [row_begin, row_end) and every
@@ -702,36 +695,61 @@ inline void dot_groups(const grouped_int4_matrix& w, const quantized_activations
         }
 }
 
-/// Y = X·Wᵀ `[tokens x rows]` for a grouped int4 matrix with activations quantized per token inside
-/// (`act_int{bits}`, the rule of the file comment; s_k the token's scale):
-///     y_ki = Σ_g (α_ig·s_k)·d_kig + μ_ig·Σ_{j∈g} x_kj,    d_kig = Σ_{j∈g} t_ij·q_kj (dot_groups, exact)
+/// Y = X·Wᵀ into `y` `[tokens x rows]` for a grouped int4 matrix with activations quantized per token
+/// inside (`act_int{bits}`, the rule of the file comment; s_k the token's scale), buffers from `ws`
+/// (a call of a shape `ws` has seen allocates nothing):
+///     y_ki = Σ_g (α_ig·s_k)·d_kig + μ_ig·Σ_{j∈g} x_kj,    d_kig = Σ_{j∈g} t_ij·q_kj (exact, as dot_groups)
 /// evaluated in double (α·s exact, Σx per group sequential in double) and rounded to float once:
 /// |y − formula| ≤ 2^-24·|formula| + (groups + 128)·2^-52·Σ_g (|α s d| + |μ|·Σ_{j∈g}|x_j|), the same
 /// on every ISA path (bit-identical results, since d is exact and the epilogue is shared).
-/// \throws shape_error (cols mismatch, empty x), numeric_error (NaN/Inf), invalid_argument (bits, ISA).
+/// \throws shape_error (cols mismatch, empty x, y shape), numeric_error (NaN/Inf), invalid_argument (bits, ISA).
 /// O(tokens·rows·cols).
-[[nodiscard]] inline matrix_f gemm(const grouped_int4_matrix& w, const cref_matrix_f& x, act_int act = {},
-                                   kernel_isa isa = kernel_isa::automatic) {
-    detail::require_kernel_shape(w.codes(), x.cols(), "gemm", "x.cols()");
-    const quantized_activations a = quantize_activations(x, act.bits);
-    const Eigen::Index ng = w.groups();
-    std::vector<std::int32_t> qs;
-    std::vector<double> xs;
-    detail::group_activation_sums(x, a, w.group_cols(), ng, qs, xs);
-    std::vector<std::int32_t> d(static_cast<std::size_t>(a.tokens() * w.rows() * ng));
-    dot_groups(w, a, qs, 0, w.rows(), d.data(), isa);
-    matrix_f y(x.rows(), w.rows());
-    for (Eigen::Index k = 0; k < x.rows(); ++k) {
+inline void gemm_into(const grouped_int4_matrix& w, const cref_matrix_f& x, act_int act, Eigen::Ref<matrix_f> y,
+                      gemm_workspace& ws, kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "gemm";
+    detail::require_kernel_shape(w.codes(), x.cols(), where, "x.cols()");
+    quantize_activations(x, act.bits, ws.act);
+    const quantized_activations& a = ws.act;
+    detail::require_dim(y.rows(), a.tokens(), where, "y.rows()");
+    detail::require_dim(y.cols(), w.rows(), where, "y.cols()");
+    const kernel_isa path = detail::resolve_isa(isa, where);
+    const Eigen::Index ng = w.groups(), gc = w.group_cols(), nh = 2 * w.codes().blocks_per_row(), per = gc / 128;
+    ws.group_q.assign(static_cast<std::size_t>(a.tokens() * ng), 0);
+    ws.sums.assign(static_cast<std::size_t>(a.tokens() * ng), 0.0);
+    for (Eigen::Index k = 0; k < a.tokens(); ++k)
+        for (Eigen::Index j = 0; j < x.cols(); ++j) {
+            const auto o = static_cast<std::size_t>(k * ng + j / gc);
+            ws.group_q[o] += a.q(k, j);
+            ws.sums[o] += static_cast<double>(x(k, j));
+        }
+    ws.dots.resize(static_cast<std::size_t>(a.tokens() * w.rows() * nh));
+    detail::int4_half_dots_rows(path, w.codes(), 0, w.rows(), a, ws.dots.data());
+    for (Eigen::Index k = 0; k < a.tokens(); ++k) {
         const double s = static_cast<double>(a.scale(k));
+        const std::int32_t* gq = ws.group_q.data() + k * ng;
+        const double* xs = ws.sums.data() + k * ng;
         for (Eigen::Index i = 0; i < w.rows(); ++i) {
-            const std::int32_t* dk = d.data() + (k * w.rows() + i) * ng;
+            const std::int32_t* h = ws.dots.data() + (k * w.rows() + i) * nh;
             double acc = 0.0;
-            for (Eigen::Index g = 0; g < ng; ++g)
-                acc += static_cast<double>(w.scale()(i, g)) * s * static_cast<double>(dk[g]) +
-                       static_cast<double>(w.offset()(i, g)) * xs[static_cast<std::size_t>(k * ng + g)];
+            for (Eigen::Index g = 0; g < ng; ++g) {
+                std::int32_t d = 0;
+                for (Eigen::Index e = g * per; e < std::min(nh, (g + 1) * per); ++e) d += h[e];
+                d -= 8 * gq[g];
+                acc += static_cast<double>(w.scale()(i, g)) * s * static_cast<double>(d) + static_cast<double>(w.offset()(i, g)) * xs[g];
+            }
             y(k, i) = static_cast<float>(acc);
         }
     }
+}
+
+/// Y = X·Wᵀ `[tokens x rows]` for a grouped int4 matrix with activations quantized per token inside
+/// (`act_int{bits}`): `gemm_into` with a fresh workspace (same results and bound).
+/// \throws as gemm_into. O(tokens·rows·cols).
+[[nodiscard]] inline matrix_f gemm(const grouped_int4_matrix& w, const cref_matrix_f& x, act_int act = {},
+                                   kernel_isa isa = kernel_isa::automatic) {
+    gemm_workspace ws;
+    matrix_f y(x.rows(), w.rows());
+    gemm_into(w, x, act, y, ws, isa);
     return y;
 }
 

@@ -711,7 +711,8 @@ template <class Format, class Params>
 /// Packs a static-group int4 GPTQ result into the grouped int4 format of the integer kernels
 /// (pack.hpp `grouped_int4_matrix`, gemm.hpp `gemm`): the quantizer's params are `{scale, zero}`
 /// with 4-bit codes c ∈ [0, 15] and value s·(c − z) (rtn_quantizer{4, ...}), the run used
-/// `gptq_options::static_groups` with `per_group{G}`, G ∈ {128, 256} (the last group may be narrower).
+/// `gptq_options::static_groups` with `per_group{G}`, G = `group_cols` ∈ {128, 256} (the last group
+/// may be narrower: tail_policy::smaller_last).
 /// The codes are the solver's own grid indices: c_ij = round(q_ij/s) + z of the group's (s, z) —
 /// exact, since q_ij = s·(c − z) was produced on that grid (checked: |s·(c − z) − q| ≤ 1e-4·s, c ∈ [0, 15]).
 /// Stored: t = c − 8, α = fp16(s), μ = fp16(s·(8 − z)), so the packed matrix dequantizes to r.weights
@@ -719,13 +720,13 @@ template <class Format, class Params>
 /// \throws invalid_argument (dynamic groups, G ∉ {128, 256}, weights off the grid or codes outside
 ///         [0, 15] — not a 4-bit run). O(rows·cols).
 template <class Params>
-[[nodiscard]] grouped_int4_matrix pack_gptq_grouped_int4(const gptq_result<Params>& r) {
+[[nodiscard]] grouped_int4_matrix pack_gptq_grouped_int4(const gptq_result<Params>& r, Eigen::Index group_cols) {
     constexpr const char* where = "pack_gptq_grouped_int4";
     static_assert(requires(const Params& p) { p.scale; p.zero; },
                   "lowbit: pack_gptq_grouped_int4: the quantizer's params need {scale, zero} (rtn_quantizer)");
     detail::require(r.static_groups, where, "the GPTQ result has dynamic groups; run gptq_quantize with static_groups");
     detail::require(!r.groups.empty() && r.groups.size() == r.params.size(), where, "the GPTQ result has no groups");
-    const Eigen::Index gc = r.groups.front().width, m = r.weights.rows(), n = r.weights.cols();
+    const Eigen::Index gc = group_cols, m = r.weights.rows(), n = r.weights.cols();
     detail::require(gc == 128 || gc == 256, where, "group size must be 128 or 256, got " + std::to_string(gc));
     const auto ng = static_cast<Eigen::Index>(r.groups.size());
     detail::require(ng == (n + gc - 1) / gc, where, "groups are not consecutive runs of G columns");
@@ -734,7 +735,8 @@ template <class Params>
     for (Eigen::Index g = 0; g < ng; ++g) {
         const Params& p = r.params[static_cast<std::size_t>(g)];
         const column_group& cg = r.groups[static_cast<std::size_t>(g)];
-        detail::require(cg.begin == g * gc, where, "groups are not consecutive runs of G columns");
+        detail::require(cg.begin == g * gc && cg.width == std::min(gc, n - g * gc), where,
+                        "groups are not consecutive runs of G columns");
         for (Eigen::Index i = 0; i < m; ++i) {
             const double sc = static_cast<double>(p.scale(i)), z = static_cast<double>(p.zero(i));
             alpha(i, g) = static_cast<float>(Eigen::half(p.scale(i)));

@@ -28,6 +28,9 @@
 /// The blocks are chosen so that an AVX-512 load of 64 bytes yields 4 (5) vectors of 64 digits each
 /// aligned with 64 consecutive activations, and an AVX2 load of 32 bytes the same with 32.
 ///
+/// `grouped_int4_matrix` holds int4 codes in the same blocks with an fp16 scale and offset per row and
+/// per group of 128 (one nibble half of a block) or 256 (one block) columns instead of per row.
+///
 /// `interleaved_matrix<Format>` holds the same blocks with rows grouped in tiles of 4 (block b of
 /// rows 4t..4t+3 contiguous), so that a GEMV streams one contiguous buffer and each activation
 /// load feeds four rows; `interleave` / `deinterleave` convert exactly. Buffers of ≥ 2 MiB are
