@@ -100,6 +100,28 @@ void packed_gemv_f32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols,
     st.counters["bits_per_weight"] = w0.bits_per_weight();
 }
 
+/// Grouped int4 (fp16 scale and offset per `gc` columns, gemm.hpp grouped kernels): gemm_into with a
+/// reused workspace, 1 token; `Act` act_int{8} (quantized inside, timed) or act_fp32 (weight-only).
+template <class Act>
+void grouped_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Eigen::Index gc) {
+    const auto p = lowbit_bench::random_packed<lowbit::int4>(rows, cols, 7);
+    lowbit::packed_matrix<lowbit::int4> codes(rows, cols, p.bytes(), lowbit::vector_f::Ones(rows));
+    const Eigen::Index ng = (cols + gc - 1) / gc;
+    const lowbit::grouped_int4_matrix w(std::move(codes), gc, lowbit::matrix_f::Constant(rows, ng, 0.0078125f),
+                                        lowbit::matrix_f::Constant(rows, ng, -0.25f));
+    const lowbit::matrix_f x = random_activations(1, cols, 1);
+    lowbit::matrix_f y(1, rows);
+    lowbit::gemm_workspace ws;
+    for (auto _ : st) {
+        if constexpr (std::is_same_v<Act, lowbit::act_int>) lowbit::gemm_into(w, x, lowbit::act_int{8}, y, ws);
+        else y = lowbit::gemm(w, x, lowbit::act_fp32{});
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    st.counters["packed_bytes"] = double(w.codes().bytes().size());
+    st.counters["bits_per_weight"] = w.bits_per_weight();
+}
+
 template <bool Interleaved = false>
 void xnor(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
     const auto p0 = lowbit_bench::random_packed<lowbit::binary1>(rows, cols, 7);
@@ -239,6 +261,28 @@ const int registered = [] {
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
         benchmark::RegisterBenchmark(("gemv/int4_f32/" + sh).c_str(), [=](benchmark::State& s) { packed_gemv_f32<lowbit::int4>(s, r, c, false); })
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    }
+    // grouped int4 (per-128 / per-256-column scale and offset) next to per-row int4 and Eigen FP32
+    // (llama-21M-en's layer shapes and 4096², in cache)
+    const std::pair<Eigen::Index, Eigen::Index> grouped[] = {{512, 512}, {1536, 512}, {512, 1536}, {4096, 4096}};
+    for (auto [r, c] : grouped) {
+        const std::string sh = shape(r, c) + "/cache/threads:1";
+        const bool registered_above = (r == 1536 && c == 512) || r == 4096;
+        if (!registered_above)
+            benchmark::RegisterBenchmark(("gemv/eigen_fp32/" + sh).c_str(), [=](benchmark::State& s) { lowbit_bench::eigen_fp32_gemv(s, r, c, false); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        if (!registered_above)
+            benchmark::RegisterBenchmark(("gemv/int4_i8/" + sh).c_str(), [=](benchmark::State& s) { packed_gemv<lowbit::int4>(s, r, c, false, 1); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        for (Eigen::Index gc : {128, 256}) {
+            const std::string g = std::to_string(gc);
+            benchmark::RegisterBenchmark(("gemv/int4g" + g + "_i8/" + sh).c_str(),
+                                         [=](benchmark::State& s) { grouped_gemv<lowbit::act_int>(s, r, c, gc); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            benchmark::RegisterBenchmark(("gemv/int4g" + g + "_f32/" + sh).c_str(),
+                                         [=](benchmark::State& s) { grouped_gemv<lowbit::act_fp32>(s, r, c, gc); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        }
     }
     for (bool dram : {false, true}) {
         const std::string sh = std::string("4096x4096") + (dram ? "/dram" : "/cache") + "/threads:1";

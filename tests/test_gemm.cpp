@@ -768,3 +768,135 @@ TEST_CASE_TEMPLATE("gemm_into with one reused workspace equals gemm for every sh
     CHECK_THROWS_AS(lowbit::gemm_into(w, x, lowbit::act_int{8}, wrong_tokens, ws), lowbit::shape_error);
     CHECK_THROWS_AS(lowbit::gemm_into(w, random_x(2, 41, 9), lowbit::act_int{8}, wrong, ws), lowbit::shape_error);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Grouped int4 (per-group scale and offset)
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+// fp16-exact scales / offsets [rows x groups] with varied magnitudes and signs.
+lowbit::matrix_f fp16_params(Eigen::Index rows, Eigen::Index groups, float base, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    lowbit::matrix_f m(rows, groups);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(Eigen::half(base * (1.5f + u(rng))));
+    return m;
+}
+} // namespace
+
+TEST_CASE("grouped int4: per-group integer sums bit-exact on every ISA path (int64 brute force)") {
+    for (Eigen::Index gc : {128, 256})
+        for (Eigen::Index cols : {128, 300, 1287, 4544})
+            for (Eigen::Index rows : {1, 5, 17})
+                for (bool extreme : {false, true}) {
+                    const Eigen::Index tokens = rows == 5 ? 3 : 1;
+                    CAPTURE(gc);
+                    CAPTURE(cols);
+                    CAPTURE(rows);
+                    CAPTURE(extreme);
+                    const lowbit::matrix_i8 c = random_codes<lowbit::int4>(rows, cols, static_cast<std::uint64_t>(rows * 13 + cols), extreme);
+                    const Eigen::Index ng = (cols + gc - 1) / gc;
+                    const auto w = lowbit::pack_grouped_int4(c, gc, fp16_params(rows, ng, 0.01f, 1), fp16_params(rows, ng, 0.003f, 2));
+                    CHECK(w.groups() == ng);
+                    lowbit::matrix_f x = random_x(tokens, cols, static_cast<std::uint64_t>(cols + 7));
+                    if (extreme)
+                        for (Eigen::Index j = 0; j < cols; ++j) x(0, j) = (j % 3 == 0) ? -1.0f : 1.0f;
+                    const auto a = lowbit::quantize_activations(x, 8);
+                    std::vector<std::int32_t> gq(static_cast<std::size_t>(tokens * ng), 0);
+                    std::vector<std::int64_t> want(static_cast<std::size_t>(tokens * rows * ng), 0);
+                    for (Eigen::Index k = 0; k < tokens; ++k)
+                        for (Eigen::Index j = 0; j < cols; ++j) {
+                            gq[static_cast<std::size_t>(k * ng + j / gc)] += a.q(k, j);
+                            for (Eigen::Index i = 0; i < rows; ++i)
+                                want[static_cast<std::size_t>((k * rows + i) * ng + j / gc)] += std::int64_t(c(i, j)) * a.q(k, j);
+                        }
+                    for (kernel_isa isa : all_isas) {
+                        if (!lowbit::isa_available(isa)) continue;
+                        CAPTURE(lowbit::isa_name(isa));
+                        std::vector<std::int32_t> got(want.size(), -12345);
+                        lowbit::dot_groups(w, a, gq, 0, rows, got.data(), isa);
+                        bool same = true;
+                        for (std::size_t t = 0; t < got.size(); ++t) same = same && std::int64_t(got[t]) == want[t];
+                        CHECK(same);
+                        if (rows >= 3) { // a sub-range writes only its rows
+                            std::vector<std::int32_t> part(static_cast<std::size_t>(tokens * (rows - 2) * ng));
+                            lowbit::dot_groups(w, a, gq, 1, rows - 1, part.data(), isa);
+                            bool same_part = true;
+                            for (Eigen::Index k = 0; k < tokens; ++k)
+                                for (Eigen::Index i = 1; i < rows - 1; ++i)
+                                    for (Eigen::Index g = 0; g < ng; ++g)
+                                        same_part = same_part &&
+                                                    std::int64_t(part[static_cast<std::size_t>((k * (rows - 2) + i - 1) * ng + g)]) ==
+                                                        want[static_cast<std::size_t>((k * rows + i) * ng + g)];
+                            CHECK(same_part);
+                        }
+                    }
+                }
+}
+
+TEST_CASE("grouped int4: gemm/gemv within the stated bounds of a double reference, identical on every path") {
+    const Eigen::Index rows = 9, cols = 1408, tokens = 3; // 1408 = 11 groups of 128, 5.5 groups of 256
+    for (Eigen::Index gc : {128, 256}) {
+        CAPTURE(gc);
+        const lowbit::matrix_i8 c = random_codes<lowbit::int4>(rows, cols, 21);
+        const Eigen::Index ng = (cols + gc - 1) / gc;
+        const lowbit::matrix_f al = fp16_params(rows, ng, 0.01f, 3), mu = fp16_params(rows, ng, -0.004f, 4);
+        const auto w = lowbit::pack_grouped_int4(c, gc, al, mu);
+        const lowbit::matrix_f x = random_x(tokens, cols, 22);
+        const auto a = lowbit::quantize_activations(x, 8);
+        const lowbit::matrix_f y_ref_path = lowbit::gemm(w, x, lowbit::act_int{8}, kernel_isa::scalar);
+        for (kernel_isa isa : all_isas) {
+            if (!lowbit::isa_available(isa)) continue;
+            CAPTURE(lowbit::isa_name(isa));
+            const lowbit::matrix_f y = lowbit::gemm(w, x, lowbit::act_int{8}, isa);
+            const lowbit::matrix_f yf = lowbit::gemm(w, x, lowbit::act_fp32{}, isa);
+            CHECK(y == y_ref_path);
+            for (Eigen::Index k = 0; k < tokens; ++k) {
+                CHECK(lowbit::gemv(w, x.row(k).transpose(), lowbit::act_int{8}, isa) == y.row(k).transpose());
+                CHECK(lowbit::gemv(w, x.row(k).transpose(), lowbit::act_fp32{}, isa) == yf.row(k).transpose());
+                for (Eigen::Index i = 0; i < rows; ++i) {
+                    long double ref = 0, reff = 0, mag = 0, magf = 0, magx = 0;
+                    for (Eigen::Index g = 0; g < ng; ++g) {
+                        long double d = 0, sx = 0, sax = 0, tx = 0, atx = 0;
+                        for (Eigen::Index j = g * gc; j < std::min(cols, (g + 1) * gc); ++j) {
+                            d += static_cast<long double>(c(i, j)) * a.q(k, j);
+                            sx += x(k, j);
+                            sax += std::fabs(x(k, j));
+                            tx += static_cast<long double>(c(i, j)) * x(k, j);
+                            atx += std::fabs(static_cast<long double>(c(i, j)) * x(k, j));
+                        }
+                        const long double term = static_cast<long double>(al(i, g)) * a.scale(k) * d;
+                        ref += term + static_cast<long double>(mu(i, g)) * sx;
+                        reff += static_cast<long double>(al(i, g)) * tx + static_cast<long double>(mu(i, g)) * sx;
+                        mag += std::fabs(term) + std::fabs(static_cast<long double>(mu(i, g))) * sax;
+                        magf += std::fabs(static_cast<long double>(al(i, g))) * atx;
+                        magx += std::fabs(static_cast<long double>(mu(i, g))) * sax;
+                    }
+                    const double bound = u32 * std::fabs(double(ref)) + (ng + 128) * std::ldexp(1.0, -52) * double(mag) + 1e-30;
+                    CHECK(std::fabs(double(y(k, i)) - double(ref)) <= bound);
+                    const double boundf = (gc + 8) * u32 * double(magf) + u32 * std::fabs(double(reff)) +
+                                          std::ldexp(1.0, -45) * double(magx) + 1e-30;
+                    CHECK(std::fabs(double(yf(k, i)) - double(reff)) <= boundf);
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("grouped int4: bad input") {
+    const lowbit::matrix_i8 c = random_codes<lowbit::int4>(3, 256, 1);
+    const auto w = lowbit::pack_grouped_int4(c, 128, fp16_params(3, 2, 0.01f, 1), fp16_params(3, 2, 0.01f, 2));
+    CHECK_THROWS_AS((void)lowbit::gemm(w, lowbit::matrix_f::Ones(2, 255)), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::gemm(w, lowbit::matrix_f::Ones(2, 255), lowbit::act_fp32{}), lowbit::shape_error);
+    lowbit::matrix_f nan = lowbit::matrix_f::Ones(1, 256);
+    nan(0, 3) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS((void)lowbit::gemm(w, nan), lowbit::numeric_error);
+    CHECK_THROWS_AS((void)lowbit::gemm(w, nan, lowbit::act_fp32{}), lowbit::numeric_error);
+    CHECK_THROWS_AS((void)lowbit::gemm(w, lowbit::matrix_f::Ones(1, 256), lowbit::act_int{5}), lowbit::invalid_argument);
+    const auto a = lowbit::quantize_activations(lowbit::matrix_f::Ones(1, 256));
+    std::vector<std::int32_t> gq(2, 0), out(6);
+    CHECK_THROWS_AS(lowbit::dot_groups(w, a, gq, 0, 4, out.data()), lowbit::shape_error);
+    std::vector<std::int32_t> short_gq(1, 0);
+    CHECK_THROWS_AS(lowbit::dot_groups(w, a, short_gq, 0, 3, out.data()), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::dot_groups(w, a, gq, 0, 3, nullptr), lowbit::invalid_argument);
+}

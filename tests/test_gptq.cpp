@@ -188,6 +188,125 @@ TEST_CASE("blocked solver equals the unblocked double-precision reference recurs
     }
 }
 
+// Reference GPTQ with static_groups=True, written from the reference algorithm: the parameters of
+// every group of gs contiguous ORIGINAL columns are fitted up front on the dead-zeroed original W
+// (with `weighted`: importance = diag H of the group), then the unblocked act-order recursion
+// quantizes original column perm[j] with the parameters of group perm[j] / gs. Returns Q and params.
+template <class Q>
+matrix_f reference_static_gptq(const matrix_f& w, const matrix_d& h_in, const Q& quant, Eigen::Index gs, bool act_order,
+                               bool weighted, std::vector<typename Q::params>& params, double* loss_out) {
+    const Eigen::Index m = w.rows(), n = w.cols();
+    Eigen::MatrixXd h = h_in, w0 = w.cast<double>();
+    for (Eigen::Index j = 0; j < n; ++j)
+        if (h(j, j) == 0) {
+            h(j, j) = 1;
+            w0.col(j).setZero();
+        }
+    params.clear();
+    for (Eigen::Index g = 0; g * gs < n; ++g) {
+        const Eigen::Index width = std::min(gs, n - g * gs);
+        const matrix_f blk = w0.middleCols(g * gs, width).cast<float>();
+        if (weighted) {
+            lowbit::vector_f imp(width);
+            for (Eigen::Index c = 0; c < width; ++c) imp(c) = static_cast<float>(h(g * gs + c, g * gs + c));
+            params.push_back(quant.fit(blk, imp));
+        } else {
+            params.push_back(quant.fit(blk));
+        }
+    }
+    std::vector<Eigen::Index> perm(static_cast<std::size_t>(n));
+    std::iota(perm.begin(), perm.end(), Eigen::Index{0});
+    if (act_order)
+        std::stable_sort(perm.begin(), perm.end(), [&](Eigen::Index a, Eigen::Index b) { return h(a, a) > h(b, b); });
+    Eigen::MatrixXd W(m, n), H(n, n);
+    for (Eigen::Index j = 0; j < n; ++j) {
+        W.col(j) = w0.col(perm[static_cast<std::size_t>(j)]);
+        for (Eigen::Index i = 0; i < n; ++i) H(i, j) = h(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
+    }
+    H.diagonal().array() += 0.01 * H.diagonal().mean();
+    const Eigen::MatrixXd hinv = H.llt().solve(Eigen::MatrixXd::Identity(n, n));
+    const Eigen::MatrixXd U = hinv.llt().matrixU();
+    Eigen::MatrixXd Qm(m, n);
+    double loss = 0;
+    lowbit::vector_f colf(m), out(m);
+    for (Eigen::Index j = 0; j < n; ++j) {
+        colf = W.col(j).cast<float>();
+        quant.round_column(params[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)] / gs)], colf, out);
+        Qm.col(j) = out.cast<double>();
+        const Eigen::VectorXd e = (W.col(j) - Qm.col(j)) / U(j, j);
+        loss += e.squaredNorm();
+        for (Eigen::Index k = j + 1; k < n; ++k) W.col(k) -= e * U(j, k);
+    }
+    matrix_f out_w(m, n);
+    for (Eigen::Index j = 0; j < n; ++j) out_w.col(perm[static_cast<std::size_t>(j)]) = Qm.col(j).cast<float>();
+    *loss_out = loss;
+    return out_w;
+}
+
+TEST_CASE("static groups + act order: reference GPTQ's static_groups, params of the original column groups") {
+    struct problem { Eigen::Index m, n, gs, block; };
+    for (const problem pr : {problem{6, 16, 4, 128}, problem{24, 100, 20, 7}}) {
+        CAPTURE(pr.n);
+        const matrix_f x = correlated_inputs(300, pr.n, 11);
+        matrix_d h = hessian_of(x);
+        matrix_f w = random_weights(pr.m, pr.n, 12);
+        // a dead column (H_jj = 0): zeroed before the static fit
+        h.row(pr.n / 2).setZero();
+        h.col(pr.n / 2).setZero();
+        for (const bool weighted : {false, true}) {
+            CAPTURE(weighted);
+            lowbit::rtn_quantizer q{4, lowbit::int_mode::asymmetric};
+            q.clip_grid = weighted ? 11 : 0;
+            q.clip_min = 0.5f;
+            lowbit::gptq_options opt;
+            opt.act_order = true;
+            opt.static_groups = true;
+            opt.hessian_weighted_fit = weighted;
+            opt.block_size = pr.block;
+            const auto r = lowbit::gptq_quantize(w, h, q, lowbit::per_group{pr.gs}, opt);
+            std::vector<lowbit::rtn_quantizer::params> ref_params;
+            double ref_loss = 0;
+            const matrix_f ref = reference_static_gptq(w, h, q, pr.gs, true, weighted, ref_params, &ref_loss);
+            CHECK(r.static_groups);
+            // act order really permutes (else the test would not distinguish static from dynamic groups)
+            CHECK_FALSE(std::is_sorted(r.order.begin(), r.order.end()));
+            REQUIRE(r.params.size() == ref_params.size());
+            for (std::size_t g = 0; g < r.params.size(); ++g) {
+                CHECK(r.groups[g].begin == static_cast<Eigen::Index>(g) * pr.gs);
+                CHECK(r.params[g].scale == ref_params[g].scale);
+                CHECK(r.params[g].zero == ref_params[g].zero);
+            }
+            CHECK((r.weights - ref).cwiseAbs().maxCoeff() <= 1e-4f);
+            CHECK(r.loss == doctest::Approx(ref_loss).epsilon(1e-6));
+            // every column on its ORIGINAL group's grid: s·(c − z) with an integer code c ∈ [0, 15]
+            for (Eigen::Index i = 0; i < pr.m; ++i)
+                for (Eigen::Index c = 0; c < pr.n; ++c) {
+                    const auto& p = r.params[static_cast<std::size_t>(c / pr.gs)];
+                    const double code = static_cast<double>(r.weights(i, c)) / p.scale(i) + p.zero(i);
+                    CHECK(std::fabs(code - std::nearbyint(code)) < 1e-3);
+                    CHECK(std::nearbyint(code) >= 0.0);
+                    CHECK(std::nearbyint(code) <= 15.0);
+                }
+            CHECK(r.weights.col(pr.n / 2).isZero());
+            // loss identity (on the dead-zeroed W and H with the dead diagonal set to 1)
+            matrix_d hd = h;
+            hd(pr.n / 2, pr.n / 2) = 1.0;
+            hd.diagonal().array() += r.damp * hd.diagonal().mean();
+            matrix_f wz = w;
+            wz.col(pr.n / 2).setZero();
+            CHECK(r.loss == doctest::Approx(output_error(wz, r.weights, hd)).epsilon(1e-8));
+        }
+    }
+    // default stays dynamic; weighted fit needs a quantizer with fit(block, importance)
+    const matrix_f w = random_weights(4, 16, 1);
+    const matrix_d h = hessian_of(correlated_inputs(100, 16, 2));
+    CHECK_FALSE(lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{4}, lowbit::per_group{4}).static_groups);
+    lowbit::gptq_options opt;
+    opt.hessian_weighted_fit = true;
+    CHECK_THROWS_AS((void)lowbit::gptq_quantize(w, h, lowbit::mx_group_quantizer<lowbit::mxfp4>{}, lowbit::per_group{16}, opt),
+                    lowbit::invalid_argument);
+}
+
 TEST_CASE("loss equals tr(Δ H_damped Δᵀ)") {
     const matrix_f x = correlated_inputs(300, 64, 5);
     const matrix_d h = hessian_of(x);
@@ -544,4 +663,49 @@ TEST_CASE("pack_gptq: packed codes dequantize to the GPTQ result and run in the 
         CHECK_THROWS_WITH_AS((void)lowbit::pack_gptq<lowbit::ternary2>(grouped),
                              doctest::Contains("per_row"), lowbit::invalid_argument);
     }
+}
+
+TEST_CASE("pack_gptq_grouped_int4: the packed codes are the static groups' grid indices, kernels run it") {
+    const Eigen::Index m = 7, n = 384; // 3 groups of 128
+    const matrix_f x = correlated_inputs(600, n, 31);
+    const matrix_d h = hessian_of(x);
+    const matrix_f w = random_weights(m, n, 32);
+    lowbit::gptq_options opt;
+    opt.act_order = true;
+    opt.static_groups = true;
+    const lowbit::rtn_quantizer q{4, lowbit::int_mode::asymmetric};
+    const auto r = lowbit::gptq_quantize(w, h, q, lowbit::per_group{128}, opt);
+    const auto pw = lowbit::pack_gptq_grouped_int4(r, 128);
+    REQUIRE(pw.groups() == 3);
+    const lowbit::matrix_i8 t = pw.codes().codes();
+    for (Eigen::Index i = 0; i < m; ++i)
+        for (Eigen::Index j = 0; j < n; ++j) {
+            const auto& p = r.params[static_cast<std::size_t>(j / 128)];
+            // oracle: the value of code t + 8 on the group's grid s·(c − z) is the GPTQ weight
+            CHECK(p.scale(i) * (static_cast<float>(t(i, j) + 8) - p.zero(i)) == doctest::Approx(r.weights(i, j)).epsilon(1e-6));
+            CHECK(pw.scale()(i, j / 128) == static_cast<float>(Eigen::half(p.scale(i))));
+        }
+    // dequantized within the fp16 rounding of α and μ
+    const matrix_f d = pw.dequantize();
+    for (Eigen::Index i = 0; i < m; ++i)
+        for (Eigen::Index j = 0; j < n; ++j) {
+            const auto& p = r.params[static_cast<std::size_t>(j / 128)];
+            const double bound = std::ldexp(1.0, -11) * (8.0 * std::fabs(p.scale(i)) + std::fabs(p.scale(i) * (8.0 - p.zero(i)))) + 1e-6;
+            CHECK(std::fabs(double(d(i, j)) - double(r.weights(i, j))) <= bound);
+        }
+    // the integer kernels: y ≈ x·dequantized (int8 activations: within s/2 per activation)
+    const matrix_f xv = x.topRows(2);
+    const matrix_f y = lowbit::gemm(pw, xv, lowbit::act_int{8});
+    const matrix_f yf = xv * d.transpose();
+    CHECK((y - yf).cwiseAbs().maxCoeff() <= 0.02f * yf.cwiseAbs().maxCoeff());
+    // refused: dynamic groups, groups of 64, a 5-bit run (codes beyond 15), a G that is not the run's
+    lowbit::gptq_options dyn = opt;
+    dyn.static_groups = false;
+    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, q, lowbit::per_group{128}, dyn), 128),
+                    lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, q, lowbit::per_group{64}, opt), 64),
+                    lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(lowbit::gptq_quantize(w, h, lowbit::rtn_quantizer{5}, lowbit::per_group{128}, opt), 128),
+                    lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::pack_gptq_grouped_int4(r, 256), lowbit::invalid_argument);
 }

@@ -205,3 +205,53 @@ TEST_CASE("interleaved_matrix rejects bad raw input with lowbit errors") {
     CHECK_THROWS_AS(I(5, 10, I::buffer(512), bad), lowbit::numeric_error);
     CHECK_THROWS_AS(I(5, 10, I::buffer(512), one, bad), lowbit::numeric_error);
 }
+
+TEST_CASE("grouped_int4_matrix: dequantize = α_{i,j/G}·t_ij + μ_{i,j/G}, nibble halves are the groups, bits, errors") {
+    const Eigen::Index rows = 3, cols = 300; // groups of 128: 128, 128, 44; of 256: 256, 44
+    const lowbit::matrix_i8 c = lowbit_test::random_codes<lowbit::int4>(rows, cols, 4);
+    for (Eigen::Index gc : {128, 256}) {
+        CAPTURE(gc);
+        const Eigen::Index ng = (cols + gc - 1) / gc;
+        lowbit::matrix_f al(rows, ng), mu(rows, ng);
+        for (Eigen::Index i = 0; i < rows; ++i)
+            for (Eigen::Index g = 0; g < ng; ++g) {
+                al(i, g) = 0.25f * static_cast<float>(i + 1) + 0.5f * static_cast<float>(g); // fp16-exact
+                mu(i, g) = -0.125f * static_cast<float>(g + i);
+            }
+        const auto w = lowbit::pack_grouped_int4(c, gc, al, mu);
+        CHECK(w.rows() == rows);
+        CHECK(w.cols() == cols);
+        CHECK(w.groups() == ng);
+        CHECK(w.codes().codes() == c);
+        const lowbit::matrix_f d = w.dequantize();
+        for (Eigen::Index i = 0; i < rows; ++i)
+            for (Eigen::Index j = 0; j < cols; ++j)
+                CHECK(d(i, j) == al(i, j / gc) * static_cast<float>(c(i, j)) + mu(i, j / gc));
+        // 2 blocks of 128 bytes per row + 16 bits per scale and offset
+        CHECK(w.bits_per_weight() == doctest::Approx((8.0 * rows * 256 + 32.0 * rows * ng) / (rows * cols)));
+    }
+    // byte j of block 0 holds column j (low nibble, group 0) and 128 + j (high nibble, group 1)
+    lowbit::matrix_i8 one = lowbit::matrix_i8::Zero(1, 256);
+    one(0, 5) = 7;
+    one(0, 133) = -8;
+    const auto w1 = lowbit::pack_grouped_int4(one, 128, lowbit::matrix_f::Ones(1, 2), lowbit::matrix_f::Zero(1, 2));
+    CHECK(w1.codes().row_data(0)[5] == ((7 + 8) | ((-8 + 8) << 4)));
+    CHECK(w1.bits_per_weight() == doctest::Approx(4.25));
+    // errors
+    const lowbit::matrix_f ones = lowbit::matrix_f::Ones(rows, 3);
+    CHECK_THROWS_AS((void)lowbit::pack_grouped_int4(c, 64, lowbit::matrix_f::Ones(rows, 5), lowbit::matrix_f::Ones(rows, 5)),
+                    lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::pack_grouped_int4(c, 128, lowbit::matrix_f::Ones(rows, 2), ones), lowbit::shape_error);
+    CHECK_THROWS_AS((void)lowbit::pack_grouped_int4(c, 128, ones, lowbit::matrix_f::Ones(rows + 1, 3)), lowbit::shape_error);
+    lowbit::matrix_f not_half = ones;
+    not_half(1, 1) = 0.1f; // not representable in fp16
+    CHECK_THROWS_AS((void)lowbit::pack_grouped_int4(c, 128, not_half, ones), lowbit::invalid_argument);
+    lowbit::matrix_f nan = ones;
+    nan(0, 0) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS((void)lowbit::pack_grouped_int4(c, 128, ones, nan), lowbit::numeric_error);
+    lowbit::matrix_i8 bad = c;
+    bad(2, 7) = 8;
+    CHECK_THROWS_AS((void)lowbit::pack_grouped_int4(bad, 128, ones, ones), lowbit::invalid_argument);
+    CHECK_THROWS_AS(lowbit::grouped_int4_matrix(lowbit::pack<lowbit::int4>(c, lowbit::vector_f::Constant(rows, 2.0f)), 128, ones, ones),
+                    lowbit::invalid_argument);
+}

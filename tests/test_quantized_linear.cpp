@@ -70,6 +70,46 @@ TEST_CASE("packed asymmetric ternary layer equals the dense oracle, fp32 and int
         }
 }
 
+TEST_CASE("grouped int4 layer (per-128-column scale and offset) equals the dense oracle, fp32 and int8 activations") {
+    const Eigen::Index out = 12, in = 300, gc = 128, ng = 3;
+    std::mt19937_64 rng(7);
+    lowbit::matrix_i8 t(out, in);
+    for (Eigen::Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<std::int8_t>(static_cast<int>(rng() % 16) - 8);
+    lowbit::matrix_f al(out, ng), mu(out, ng);
+    for (Eigen::Index i = 0; i < out; ++i)
+        for (Eigen::Index g = 0; g < ng; ++g) {
+            al(i, g) = 0.0625f * static_cast<float>(1 + (i + g) % 5);
+            mu(i, g) = -0.125f * static_cast<float>((i * 3 + g) % 4);
+        }
+    const auto gw = lowbit::pack_grouped_int4(t, gc, al, mu);
+    const lowbit::matrix_f x = gaussian(3, in, 8);
+    lowbit::matrix_d wd(out, in);
+    for (Eigen::Index i = 0; i < out; ++i)
+        for (Eigen::Index j = 0; j < in; ++j) wd(i, j) = static_cast<double>(al(i, j / gc)) * t(i, j) + mu(i, j / gc);
+    const lowbit::matrix_d ref = x.cast<double>() * wd.transpose();
+    const lowbit::quantized_linear<lowbit::grouped_int4_matrix> fp(gw);
+    lowbit::matrix_f y;
+    fp.apply(x, y);
+    CHECK((y.cast<double>() - ref).cwiseAbs().maxCoeff() <= 1e-4 * (1.0 + ref.cwiseAbs().maxCoeff()));
+    CHECK(fp.storage_bits() == doctest::Approx(8.0 * out * 256 + 32.0 * out * ng));
+    const lowbit::quantized_linear<lowbit::grouped_int4_matrix, lowbit::act_int> i8(gw, {8});
+    i8.apply(x, y);
+    const auto qa = lowbit::quantize_activations(x, 8);
+    for (Eigen::Index k = 0; k < x.rows(); ++k)
+        for (Eigen::Index i = 0; i < out; ++i) {
+            double want = 0;
+            for (Eigen::Index g = 0; g < ng; ++g) {
+                double d = 0, sx = 0;
+                for (Eigen::Index j = g * gc; j < std::min(in, (g + 1) * gc); ++j) {
+                    d += static_cast<double>(t(i, j)) * qa.q(k, j);
+                    sx += x(k, j);
+                }
+                want += static_cast<double>(al(i, g)) * qa.scale(k) * d + mu(i, g) * sx;
+            }
+            CHECK(std::abs(y(k, i) - want) <= 1e-5 * (1.0 + std::abs(want)));
+        }
+}
+
 TEST_CASE("low-rank correction adds (x·Bᵀ)·Aᵀ") {
     const lowbit::matrix_f w = gaussian(16, 32, 7), x = gaussian(4, 32, 8);
     lowbit::low_rank lr;

@@ -270,6 +270,8 @@ TEST_CASE("every recipe field travels: each set to a non-default value reloads a
         {"residual_rotation", "rtn-w4", "", "true"},
         {"gram_stage2", "twla-w1.58", "", "false"},
         {"affine_refit", "gptq-w4", "", "true"},
+        {"group_size", "gptq-w4", "", "128"},
+        {"clip_grid", "gptq-w4-g128", "", "21"},
     };
     std::set<std::string> keys;
     for (const auto& [k, v] : lowbit::detail::split_fields(lowbit::recipe_fields(lowbit::find_recipe("fp32")), ';', "test"))
@@ -478,4 +480,61 @@ TEST_CASE("published-figure checks on the first 60,000 characters" * doctest::te
     CHECK(ppl(lowbit::quantize_model(fx().fp32, lowbit::find_recipe("fp32-a4-hadamard"), {}, qo)) <= 4.6);
     CHECK(ppl(lowbit::quantize_model(fx().fp32, lowbit::find_recipe("absmean-w1.58"), {})) ==
           doctest::Approx(375.0).epsilon(0.01));
+}
+
+TEST_CASE("grouped int4 recipes: packed int4_g128 records, bits counted from the stored bytes, saved and reloaded bit-exact") {
+    lowbit_test::temp_dir d("lowbit_test_grouped_int4");
+    lowbit::quantize_options qo;
+    qo.calib_windows = 2;
+    qo.calib_window = 64;
+    for (const std::string name : {"gptq-w4-g128", "gptq-w4a8-g128", "gptq-w4-g128-clip"}) {
+        CAPTURE(name);
+        const lowbit::recipe r = lowbit::find_recipe(name);
+        lowbit::quantized_model q{r, {}, {}, {}, {}};
+        q.model = lowbit::quantize_model(fx().fp32, r, fx().calib, qo, &q.records);
+        double stored = 0, weights = 0;
+        for (const auto& [n, rec] : q.records) {
+            CAPTURE(n);
+            CHECK(rec.format == "int4_g128");
+            // stories260K: in = 64 (one group) or 172 (groups of 128 and 44); codes padded to one 256-weight block
+            const Eigen::Index ng = (rec.cols + 127) / 128;
+            CHECK(rec.codes.size() == static_cast<std::size_t>(rec.rows * 128 * ((rec.cols + 255) / 256)));
+            CHECK(rec.scale.size() == rec.rows * ng);
+            CHECK(rec.offset.size() == rec.rows * ng);
+            stored += 8.0 * static_cast<double>(rec.codes.size()) + 16.0 * static_cast<double>(2 * rec.rows * ng);
+            weights += static_cast<double>(rec.rows * rec.cols);
+            CHECK(rec.storage_bits() == doctest::Approx(8.0 * static_cast<double>(rec.codes.size()) + 32.0 * static_cast<double>(rec.rows * ng)));
+            // oracle: the record dequantizes onto a 16-level grid per row and group
+            const auto gw = lowbit::detail::grouped_of_record(rec);
+            const lowbit::matrix_f dq = gw.dequantize();
+            for (Eigen::Index i = 0; i < rec.rows; ++i)
+                for (Eigen::Index g = 0; g < ng; ++g) {
+                    std::set<float> levels;
+                    for (Eigen::Index j = g * 128; j < std::min(rec.cols, (g + 1) * 128); ++j) levels.insert(dq(i, j));
+                    CHECK(levels.size() <= 16);
+                }
+        }
+        // every block linear is grouped int4 (the classifier stays dense), so the model's bits per
+        // weight over the block linears are what the records store
+        CHECK(stored / weights > 4.0);
+        const auto path = d.path / (name + ".safetensors");
+        lowbit::save_quantized_model(path, q);
+        const auto back = lowbit::load_quantized_model(path);
+        CHECK(lowbit::recipe_fields(back.spec) == lowbit::recipe_fields(r));
+        CHECK(same_records(back.records, q.records));
+        CHECK((logits(back.model).array() == logits(q.model).array()).all());
+    }
+    // a grouped record under a per-row recipe (and the reverse) is refused
+    lowbit::recipe per_row = lowbit::find_recipe("gptq-w4");
+    lowbit::recipe bad = lowbit::find_recipe("gptq-w4");
+    bad.group_size = 64;
+    CHECK_THROWS_AS((void)lowbit::quantize_model(fx().fp32, bad, fx().calib, qo), lowbit::invalid_argument);
+    bad = lowbit::find_recipe("absmean-w1.58");
+    bad.group_size = 128;
+    CHECK_THROWS_AS((void)lowbit::quantize_model(fx().fp32, bad, fx().calib, qo), lowbit::invalid_argument);
+    lowbit::linear_record rec;
+    rec.format = "int4_g128";
+    CHECK_FALSE(lowbit::detail::record_recipe_mismatch(per_row, rec).empty());
+    rec.format = "int4";
+    CHECK_FALSE(lowbit::detail::record_recipe_mismatch(lowbit::find_recipe("gptq-w4-g128"), rec).empty());
 }

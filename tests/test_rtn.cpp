@@ -135,6 +135,10 @@ TEST_CASE("MSE clipping search equals a brute-force grid search and is never wor
                 const auto t1 = weighted ? lowbit::quantize_rtn(w, clip, lowbit::per_row{}, imp)
                                          : lowbit::quantize_rtn(w, clip);
                 const auto w0 = t0.dequantize(), w1 = t1.dequantize();
+                // the GroupQuantizer entry point GPTQ calls (hessian_weighted_fit: importance = diag H)
+                const auto fp = weighted ? clip.fit(w, imp) : clip.fit(w);
+                CHECK(fp.scale == t1.scale.col(0));
+                CHECK(fp.zero == t1.zero.col(0));
                 for (Eigen::Index r = 0; r < w.rows(); ++r) {
                     auto err = [&](auto&& value) {
                         double e = 0;

@@ -21,6 +21,12 @@
 /// except binary1 on the AVX-512 per-token kernel (Σ t·x formed as 2·Σ_{t=+1} x − Σx):
 /// ≤ (2n + 4)·u·(α_i + |μ_i|)·Σ_j|x_j|.
 ///
+/// Grouped int4 (`grouped_int4_matrix`, per-group α_ig, μ_ig over G = 128 or 256 columns): the kernels
+/// form exact int32 digit sums per nibble half of each block (`int4_half_dots` of every arch/ path:
+/// scalar, generic, avx2, avx512 — also run for an amx request —, neon baseline ASIMD), combined
+/// into d_ig = Σ_{j∈g} t_ij·q_j and y_i = Σ_g (α_ig·s)·d_ig + μ_ig·Σ_{j∈g} x_j in double (`gemm`,
+/// `gemm_into`, `gemv`, `dot_groups`; bounds at each).
+///
 /// ISA: `kernel_isa::automatic` picks, once per call, the best of avx512 (F/BW/VL/VNNI/VPOPCNTDQ/VBMI),
 /// avx2, neon (aarch64; `sdot` / `smmla` when the CPU has them), generic (xsimd in the caller's
 /// default architecture) available on the running CPU; scalar is the reference. For the integer
@@ -343,6 +349,7 @@ struct gemm_workspace {
     std::vector<double> sums;           ///< Σx per token in double
     std::vector<const float*> x_rows;   ///< token row pointers
     std::vector<float> x_sums;          ///< Σx per token in float
+    std::vector<std::int32_t> group_q;  ///< Σq per token and column group (grouped int4)
 };
 
 /// Exact integer dot products d = Σ_j t_ij·q_kj for rows [row_begin, row_end) and every token k:
@@ -611,6 +618,190 @@ template <class L>
 /// y = W·x for MXFP4 weights (int activations quantized inside).
 template <class L>
 [[nodiscard]] inline vector_f gemv(const packed_mxfp4<L>& w, const cref_vector_f& x, act_int act = {},
+                                   kernel_isa isa = kernel_isa::automatic) {
+    detail::require_dim(x.size(), w.cols(), "gemv", "x length");
+    const Eigen::Map<const matrix_f> xr(x.data(), 1, x.size());
+    return gemm(w, xr, act, isa).row(0).transpose();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grouped int4 (pack.hpp grouped_int4_matrix): per-group scales and offsets
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+
+/// Digit half sums of int4 rows [r0, r1) for every token, on `path`: out[(k·(r1 − r0) + i − r0)·nh + h]
+/// = Σ_{j<128} u_{i,128h+j}·q_{k,128h+j}, nh = 2·blocks_per_row (exact; arch/ int4_half_dots).
+/// amx runs the avx512 kernel (no AMX code for groups).
+inline void int4_half_dots_rows(kernel_isa path, const packed_matrix<int4>& w, Eigen::Index r0, Eigen::Index r1,
+                                const quantized_activations& a, std::int32_t* out) {
+    const Eigen::Index nb = w.blocks_per_row(), nh = 2 * nb, nr = r1 - r0, stride = packed_matrix<int4>::block_stride();
+    for (Eigen::Index i0 = r0; i0 < r1; i0 += gemm_row_tile) {
+        const Eigen::Index i1 = std::min(r1, i0 + gemm_row_tile);
+        for (Eigen::Index k = 0; k < a.tokens(); ++k)
+            for (Eigen::Index i = i0; i < i1; ++i) {
+                const std::uint8_t* p = w.row_data(i);
+                const std::int8_t* x = a.q.row(k).data();
+                std::int32_t* o = out + (k * nr + i - r0) * nh;
+                switch (path) {
+#if LOWBIT_HAVE_X86_KERNELS
+                case kernel_isa::amx:
+                case kernel_isa::avx512: avx512_kernels::int4_half_dots(p, x, nb, stride, o); break;
+                case kernel_isa::avx2: avx2_kernels::int4_half_dots(p, x, nb, stride, o); break;
+#endif
+#if LOWBIT_HAVE_NEON_KERNELS
+                case kernel_isa::neon: neon_kernels::int4_half_dots(p, x, nb, stride, o); break;
+#endif
+                case kernel_isa::generic: generic_kernels::int4_half_dots(p, x, nb, stride, o); break;
+                default: scalar_kernels::int4_half_dots(p, x, nb, stride, o); break;
+                }
+            }
+    }
+}
+
+} // namespace detail
+
+/// Exact per-group integer sums of a grouped int4 matrix for rows [row_begin, row_end) and every
+/// token: out[(k·(row_end − row_begin) + i − row_begin)·groups + g] = Σ_{j∈g} t_ij·q_kj (t = u − 8;
+/// formed from the kernels' nibble-half digit sums minus 8·Σ_{j∈half} q_kj, halves added pairwise
+/// for G = 256). Identical on every ISA path (scalar, generic, avx2, avx512 — also for an amx
+/// request —, neon). `group_q` = the per-token group sums Σ_{j∈g} q_kj (`tokens·groups`).
+/// \throws shape_error (cols mismatch, range, activations not padded as quantize_activations pads
+///         them), invalid_argument (ISA unsupported, null out). O(tokens·rows·cols).
+inline void dot_groups(const grouped_int4_matrix& w, const quantized_activations& a, const std::vector<std::int32_t>& group_q,
+                       Eigen::Index row_begin, Eigen::Index row_end, std::int32_t* out, kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "dot_groups";
+    const packed_matrix<int4>& c = w.codes();
+    detail::require_kernel_shape(c, a.cols, where, "activation columns");
+    detail::require<shape_error>(a.padded_cols() >= c.padded_cols() && a.padded_cols() == detail::padded_activation_cols(a.cols), where,
+                                 "activations are not padded as quantize_activations pads them");
+    detail::require<shape_error>(0 <= row_begin && row_begin <= row_end && row_end <= w.rows(), where, "row range outside [0, rows)");
+    const Eigen::Index ng = w.groups(), nh = 2 * c.blocks_per_row(), nr = row_end - row_begin;
+    detail::require_dim(static_cast<Eigen::Index>(group_q.size()), a.tokens() * ng, where, "length of 'group_q'");
+    detail::require<invalid_argument>(out != nullptr || nr == 0, where, "argument 'out' is null");
+    const kernel_isa path = detail::resolve_isa(isa, where); // amx: the avx512 kernel (int4_half_dots_rows)
+    std::vector<std::int32_t> half(static_cast<std::size_t>(std::max<Eigen::Index>(nr * a.tokens() * nh, 1)));
+    detail::int4_half_dots_rows(path, c, row_begin, row_end, a, half.data());
+    const Eigen::Index per = w.group_cols() / 128; // halves per group
+    for (Eigen::Index k = 0; k < a.tokens(); ++k)
+        for (Eigen::Index r = 0; r < nr; ++r) {
+            const std::int32_t* h = half.data() + (k * nr + r) * nh;
+            std::int32_t* o = out + (k * nr + r) * ng;
+            for (Eigen::Index g = 0; g < ng; ++g) {
+                std::int32_t d = 0;
+                for (Eigen::Index e = g * per; e < std::min(nh, (g + 1) * per); ++e) d += h[e];
+                o[g] = d - 8 * group_q[static_cast<std::size_t>(k * ng + g)];
+            }
+        }
+}
+
+/// Y = X·Wᵀ into `y` `[tokens x rows]` for a grouped int4 matrix with activations quantized per token
+/// inside (`act_int{bits}`, the rule of the file comment; s_k the token's scale), buffers from `ws`
+/// (a call of a shape `ws` has seen allocates nothing):
+///     y_ki = Σ_g (α_ig·s_k)·d_kig + μ_ig·Σ_{j∈g} x_kj,    d_kig = Σ_{j∈g} t_ij·q_kj (exact, as dot_groups)
+/// evaluated in double (α·s exact, Σx per group sequential in double) and rounded to float once:
+/// |y − formula| ≤ 2^-24·|formula| + (groups + 128)·2^-52·Σ_g (|α s d| + |μ|·Σ_{j∈g}|x_j|), the same
+/// on every ISA path (bit-identical results, since d is exact and the epilogue is shared).
+/// \throws shape_error (cols mismatch, empty x, y shape), numeric_error (NaN/Inf), invalid_argument (bits, ISA).
+/// O(tokens·rows·cols).
+inline void gemm_into(const grouped_int4_matrix& w, const cref_matrix_f& x, act_int act, Eigen::Ref<matrix_f> y,
+                      gemm_workspace& ws, kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "gemm";
+    detail::require_kernel_shape(w.codes(), x.cols(), where, "x.cols()");
+    quantize_activations(x, act.bits, ws.act);
+    const quantized_activations& a = ws.act;
+    detail::require_dim(y.rows(), a.tokens(), where, "y.rows()");
+    detail::require_dim(y.cols(), w.rows(), where, "y.cols()");
+    const kernel_isa path = detail::resolve_isa(isa, where);
+    const Eigen::Index ng = w.groups(), gc = w.group_cols(), nh = 2 * w.codes().blocks_per_row(), per = gc / 128;
+    ws.group_q.assign(static_cast<std::size_t>(a.tokens() * ng), 0);
+    ws.sums.assign(static_cast<std::size_t>(a.tokens() * ng), 0.0);
+    for (Eigen::Index k = 0; k < a.tokens(); ++k)
+        for (Eigen::Index j = 0; j < x.cols(); ++j) {
+            const auto o = static_cast<std::size_t>(k * ng + j / gc);
+            ws.group_q[o] += a.q(k, j);
+            ws.sums[o] += static_cast<double>(x(k, j));
+        }
+    ws.dots.resize(static_cast<std::size_t>(a.tokens() * w.rows() * nh));
+    detail::int4_half_dots_rows(path, w.codes(), 0, w.rows(), a, ws.dots.data());
+    for (Eigen::Index k = 0; k < a.tokens(); ++k) {
+        const double s = static_cast<double>(a.scale(k));
+        const std::int32_t* gq = ws.group_q.data() + k * ng;
+        const double* xs = ws.sums.data() + k * ng;
+        for (Eigen::Index i = 0; i < w.rows(); ++i) {
+            const std::int32_t* h = ws.dots.data() + (k * w.rows() + i) * nh;
+            double acc = 0.0;
+            for (Eigen::Index g = 0; g < ng; ++g) {
+                std::int32_t d = 0;
+                for (Eigen::Index e = g * per; e < std::min(nh, (g + 1) * per); ++e) d += h[e];
+                d -= 8 * gq[g];
+                acc += static_cast<double>(w.scale()(i, g)) * s * static_cast<double>(d) + static_cast<double>(w.offset()(i, g)) * xs[g];
+            }
+            y(k, i) = static_cast<float>(acc);
+        }
+    }
+}
+
+/// Y = X·Wᵀ `[tokens x rows]` for a grouped int4 matrix with activations quantized per token inside
+/// (`act_int{bits}`): `gemm_into` with a fresh workspace (same results and bound).
+/// \throws as gemm_into. O(tokens·rows·cols).
+[[nodiscard]] inline matrix_f gemm(const grouped_int4_matrix& w, const cref_matrix_f& x, act_int act = {},
+                                   kernel_isa isa = kernel_isa::automatic) {
+    gemm_workspace ws;
+    matrix_f y(x.rows(), w.rows());
+    gemm_into(w, x, act, y, ws, isa);
+    return y;
+}
+
+/// Y = X·Wᵀ for a grouped int4 matrix with fp32 activations (weight-only): per row and group the
+/// codes are decoded (scalar unpack) and Σ_{j∈g} t_ij·x_kj accumulated in float over 8 interleaved
+/// partial sums, then y_ki = Σ_g α_ig·that + μ_ig·Σ_{j∈g} x_kj in double, rounded once. One portable
+/// path for every `isa` (no SIMD kernel for this pair; the compiler vectorizes the partial sums).
+/// |y − exact| ≤ (G + 8)·u·Σ_g (|α_ig|·Σ_{j∈g}|t_ij x_kj|) + 2^-24·|exact| + 2^-45·Σ_g|μ_ig|·Σ_{j∈g}|x_kj|.
+/// \throws shape_error (cols mismatch, empty x), numeric_error (NaN/Inf in x). O(tokens·rows·cols).
+[[nodiscard]] inline matrix_f gemm(const grouped_int4_matrix& w, const cref_matrix_f& x, act_fp32,
+                                   kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "gemm";
+    detail::require_kernel_shape(w.codes(), x.cols(), where, "x.cols()");
+    detail::require_nonempty(x, where, "x");
+    detail::require_finite(x, where, "x");
+    (void)detail::resolve_isa(isa, where);
+    const packed_matrix<int4>& c = w.codes();
+    const Eigen::Index ng = w.groups(), gc = w.group_cols(), n = x.cols(), np = c.padded_cols();
+    matrix_f xp = matrix_f::Zero(x.rows(), np);
+    xp.leftCols(n) = x;
+    std::vector<double> xs(static_cast<std::size_t>(x.rows() * ng), 0.0);
+    for (Eigen::Index k = 0; k < x.rows(); ++k)
+        for (Eigen::Index j = 0; j < n; ++j) xs[static_cast<std::size_t>(k * ng + j / gc)] += static_cast<double>(x(k, j));
+    std::vector<float> t(static_cast<std::size_t>(np));
+    std::uint8_t u[256];
+    matrix_f y(x.rows(), w.rows());
+    for (Eigen::Index i = 0; i < w.rows(); ++i) {
+        for (Eigen::Index b = 0; b < c.blocks_per_row(); ++b) {
+            detail::unpack_block<int4>(c.block_data(i, b), u);
+            for (int j = 0; j < 256; ++j) t[static_cast<std::size_t>(256 * b + j)] = static_cast<float>(static_cast<int>(u[j]) - 8);
+        }
+        for (Eigen::Index k = 0; k < x.rows(); ++k) {
+            const float* xk = xp.row(k).data();
+            double acc = 0.0;
+            for (Eigen::Index g = 0; g < ng; ++g) {
+                float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                for (Eigen::Index j = g * gc; j < (g + 1) * gc && j < np; j += 8)
+                    for (int l = 0; l < 8; ++l) part[l] += t[static_cast<std::size_t>(j + l)] * xk[j + l];
+                const float sg = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+                acc += static_cast<double>(w.scale()(i, g)) * static_cast<double>(sg) +
+                       static_cast<double>(w.offset()(i, g)) * xs[static_cast<std::size_t>(k * ng + g)];
+            }
+            y(k, i) = static_cast<float>(acc);
+        }
+    }
+    return y;
+}
+
+/// y = W·x for a grouped int4 matrix (`act_int{bits}` or `act_fp32`), as `gemm` with one token.
+template <class Act = act_int>
+    requires(std::is_same_v<Act, act_int> || std::is_same_v<Act, act_fp32>)
+[[nodiscard]] inline vector_f gemv(const grouped_int4_matrix& w, const cref_vector_f& x, Act act = {},
                                    kernel_isa isa = kernel_isa::automatic) {
     detail::require_dim(x.size(), w.cols(), "gemv", "x length");
     const Eigen::Map<const matrix_f> xr(x.data(), 1, x.size());

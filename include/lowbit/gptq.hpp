@@ -23,6 +23,13 @@
 /// G *processed* columns, as in the reference GPTQ). Each group is fitted on its weights as updated by
 /// all previous columns (blocks are cut so that a group never straddles a block boundary after its
 /// start). `zero_pad` tails are fitted padded with zero columns.
+/// Static groups (`gptq_options::static_groups`, reference GPTQ's `static_groups=True`): the
+/// parameters of every group of G contiguous ORIGINAL columns are fitted before the sweep on the
+/// original W (dead columns zeroed), and processed column j is rounded with the parameters of group
+/// ⌊order[j]/G⌋ — so with act order the groups stay contiguous in the stored matrix and can be packed
+/// per group (`pack_gptq_grouped_int4`). `hessian_weighted_fit` passes diag(H) of the group's columns
+/// to the quantizer's `fit(block, importance)` (rtn_quantizer: clip search minimising
+/// Σ_j H_jj·(w_ij − q_ij)²).
 ///
 /// Loss: `loss` = Σ_j ‖w_j − q_j‖²/U_jj² (w_j updated) — the GPTQ proxy. It equals exactly
 /// tr(Δ H_d Δᵀ), Δ = W − Q, H_d the damped Hessian (since W − Q = E U and H_d = U⁻¹U⁻ᵀ); tested.
@@ -118,6 +125,15 @@ struct gptq_options {
     /// order): E2M-ATQ's stage 2 ("manifold relocation", sources.md §2.3) with the layer's S instead of
     /// S = I. Needs a `GramAwareGroupQuantizer` (else `invalid_argument`). Costs O(rows·g²) per group fit.
     bool gram_fit = false;
+    /// `per_group` only: fit every group of G contiguous ORIGINAL columns up front on the original W
+    /// (dead columns zeroed), then quantize each processed column with the parameters of its original
+    /// group (reference GPTQ's `static_groups=True`). With act order this keeps groups contiguous in
+    /// the stored matrix, so a grouped result can be packed per group. Default: dynamic groups.
+    bool static_groups = false;
+    /// Pass diag(H) of the group's columns (undamped, dead columns 1, zero-padded columns 0) to the
+    /// quantizer's fit as importance: `quantizer.fit(block, importance)` must exist (rtn_quantizer:
+    /// the clip search then minimises Σ_j H_jj·(w_ij − q_ij)² per row). Default off.
+    bool hessian_weighted_fit = false;
 
     /// Throws `invalid_argument` naming the bad field.
     void validate(const char* where) const {
@@ -131,8 +147,13 @@ struct gptq_options {
 template <class Params>
 struct gptq_result {
     matrix_f weights;                  ///< (m, n) dequantized weights, original column order
-    std::vector<Params> params;        ///< one per group, in processing order
-    std::vector<column_group> groups;  ///< the groups, in processing coordinates (see `order`)
+    /// One per group, in processing order; with `gptq_options::static_groups` in ORIGINAL column
+    /// order (params[g] belongs to groups[g]).
+    std::vector<Params> params;
+    /// The groups, in processing coordinates (see `order`); with `static_groups` in ORIGINAL column
+    /// coordinates (original column c belongs to group c / G).
+    std::vector<column_group> groups;
+    bool static_groups = false;        ///< `groups`/`params` are in original coordinates
     std::vector<Eigen::Index> order;   ///< processed column p is original column order[p]
     double loss = 0.0;                 ///< Σ_j ‖w_j − q_j‖²/U_jj² = tr(Δ H_damped Δᵀ)
     double damp = 0.0;                 ///< λ used (after retries)
@@ -296,12 +317,67 @@ template <GroupQuantizer Q, class G = per_row>
     detail::check_gptq_inputs(w, h, opt, where);
     if constexpr (!GramAwareGroupQuantizer<Q>)
         detail::require(!opt.gram_fit, where, "gram_fit needs a quantizer with fit_with_gram(block, gram) (GramAwareGroupQuantizer)");
+    constexpr bool weighted = requires(const Q& qq, const cref_matrix_f& b, const cref_vector_f& imp) {
+        { qq.fit(b, imp) } -> std::same_as<typename Q::params>;
+    };
+    detail::require(!opt.hessian_weighted_fit || weighted, where,
+                    "hessian_weighted_fit needs a quantizer with fit(block, importance) (e.g. rtn_quantizer)");
     gptq_result<typename Q::params> r;
     r.groups = column_groups(w.cols(), gran, where);
+    r.static_groups = opt.static_groups;
     auto p = detail::gptq_prepare(w, h, opt, where);
+    // Fits `blk` (m x padded_width), importance = diag H of processing columns pcols (pad: 0).
+    auto fit = [&](const matrix_f& blk, const std::vector<Eigen::Index>& pcols) {
+        if constexpr (GramAwareGroupQuantizer<Q>) {
+            if (opt.gram_fit) { // S = H/2 of the group's columns (undamped), zero for padding columns
+                matrix_d gram = matrix_d::Zero(blk.cols(), blk.cols());
+                for (std::size_t a = 0; a < pcols.size(); ++a)
+                    for (std::size_t b = 0; b < pcols.size(); ++b)
+                        gram(static_cast<Eigen::Index>(a), static_cast<Eigen::Index>(b)) = 0.5 * p.h(pcols[a], pcols[b]);
+                return quantizer.fit_with_gram(blk, gram);
+            }
+        }
+        if constexpr (weighted) {
+            if (opt.hessian_weighted_fit) {
+                vector_f imp = vector_f::Zero(blk.cols());
+                for (std::size_t c = 0; c < pcols.size(); ++c)
+                    imp(static_cast<Eigen::Index>(c)) = static_cast<float>(p.h(pcols[c], pcols[c]));
+                return quantizer.fit(blk, imp);
+            }
+        }
+        return quantizer.fit(blk);
+    };
+    Eigen::MatrixXd q;
+    if (opt.static_groups) {
+        // Original column c sits at processing position pos[c]; fit each original group on the
+        // original (dead-zeroed) W, which p.w still holds before the sweep.
+        const Eigen::Index n = w.cols();
+        std::vector<Eigen::Index> pos(static_cast<std::size_t>(n)), group_of(static_cast<std::size_t>(n));
+        for (Eigen::Index j = 0; j < n; ++j) pos[static_cast<std::size_t>(p.order[static_cast<std::size_t>(j)])] = j;
+        for (std::size_t g = 0; g < r.groups.size(); ++g) {
+            const column_group& cg = r.groups[g];
+            matrix_f blk = matrix_f::Zero(w.rows(), cg.padded_width);
+            std::vector<Eigen::Index> pcols;
+            for (Eigen::Index c = cg.begin; c < cg.begin + cg.width; ++c) {
+                const Eigen::Index pj = pos[static_cast<std::size_t>(c)];
+                blk.col(c - cg.begin) = p.w.col(pj).cast<float>();
+                pcols.push_back(pj);
+                group_of[static_cast<std::size_t>(c)] = static_cast<Eigen::Index>(g);
+            }
+            r.params.push_back(fit(blk, pcols));
+        }
+        const auto blocks = detail::gptq_blocks(n, opt.block_size, {});
+        r.loss = detail::gptq_sweep(
+            p, blocks, q, [](const Eigen::MatrixXd&, Eigen::Index, Eigen::Index) {},
+            [&](const Eigen::MatrixXd&, Eigen::Index, Eigen::Index j, const vector_f& col, vector_f& out) {
+                const Eigen::Index g = group_of[static_cast<std::size_t>(p.order[static_cast<std::size_t>(j)])];
+                quantizer.round_column(r.params[static_cast<std::size_t>(g)], col, out);
+            });
+        detail::gptq_finish(r, p, q);
+        return r;
+    }
     const auto blocks = detail::gptq_blocks(w.cols(), opt.block_size, r.groups);
     std::size_t next_group = 0;
-    Eigen::MatrixXd q;
     r.loss = detail::gptq_sweep(
         p, blocks, q, [](const Eigen::MatrixXd&, Eigen::Index, Eigen::Index) {},
         [&](const Eigen::MatrixXd& w1, Eigen::Index s, Eigen::Index j, const vector_f& col, vector_f& out) {
@@ -315,17 +391,9 @@ template <GroupQuantizer Q, class G = per_row>
                 if (in_block < cg.width)
                     blk.middleCols(in_block, cg.width - in_block) =
                         p.w.middleCols(j + in_block, cg.width - in_block).cast<float>();
-                if constexpr (GramAwareGroupQuantizer<Q>) {
-                    if (opt.gram_fit) {
-                        matrix_d gram = matrix_d::Zero(cg.padded_width, cg.padded_width);
-                        gram.topLeftCorner(cg.width, cg.width) = 0.5 * p.h.block(j, j, cg.width, cg.width);
-                        r.params.push_back(quantizer.fit_with_gram(blk, gram));
-                    } else {
-                        r.params.push_back(quantizer.fit(blk));
-                    }
-                } else {
-                    r.params.push_back(quantizer.fit(blk));
-                }
+                std::vector<Eigen::Index> pcols(static_cast<std::size_t>(cg.width));
+                std::iota(pcols.begin(), pcols.end(), j);
+                r.params.push_back(fit(blk, pcols));
                 ++next_group;
             }
             quantizer.round_column(r.params.back(), col, out);
@@ -340,7 +408,7 @@ template <GroupQuantizer Q, class G = per_row>
 
 /// TRA-GPTQ settings (TWLA defaults).
 struct tra_gptq_options {
-    gptq_options gptq{128, 0.1, 5, false, false}; ///< block 128, damp 0.1 (TWLA's percdamp)
+    gptq_options gptq{128, 0.1, 5, false, false, false, false}; ///< block 128, damp 0.1 (TWLA's percdamp)
     Eigen::Index salient_candidates = 64;  ///< top-scored columns considered; k = 1 … candidates − 1
     int quantile_steps = 81;               ///< break points at the 10 %, …, 90 % quantiles (≥ 1)
     e2m_atq atq{};                         ///< final E2M-ATQ fits (order is set per group: 2, 2, 1, 1)
@@ -653,6 +721,52 @@ template <class Format, class Params>
 [[nodiscard]] packed_matrix<Format> pack_gptq(const gptq_result<Params>& r) {
     const auto [alpha, mu] = gptq_row_affine<Format>(r);
     return pack<Format>(recover_codes<Format>(r.weights, alpha, mu), alpha, mu);
+}
+
+/// Packs a static-group int4 GPTQ result into the grouped int4 format of the integer kernels
+/// (pack.hpp `grouped_int4_matrix`, gemm.hpp `gemm`): the quantizer's params are `{scale, zero}`
+/// with 4-bit codes c ∈ [0, 15] and value s·(c − z) (rtn_quantizer{4, ...}), the run used
+/// `gptq_options::static_groups` with `per_group{G}`, G = `group_cols` ∈ {128, 256} (the last group
+/// may be narrower: tail_policy::smaller_last).
+/// The codes are the solver's own grid indices: c_ij = round(q_ij/s) + z of the group's (s, z) —
+/// exact, since q_ij = s·(c − z) was produced on that grid (checked: |s·(c − z) − q| ≤ 1e-4·s, c ∈ [0, 15]).
+/// Stored: t = c − 8, α = fp16(s), μ = fp16(s·(8 − z)), so the packed matrix dequantizes to r.weights
+/// up to that rounding: |α·t + μ − q| ≤ 2^-11·(8·|s| + |s·(8 − z)|) + float rounding.
+/// \throws invalid_argument (dynamic groups, G ∉ {128, 256}, weights off the grid or codes outside
+///         [0, 15] — not a 4-bit run). O(rows·cols).
+template <class Params>
+[[nodiscard]] grouped_int4_matrix pack_gptq_grouped_int4(const gptq_result<Params>& r, Eigen::Index group_cols) {
+    constexpr const char* where = "pack_gptq_grouped_int4";
+    static_assert(requires(const Params& p) { p.scale; p.zero; },
+                  "lowbit: pack_gptq_grouped_int4: the quantizer's params need {scale, zero} (rtn_quantizer)");
+    detail::require(r.static_groups, where, "the GPTQ result has dynamic groups; run gptq_quantize with static_groups");
+    detail::require(!r.groups.empty() && r.groups.size() == r.params.size(), where, "the GPTQ result has no groups");
+    const Eigen::Index gc = group_cols, m = r.weights.rows(), n = r.weights.cols();
+    detail::require(gc == 128 || gc == 256, where, "group size must be 128 or 256, got " + std::to_string(gc));
+    const auto ng = static_cast<Eigen::Index>(r.groups.size());
+    detail::require(ng == (n + gc - 1) / gc, where, "groups are not consecutive runs of G columns");
+    matrix_i8 t(m, n);
+    matrix_f alpha(m, ng), mu(m, ng);
+    for (Eigen::Index g = 0; g < ng; ++g) {
+        const Params& p = r.params[static_cast<std::size_t>(g)];
+        const column_group& cg = r.groups[static_cast<std::size_t>(g)];
+        detail::require(cg.begin == g * gc && cg.width == std::min(gc, n - g * gc), where,
+                        "groups are not consecutive runs of G columns");
+        for (Eigen::Index i = 0; i < m; ++i) {
+            const double sc = static_cast<double>(p.scale(i)), z = static_cast<double>(p.zero(i));
+            alpha(i, g) = static_cast<float>(Eigen::half(p.scale(i)));
+            mu(i, g) = static_cast<float>(Eigen::half(static_cast<float>(sc * (8.0 - z))));
+            for (Eigen::Index j = cg.begin; j < cg.begin + cg.width; ++j) {
+                const double q = static_cast<double>(r.weights(i, j));
+                const double c = std::nearbyint(q / sc) + z;
+                detail::require(c >= 0.0 && c <= 15.0 && std::fabs(sc * (c - z) - q) <= 1e-4 * std::fabs(sc), where,
+                                "weight (" + std::to_string(i) + ", " + std::to_string(j) +
+                                    ") is not on its group's 4-bit grid (not an int4 run?)");
+                t(i, j) = static_cast<std::int8_t>(static_cast<int>(c) - 8);
+            }
+        }
+    }
+    return pack_grouped_int4(t, gc, alpha, mu);
 }
 
 LOWBIT_END_NAMESPACE

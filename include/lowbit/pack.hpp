@@ -28,6 +28,9 @@
 /// The blocks are chosen so that an AVX-512 load of 64 bytes yields 4 (5) vectors of 64 digits each
 /// aligned with 64 consecutive activations, and an AVX2 load of 32 bytes the same with 32.
 ///
+/// `grouped_int4_matrix` holds int4 codes in the same blocks with an fp16 scale and offset per row and
+/// per group of 128 (one nibble half of a block) or 256 (one block) columns instead of per row.
+///
 /// `interleaved_matrix<Format>` holds the same blocks with rows grouped in tiles of 4 (block b of
 /// rows 4t..4t+3 contiguous), so that a GEMV streams one contiguous buffer and each activation
 /// load feeds four rows; `interleave` / `deinterleave` convert exactly. Buffers of ≥ 2 MiB are
@@ -483,6 +486,88 @@ template <class M>
 concept PackedWeights = requires { typename M::format; } &&
                         (std::is_same_v<M, packed_matrix<typename M::format>> ||
                          std::is_same_v<M, interleaved_matrix<typename M::format>>);
+
+/// int4 codes with an fp16 scale α_ig and offset μ_ig per row i and per group g of G ∈ {128, 256}
+/// consecutive columns (grouped GPTQ / Q4_1-style storage):
+///
+///     w_ij = α_{i,⌊j/G⌋}·t_ij + μ_{i,⌊j/G⌋},   t_ij ∈ {−8, …, 7}
+///
+/// Layout: the codes are a `packed_matrix<int4>` (`codes()`, unit per-row scale, no offset) in the
+/// int4 block layout of the table above, so G = 128 is exactly one nibble half of a 256-weight block
+/// (low nibbles: group 2b, high nibbles: group 2b + 1) and G = 256 one block; the kernels
+/// (gemm.hpp `gemm` on a grouped_int4_matrix) form exact int32 sums per half block and combine them
+/// per group. `scale()` and `offset()` are `[rows x groups()]`, groups() = ⌈cols/G⌉ (the last group
+/// may be narrower; its padding codes are 0). Scales and offsets must be fp16-representable (checked),
+/// so `bits_per_weight()` counts them at 16 bits: (packed bytes·8 + 32·rows·groups)/(rows·cols),
+/// 4.25 for G = 128 and 4.125 for G = 256 when 256 divides cols.
+/// Thread safety: as `packed_matrix` (const objects may be read from several threads).
+class grouped_int4_matrix {
+public:
+    grouped_int4_matrix() = default;
+
+    /// Adopts packed codes (`codes.scale()` must be all ones and `codes` without offsets), G ∈ {128, 256},
+    /// scale and offset `[codes.rows() x ⌈codes.cols()/G⌉]`, finite and fp16-representable.
+    /// \throws invalid_argument (G, codes with scale ≠ 1 or offsets, values not fp16), shape_error
+    ///         (shapes), numeric_error (NaN/Inf).
+    grouped_int4_matrix(packed_matrix<int4> codes, Eigen::Index group_cols, matrix_f scale, matrix_f offset)
+        : codes_(std::move(codes)), group_cols_(group_cols), scale_(std::move(scale)), offset_(std::move(offset)) {
+        constexpr const char* where = "grouped_int4_matrix";
+        detail::require(group_cols == 128 || group_cols == 256, where,
+                        "group size must be 128 or 256, got " + std::to_string(group_cols));
+        detail::require(!codes_.has_offset() && (codes_.scale().array() == 1.0f).all(), where,
+                        "the code matrix must have unit scales and no offsets");
+        detail::require_dim(scale_.rows(), codes_.rows(), where, "scale rows");
+        detail::require_dim(scale_.cols(), groups(), where, "scale columns (groups)");
+        detail::require_dim(offset_.rows(), codes_.rows(), where, "offset rows");
+        detail::require_dim(offset_.cols(), groups(), where, "offset columns (groups)");
+        detail::require_finite(scale_, where, "scale");
+        detail::require_finite(offset_, where, "offset");
+        auto fp16 = [](const matrix_f& m) {
+            for (Eigen::Index k = 0; k < m.size(); ++k)
+                if (static_cast<float>(Eigen::half(m.data()[k])) != m.data()[k]) return false;
+            return true;
+        };
+        detail::require(fp16(scale_) && fp16(offset_), where, "scales and offsets must be fp16-representable");
+    }
+
+    [[nodiscard]] Eigen::Index rows() const noexcept { return codes_.rows(); }       ///< output features
+    [[nodiscard]] Eigen::Index cols() const noexcept { return codes_.cols(); }       ///< input features
+    [[nodiscard]] Eigen::Index group_cols() const noexcept { return group_cols_; }   ///< G (128 or 256)
+    /// Groups per row: ⌈cols/G⌉.
+    [[nodiscard]] Eigen::Index groups() const noexcept { return (cols() + group_cols_ - 1) / group_cols_; }
+    [[nodiscard]] const packed_matrix<int4>& codes() const noexcept { return codes_; } ///< packed t (unit scale)
+    [[nodiscard]] const matrix_f& scale() const noexcept { return scale_; }          ///< α `[rows x groups]`
+    [[nodiscard]] const matrix_f& offset() const noexcept { return offset_; }        ///< μ `[rows x groups]`
+    /// (packed bytes·8 + 16 bits per scale and offset) / (rows·cols).
+    [[nodiscard]] double bits_per_weight() const noexcept {
+        return (8.0 * static_cast<double>(codes_.bytes().size()) + 16.0 * static_cast<double>(scale_.size() + offset_.size())) /
+               (static_cast<double>(rows()) * static_cast<double>(cols()));
+    }
+    /// The float weights α·t + μ (float arithmetic). O(rows·cols).
+    [[nodiscard]] matrix_f dequantize() const {
+        const matrix_i8 t = codes_.codes();
+        matrix_f w(rows(), cols());
+        for (Eigen::Index i = 0; i < rows(); ++i)
+            for (Eigen::Index j = 0; j < cols(); ++j) {
+                const Eigen::Index g = j / group_cols_;
+                w(i, j) = scale_(i, g) * static_cast<float>(t(i, j)) + offset_(i, g);
+            }
+        return w;
+    }
+
+private:
+    packed_matrix<int4> codes_;
+    Eigen::Index group_cols_ = 128;
+    matrix_f scale_, offset_;
+};
+
+/// Packs int4 codes `codes` `[rows x cols]` (each in −8…7) with per-group scales and offsets
+/// `[rows x ⌈cols/G⌉]` (fp16-representable; round them with Eigen::half first) into a grouped_int4_matrix.
+/// \throws as `pack<int4>` and the grouped_int4_matrix constructor. O(rows·cols).
+[[nodiscard]] inline grouped_int4_matrix pack_grouped_int4(const Eigen::Ref<const matrix_i8>& codes, Eigen::Index group_cols,
+                                                           const matrix_f& scale, const matrix_f& offset) {
+    return grouped_int4_matrix(pack<int4>(codes, vector_f::Ones(codes.rows())), group_cols, scale, offset);
+}
 
 /// Row-interleaved copy of `w` (tiles of 4 rows, see interleaved_matrix); codes, scales and offsets
 /// unchanged. O(bytes).

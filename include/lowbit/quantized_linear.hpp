@@ -10,8 +10,8 @@
 ///
 /// Policies (template parameters of `quantized_linear<Weights, Activation, Rotation>`):
 /// - Weights: `packed_matrix<F>` (pack.hpp: codes t ∈ format, per-row α, optional per-row μ;
-///   w_ij = α_i·t_ij + μ_i) run by the gemm.hpp kernels, or `dense_weights` (FP32 or a dequantized
-///   weight, Eigen GEMM).
+///   w_ij = α_i·t_ij + μ_i) and `grouped_int4_matrix` (per-group α, μ) run by the gemm.hpp kernels, or
+///   `dense_weights` (FP32 or a dequantized weight, Eigen GEMM).
 /// - Activation: `act_fp32` (no activation quantization), `act_int{bits}` (symmetric per-token
 ///   integers; packed weights: inside the integer kernel; dense weights: quantize-dequantize then
 ///   GEMM, the same grid), `act_fake<Q>` (any callable `matrix_f → matrix_f`, e.g.
@@ -100,6 +100,14 @@ struct linear_kernel<packed_matrix<F>, Act> {
     static void run(const packed_matrix<F>& w, const Act& act, const matrix_f& x, matrix_f& y) { y = gemm(w, x, act); }
 };
 
+/// Grouped int4 weights (per-group scale and offset) × fp32 or integer activations: gemm.hpp's
+/// grouped kernels.
+template <class Act>
+    requires(std::is_same_v<Act, act_fp32> || std::is_same_v<Act, act_int>)
+struct linear_kernel<grouped_int4_matrix, Act> {
+    static void run(const grouped_int4_matrix& w, const Act& act, const matrix_f& x, matrix_f& y) { y = gemm(w, x, act); }
+};
+
 /// Dense weights × fp32 activations: Eigen GEMM.
 template <>
 struct linear_kernel<dense_weights, act_fp32> {
@@ -136,7 +144,7 @@ struct linear_kernel<dense_weights, act_fake<Q>> {
 
 /// A quantized linear layer (see the file comment). Models model.hpp's `LinearOperator`.
 ///
-/// \tparam Weights     `packed_matrix<F>` or `dense_weights`, holding W·Q `[out x in]`.
+/// \tparam Weights     `packed_matrix<F>`, `grouped_int4_matrix` or `dense_weights`, holding W·Q `[out x in]`.
 /// \tparam Activation  `act_fp32`, `act_int`, or `act_fake<Q>`.
 /// \tparam Rotation    `no_rotation` or a `RowTransform` of width in.
 template <class Weights, class Activation = act_fp32, class Rotation = no_rotation>

@@ -136,6 +136,25 @@ LOWBIT_AVX2_TARGET inline std::int32_t reduce_add_epi32(__m256i s) {
     return _mm_cvtsi128_si32(_mm_add_epi32(q2, _mm_shuffle_epi32(q2, 0xB1)));
 }
 
+/// AVX2 int4_half_dots (contract of scalar_kernels::int4_half_dots, exact): per nibble half of a
+/// block, four madd_pair steps (low nibbles × activations 0…127, high nibbles × 128…255), one
+/// horizontal reduction per half.
+LOWBIT_AVX2_TARGET inline void int4_half_dots(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks,
+                                              Eigen::Index stride, std::int32_t* out) {
+    const __m256i m15 = _mm256_set1_epi8(15);
+    for (Eigen::Index b = 0; b < nblocks; ++b, p += stride, x += 256) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+        for (int h = 0; h < 4; h += 2) {
+            const __m256i w0 = load32(p + 32 * h), w1 = load32(p + 32 * h + 32);
+            a0 = _mm256_add_epi32(a0, madd_pair(_mm256_and_si256(w0, m15), x + 32 * h, _mm256_and_si256(w1, m15), x + 32 * h + 32));
+            a1 = _mm256_add_epi32(a1, madd_pair(_mm256_and_si256(_mm256_srli_epi16(w0, 4), m15), x + 128 + 32 * h,
+                                                _mm256_and_si256(_mm256_srli_epi16(w1, 4), m15), x + 128 + 32 * h + 32));
+        }
+        out[2 * b] = reduce_add_epi32(a0);
+        out[2 * b + 1] = reduce_add_epi32(a1);
+    }
+}
+
 /// One 4-row tile of a 2-bit interleaved_matrix (ternary2, int2): r[j] = Σ_c u_{4t+j, c}·x_c. Per
 /// 32-byte half block the four activation vectors are loaded once and feed the four rows (one
 /// accumulator per row: 16 ymm registers); one reduction per row.

@@ -141,6 +141,24 @@ LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, co
     return reduce_add_epi32(s);
 }
 
+/// AVX-512 int4_half_dots (contract of scalar_kernels::int4_half_dots, exact): two `vpdpbusd` per
+/// nibble half of a block, one horizontal reduction per half.
+LOWBIT_AVX512_TARGET inline void int4_half_dots(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks,
+                                                Eigen::Index stride, std::int32_t* out) {
+    const __m512i m15 = _mm512_set1_epi8(15);
+    for (Eigen::Index b = 0; b < nblocks; ++b, p += stride, x += 256) {
+        prefetch_ahead(p);
+        const __m512i w0 = load_pinned(p), w1 = load_pinned(p + 64);
+        __m512i lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w0, m15), _mm512_loadu_si512(x));
+        lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(w1, m15), _mm512_loadu_si512(x + 64));
+        __m512i hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(w0, 4), m15),
+                                         _mm512_loadu_si512(x + 128));
+        hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(_mm512_srli_epi16(w1, 4), m15), _mm512_loadu_si512(x + 192));
+        out[2 * b] = reduce_add_epi32(lo);
+        out[2 * b + 1] = reduce_add_epi32(hi);
+    }
+}
+
 /// Decodes one packed block into its digit vectors d0..d4 (64 digits each, aligned with activations
 /// [64k, 64k + 64) of the block; d4 only for base 3).
 template <class F>

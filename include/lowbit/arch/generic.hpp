@@ -49,6 +49,22 @@ inline void dot_rows(const M& w, Eigen::Index r0, Eigen::Index r1, const std::in
         }
 }
 
+/// Scalar reference of the grouped int4 kernels: for one int4 row of `nblocks` blocks (first block at
+/// p, blocks `stride` bytes apart) and activations x (padded), out[2b + h] = Σ_{j<128} u_{b,128h+j}·x_{256b+128h+j}
+/// — the digit sum of the low (h = 0) and high (h = 1) nibble half of block b, exact int32.
+inline void int4_half_dots(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks, Eigen::Index stride,
+                           std::int32_t* out) {
+    std::uint8_t u[256];
+    for (Eigen::Index b = 0; b < nblocks; ++b, p += stride, x += 256) {
+        unpack_block<int4>(p, u);
+        for (int h = 0; h < 2; ++h) {
+            std::int32_t acc = 0;
+            for (int j = 0; j < 128; ++j) acc += static_cast<std::int32_t>(u[128 * h + j]) * x[128 * h + j];
+            out[2 * b + h] = acc;
+        }
+    }
+}
+
 /// Scalar reference for binary × binary: out[i − r0] = cols − 2·popcount(w_i xor a)
 /// (`M` = packed_matrix<binary1> or interleaved_matrix<binary1>).
 template <PackedWeights M>
@@ -136,6 +152,29 @@ inline void dot_rows(const M& w, Eigen::Index r0, Eigen::Index r1, const std::in
                 }
                 out[k * ldo + (i - r0)] = T::digit_mul * detail::lane_sum(acc) - T::digit_offset * qsum[k];
             }
+    }
+}
+
+/// xsimd path of scalar_kernels::int4_half_dots (same contract, exact): digits and activations
+/// widened to int32 lanes, one accumulator per nibble half.
+inline void int4_half_dots(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks, Eigen::Index stride,
+                           std::int32_t* out) {
+    using batch = xsimd::batch<std::int32_t>;
+    static_assert(128 % batch::size == 0, "lowbit: 128 must be a multiple of the int32 lane count");
+    alignas(64) std::int32_t ui[256];
+    alignas(64) std::int32_t xi[256];
+    for (Eigen::Index b = 0; b < nblocks; ++b, p += stride, x += 256) {
+        for (int j = 0; j < 128; ++j) {
+            ui[j] = p[j] & 15;
+            ui[128 + j] = p[j] >> 4;
+        }
+        for (int j = 0; j < 256; ++j) xi[j] = x[j];
+        for (int h = 0; h < 2; ++h) {
+            batch acc(0);
+            for (int j = 128 * h; j < 128 * h + 128; j += static_cast<int>(batch::size))
+                acc += batch::load_aligned(ui + j) * batch::load_aligned(xi + j);
+            out[2 * b + h] = detail::lane_sum(acc);
+        }
     }
 }
 

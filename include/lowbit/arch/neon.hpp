@@ -136,6 +136,23 @@ inline void for_each_digit_vector(const std::uint8_t* p, Fn&& fn) {
     }
 }
 
+/// NEON int4_half_dots (contract of scalar_kernels::int4_half_dots, exact), baseline ASIMD
+/// (`mla_widen`, every AArch64 CPU): one accumulator per nibble half, `addv` per half.
+inline void int4_half_dots(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks, Eigen::Index stride,
+                           std::int32_t* out) {
+    const uint8x16_t m15 = vdupq_n_u8(15);
+    for (Eigen::Index b = 0; b < nblocks; ++b, p += stride, x += 256) {
+        int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
+        for (int h = 0; h < 8; ++h) {
+            const uint8x16_t w = vld1q_u8(p + 16 * h);
+            lo = mla_widen::step(lo, vandq_u8(w, m15), vld1q_s8(x + 16 * h));
+            hi = mla_widen::step(hi, vshrq_n_u8(w, 4), vld1q_s8(x + 128 + 16 * h));
+        }
+        out[2 * b] = vaddvq_s32(lo);
+        out[2 * b + 1] = vaddvq_s32(hi);
+    }
+}
+
 /// NT tokens at once: r[t] = Σ_j u_j·x[t·ldx + j] over one packed row whose blocks start at p and
 /// are `stride` bytes apart; each block is decoded once for the NT tokens (two accumulators per
 /// token, alternating, to hide the multiply-accumulate latency).

@@ -89,7 +89,7 @@ LOWBIT_BEGIN_NAMESPACE
 /// Weight quantizer of a recipe.
 enum class weight_scheme {
     fp32,            ///< keep FP32 (dense Eigen GEMM)
-    int4,            ///< symmetric int4 per row (scale max|w|/7), packed int4
+    int4,            ///< int4: symmetric per row (scale max|w|/7), or asymmetric per group of `group_size` columns
     absmean_ternary, ///< BitNet absmean ternary per row, packed ternary
     e2m_atq,         ///< asymmetric ternary μ + α·t per row (E2M-ATQ), packed ternary with offsets
     sign_binary,     ///< μ + α·sign(w − μ) per row, packed binary with offsets
@@ -136,6 +136,13 @@ struct recipe {
     bool base3 = true;         ///< ternary codes at 1.6 bits (base 3) instead of 2
     double damp = 0.01;        ///< GPTQ damping λ
     bool act_order = true;     ///< GPTQ activation order (columns by diag H descending)
+    /// int4 only: 0 = one symmetric scale per row; G > 0 = asymmetric int4 with an fp16 scale and
+    /// offset per row and per G contiguous input columns (GPTQ with static groups, so act order keeps
+    /// the groups contiguous). G must divide every linear's input width.
+    int group_size = 0;
+    /// int4 groups: clip-ratio candidates linspace(1, 0.5, clip_grid) per row and group, the one
+    /// minimising Σ_j H_jj·(w_ij − q_ij)² kept (RTN: unweighted); 0 or 1 = plain min/max range.
+    int clip_grid = 0;
     std::uint64_t seed = 0;    ///< rotation seed
     /// KOTMS/OKT: learn only when both Kronecker factors of the size rule are ≤ this; 0 (default):
     /// learn at every size. A linear whose factors exceed a set cap runs the Hadamard only, and its
@@ -176,6 +183,24 @@ struct recipe {
     add({"fp32", "FP32 reference", W::fp32, S::rtn, R::none, A::fp32});
     add({"rtn-w4", "RTN int4 per row (naive)", W::int4, S::rtn, R::none, A::fp32});
     add({"gptq-w4", "GPTQ int4 per row", W::int4, S::gptq, R::none, A::fp32});
+    for (int g : {128, 256}) {
+        recipe x{"gptq-w4-g" + std::to_string(g), "GPTQ int4, fp16 scale + offset per " + std::to_string(g) +
+                                                      " columns (static groups, act order)",
+                 W::int4, S::gptq, R::none, A::fp32};
+        x.group_size = g;
+        add(x);
+    }
+    {
+        recipe x{"gptq-w4-g128-clip", "gptq-w4-g128 with the diag(H)-weighted clip search (11 ratios 1 ... 0.5)",
+                 W::int4, S::gptq, R::none, A::fp32};
+        x.group_size = 128;
+        x.clip_grid = 11;
+        add(x);
+        recipe y{"gptq-w4a8-g128", "gptq-w4-g128 with int8 activations (grouped integer kernel)", W::int4, S::gptq,
+                 R::none, A::int_symmetric, 8};
+        y.group_size = 128;
+        add(y);
+    }
     add({"absmean-w1.58", "absmean ternary per row (naive)", W::absmean_ternary, S::rtn, R::none, A::fp32});
     add({"binary-w1", "sign binary μ + α·b per row (naive)", W::sign_binary, S::rtn, R::none, A::fp32});
     add({"rtn-w4a8", "RTN int4 per row, int8 activations (integer kernel)", W::int4, S::rtn, R::none,
@@ -319,12 +344,15 @@ struct stored_rotation {
 /// What a quantized block linear stores: the serialized form (`save_quantized_model`) from which
 /// `build_linear` rebuilds the operator.
 struct linear_record {
-    std::string format;               ///< "dense", a packed format name ("int4", "ternary2", ...) or an expert format (moe_experts.hpp)
+    /// "dense", a packed format name ("int4", "ternary2", ...), "int4_g128" / "int4_g256" (grouped int4:
+    /// `scale` and `offset` hold rows·groups values, row-major, index i·groups + g) or an expert format
+    /// (moe_experts.hpp)
+    std::string format;
     Eigen::Index rows = 0;            ///< out features
     Eigen::Index cols = 0;            ///< in features
     std::vector<std::uint8_t> codes;  ///< packed bytes in the kernels' layout (packed formats)
-    vector_f scale;                   ///< (rows) α, fp16-exact (packed formats)
-    vector_f offset;                  ///< (rows) μ, fp16-exact, or empty
+    vector_f scale;                   ///< (rows) α, fp16-exact (packed formats); grouped int4: rows·groups
+    vector_f offset;                  ///< (rows) μ, fp16-exact, or empty; grouped int4: rows·groups
     matrix_f dense;                   ///< (rows, cols) weights of the "dense" format
     double dense_bits = 32.0;         ///< bits per weight counted for the dense format (MXFP4: 4.25)
     std::optional<low_rank> correction; ///< low-rank term, fp16-exact factors
@@ -349,7 +377,9 @@ struct linear_record {
                                    : format == "ternary2" ? nb(pack_format<ternary2>::block_bytes, pack_format<ternary2>::block_weights)
                                    : format == "ternary_base3" ? nb(pack_format<ternary_base3>::block_bytes, pack_format<ternary_base3>::block_weights)
                                    : nb(pack_format<binary1>::block_bytes, pack_format<binary1>::block_weights);
-            bits = code_bits * static_cast<double>(rows) * static_cast<double>(cols) +
+            // grouped int4: the stored code bytes themselves (row padding to 256 included)
+            bits = (format == "int4_g128" || format == "int4_g256" ? 8.0 * static_cast<double>(codes.size())
+                                                                   : code_bits * static_cast<double>(rows) * static_cast<double>(cols)) +
                    16.0 * static_cast<double>(scale.size() + offset.size());
         }
         if (correction) bits += 16.0 * static_cast<double>(correction->a.size() + correction->b.size());
@@ -506,6 +536,43 @@ inline std::shared_ptr<const linear_operator> packed_from_record(const recipe& r
     return with_activation(r, std::move(pw), rot, rec.correction, rec.storage_bits());
 }
 
+/// The grouped int4 matrix of a record "int4_g<G>" (codes, rows·groups scales and offsets, row-major).
+/// \throws shape_error / numeric_error / invalid_argument (inconsistent record).
+inline grouped_int4_matrix grouped_of_record(const linear_record& rec) {
+    const Eigen::Index gc = rec.format == "int4_g256" ? 256 : 128;
+    const Eigen::Index ng = (rec.cols + gc - 1) / gc;
+    require_dim(rec.scale.size(), rec.rows * ng, "build_linear", "grouped int4 scale count");
+    require_dim(rec.offset.size(), rec.rows * ng, "build_linear", "grouped int4 offset count");
+    packed_matrix<int4>::buffer bytes(rec.codes.begin(), rec.codes.end());
+    packed_matrix<int4> codes(rec.rows, rec.cols, std::move(bytes), vector_f::Ones(rec.rows));
+    const Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> al(rec.scale.data(), rec.rows, ng),
+        mu(rec.offset.data(), rec.rows, ng);
+    return grouped_int4_matrix(std::move(codes), gc, matrix_f(al), matrix_f(mu));
+}
+
+inline std::shared_ptr<const linear_operator> grouped_from_record(const recipe& r, const linear_record& rec,
+                                                                  const block_rotation& rot) {
+    return with_activation(r, grouped_of_record(rec), rot, rec.correction, rec.storage_bits());
+}
+
+/// The record of a grouped int4 matrix (format "int4_g<G>").
+inline linear_record grouped_record(const grouped_int4_matrix& w) {
+    linear_record rec;
+    rec.format = "int4_g" + std::to_string(w.group_cols());
+    rec.rows = w.rows();
+    rec.cols = w.cols();
+    rec.codes.assign(w.codes().bytes().begin(), w.codes().bytes().end());
+    const Eigen::Index ng = w.groups();
+    rec.scale.resize(w.rows() * ng);
+    rec.offset.resize(w.rows() * ng);
+    for (Eigen::Index i = 0; i < w.rows(); ++i)
+        for (Eigen::Index g = 0; g < ng; ++g) {
+            rec.scale(i * ng + g) = w.scale()(i, g);
+            rec.offset(i * ng + g) = w.offset()(i, g);
+        }
+    return rec;
+}
+
 } // namespace detail
 
 /// The operator recipe `r` runs for a stored block linear `rec`: `hadamard` (the recipe's rotation of
@@ -521,6 +588,7 @@ template <class = void>
     const block_rotation rot = block_rotation::from(hadamard, rec.rotation);
     if (rec.format == "dense") return detail::with_activation(r, dense_weights{rec.dense}, rot, rec.correction, rec.storage_bits());
     if (rec.format == pack_format<int4>::name) return detail::packed_from_record<int4>(r, rec, rot);
+    if (rec.format == "int4_g128" || rec.format == "int4_g256") return detail::grouped_from_record(r, rec, rot);
     if (rec.format == pack_format<ternary2>::name) return detail::packed_from_record<ternary2>(r, rec, rot);
     if (rec.format == pack_format<ternary_base3>::name) return detail::packed_from_record<ternary_base3>(r, rec, rot);
     if (rec.format == pack_format<binary1>::name) return detail::packed_from_record<binary1>(r, rec, rot);
@@ -543,6 +611,9 @@ inline void check_recipe(const recipe& r) {
     require(r.low_rank == 0 || r.weights == weight_scheme::sign_binary || r.weights == weight_scheme::arb_binary,
             where, "PSP low-rank correction applies to binary weights only");
     require(r.psp_iterations >= 1, where, "recipe psp_iterations must be >= 1");
+    require(r.group_size == 0 || ((r.group_size == 128 || r.group_size == 256) && r.weights == weight_scheme::int4), where,
+            "recipe group_size must be 0, or 128 / 256 with int4 weights");
+    require(r.clip_grid >= 0, where, "recipe clip_grid must be >= 0");
     require(r.rotation_max_factor >= 0, where, "recipe rotation_max_factor must be >= 0 (0: no cap)");
     require(std::isfinite(r.rotation_max_bits) && r.rotation_max_bits >= 0, where,
             "recipe rotation_max_bits must be finite and >= 0 (0: no bound)");
@@ -584,6 +655,40 @@ template <class = void>
 void refit_after_gptq(const matrix_f& w, const matrix_i8& t, const matrix_d& h, vector_f& mu, vector_f& alpha) {
     const matrix_d s = 0.5 * h;
     refit_affine_rows(w, t, s, mu, alpha, "quantize_model");
+}
+
+/// Grouped int4 (recipe::group_size = G ∈ {128, 256}): asymmetric rtn_quantizer{4} per row and per G
+/// contiguous columns; GPTQ with static groups (act order as the recipe says; with clip_grid > 1 the
+/// diag(H)-weighted clip search, clip_min 0.5), packed by `pack_gptq_grouped_int4` (the solver's own
+/// grid indices); RTN fits and rounds each group on its own (clip search unweighted). Record format
+/// "int4_g<G>": int4 codes t = c − 8, fp16 α = s, μ = s·(8 − z) per row and group.
+template <class = void>
+linear_record int4_grouped_record(const recipe& r, const matrix_f& w, const matrix_d* h, gptq_options gopt) {
+    const Eigen::Index gs = r.group_size;
+    require(gs == 128 || gs == 256, "quantize_model", "int4 group_size must be 0 (per row), 128 or 256");
+    rtn_quantizer rq{4, int_mode::asymmetric};
+    if (r.clip_grid > 1) {
+        rq.clip_grid = r.clip_grid;
+        rq.clip_min = 0.5f;
+    }
+    const per_group gran{gs, tail_policy::smaller_last};
+    if (r.solver == solver_kind::gptq) {
+        gopt.static_groups = true;
+        gopt.hessian_weighted_fit = r.clip_grid > 1;
+        return grouped_record(pack_gptq_grouped_int4(gptq_quantize(w, *h, rq, gran, gopt), gs));
+    }
+    const int_tensor t = quantize_rtn(w, rq, gran);
+    const Eigen::Index ng = t.scale.cols();
+    matrix_i8 codes(w.rows(), w.cols());
+    matrix_f alpha(w.rows(), ng), mu(w.rows(), ng);
+    for (Eigen::Index i = 0; i < w.rows(); ++i) {
+        for (Eigen::Index g = 0; g < ng; ++g) {
+            alpha(i, g) = static_cast<float>(Eigen::half(t.scale(i, g)));
+            mu(i, g) = static_cast<float>(Eigen::half(t.scale(i, g) * (8.0f - t.zero(i, g))));
+        }
+        for (Eigen::Index j = 0; j < w.cols(); ++j) codes(i, j) = static_cast<std::int8_t>(static_cast<int>(t.codes(i, j)) - 8);
+    }
+    return grouped_record(pack_grouped_int4(codes, gs, alpha, mu));
 }
 
 /// Quantizes one block linear (W already rotated; `h` the rotated Hessian or null) to its record.
@@ -631,6 +736,7 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
         return rec;
     }
     case weight_scheme::int4: {
+        if (r.group_size > 0) return int4_grouped_record(r, w, h, gopt);
         const rtn_quantizer rq{4, int_mode::symmetric};
         matrix_f q;
         vector_f s, z;
@@ -1036,7 +1142,8 @@ inline std::string real_text(double x) {
 /// Every field of a recipe except its name and description as "key=value" entries joined by ';'
 /// (the form saved models record and `lowbit-quantize --set` takes), in a fixed order:
 /// weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, base3,
-/// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation. Numbers
+/// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation,
+/// gram_stage2, affine_refit, group_size, clip_grid. Numbers
 /// round-trip exactly.
 [[nodiscard]] inline std::string recipe_fields(const recipe& r) {
     std::string s;
@@ -1060,6 +1167,8 @@ inline std::string real_text(double x) {
     put("residual_rotation", r.residual_rotation ? "true" : "false");
     put("gram_stage2", r.gram_stage2 ? "true" : "false");
     put("affine_refit", r.affine_refit ? "true" : "false");
+    put("group_size", std::to_string(r.group_size));
+    put("clip_grid", std::to_string(r.clip_grid));
     return s;
 }
 
@@ -1089,11 +1198,13 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep) {
         else if (k == "residual_rotation") r.residual_rotation = detail::parse_flag(v, k);
         else if (k == "gram_stage2") r.gram_stage2 = detail::parse_flag(v, k);
         else if (k == "affine_refit") r.affine_refit = detail::parse_flag(v, k);
+        else if (k == "group_size") r.group_size = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "clip_grid") r.clip_grid = static_cast<int>(detail::parse_integer(v, k));
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
                                    "base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
-                                   "residual_rotation, gram_stage2, affine_refit)");
+                                   "residual_rotation, gram_stage2, affine_refit, group_size, clip_grid)");
     }
 }
 
@@ -1250,7 +1361,7 @@ inline std::string record_recipe_mismatch(const recipe& r, const linear_record& 
     case weight_scheme::fp32:
     case weight_scheme::mxfp4:
     case weight_scheme::tra_ternary: want = "dense"; break;
-    case weight_scheme::int4: want = pack_format<int4>::name; break;
+    case weight_scheme::int4: want = r.group_size > 0 ? "int4_g" + std::to_string(r.group_size) : pack_format<int4>::name; break;
     case weight_scheme::absmean_ternary:
     case weight_scheme::e2m_atq: want = r.base3 ? pack_format<ternary_base3>::name : pack_format<ternary2>::name; break;
     case weight_scheme::sign_binary:
