@@ -258,13 +258,14 @@ struct recipe {
         q.residual_rotation = true;
         add(q);
     }
-    // TWLA's E2M-ATQ under GPTQ runs stage 2 with the layer's S (the paper's "manifold" step), and every
-    // TWLA / BWLA recipe re-fits (μ, α) per row for GPTQ's final codes against the calibration error
-    // (llama-21M-en, 16 dev windows: twla-w1.58 35.06 -> 29.63, bwla-w1a6 236.4 -> 83.5; docs/results.md)
+    // TWLA / BWLA under GPTQ as the papers run them: TWLA's damping 0.1 (percdamp) and each row fitted with
+    // the layer's S (E2M-ATQ stage 2, the "manifold" step; ARB-X for binary), plus an affine refit of
+    // (μ, α) per row for GPTQ's final codes (llama-21M-en, 16 dev windows: twla-w1.58 35.06 -> 28.44,
+    // bwla-w1a6 236.4 -> 45.4; docs/results.md "E2M-ATQ with the layer's S inside GPTQ")
     for (auto& x : r) {
-        if (x.solver != S::gptq) continue;
-        if (x.weights == W::e2m_atq) x.gram_stage2 = x.affine_refit = true;
-        if (x.weights == W::arb_binary) x.affine_refit = true;
+        if (x.solver != S::gptq || (x.weights != W::e2m_atq && x.weights != W::arb_binary)) continue;
+        x.gram_stage2 = x.affine_refit = true;
+        x.damp = 0.1;
     }
     return r;
 }
