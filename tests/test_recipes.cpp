@@ -478,7 +478,8 @@ TEST_CASE("ILA-AMP recipes: per-block widths from the tables, run, saved, reload
     std::vector<std::string> lines;
     qo.progress = [&](const std::string& s) { lines.push_back(s); };
     lowbit::recipe r = lowbit::find_recipe("twla-w1.58a4mp");
-    lowbit::set_recipe_fields(r, "solver=rtn");
+    CHECK(r.act_bits == 4);
+    lowbit::set_recipe_fields(r, "solver=rtn;act_bits=8"); // unused under ILA-AMP: the records' widths run
     CHECK(r.ila_mean_bits == 4.0);
     CHECK(r.ila_bits == std::vector<int>{2, 4, 6, 8});
     CHECK(lowbit::find_recipe("twla-w1.58a4mp-kotms").rotation == lowbit::rotation_kind::kotms);
