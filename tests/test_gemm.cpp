@@ -196,6 +196,9 @@ TEST_CASE_TEMPLATE("integer kernels are bit-exact on every ISA path, random and 
     for (auto [rows, cols] : {std::pair<Eigen::Index, Eigen::Index>{1, 1}, {5, 172}, {17, 255}, {3, 321}, {33, 640},
                               {4, 4544}, {2, 13696}, {1, 29568}, {7, 4544}, {6, 172}, {5, 33000}})
         for (int bits : {8, 4}) check_exact<F>(rows, cols, rows % 2 ? 1 : 3, bits, false);
+    // 2- and 3-bit activations (codes {−1, 0, 1} and −3..3) through the same kernels
+    for (auto [rows, cols] : {std::pair<Eigen::Index, Eigen::Index>{1, 1}, {5, 172}, {3, 321}, {4, 4544}})
+        for (int bits : {3, 2}) check_exact<F>(rows, cols, rows % 2 ? 1 : 3, bits, false);
     // token counts around the 4-token micro-kernel of the AVX-512 path
     for (Eigen::Index tokens : {4, 5, 9}) check_exact<F>(7, 700, tokens, 8, false);
 }
@@ -303,7 +306,7 @@ TEST_CASE_TEMPLATE("AVX-512 4-row tile micro-kernels: AND-only unpack equals shi
 
 TEST_CASE("quantize_activations matches rtn's symmetric per-token grid") {
     const lowbit::matrix_f x = random_x(4, 300, 11);
-    for (int bits : {8, 6, 4}) {
+    for (int bits : {8, 7, 6, 5, 4, 3, 2}) {
         const auto a = lowbit::quantize_activations(x, bits);
         lowbit::per_token_quantizer pq;
         pq.bits = bits;
@@ -363,19 +366,21 @@ TEST_CASE("quantize_activations matches rtn's symmetric per-token grid") {
 
 TEST_CASE("AVX-512 activation codes equal the scalar row quantizer at every width, on ties and at the clamp") {
     if (!lowbit::isa_available(kernel_isa::avx512)) return;
-    // widths 1..72 (every masked tail of the 8-lane loop) and a few wide ones; levels of 8, 6 and 4 bits
+    // widths 1..72 (every masked tail of the 8-lane loop) and a few wide ones; levels of 8, 6, 4, 3 and 2 bits
     std::vector<Eigen::Index> widths;
     for (Eigen::Index n = 1; n <= 72; ++n) widths.push_back(n);
     for (Eigen::Index n : {255, 256, 300, 4096}) widths.push_back(n);
     for (const Eigen::Index n : widths)
-        for (int levels : {127, 31, 7}) {
+        for (int levels : {127, 31, 7, 3, 1}) {
             CAPTURE(n);
             CAPTURE(levels);
             lowbit::matrix_f x = random_x(1, n, static_cast<unsigned>(n * 3 + levels));
-            // exact ties: amax = levels gives s = 1, so k + 0.5 must round half to even
+            // exact ties: amax = levels gives s = 1, so k + 0.5 must round half to even (ties inside
+            // (−levels, levels): −3.5..4.5 for the wide grids, −levels + ½..levels − ½ for 3 and 2 bits)
+            const int span = levels >= 7 ? 9 : 2 * levels, offset = levels >= 7 ? 4 : levels;
             if (n >= 3) {
                 x(0, 0) = static_cast<float>(levels);
-                for (Eigen::Index j = 1; j < n; ++j) x(0, j) = static_cast<float>((j % 9) - 4) + 0.5f;
+                for (Eigen::Index j = 1; j < n; ++j) x(0, j) = static_cast<float>((j % span) - offset) + 0.5f;
             }
             std::vector<std::int8_t> q1(static_cast<std::size_t>(n) + 8, 99), q2(q1);
             float s1 = 0, s2 = 0;
@@ -390,7 +395,7 @@ TEST_CASE("AVX-512 activation codes equal the scalar row quantizer at every widt
             if (n >= 3) {
                 CHECK(int(q2[0]) == levels);
                 for (Eigen::Index j = 1; j < n; ++j) { // round half to even, independent of the library
-                    const double v = static_cast<double>((j % 9) - 4) + 0.5;
+                    const double v = static_cast<double>((j % span) - offset) + 0.5;
                     const double lo = std::floor(v);
                     const double want = (static_cast<long long>(lo) % 2 == 0) ? lo : lo + 1;
                     CHECK(int(q2[static_cast<std::size_t>(j)]) == static_cast<int>(want));
@@ -402,7 +407,7 @@ TEST_CASE("AVX-512 activation codes equal the scalar row quantizer at every widt
     std::mt19937_64 rng(2024);
     std::uniform_real_distribution<float> amax_dist(1e-3f, 1e3f);
     for (int trial = 0; trial < 300; ++trial)
-        for (int levels : {127, 31, 7}) {
+        for (int levels : {127, 31, 7, 3, 1}) {
             const float amax = amax_dist(rng);
             const auto sc = static_cast<float>(static_cast<double>(amax) / levels);
             std::vector<float> row{amax};
@@ -611,8 +616,10 @@ TEST_CASE("kernels reject bad input with lowbit errors") {
     bad(1, 5) = std::numeric_limits<float>::infinity();
     CHECK_THROWS_AS((void)lowbit::gemm(w, bad), lowbit::numeric_error);
     CHECK_THROWS_AS((void)lowbit::gemm(w, bad, lowbit::act_fp32{}), lowbit::numeric_error);
-    CHECK_THROWS_WITH_AS((void)lowbit::gemm(w, x, lowbit::act_int{5}),
-                         "lowbit: quantize_activations: activation bits must be 4, 6 or 8, got 5", lowbit::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)lowbit::gemm(w, x, lowbit::act_int{1}),
+                         "lowbit: quantize_activations: activation bits must lie in 2..8, got 1", lowbit::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)lowbit::gemm(w, x, lowbit::act_int{9}),
+                         "lowbit: quantize_activations: activation bits must lie in 2..8, got 9", lowbit::invalid_argument);
     const auto a = lowbit::quantize_activations(x);
     std::vector<std::int32_t> out(16);
     CHECK_THROWS_AS(lowbit::dot_rows(w, a, 2, 5, out.data(), 3), lowbit::shape_error);

@@ -42,7 +42,7 @@ bool same_record(const lowbit::linear_record& a, const lowbit::linear_record& b)
     auto same_opt = [](const auto& x, const auto& y, auto&& eq) { return x.has_value() == y.has_value() && (!x || eq(*x, *y)); };
     return a.format == b.format && a.rows == b.rows && a.cols == b.cols && a.codes == b.codes && a.scale == b.scale &&
            a.offset == b.offset && a.dense == b.dense && (a.format != "dense" || a.dense_bits == b.dense_bits) &&
-           a.rotation_status == b.rotation_status &&
+           a.rotation_status == b.rotation_status && a.act_bits == b.act_bits &&
            same_opt(a.correction, b.correction, [](const auto& x, const auto& y) { return x.a == y.a && x.b == y.b; }) &&
            same_opt(a.rotation, b.rotation,
                     [](const auto& x, const auto& y) { return x.left == y.left && x.right == y.right && x.dense == y.dense; });
@@ -272,6 +272,10 @@ TEST_CASE("every recipe field travels: each set to a non-default value reloads a
         {"affine_refit", "gptq-w4", "", "true"},
         {"group_size", "gptq-w4", "", "128"},
         {"clip_grid", "gptq-w4-g128", "", "21"},
+        {"ila_mean_bits", "twla-w1.58a4mp", "solver=rtn", "2"},
+        {"ila_bits", "twla-w1.58a4mp", "solver=rtn", "3/8"},
+        {"ila_beta", "twla-w1.58a4mp", "solver=rtn", "10"},
+        {"ila_windows", "twla-w1.58a4mp", "solver=rtn;ila_beta=10", "1"},
     };
     std::set<std::string> keys;
     for (const auto& [k, v] : lowbit::detail::split_fields(lowbit::recipe_fields(lowbit::find_recipe("fp32")), ';', "test"))
@@ -354,9 +358,9 @@ TEST_CASE("a file whose recorded recipe would not produce its layers is refused,
     // recorded fields the loader cannot rebuild: invalid values and unknown keys
     const auto good = d.path / "good.safetensors";
     lowbit::save_quantized_model(good, ternary);
-    lowbit::recipe five = ternary.spec; // integer kernels take 4, 6 or 8 activation bits
+    lowbit::recipe five = ternary.spec; // integer kernels take 2..8 activation bits
     five.activation = lowbit::activation_kind::int_symmetric;
-    five.act_bits = 5;
+    five.act_bits = 9;
     std::string negative = lowbit::recipe_fields(ternary.spec);
     negative.replace(negative.find("seed=0"), 6, "seed=-1");
     for (const std::string& fields : {lowbit::recipe_fields(five), lowbit::recipe_fields(ternary.spec) + ";group_size=128", negative}) {
@@ -537,4 +541,113 @@ TEST_CASE("grouped int4 recipes: packed int4_g128 records, bits counted from the
     CHECK_FALSE(lowbit::detail::record_recipe_mismatch(per_row, rec).empty());
     rec.format = "int4";
     CHECK_FALSE(lowbit::detail::record_recipe_mismatch(lowbit::find_recipe("gptq-w4-g128"), rec).empty());
+}
+
+TEST_CASE("ILA-AMP recipes: per-block widths from the tables, run, saved, reloaded; refusals") {
+    lowbit_test::temp_dir d("lowbit_test_ila_amp");
+    lowbit::quantize_options qo;
+    qo.calib_windows = 1;
+    qo.calib_window = 64;
+    std::vector<std::string> lines;
+    qo.progress = [&](const std::string& s) { lines.push_back(s); };
+    lowbit::recipe r = lowbit::find_recipe("twla-w1.58a4mp");
+    CHECK(r.act_bits == 4);
+    lowbit::set_recipe_fields(r, "solver=rtn;act_bits=8"); // unused under ILA-AMP: the records' widths run
+    CHECK(r.ila_mean_bits == 4.0);
+    CHECK(r.ila_bits == std::vector<int>{2, 4, 6, 8});
+    CHECK(lowbit::find_recipe("twla-w1.58a4mp-kotms").rotation == lowbit::rotation_kind::kotms);
+    lowbit::quantized_model q{r, {}, {}, {}, {}};
+    q.model = lowbit::quantize_model(fx().fp32, r, fx().calib, qo, &q.records);
+    const int L = fx().fp32.config.n_layers;
+    // one progress line per NLL evaluation (1 + 3L + 9(L − 1)), then the allocation, then the layers
+    int nll_lines = 0;
+    for (const auto& s : lines) nll_lines += s.starts_with("ila-amp NLL ");
+    CHECK(nll_lines == 1 + 3 * L + 9 * (L - 1));
+    const auto alloc = std::find_if(lines.begin(), lines.end(), [](const std::string& s) { return s.starts_with("ila-amp: per-block"); });
+    REQUIRE(alloc != lines.end());
+    // every linear of block l at the block's width, a candidate; Σ ≤ round(4 L); said on the progress line
+    std::vector<int> bits(static_cast<std::size_t>(L), 0);
+    int sum = 0;
+    for (int l = 0; l < L; ++l) {
+        const int b = q.records.at("layers." + std::to_string(l) + ".wq").act_bits;
+        CHECK((b == 2 || b == 4 || b == 6 || b == 8));
+        for (const auto& id : q.model.block_linears(l)) CHECK(q.records.at(id.name()).act_bits == b);
+        bits[static_cast<std::size_t>(l)] = b;
+        sum += b;
+    }
+    CHECK(sum <= 4 * L);
+    std::string list;
+    for (int b : bits) list += (list.empty() ? "" : " ") + std::to_string(b);
+    MESSAGE("stories260K twla-w1.58a4mp (rtn) widths: ", list);
+    CHECK(alloc->starts_with("ila-amp: per-block activation bits " + list + " (sum " + std::to_string(sum)));
+    CHECK(std::find_if(lines.begin(), lines.end(), [&](const std::string& s) {
+              return s.starts_with("layers.0.wq ") && s.find("; int" + std::to_string(bits[0]) + " activations (ILA-AMP)") != std::string::npos;
+          }) != lines.end());
+    // the record's width is what runs: the layer equals the recipe at that uniform width, and differs from another width
+    const auto& rec = q.records.at("layers.1.w2");
+    const auto rot = lowbit::recipe_rotation(r, rec.cols);
+    lowbit::linear_record plain = rec;
+    plain.act_bits = 0;
+    lowbit::recipe at = r, other = r;
+    at.act_bits = rec.act_bits;
+    other.act_bits = rec.act_bits == 2 ? 8 : 2;
+    const lowbit::matrix_f x = lowbit::matrix_f::Random(5, rec.cols);
+    lowbit::matrix_f y1, y2, y3, y4;
+    lowbit::build_linear(r, rec, rot)->apply(x, y1);
+    lowbit::build_linear(at, plain, rot)->apply(x, y2);
+    lowbit::build_linear(other, plain, rot)->apply(x, y3);
+    q.model.linear(lowbit::linear_id{1, lowbit::linear_slot::w2}).apply(x, y4);
+    CHECK((y1.array() == y2.array()).all());
+    CHECK((y1.array() == y4.array()).all());
+    CHECK(!(y1.array() == y3.array()).all());
+    // saved and reloaded: the same widths, bit-identical logits
+    const auto path = d.path / "mp.safetensors";
+    lowbit::save_quantized_model(path, q);
+    const auto back = lowbit::load_quantized_model(path);
+    CHECK(lowbit::recipe_fields(back.spec) == lowbit::recipe_fields(r));
+    CHECK(same_records(back.records, q.records));
+    for (const auto& [name, rc] : q.records) CHECK(back.records.at(name).act_bits == rc.act_bits);
+    CHECK((logits(back.model).array() == logits(q.model).array()).all());
+    // a corrupt width in the file, or one the recipe does not offer, is refused
+    for (const auto& [v, msg] : {std::pair<const char*, const char*>{"9", "not an activation width in 2..8"},
+                                 {"x", "not an activation width in 2..8"},
+                                 {"3", "not a candidate of recipe ila_bits"}}) {
+        CAPTURE(v);
+        rewrite_metadata(path, d.path / "bad.safetensors", "layers.0.wq.act_bits", v);
+        CHECK_THROWS_WITH_AS((void)lowbit::load_quantized_model(d.path / "bad.safetensors"), doctest::Contains(msg),
+                             lowbit::format_error);
+    }
+    // records without widths under an ILA-AMP recipe, and widths under a uniform one, are never written
+    lowbit::quantized_model none = q;
+    for (auto& [name, rc] : none.records) rc.act_bits = 0;
+    CHECK_THROWS_WITH_AS(lowbit::save_quantized_model(d.path / "x.safetensors", none), doctest::Contains("has no per-layer activation width"),
+                         lowbit::invalid_argument);
+    lowbit::quantized_model uniform = q;
+    uniform.spec.ila_mean_bits = 0;
+    CHECK_THROWS_WITH_AS(lowbit::save_quantized_model(d.path / "x.safetensors", uniform), doctest::Contains("does not allocate"),
+                         lowbit::invalid_argument);
+    CHECK(!std::filesystem::exists(d.path / "x.safetensors"));
+    // build_linear refuses a width the kernels do not take, or under non-integer activations
+    lowbit::linear_record wide = rec;
+    wide.act_bits = 9;
+    CHECK_THROWS_WITH_AS((void)lowbit::build_linear(r, wide, rot), doctest::Contains("2..8"), lowbit::invalid_argument);
+    lowbit::recipe fp = r;
+    fp.activation = lowbit::activation_kind::fp32;
+    CHECK_THROWS_WITH_AS((void)lowbit::build_linear(fp, rec, rot), doctest::Contains("int_symmetric"), lowbit::invalid_argument);
+    // inconsistent ILA-AMP recipes
+    for (const auto& [f, msg] : {std::pair<const char*, const char*>{"activation=fp32", "int_symmetric"},
+                                 {"ila_bits=2/9", "2..8"},
+                                 {"ila_bits=4/4/8", "given twice"},
+                                 {"ila_mean_bits=9", "mean bits"},
+                                 {"ila_mean_bits=-1", "ila_mean_bits"},
+                                 {"ila_beta=-1", "beta"},
+                                 {"ila_windows=0", "ila_windows"},
+                                 {"rotation=torq", "TORQ"}}) {
+        CAPTURE(f);
+        lowbit::recipe b = r;
+        lowbit::set_recipe_fields(b, f);
+        CHECK_THROWS_WITH_AS((void)lowbit::quantize_model(fx().fp32, b, fx().calib, qo), doctest::Contains(msg), lowbit::invalid_argument);
+    }
+    CHECK_THROWS_AS(lowbit::set_recipe_fields(r, "ila_bits=2//8"), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::quantize_model(fx().fp32, r, {}), lowbit::shape_error); // the tables need calibration text
 }

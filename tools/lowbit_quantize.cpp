@@ -409,6 +409,10 @@ int cmd_quantize(const parsed_args& a) {
     std::size_t done = 0;
     const auto t0 = clock_type::now();
     qo.progress = [&](const std::string& s) {
+        if (s.starts_with("ila-amp")) { // ILA-AMP table and allocation lines: not a layer
+            std::fprintf(stderr, "[%.0f s] %s\n", std::chrono::duration<double>(clock_type::now() - t0).count(), s.c_str());
+            return;
+        }
         ++done;
         std::fprintf(stderr, "[%zu/%zu %.0f s] %s\n", done, ids_total, std::chrono::duration<double>(clock_type::now() - t0).count(),
                      s.c_str());
@@ -533,7 +537,7 @@ int cmd_inspect(const parsed_args& a) {
         std::printf("recipe       none (float weights)\n");
     }
     double params = 0;
-    std::printf("\n%-28s %-14s %-12s %10s\n", "linear", "format", "shape", "bits/w");
+    std::printf("\n%-28s %-17s %-12s %10s\n", "linear", "format", "shape", "bits/w");
     for (int l = 0; l < c.n_layers; ++l)
         for (const auto& id : m.model.block_linears(l)) {
             const auto& op = m.model.linear(id);
@@ -542,11 +546,14 @@ int cmd_inspect(const parsed_args& a) {
             std::string format = m.kind == "gguf" ? "fp32 (dequant)" : "fp32 dense";
             if (m.quantized) {
                 const auto it = m.quantized->records.find(id.name());
-                if (it != m.quantized->records.end()) format = it->second.format;
+                if (it != m.quantized->records.end()) {
+                    format = it->second.format;
+                    if (it->second.act_bits) format += " a" + std::to_string(it->second.act_bits); // ILA-AMP width
+                }
             }
             char shape[32];
             std::snprintf(shape, sizeof shape, "%ldx%ld", static_cast<long>(op.out_features()), static_cast<long>(op.in_features()));
-            std::printf("%-28s %-14s %-12s %10.3f\n", id.name().c_str(), format.c_str(), shape, op.storage_bits() / n);
+            std::printf("%-28s %-17s %-12s %10.3f\n", id.name().c_str(), format.c_str(), shape, op.storage_bits() / n);
         }
     std::printf("\nblock linears: %.0f weights, %.3f bits/weight; embedding %ldx%ld, classifier %s\n", params,
                 m.model.bits_per_weight(), static_cast<long>(m.model.token_embedding.rows()),

@@ -1,14 +1,15 @@
 #pragma once
 /// \file gemm.hpp
 /// GEMV y = W·x and GEMM Y = X·Wᵀ for bit-packed weights (pack.hpp) × activations that are
-/// {int8 per token quantized dynamically inside, int6 / int4 held in int8, fp32}, plus binary ×
+/// {int8 per token quantized dynamically inside, int2..int7 held in int8, fp32}, plus binary ×
 /// binary XNOR-popcount.
 ///
 /// Shapes: W is `packed_matrix<F>` or its 4-row interleaved form `interleaved_matrix<F>` (same
 /// results bit for bit; faster GEMV on AVX-512) `[out x in]` (w_ij = α_i·t_ij + μ_i); X is `[tokens x in]`;
 /// Y is `[tokens x out]`; a GEMV takes x of length in and returns y of length out.
 ///
-/// Integer activations (act_int{bits}): per token, s = max|x|/L with L = 2^(bits−1) − 1 (127, 31, 7)
+/// Integer activations (act_int{bits}, bits ∈ 2..8): per token, s = max|x|/L with L = 2^(bits−1) − 1
+/// (127, 63, 31, 15, 7, 3, 1; the codes are held in int8 whatever the width, so every kernel serves every width)
 /// rounded to float and clamped to [1e-5, 1e4], q_j = clamp(round_half_even(x_j/s), −L, L) — the
 /// symmetric grid of rtn.hpp's quantize_per_token. The kernel forms the exact int32
 /// d_i = Σ_j t_ij·q_j and returns
@@ -109,7 +110,8 @@ enum class kernel_isa {
     }
 }
 
-/// Activation policy: dynamic symmetric per-token integers with `bits` ∈ {4, 6, 8} held in int8.
+/// Activation policy: dynamic symmetric per-token integers with `bits` ∈ 2..8 held in int8 (2 bits:
+/// codes {−1, 0, 1}; 3 bits: −3..3).
 struct act_int {
     int bits = 8;
 };
@@ -119,7 +121,7 @@ struct act_fp32 {};
 /// Activations quantized per token, zero-padded to `padded_cols()` = max(⌈cols/256⌉·256,
 /// ⌈cols/320⌉·320), so that one quantization serves every packed format of `cols` columns.
 struct quantized_activations {
-    int bits = 8;                   ///< 4, 6 or 8
+    int bits = 8;                   ///< 2..8
     Eigen::Index cols = 0;          ///< unpadded columns
     matrix_i8 q;                    ///< [tokens x padded] codes in [−L, L]
     vector_f scale;                 ///< s per token
@@ -160,7 +162,7 @@ inline kernel_isa resolve_gemm_isa(kernel_isa isa, Eigen::Index tokens, const ch
 }
 
 inline void require_levels(int bits, const char* where) {
-    require(bits == 4 || bits == 6 || bits == 8, where, [&] { return "activation bits must be 4, 6 or 8, got " + std::to_string(bits); });
+    require(bits >= 2 && bits <= 8, where, [&] { return "activation bits must lie in 2..8, got " + std::to_string(bits); });
 }
 
 template <PackedWeights M>
@@ -296,7 +298,7 @@ inline bool quantize_row_avx512(const float* x, Eigen::Index n, int levels, std:
 /// comment for the rule) into `a`, zero-padded to max(⌈in/256⌉·256, ⌈in/320⌉·320) columns (every
 /// packed format's padded width). Reuses a's storage: no allocation when `a` already has this shape
 /// (decode loops, `gemm_workspace`). O(tokens·padded).
-/// \throws shape_error (empty x), numeric_error (NaN/Inf), invalid_argument (bits ∉ {4, 6, 8}); on a
+/// \throws shape_error (empty x), numeric_error (NaN/Inf), invalid_argument (bits ∉ 2..8); on a
 /// throw `a` holds no valid activations (its shape is kept, its contents are unspecified).
 inline void quantize_activations(const cref_matrix_f& x, int bits, quantized_activations& a) {
     constexpr const char* where = "quantize_activations";
@@ -329,7 +331,7 @@ inline void quantize_activations(const cref_matrix_f& x, int bits, quantized_act
 }
 
 /// As above, returning new activations. O(tokens·padded).
-/// \throws shape_error (empty x), numeric_error (NaN/Inf), invalid_argument (bits ∉ {4, 6, 8}).
+/// \throws shape_error (empty x), numeric_error (NaN/Inf), invalid_argument (bits ∉ 2..8).
 [[nodiscard]] inline quantized_activations quantize_activations(const cref_matrix_f& x, int bits = 8) {
     quantized_activations a;
     quantize_activations(x, bits, a);

@@ -18,7 +18,9 @@
 ///   (per-row μ, α), binary (per-row μ, α; ARB refinement under GPTQ), MXFP4; optionally a PSP
 ///   low-rank correction around the binarizer;
 /// - an activation policy: FP32, symmetric per-token int-k inside the integer kernel, asymmetric
-///   per-token int-k fake quantization (docs/sources.md §1.3), or MXFP4 fake quantization.
+///   per-token int-k fake quantization (docs/sources.md §1.3), or MXFP4 fake quantization; for the
+///   integer kernel optionally one width per block chosen by ILA-AMP (`recipe::ila_mean_bits`,
+///   model/ila_amp.hpp) and recorded per linear (`linear_record::act_bits`).
 /// Optionally (`recipe::nli`) the forward pass's SiLU, softmax exp and RMSNorm rsqrt run as NLI
 /// piecewise-linear tables (`recipe_nonlinear_ops`); optionally (`recipe::residual_rotation`) the
 /// residual stream is first rotated offline and the rotation folded into the embedding, the
@@ -52,6 +54,7 @@
 #include <lowbit/kotms.hpp>
 #include <lowbit/kronecker.hpp>
 #include <lowbit/lowrank.hpp>
+#include <lowbit/model/ila_amp.hpp>
 #include <lowbit/model/llama.hpp>
 #include <lowbit/model/moe_experts.hpp>
 #include <lowbit/model/residual_rotation.hpp>
@@ -116,7 +119,7 @@ enum class rotation_kind {
 /// Activation policy of every block linear.
 enum class activation_kind {
     fp32,            ///< no activation quantization
-    int_symmetric,   ///< symmetric per-token int-k inside the integer kernel (k ∈ {4, 6, 8})
+    int_symmetric,   ///< symmetric per-token int-k inside the integer kernel (k ∈ 2..8)
     int_asymmetric,  ///< asymmetric per-token int-k fake quantization (§1.3, clip ratio)
     mxfp4,           ///< MXFP4 fake quantization of the activations (blocks of 32 along the input)
 };
@@ -129,7 +132,7 @@ struct recipe {
     solver_kind solver = solver_kind::rtn;         ///< solver
     rotation_kind rotation = rotation_kind::none;  ///< online rotation
     activation_kind activation = activation_kind::fp32; ///< activation policy
-    int act_bits = 8;          ///< bits of integer activations
+    int act_bits = 8;          ///< bits of integer activations (every block; unused under ILA-AMP)
     float act_clip = 1.0f;     ///< clip ratio of asymmetric activations, (0, 1]
     int low_rank = 0;          ///< PSP low-rank rank around binary weights (0: none)
     int psp_iterations = 4;    ///< PSP alternations
@@ -167,8 +170,19 @@ struct recipe {
     /// codes to minimise the layer-output error e S eᵀ on the calibration inputs, S = H/2
     /// (`relocate_e2m_atq`; the codes stay, a row changes only if its error drops).
     bool affine_refit = false;
+    /// ILA-AMP (TWLA, docs/sources.md §2.5; model/ila_amp.hpp): > 0 gives every block its own
+    /// int_symmetric activation width from `ila_bits`, chosen by the chain DP under
+    /// Σ_i b_i ≤ round(ila_mean_bits · L) from NLL tables measured on the calibration text (the model
+    /// with the recipe's rotations and FP32 weights, before any weight is quantized); each record carries
+    /// its block's width (`linear_record::act_bits`) and `act_bits` is unused. 0: every block at `act_bits`.
+    double ila_mean_bits = 0;
+    std::vector<int> ila_bits{2, 4, 6, 8}; ///< ILA-AMP candidate widths (distinct, in 2..8; the largest is the baseline)
+    double ila_beta = 0.5;                 ///< ILA-AMP pair-interaction weight β ≥ 0
+    /// ILA-AMP calibration windows (of `quantize_options::calib_window` tokens) per NLL evaluation; the
+    /// tables cost 1 + 3L + 9(L − 1) evaluations with the default candidates (64 for L = 6).
+    int ila_windows = 4;
     [[nodiscard]] bool needs_calibration() const {
-        return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq;
+        return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq || ila_mean_bits > 0;
     }
 };
 
@@ -235,6 +249,14 @@ struct recipe {
          A::fp32});
     add({"twla-w1.58a4-kotms", "twla-w1.58-kotms with int4 activations", W::e2m_atq, S::gptq, R::kotms,
          A::int_symmetric, 4});
+    // TWLA W1.58A4 with ILA-AMP: per-block int2/4/6/8 activations, mean 4 bits (the paper's "4MP")
+    for (const char* base : {"twla-w1.58a4", "twla-w1.58a4-kotms"}) {
+        recipe mp = *std::find_if(r.begin(), r.end(), [&](const recipe& x) { return x.name == base; });
+        mp.name = std::string(base) == "twla-w1.58a4" ? "twla-w1.58a4mp" : "twla-w1.58a4mp-kotms";
+        mp.description = std::string(base) + " with ILA-AMP activations: int2/4/6/8 per block, mean 4 bits";
+        mp.ila_mean_bits = 4.0;
+        add(mp);
+    }
     add({"bwla-w1-okt", "bwla-w1 with OKT factors learned per linear", W::arb_binary, S::gptq, R::okt, A::fp32});
     add({"bwla-w1a6-okt", "bwla-w1-okt with int6 activations", W::arb_binary, S::gptq, R::okt, A::int_symmetric, 6});
     add({"mxfp4-w4a4-torq", "mxfp4-w4a4 with TORQ rotations learned per linear", W::mxfp4, S::rtn, R::torq,
@@ -363,6 +385,9 @@ struct linear_record {
     /// the recipe learns no rotation. Saved as metadata `<name>.rotation_status`; informational (the
     /// loader rebuilds from `rotation` and the recipe, never from this text).
     std::string rotation_status;
+    /// ILA-AMP: the integer activation width of this linear's block (2..8), overriding the recipe's
+    /// `act_bits`; 0 (default): the recipe's. Saved as metadata `<name>.act_bits`.
+    int act_bits = 0;
     expert_tensors expert;            ///< own and shared tensors of an expert format (moe_experts.hpp), else empty
 
     /// Serialized storage bits (see the file comment). \throws as the expert format's builder (inconsistent record).
@@ -586,6 +611,18 @@ template <class = void>
                                                                   const std::optional<hadamard_transform>& hadamard) {
     if (rec.rotation)
         detail::require_dim(rec.rotation->dim(), rec.cols, "build_linear", "width of the learned rotation");
+    if (rec.act_bits != 0) { // ILA-AMP: this block's own activation width
+        detail::require(r.activation == activation_kind::int_symmetric, "build_linear",
+                        "a per-layer activation width (act_bits " + std::to_string(rec.act_bits) +
+                            ") needs int_symmetric activations");
+        detail::require(rec.act_bits >= 2 && rec.act_bits <= 8, "build_linear",
+                        "per-layer act_bits must lie in 2..8, got " + std::to_string(rec.act_bits));
+        recipe rb = r;
+        rb.act_bits = rec.act_bits;
+        linear_record plain = rec; // the record with the width moved into the recipe
+        plain.act_bits = 0;
+        return build_linear(rb, plain, hadamard);
+    }
     const block_rotation rot = block_rotation::from(hadamard, rec.rotation);
     if (rec.format == "dense") return detail::with_activation(r, dense_weights{rec.dense}, rot, rec.correction, rec.storage_bits());
     if (rec.format == pack_format<int4>::name) return detail::packed_from_record<int4>(r, rec, rot);
@@ -604,9 +641,20 @@ namespace detail {
 inline void check_recipe(const recipe& r) {
     const char* where = "quantize_model";
     require(r.act_bits >= 2 && r.act_bits <= 8, where, "recipe act_bits must lie in 2..8");
-    if (r.activation == activation_kind::int_symmetric)
-        require(r.act_bits == 4 || r.act_bits == 6 || r.act_bits == 8, where,
-                "integer-kernel activations take 4, 6 or 8 bits");
+    require(std::isfinite(r.ila_mean_bits) && r.ila_mean_bits >= 0, where,
+            "recipe ila_mean_bits must be finite and >= 0 (0: no ILA-AMP)");
+    require(r.ila_windows >= 1, where, "recipe ila_windows must be >= 1");
+    {
+        const std::vector<int> c = ila_candidates(r.ila_bits, where);
+        require(std::isfinite(r.ila_beta) && r.ila_beta >= 0, where, "recipe ila_beta must be finite and >= 0");
+        if (r.ila_mean_bits > 0) {
+            check_ila_mean_beta(c, r.ila_mean_bits, r.ila_beta, where);
+            require(r.activation == activation_kind::int_symmetric, where,
+                    "ILA-AMP (ila_mean_bits > 0) allocates integer-kernel widths: it needs int_symmetric activations");
+            require(r.rotation != rotation_kind::torq, where,
+                    "ILA-AMP measures its tables before the weights are quantized; TORQ learns from calibration inputs then");
+        }
+    }
     require(r.act_clip > 0.0f && r.act_clip <= 1.0f, where, "recipe act_clip must lie in (0, 1]");
     require(r.low_rank >= 0, where, "recipe low_rank must be >= 0");
     require(r.low_rank == 0 || r.weights == weight_scheme::sign_binary || r.weights == weight_scheme::arb_binary,
@@ -939,6 +987,12 @@ using linear_records = std::map<std::string, linear_record>;
 /// run through the model whose blocks < l are already quantized (inputs rotated when the recipe
 /// rotates); an expert's Hessian uses the calibration tokens routed to it (an expert no
 /// calibration token reaches gets H = I, i.e. round-to-nearest, and the progress line says so).
+/// ILA-AMP recipes (`recipe::ila_mean_bits` > 0) first measure the ILA-AMP tables on `calib_tokens`
+/// (`ila_amp_model_tables`: the model with the recipe's rotations — KOTMS/OKT factors learned here
+/// and reused — and FP32 weights, `ila_windows` windows per evaluation, one progress line each),
+/// pick one width per block by the DP (`ila_amp_allocate`; one progress line with the widths), and
+/// every record of block l then runs, and stores, that width (`linear_record::act_bits`); the
+/// GPTQ calibration of later blocks runs through the earlier blocks at their chosen widths.
 ///
 /// \param calib_tokens  encoded calibration text (no BOS), at least one window; ignored by
 ///                      calibration-free recipes.
@@ -946,7 +1000,8 @@ using linear_records = std::map<std::string, linear_record>;
 /// \throws invalid_argument (inconsistent recipe, non-dense input model), shape_error (too few
 ///         calibration tokens), numeric_error (a Hessian that damping cannot repair).
 /// Complexity: per calibrated block, one forward pass over the calibration windows plus the
-/// solver (GPTQ O(n³ + m n²) per linear).
+/// solver (GPTQ O(n³ + m n²) per linear); ILA-AMP adds 1 + (K−1)L + (K−1)²(L−1) forward passes over
+/// `ila_windows` windows (K candidates, L blocks).
 template <class = void>
 [[nodiscard]] llama_model quantize_model(const llama_model& fp32, const recipe& r,
                                          std::span<const int> calib_tokens, const quantize_options& opt = {},
@@ -956,9 +1011,10 @@ template <class = void>
     llama_model m = r.residual_rotation ? rotate_residual_stream(fp32, residual_rotation_matrix(fp32.config.dim, r.seed)) : fp32;
     m.nonlinear = recipe_nonlinear_ops(r); // calibration runs through the recipe's own operators
     if (records) records->clear();
-    const bool calibrate = r.needs_calibration();
-    if (calibrate)
+    if (r.needs_calibration())
         detail::require<shape_error>(!calib_tokens.empty(), where, "calibrated recipes need calibration tokens");
+    // Hessians / inputs per block (ILA-AMP alone needs the tokens only for its tables)
+    const bool calibrate = r.solver == solver_kind::gptq || r.low_rank > 0 || r.rotation == rotation_kind::torq;
     // One rotation per input width (dim, hidden), shared by the layers that read that width.
     std::vector<std::pair<Eigen::Index, std::optional<hadamard_transform>>> rotations;
     auto rotation_for = [&](Eigen::Index n) -> const std::optional<hadamard_transform>& {
@@ -969,6 +1025,62 @@ template <class = void>
     };
     const bool keep_inputs = r.rotation == rotation_kind::torq; // TORQ learns from input samples
     constexpr Eigen::Index max_kept_rows = 4096;
+    // ILA-AMP: KOTMS/OKT factors depend on the FP32 weights only, so they are learned first (and
+    // reused below); the tables run the rotated FP32 model, then the DP fixes every block's width.
+    std::map<std::string, detail::learned_block_rotation> learned_first;
+    std::vector<int> block_bits;
+    if (r.ila_mean_bits > 0) {
+        llama_model base = m;
+        linear_records fp; // W·H·K dense with its learned rotation, per linear
+        const int top = detail::ila_candidates(r.ila_bits, where).back();
+        for (int l = 0; l < static_cast<int>(m.blocks.size()); ++l)
+            for (const linear_id& id : m.block_linears(l)) {
+                matrix_f w = detail::dense_weight_of(m.linear(id), where);
+                const auto& rot = rotation_for(w.cols());
+                if (rot) rot->apply_rows(w);
+                detail::learned_block_rotation lr = detail::learn_block_rotation(r, w, matrix_f());
+                linear_record rec;
+                rec.format = "dense";
+                rec.rows = w.rows();
+                rec.cols = w.cols();
+                if (lr.rotation) block_rotation::from(std::nullopt, lr.rotation).apply_rows(w);
+                rec.dense = std::move(w);
+                rec.rotation = lr.rotation;
+                rec.act_bits = top;
+                base.set_linear(id, build_linear(r, rec, rot));
+                learned_first.emplace(id.name(), std::move(lr));
+                fp.emplace(id.name(), std::move(rec));
+            }
+        const ila_block_builder build = [&](int l, int bits) {
+            std::vector<std::pair<linear_id, std::shared_ptr<const linear_operator>>> ops;
+            for (const linear_id& id : m.block_linears(l)) {
+                linear_record& rec = fp.at(id.name());
+                rec.act_bits = bits;
+                ops.emplace_back(id, build_linear(r, rec, rotation_for(rec.cols)));
+                rec.act_bits = top;
+            }
+            return ops;
+        };
+        ila_amp_options io;
+        io.candidates = r.ila_bits;
+        io.mean_bits = r.ila_mean_bits;
+        io.beta = r.ila_beta;
+        io.progress = opt.progress;
+        const ila_amp_tables t = ila_amp_model_tables(base, build, calib_tokens, opt.calib_window, r.ila_windows, io);
+        const bit_allocation a = ila_amp_allocate(t, r.ila_mean_bits, r.ila_beta);
+        block_bits = a.bits;
+        if (opt.progress) {
+            std::string list;
+            for (int b : block_bits) list += (list.empty() ? "" : " ") + std::to_string(b);
+            const int budget = static_cast<int>(std::lround(r.ila_mean_bits * static_cast<double>(block_bits.size())));
+            opt.progress("ila-amp: per-block activation bits " + list + " (sum " + std::to_string(a.total_bits) +
+                         " <= budget " + std::to_string(budget) + ", mean " +
+                         detail::ila_real(static_cast<double>(a.total_bits) / static_cast<double>(block_bits.size()), "%.2f") +
+                         "; DP objective " + detail::ila_real(a.cost, "%+.5f") + " nats over NLL_base " +
+                         detail::ila_real(t.nll_base, "%.5f") + "; " + std::to_string(t.evaluations) +
+                         " NLL evaluations on " + std::to_string(r.ila_windows) + " calibration windows)");
+        }
+    }
     for (int l = 0; l < static_cast<int>(m.blocks.size()); ++l) {
         const std::vector<linear_id> ids = m.block_linears(l);
         std::map<std::string, gptq_hessian> hess;
@@ -1014,8 +1126,10 @@ template <class = void>
                 }
             }
             const auto kin = inputs.find(key);
+            const auto first = learned_first.find(key);
             detail::learned_block_rotation lr =
-                detail::learn_block_rotation(r, w, kin != inputs.end() ? kin->second : matrix_f());
+                first != learned_first.end() ? std::move(first->second)
+                                             : detail::learn_block_rotation(r, w, kin != inputs.end() ? kin->second : matrix_f());
             std::optional<stored_rotation>& learned = lr.rotation;
             if (learned) { // W·H·K, and the Hessian of the inputs x·H·K: Kᵀ H K
                 const block_rotation k = block_rotation::from(std::nullopt, learned);
@@ -1030,10 +1144,12 @@ template <class = void>
             linear_record rec = detail::quantize_linear(r, w, calibrate ? &h : nullptr);
             rec.rotation = std::move(learned);
             rec.rotation_status = std::move(lr.status);
+            if (!block_bits.empty()) rec.act_bits = block_bits[static_cast<std::size_t>(l)];
             m.set_linear(id, build_linear(r, rec, rot));
             if (opt.progress)
                 opt.progress(key + " " + std::to_string(w.rows()) + "x" + std::to_string(w.cols()) + " quantized (" +
                              r.name + (uncalibrated ? "; no calibration token routed here: H = I" : "") +
+                             (rec.act_bits ? "; int" + std::to_string(rec.act_bits) + " activations (ILA-AMP)" : "") +
                              (rec.rotation_status.empty() ? "" : "; " + rec.rotation_status) + ")");
             if (records) (*records)[key] = std::move(rec);
         }
@@ -1144,7 +1260,8 @@ inline std::string real_text(double x) {
 /// (the form saved models record and `lowbit-quantize --set` takes), in a fixed order:
 /// weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, base3,
 /// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation,
-/// gram_stage2, affine_refit, group_size, clip_grid. Numbers
+/// gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, ila_bits (widths joined by '/', e.g.
+/// "2/4/6/8"), ila_beta, ila_windows. Numbers
 /// round-trip exactly.
 [[nodiscard]] inline std::string recipe_fields(const recipe& r) {
     std::string s;
@@ -1170,6 +1287,12 @@ inline std::string real_text(double x) {
     put("affine_refit", r.affine_refit ? "true" : "false");
     put("group_size", std::to_string(r.group_size));
     put("clip_grid", std::to_string(r.clip_grid));
+    put("ila_mean_bits", detail::real_text(r.ila_mean_bits));
+    std::string cand;
+    for (int b : r.ila_bits) cand += (cand.empty() ? "" : "/") + std::to_string(b);
+    put("ila_bits", cand);
+    put("ila_beta", detail::real_text(r.ila_beta));
+    put("ila_windows", std::to_string(r.ila_windows));
     return s;
 }
 
@@ -1201,11 +1324,24 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep) {
         else if (k == "affine_refit") r.affine_refit = detail::parse_flag(v, k);
         else if (k == "group_size") r.group_size = static_cast<int>(detail::parse_integer(v, k));
         else if (k == "clip_grid") r.clip_grid = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "ila_mean_bits") r.ila_mean_bits = detail::parse_real(v, k);
+        else if (k == "ila_bits") {
+            std::vector<int> c;
+            std::size_t at = 0;
+            while (at <= v.size()) {
+                const std::size_t end = std::min(v.find('/', at), v.size());
+                c.push_back(static_cast<int>(detail::parse_integer(v.substr(at, end - at), k)));
+                at = end + 1;
+            }
+            r.ila_bits = std::move(c);
+        } else if (k == "ila_beta") r.ila_beta = detail::parse_real(v, k);
+        else if (k == "ila_windows") r.ila_windows = static_cast<int>(detail::parse_integer(v, k));
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
                                    "base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
-                                   "residual_rotation, gram_stage2, affine_refit, group_size, clip_grid)");
+                                   "residual_rotation, gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, "
+                                   "ila_bits, ila_beta, ila_windows)");
     }
 }
 
@@ -1381,6 +1517,15 @@ inline std::string record_recipe_mismatch(const recipe& r, const linear_record& 
             return "carries a learned rotation that recipe rotation=" + std::string(name_of(r.rotation, rotation_names)) +
                    " does not learn";
     }
+    const bool ila = r.ila_mean_bits > 0 && r.activation == activation_kind::int_symmetric;
+    if (ila && rec.act_bits == 0)
+        return "has no per-layer activation width, but recipe ila_mean_bits=" + real_text(r.ila_mean_bits) +
+               " allocates one per block";
+    if (ila && std::find(r.ila_bits.begin(), r.ila_bits.end(), rec.act_bits) == r.ila_bits.end())
+        return "runs its activations at act_bits " + std::to_string(rec.act_bits) + ", not a candidate of recipe ila_bits";
+    if (!ila && rec.act_bits != 0)
+        return "carries a per-layer activation width (act_bits " + std::to_string(rec.act_bits) +
+               ") that the recipe does not allocate (ila_mean_bits=0 or no int_symmetric activations)";
     if (rec.correction && (r.low_rank == 0 || rec.correction->rank() > r.low_rank))
         return "carries a rank-" + std::to_string(rec.correction->rank()) + " correction, recipe low_rank=" +
                std::to_string(r.low_rank);
@@ -1463,6 +1608,7 @@ void save_quantized_model(const std::filesystem::path& path, const quantized_mod
                         {static_cast<std::uint64_t>(x.rows()), static_cast<std::uint64_t>(x.cols())}, detail::fp16_bytes(v));
             };
             if (!rec.rotation_status.empty()) out.set_metadata(n + ".rotation_status", rec.rotation_status);
+            if (rec.act_bits != 0) out.set_metadata(n + ".act_bits", std::to_string(rec.act_bits));
             if (rec.rotation) { // learned rotation: F16 matrices
                 add_f16_matrix(".rotation_left", rec.rotation->left);
                 add_f16_matrix(".rotation_right", rec.rotation->right);
@@ -1612,6 +1758,14 @@ template <class = void>
                                                            static_cast<Eigen::Index>(t.shape[1])));
             };
             if (const auto st = md.find(n + ".rotation_status"); st != md.end()) rec.rotation_status = st->second;
+            if (const auto ab = md.find(n + ".act_bits"); ab != md.end()) {
+                const std::string& v = ab->second;
+                const bool digit = v.size() == 1 && v[0] >= '2' && v[0] <= '8';
+                if (!digit)
+                    throw format_error("lowbit: load_quantized_model: '" + n + ".act_bits' = '" + v +
+                                       "' is not an activation width in 2..8");
+                rec.act_bits = v[0] - '0';
+            }
             if (f.contains(n + ".rotation_dense")) {
                 stored_rotation sr;
                 sr.dense = f16_matrix(".rotation_dense");
