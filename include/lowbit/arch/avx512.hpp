@@ -142,7 +142,7 @@ LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, co
 }
 
 /// AVX-512 int4_half_dots (contract of scalar_kernels::int4_half_dots, exact): two `vpdpbusd` per
-/// nibble half of a block, one horizontal reduction per half.
+/// nibble half of a block; the two halves' horizontal sums share one reduction (vphaddd pair).
 LOWBIT_AVX512_TARGET inline void int4_half_dots(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks,
                                                 Eigen::Index stride, std::int32_t* out) {
     const __m512i m15 = _mm512_set1_epi8(15);
@@ -154,8 +154,12 @@ LOWBIT_AVX512_TARGET inline void int4_half_dots(const std::uint8_t* p, const std
         __m512i hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(w0, 4), m15),
                                          _mm512_loadu_si512(x + 128));
         hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(_mm512_srli_epi16(w1, 4), m15), _mm512_loadu_si512(x + 192));
-        out[2 * b] = reduce_add_epi32(lo);
-        out[2 * b + 1] = reduce_add_epi32(hi);
+        // fold each to 256 bits, then both horizontal sums at once (exact integer adds)
+        __m256i t = _mm256_hadd_epi32(fold_halves_epi32(lo), fold_halves_epi32(hi));
+        t = _mm256_hadd_epi32(t, t);
+        const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        out[2 * b] = _mm_cvtsi128_si32(q);
+        out[2 * b + 1] = _mm_extract_epi32(q, 1);
     }
 }
 
