@@ -136,9 +136,19 @@ LOWBIT_AVX2_TARGET inline std::int32_t reduce_add_epi32(__m256i s) {
     return _mm_cvtsi128_si32(_mm_add_epi32(q2, _mm_shuffle_epi32(q2, 0xB1)));
 }
 
+/// out[0] = Σ lanes of l, out[1] = Σ lanes of h (int32, exact): two horizontal sums for the price of
+/// about one (two vphaddd on the pair, then one 128-bit fold).
+LOWBIT_AVX2_TARGET inline void reduce_pair_epi32(__m256i l, __m256i h, std::int32_t* out) {
+    __m256i t = _mm256_hadd_epi32(l, h); // l01 l23 h01 h23 | l45 l67 h45 h67
+    t = _mm256_hadd_epi32(t, t);         // l0-3 h0-3 l0-3 h0-3 | l4-7 h4-7 ...
+    const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    out[0] = _mm_cvtsi128_si32(q);
+    out[1] = _mm_extract_epi32(q, 1);
+}
+
 /// AVX2 int4_half_dots (contract of scalar_kernels::int4_half_dots, exact): per nibble half of a
 /// block, four madd_pair steps (low nibbles × activations 0…127, high nibbles × 128…255), one
-/// horizontal reduction per half.
+/// reduce_pair_epi32 for both halves.
 LOWBIT_AVX2_TARGET inline void int4_half_dots(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks,
                                               Eigen::Index stride, std::int32_t* out) {
     const __m256i m15 = _mm256_set1_epi8(15);
@@ -150,8 +160,7 @@ LOWBIT_AVX2_TARGET inline void int4_half_dots(const std::uint8_t* p, const std::
             a1 = _mm256_add_epi32(a1, madd_pair(_mm256_and_si256(_mm256_srli_epi16(w0, 4), m15), x + 128 + 32 * h,
                                                 _mm256_and_si256(_mm256_srli_epi16(w1, 4), m15), x + 128 + 32 * h + 32));
         }
-        out[2 * b] = reduce_add_epi32(a0);
-        out[2 * b + 1] = reduce_add_epi32(a1);
+        reduce_pair_epi32(a0, a1, out + 2 * b);
     }
 }
 

@@ -141,21 +141,40 @@ LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, co
     return reduce_add_epi32(s);
 }
 
+/// The two nibble-half digit sums of one int4 block as 8-lane vectors (lo: columns 0…127, hi: 128…255).
+LOWBIT_AVX512_TARGET inline void int4_block_halves(const std::uint8_t* q, const std::int8_t* xb, __m256i& lo, __m256i& hi) {
+    const __m512i m15 = _mm512_set1_epi8(15);
+    const __m512i w0 = load_pinned(q), w1 = load_pinned(q + 64);
+    __m512i l = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w0, m15), _mm512_loadu_si512(xb));
+    __m512i h = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(w0, 4), m15),
+                                    _mm512_loadu_si512(xb + 128));
+    l = _mm512_dpbusd_epi32(l, _mm512_and_si512(w1, m15), _mm512_loadu_si512(xb + 64));
+    h = _mm512_dpbusd_epi32(h, _mm512_and_si512(_mm512_srli_epi16(w1, 4), m15), _mm512_loadu_si512(xb + 192));
+    lo = fold_halves_epi32(l);
+    hi = fold_halves_epi32(h);
+}
+
 /// AVX-512 int4_half_dots (contract of scalar_kernels::int4_half_dots, exact): two `vpdpbusd` per
-/// nibble half of a block, one horizontal reduction per half.
+/// nibble half of a block; the horizontal sums of two blocks (four halves) share one reduction
+/// (fold to 256 bits, three vphaddd, one 128-bit add: the four sums in order).
 LOWBIT_AVX512_TARGET inline void int4_half_dots(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks,
                                                 Eigen::Index stride, std::int32_t* out) {
-    const __m512i m15 = _mm512_set1_epi8(15);
-    for (Eigen::Index b = 0; b < nblocks; ++b, p += stride, x += 256) {
-        prefetch_ahead(p);
-        const __m512i w0 = load_pinned(p), w1 = load_pinned(p + 64);
-        __m512i lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w0, m15), _mm512_loadu_si512(x));
-        lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(w1, m15), _mm512_loadu_si512(x + 64));
-        __m512i hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(w0, 4), m15),
-                                         _mm512_loadu_si512(x + 128));
-        hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(_mm512_srli_epi16(w1, 4), m15), _mm512_loadu_si512(x + 192));
-        out[2 * b] = reduce_add_epi32(lo);
-        out[2 * b + 1] = reduce_add_epi32(hi);
+    Eigen::Index b = 0;
+    for (; b + 2 <= nblocks; b += 2, p += 2 * stride, x += 512) {
+        __m256i l0, h0, l1, h1;
+        int4_block_halves(p, x, l0, h0);
+        int4_block_halves(p + stride, x + 256, l1, h1);
+        const __m256i u = _mm256_hadd_epi32(_mm256_hadd_epi32(l0, h0), _mm256_hadd_epi32(l1, h1));
+        const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1)); // l0 h0 l1 h1
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * b), q);
+    }
+    if (b < nblocks) {
+        __m256i l0, h0;
+        int4_block_halves(p, x, l0, h0);
+        __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(l0, h0), _mm256_setzero_si256());
+        const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        out[2 * b] = _mm_cvtsi128_si32(q);
+        out[2 * b + 1] = _mm_extract_epi32(q, 1);
     }
 }
 
