@@ -899,7 +899,8 @@ TEST_CASE("grouped int4: bad input") {
     nan(0, 3) = std::numeric_limits<float>::quiet_NaN();
     CHECK_THROWS_AS((void)lowbit::gemm(w, nan), lowbit::numeric_error);
     CHECK_THROWS_AS((void)lowbit::gemm(w, nan, lowbit::act_fp32{}), lowbit::numeric_error);
-    CHECK_THROWS_AS((void)lowbit::gemm(w, lowbit::matrix_f::Ones(1, 256), lowbit::act_int{5}), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::gemm(w, lowbit::matrix_f::Ones(1, 256), lowbit::act_int{9}), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::gemm(w, lowbit::matrix_f::Ones(1, 256), lowbit::act_int{1}), lowbit::invalid_argument);
     const auto a = lowbit::quantize_activations(lowbit::matrix_f::Ones(1, 256));
     std::vector<std::int32_t> gq(2, 0), out(6);
     CHECK_THROWS_AS(lowbit::dot_groups(w, a, gq, 0, 4, out.data()), lowbit::shape_error);
