@@ -57,64 +57,88 @@ double output_error(const matrix_f& w, const matrix_f& q, const matrix_d& s) {
     return (d * s * d.transpose()).trace();
 }
 
-// Straightforward unblocked GPTQ in double (the recursion of docs/sources.md §1.1 without lazy
-// batching), with groups of `gs` processed columns (gs = n: per row) and the three tail policies.
+// The reference problem: dead columns fixed (H_jj = 1, W_:j = 0), processing order by diag H descending
+// with act order, W and the undamped H in that order.
+struct reference_problem {
+    Eigen::MatrixXd h, w0, W, H;
+    std::vector<Eigen::Index> perm;
+};
+
+reference_problem reference_prepare(const matrix_f& w, const matrix_d& h_in, bool act_order) {
+    const Eigen::Index m = w.rows(), n = w.cols();
+    reference_problem p{h_in, w.cast<double>(), Eigen::MatrixXd(m, n), Eigen::MatrixXd(n, n), {}};
+    for (Eigen::Index j = 0; j < n; ++j)
+        if (p.h(j, j) == 0) {
+            p.h(j, j) = 1;
+            p.w0.col(j).setZero();
+        }
+    p.perm.resize(static_cast<std::size_t>(n));
+    std::iota(p.perm.begin(), p.perm.end(), Eigen::Index{0});
+    if (act_order)
+        std::stable_sort(p.perm.begin(), p.perm.end(), [&](Eigen::Index a, Eigen::Index b) { return p.h(a, a) > p.h(b, b); });
+    for (Eigen::Index j = 0; j < n; ++j) {
+        p.W.col(j) = p.w0.col(p.perm[static_cast<std::size_t>(j)]);
+        for (Eigen::Index i = 0; i < n; ++i)
+            p.H(i, j) = p.h(p.perm[static_cast<std::size_t>(i)], p.perm[static_cast<std::size_t>(j)]);
+    }
+    return p;
+}
+
+// The unblocked recursion (docs/sources.md §1.1 without lazy batching) on p.W with damping λ·mean(diag H):
+// `quantize(j, col, out)` rounds processed column j (p.W holds every earlier update); every later column is
+// updated after every column. Returns Q in the original column order.
+template <class F>
+matrix_f reference_sweep(reference_problem& p, double damp, F&& quantize, double* loss_out) {
+    const Eigen::Index m = p.W.rows(), n = p.W.cols();
+    Eigen::MatrixXd hd = p.H;
+    hd.diagonal().array() += damp * hd.diagonal().mean();
+    const Eigen::MatrixXd hinv = hd.llt().solve(Eigen::MatrixXd::Identity(n, n));
+    const Eigen::MatrixXd U = hinv.llt().matrixU();
+    Eigen::MatrixXd Qm(m, n);
+    double loss = 0;
+    lowbit::vector_f colf(m), out(m);
+    for (Eigen::Index j = 0; j < n; ++j) {
+        colf = p.W.col(j).cast<float>();
+        quantize(j, colf, out);
+        Qm.col(j) = out.cast<double>();
+        const Eigen::VectorXd e = (p.W.col(j) - Qm.col(j)) / U(j, j);
+        loss += e.squaredNorm();
+        for (Eigen::Index k = j + 1; k < n; ++k) p.W.col(k) -= e * U(j, k);
+    }
+    matrix_f out_w(m, n);
+    for (Eigen::Index j = 0; j < n; ++j) out_w.col(p.perm[static_cast<std::size_t>(j)]) = Qm.col(j).cast<float>();
+    if (loss_out) *loss_out = loss;
+    return out_w;
+}
+
+// Straightforward unblocked GPTQ in double with groups of `gs` processed columns (gs = n: per row), each
+// fitted on its columns as updated so far, and the three tail policies; `gram`: fitted with H/2 of the group.
 template <class Q>
 matrix_f reference_gptq(const matrix_f& w, const matrix_d& h_in, const Q& quant, Eigen::Index gs,
                         lowbit::tail_policy tail, double damp, bool act_order, double* loss_out = nullptr,
                         bool gram = false) {
+    reference_problem p = reference_prepare(w, h_in, act_order);
     const Eigen::Index m = w.rows(), n = w.cols();
-    Eigen::MatrixXd h = h_in, w0 = w.cast<double>();
-    for (Eigen::Index j = 0; j < n; ++j)
-        if (h(j, j) == 0) {
-            h(j, j) = 1;
-            w0.col(j).setZero();
-        }
-    std::vector<Eigen::Index> perm(static_cast<std::size_t>(n));
-    std::iota(perm.begin(), perm.end(), Eigen::Index{0});
-    if (act_order)
-        std::stable_sort(perm.begin(), perm.end(), [&](Eigen::Index a, Eigen::Index b) { return h(a, a) > h(b, b); });
-    Eigen::MatrixXd W(m, n), H(n, n);
-    for (Eigen::Index j = 0; j < n; ++j) {
-        W.col(j) = w0.col(perm[static_cast<std::size_t>(j)]);
-        for (Eigen::Index i = 0; i < n; ++i) H(i, j) = h(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
-    }
-    const Eigen::MatrixXd H_undamped = H;
-    H.diagonal().array() += damp * H.diagonal().mean();
-    const Eigen::MatrixXd hinv = H.llt().solve(Eigen::MatrixXd::Identity(n, n));
-    const Eigen::MatrixXd U = hinv.llt().matrixU();
-    Eigen::MatrixXd Qm(m, n);
     typename Q::params params;
-    double loss = 0;
-    lowbit::vector_f colf(m), out(m);
-    for (Eigen::Index j = 0; j < n; ++j) {
-        if (j % gs == 0) {
-            const Eigen::Index width = std::min(gs, n - j);
-            matrix_f blk = matrix_f::Zero(m, tail == lowbit::tail_policy::zero_pad ? gs : width);
-            blk.leftCols(width) = W.middleCols(j, width).cast<float>();
-            if constexpr (lowbit::GramAwareGroupQuantizer<Q>) {
-                if (gram) { // the group's S = H/2, zero for padding columns
-                    matrix_d g = matrix_d::Zero(blk.cols(), blk.cols());
-                    g.topLeftCorner(width, width) = 0.5 * H_undamped.block(j, j, width, width);
-                    params = quant.fit_with_gram(blk, g);
-                } else {
-                    params = quant.fit(blk);
-                }
-            } else {
+    return reference_sweep(
+        p, damp,
+        [&](Eigen::Index j, const lowbit::vector_f& col, lowbit::vector_f& out) {
+            if (j % gs == 0) {
+                const Eigen::Index width = std::min(gs, n - j);
+                matrix_f blk = matrix_f::Zero(m, tail == lowbit::tail_policy::zero_pad ? gs : width);
+                blk.leftCols(width) = p.W.middleCols(j, width).cast<float>();
                 params = quant.fit(blk);
+                if constexpr (lowbit::GramAwareGroupQuantizer<Q>) {
+                    if (gram) { // the group's S = H/2 (undamped), zero for padding columns
+                        matrix_d g = matrix_d::Zero(blk.cols(), blk.cols());
+                        g.topLeftCorner(width, width) = 0.5 * p.H.block(j, j, width, width);
+                        params = quant.fit_with_gram(blk, g);
+                    }
+                }
             }
-        }
-        colf = W.col(j).cast<float>();
-        quant.round_column(params, colf, out);
-        Qm.col(j) = out.cast<double>();
-        const Eigen::VectorXd e = (W.col(j) - Qm.col(j)) / U(j, j);
-        loss += e.squaredNorm();
-        for (Eigen::Index k = j + 1; k < n; ++k) W.col(k) -= e * U(j, k);
-    }
-    matrix_f out_w(m, n);
-    for (Eigen::Index j = 0; j < n; ++j) out_w.col(perm[static_cast<std::size_t>(j)]) = Qm.col(j).cast<float>();
-    if (loss_out) *loss_out = loss;
-    return out_w;
+            quant.round_column(params, col, out);
+        },
+        loss_out);
 }
 
 } // namespace
@@ -195,52 +219,26 @@ TEST_CASE("blocked solver equals the unblocked double-precision reference recurs
 template <class Q>
 matrix_f reference_static_gptq(const matrix_f& w, const matrix_d& h_in, const Q& quant, Eigen::Index gs, bool act_order,
                                bool weighted, std::vector<typename Q::params>& params, double* loss_out) {
-    const Eigen::Index m = w.rows(), n = w.cols();
-    Eigen::MatrixXd h = h_in, w0 = w.cast<double>();
-    for (Eigen::Index j = 0; j < n; ++j)
-        if (h(j, j) == 0) {
-            h(j, j) = 1;
-            w0.col(j).setZero();
-        }
+    reference_problem p = reference_prepare(w, h_in, act_order);
+    const Eigen::Index n = w.cols();
     params.clear();
     for (Eigen::Index g = 0; g * gs < n; ++g) {
         const Eigen::Index width = std::min(gs, n - g * gs);
-        const matrix_f blk = w0.middleCols(g * gs, width).cast<float>();
+        const matrix_f blk = p.w0.middleCols(g * gs, width).cast<float>();
         if (weighted) {
             lowbit::vector_f imp(width);
-            for (Eigen::Index c = 0; c < width; ++c) imp(c) = static_cast<float>(h(g * gs + c, g * gs + c));
+            for (Eigen::Index c = 0; c < width; ++c) imp(c) = static_cast<float>(p.h(g * gs + c, g * gs + c));
             params.push_back(quant.fit(blk, imp));
         } else {
             params.push_back(quant.fit(blk));
         }
     }
-    std::vector<Eigen::Index> perm(static_cast<std::size_t>(n));
-    std::iota(perm.begin(), perm.end(), Eigen::Index{0});
-    if (act_order)
-        std::stable_sort(perm.begin(), perm.end(), [&](Eigen::Index a, Eigen::Index b) { return h(a, a) > h(b, b); });
-    Eigen::MatrixXd W(m, n), H(n, n);
-    for (Eigen::Index j = 0; j < n; ++j) {
-        W.col(j) = w0.col(perm[static_cast<std::size_t>(j)]);
-        for (Eigen::Index i = 0; i < n; ++i) H(i, j) = h(perm[static_cast<std::size_t>(i)], perm[static_cast<std::size_t>(j)]);
-    }
-    H.diagonal().array() += 0.01 * H.diagonal().mean();
-    const Eigen::MatrixXd hinv = H.llt().solve(Eigen::MatrixXd::Identity(n, n));
-    const Eigen::MatrixXd U = hinv.llt().matrixU();
-    Eigen::MatrixXd Qm(m, n);
-    double loss = 0;
-    lowbit::vector_f colf(m), out(m);
-    for (Eigen::Index j = 0; j < n; ++j) {
-        colf = W.col(j).cast<float>();
-        quant.round_column(params[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)] / gs)], colf, out);
-        Qm.col(j) = out.cast<double>();
-        const Eigen::VectorXd e = (W.col(j) - Qm.col(j)) / U(j, j);
-        loss += e.squaredNorm();
-        for (Eigen::Index k = j + 1; k < n; ++k) W.col(k) -= e * U(j, k);
-    }
-    matrix_f out_w(m, n);
-    for (Eigen::Index j = 0; j < n; ++j) out_w.col(perm[static_cast<std::size_t>(j)]) = Qm.col(j).cast<float>();
-    *loss_out = loss;
-    return out_w;
+    return reference_sweep(
+        p, 0.01,
+        [&](Eigen::Index j, const lowbit::vector_f& col, lowbit::vector_f& out) {
+            quant.round_column(params[static_cast<std::size_t>(p.perm[static_cast<std::size_t>(j)] / gs)], col, out);
+        },
+        loss_out);
 }
 
 TEST_CASE("static groups + act order: reference GPTQ's static_groups, params of the original column groups") {
