@@ -61,31 +61,48 @@ double okt_value(const lowbit::matrix_f& w, const lowbit::kronecker_rotation& k)
 }
 
 // KOTMS, Adam (the published optimiser). range(0): n (square layer); range(1): steps, −1 = the default
-// (100); range(2): sample_entries, −1 = the default (every row).
+// (100); range(2): sample_entries, −1 = the default (every row); range(3): batch_entries in units of 2¹⁶
+// (mini-batch Adam), ≤ 0 = full batch (the default).
 void BM_learn_kotms(benchmark::State& st) {
-    const std::int64_t steps = st.range(1), sample = st.range(2);
+    const std::int64_t steps = st.range(1), sample = st.range(2), batch = st.range(3);
     run(st, st.range(0), st.range(0), [=](const lowbit::matrix_f& w) {
         lowbit::kotms_options o;
         if (steps >= 0) o.iters = static_cast<int>(steps);
         if (sample >= 0) o.sample_entries = sample;
+        if (batch >= 0) o.batch_entries = batch << 16;
         return lowbit::learn_kotms(w, o);
     }, kotms_total);
 }
-BENCHMARK(BM_learn_kotms)->Args({512, -1, -1})->Args({4096, -1, -1})->Unit(benchmark::kMillisecond)->Iterations(1);
-// A few steps at 4096² (the cost per step).
-BENCHMARK(BM_learn_kotms)->Args({4096, 2, 0})->Args({4096, 12, 0})->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK(BM_learn_kotms)->Args({512, -1, -1, -1})->Args({4096, -1, -1, -1})->Unit(benchmark::kMillisecond)->Iterations(1);
+// 4096², mini-batch Adam: 100 steps over 16 batches (2²⁰ weights each) and 8 (2²¹); 50 and 40 steps over 4 (2²²).
+BENCHMARK(BM_learn_kotms)->Args({4096, -1, -1, 16})->Args({4096, -1, -1, 32})->Args({4096, 50, -1, 64})->Args({4096, 40, -1, 64})->Unit(benchmark::kMillisecond)->Iterations(1);
+// A few steps at 4096² (the cost per step), full batch.
+BENCHMARK(BM_learn_kotms)->Args({4096, 2, 0, 0})->Args({4096, 12, 0, 0})->Unit(benchmark::kMillisecond)->Iterations(1);
 
-// KOTMS, Procrustes EM (opt-in `kotms_method::procrustes_em`, ω = 1.8). range(1): rounds.
+// KOTMS as the recipes run it (`kotms_layer_options`): published full-batch Adam up to 2²¹ weights,
+// stochastic Procrustes EM above (4096²: 24 rounds over 4 row batches).
+void BM_learn_kotms_layer(benchmark::State& st) {
+    run(st, st.range(0), st.range(0), [](const lowbit::matrix_f& w) {
+        return lowbit::learn_kotms(w, lowbit::kotms_layer_options(w.rows(), w.cols()));
+    }, kotms_total);
+}
+BENCHMARK(BM_learn_kotms_layer)->Arg(512)->Arg(4096)->Unit(benchmark::kMillisecond)->Iterations(1);
+
+// KOTMS, Procrustes EM (opt-in `kotms_method::procrustes_em`, ω = 1.8). range(1): rounds; range(2):
+// batch_entries in units of 2¹⁶ (stochastic EM), 0 = full batch.
 void BM_learn_kotms_em(benchmark::State& st) {
-    const std::int64_t rounds = st.range(1);
+    const std::int64_t rounds = st.range(1), batch = st.range(2);
     run(st, st.range(0), st.range(0), [=](const lowbit::matrix_f& w) {
         lowbit::kotms_options o;
         o.method = lowbit::kotms_method::procrustes_em;
         o.iters = static_cast<int>(rounds);
+        o.batch_entries = batch << 16;
         return lowbit::learn_kotms(w, o);
     }, kotms_total);
 }
-BENCHMARK(BM_learn_kotms_em)->Args({512, 50})->Args({512, 100})->Args({4096, 12})->Args({4096, 30})->Args({4096, 100})->Unit(benchmark::kMillisecond)->Iterations(1);
+// 4096², stochastic EM: 24 rounds over 4 batches (2²² weights, the recipes' setting), 12 over 4, 30 over 2.
+BENCHMARK(BM_learn_kotms_em)->Args({4096, 24, 64})->Args({4096, 12, 64})->Args({4096, 30, 128})->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK(BM_learn_kotms_em)->Args({512, 50, 0})->Args({512, 100, 0})->Args({4096, 12, 0})->Args({4096, 30, 0})->Args({4096, 100, 0})->Unit(benchmark::kMillisecond)->Iterations(1);
 
 // OKT. range(1): rounds, −1 = the default (10, tolerance 1e-3); range(2): relaxation ω × 10, −1 = the
 // default (1.8); 10 = plain EM.

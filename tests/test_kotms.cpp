@@ -283,3 +283,125 @@ TEST_CASE("learn_kotms with procrustes_em: loss decreases, factors orthogonal, i
     stop.tolerance = 10.0; // stops at the second E-step
     CHECK(lowbit::learn_kotms(w, stop).loss_history.size() == 2);
 }
+
+TEST_CASE("mini-batches: count, strided partition of the rows") {
+    using lowbit::detail::minibatch_count;
+    CHECK(minibatch_count(10, 8, 0) == 1);
+    CHECK(minibatch_count(10, 8, -5) == 1);
+    CHECK(minibatch_count(10, 8, 80) == 1);
+    CHECK(minibatch_count(10, 8, 79) == 2);
+    CHECK(minibatch_count(10, 8, 24) == 4);
+    CHECK(minibatch_count(10, 8, 8) == 10);
+    CHECK(minibatch_count(10, 8, 1) == 10); // at most one batch per row
+    const auto w = heavy_matrix(10, 6, 90);
+    for (Eigen::Index count : {1, 3, 4, 10}) {
+        CAPTURE(count);
+        std::vector<int> seen(10, 0);
+        for (Eigen::Index j = 0; j < count; ++j) {
+            const auto b = lowbit::detail::strided_rows(w, j, count);
+            for (Eigen::Index i = 0; i < b.rows(); ++i) {
+                const Eigen::Index row = j + i * count;
+                REQUIRE(row < 10);
+                CHECK(b.row(i) == w.row(row));
+                ++seen[static_cast<std::size_t>(row)];
+            }
+        }
+        CHECK(std::all_of(seen.begin(), seen.end(), [](int s) { return s == 1; }));
+    }
+}
+
+TEST_CASE("mini-batch Adam equals a double-precision reference that steps on rows j, j + B, ... at step t (j = t mod B)") {
+    // Reference: the double KOTMS loss and its factor gradients (`kotms_loss`, checked against finite
+    // differences above) on each step's strided rows, Adam written out here, the library's Cayley map.
+    const auto w = heavy_matrix(12, 32, 91);
+    lowbit::kotms_options opt;
+    opt.sizes = lowbit::kronecker_factor_sizes{4, 8};
+    opt.iters = 5;
+    opt.batch_entries = 128; // 12 rows × 32 = 384 weights → 3 batches of 4 rows
+    const auto got = lowbit::learn_kotms(w, opt);
+    REQUIRE(got.loss_history.size() == 6);
+    const Eigen::Index nb = 3;
+    lowbit::matrix_d pl = lowbit::matrix_d::Zero(4, 4), pr = lowbit::matrix_d::Zero(8, 8);
+    lowbit::matrix_d c = lowbit::matrix_d::Identity(4, 4), b = lowbit::matrix_d::Identity(8, 8);
+    lowbit::matrix_d m1l = pl, m2l = pl, m1r = pr, m2r = pr;
+    auto adam = [](lowbit::matrix_d& p, lowbit::matrix_d& m1, lowbit::matrix_d& m2, const lowbit::matrix_d& g, int t, double lr) {
+        m1 = 0.9 * m1 + 0.1 * g;
+        m2 = 0.999 * m2 + 0.001 * g.cwiseProduct(g);
+        const double c1 = 1 - std::pow(0.9, t), c2 = 1 - std::pow(0.999, t);
+        p.array() -= lr * (m1.array() / c1) / ((m2.array() / c2).sqrt() + 1e-8);
+    };
+    for (int t = 0; t <= opt.iters; ++t) {
+        CAPTURE(t);
+        lowbit::matrix_f rows(4, 32);
+        for (Eigen::Index i = 0; i < 4; ++i) rows.row(i) = w.row((t % nb) + i * nb);
+        const auto ev = lowbit::kotms_loss(rows, c, b, opt);
+        CHECK(got.loss_history[static_cast<std::size_t>(t)] == doctest::Approx(ev.total).epsilon(2e-4));
+        if (t == opt.iters) break;
+        adam(pr, m1r, m2r, lowbit::cayley_gradient(pr, b, ev.grad_right), t + 1, opt.lr_right);
+        adam(pl, m1l, m2l, lowbit::cayley_gradient(pl, c, ev.grad_left), t + 1, opt.lr_left);
+        c = lowbit::cayley(pl);
+        b = lowbit::cayley(pr);
+    }
+    CHECK((got.rotation.left.cast<double>() - c).cwiseAbs().maxCoeff() < 1e-4);
+    CHECK((got.rotation.right.cast<double>() - b).cwiseAbs().maxCoeff() < 1e-4);
+    // a full batch is a different run (every row each step)
+    opt.batch_entries = 0;
+    CHECK(lowbit::learn_kotms(w, opt).loss_history[1] != doctest::Approx(got.loss_history[1]).epsilon(1e-6));
+}
+
+TEST_CASE("stochastic Procrustes EM: round t is an E-step and exact M-steps on batch t mod B; tolerance compares a batch with itself") {
+    const auto w = heavy_matrix(12, 32, 92);
+    lowbit::kotms_options opt;
+    opt.sizes = lowbit::kronecker_factor_sizes{4, 8};
+    opt.method = lowbit::kotms_method::procrustes_em;
+    opt.relaxation = 1.0;
+    opt.lambda_bal = 0.0;
+    opt.iters = 7;
+    opt.batch_entries = 128; // 3 batches of 4 rows
+    const auto got = lowbit::learn_kotms(w, opt);
+    REQUIRE(got.loss_history.size() == 8);
+    const lowbit::detail::mixture_spec spec{{-1.0, 0.0, 1.0}, {0.25, 0.25, 0.25}, 0.0};
+    lowbit::matrix_d c = lowbit::matrix_d::Identity(4, 4), b = lowbit::matrix_d::Identity(8, 8);
+    for (int t = 0; t <= opt.iters; ++t) {
+        CAPTURE(t);
+        lowbit::matrix_f rows(4, 32);
+        for (Eigen::Index i = 0; i < 4; ++i) rows.row(i) = w.row((t % 3) + i * 3);
+        const lowbit::matrix_d rd = rows.cast<double>();
+        // the recorded loss is the double reference loss of this round's batch
+        CHECK(got.loss_history[static_cast<std::size_t>(t)] == doctest::Approx(lowbit::kotms_loss(rows, c, b, opt).total).epsilon(1e-4));
+        if (t == opt.iters) break;
+        // the M-steps on this batch beat every random competitor on its Q-function (fixed statistics)
+        const auto e = lowbit::detail::mixture_shaping_loss(lowbit::detail::kronecker_rotate_rows(rd, c, b), spec, nullptr, nullptr, true);
+        lowbit::detail::kronecker_stack<> st(rows, {4, 8});
+        st.set_right(b);
+        const lowbit::matrix_d b0 = b;
+        (void)lowbit::detail::procrustes_em_round(st, c, b, spec, 1.0);
+        const double q = mixture_fixed_stats(rd, c, b, e, spec, true);
+        for (std::uint64_t seed = 0; seed < 50; ++seed)
+            CHECK(q <= mixture_fixed_stats(rd, c, lowbit::random_orthogonal(8, 9000 + seed), e, spec, true) + 1e-9);
+        CHECK(q <= mixture_fixed_stats(rd, c, b0, e, spec, true) + 1e-9);
+    }
+    CHECK((got.rotation.left.cast<double>() - c).cwiseAbs().maxCoeff() < 1e-4);
+    CHECK((got.rotation.right.cast<double>() - b).cwiseAbs().maxCoeff() < 1e-4);
+    // tolerance compares round 3 (batch 0 again) with round 0, not with round 2 (another batch)
+    opt.tolerance = 10.0;
+    CHECK(lowbit::learn_kotms(w, opt).loss_history.size() == 4);
+}
+
+TEST_CASE("kotms_layer_options: published full-batch Adam up to 2^21 weights, stochastic EM in 2^22-weight batches above") {
+    const auto small = lowbit::kotms_layer_options(512, 1536);
+    CHECK(small.method == lowbit::kotms_method::adam);
+    CHECK(small.iters == 100);
+    CHECK(small.batch_entries <= 0);
+    CHECK(small.sizes->l == 16);
+    CHECK(small.sizes->r == 96);
+    CHECK(lowbit::kotms_layer_options(1024, 2048).method == lowbit::kotms_method::adam); // exactly 2^21
+    const auto big = lowbit::kotms_layer_options(4096, 4096);
+    CHECK(big.method == lowbit::kotms_method::procrustes_em);
+    CHECK(big.iters == 24);
+    CHECK(big.batch_entries == (std::int64_t{1} << 22));
+    CHECK(lowbit::detail::minibatch_count(4096, 4096, big.batch_entries) == 4);
+    CHECK(big.sizes->l == 8);
+    CHECK(big.sizes->r == 512);
+    CHECK_THROWS_AS((void)lowbit::kotms_layer_options(0, 8), lowbit::invalid_argument);
+}

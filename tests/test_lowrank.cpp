@@ -274,6 +274,40 @@ TEST_CASE("PSP never increases its objective and beats the plain binarizer") {
     CHECK_THROWS_AS((void)lowbit::psp_refine(wl, bin, 17, 2), lowbit::invalid_argument);
 }
 
+TEST_CASE("PSP reading (b): with Q = 0 it reaches the whitened Eckart-Young optimum; with a binarizer it beats Q alone") {
+    const auto w = gaussian(16, 24, 61);
+    const auto x = activations(64, 24, 62);
+    const auto s = gram_of(x);
+    // Q ≡ 0: min over rank 3 of ‖(W − L)Xᵀ‖² = the tail energy of W·Xᵀ (independent: SVD of the output)
+    auto zero = [](const lowbit::cref_matrix_f& m) { return lowbit::matrix_f(lowbit::matrix_f::Zero(m.rows(), m.cols())); };
+    const double opt = tail_energy(w.cast<double>() * x.cast<double>().transpose(), 3);
+    const auto rz = lowbit::psp_refine_gradient(w, zero, 3, 300, s);
+    const Eigen::MatrixXd outz = (w - rz.reconstruct()).cast<double>() * x.cast<double>().transpose();
+    CHECK(outz.squaredNorm() == doctest::Approx(opt).epsilon(1e-3));
+    CHECK(*std::min_element(rz.objective.begin(), rz.objective.end()) == doctest::Approx(opt).epsilon(1e-3));
+    CHECK(rz.objective.front() == doctest::Approx((w.cast<double>() * x.cast<double>().transpose()).squaredNorm()).epsilon(1e-9));
+    // the plain metric (no Gram): Eckart–Young of W itself
+    const auto rp = lowbit::psp_refine_gradient(w, zero, 3, 300);
+    CHECK((w - rp.reconstruct()).cast<double>().squaredNorm() == doctest::Approx(tail_energy(w.cast<double>(), 3)).epsilon(1e-3));
+    // a binarizer: the kept iterate is the best recorded one, recomputed from its outputs, below Q alone
+    const lowbit::matrix_f wl = w + gaussian(16, 2, 63) * gaussian(2, 24, 64);
+    const sign_binarizer bin;
+    const auto rb = lowbit::psp_refine_gradient(wl, bin, 4, 12, s);
+    REQUIRE(rb.objective.size() == 13);
+    const Eigen::MatrixXd out0 = (wl - bin(wl)).cast<double>() * x.cast<double>().transpose();
+    const Eigen::MatrixXd out1 = (wl - rb.reconstruct()).cast<double>() * x.cast<double>().transpose();
+    CHECK(rb.objective[0] == doctest::Approx(out0.squaredNorm()).epsilon(1e-6));
+    CHECK(out1.squaredNorm() == doctest::Approx(*std::min_element(rb.objective.begin(), rb.objective.end())).epsilon(1e-3));
+    CHECK(out1.squaredNorm() < 0.9 * out0.squaredNorm());
+    CHECK(rb.correction.rank() == 4);
+    // deterministic; another seed is another run
+    CHECK(lowbit::psp_refine_gradient(wl, bin, 4, 12, s).correction.a == rb.correction.a);
+    CHECK(lowbit::psp_refine_gradient(wl, bin, 4, 12, s, 0.0, 5).correction.a != rb.correction.a);
+    CHECK_THROWS_AS((void)lowbit::psp_refine_gradient(wl, bin, 4, 0), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::psp_refine_gradient(wl, bin, 17, 2), lowbit::invalid_argument);
+    CHECK_THROWS_AS((void)lowbit::psp_refine_gradient(wl, bin, 4, 2, lowbit::matrix_d::Identity(5, 5)), lowbit::shape_error);
+}
+
 TEST_CASE("CEJD joint SVD: shared basis, Eckart-Young on the stacked experts, lossless at k = m") {
     std::vector<lowbit::matrix_f> experts;
     const lowbit::matrix_f common = gaussian(6, 2, 61) * gaussian(2, 10, 62);

@@ -348,3 +348,32 @@ TEST_CASE("a zero row (c_o = 0) leaves the learners finite") {
         CHECK(k.rotation.right.allFinite());
     }
 }
+
+TEST_CASE("single-precision polar factor (learners' factors of order >= 128) against A (A^T A)^(-1/2) in double") {
+    for (Eigen::Index k : {lowbit::detail::polar_float_min_order, Eigen::Index{200}}) {
+        CAPTURE(k);
+        const lowbit::matrix_d a = lowbit::matrix_d::Identity(k, k) * 3.0 + lowbit_test::gaussian_d(k, k, 40 + static_cast<unsigned>(k));
+        const lowbit::matrix_d q = lowbit::detail::polar_orthogonal_f(a);
+        CHECK(lowbit::orthogonality_error(q) < 1e-5);
+        CHECK((q - polar_by_eigen(a)).cwiseAbs().maxCoeff() < 1e-5);
+    }
+}
+
+TEST_CASE("learn_okt in mini-batches (stochastic EM): lowers the whole layer's loss, deterministic, history per round") {
+    const auto w = heavy_matrix(24, 64, 41);
+    lowbit::okt_options opt;
+    opt.rounds = 9;
+    opt.tolerance = 0.0;
+    opt.batch_entries = 64 * 8; // 3 batches of 8 rows
+    const auto r = lowbit::learn_okt(w, opt);
+    CHECK(r.loss_history.size() == 10);
+    const auto s = r.rotation.sizes();
+    const double before = lowbit::okt_loss(w, lowbit::matrix_d::Identity(s.l, s.l), lowbit::matrix_d::Identity(s.r, s.r));
+    const double after = lowbit::okt_loss(w, r.rotation.left.cast<double>(), r.rotation.right.cast<double>());
+    CHECK(after < before - 0.05);
+    CHECK(lowbit::orthogonality_error(r.rotation.matrix()) <= 1e-5);
+    const auto r2 = lowbit::learn_okt(w, opt);
+    CHECK(r2.rotation.right == r.rotation.right);
+    opt.batch_entries = 0;
+    CHECK(lowbit::learn_okt(w, opt).rotation.right != r.rotation.right);
+}

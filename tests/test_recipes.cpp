@@ -123,9 +123,11 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
     std::filesystem::create_directories(dir);
     // A cheap PSP variant (RTN binarizer, one alternation, a 64-token calibration window) keeps the
     // low-rank and offset tensors in the round trip without GPTQ's cost under sanitizers.
-    lowbit::recipe psp = lowbit::find_recipe("bwla-w1a6-psp");
-    psp.solver = lowbit::solver_kind::rtn;
-    psp.psp_iterations = 1;
+    auto cheap_psp = [](lowbit::recipe r) {
+        r.solver = lowbit::solver_kind::rtn;
+        r.psp_iterations = 1;
+        return r;
+    };
     // Learned rotations travel with the layers: KOTMS factors (RTN solver to stay cheap) and TORQ's
     // dense matrices (learned from the calibration inputs).
     lowbit::recipe kotms = lowbit::find_recipe("twla-w1.58a4-kotms");
@@ -137,7 +139,7 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
         lowbit::quantize_options qo;
         qo.calib_windows = 1;
         qo.calib_window = 64;
-        lowbit::quantized_model q{name == psp.name ? psp : name == kotms.name ? kotms : builtin, {}, {}, {}, {}};
+        lowbit::quantized_model q{builtin.low_rank > 0 ? cheap_psp(builtin) : name == kotms.name ? kotms : builtin, {}, {}, {}, {}};
         q.model = lowbit::quantize_model(fx().fp32, q.spec, fx().calib, qo, &q.records);
         const auto path = dir / (name + ".safetensors");
         lowbit::save_quantized_model(path, q);
@@ -259,6 +261,7 @@ TEST_CASE("every recipe field travels: each set to a non-default value reloads a
         {"act_clip", "fp32-a4", "", "0.75"},
         {"low_rank", "bwla-w1a6-psp", "solver=rtn;psp_iterations=1", "2"},
         {"psp_iterations", "bwla-w1a6-psp", "", "1"},
+        {"psp_gradient", "bwla-w1a6-psp", "solver=rtn;psp_iterations=2", "true"},
         {"base3", "absmean-w1.58", "", "false"},
         {"damp", "gptq-w4", "", "0.25"},
         {"act_order", "gptq-w4", "", "false"},

@@ -579,7 +579,7 @@ const std::vector<std::string> default_recipes = {
     "twla-w1.58a4", "binary-w1",    "bwla-w1",      "bwla-w1a6",       "bwla-w1a6-psp",   "fp32-a4",
     "fp32-a4-hadamard", "mxfp4-w4a4", "mxfp4-w4a4-hadamard",
     // the papers' learned rotations, grouped TRA-GPTQ and NLI operators
-    "twla-w1.58-kotms", "twla-w1.58a4-kotms", "twla-tra-kotms", "bwla-w1-okt", "bwla-w1a6-okt", "mxfp4-w4a4-torq",
+    "twla-w1.58-kotms", "twla-w1.58a4-kotms", "twla-tra-kotms", "bwla-w1-okt", "bwla-w1a6-okt", "bwla-w1a6-okt-psp", "mxfp4-w4a4-torq",
     "fp32-nli", "twla-w1.58a8-kotms-nli"};
 
 std::vector<std::string> split(const std::string& s) {

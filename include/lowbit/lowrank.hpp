@@ -14,7 +14,7 @@
 /// Tropp range finder with power iterations, double, seeded `std::mt19937_64`).
 ///
 /// Reconstructions (sources.md marks them as reconstructions): SAES-SVD's closed form and ACES ratio (§7.2),
-/// PSP reading (a) (§3.2), CEJD (§4.2), KLT-guided IDRE (§5.2). See docs/lowrank.md.
+/// PSP readings (a) and (b) (§3.2), CEJD (§4.2), KLT-guided IDRE (§5.2). See docs/lowrank.md.
 
 #include <lowbit/config.hpp>
 #include <lowbit/detail/low_rank_factors.hpp>
@@ -423,6 +423,107 @@ template <MatrixFakeQuantizer Q, class Method = exact_svd>
             break;
     }
     res.quantized = b.cast<float>();
+    return res;
+}
+
+/// PSP reading (b) (RECON of BWLA, sources.md §3.2): the gradient form of the paper's figure. L = A·B
+/// with LoRA's initialisation (A ~ N(0, 1/r) entries from `std::mt19937_64(seed)`, B = 0, so L = 0 at
+/// the start); each of `steps` steps takes one gradient step on A, then one on B, on
+/// `f(A, B) = ‖(W − AB − Q(W − AB))·L_S‖_F²` = tr(R S Rᵀ) (S = the damped `gram`, or I when `gram` is
+/// empty; R the residual), with the quantizer straight-through in the sense that its output is
+/// re-evaluated at every half step but held constant inside the gradient (∂R/∂L = −I), and then
+/// re-projects (A, B) onto balanced rank-r factors by a thin QR of A and an SVD of the r×n matrix R_A·B
+/// (the proximal step onto the rank-r set; L itself already has rank ≤ r). Step sizes are not tuned:
+/// each gradient step is the exact line search of the quadratic it takes with Q(·) held, e.g. for B,
+/// D = AᵀRS, t = tr(A D S Rᵀ) / tr(A D S Dᵀ Aᵀ) (a zero direction is skipped). With Q ≡ 0 this is
+/// alternating exact line-search descent of ‖(W − AB)L_S‖², whose minimum over rank r is the whitened
+/// truncated SVD (tested).
+///
+/// `objective[k]` is f after step k (`objective[0]`: L = 0); unlike reading (a) it need not decrease
+/// monotonically (Q(W − L) jumps); the result is the iterate with the smallest f (L = 0 included, so
+/// `quantized + correction` is never worse than Q(W) alone in the metric). `correction.singular_values`
+/// and `discarded_energy` are not filled (zeros / 0).
+///
+/// \param steps ≥ 1.  \throws as `psp_refine`. Complexity: steps · (2 quantizer calls + O(m·n² + m·n·r))
+/// with a Gram (the n×n products R·S), O(m·n·r) per step without. Deterministic for a fixed seed.
+template <MatrixFakeQuantizer Q>
+[[nodiscard]] psp_result psp_refine_gradient(const cref_matrix_f& w, const Q& quantizer, Eigen::Index rank, int steps,
+                                             const Eigen::Ref<const matrix_d>& gram = matrix_d(), double damping = 0.0,
+                                             std::uint64_t seed = 0) {
+    constexpr const char* where = "psp_refine_gradient";
+    detail::require_nonempty(w, where, "w");
+    detail::require_finite(w, where, "w");
+    detail::check_rank(rank, w.rows(), w.cols(), where);
+    detail::require(steps >= 1, where, "argument 'steps' must be >= 1");
+    const bool weighted = gram.size() != 0;
+    const Eigen::Index m = w.rows(), n = w.cols();
+    Eigen::MatrixXd sm; // the damped, symmetrised S (weighted only)
+    if (weighted) {
+        (void)detail::make_whitening(gram, damping, n, where); // validates and refuses an indefinite S
+        sm = 0.5 * (gram + gram.transpose());
+        sm.diagonal().array() += damping * sm.diagonal().mean();
+    }
+    auto times_s = [&](const Eigen::MatrixXd& x) -> Eigen::MatrixXd { return weighted ? Eigen::MatrixXd(x * sm) : x; };
+    const Eigen::MatrixXd wd = detail::to_double(w);
+    auto run_quantizer = [&](const Eigen::MatrixXd& x) {
+        const matrix_f in = x.cast<float>();
+        const matrix_f q = quantizer(in);
+        detail::require_dim(q.rows(), m, where, "quantizer output rows");
+        detail::require_dim(q.cols(), n, where, "quantizer output cols");
+        return Eigen::MatrixXd(q.cast<double>());
+    };
+    auto objective = [&](const Eigen::MatrixXd& r) { return (times_s(r).array() * r.array()).sum(); };
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> nd(0.0, 1.0 / std::sqrt(static_cast<double>(rank)));
+    Eigen::MatrixXd a(m, rank), b = Eigen::MatrixXd::Zero(rank, n);
+    for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = nd(rng);
+    // exact line search of ‖(R0 − t·E)L_S‖² along E (E = A·D or D·B, the change of L): t = ⟨E S, R⟩ / ⟨E S, E⟩
+    auto step = [&](const Eigen::MatrixXd& e, const Eigen::MatrixXd& r) {
+        const Eigen::MatrixXd es = times_s(e);
+        const double den = (es.array() * e.array()).sum(), num = (es.array() * r.array()).sum();
+        return den > 0 && std::isfinite(num / den) ? num / den : 0.0;
+    };
+    Eigen::MatrixXd bq = run_quantizer(wd);
+    Eigen::MatrixXd resid = wd - bq;
+    psp_result res;
+    double best = objective(resid);
+    res.objective.push_back(best);
+    res.quantized = bq.cast<float>();
+    res.correction.a = matrix_f::Zero(m, rank);
+    res.correction.b = matrix_f::Zero(rank, n);
+    for (int k = 0; k < steps; ++k) {
+        // A-step: −½∂f/∂A = R S Bᵀ, L moves by D·B
+        const Eigen::MatrixXd da = times_s(resid) * b.transpose();
+        const double ta = step(da * b, resid);
+        a += ta * da;
+        Eigen::MatrixXd l = a * b;
+        bq = run_quantizer(wd - l);
+        resid = wd - l - bq;
+        // B-step: −½∂f/∂B = Aᵀ R S, L moves by A·D
+        const Eigen::MatrixXd db = a.transpose() * times_s(resid);
+        const double tb = step(a * db, resid);
+        b += tb * db;
+        // re-projection onto balanced rank-r factors: A = Q_A R_A, R_A·B = U Σ Vᵀ
+        const Eigen::HouseholderQR<Eigen::MatrixXd> qr(a);
+        const Eigen::MatrixXd qa = qr.householderQ() * Eigen::MatrixXd::Identity(m, rank);
+        const Eigen::MatrixXd ra = qr.matrixQR().topRows(rank).triangularView<Eigen::Upper>();
+        Eigen::BDCSVD<Eigen::MatrixXd> svd(ra * b, Eigen::ComputeThinU | Eigen::ComputeThinV);
+        const Eigen::VectorXd sq = svd.singularValues().cwiseSqrt();
+        a = qa * svd.matrixU() * sq.asDiagonal();
+        b = sq.asDiagonal() * svd.matrixV().transpose();
+        l = a * b;
+        bq = run_quantizer(wd - l);
+        resid = wd - l - bq;
+        const double f = objective(resid);
+        res.objective.push_back(f);
+        if (f < best) {
+            best = f;
+            res.quantized = bq.cast<float>();
+            res.correction.a = a.cast<float>();
+            res.correction.b = b.cast<float>();
+        }
+    }
+    res.correction.singular_values = vector_d::Zero(rank);
     return res;
 }
 

@@ -70,6 +70,9 @@ struct okt_options {
     double lambda_bal = 0.0;  ///< optional responsibility-balance weight (target ½, ½)
     std::optional<kronecker_factor_sizes> sizes{}; ///< (l, r); default `kotms_factor_sizes(m, n)`
     std::int64_t sample_entries = 0; ///< fit on ⌊sample_entries / n⌋ evenly spaced rows when m·n exceeds it; ≤ 0 = every row
+    /// Stochastic EM in row mini-batches of at most this many weights (`kotms_options::batch_entries`,
+    /// `detail::procrustes_em`); ≤ 0 (default) = full batch. Applies with lambda_bal = 0.
+    std::int64_t batch_entries = 0;
 
     /// Throws `invalid_argument` naming `where` for an out-of-range option.
     void validate(const char* where) const {
@@ -132,18 +135,20 @@ template <class = void>
     detail::require_nonempty(w, where, "w");
     const kronecker_factor_sizes s = opt.sizes.value_or(kotms_factor_sizes(w.rows(), w.cols()));
     detail::check_factor_shapes(w, s.l, s.r, where);
-    detail::kronecker_stack<> st(detail::sample_rows(w, opt.sample_entries), s);
     const detail::mixture_spec spec{{-1.0, 1.0}, {opt.rho, opt.rho}, opt.lambda_bal};
     matrix_d c = matrix_d::Identity(s.l, s.l), b = matrix_d::Identity(s.r, s.r);
     matrix_d pl = matrix_d::Zero(s.l, s.l), pr = matrix_d::Zero(s.r, s.r); // Cayley parameters (λ_bal > 0)
     detail::adam_state al, ar;
     rotation_learning_result res;
-    st.set_right(b);
     if (opt.lambda_bal == 0.0) { // exact (ω = 1) or over-relaxed Procrustes M-steps, one E-step per round
-        res.loss_history = detail::procrustes_em(st, c, b, spec, opt.rounds, opt.relaxation, opt.tolerance);
+        auto batches = detail::minibatch_stacks(detail::sample_rows(w, opt.sample_entries), s, opt.batch_entries);
+        batches.front().set_right(b);
+        res.loss_history = detail::procrustes_em(batches, c, b, spec, opt.rounds, opt.relaxation, opt.tolerance);
         res.rotation = {c.cast<float>(), b.cast<float>()};
         return res;
     }
+    detail::kronecker_stack<> st(detail::sample_rows(w, opt.sample_entries), s);
+    st.set_right(b);
     for (int round = 0; round < opt.rounds; ++round)
         for (int side = 0; side < 2; ++side) {
             if ((side == 0 && s.l == 1) || (side == 1 && s.r == 1)) continue;

@@ -38,7 +38,9 @@ template <class = void>
 }
 
 /// Gradient of L(Q(P)) with respect to the free matrix P, given Q = cayley(P) and G = ∂L/∂Q:
-/// with M = I + A, ∂L/∂A = −M⁻ᵀ G (I + Q)ᵀ and ∂L/∂P = ∂L/∂A − (∂L/∂A)ᵀ. O(n³).
+/// with M = I + A, ∂L/∂A = −M⁻ᵀ G (I + Q)ᵀ and ∂L/∂P = ∂L/∂A − (∂L/∂A)ᵀ. Because I + Q = 2M⁻¹, the
+/// inverse is read off Q: ∂L/∂A = −½ (I + Q)ᵀ G (I + Q)ᵀ, two n×n products and no solve, so Q must be
+/// cayley(P) (to rounding; the gradient is taken at the caller's Q). O(n³).
 template <class = void>
 [[nodiscard]] matrix_d cayley_gradient(const Eigen::Ref<const matrix_d>& p, const Eigen::Ref<const matrix_d>& q,
                                        const Eigen::Ref<const matrix_d>& g) {
@@ -47,11 +49,11 @@ template <class = void>
     detail::require_dim(q.cols(), p.cols(), "cayley_gradient", "columns of 'q'");
     detail::require_dim(g.rows(), p.rows(), "cayley_gradient", "rows of 'g'");
     detail::require_dim(g.cols(), p.cols(), "cayley_gradient", "columns of 'g'");
-    const Eigen::Index n = p.rows();
-    const matrix_d id = matrix_d::Identity(n, n);
-    const matrix_d m = id + (p - p.transpose());
-    const matrix_d rhs = g * (id + q).transpose();
-    const matrix_d ga = -m.transpose().partialPivLu().solve(rhs);
+    matrix_d iqt = q.transpose();
+    iqt.diagonal().array() += 1.0; // (I + Q)ᵀ = 2M⁻ᵀ
+    const matrix_d rhs = g * iqt;
+    matrix_d ga = iqt * rhs;
+    ga *= -0.5;
     return ga - ga.transpose();
 }
 
@@ -64,6 +66,19 @@ template <class = void>
     const Eigen::MatrixXd md = m;
     Eigen::BDCSVD<Eigen::MatrixXd> svd(md, Eigen::ComputeFullU | Eigen::ComputeFullV);
     return svd.matrixU() * svd.matrixV().transpose();
+}
+
+/// `polar_orthogonal` in single precision (float BDCSVD), returned in double: about twice as fast at
+/// k = 512; the result is orthogonal to about 1e-6 (3e-6 measured at 512×512) instead of 1e-15. The
+/// learners use it for factors of order ≥ `polar_float_min_order`, whose products run in float anyway
+/// and whose stored factors are rounded to fp16. O(k³).
+inline constexpr Eigen::Index polar_float_min_order = 128;
+template <class = void>
+[[nodiscard]] matrix_d polar_orthogonal_f(const Eigen::Ref<const matrix_d>& m) {
+    const Eigen::MatrixXf mf = m.cast<float>();
+    Eigen::BDCSVD<Eigen::MatrixXf> svd(mf, Eigen::ComputeFullU | Eigen::ComputeFullV);
+    const Eigen::MatrixXf q = svd.matrixU() * svd.matrixV().transpose();
+    return q.cast<double>();
 }
 } // namespace detail
 

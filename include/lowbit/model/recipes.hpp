@@ -135,7 +135,11 @@ struct recipe {
     int act_bits = 8;          ///< bits of integer activations (every block; unused under ILA-AMP)
     float act_clip = 1.0f;     ///< clip ratio of asymmetric activations, (0, 1]
     int low_rank = 0;          ///< PSP low-rank rank around binary weights (0: none)
-    int psp_iterations = 4;    ///< PSP alternations
+    int psp_iterations = 4;    ///< PSP alternations (reading (a)) or gradient steps (reading (b))
+    /// PSP reading (b), the gradient form (`psp_refine_gradient`: LoRA-initialised factors, alternating
+    /// exact line-search steps with the binarizer straight-through, rank re-projection) instead of
+    /// reading (a), the proximal alternation (`psp_refine`). BWLA's text allows both (docs/lowrank.md).
+    bool psp_gradient = false;
     bool base3 = true;         ///< ternary codes at 1.6 bits (base 3) instead of 2
     double damp = 0.01;        ///< GPTQ damping λ
     bool act_order = true;     ///< GPTQ activation order (columns by diag H descending)
@@ -259,6 +263,10 @@ struct recipe {
     }
     add({"bwla-w1-okt", "bwla-w1 with OKT factors learned per linear", W::arb_binary, S::gptq, R::okt, A::fp32});
     add({"bwla-w1a6-okt", "bwla-w1-okt with int6 activations", W::arb_binary, S::gptq, R::okt, A::int_symmetric, 6});
+    recipe okt_psp{"bwla-w1a6-okt-psp", "BWLA W1A6: OKT + PSP rank-1 correction + GPTQ ARB-X binary, int6 activations",
+                   W::arb_binary, S::gptq, R::okt, A::int_symmetric, 6};
+    okt_psp.low_rank = 1;
+    add(okt_psp);
     add({"mxfp4-w4a4-torq", "mxfp4-w4a4 with TORQ rotations learned per linear", W::mxfp4, S::rtn, R::torq,
          A::mxfp4});
     // TWLA's grouped TRA-GPTQ (salient groups, order-2 residuals), dense fake quantization, bits counted
@@ -866,7 +874,8 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
         if (r.low_rank > 0) {
             const auto fq = [&](const cref_matrix_f& m) { return binarize_matrix(m, nullptr, nullptr); };
             const matrix_d gram = h ? matrix_d(*h) : matrix_d();
-            auto pr = psp_refine(w, fq, r.low_rank, r.psp_iterations, gram, 0.01);
+            auto pr = r.psp_gradient ? psp_refine_gradient(w, fq, r.low_rank, r.psp_iterations, gram, 0.01, r.seed)
+                                     : psp_refine(w, fq, r.low_rank, r.psp_iterations, gram, 0.01);
             for (Eigen::Index i = 0; i < pr.correction.a.size(); ++i)
                 pr.correction.a.data()[i] = round_fp16(pr.correction.a.data()[i]);
             for (Eigen::Index i = 0; i < pr.correction.b.size(); ++i)
@@ -897,8 +906,10 @@ struct learned_block_rotation {
 /// Hadamard), entries rounded to fp16: KOTMS / OKT factors with the KOTMS size rule at every size
 /// (unless a factor exceeds `r.rotation_max_factor` > 0 or the fp16 factors would add more than
 /// `r.rotation_max_bits` > 0 bits per weight: then nothing is learned and the status says so),
-/// TORQ from the layer's calibration inputs `x` (none when 32 ∤ n, status says so). Complexity: as
-/// `learn_kotms` / `learn_okt` / `learn_torq` (docs/transforms.md "Learning time").
+/// TORQ from the layer's calibration inputs `x` (none when 32 ∤ n, status says so). KOTMS runs with
+/// `kotms_layer_options` (published full-batch Adam up to 2²¹ weights, stochastic Procrustes EM above),
+/// OKT with its defaults. Complexity: as `learn_kotms` / `learn_okt` / `learn_torq` (docs/transforms.md
+/// "Learning time").
 template <class = void>
 learned_block_rotation learn_block_rotation(const recipe& r, const matrix_f& w, const matrix_f& x) {
     const Eigen::Index n = w.cols();
@@ -940,9 +951,12 @@ learned_block_rotation learn_block_rotation(const recipe& r, const matrix_f& w, 
         return out;
     }
     rotation_learning_result res;
+    std::string how;
     if (r.rotation == rotation_kind::kotms) {
-        kotms_options ko;
-        ko.sizes = sz;
+        const kotms_options ko = kotms_layer_options(w.rows(), n);
+        if (ko.method == kotms_method::procrustes_em)
+            how = " by stochastic Procrustes EM (" + std::to_string(ko.iters) + " rounds, " +
+                  std::to_string(detail::minibatch_count(w.rows(), n, ko.batch_entries)) + " row batches)";
         res = learn_kotms(w, ko);
     } else {
         okt_options oo;
@@ -953,7 +967,7 @@ learned_block_rotation learn_block_rotation(const recipe& r, const matrix_f& w, 
     s.left = fp16_rounded(res.rotation.left);
     s.right = fp16_rounded(res.rotation.right);
     out.rotation = std::move(s);
-    out.status = method + " " + sizes + " learned";
+    out.status = method + " " + sizes + " learned" + how;
     if (!res.loss_history.empty())
         out.status += ", loss " + fixed(res.loss_history.front()) + " -> " + fixed(res.loss_history.back());
     return out;
@@ -1258,7 +1272,7 @@ inline std::string real_text(double x) {
 
 /// Every field of a recipe except its name and description as "key=value" entries joined by ';'
 /// (the form saved models record and `lowbit-quantize --set` takes), in a fixed order:
-/// weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, base3,
+/// weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, psp_gradient, base3,
 /// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation,
 /// gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, ila_bits (widths joined by '/', e.g.
 /// "2/4/6/8"), ila_beta, ila_windows. Numbers
@@ -1274,6 +1288,7 @@ inline std::string real_text(double x) {
     put("act_clip", detail::real_text(r.act_clip));
     put("low_rank", std::to_string(r.low_rank));
     put("psp_iterations", std::to_string(r.psp_iterations));
+    put("psp_gradient", r.psp_gradient ? "true" : "false");
     put("base3", r.base3 ? "true" : "false");
     put("damp", detail::real_text(r.damp));
     put("act_order", r.act_order ? "true" : "false");
@@ -1308,6 +1323,7 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep) {
         else if (k == "act_clip") r.act_clip = static_cast<float>(detail::parse_real(v, k));
         else if (k == "low_rank") r.low_rank = static_cast<int>(detail::parse_integer(v, k));
         else if (k == "psp_iterations") r.psp_iterations = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "psp_gradient") r.psp_gradient = detail::parse_flag(v, k);
         else if (k == "base3") r.base3 = detail::parse_flag(v, k);
         else if (k == "damp") r.damp = detail::parse_real(v, k);
         else if (k == "act_order") r.act_order = detail::parse_flag(v, k);
@@ -1339,7 +1355,7 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep) {
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
-                                   "base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
+                                   "psp_gradient, base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
                                    "residual_rotation, gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, "
                                    "ila_bits, ila_beta, ila_windows)");
     }
