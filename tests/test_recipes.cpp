@@ -868,6 +868,37 @@ TEST_CASE("SpecQuant recipes on stories260K: records, bits, save and load bit-ex
         CHECK(same_records(back.records, q.records));
         CHECK((logits(back.model).array() == logits(q.model).array()).all());
         CHECK(back.model.bits_per_weight() == q.model.bits_per_weight());
+        // malformed SpecQuant tensors are refused with format_error: a spectrum one value short, K_i as U8,
+        // a λ of 0, K_i above in/2 + 1
+        {
+            const auto f = lowbit::io::safetensors_file::open(path);
+            auto rewrite = [&](const std::string& victim, lowbit::io::st_dtype dt, std::vector<std::uint64_t> shape,
+                               const std::vector<std::byte>& bytes) {
+                lowbit::io::safetensors_writer w;
+                for (const auto& [k, v] : f.metadata()) w.set_metadata(k, v);
+                for (const auto& nm : f.names()) {
+                    const auto t = f.tensor(nm);
+                    if (nm == victim) w.add(nm, dt, shape, bytes);
+                    else w.add(nm, t.dtype, t.shape, t.bytes);
+                }
+                const auto bad_path = d.path / "bad.safetensors";
+                w.write(bad_path);
+                CHECK_THROWS_AS((void)lowbit::load_quantized_model(bad_path), lowbit::format_error);
+            };
+            const auto spec = f.tensor("layers.0.wq.spectrum");
+            std::vector<std::byte> b(spec.bytes.begin(), spec.bytes.end() - 2);
+            rewrite("layers.0.wq.spectrum", lowbit::io::st_dtype::F16, {spec.shape[0] - 1}, b);
+            const auto kept = f.tensor("layers.0.wq.spectrum_kept");
+            const std::vector<std::byte> k8(static_cast<std::size_t>(kept.shape[0]), std::byte{1});
+            rewrite("layers.0.wq.spectrum_kept", lowbit::io::st_dtype::U8, {kept.shape[0]}, k8);
+            std::vector<std::byte> kbig(kept.bytes.begin(), kept.bytes.end());
+            kbig[0] = std::byte{0xff};
+            rewrite("layers.0.wq.spectrum_kept", lowbit::io::st_dtype::U16, {kept.shape[0]}, kbig);
+            const auto sm = f.tensor("layers.0.wq.smoothing");
+            std::vector<std::byte> s0(sm.bytes.begin(), sm.bytes.end());
+            s0[0] = s0[1] = std::byte{0};
+            rewrite("layers.0.wq.smoothing", lowbit::io::st_dtype::F16, {sm.shape[0]}, s0);
+        }
         // a SpecQuant record under a recipe without specquant is refused, and the reverse
         const auto& any = q.records.begin()->second;
         lowbit::recipe plain = r;
