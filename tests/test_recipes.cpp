@@ -13,6 +13,7 @@
 #include "test_files.hpp"
 
 #include <fstream>
+#include <random>
 #include <set>
 #include <sstream>
 
@@ -42,7 +43,10 @@ bool same_record(const lowbit::linear_record& a, const lowbit::linear_record& b)
     auto same_opt = [](const auto& x, const auto& y, auto&& eq) { return x.has_value() == y.has_value() && (!x || eq(*x, *y)); };
     return a.format == b.format && a.rows == b.rows && a.cols == b.cols && a.codes == b.codes && a.scale == b.scale &&
            a.offset == b.offset && a.dense == b.dense && (a.format != "dense" || a.dense_bits == b.dense_bits) &&
-           a.rotation_status == b.rotation_status && a.act_bits == b.act_bits &&
+           a.rotation_status == b.rotation_status && a.act_bits == b.act_bits && a.smoothing == b.smoothing &&
+           a.spectrum.size() == b.spectrum.size() &&
+           std::equal(a.spectrum.begin(), a.spectrum.end(), b.spectrum.begin(),
+                      [](const auto& x, const auto& y) { return x.size() == y.size() && x == y; }) &&
            same_opt(a.correction, b.correction, [](const auto& x, const auto& y) { return x.a == y.a && x.b == y.b; }) &&
            same_opt(a.rotation, b.rotation,
                     [](const auto& x, const auto& y) { return x.left == y.left && x.right == y.right && x.dense == y.dense; });
@@ -279,6 +283,11 @@ TEST_CASE("every recipe field travels: each set to a non-default value reloads a
         {"ila_bits", "twla-w1.58a4mp", "solver=rtn", "3/8"},
         {"ila_beta", "twla-w1.58a4mp", "solver=rtn", "10"},
         {"ila_windows", "twla-w1.58a4mp", "solver=rtn;ila_beta=10", "1"},
+        {"specquant", "gptq-w4", "", "true"},
+        {"spec_smooth", "specquant-w4", "solver=rtn", "false"},
+        {"spec_alpha", "specquant-w4", "solver=rtn", "0.25"},
+        {"spec_eta", "specquant-w4", "solver=rtn", "0.5"},
+        {"spec_k_max", "specquant-w4", "solver=rtn", "3"},
     };
     std::set<std::string> keys;
     for (const auto& [k, v] : lowbit::detail::split_fields(lowbit::recipe_fields(lowbit::find_recipe("fp32")), ';', "test"))
@@ -653,4 +662,268 @@ TEST_CASE("ILA-AMP recipes: per-block widths from the tables, run, saved, reload
     }
     CHECK_THROWS_AS(lowbit::set_recipe_fields(r, "ila_bits=2//8"), lowbit::invalid_argument);
     CHECK_THROWS_AS((void)lowbit::quantize_model(fx().fp32, r, {}), lowbit::shape_error); // the tables need calibration text
+}
+
+namespace {
+// fp16 rounding through Eigen::half, written here so the oracle does not call the library's rounding.
+float half_of(double v) { return static_cast<float>(Eigen::half(static_cast<float>(v))); }
+// Reals that K low frequencies of a real length-n row take: DC and (n even) Nyquist are real, others complex.
+long long reals_of(long long k, long long n) {
+    if (k == 0) return 0;
+    const bool nyquist = n % 2 == 0 && k == n / 2 + 1;
+    return 1 + 2 * (k - 1) - (nyquist ? 1 : 0);
+}
+// Naive double-precision inverse real DFT (1/n scaling) of the lowest c.size() frequencies of a length-n row.
+std::vector<double> naive_synthesis(const Eigen::VectorXcf& c, long long n) {
+    std::vector<double> out(static_cast<std::size_t>(n), 0.0);
+    const double two_pi = 6.283185307179586476925286766559;
+    for (long long j = 0; j < n; ++j) {
+        double v = 0.0;
+        for (long long f = 0; f < c.size(); ++f) {
+            const double t = two_pi * static_cast<double>((f * j) % n) / static_cast<double>(n);
+            const double re = c(f).real(), im = c(f).imag();
+            const bool single = f == 0 || (n % 2 == 0 && f == n / 2);
+            v += single ? re * std::cos(t) : 2.0 * (re * std::cos(t) - im * std::sin(t));
+        }
+        out[static_cast<std::size_t>(j)] = v / static_cast<double>(n);
+    }
+    return out;
+}
+// A 12 x 40 layer: Gaussian rows plus a smooth part of varying strength (so K_i varies), and 64
+// calibration inputs with two outlier channels.
+struct spec_layer {
+    lowbit::matrix_f w{12, 40};
+    lowbit::matrix_f x{64, 40};
+    spec_layer() {
+        std::mt19937 g(11);
+        std::normal_distribution<float> nd;
+        for (Eigen::Index i = 0; i < w.rows(); ++i)
+            for (Eigen::Index j = 0; j < w.cols(); ++j)
+                w(i, j) = 0.05f * nd(g) + 0.1f * static_cast<float>(i) * std::cos(6.2831853f * static_cast<float>(j) / 40.0f);
+        for (Eigen::Index t = 0; t < x.rows(); ++t)
+            for (Eigen::Index j = 0; j < x.cols(); ++j) x(t, j) = nd(g) * (j == 3 || j == 17 ? 20.0f : 1.0f);
+    }
+};
+} // namespace
+
+TEST_CASE("SpecQuant layer: effective weight against a double-precision oracle, exact smoothing, bits counted") {
+    const spec_layer L;
+    const Eigen::Index m = L.w.rows(), n = L.w.cols();
+    lowbit::vector_f absmax = lowbit::vector_f::Zero(n); // computed here, not by activation_absmax
+    for (Eigen::Index t = 0; t < L.x.rows(); ++t)
+        for (Eigen::Index j = 0; j < n; ++j) absmax(j) = std::max(absmax(j), std::fabs(L.x(t, j)));
+    // spec_eta 0.9 keeps up to ~16 frequencies (W_FFT run dense); with spec_k_max 3 the layer runs the factored form
+    for (const std::string name : {"specquant-w4:solver=rtn:spec_eta=0.9", "specquant-w4:solver=rtn:spec_eta=0.9:spec_k_max=3"}) {
+        CAPTURE(name);
+        const lowbit::recipe r = lowbit::find_recipe(name);
+        const lowbit::linear_record rec = lowbit::detail::specquant_record(r, L.w, nullptr, absmax);
+        const auto low_form = lowbit::specquant_low_part(rec.spectrum, n);
+        CHECK((low_form.second.size() > 0) == (r.spec_k_max == 3));
+
+        // λ_j = fp16(sqrt(a_j / max_i |w_ij|)) (α = 0.5), and W' = W·diag(λ)
+        REQUIRE(rec.smoothing.size() == n);
+        lowbit::vector_f lambda(n);
+        for (Eigen::Index j = 0; j < n; ++j) {
+            const double wmax = L.w.col(j).cwiseAbs().maxCoeff();
+            lambda(j) = half_of(static_cast<float>(std::sqrt(static_cast<double>(absmax(j)) / wmax)));
+        }
+        CHECK((rec.smoothing.array() == lambda.array()).all());
+        CHECK(lambda(3) > 3.0f * lambda(0)); // the outlier channels move into the weights
+        lowbit::matrix_f ws(m, n);
+        for (Eigen::Index i = 0; i < m; ++i)
+            for (Eigen::Index j = 0; j < n; ++j) ws(i, j) = L.w(i, j) * lambda(j);
+
+        // spectrum: spectral_truncate's K_i and its coefficients rounded to fp16
+        lowbit::spectral_truncation opt;
+        opt.eta = 0.9;
+        opt.k_max = r.spec_k_max;
+        const lowbit::spectral_split split = lowbit::spectral_truncate(ws, opt);
+        REQUIRE(rec.spectrum.size() == static_cast<std::size_t>(m));
+        std::set<Eigen::Index> ks;
+        double want_bits = 4.0 * static_cast<double>(m * n) + 16.0 * static_cast<double>(2 * m) + 16.0 * static_cast<double>(n);
+        lowbit::matrix_f low_ref(m, n);
+        for (Eigen::Index i = 0; i < m; ++i) {
+            const auto& c = rec.spectrum[static_cast<std::size_t>(i)];
+            REQUIRE(c.size() == split.kept[static_cast<std::size_t>(i)]);
+            ks.insert(c.size());
+            for (Eigen::Index f = 0; f < c.size(); ++f) {
+                CHECK(c(f).real() == half_of(split.coefficients[static_cast<std::size_t>(i)](f).real()));
+                CHECK(c(f).imag() == half_of(split.coefficients[static_cast<std::size_t>(i)](f).imag()));
+            }
+            want_bits += 16.0 * static_cast<double>(1 + reals_of(c.size(), n));
+            const auto row = naive_synthesis(c, n);
+            for (Eigen::Index j = 0; j < n; ++j) low_ref(i, j) = static_cast<float>(row[static_cast<std::size_t>(j)]);
+        }
+        if (r.spec_k_max > 0) CHECK(*ks.rbegin() == r.spec_k_max); // the cap binds
+        else CHECK(ks.size() >= 3u);                               // the threshold adapts per row
+        // bits: 4-bit codes, fp16 scale and offset per row, fp16 λ, fp16 reals and a 16-bit K per row
+        CHECK(rec.storage_bits() == doctest::Approx(want_bits).epsilon(1e-12));
+
+        // own int4 RTN of R = W' − W_FFT: s = max|R_i|/7, c = clamp(round(R/s) + 7, 0, 15), value fp16(s)·(c − 7)
+        const lowbit::matrix_f res = ws - low_ref;
+        const auto op = lowbit::build_linear(r, rec, std::nullopt);
+        CHECK(op->storage_bits() == rec.storage_bits());
+        lowbit::matrix_f y;
+        op->apply(lowbit::matrix_f::Identity(n, n), y);
+        const lowbit::matrix_f w_eff = y.transpose(); // the layer's effective weight, through its kernels
+        int flips = 0;
+        double worst = 0.0;
+        for (Eigen::Index i = 0; i < m; ++i) {
+            const float s = static_cast<float>(static_cast<double>(res.row(i).cwiseAbs().maxCoeff()) / 7.0);
+            for (Eigen::Index j = 0; j < n; ++j) {
+                const double code = std::clamp(std::nearbyint(static_cast<double>(res(i, j)) / s) + 7.0, 0.0, 15.0);
+                const double deq = static_cast<double>(half_of(s)) * (code - 7.0);
+                const double ref = (deq + static_cast<double>(low_ref(i, j))) / static_cast<double>(lambda(j));
+                const double err = std::fabs(static_cast<double>(w_eff(i, j)) - ref);
+                if (err > 1e-5 * (1.0 + std::fabs(ref))) {
+                    ++flips; // a rounding tie decided the other way by float noise: one step
+                    CHECK(err <= 1.01 * half_of(s) / lambda(j) + 1e-5);
+                }
+                worst = std::max(worst, err);
+            }
+        }
+        CHECK(flips <= 2);
+        CHECK(worst < 0.2 * L.w.cwiseAbs().maxCoeff());
+    } // recipes
+    const lowbit::recipe r = lowbit::find_recipe("specquant-w4:solver=rtn:spec_eta=0.9");
+    const lowbit::linear_record rec = lowbit::detail::specquant_record(r, L.w, nullptr, absmax);
+    const auto op = lowbit::build_linear(r, rec, std::nullopt);
+    const lowbit::vector_f lambda = rec.smoothing;
+    lowbit::matrix_f ws = lowbit::smooth_weights(L.w, lambda);
+    const lowbit::matrix_f low_ref = lowbit::spectral_synthesis(rec.spectrum, n);
+
+    // smoothing is exact: x'·W'ᵀ = x·Wᵀ within (n + 6)·2⁻²⁴·Σ_j |x_tj||w_ij| (one rounding of 1/λ, of x/λ, of W·λ, the sum)
+    {
+        const lowbit::specquant_linear sl(lowbit::make_linear(lowbit::dense_linear(ws)), lambda, {}, {}, 0, 0.0);
+        lowbit::matrix_f ys;
+        sl.apply(L.x, ys);
+        const Eigen::MatrixXd exact = L.x.cast<double>() * L.w.cast<double>().transpose();
+        const Eigen::MatrixXd mag = L.x.cast<double>().cwiseAbs() * L.w.cast<double>().cwiseAbs().transpose();
+        CHECK(((ys.cast<double>() - exact).cwiseAbs().array() <= (static_cast<double>(n) + 6.0) * std::ldexp(1.0, -24) * mag.array()).all());
+    }
+    // with int4 activations the low-frequency part sees the same quantized inputs as the codes
+    {
+        const lowbit::matrix_f xs = lowbit::smooth_activations(L.x, lambda);
+        const lowbit::specquant_linear sl(lowbit::make_linear(lowbit::dense_linear(lowbit::matrix_f::Zero(m, n))), lambda,
+                                          low_ref, {}, 4, 0.0);
+        lowbit::matrix_f ys;
+        sl.apply(L.x, ys);
+        const lowbit::quantized_activations q = lowbit::quantize_activations(xs, 4);
+        lowbit::matrix_f xq(xs.rows(), n);
+        for (Eigen::Index t = 0; t < xs.rows(); ++t)
+            for (Eigen::Index j = 0; j < n; ++j) xq(t, j) = q.scale(t) * static_cast<float>(q.q(t, j));
+        CHECK((ys - xq * low_ref.transpose()).cwiseAbs().maxCoeff() <= 1e-5f * (xq.cwiseAbs() * low_ref.cwiseAbs().transpose()).maxCoeff());
+    }
+    // GPTQ on R with the smoothed inputs' Hessian beats RTN on the layer's output error
+    {
+        lowbit::gptq_hessian h(n);
+        h.add(L.x);
+        const lowbit::matrix_d hm = h.matrix();
+        const lowbit::linear_record g =
+            lowbit::detail::specquant_record(lowbit::find_recipe("specquant-w4:spec_eta=0.9"), L.w, &hm, absmax);
+        auto out_err = [&](const lowbit::linear_record& rc) {
+            lowbit::matrix_f yy;
+            lowbit::build_linear(r, rc, std::nullopt)->apply(L.x, yy);
+            return (yy - L.x * L.w.transpose()).norm();
+        };
+        CHECK(out_err(g) < out_err(rec));
+    }
+    // refusals of the layer
+    CHECK_THROWS_AS(lowbit::specquant_linear(nullptr, {}, {}, {}, 0, 0.0), lowbit::invalid_argument);
+    CHECK_THROWS_AS(lowbit::specquant_linear(op, lowbit::vector_f::Ones(n - 1), {}, {}, 0, 0.0), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::specquant_linear(op, -lowbit::vector_f::Ones(n), {}, {}, 0, 0.0), lowbit::invalid_argument);
+    CHECK_THROWS_AS(lowbit::specquant_linear(op, {}, lowbit::matrix_f::Zero(m, n + 1), {}, 0, 0.0), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::specquant_linear(op, {}, lowbit::matrix_f::Zero(m, 3), lowbit::matrix_f::Zero(2, n), 0, 0.0),
+                    lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::specquant_linear(op, {}, {}, {}, 1, 0.0), lowbit::invalid_argument);
+}
+
+TEST_CASE("SpecQuant recipes on stories260K: records, bits, save and load bit-exact, refusals") {
+    lowbit_test::temp_dir d("lowbit_test_specquant");
+    lowbit::quantize_options qo;
+    qo.calib_windows = 2;
+    qo.calib_window = 64;
+    for (const std::string name : {"specquant-w4", "specquant-w4a4:group_size=128:spec_k_max=4"}) {
+        CAPTURE(name);
+        const lowbit::recipe r = lowbit::find_recipe(name);
+        lowbit::quantized_model q{r, {}, {}, {}, {}};
+        q.model = lowbit::quantize_model(fx().fp32, r, fx().calib, qo, &q.records);
+        double bits = 0, weights = 0;
+        for (const auto& [n, rec] : q.records) {
+            CAPTURE(n);
+            REQUIRE(rec.smoothing.size() == rec.cols);
+            REQUIRE(rec.spectrum.size() == static_cast<std::size_t>(rec.rows));
+            for (Eigen::Index j = 0; j < rec.cols; ++j) CHECK(rec.smoothing(j) == half_of(rec.smoothing(j)));
+            CHECK((rec.smoothing.array() > 0.0f).all());
+            for (const auto& c : rec.spectrum) {
+                CHECK(c.size() <= (r.spec_k_max > 0 ? r.spec_k_max : rec.cols / 2 + 1));
+                for (Eigen::Index f = 0; f < c.size(); ++f) CHECK(c(f).real() == half_of(c(f).real()));
+            }
+            bits += rec.storage_bits();
+            weights += static_cast<double>(rec.rows * rec.cols);
+        }
+        CHECK(q.model.bits_per_weight() == doctest::Approx(bits / weights).epsilon(1e-12));
+        CHECK(std::isfinite(ppl(q.model, 1)));
+        const auto path = d.path / "spec.safetensors";
+        lowbit::save_quantized_model(path, q);
+        const auto back = lowbit::load_quantized_model(path);
+        CHECK(lowbit::recipe_fields(back.spec) == lowbit::recipe_fields(r));
+        CHECK(same_records(back.records, q.records));
+        CHECK((logits(back.model).array() == logits(q.model).array()).all());
+        CHECK(back.model.bits_per_weight() == q.model.bits_per_weight());
+        // malformed SpecQuant tensors are refused with format_error: a spectrum one value short, K_i as U8,
+        // a λ of 0, K_i above in/2 + 1
+        {
+            const auto f = lowbit::io::safetensors_file::open(path);
+            auto rewrite = [&](const std::string& victim, lowbit::io::st_dtype dt, std::vector<std::uint64_t> shape,
+                               const std::vector<std::byte>& bytes) {
+                lowbit::io::safetensors_writer w;
+                for (const auto& [k, v] : f.metadata()) w.set_metadata(k, v);
+                for (const auto& nm : f.names()) {
+                    const auto t = f.tensor(nm);
+                    if (nm == victim) w.add(nm, dt, shape, bytes);
+                    else w.add(nm, t.dtype, t.shape, t.bytes);
+                }
+                const auto bad_path = d.path / "bad.safetensors";
+                w.write(bad_path);
+                CHECK_THROWS_AS((void)lowbit::load_quantized_model(bad_path), lowbit::format_error);
+            };
+            const auto spec = f.tensor("layers.0.wq.spectrum");
+            std::vector<std::byte> b(spec.bytes.begin(), spec.bytes.end() - 2);
+            rewrite("layers.0.wq.spectrum", lowbit::io::st_dtype::F16, {spec.shape[0] - 1}, b);
+            const auto kept = f.tensor("layers.0.wq.spectrum_kept");
+            const std::vector<std::byte> k8(static_cast<std::size_t>(kept.shape[0]), std::byte{1});
+            rewrite("layers.0.wq.spectrum_kept", lowbit::io::st_dtype::U8, {kept.shape[0]}, k8);
+            std::vector<std::byte> kbig(kept.bytes.begin(), kept.bytes.end());
+            kbig[0] = std::byte{0xff};
+            rewrite("layers.0.wq.spectrum_kept", lowbit::io::st_dtype::U16, {kept.shape[0]}, kbig);
+            const auto sm = f.tensor("layers.0.wq.smoothing");
+            std::vector<std::byte> s0(sm.bytes.begin(), sm.bytes.end());
+            s0[0] = s0[1] = std::byte{0};
+            rewrite("layers.0.wq.smoothing", lowbit::io::st_dtype::F16, {sm.shape[0]}, s0);
+        }
+        // a SpecQuant record under a recipe without specquant is refused, and the reverse
+        const auto& any = q.records.begin()->second;
+        lowbit::recipe plain = r;
+        plain.specquant = false;
+        CHECK_FALSE(lowbit::detail::record_recipe_mismatch(plain, any).empty());
+        lowbit::linear_record bare = any;
+        bare.spectrum.clear();
+        CHECK_FALSE(lowbit::detail::record_recipe_mismatch(r, bare).empty());
+    }
+    // bad recipes: η outside (0, 1], negative cap, α outside [0, 1], other weights or a rotation
+    for (const char* v : {"spec_eta=0", "spec_eta=1.5", "spec_eta=-0.2", "spec_k_max=-1", "spec_alpha=2"}) {
+        CAPTURE(v);
+        const lowbit::recipe bad = lowbit::find_recipe(std::string("specquant-w4:") + v);
+        const std::string key = std::string(v).substr(0, std::string(v).find('='));
+        CHECK_THROWS_WITH_AS((void)lowbit::quantize_model(fx().fp32, bad, fx().calib, qo), doctest::Contains(key.c_str()),
+                             lowbit::invalid_argument);
+    }
+    CHECK_THROWS_AS((void)lowbit::find_recipe("specquant-w4:spec_eta=nan"), lowbit::invalid_argument);
+    for (const char* v : {"weights=e2m_atq", "rotation=hadamard", "activation=int_asymmetric"}) {
+        CAPTURE(v);
+        CHECK_THROWS_WITH_AS((void)lowbit::quantize_model(fx().fp32, lowbit::find_recipe(std::string("specquant-w4:") + v),
+                                                          fx().calib, qo),
+                             doctest::Contains("SpecQuant"), lowbit::invalid_argument);
+    }
 }

@@ -371,6 +371,9 @@ inline void gguf_check_recipe(const recipe& spec, const gguf_export_options& o) 
                             std::string(detail::name_of(spec.rotation, detail::rotation_names)) +
                             "); llama.cpp has no online rotation, so the weights alone compute something else (recipes with "
                             "residual_rotation=true, such as rtn-w4-quarot, rotate offline and export)");
+    if (spec.specquant)
+        detail::gguf_refuse("recipe '" + spec.name + "' (SpecQuant) smooths every block linear's input and adds a low-frequency "
+                            "part at run time; llama.cpp runs neither");
     const bool act_ok = spec.activation == activation_kind::fp32 ||
                         (spec.activation == activation_kind::int_symmetric && spec.act_bits == 8);
     if (!act_ok && !o.weights_only)

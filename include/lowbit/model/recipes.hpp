@@ -64,6 +64,7 @@
 #include <lowbit/pack.hpp>
 #include <lowbit/quantized_linear.hpp>
 #include <lowbit/rtn.hpp>
+#include <lowbit/specquant.hpp>
 #include <lowbit/ternary.hpp>
 #include <lowbit/torq.hpp>
 #include <lowbit/types.hpp>
@@ -185,8 +186,21 @@ struct recipe {
     /// ILA-AMP calibration windows (of `quantize_options::calib_window` tokens) per NLL evaluation; the
     /// tables cost 1 + 3L + 9(L − 1) evaluations with the default candidates (64 for L = 6).
     int ila_windows = 4;
+    /// SpecQuant (docs/specquant.md, specquant.hpp; int4 weights, no rotation): every block linear is
+    /// smoothed with per-input-channel factors λ from its calibration inputs' absmax (`spec_smooth`,
+    /// strength `spec_alpha`), each row of W' = W·diag(λ) is split into its lowest frequencies (kept as
+    /// fp16 DFT coefficients, adaptive K_i per row by `spec_eta` and `spec_k_max`) and a residual R,
+    /// and R is quantized by the recipe's int4 scheme and solver (GPTQ with the smoothed inputs'
+    /// Hessian). At run time x' = x·diag(λ)⁻¹ feeds the int4 kernel on R and a dense GEMV with the
+    /// synthesised low-frequency part (`specquant_linear`).
+    bool specquant = false;
+    bool spec_smooth = true;   ///< SpecQuant stage 1 (smoothing); false: λ = 1, nothing stored
+    double spec_alpha = 0.5;   ///< SpecQuant smoothing strength α ∈ [0, 1] (`smoothquant_scales_from_absmax`)
+    double spec_eta = 0.995;   ///< SpecQuant energy fraction η ∈ (0, 1] kept per row (`spectral_truncation::eta`)
+    int spec_k_max = 0;        ///< SpecQuant cap on the kept frequencies per row (0: no cap)
     [[nodiscard]] bool needs_calibration() const {
-        return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq || ila_mean_bits > 0;
+        return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq || ila_mean_bits > 0 ||
+               specquant;
     }
 };
 
@@ -280,6 +294,19 @@ struct recipe {
                 R::kotms, A::int_symmetric, 8};
     tnli.nli = true;
     add(tnli);
+    // SpecQuant (§12): smoothing + low-frequency Fourier truncation, int4 GPTQ on the residual
+    {
+        recipe x{"specquant-w4", "SpecQuant: smoothing, fp16 low frequencies (eta 0.995) + GPTQ int4 per row on the residual",
+                 W::int4, S::gptq, R::none, A::fp32};
+        x.specquant = true;
+        add(x);
+        recipe y = x;
+        y.name = "specquant-w4a4";
+        y.description = "specquant-w4 with int4 per-token activations (the low-frequency part sees the same int4 inputs)";
+        y.activation = A::int_symmetric;
+        y.act_bits = 4;
+        add(y);
+    }
     // QuaRot's offline residual-stream rotation folded into the weights (exports to plain GGUF)
     for (const char* base : {"rtn-w4", "gptq-w4", "absmean-w1.58"}) {
         recipe q = *std::find_if(r.begin(), r.end(), [&](const recipe& x) { return x.name == base; });
@@ -397,6 +424,17 @@ struct linear_record {
     /// `act_bits`; 0 (default): the recipe's. Saved as metadata `<name>.act_bits`.
     int act_bits = 0;
     expert_tensors expert;            ///< own and shared tensors of an expert format (moe_experts.hpp), else empty
+    /// SpecQuant (`recipe::specquant`): the smoothing factors λ `(cols)`, fp16-exact and > 0, or empty
+    /// (no smoothing). The stored weights (codes and `spectrum`) are those of W' = W·diag(λ); the layer
+    /// runs x' = x·diag(λ)⁻¹. Saved as F16 `<name>.smoothing`; counted at 16 bits each.
+    vector_f smoothing;
+    /// SpecQuant: per row the K_i lowest DFT coefficients of W' (`spectral_truncate`'s unnormalised
+    /// X_0..X_{K_i−1}, real and imaginary parts fp16-exact, DC and (cols even) Nyquist imaginary 0), or
+    /// empty (no low-frequency part). `rows` entries when present; the codes hold R = W' − W_FFT with
+    /// W_FFT = `spectral_synthesis(spectrum, cols)`. Saved as U16 `<name>.spectrum_kept` (K_i) and F16
+    /// `<name>.spectrum` (the `spectral_stored_reals` reals of each row, row after row); counted at 16
+    /// bits per stored real and 16 per row for K_i.
+    std::vector<Eigen::VectorXcf> spectrum;
 
     /// Serialized storage bits (see the file comment). \throws as the expert format's builder (inconsistent record).
     [[nodiscard]] double storage_bits() const {
@@ -418,6 +456,9 @@ struct linear_record {
         }
         if (correction) bits += 16.0 * static_cast<double>(correction->a.size() + correction->b.size());
         if (rotation) bits += rotation->storage_bits();
+        bits += 16.0 * static_cast<double>(smoothing.size());
+        for (const auto& c : spectrum)
+            bits += 16.0 * static_cast<double>(1 + spectral_stored_reals(std::min<Eigen::Index>(c.size(), cols / 2 + 1), cols));
         return bits;
     }
 };
@@ -522,6 +563,119 @@ struct block_rotation {
         if (dense) dense->apply_rows(m);
     }
 };
+
+/// A SpecQuant block linear (`recipe::specquant`): y = A(x')·(R̂ + W_FFT)ᵀ with x' = x·diag(λ)⁻¹, where
+/// `inner` runs the quantized residual R̂ on x' (its own kernel and activation policy) and the
+/// low-frequency part W_FFT is added by float GEMMs of the same activations A(x'): quantize-dequantized
+/// at `act_bits` on the integer kernel's grid (`quantize_activations`), or x' itself when `act_bits` = 0.
+/// Since x'·W'ᵀ = x·Wᵀ for W' = W·diag(λ), the layer approximates x·Wᵀ with the error of R̂ and of the
+/// activations only. W_FFT is held either dense (`low_a` = W_FFT `[out x in]`, `low_b` empty) or
+/// factored as W_FFT = low_a·low_b with `low_a` `[out x r]` (each row's scaled real and imaginary DFT
+/// coefficients) and `low_b` `[r x in]` (the cosines and sines of the kept frequencies):
+/// y += (A(x')·low_bᵀ)·low_aᵀ, r·(in + out) MACs per token instead of in·out — one real DFT of the
+/// kept frequencies per token and 2K_i real MACs per row (`specquant_low_part` picks the cheaper form).
+/// Cost per token: the inner kernel, in for the smoothing, and the low part. `storage_bits()` is given by
+/// the caller (the record's count: codes, scales, λ and the stored coefficients — not the run-time form
+/// of W_FFT, which is rebuilt from the coefficients).
+class specquant_linear {
+public:
+    /// \param inner     the residual's operator `[out x in]`, fed x'.
+    /// \param smoothing λ `(in)`, finite and > 0, or empty (x' = x).
+    /// \param low_a     W_FFT `[out x in]` (with `low_b` empty), or its left factor `[out x r]`, or empty (no low part).
+    /// \param low_b     empty, or the right factor `[r x in]`.
+    /// \param act_bits  0 (float activations into the low part) or 2..8.
+    /// \param bits      storage bits reported by `storage_bits()`.
+    /// \throws invalid_argument (null inner, act_bits outside {0} ∪ 2..8, λ not finite and > 0),
+    ///         shape_error (λ or the low part's shapes disagree with inner).
+    specquant_linear(std::shared_ptr<const linear_operator> inner, vector_f smoothing, matrix_f low_a, matrix_f low_b,
+                     int act_bits, double bits)
+        : inner_(std::move(inner)), lambda_(std::move(smoothing)), a_(std::move(low_a)), b_(std::move(low_b)),
+          act_bits_(act_bits), bits_(bits) {
+        constexpr const char* where = "specquant_linear";
+        detail::require(inner_ != nullptr, where, "argument 'inner' is null");
+        detail::require(act_bits_ == 0 || (act_bits_ >= 2 && act_bits_ <= 8), where, "act_bits must be 0 or lie in 2..8");
+        if (lambda_.size()) {
+            detail::require_dim(lambda_.size(), inner_->in_features(), where, "length of the smoothing factors");
+            detail::require(lambda_.allFinite() && (lambda_.array() > 0.0f).all(), where,
+                            "smoothing factors must be finite and > 0");
+        }
+        if (b_.size()) {
+            detail::require_dim(a_.rows(), inner_->out_features(), where, "rows of the low part's left factor");
+            detail::require_dim(b_.cols(), inner_->in_features(), where, "columns of the low part's right factor");
+            detail::require_dim(b_.rows(), a_.cols(), where, "rank of the low part's factors");
+        } else if (a_.size()) {
+            detail::require_dim(a_.rows(), inner_->out_features(), where, "rows of the low-frequency part");
+            detail::require_dim(a_.cols(), inner_->in_features(), where, "columns of the low-frequency part");
+        }
+    }
+    [[nodiscard]] Eigen::Index in_features() const { return inner_->in_features(); }   ///< in
+    [[nodiscard]] Eigen::Index out_features() const { return inner_->out_features(); } ///< out
+    /// y = inner(x') + A(x')·W_FFTᵀ (see the class comment); x is `[tokens x in]`.
+    /// \throws as `inner` (NaN/Inf activations under integer kernels).
+    template <class = void> // compiled only where called (docs/compile_time.md)
+    void apply(const matrix_f& x, matrix_f& y) const {
+        const matrix_f xs = lambda_.size() ? smooth_activations(x, lambda_) : x;
+        inner_->apply(xs, y);
+        if (!a_.size()) return;
+        const matrix_f xq = act_bits_ > 0 ? detail::int_fake_quantize(xs, act_bits_) : xs;
+        if (b_.size()) y.noalias() += (xq * b_.transpose()) * a_.transpose();
+        else y.noalias() += xq * a_.transpose();
+    }
+    [[nodiscard]] double storage_bits() const { return bits_; } ///< as given to the constructor
+    [[nodiscard]] const vector_f& smoothing() const { return lambda_; } ///< λ (or empty)
+    [[nodiscard]] const matrix_f& low_a() const { return a_; }          ///< W_FFT or its left factor (or empty)
+    [[nodiscard]] const matrix_f& low_b() const { return b_; }          ///< right factor (or empty: `low_a` is dense)
+    [[nodiscard]] const linear_operator& inner() const { return *inner_; } ///< the residual's operator
+
+private:
+    std::shared_ptr<const linear_operator> inner_;
+    vector_f lambda_;
+    matrix_f a_, b_;
+    int act_bits_;
+    double bits_;
+};
+
+/// The run-time form of a SpecQuant low-frequency part from its stored coefficients (`linear_record::spectrum`,
+/// `cols` = n): `first` = W_FFT = `spectral_synthesis(spectrum, n)` dense and `second` empty when that is
+/// cheaper, else the factors W_FFT = first·second with r = 2·K_max − 1 (K_max = max_i K_i): row 0 of
+/// `second` is 1, rows 2f − 1 and 2f (f = 1..K_max−1) are cos(2πfj/n) and sin(2πfj/n) (angles from the exact
+/// residue f·j mod n, in double); `first(i, ·)` holds X_0/n, m_f·Re X_f/n and −m_f·Im X_f/n (m_f = 1 for the
+/// Nyquist frequency, 2 otherwise; zeros beyond K_i). The factored form is used when r·(out + n) < out·n.
+/// Both are empty when every K_i is 0. O(out·n·log n) dense, O((out + n)·r) factored.
+/// \throws as `spectral_synthesis`.
+[[nodiscard]] inline std::pair<matrix_f, matrix_f> specquant_low_part(const std::vector<Eigen::VectorXcf>& spectrum,
+                                                                      Eigen::Index n) {
+    Eigen::Index k_max = 0;
+    for (const auto& c : spectrum) k_max = std::max<Eigen::Index>(k_max, c.size());
+    if (k_max == 0) return {};
+    const Eigen::Index out = static_cast<Eigen::Index>(spectrum.size()), r = 2 * k_max - 1;
+    if (r * (out + n) >= out * n) return {spectral_synthesis(spectrum, n), matrix_f()};
+    detail::require(k_max <= n / 2 + 1, "specquant_low_part", "a row keeps more than n/2 + 1 frequencies");
+    matrix_f b(r, n), a = matrix_f::Zero(out, r);
+    const double two_pi = 6.283185307179586476925286766559, dn = static_cast<double>(n);
+    b.row(0).setOnes();
+    for (Eigen::Index f = 1; f < k_max; ++f)
+        for (Eigen::Index j = 0; j < n; ++j) {
+            const double t = two_pi * static_cast<double>((f * j) % n) / dn;
+            b(2 * f - 1, j) = static_cast<float>(std::cos(t));
+            b(2 * f, j) = static_cast<float>(std::sin(t));
+        }
+    for (Eigen::Index i = 0; i < out; ++i) {
+        const auto& c = spectrum[static_cast<std::size_t>(i)];
+        for (Eigen::Index f = 0; f < c.size(); ++f) {
+            detail::require<numeric_error>(std::isfinite(c(f).real()) && std::isfinite(c(f).imag()), "specquant_low_part",
+                                           "a coefficient is NaN or Inf");
+            if (f == 0) {
+                a(i, 0) = static_cast<float>(static_cast<double>(c(0).real()) / dn);
+                continue;
+            }
+            const double mf = (n % 2 == 0 && f == n / 2) ? 1.0 : 2.0;
+            a(i, 2 * f - 1) = static_cast<float>(mf * static_cast<double>(c(f).real()) / dn);
+            a(i, 2 * f) = (n % 2 == 0 && f == n / 2) ? 0.0f : static_cast<float>(-mf * static_cast<double>(c(f).imag()) / dn);
+        }
+    }
+    return {std::move(a), std::move(b)};
+}
 
 namespace detail {
 
@@ -631,6 +785,22 @@ template <class = void>
         plain.act_bits = 0;
         return build_linear(rb, plain, hadamard);
     }
+    if (rec.smoothing.size() || !rec.spectrum.empty()) { // SpecQuant: the residual's operator inside specquant_linear
+        constexpr const char* where = "build_linear";
+        detail::require(r.specquant, where, "a record with smoothing factors or a spectrum needs a specquant recipe");
+        detail::require(!hadamard && !rec.rotation, where, "SpecQuant records run without rotation");
+        std::pair<matrix_f, matrix_f> low;
+        if (!rec.spectrum.empty()) {
+            detail::require_dim(static_cast<Eigen::Index>(rec.spectrum.size()), rec.rows, where, "rows of the spectrum");
+            low = specquant_low_part(rec.spectrum, rec.cols);
+        }
+        linear_record plain = rec;
+        plain.smoothing.resize(0);
+        plain.spectrum.clear();
+        const int bits = r.activation == activation_kind::int_symmetric ? r.act_bits : 0;
+        return make_linear(specquant_linear(build_linear(r, plain, hadamard), rec.smoothing, std::move(low.first),
+                                            std::move(low.second), bits, rec.storage_bits()));
+    }
     const block_rotation rot = block_rotation::from(hadamard, rec.rotation);
     if (rec.format == "dense") return detail::with_activation(r, dense_weights{rec.dense}, rot, rec.correction, rec.storage_bits());
     if (rec.format == pack_format<int4>::name) return detail::packed_from_record<int4>(r, rec, rot);
@@ -674,6 +844,17 @@ inline void check_recipe(const recipe& r) {
     require(r.rotation_max_factor >= 0, where, "recipe rotation_max_factor must be >= 0 (0: no cap)");
     require(std::isfinite(r.rotation_max_bits) && r.rotation_max_bits >= 0, where,
             "recipe rotation_max_bits must be finite and >= 0 (0: no bound)");
+    if (r.specquant) {
+        require(r.weights == weight_scheme::int4, where, "SpecQuant (specquant=true) quantizes its residual to int4: weights=int4");
+        require(r.rotation == rotation_kind::none, where, "SpecQuant (specquant=true) runs without an online rotation");
+        require(r.activation == activation_kind::fp32 || r.activation == activation_kind::int_symmetric, where,
+                "SpecQuant (specquant=true) takes fp32 or int_symmetric activations");
+        require(r.ila_mean_bits == 0, where, "SpecQuant (specquant=true) does not combine with ILA-AMP");
+    }
+    require(std::isfinite(r.spec_alpha) && r.spec_alpha >= 0 && r.spec_alpha <= 1, where,
+            "recipe spec_alpha must lie in [0, 1]");
+    require(r.spec_eta > 0 && r.spec_eta <= 1, where, "recipe spec_eta must lie in (0, 1]");
+    require(r.spec_k_max >= 0, where, "recipe spec_k_max must be >= 0 (0: no cap)");
     const bool packed = r.weights != weight_scheme::fp32 && r.weights != weight_scheme::mxfp4 &&
                         r.weights != weight_scheme::tra_ternary;
     require(!(packed && (r.activation == activation_kind::int_asymmetric || r.activation == activation_kind::mxfp4)),
@@ -895,6 +1076,48 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
     throw invalid_argument("lowbit: recipe '" + r.name + "': unknown weight scheme");
 }
 
+/// SpecQuant for one block linear `w` `[out x in]` (recipe `r` with `specquant`; `h` the Hessian of the
+/// layer's unsmoothed calibration inputs or null for RTN; `act_absmax` their per-channel absmax, size in,
+/// zeros where no input was seen): λ = fp16(smoothquant_scales_from_absmax(act_absmax, w, spec_alpha))
+/// (clamped to fp16's positive normal range; λ = 1 with `spec_smooth` false, then not stored),
+/// W' = W·diag(λ), per row the lowest frequencies by `spec_eta` / `spec_k_max` (`spectral_truncate`), their
+/// coefficients rounded to fp16, W_FFT = `spectral_synthesis` of those, R = W' − W_FFT quantized by
+/// `quantize_linear` (int4, GPTQ with H' = diag(λ)⁻¹·H·diag(λ)⁻¹, the Hessian of x' = x·diag(λ)⁻¹).
+/// \throws numeric_error (a coefficient beyond fp16's range), as `quantize_linear` and `spectral_truncate`.
+template <class = void>
+linear_record specquant_record(const recipe& r, const matrix_f& w, const matrix_d* h, const vector_f& act_absmax) {
+    constexpr const char* where = "quantize_model";
+    vector_f lambda;
+    matrix_f ws = w;
+    std::optional<matrix_d> hs;
+    if (r.spec_smooth) {
+        lambda = smoothquant_scales_from_absmax(act_absmax, w, r.spec_alpha);
+        for (Eigen::Index j = 0; j < lambda.size(); ++j)
+            lambda(j) = round_fp16(std::clamp(lambda(j), 6.103515625e-05f, 65504.0f)); // fp16 normal range
+        ws = smooth_weights(w, lambda);
+        if (h) {
+            const Eigen::VectorXd inv = lambda.cast<double>().cwiseInverse();
+            hs = inv.asDiagonal() * (*h) * inv.asDiagonal();
+        }
+    }
+    spectral_truncation opt;
+    opt.eta = r.spec_eta;
+    opt.k_max = r.spec_k_max;
+    spectral_split split = spectral_truncate(ws, opt);
+    for (auto& c : split.coefficients)
+        for (Eigen::Index f = 0; f < c.size(); ++f) {
+            const float re = round_fp16(c(f).real()), im = round_fp16(c(f).imag());
+            require<numeric_error>(std::isfinite(re) && std::isfinite(im), where,
+                                   "a SpecQuant coefficient exceeds the fp16 range");
+            c(f) = std::complex<float>(re, im);
+        }
+    const matrix_f residual = ws - spectral_synthesis(split.coefficients, ws.cols());
+    linear_record rec = quantize_linear(r, residual, hs ? &*hs : h);
+    rec.smoothing = std::move(lambda);
+    rec.spectrum = std::move(split.coefficients);
+    return rec;
+}
+
 /// What `learn_block_rotation` returns: the learned rotation (none when the recipe learns nothing for
 /// this linear) and the text `linear_record::rotation_status` keeps.
 struct learned_block_rotation {
@@ -1028,7 +1251,7 @@ template <class = void>
     if (r.needs_calibration())
         detail::require<shape_error>(!calib_tokens.empty(), where, "calibrated recipes need calibration tokens");
     // Hessians / inputs per block (ILA-AMP alone needs the tokens only for its tables)
-    const bool calibrate = r.solver == solver_kind::gptq || r.low_rank > 0 || r.rotation == rotation_kind::torq;
+    const bool calibrate = r.solver == solver_kind::gptq || r.low_rank > 0 || r.rotation == rotation_kind::torq || r.specquant;
     // One rotation per input width (dim, hidden), shared by the layers that read that width.
     std::vector<std::pair<Eigen::Index, std::optional<hadamard_transform>>> rotations;
     auto rotation_for = [&](Eigen::Index n) -> const std::optional<hadamard_transform>& {
@@ -1099,9 +1322,15 @@ template <class = void>
         const std::vector<linear_id> ids = m.block_linears(l);
         std::map<std::string, gptq_hessian> hess;
         std::map<std::string, matrix_f> inputs; // Hadamard-rotated calibration inputs (TORQ only)
+        std::map<std::string, vector_f> absmax;  // per-input-channel max |x| (SpecQuant only)
         if (calibrate) {
             auto add = [&](const linear_id& id, const matrix_f& x) {
                 const std::string key = id.name();
+                if (r.specquant) {
+                    const vector_f a = activation_absmax(x);
+                    const auto [it, fresh] = absmax.try_emplace(key, a);
+                    if (!fresh) it->second = it->second.cwiseMax(a);
+                }
                 matrix_f xr = x;
                 if (const auto& rot = rotation_for(x.cols())) rot->apply_rows(xr);
                 hess.try_emplace(key, x.cols()).first->second.add(xr);
@@ -1155,7 +1384,14 @@ template <class = void>
                     h = kd.transpose() * h * kd;
                 }
             }
-            linear_record rec = detail::quantize_linear(r, w, calibrate ? &h : nullptr);
+            linear_record rec;
+            if (r.specquant) {
+                const auto am = absmax.find(key);
+                const vector_f a = am != absmax.end() ? am->second : vector_f(vector_f::Zero(w.cols()));
+                rec = detail::specquant_record(r, w, r.solver == solver_kind::gptq ? &h : nullptr, a);
+            } else {
+                rec = detail::quantize_linear(r, w, calibrate ? &h : nullptr);
+            }
             rec.rotation = std::move(learned);
             rec.rotation_status = std::move(lr.status);
             if (!block_bits.empty()) rec.act_bits = block_bits[static_cast<std::size_t>(l)];
@@ -1275,7 +1511,7 @@ inline std::string real_text(double x) {
 /// weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, psp_gradient, base3,
 /// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation,
 /// gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, ila_bits (widths joined by '/', e.g.
-/// "2/4/6/8"), ila_beta, ila_windows. Numbers
+/// "2/4/6/8"), ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max. Numbers
 /// round-trip exactly.
 [[nodiscard]] inline std::string recipe_fields(const recipe& r) {
     std::string s;
@@ -1308,6 +1544,11 @@ inline std::string real_text(double x) {
     put("ila_bits", cand);
     put("ila_beta", detail::real_text(r.ila_beta));
     put("ila_windows", std::to_string(r.ila_windows));
+    put("specquant", r.specquant ? "true" : "false");
+    put("spec_smooth", r.spec_smooth ? "true" : "false");
+    put("spec_alpha", detail::real_text(r.spec_alpha));
+    put("spec_eta", detail::real_text(r.spec_eta));
+    put("spec_k_max", std::to_string(r.spec_k_max));
     return s;
 }
 
@@ -1352,12 +1593,17 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep) {
             r.ila_bits = std::move(c);
         } else if (k == "ila_beta") r.ila_beta = detail::parse_real(v, k);
         else if (k == "ila_windows") r.ila_windows = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "specquant") r.specquant = detail::parse_flag(v, k);
+        else if (k == "spec_smooth") r.spec_smooth = detail::parse_flag(v, k);
+        else if (k == "spec_alpha") r.spec_alpha = detail::parse_real(v, k);
+        else if (k == "spec_eta") r.spec_eta = detail::parse_real(v, k);
+        else if (k == "spec_k_max") r.spec_k_max = static_cast<int>(detail::parse_integer(v, k));
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
                                    "psp_gradient, base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
                                    "residual_rotation, gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, "
-                                   "ila_bits, ila_beta, ila_windows)");
+                                   "ila_bits, ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max)");
     }
 }
 
@@ -1542,6 +1788,17 @@ inline std::string record_recipe_mismatch(const recipe& r, const linear_record& 
     if (!ila && rec.act_bits != 0)
         return "carries a per-layer activation width (act_bits " + std::to_string(rec.act_bits) +
                ") that the recipe does not allocate (ila_mean_bits=0 or no int_symmetric activations)";
+    if (!r.specquant && (rec.smoothing.size() || !rec.spectrum.empty()))
+        return "carries SpecQuant smoothing factors or a spectrum, but the recipe has specquant=false";
+    if (r.specquant && rec.smoothing.size() != (r.spec_smooth ? rec.cols : 0))
+        return "stores " + std::to_string(rec.smoothing.size()) + " smoothing factors, recipe spec_smooth=" +
+               (r.spec_smooth ? "true" : "false") + " needs " + std::to_string(r.spec_smooth ? rec.cols : 0);
+    if (r.specquant && static_cast<Eigen::Index>(rec.spectrum.size()) != rec.rows)
+        return "stores a spectrum of " + std::to_string(rec.spectrum.size()) + " rows, the layer has " + std::to_string(rec.rows);
+    for (const auto& c : rec.spectrum)
+        if (c.size() > rec.cols / 2 + 1 || (r.spec_k_max > 0 && c.size() > r.spec_k_max))
+            return "keeps " + std::to_string(c.size()) + " frequencies in a row, more than cols/2 + 1 or recipe spec_k_max=" +
+                   std::to_string(r.spec_k_max);
     if (rec.correction && (r.low_rank == 0 || rec.correction->rank() > r.low_rank))
         return "carries a rank-" + std::to_string(rec.correction->rank()) + " correction, recipe low_rank=" +
                std::to_string(r.low_rank);
@@ -1633,6 +1890,25 @@ void save_quantized_model(const std::filesystem::path& path, const quantized_mod
             if (rec.correction) {
                 add_f16_matrix(".lowrank_a", rec.correction->a);
                 add_f16_matrix(".lowrank_b", rec.correction->b);
+            }
+            if (rec.smoothing.size()) // SpecQuant λ
+                out.add(n + ".smoothing", io::st_dtype::F16, {static_cast<std::uint64_t>(rec.smoothing.size())},
+                        detail::fp16_bytes(rec.smoothing));
+            if (!rec.spectrum.empty()) { // SpecQuant: K_i (U16) and the stored reals of every row (F16)
+                std::vector<std::uint16_t> kept;
+                std::vector<float> reals;
+                const bool even = rec.cols % 2 == 0;
+                for (const auto& c : rec.spectrum) {
+                    kept.push_back(static_cast<std::uint16_t>(c.size()));
+                    for (Eigen::Index f = 0; f < c.size(); ++f) {
+                        reals.push_back(c(f).real());
+                        if (f > 0 && !(even && f == rec.cols / 2)) reals.push_back(c(f).imag());
+                    }
+                }
+                out.add(n + ".spectrum_kept", io::st_dtype::U16, {static_cast<std::uint64_t>(kept.size())},
+                        std::as_bytes(std::span<const std::uint16_t>(kept)));
+                out.add(n + ".spectrum", io::st_dtype::F16, {static_cast<std::uint64_t>(reals.size())},
+                        detail::fp16_bytes(Eigen::Map<const vector_f>(reals.data(), static_cast<Eigen::Index>(reals.size()))));
             }
         }
     }
@@ -1797,6 +2073,39 @@ template <class = void>
                 lr.a = f16_matrix(".lowrank_a");
                 lr.b = f16_matrix(".lowrank_b");
                 rec.correction = std::move(lr);
+            }
+            if (f.contains(n + ".smoothing")) {
+                rec.smoothing = detail::fp16_vector(tensor(n + ".smoothing"), n + ".smoothing");
+                if (rec.smoothing.size() != rec.cols || !rec.smoothing.allFinite() || !(rec.smoothing.array() > 0.0f).all())
+                    throw format_error("lowbit: load_quantized_model: '" + n + ".smoothing' must hold " + std::to_string(rec.cols) +
+                                       " finite positive values");
+            }
+            if (f.contains(n + ".spectrum_kept") || f.contains(n + ".spectrum")) {
+                const auto kt = tensor(n + ".spectrum_kept");
+                if (kt.dtype != io::st_dtype::U16 || static_cast<Eigen::Index>(kt.numel()) != rec.rows)
+                    throw format_error("lowbit: load_quantized_model: '" + n + ".spectrum_kept' must be U16 with one entry per row");
+                const vector_f reals = detail::fp16_vector(tensor(n + ".spectrum"), n + ".spectrum");
+                if (!reals.allFinite()) throw format_error("lowbit: load_quantized_model: '" + n + ".spectrum' holds NaN or Inf");
+                const bool even = rec.cols % 2 == 0;
+                Eigen::Index at = 0;
+                for (Eigen::Index i = 0; i < rec.rows; ++i) {
+                    std::uint16_t k = 0;
+                    std::memcpy(&k, kt.bytes.data() + 2 * i, 2);
+                    if (k > rec.cols / 2 + 1)
+                        throw format_error("lowbit: load_quantized_model: '" + n + ".spectrum_kept' keeps more than cols/2 + 1 frequencies");
+                    Eigen::VectorXcf c(k);
+                    for (Eigen::Index fr = 0; fr < k; ++fr) {
+                        const bool single = fr == 0 || (even && fr == rec.cols / 2);
+                        if (at + (single ? 1 : 2) > reals.size())
+                            throw format_error("lowbit: load_quantized_model: '" + n + ".spectrum' holds fewer values than spectrum_kept needs");
+                        const float re = reals(at++);
+                        const float im = single ? 0.0f : reals(at++);
+                        c(fr) = std::complex<float>(re, im);
+                    }
+                    rec.spectrum.push_back(std::move(c));
+                }
+                if (at != reals.size())
+                    throw format_error("lowbit: load_quantized_model: '" + n + ".spectrum' holds more values than spectrum_kept needs");
             }
             // expected shape of this slot
             const Eigen::Index hid = id.expert >= 0 ? c.moe_hidden_dim : c.hidden_dim;
