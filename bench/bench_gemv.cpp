@@ -100,6 +100,27 @@ void packed_gemv_f32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols,
     st.counters["bits_per_weight"] = w0.bits_per_weight();
 }
 
+/// The decode step of a quantized_linear layer: gemv_into (one token; activations, codes and dot
+/// products on the stack, no workspace, ISA resolved once per call), `Act` act_int{8} (quantization
+/// timed) or act_fp32 (weight-only).
+template <class F, class Act>
+void packed_gemv_into(benchmark::State& st, Eigen::Index rows, Eigen::Index cols) {
+    const auto w = lowbit_bench::random_packed<F>(rows, cols, 7);
+    const lowbit::vector_f x = random_activations(1, cols, 1).row(0).transpose();
+    lowbit::vector_f y(rows);
+    const Act act = [] {
+        if constexpr (std::is_same_v<Act, lowbit::act_int>) return lowbit::act_int{8};
+        else return lowbit::act_fp32{};
+    }();
+    for (auto _ : st) {
+        lowbit::gemv_into(w, x, act, y);
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    st.counters["packed_bytes"] = double(w.bytes().size());
+    st.counters["bits_per_weight"] = w.bits_per_weight();
+}
+
 /// Grouped int4 (fp16 scale and offset per `gc` columns, gemm.hpp grouped kernels): gemm_into with a
 /// reused workspace, 1 token; `Act` act_int{8} (quantized inside, timed) or act_fp32 (weight-only).
 template <class Act>
@@ -261,6 +282,23 @@ const int registered = [] {
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
         benchmark::RegisterBenchmark(("gemv/int4_f32/" + sh).c_str(), [=](benchmark::State& s) { packed_gemv_f32<lowbit::int4>(s, r, c, false); })
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    }
+    // gemv_into (the decode step of quantized_linear) at the same small shapes: "<format>_i8_into",
+    // "<format>_f32_into"; ratios against gemv/eigen_fp32 of the same shape
+    for (auto [r, c] : small) {
+        const std::string sh = shape(r, c) + "/cache/threads:1";
+        const auto reg = [&](const std::string& name, auto fn) {
+            benchmark::RegisterBenchmark(("gemv/" + name + "/" + sh).c_str(), [=](benchmark::State& s) { fn(s, r, c); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        };
+        reg("ternary2_i8_into", packed_gemv_into<lowbit::ternary2, lowbit::act_int>);
+        reg("ternary_base3_i8_into", packed_gemv_into<lowbit::ternary_base3, lowbit::act_int>);
+        reg("binary1_i8_into", packed_gemv_into<lowbit::binary1, lowbit::act_int>);
+        reg("int4_i8_into", packed_gemv_into<lowbit::int4, lowbit::act_int>);
+        reg("ternary2_f32_into", packed_gemv_into<lowbit::ternary2, lowbit::act_fp32>);
+        reg("ternary_base3_f32_into", packed_gemv_into<lowbit::ternary_base3, lowbit::act_fp32>);
+        reg("binary1_f32_into", packed_gemv_into<lowbit::binary1, lowbit::act_fp32>);
+        reg("int4_f32_into", packed_gemv_into<lowbit::int4, lowbit::act_fp32>);
     }
     // grouped int4 (per-128 / per-256-column scale and offset) next to per-row int4 and Eigen FP32
     // (llama-21M-en's layer shapes and 4096², in cache)

@@ -776,6 +776,49 @@ TEST_CASE_TEMPLATE("gemm_into with one reused workspace equals gemm for every sh
     CHECK_THROWS_AS(lowbit::gemm_into(w, random_x(2, 41, 9), lowbit::act_int{8}, wrong, ws), lowbit::shape_error);
 }
 
+TEST_CASE_TEMPLATE("gemv_into (stack buffers, one token) equals gemm bit for bit on every ISA path", F, lowbit::ternary2,
+                   lowbit::ternary_base3, lowbit::binary1, lowbit::int2, lowbit::int4) {
+    // the stories260K shapes, row tails (not a multiple of 4), rows beyond one stack chunk
+    // (detail::gemv_stack_rows) and a row wider than detail::gemv_stack_cols (the workspace fallback)
+    const std::pair<Eigen::Index, Eigen::Index> shapes[] = {{64, 64}, {172, 64}, {64, 172}, {7, 300}, {1030, 64}, {6, 4500}};
+    std::uint64_t seed = 11;
+    for (auto [rows, cols] : shapes)
+        for (bool offset : {false, true}) {
+            const lowbit::vector_f mu = offset ? lowbit::vector_f::Constant(rows, 0.01f) : lowbit::vector_f();
+            const auto w = lowbit::pack<F>(random_codes<F>(rows, cols, seed), lowbit::vector_f::Constant(rows, 0.03f), mu);
+            const lowbit::matrix_f x = random_x(1, cols, ++seed);
+            const lowbit::vector_f xv = x.row(0).transpose();
+            for (kernel_isa isa : all_isas) {
+                if (!lowbit::isa_available(isa)) continue;
+                CAPTURE(rows);
+                CAPTURE(cols);
+                CAPTURE(offset);
+                CAPTURE(lowbit::isa_name(isa));
+                lowbit::vector_f y(rows);
+                for (int bits : {8, 6, 2}) {
+                    lowbit::gemv_into(w, xv, lowbit::act_int{bits}, y, isa);
+                    CHECK(y.transpose() == lowbit::gemm(w, x, lowbit::act_int{bits}, isa));
+                }
+                lowbit::gemv_into(w, xv, lowbit::act_fp32{}, y, isa);
+                CHECK(y.transpose() == lowbit::gemm(w, x, lowbit::act_fp32{}, isa));
+                lowbit::gemv_into(lowbit::interleave(w), xv, lowbit::act_int{8}, y, isa);
+                CHECK(y.transpose() == lowbit::gemm(w, x, lowbit::act_int{8}, isa));
+            }
+        }
+    const auto w = lowbit::pack<F>(random_codes<F>(8, 40, 2), lowbit::vector_f::Constant(8, 0.03f));
+    lowbit::vector_f x = random_x(1, 40, 9).row(0).transpose(), y(8), wrong(9);
+    CHECK_THROWS_AS(lowbit::gemv_into(w, x, lowbit::act_int{8}, wrong), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::gemv_into(w, x, lowbit::act_fp32{}, wrong), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::gemv_into(w, lowbit::vector_f(random_x(1, 41, 9).row(0).transpose()), lowbit::act_int{8}, y),
+                    lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::gemv_into(w, x, lowbit::act_int{9}, y), lowbit::invalid_argument);
+    x(3) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS(lowbit::gemv_into(w, x, lowbit::act_int{8}, y), lowbit::numeric_error);
+    CHECK_THROWS_AS(lowbit::gemv_into(w, x, lowbit::act_fp32{}, y), lowbit::numeric_error);
+    x(3) = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_AS(lowbit::gemv_into(w, x, lowbit::act_fp32{}, y), lowbit::numeric_error);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Grouped int4 (per-group scale and offset)
 // ---------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <utility>
@@ -172,26 +173,33 @@ inline void require_kernel_shape(const M& w, Eigen::Index in_cols, const char* w
     require_dim(in_cols, w.cols(), where, what);
 }
 
-/// Integer kernels of one ISA for rows [r0, r1) (dispatch point; `isa` already resolved).
+/// Integer kernels of one ISA for rows [r0, r1) on raw activation codes: `nt` tokens of `ldx`
+/// int8 codes each (zero-padded to at least w.padded_cols()), `qsum` their Σq (dispatch point;
+/// `isa` already resolved).
+template <PackedWeights M>
+inline void dot_rows_isa(kernel_isa isa, const M& w, Eigen::Index r0, Eigen::Index r1, const std::int8_t* x,
+                         Eigen::Index ldx, const std::int32_t* qsum, Eigen::Index nt, std::int32_t* out, Eigen::Index ldo) {
+    switch (isa) {
+#if LOWBIT_HAVE_AMX_KERNELS
+    case kernel_isa::amx: amx_kernels::dot_rows(w, r0, r1, x, ldx, qsum, nt, out, ldo); return;
+#endif
+#if LOWBIT_HAVE_X86_KERNELS
+    case kernel_isa::avx512: avx512_kernels::dot_rows(w, r0, r1, x, ldx, qsum, nt, out, ldo); return;
+    case kernel_isa::avx2: avx2_kernels::dot_rows(w, r0, r1, x, ldx, qsum, nt, out, ldo); return;
+#endif
+#if LOWBIT_HAVE_NEON_KERNELS
+    case kernel_isa::neon: neon_kernels::dot_rows(w, r0, r1, x, ldx, qsum, nt, out, ldo); return;
+#endif
+    case kernel_isa::generic: generic_kernels::dot_rows(w, r0, r1, x, ldx, qsum, nt, out, ldo); return;
+    default: scalar_kernels::dot_rows(w, r0, r1, x, ldx, qsum, nt, out, ldo); return;
+    }
+}
+
+/// Integer kernels of one ISA for rows [r0, r1) and the tokens of `a` (`isa` already resolved).
 template <PackedWeights M>
 inline void dot_rows_isa(kernel_isa isa, const M& w, Eigen::Index r0, Eigen::Index r1,
                          const quantized_activations& a, std::int32_t* out, Eigen::Index ldo) {
-    const std::int8_t* x = a.q.data();
-    const Eigen::Index ldx = a.q.cols(), nt = a.q.rows();
-    switch (isa) {
-#if LOWBIT_HAVE_AMX_KERNELS
-    case kernel_isa::amx: amx_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
-#endif
-#if LOWBIT_HAVE_X86_KERNELS
-    case kernel_isa::avx512: avx512_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
-    case kernel_isa::avx2: avx2_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
-#endif
-#if LOWBIT_HAVE_NEON_KERNELS
-    case kernel_isa::neon: neon_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
-#endif
-    case kernel_isa::generic: generic_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
-    default: scalar_kernels::dot_rows(w, r0, r1, x, ldx, a.qsum.data(), nt, out, ldo); return;
-    }
+    dot_rows_isa(isa, w, r0, r1, a.q.data(), a.q.cols(), a.qsum.data(), a.q.rows(), out, ldo);
 }
 
 /// The scale of a token whose max|x| is `amax`: clamp(amax/L, 1e-5, 1e4) in double, rounded to float.
@@ -541,13 +549,124 @@ template <PackedWeights M>
     return y;
 }
 
-/// y = W·x for one activation vector (length w.cols()), either activation policy.
+namespace detail {
+/// Widest padded row `gemv_into` serves from stack buffers (int8 codes or zero-padded floats); wider
+/// rows go through gemm_into with a local workspace.
+inline constexpr Eigen::Index gemv_stack_cols = 4096;
+/// Rows per stack chunk of `gemv_into`'s dot products (a multiple of 16: chunking keeps every kernel's
+/// row grouping, so results do not depend on it).
+inline constexpr Eigen::Index gemv_stack_rows = 1024;
+} // namespace detail
+
+/// y = W·x for one token into `y` (length w.rows()) with activations quantized inside
+/// (`act_int{bits}`, the rule of the file comment): bit-identical to `gemm(w, x as 1×n, act, isa)`
+/// (same codes, the same exact int32 d_i, the same float epilogue). The decode step of a layer: for
+/// w.padded_cols() ≤ detail::gemv_stack_cols the codes and the dot products live on the stack, so
+/// the call allocates nothing and resolves the ISA once (no workspace to carry); wider rows take
+/// gemm_into with a local workspace. O(rows·padded cols).
+/// \throws shape_error (lengths), numeric_error (NaN/Inf in x), invalid_argument (bits, ISA).
+template <PackedWeights M>
+inline void gemv_into(const M& w, const cref_vector_f& x, act_int act, Eigen::Ref<vector_f> y,
+                      kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "gemv_into";
+    detail::require_kernel_shape(w, x.size(), where, "x length");
+    detail::require_dim(y.size(), w.rows(), where, "y length");
+    detail::require_levels(act.bits, where);
+    const Eigen::Index n = x.size(), padded = detail::padded_activation_cols(n);
+    if (padded > detail::gemv_stack_cols) {
+        gemm_workspace ws;
+        matrix_f yr(1, w.rows());
+        gemm_into(w, Eigen::Map<const matrix_f>(x.data(), 1, n), act, yr, ws, isa);
+        y = yr.row(0).transpose();
+        return;
+    }
+    const kernel_isa path = detail::resolve_gemm_isa(isa, 1, where);
+    const int levels = (1 << (act.bits - 1)) - 1;
+    alignas(64) std::int8_t q[detail::gemv_stack_cols];
+    std::memset(q + n, 0, static_cast<std::size_t>(padded - n));
+    std::int32_t qs = 0;
+    double sum = 0.0;
+    float s = 0.0f;
+    const bool finite = detail::host_cpu_features().avx512 ? detail::quantize_row_avx512(x.data(), n, levels, q, s, sum, qs)
+                        : detail::host_cpu_features().avx2 ? detail::quantize_row_avx2(x.data(), n, levels, q, s, sum, qs)
+                                                           : detail::quantize_row(x.data(), n, levels, q, s, sum, qs);
+    detail::require<numeric_error>(finite, where, "argument 'x' contains NaN or Inf");
+    const float xsum = static_cast<float>(sum);
+    std::int32_t d[detail::gemv_stack_rows];
+    for (Eigen::Index r0 = 0; r0 < w.rows(); r0 += detail::gemv_stack_rows) {
+        const Eigen::Index r1 = std::min(w.rows(), r0 + detail::gemv_stack_rows);
+        detail::dot_rows_isa(path, w, r0, r1, q, padded, &qs, 1, d, r1 - r0);
+        // the epilogue of gemm_rows, with the offset test hoisted out of the row loop
+        const float* al = w.scale().data();
+        if (w.has_offset()) {
+            const float* mu = w.offset().data();
+            for (Eigen::Index i = r0; i < r1; ++i) y(i) = (al[i] * s) * static_cast<float>(d[i - r0]) + mu[i] * xsum;
+        } else {
+            for (Eigen::Index i = r0; i < r1; ++i) y(i) = (al[i] * s) * static_cast<float>(d[i - r0]);
+        }
+    }
+}
+
+/// y = W·x for one token into `y` (length w.rows()) with fp32 activations (weight-only): bit-identical
+/// to `gemm(w, x as 1×n, act_fp32, isa)` (the per-token path of gemm_into: same kernels, same
+/// summation order). For w.padded_cols() ≤ detail::gemv_stack_cols the zero-padded activations and
+/// the dot products live on the stack (no allocation); wider rows take gemm_into with a local
+/// workspace. O(rows·padded cols).
+/// \throws shape_error (lengths), numeric_error (NaN/Inf in x), invalid_argument (ISA).
+template <PackedWeights M>
+inline void gemv_into(const M& w, const cref_vector_f& x, act_fp32 act, Eigen::Ref<vector_f> y,
+                      kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "gemv_into";
+    detail::require_kernel_shape(w, x.size(), where, "x length");
+    detail::require_dim(y.size(), w.rows(), where, "y length");
+    const Eigen::Index n = x.size(), np = w.padded_cols();
+    if (np > detail::gemv_stack_cols) {
+        gemm_workspace ws;
+        matrix_f yr(1, w.rows());
+        gemm_into(w, Eigen::Map<const matrix_f>(x.data(), 1, n), act, yr, ws, isa);
+        y = yr.row(0).transpose();
+        return;
+    }
+    const kernel_isa path = detail::resolve_isa(isa, where);
+    [[maybe_unused]] const bool avx512 = LOWBIT_HAVE_X86_KERNELS && (path == kernel_isa::avx512 || path == kernel_isa::amx);
+    alignas(64) float xp[detail::gemv_stack_cols];
+    double sum = 0.0;
+    for (Eigen::Index j = 0; j < n; ++j) {
+        xp[j] = x(j);
+        sum += static_cast<double>(x(j));
+    }
+    // Σx in double is finite iff every x_j is (a float sum cannot overflow a double): the
+    // finiteness check without a second pass over x
+    detail::require<numeric_error>(std::isfinite(sum), where, "argument 'x' contains NaN or Inf");
+    for (Eigen::Index j = n; j < np; ++j) xp[j] = 0.0f;
+    const float xsum = static_cast<float>(sum);
+    float d[detail::gemv_stack_rows];
+    for (Eigen::Index r0 = 0; r0 < w.rows(); r0 += detail::gemv_stack_rows) {
+        const Eigen::Index r1 = std::min(w.rows(), r0 + detail::gemv_stack_rows);
+#if LOWBIT_HAVE_X86_KERNELS
+        if (avx512) {
+            const float* rows[1] = {xp};
+            detail::avx512_kernels::dot_rows_f32(w, r0, r1, rows, &xsum, 1, d, r1 - r0);
+        } else
+#endif
+        if (path == kernel_isa::scalar)
+            detail::scalar_kernels::dot_rows_f32(w, r0, r1, xp, d);
+        else
+            detail::generic_kernels::dot_rows_f32(w, r0, r1, xp, d);
+        for (Eigen::Index i = r0; i < r1; ++i)
+            y(i) = w.scale()(i) * d[i - r0] + (w.has_offset() ? w.offset()(i) * xsum : 0.0f);
+    }
+}
+
+/// y = W·x for one activation vector (length w.cols()), either activation policy (`gemv_into`
+/// into a new vector).
 template <PackedWeights M, class Act = act_int>
 [[nodiscard]] inline vector_f gemv(const M& w, const cref_vector_f& x, Act act = {},
                                    kernel_isa isa = kernel_isa::automatic) {
     detail::require_kernel_shape(w, x.size(), "gemv", "x length");
-    const Eigen::Map<const matrix_f> xr(x.data(), 1, x.size());
-    return gemm(w, xr, act, isa).row(0).transpose();
+    vector_f y(w.rows());
+    gemv_into(w, x, act, y, isa);
+    return y;
 }
 
 /// Y = X·Wᵀ split over row chunks with OpenMP (`#pragma omp parallel for`) when the consumer compiles

@@ -666,7 +666,7 @@ private:
         const auto K = info_.block, P = info_.pow2;
         const T s = static_cast<T>(1.0 / std::sqrt(static_cast<double>(info_.n)));
         const bool windows = info_.method == hadamard_method::sylvester_windows;
-        mat tmp(windows ? 0 : K, windows ? 0 : P);
+        mat tmp(windows || K == 1 ? 0 : K, windows || K == 1 ? 0 : P); // K = 1 (Sylvester) needs none
         for (Eigen::Index r = 0; r < m.rows(); ++r) {
             T* row = &m(r, 0);
             const float* signs = signs_f_.size() > 0 ? signs_f_.data() : nullptr;

@@ -73,7 +73,7 @@ inline double weight_bits(const W& w) {
 }
 
 /// Symmetric per-token quantize-dequantize with the grid of gemm.hpp's `quantize_activations`.
-inline matrix_f int_fake_quantize(const matrix_f& x, int bits) {
+inline matrix_f int_fake_quantize(const cref_matrix_f& x, int bits) {
     const quantized_activations q = quantize_activations(x, bits);
     matrix_f out(x.rows(), x.cols());
     for (Eigen::Index k = 0; k < x.rows(); ++k)
@@ -84,7 +84,8 @@ inline matrix_f int_fake_quantize(const matrix_f& x, int bits) {
 
 } // namespace detail
 
-/// Kernel of a (Weights, Activation) pair: `run(w, act, x, y)` computes y = A(x)·Wᵀ.
+/// Kernel of a (Weights, Activation) pair: `run(w, act, x, y)` computes y = A(x)·Wᵀ (x `[tokens x in]`,
+/// y resized to `[tokens x out]`; a y of that shape is reused).
 /// The primary template refuses pairs lowbit has no kernel for.
 template <class Weights, class Activation>
 struct linear_kernel {
@@ -94,10 +95,21 @@ struct linear_kernel {
 };
 
 /// Packed weights × fp32 or integer activations: the gemm.hpp kernels (ISA chosen once per call).
+/// One token (decode) runs `gemv_into` straight into y: activations and dot products on the stack,
+/// no allocation; more tokens run `gemm_into` with a workspace local to the call. Results are those
+/// of `gemm(w, x, act)` bit for bit.
 template <class F, class Act>
     requires(std::is_same_v<Act, act_fp32> || std::is_same_v<Act, act_int>)
 struct linear_kernel<packed_matrix<F>, Act> {
-    static void run(const packed_matrix<F>& w, const Act& act, const matrix_f& x, matrix_f& y) { y = gemm(w, x, act); }
+    static void run(const packed_matrix<F>& w, const Act& act, const cref_matrix_f& x, matrix_f& y) {
+        y.resize(x.rows(), w.rows());
+        if (x.rows() == 1) {
+            gemv_into(w, Eigen::Map<const vector_f>(x.data(), x.cols()), act, Eigen::Map<vector_f>(y.data(), w.rows()));
+            return;
+        }
+        gemm_workspace ws;
+        gemm_into(w, x, act, y, ws);
+    }
 };
 
 /// Grouped int4 weights (per-group scale and offset) × fp32 or integer activations: gemm.hpp's
@@ -105,14 +117,14 @@ struct linear_kernel<packed_matrix<F>, Act> {
 template <class Act>
     requires(std::is_same_v<Act, act_fp32> || std::is_same_v<Act, act_int>)
 struct linear_kernel<grouped_int4_matrix, Act> {
-    static void run(const grouped_int4_matrix& w, const Act& act, const matrix_f& x, matrix_f& y) { y = gemm(w, x, act); }
+    static void run(const grouped_int4_matrix& w, const Act& act, const cref_matrix_f& x, matrix_f& y) { y = gemm(w, x, act); }
 };
 
 /// Dense weights × fp32 activations: Eigen GEMM.
 template <>
 struct linear_kernel<dense_weights, act_fp32> {
     template <class = void> // compiled only where called (docs/compile_time.md)
-    static void run(const dense_weights& w, const act_fp32&, const matrix_f& x, matrix_f& y) {
+    static void run(const dense_weights& w, const act_fp32&, const cref_matrix_f& x, matrix_f& y) {
         y.resize(x.rows(), w.w.rows());
         y.noalias() = x * w.w.transpose();
     }
@@ -122,7 +134,7 @@ struct linear_kernel<dense_weights, act_fp32> {
 template <>
 struct linear_kernel<dense_weights, act_int> {
     template <class = void> // compiled only where called (docs/compile_time.md)
-    static void run(const dense_weights& w, const act_int& act, const matrix_f& x, matrix_f& y) {
+    static void run(const dense_weights& w, const act_int& act, const cref_matrix_f& x, matrix_f& y) {
         const matrix_f xq = detail::int_fake_quantize(x, act.bits);
         y.resize(x.rows(), w.w.rows());
         y.noalias() = xq * w.w.transpose();
@@ -133,8 +145,8 @@ struct linear_kernel<dense_weights, act_int> {
 template <class Q>
 struct linear_kernel<dense_weights, act_fake<Q>> {
     template <class = void> // compiled only where called (docs/compile_time.md)
-    static void run(const dense_weights& w, const act_fake<Q>& act, const matrix_f& x, matrix_f& y) {
-        const matrix_f xq = act.quantize(x);
+    static void run(const dense_weights& w, const act_fake<Q>& act, const cref_matrix_f& x, matrix_f& y) {
+        const matrix_f xq = act.quantize(matrix_f(x));
         detail::require<shape_error>(xq.rows() == x.rows() && xq.cols() == x.cols(), "quantized_linear",
                                      "the activation transform changed the shape of x");
         y.resize(x.rows(), w.w.rows());
@@ -177,18 +189,29 @@ public:
     [[nodiscard]] Eigen::Index in_features() const { return detail::weight_cols(w_); }   ///< in
     [[nodiscard]] Eigen::Index out_features() const { return detail::weight_rows(w_); }  ///< out
 
-    /// y = x·Wᵀ (rotation, activation policy, kernel, low-rank term); x is `[tokens x in]`.
+    /// y = x·Wᵀ (rotation, activation policy, kernel, low-rank term); x is `[tokens x in]`, y is
+    /// resized to `[tokens x out]` (reused when it has that shape). The rotated copy of x lives on the
+    /// stack up to `rotation_stack_elems` entries (a decode step allocates nothing there).
     /// \throws shape_error if x has the wrong width; the kernels' errors (NaN/Inf activations).
     void apply(const matrix_f& x, matrix_f& y) const {
         detail::require_dim(x.cols(), in_features(), "quantized_linear::apply", "columns of x");
         if constexpr (std::is_same_v<Rotation, no_rotation>) {
             run(x, y);
+        } else if (x.size() <= rotation_stack_elems) {
+            alignas(64) float buf[rotation_stack_elems];
+            Eigen::Map<matrix_f> xr(buf, x.rows(), x.cols());
+            xr = x;
+            rot_.apply_rows(xr);
+            run(xr, y);
         } else {
             matrix_f xr = x;
             rot_.apply_rows(xr);
             run(xr, y);
         }
     }
+
+    /// Most entries of x whose rotated copy `apply` keeps on the stack (16 KiB).
+    static constexpr Eigen::Index rotation_stack_elems = 4096;
 
     /// Bits stored for the weights: codes + scales + offsets (+ 32 per low-rank factor entry).
     [[nodiscard]] double storage_bits() const {
@@ -203,7 +226,7 @@ public:
     [[nodiscard]] const std::optional<low_rank>& correction() const { return lr_; } ///< low-rank term
 
 private:
-    void run(const matrix_f& x, matrix_f& y) const {
+    void run(const cref_matrix_f& x, matrix_f& y) const {
         linear_kernel<Weights, Activation>::run(w_, act_, x, y);
         if (lr_) y.noalias() += (x * lr_->b.transpose()) * lr_->a.transpose();
     }
