@@ -558,6 +558,18 @@ inline constexpr Eigen::Index gemv_stack_cols = 4096;
 inline constexpr Eigen::Index gemv_stack_rows = 1024;
 } // namespace detail
 
+namespace detail {
+/// `gemv_into`'s path for rows wider than `gemv_stack_cols`: the one-token `gemm_into` with a local
+/// workspace (allocates). Same results as the stack path would give (both equal `gemm`).
+template <PackedWeights M, class Act>
+void gemv_by_gemm(const M& w, const cref_vector_f& x, const Act& act, Eigen::Ref<vector_f> y, kernel_isa isa) {
+    gemm_workspace ws;
+    matrix_f yr(1, w.rows());
+    gemm_into(w, Eigen::Map<const matrix_f>(x.data(), 1, x.size()), act, yr, ws, isa);
+    y = yr.row(0).transpose();
+}
+} // namespace detail
+
 /// y = W·x for one token into `y` (length w.rows()) with activations quantized inside
 /// (`act_int{bits}`, the rule of the file comment): bit-identical to `gemm(w, x as 1×n, act, isa)`
 /// (same codes, the same exact int32 d_i, the same float epilogue). The decode step of a layer: for
@@ -573,13 +585,7 @@ inline void gemv_into(const M& w, const cref_vector_f& x, act_int act, Eigen::Re
     detail::require_dim(y.size(), w.rows(), where, "y length");
     detail::require_levels(act.bits, where);
     const Eigen::Index n = x.size(), padded = detail::padded_activation_cols(n);
-    if (padded > detail::gemv_stack_cols) {
-        gemm_workspace ws;
-        matrix_f yr(1, w.rows());
-        gemm_into(w, Eigen::Map<const matrix_f>(x.data(), 1, n), act, yr, ws, isa);
-        y = yr.row(0).transpose();
-        return;
-    }
+    if (padded > detail::gemv_stack_cols) return detail::gemv_by_gemm(w, x, act, y, isa);
     const kernel_isa path = detail::resolve_gemm_isa(isa, 1, where);
     const int levels = (1 << (act.bits - 1)) - 1;
     alignas(64) std::int8_t q[detail::gemv_stack_cols];
@@ -620,13 +626,7 @@ inline void gemv_into(const M& w, const cref_vector_f& x, act_fp32 act, Eigen::R
     detail::require_kernel_shape(w, x.size(), where, "x length");
     detail::require_dim(y.size(), w.rows(), where, "y length");
     const Eigen::Index n = x.size(), np = w.padded_cols();
-    if (np > detail::gemv_stack_cols) {
-        gemm_workspace ws;
-        matrix_f yr(1, w.rows());
-        gemm_into(w, Eigen::Map<const matrix_f>(x.data(), 1, n), act, yr, ws, isa);
-        y = yr.row(0).transpose();
-        return;
-    }
+    if (np > detail::gemv_stack_cols) return detail::gemv_by_gemm(w, x, act, y, isa);
     const kernel_isa path = detail::resolve_isa(isa, where);
     [[maybe_unused]] const bool avx512 = LOWBIT_HAVE_X86_KERNELS && (path == kernel_isa::avx512 || path == kernel_isa::amx);
     alignas(64) float xp[detail::gemv_stack_cols];
