@@ -211,6 +211,21 @@ TEST_CASE_TEMPLATE("integer kernels do not saturate at extreme codes and activat
     check_exact<F>(5, 33000, 1, 8, true); // > 128 blocks: crosses a chunk of the AND-only 2-bit micro-kernel
 }
 
+TEST_CASE("base 3: exact where 256·Σu·x of a row exceeds int32 (the AVX-512 linear form folds in chunks)") {
+    // all weights +1 (digit 2) and all activation codes +127 over 40 000 columns: Σu·x = 10 160 000,
+    // 256·Σu·x ≈ 2.6e9 > 2^31, so an unchunked int32 fold of the linear form would wrap
+    for (Eigen::Index tokens : {1, 2, 5}) {
+        const Eigen::Index rows = 6, cols = 40000;
+        const lowbit::matrix_i8 c = lowbit::matrix_i8::Ones(rows, cols);
+        const auto w = lowbit::pack<lowbit::ternary_base3>(c, lowbit::vector_f::Ones(rows));
+        const auto a = lowbit::quantize_activations(lowbit::matrix_f::Ones(tokens, cols), 8);
+        const auto want = brute_dot(c, a);
+        CHECK(want[0] == 127 * cols);
+        check_exact_layout(w, a, want, rows, tokens);
+        check_exact_layout(lowbit::interleave(w), a, want, rows, tokens);
+    }
+}
+
 namespace {
 // d from `run` against the scalar reference on both layouts of one random matrix, every
 // (tokens, rows, cols) of the grid; rows 11 cut a 4-row tile and a 16-row tile.

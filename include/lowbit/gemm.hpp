@@ -300,6 +300,16 @@ inline bool quantize_row_avx512(const float* x, Eigen::Index n, int levels, std:
 }
 #endif
 
+/// quantize_row_body through the widest of its builds the host runs (AVX-512, AVX2, default):
+/// identical results on every path, so the choice is a speed choice only.
+inline bool quantize_row_isa(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
+                             std::int32_t& qsum) {
+    const cpu_features& f = host_cpu_features();
+    return f.avx512 ? quantize_row_avx512(x, n, levels, q, scale, sum, qsum)
+           : f.avx2 ? quantize_row_avx2(x, n, levels, q, scale, sum, qsum)
+                    : quantize_row(x, n, levels, q, scale, sum, qsum);
+}
+
 } // namespace detail
 
 /// Quantizes each row (token) of `x` `[tokens x in]` to `bits`-bit symmetric integers (see the file
@@ -321,16 +331,13 @@ inline void quantize_activations(const cref_matrix_f& x, int bits, quantized_act
     a.scale.resize(x.rows());
     a.sum.resize(x.rows());
     a.qsum.resize(static_cast<std::size_t>(x.rows()));
-    const bool avx2 = detail::host_cpu_features().avx2, avx512 = detail::host_cpu_features().avx512;
     for (Eigen::Index k = 0; k < x.rows(); ++k) {
         std::int32_t qs = 0;
         double sum = 0.0;
         float s = 0.0f;
         const float* xk = x.row(k).data();
         std::int8_t* qk = a.q.row(k).data();
-        const bool finite = avx512 ? detail::quantize_row_avx512(xk, n, levels, qk, s, sum, qs)
-                            : avx2 ? detail::quantize_row_avx2(xk, n, levels, qk, s, sum, qs)
-                                   : detail::quantize_row(xk, n, levels, qk, s, sum, qs);
+        const bool finite = detail::quantize_row_isa(xk, n, levels, qk, s, sum, qs);
         detail::require<numeric_error>(finite, where, "argument 'x' contains NaN or Inf");
         a.scale(k) = s;
         a.sum(k) = static_cast<float>(sum);
@@ -556,9 +563,7 @@ inline constexpr Eigen::Index gemv_stack_cols = 4096;
 /// Rows per stack chunk of `gemv_into`'s dot products (a multiple of 16: chunking keeps every kernel's
 /// row grouping, so results do not depend on it).
 inline constexpr Eigen::Index gemv_stack_rows = 1024;
-} // namespace detail
 
-namespace detail {
 /// `gemv_into`'s path for rows wider than `gemv_stack_cols`: the one-token `gemm_into` with a local
 /// workspace (allocates). Same results as the stack path would give (both equal `gemm`).
 template <PackedWeights M, class Act>
@@ -593,9 +598,7 @@ inline void gemv_into(const M& w, const cref_vector_f& x, act_int act, Eigen::Re
     std::int32_t qs = 0;
     double sum = 0.0;
     float s = 0.0f;
-    const bool finite = detail::host_cpu_features().avx512 ? detail::quantize_row_avx512(x.data(), n, levels, q, s, sum, qs)
-                        : detail::host_cpu_features().avx2 ? detail::quantize_row_avx2(x.data(), n, levels, q, s, sum, qs)
-                                                           : detail::quantize_row(x.data(), n, levels, q, s, sum, qs);
+    const bool finite = detail::quantize_row_isa(x.data(), n, levels, q, s, sum, qs);
     detail::require<numeric_error>(finite, where, "argument 'x' contains NaN or Inf");
     const float xsum = static_cast<float>(sum);
     std::int32_t d[detail::gemv_stack_rows];

@@ -743,7 +743,7 @@ template <class = void>
     matrix_d c = matrix_d::Identity(s.l, s.l), b = matrix_d::Identity(s.r, s.r);
     detail::adam_state al, ar;
     rotation_learning_result res;
-    batches.front().set_right(b);
+    if (nb == 1) batches.front().set_right(b); // with B > 1 batches, each sets Z when it is visited
     if (opt.method == kotms_method::procrustes_em) {
         res.loss_history = detail::procrustes_em(batches, c, b, spec, opt.iters, opt.relaxation, opt.tolerance);
         res.rotation = {c.cast<float>(), b.cast<float>()};

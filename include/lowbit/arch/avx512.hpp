@@ -8,8 +8,9 @@
 /// digits u ∈ [0, 15], each multiplied with 64 int8 activations by `vpdpbusd` (u8 × s8, four
 /// products summed into each int32 lane, no saturation), with one accumulator per digit plane to
 /// hide the instruction latency. Digit extraction: AND/shift (2-bit, 4-bit), k-mask byte moves
-/// (binary), two unsigned compares and a multiply-by-3 mod 256 per trit (base 3). Same contract
-/// and exact results as detail::scalar_kernels::dot_rows (arch/generic.hpp).
+/// (binary), two unsigned compares and a multiply-by-3 mod 256 per trit (base 3, 4-token GEMM);
+/// base 3 in GEMV is not decoded: `base3_dot_planes` multiplies the raw bytes (linear form). Same
+/// contract and exact results as detail::scalar_kernels::dot_rows (arch/generic.hpp).
 ///
 /// interleaved_matrix (4-row tiles): `tile_dot4` loads each block's activation vectors once for
 /// four rows (2 accumulators per row, one reduction per row per call) and prefetches the tile
@@ -82,6 +83,32 @@ LOWBIT_AVX512_TARGET inline __m512i load_pinned(const void* p) {
     return v;
 }
 
+/// Blocks one accumulator pair of the linear base-3 dot (`base3_dot_planes`) takes before it is
+/// folded into an exact sum: 64 blocks = 20 480 columns, so 256·|Σ u·x| ≤ 256·2·127·20 480 < 2^31.
+inline constexpr Eigen::Index base3_chunk_blocks = 64;
+
+/// Base 3 without decoding the trits. The bytes s_0 = stored, s_{k+1} = 3·s_k mod 256 satisfy
+/// 3·s_k = 256·u_k + s_{k+1} (u_k = ⌊3·s_k/256⌋, the k-th digit), so Σ_j u_kj·x_j =
+/// (3·Σ_j s_kj·x_j − Σ_j s_{k+1,j}·x_j)/256: per 64-column plane two `vpdpbusd` on raw bytes and
+/// one multiply-by-3 (two byte adds) instead of two compares and two mask moves. Adds
+/// Σ_k s_k·x_k to p and Σ_k s_{k+1}·x_k to n over planes k < `planes` (≤ 5); `base3_fold` turns the
+/// pair into 256·Σ u·x (int32 arithmetic wraps mod 2^32, which is exact as long as the true value
+/// fits: at most `base3_chunk_blocks` blocks per pair).
+LOWBIT_AVX512_TARGET inline void base3_dot_planes(__m512i s, const __m512i* x, int planes, __m512i& p, __m512i& n) {
+#pragma GCC unroll 5
+    for (int k = 0; k < 5; ++k) {
+        if (k >= planes) break;
+        p = _mm512_dpbusd_epi32(p, s, x[k]);
+        s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
+        n = _mm512_dpbusd_epi32(n, s, x[k]);
+    }
+}
+
+/// 3·p − n lane-wise (wrapping int32): lanes summing to 256·Σ u·x for `base3_dot_planes`' pair.
+LOWBIT_AVX512_TARGET inline __m512i base3_fold(__m512i p, __m512i n) {
+    return _mm512_sub_epi32(_mm512_add_epi32(p, _mm512_add_epi32(p, p)), n);
+}
+
 /// Σ_j u_ij · x_j over one packed row (u = stored digits), int32.
 template <class F>
 LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, const std::int8_t* x, Eigen::Index nblocks) {
@@ -117,25 +144,36 @@ LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, co
             a3 = _mm512_dpbusd_epi32(a3, _mm512_maskz_mov_epi8(_cvtu64_mask64(m[3]), one), _mm512_loadu_si512(x + 192));
         }
     } else if constexpr (std::is_same_v<F, ternary_base3>) {
-        const __m512i one = _mm512_set1_epi8(1), t86 = _mm512_set1_epi8(86), t171 = _mm512_set1_epi8(static_cast<char>(171));
-#define LOWBIT_TRIT512(s) _mm512_mask_add_epi8(_mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(s, t86), one), \
-                                            _mm512_cmpge_epu8_mask(s, t171), \
-                                            _mm512_maskz_mov_epi8(_mm512_cmpge_epu8_mask(s, t86), one), one)
-#define LOWBIT_TIMES3_512(s) _mm512_add_epi8(s, _mm512_add_epi8(s, s))
-        for (Eigen::Index b = 0; b < nblocks; ++b, p += 64, x += 320) {
-            __m512i s = load_pinned(p);
-            a0 = _mm512_dpbusd_epi32(a0, LOWBIT_TRIT512(s), _mm512_loadu_si512(x));
-            s = LOWBIT_TIMES3_512(s);
-            a1 = _mm512_dpbusd_epi32(a1, LOWBIT_TRIT512(s), _mm512_loadu_si512(x + 64));
-            s = LOWBIT_TIMES3_512(s);
-            a2 = _mm512_dpbusd_epi32(a2, LOWBIT_TRIT512(s), _mm512_loadu_si512(x + 128));
-            s = LOWBIT_TIMES3_512(s);
-            a3 = _mm512_dpbusd_epi32(a3, LOWBIT_TRIT512(s), _mm512_loadu_si512(x + 192));
-            s = LOWBIT_TIMES3_512(s);
-            a4 = _mm512_dpbusd_epi32(a4, LOWBIT_TRIT512(s), _mm512_loadu_si512(x + 256));
+        // the linear form of base3_dot_planes, folded every base3_chunk_blocks blocks
+        std::int32_t r = 0;
+        for (Eigen::Index c0 = 0; c0 < nblocks; c0 += base3_chunk_blocks) {
+            const Eigen::Index c1 = c0 + base3_chunk_blocks < nblocks ? c0 + base3_chunk_blocks : nblocks;
+            __m512i pa = _mm512_setzero_si512(), na = pa, pb = pa, nb = pa;
+            for (Eigen::Index b = c0; b < c1; ++b, p += 64, x += 320) {
+                prefetch_ahead(p);
+                const __m512i xv[5] = {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 64), _mm512_loadu_si512(x + 128),
+                                       _mm512_loadu_si512(x + 192), _mm512_loadu_si512(x + 256)};
+                // two accumulator pairs (planes 0, 2, 4 and 1, 3) hide the vpdpbusd latency
+                __m512i s = load_pinned(p);
+                pa = _mm512_dpbusd_epi32(pa, s, xv[0]);
+                s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
+                na = _mm512_dpbusd_epi32(na, s, xv[0]);
+                pb = _mm512_dpbusd_epi32(pb, s, xv[1]);
+                s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
+                nb = _mm512_dpbusd_epi32(nb, s, xv[1]);
+                pa = _mm512_dpbusd_epi32(pa, s, xv[2]);
+                s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
+                na = _mm512_dpbusd_epi32(na, s, xv[2]);
+                pb = _mm512_dpbusd_epi32(pb, s, xv[3]);
+                s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
+                nb = _mm512_dpbusd_epi32(nb, s, xv[3]);
+                pa = _mm512_dpbusd_epi32(pa, s, xv[4]);
+                s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
+                na = _mm512_dpbusd_epi32(na, s, xv[4]);
+            }
+            r += reduce_add_epi32(_mm512_add_epi32(base3_fold(pa, na), base3_fold(pb, nb))) >> 8;
         }
-#undef LOWBIT_TRIT512
-#undef LOWBIT_TIMES3_512
+        return r;
     }
     const __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)), a4);
     return reduce_add_epi32(s);
@@ -269,6 +307,30 @@ LOWBIT_AVX512_TARGET inline void digit_dot_rows4(const std::uint8_t* p, Eigen::I
                                                  Eigen::Index nblocks, int last_planes, std::int32_t* r) {
     using T = pack_format<F>;
     constexpr int all_planes = T::block_weights / 64;
+    if constexpr (std::is_same_v<F, ternary_base3>) { // linear form (base3_dot_planes), no trit decode
+        __m128i tot = _mm_setzero_si128();
+        for (Eigen::Index c0 = 0; c0 < nblocks; c0 += base3_chunk_blocks) {
+            const Eigen::Index c1 = c0 + base3_chunk_blocks < nblocks ? c0 + base3_chunk_blocks : nblocks;
+            __m512i pa[4], na[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) pa[j] = na[j] = _mm512_setzero_si512();
+            const std::uint8_t* q = p + c0 * T::block_bytes;
+            const std::int8_t* xb = x + c0 * T::block_weights;
+            for (Eigen::Index b = c0; b < c1; ++b, q += T::block_bytes, xb += T::block_weights) {
+                const int planes = b + 1 == nblocks ? last_planes : all_planes;
+                __m512i xv[5];
+#pragma GCC unroll 5
+                for (int k = 0; k < 5; ++k) xv[k] = k < planes ? _mm512_loadu_si512(xb + 64 * k) : _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; ++j) base3_dot_planes(load_pinned(q + j * rb), xv, planes, pa[j], na[j]);
+            }
+            tot = _mm_add_epi32(tot, _mm_srai_epi32(reduce4_add_epi32(base3_fold(pa[0], na[0]), base3_fold(pa[1], na[1]),
+                                                                      base3_fold(pa[2], na[2]), base3_fold(pa[3], na[3])),
+                                                    8));
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(r), tot);
+        return;
+    }
     __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
     for (Eigen::Index b = 0; b < nblocks; ++b, p += T::block_bytes, x += T::block_weights) {
         const int planes = b + 1 == nblocks ? last_planes : all_planes;
@@ -338,6 +400,29 @@ LOWBIT_AVX512_TARGET inline void tile_dot4(const std::uint8_t* p, const std::int
                                            std::int32_t* r) {
     using T = pack_format<F>;
     constexpr int bb = T::block_bytes;
+    if constexpr (std::is_same_v<F, ternary_base3>) { // linear form (base3_dot_planes), no trit decode
+        __m128i tot = _mm_setzero_si128();
+        for (Eigen::Index k0 = 0; k0 < nblocks; k0 += base3_chunk_blocks) {
+            const Eigen::Index k1 = k0 + base3_chunk_blocks < nblocks ? k0 + base3_chunk_blocks : nblocks;
+            __m512i pa[4], na[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) pa[j] = na[j] = _mm512_setzero_si512();
+            const std::uint8_t* q = p + k0 * 4 * bb;
+            const std::int8_t* xb = x + k0 * T::block_weights;
+            for (Eigen::Index b = k0; b < k1; ++b, q += 4 * bb, xb += T::block_weights) {
+                for (int l = 0; l < 4 * bb; l += 64) prefetch_ahead(q + l);
+                const __m512i xv[5] = {load_pinned(xb), load_pinned(xb + 64), load_pinned(xb + 128), load_pinned(xb + 192),
+                                       load_pinned(xb + 256)};
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; ++j) base3_dot_planes(load_pinned(q + j * bb), xv, 5, pa[j], na[j]);
+            }
+            tot = _mm_add_epi32(tot, _mm_srai_epi32(reduce4_add_epi32(base3_fold(pa[0], na[0]), base3_fold(pa[1], na[1]),
+                                                                      base3_fold(pa[2], na[2]), base3_fold(pa[3], na[3])),
+                                                    8));
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(r), tot);
+        return;
+    }
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, e0 = a0, e1 = a0;
     for (Eigen::Index b = 0; b < nblocks; ++b, p += 4 * bb, x += T::block_weights) {
         for (int l = 0; l < 4 * bb; l += 64) prefetch_ahead(p + l);
