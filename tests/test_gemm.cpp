@@ -201,6 +201,9 @@ TEST_CASE_TEMPLATE("integer kernels are bit-exact on every ISA path, random and 
         for (int bits : {3, 2}) check_exact<F>(rows, cols, rows % 2 ? 1 : 3, bits, false);
     // token counts around the 4-token micro-kernel of the AVX-512 path
     for (Eigen::Index tokens : {4, 5, 9}) check_exact<F>(7, 700, tokens, 8, false);
+    // one token, narrow rows (≤ 2 blocks): the AVX-512 16-row GEMV kernel, its 4-row and 1-row tails
+    for (auto [rows, cols] : {std::pair<Eigen::Index, Eigen::Index>{16, 64}, {40, 512}, {35, 300}, {48, 172}, {19, 640}})
+        for (bool extreme : {false, true}) check_exact<F>(rows, cols, 1, 8, extreme);
 }
 
 TEST_CASE_TEMPLATE("integer kernels do not saturate at extreme codes and activations", F, lowbit::ternary2, lowbit::int2,
@@ -381,7 +384,7 @@ TEST_CASE("quantize_activations matches rtn's symmetric per-token grid") {
 
 TEST_CASE("AVX-512 activation codes equal the scalar row quantizer at every width, on ties and at the clamp") {
     if (!lowbit::isa_available(kernel_isa::avx512)) return;
-    // widths 1..72 (every masked tail of the 8-lane loop) and a few wide ones; levels of 8, 6, 4, 3 and 2 bits
+    // widths 1..72 (every masked tail of the 8- and 16-lane loops) and a few wide ones; levels of 8, 6, 4, 3 and 2 bits
     std::vector<Eigen::Index> widths;
     for (Eigen::Index n = 1; n <= 72; ++n) widths.push_back(n);
     for (Eigen::Index n : {255, 256, 300, 4096}) widths.push_back(n);
@@ -447,6 +450,13 @@ TEST_CASE("AVX-512 activation codes equal the scalar row quantizer at every widt
             REQUIRE(s1 == sc);
             CHECK(q1 == q2);
             CHECK(c1 == c2);
+            // both code kernels directly (quantize_row_avx512 picks the float one for every scale
+            // activation_scale can give; the double one serves scales outside float_codes_exact)
+            std::vector<std::int8_t> q3(row.size()), q4(row.size());
+            CHECK(lowbit::detail::avx512_kernels::activation_codes_f64(row.data(), n, sc, levels, q3.data()) == c1);
+            CHECK(lowbit::detail::avx512_kernels::activation_codes_f32(row.data(), n, sc, static_cast<float>(levels), q4.data()) == c1);
+            CHECK(q3 == q1);
+            CHECK(q4 == q1);
         }
     // NaN / ±Inf anywhere (a full 16-lane step or the masked tail) is refused by both paths
     for (const Eigen::Index n : {Eigen::Index{5}, Eigen::Index{16}, Eigen::Index{37}})

@@ -278,15 +278,17 @@ LOWBIT_TARGET("avx2,fma") inline bool quantize_row_avx2(const float* x, Eigen::I
     return quantize_row_body(x, n, levels, q, scale, sum, qsum);
 }
 /// quantize_row_body for AVX-512: the statistics 16 lanes at a time (`avx512_kernels::activation_stats`),
-/// the codes without a division (`activation_codes_f64`: reciprocal, then an exact boundary test);
-/// identical results.
+/// the codes without a division (`activation_codes_f32`: reciprocal, then an exact FMA boundary test;
+/// `activation_codes_f64` for a scale outside float_codes_exact's range); identical results.
 LOWBIT_TARGET("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
 inline bool quantize_row_avx512(const float* x, Eigen::Index n, int levels, std::int8_t* q, float& scale, double& sum,
                                 std::int32_t& qsum) {
     float amax = 0.0f;
     if (!avx512_kernels::activation_stats(x, n, amax, sum)) return false;
     scale = activation_scale(amax, levels);
-    qsum = avx512_kernels::activation_codes_f64(x, n, static_cast<double>(scale), static_cast<double>(levels), q);
+    qsum = avx512_kernels::float_codes_exact(scale)
+               ? avx512_kernels::activation_codes_f32(x, n, scale, static_cast<float>(levels), q)
+               : avx512_kernels::activation_codes_f64(x, n, static_cast<double>(scale), static_cast<double>(levels), q);
     return true;
 }
 #else

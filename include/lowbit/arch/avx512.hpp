@@ -353,6 +353,91 @@ LOWBIT_AVX512_TARGET inline void digit_dot_rows4(const std::uint8_t* p, Eigen::I
     _mm_storeu_si128(reinterpret_cast<__m128i*>(r), reduce4_add_epi32(acc[0], acc[1], acc[2], acc[3]));
 }
 
+/// Lane i of the result = Σ of the 16 lanes of a[i], for 16 vectors at once (a transposing
+/// reduction: 256-, 128-, 64- and 32-bit halves added pairwise, 45 shuffles/adds for 16 sums, then
+/// one permute back to row order) — about 3 instructions per row where `reduce4_add_epi32` takes 4–5
+/// plus a scalar extract. Integer adds, so the order does not matter.
+#if defined(__GNUC__)
+__attribute__((always_inline)) // inlined, the 16 accumulators stay in registers (GCC left a call: 17 % of a 64×64 GEMV)
+#endif
+LOWBIT_AVX512_TARGET inline __m512i reduce16_add_epi32(const __m512i (&a)[16]) {
+    // (maskz forms: GCC 12's plain forms start from an undefined source and warn)
+    __m512i s8[8], s4[4], s2[2];
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k) // [a.lo256 + a.hi256 | b.lo256 + b.hi256]
+        s8[k] = _mm512_add_epi32(_mm512_maskz_shuffle_i64x2(0xFF, a[2 * k], a[2 * k + 1], 0x44),
+                                 _mm512_maskz_shuffle_i64x2(0xFF, a[2 * k], a[2 * k + 1], 0xEE));
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) // 128-bit chunks: rows 4k..4k+3, four partial lanes each
+        s4[k] = _mm512_add_epi32(_mm512_maskz_shuffle_i32x4(0xFFFF, s8[2 * k], s8[2 * k + 1], 0x88),
+                                 _mm512_maskz_shuffle_i32x4(0xFFFF, s8[2 * k], s8[2 * k + 1], 0xDD));
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; ++k) // per chunk: two lanes of row c (from s4[2k]) and of row c + 4 (s4[2k+1])
+        s2[k] = _mm512_add_epi32(_mm512_maskz_unpacklo_epi64(0xFF, s4[2 * k], s4[2 * k + 1]),
+                                 _mm512_maskz_unpackhi_epi64(0xFF, s4[2 * k], s4[2 * k + 1]));
+    const __m512 x0 = _mm512_castsi512_ps(s2[0]), x1 = _mm512_castsi512_ps(s2[1]);
+    const __m512i r = _mm512_add_epi32(_mm512_castps_si512(_mm512_maskz_shuffle_ps(0xFFFF, x0, x1, 0x88)),
+                                       _mm512_castps_si512(_mm512_maskz_shuffle_ps(0xFFFF, x0, x1, 0xDD)));
+    // lane 4c + m holds row: c + 4·m' with m ↦ {0: c, 1: c + 4, 2: c + 8, 3: c + 12}
+    const __m512i back = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_maskz_permutexvar_epi32(0xFFFF, back, r);
+}
+
+/// One token, 16 rows (row j at p + j·rb) of at most `gemv16_max_blocks` blocks: lane j of the
+/// result = Σ_c u_jc·x_c. For narrow rows (the 64- to 512-column layers of small and MoE models),
+/// where the per-row reduction and the scalar row loop cost more than the dot products; the last
+/// block multiplies only its first `last_planes` planes. Base 3 takes the linear form per row.
+inline constexpr Eigen::Index gemv16_max_blocks = 2;
+
+/// (`Planes` > 0: one block of exactly that many live planes, unrolled at compile time; 0: any.)
+template <class F, int Planes = 0>
+LOWBIT_AVX512_TARGET inline __m512i digit_dot_rows16(const std::uint8_t* p, Eigen::Index rb, const std::int8_t* x,
+                                                     Eigen::Index nblocks, int last_planes) {
+    using T = pack_format<F>;
+    constexpr int all_planes = T::block_weights / 64;
+    if constexpr (Planes > 0) {
+        nblocks = 1;
+        last_planes = Planes;
+    } else if (nblocks == 1) {
+        switch (last_planes) { // the common narrow case (rows of ≤ 256/320 columns) with constant planes
+        case 1: return digit_dot_rows16<F, 1>(p, rb, x, 1, 1);
+        case 2: return digit_dot_rows16<F, 2>(p, rb, x, 1, 2);
+        case 3: return digit_dot_rows16<F, 3>(p, rb, x, 1, 3);
+        case 4: return digit_dot_rows16<F, 4>(p, rb, x, 1, 4);
+        default: break;
+        }
+    }
+    __m512i acc[16];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_si512();
+    for (Eigen::Index b = 0; b < nblocks; ++b) {
+        const int planes = b + 1 == nblocks ? last_planes : all_planes;
+        const std::int8_t* xb = x + b * T::block_weights;
+        __m512i xv[5];
+#pragma GCC unroll 5
+        for (int k = 0; k < 5; ++k) xv[k] = k < planes ? _mm512_loadu_si512(xb + 64 * k) : _mm512_setzero_si512();
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j) {
+            const std::uint8_t* q = p + j * rb + b * T::block_bytes;
+            if constexpr (std::is_same_v<F, ternary_base3>) {
+                __m512i pa = _mm512_setzero_si512(), na = pa;
+                base3_dot_planes(_mm512_loadu_si512(q), xv, planes, pa, na);
+                acc[j] = _mm512_add_epi32(acc[j], base3_fold(pa, na)); // 256·Σu·x ≤ 2^31 for 2 blocks
+            } else {
+                __m512i d[5];
+                d[4] = _mm512_setzero_si512();
+                decode_block<F>(q, d[0], d[1], d[2], d[3], d[4]);
+#pragma GCC unroll 5
+                for (int k = 0; k < all_planes; ++k)
+                    if (k < planes) acc[j] = _mm512_dpbusd_epi32(acc[j], d[k], xv[k]);
+            }
+        }
+    }
+    const __m512i r = reduce16_add_epi32(acc);
+    if constexpr (std::is_same_v<F, ternary_base3>) return _mm512_maskz_srai_epi32(0xFFFF, r, 8);
+    else return r;
+}
+
 /// AVX-512 `dot_rows` (contract of arch/generic.hpp). Rows are processed in tiles of
 /// gemm_row_tile so that several tokens reuse a weight tile from cache.
 template <class F>
@@ -365,6 +450,11 @@ LOWBIT_AVX512_TARGET inline void dot_rows(const packed_matrix<F>& w, Eigen::Inde
     if (ntok == 1) { // GEMV: stream rows in order, four at a time
         const int last_planes = last_block_planes(w);
         Eigen::Index i = r0;
+        if (nb <= gemv16_max_blocks) {
+            const __m512i mul = _mm512_set1_epi32(T::digit_mul), off = _mm512_set1_epi32(T::digit_offset * qsum[0]);
+            for (; i + 16 <= r1; i += 16)
+                _mm512_storeu_si512(out + (i - r0), _mm512_sub_epi32(_mm512_mullo_epi32(mul, digit_dot_rows16<F>(base + i * rb, rb, x, nb, last_planes)), off));
+        }
         for (; i + 4 <= r1; i += 4) {
             std::int32_t r[4];
             digit_dot_rows4<F>(base + i * rb, rb, x, nb, last_planes, r);
@@ -761,6 +851,48 @@ inline std::int32_t activation_codes_f64(const float* x, Eigen::Index n, double 
         _mm256_mask_cvtepi32_storeu_epi8(q + j, m, c);
     }
     const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
+}
+
+/// `activation_codes_f64` in float, 16 lanes per step (the decode step of small layers spends a third
+/// of its time here). k₀ = round(clamp(x_j·(1/s), ±(L + 1))) in float is within one of the exact
+/// rounding (|x_j/s| ≤ L + 1 ≤ 128, relative error ≤ 2⁻²²); each boundary test is one FMA:
+/// fma(k₀ ± ½, s, −x_j) is the exact (k₀ ± ½)·s − x_j rounded once, so its sign and whether it is zero
+/// are exact as long as a non-zero exact value cannot round to zero. For s ∈ [2⁻¹⁰⁰, 2¹⁰⁰] it
+/// cannot: the exact value is 0 or at least 2⁻¹²⁵ in magnitude (and far from overflow), so
+/// `float_codes_exact(s)` must hold (activation_scale keeps s in [1e-5, 1e4]). Same results as
+/// the scalar body and `activation_codes_f64` (test_gemm: every width, ties, the clamp). O(n).
+inline bool float_codes_exact(float s) noexcept { return s >= 0x1p-100f && s <= 0x1p100f; }
+
+LOWBIT_TARGET("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+inline std::int32_t activation_codes_f32(const float* x, Eigen::Index n, float s, float lim, std::int8_t* q) {
+    const __mmask16 all = 0xFFFF;
+    const __m512 sv = _mm512_set1_ps(s), inv = _mm512_set1_ps(1.0f / s), half = _mm512_set1_ps(0.5f);
+    const __m512 hi = _mm512_set1_ps(lim + 1.0f), lo = _mm512_set1_ps(-lim - 1.0f), zero = _mm512_setzero_ps();
+    const __m512i ilim = _mm512_set1_epi32(static_cast<int>(lim)), nlim = _mm512_set1_epi32(-static_cast<int>(lim)),
+                  one = _mm512_set1_epi32(1);
+    __m512i acc = _mm512_setzero_si512();
+    for (Eigen::Index j = 0; j < n; j += 16) {
+        const Eigen::Index left = n - j;
+        const __mmask16 m = left >= 16 ? all : static_cast<__mmask16>((1u << left) - 1u);
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + j);
+        const __m512 t = _mm512_maskz_min_ps(all, _mm512_maskz_max_ps(all, _mm512_maskz_mul_ps(all, v, inv), lo), hi);
+        const __m512 k0 = _mm512_maskz_roundscale_ps(all, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512 ru = _mm512_maskz_fmsub_ps(all, _mm512_maskz_add_ps(all, k0, half), sv, v); // (k0 + ½)·s − x
+        const __m512 rd = _mm512_maskz_fmsub_ps(all, _mm512_maskz_sub_ps(all, k0, half), sv, v); // (k0 − ½)·s − x
+        __m512i c = _mm512_maskz_cvtps_epi32(all, k0);
+        const __mmask16 odd = _mm512_test_epi32_mask(c, one);
+        const __mmask16 inc = _mm512_cmp_ps_mask(ru, zero, _CMP_LT_OQ) | (_mm512_cmp_ps_mask(ru, zero, _CMP_EQ_OQ) & odd);
+        const __mmask16 dec = _mm512_cmp_ps_mask(rd, zero, _CMP_GT_OQ) | (_mm512_cmp_ps_mask(rd, zero, _CMP_EQ_OQ) & odd);
+        c = _mm512_mask_add_epi32(c, inc, c, one);
+        c = _mm512_mask_sub_epi32(c, dec, c, one);
+        c = _mm512_maskz_min_epi32(m, _mm512_maskz_max_epi32(all, c, nlim), ilim);
+        acc = _mm512_add_epi32(acc, c);
+        _mm512_mask_cvtepi32_storeu_epi8(q + j, m, c);
+    }
+    const __m256i h = _mm256_add_epi32(_mm512_maskz_extracti64x4_epi64(0xF, acc, 0), _mm512_maskz_extracti64x4_epi64(0xF, acc, 1));
+    const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
     const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
     return _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xB1)));
 }
