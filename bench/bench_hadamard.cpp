@@ -71,7 +71,7 @@ void BM_hadamard_transform(benchmark::State& st) { // exact_first: FWHT blocks +
     st.SetLabel(t.info().describe());
     st.SetItemsProcessed(st.iterations() * n);
 }
-BENCHMARK(BM_hadamard_transform)->Arg(4096)->Arg(768)->Arg(3584)->Arg(11008)->Arg(13696)->Arg(14336);
+BENCHMARK(BM_hadamard_transform)->Arg(172)->Arg(344)->Arg(4096)->Arg(768)->Arg(3584)->Arg(11008)->Arg(13696)->Arg(14336);
 
 void BM_hadamard_transform_bounded_cost(benchmark::State& st) { // dense block ≤ 64, else Sylvester windows
     const Eigen::Index n = st.range(0);
@@ -97,7 +97,7 @@ void BM_dense_gemv_eigen_baseline(benchmark::State& st) { // y = x Q with the de
     }
     st.SetItemsProcessed(st.iterations() * n);
 }
-BENCHMARK(BM_dense_gemv_eigen_baseline)->Arg(4096);
+BENCHMARK(BM_dense_gemv_eigen_baseline)->Arg(172)->Arg(344)->Arg(4096);
 
 void BM_copy_baseline(benchmark::State& st) { // memory roof: read and write the row once
     const auto n = static_cast<std::size_t>(st.range(0));

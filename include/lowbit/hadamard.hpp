@@ -153,6 +153,7 @@ inline void fwht_dispatch(T* x, std::size_t n, T scale) noexcept {
 
 template <class T>
 inline void fwht_blocks(T* x, std::size_t P, std::size_t K) noexcept {
+    if (P == 1) return; // H_1 = [1]
 #if LOWBIT_HAVE_X86_KERNELS
     if constexpr (std::is_same_v<T, float>)
         if (P >= 16 && host_cpu_features().avx512) {
@@ -580,6 +581,19 @@ public:
                 spectral_d_ = detail::williamson_spectral<double>(w, inv_sqrt_n);
             }
             left_f_ = left_d_.cast<float>();
+            if (info_.is_hadamard() && info_.block >= sign_bits_min_block && info_.block <= sign_bits_max_block) {
+                // the ±1 block as bits for the AVX-512 one-column path (row i of Aᵀ: bit j set where +)
+                // (sign_table_matvec's layout: per 16-row group and 4-column group, the 16 rows' sign nibbles)
+                const Eigen::Index K = info_.block;
+                sign_qgroups_ = (K + 3) / 4;
+                sign_rgroups_ = (K + 63) / 64 * 4; // 16-row groups, a multiple of 4
+                sign_idx_.assign(static_cast<std::size_t>(sign_rgroups_ * sign_qgroups_ * 16), 0);
+                for (Eigen::Index i = 0; i < K; ++i)
+                    for (Eigen::Index j = 0; j < K; ++j)
+                        if (left_d_(i, j) > 0)
+                            sign_idx_[static_cast<std::size_t>(((i / 16) * sign_qgroups_ + j / 4) * 16 + i % 16)] |= 1 << (j % 4);
+                sign_scale_ = static_cast<float>(inv_sqrt_n);
+            }
         }
         if (opt.randomized) {
             std::mt19937_64 rng(opt.seed);
@@ -666,7 +680,9 @@ private:
         const auto K = info_.block, P = info_.pow2;
         const T s = static_cast<T>(1.0 / std::sqrt(static_cast<double>(info_.n)));
         const bool windows = info_.method == hadamard_method::sylvester_windows;
-        mat tmp(windows || K == 1 ? 0 : K, windows || K == 1 ? 0 : P); // K = 1 (Sylvester) needs none
+        const bool bits = std::is_same_v<T, float> && !sign_idx_.empty() && detail::host_cpu_features().avx512 &&
+                          !(info_.method == hadamard_method::williamson && P >= williamson_spectral_min_pow2);
+        mat tmp(windows || bits || K == 1 ? 0 : K, windows || bits || K == 1 ? 0 : P); // K = 1 (Sylvester) needs none
         for (Eigen::Index r = 0; r < m.rows(); ++r) {
             T* row = &m(r, 0);
             const float* signs = signs_f_.size() > 0 ? signs_f_.data() : nullptr;
@@ -675,17 +691,20 @@ private:
                     for (Eigen::Index i = 0; i < info_.n; ++i) row[i] *= static_cast<T>(signs[i]);
                 detail::fwht_dispatch(row, static_cast<std::size_t>(P), s);
                 detail::require<numeric_error>(std::isfinite(row[0]), "hadamard_transform::apply_rows",
-                                               "row " + std::to_string(r) + " of 'm' holds NaN or Inf (or overflows)");
+                                               [&] { return "row " + std::to_string(r) + " of 'm' holds NaN or Inf (or overflows)"; });
                 continue;
             }
             detail::require<numeric_error>(detail::multiply_signs_check_finite(row, signs, static_cast<std::size_t>(info_.n)),
-                                           "hadamard_transform::apply_rows", "row " + std::to_string(r) + " of 'm' holds NaN or Inf");
+                                           "hadamard_transform::apply_rows",
+                                           [&] { return "row " + std::to_string(r) + " of 'm' holds NaN or Inf"; });
             detail::fwht_blocks(row, static_cast<std::size_t>(P), static_cast<std::size_t>(K));
             if (windows) {
                 apply_windows(row);
             } else if (info_.method == hadamard_method::williamson && P >= williamson_spectral_min_pow2) {
                 if constexpr (std::is_same_v<T, float>) spectral_f_.apply(row, P);
                 else spectral_d_.apply(row, P);
+            } else if (bits) {
+                if constexpr (std::is_same_v<T, float>) apply_sign_bits(row);
             } else {
                 Eigen::Map<mat> x(row, K, P);
                 tmp.noalias() = left * x;
@@ -694,6 +713,27 @@ private:
         }
     }
 
+    // Column by column through the ±1 signs (arch/fwht_avx512.hpp `sign_table_matvec`): the dense Hadamard
+    // block of a small-P width (172, 344, …: one decode token) by 16-entry table lookups of 4-column signed
+    // sums instead of a K×K float product streamed from L2 (docs/transforms.md, "Dense Hadamard blocks").
+    void apply_sign_bits(float* row) const {
+#if LOWBIT_HAVE_X86_KERNELS
+        const Eigen::Index K = info_.block, P = info_.pow2;
+        alignas(64) float xb[sign_bits_max_block + 16], yb[sign_bits_max_block + 64], tables[4 * (sign_bits_max_block + 16)];
+        std::fill(xb + K, xb + 4 * sign_qgroups_, 0.0f);
+        for (Eigen::Index p = 0; p < P; ++p) {
+            for (Eigen::Index k = 0; k < K; ++k) xb[k] = row[k * P + p];
+            detail::fwht_avx512::sign_table_matvec(sign_idx_.data(), static_cast<std::size_t>(sign_qgroups_),
+                                                   static_cast<std::size_t>(sign_rgroups_), xb, sign_scale_, tables, yb);
+            for (Eigen::Index k = 0; k < K; ++k) row[k * P + p] = yb[k];
+        }
+#else
+        (void)row;
+#endif
+    }
+
+    static constexpr Eigen::Index sign_bits_min_block = 32;   // below, the float product is as cheap
+    static constexpr Eigen::Index sign_bits_max_block = 512; // stack buffers of apply_sign_bits (≈ 12 KiB)
     static constexpr Eigen::Index williamson_spectral_min_pow2 = 16; // below, the dense 4m×4m product is cheaper
     hadamard_construction_info info_;
     detail::williamson_spectral<float> spectral_f_;
@@ -701,6 +741,9 @@ private:
     matrix_f left_f_; // Aᵀ/√n (or R_bᵀ/√P), K×K
     matrix_d left_d_;
     vector_f signs_f_;
+    std::vector<std::int32_t> sign_idx_; // ±1 block as 4-column sign nibbles (sign_table_matvec), empty if unused
+    Eigen::Index sign_qgroups_ = 0, sign_rgroups_ = 0;
+    float sign_scale_ = 0.0f;            // 1/√n
     Eigen::Index window_ = 0;                // w = 2^⌊log2 b⌋ (windowed construction)
     std::array<Eigen::Index, 3> window_lo_{}; // first row of each window
     std::array<std::vector<double>, 3> pre_;

@@ -149,27 +149,13 @@ LOWBIT_AVX512_TARGET inline std::int32_t digit_dot_row(const std::uint8_t* p, co
         for (Eigen::Index c0 = 0; c0 < nblocks; c0 += base3_chunk_blocks) {
             const Eigen::Index c1 = c0 + base3_chunk_blocks < nblocks ? c0 + base3_chunk_blocks : nblocks;
             __m512i pa = _mm512_setzero_si512(), na = pa, pb = pa, nb = pa;
+            // blocks alternate between two accumulator pairs: two dependency chains in flight
             for (Eigen::Index b = c0; b < c1; ++b, p += 64, x += 320) {
                 prefetch_ahead(p);
                 const __m512i xv[5] = {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 64), _mm512_loadu_si512(x + 128),
                                        _mm512_loadu_si512(x + 192), _mm512_loadu_si512(x + 256)};
-                // two accumulator pairs (planes 0, 2, 4 and 1, 3) hide the vpdpbusd latency
-                __m512i s = load_pinned(p);
-                pa = _mm512_dpbusd_epi32(pa, s, xv[0]);
-                s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
-                na = _mm512_dpbusd_epi32(na, s, xv[0]);
-                pb = _mm512_dpbusd_epi32(pb, s, xv[1]);
-                s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
-                nb = _mm512_dpbusd_epi32(nb, s, xv[1]);
-                pa = _mm512_dpbusd_epi32(pa, s, xv[2]);
-                s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
-                na = _mm512_dpbusd_epi32(na, s, xv[2]);
-                pb = _mm512_dpbusd_epi32(pb, s, xv[3]);
-                s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
-                nb = _mm512_dpbusd_epi32(nb, s, xv[3]);
-                pa = _mm512_dpbusd_epi32(pa, s, xv[4]);
-                s = _mm512_add_epi8(s, _mm512_add_epi8(s, s));
-                na = _mm512_dpbusd_epi32(na, s, xv[4]);
+                if ((b - c0) % 2 == 0) base3_dot_planes(load_pinned(p), xv, 5, pa, na);
+                else base3_dot_planes(load_pinned(p), xv, 5, pb, nb);
             }
             r += reduce_add_epi32(_mm512_add_epi32(base3_fold(pa, na), base3_fold(pb, nb))) >> 8;
         }

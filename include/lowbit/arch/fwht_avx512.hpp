@@ -19,6 +19,7 @@
 #include <lowbit/detail/cpu_features.hpp>
 
 #include <cstddef>
+#include <cstdint>
 
 #if LOWBIT_HAVE_X86_KERNELS
 #include <immintrin.h>
@@ -210,6 +211,80 @@ LOWBIT_FWHT_AVX512_TARGET inline float multiply_and_sum(float* x, const float* s
     float sum = 0.0f;
     for (float v : lanes) sum += v;
     return sum + tail;
+}
+
+/// Lane i of the result = Σ of the 16 lanes of a[i] (float), for 16 vectors at once: 256-, 128-, 64-
+/// and 32-bit halves added pairwise, then one permute back to row order (fixed order of additions).
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+LOWBIT_FWHT_AVX512_TARGET inline __m512 reduce16_add_ps(const __m512 (&a)[16]) {
+    // (maskz forms: GCC 12's plain forms start from an undefined source and warn)
+    __m512 s8[8], s4[4], s2[2];
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k)
+        s8[k] = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(0xFFFF, a[2 * k], a[2 * k + 1], 0x44),
+                              _mm512_maskz_shuffle_f32x4(0xFFFF, a[2 * k], a[2 * k + 1], 0xEE));
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k)
+        s4[k] = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(0xFFFF, s8[2 * k], s8[2 * k + 1], 0x88),
+                              _mm512_maskz_shuffle_f32x4(0xFFFF, s8[2 * k], s8[2 * k + 1], 0xDD));
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; ++k) {
+        const __m512d lo = _mm512_castps_pd(s4[2 * k]), hi = _mm512_castps_pd(s4[2 * k + 1]);
+        s2[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_maskz_unpacklo_pd(0xFF, lo, hi)),
+                              _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(0xFF, lo, hi)));
+    }
+    const __m512 r = _mm512_add_ps(_mm512_maskz_shuffle_ps(0xFFFF, s2[0], s2[1], 0x88),
+                                   _mm512_maskz_shuffle_ps(0xFFFF, s2[0], s2[1], 0xDD));
+    const __m512i back = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_maskz_permutexvar_ps(0xFFFF, back, r);
+}
+
+/// Horizontal float sum of one zmm (fixed order).
+LOWBIT_FWHT_AVX512_TARGET inline float reduce_add_ps(__m512 v) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 1)));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+
+/// y_i = c·Σ_j s_ij·x_j (s_ij = ±1) for the rows of a ±1 block, by table lookup: for every group q of 4
+/// columns the 16 signed sums T_q[e] = Σ_{t<4} (bit t of e ? +x_{4q+t} : −x_{4q+t}) fill one zmm (4 FMAs),
+/// and 16 rows at a time add T_q[e_iq] with one `vpermps`, where e_iq holds row i's 4 signs of group q
+/// (bit t set where s_{i,4q+t} = +1). `idx` holds, for each 16-row group g and column group q, the 16 rows'
+/// e as int32: idx[(g·qgroups + q)·16 + r]. 4 columns × 16 rows per permute + add, against 64 multiply-adds
+/// of the float product (whose K×K matrix does not stay in L1). x holds 4·qgroups floats, zero past the
+/// block's width; rgroups is a multiple of 4 (pad with zero rows); y gets 16·rgroups values. Float sums in a fixed order: |y_i − c·Σ_j s_ij x_j| ≤
+/// c·(qgroups + 3)·u·Σ_j |x_j| (u = 2⁻²⁴, first order). O(rgroups·qgroups·16) plus O(qgroups) for the tables.
+LOWBIT_FWHT_AVX512_TARGET inline void sign_table_matvec(const std::int32_t* idx, std::size_t qgroups, std::size_t rgroups,
+                                                         const float* x, float c, float* tables, float* y) noexcept {
+    const __m512 s0 = _mm512_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1);
+    const __m512 s1 = _mm512_setr_ps(-1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1);
+    const __m512 s2 = _mm512_setr_ps(-1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1);
+    const __m512 s3 = _mm512_setr_ps(-1, -1, -1, -1, -1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1, 1);
+    for (std::size_t q = 0; q < qgroups; ++q) {
+        const float* xq = x + 4 * q;
+        __m512 t = _mm512_mul_ps(s0, _mm512_set1_ps(xq[0]));
+        t = _mm512_fmadd_ps(s1, _mm512_set1_ps(xq[1]), t);
+        t = _mm512_fmadd_ps(s2, _mm512_set1_ps(xq[2]), t);
+        t = _mm512_fmadd_ps(s3, _mm512_set1_ps(xq[3]), t);
+        _mm512_storeu_ps(tables + 16 * q, t);
+    }
+    const __m512 cv = _mm512_set1_ps(c);
+    for (std::size_t g = 0; g < rgroups; g += 4) { // four independent accumulator chains
+        __m512 acc[4];
+#pragma GCC unroll 4
+        for (std::size_t k = 0; k < 4; ++k) acc[k] = _mm512_setzero_ps();
+        for (std::size_t q = 0; q < qgroups; ++q) {
+            const __m512 t = _mm512_loadu_ps(tables + 16 * q);
+#pragma GCC unroll 4
+            for (std::size_t k = 0; k < 4; ++k)
+                acc[k] = _mm512_add_ps(acc[k], _mm512_maskz_permutexvar_ps(0xFFFF, _mm512_loadu_si512(idx + ((g + k) * qgroups + q) * 16), t));
+        }
+#pragma GCC unroll 4
+        for (std::size_t k = 0; k < 4; ++k) _mm512_storeu_ps(y + 16 * (g + k), _mm512_mul_ps(cv, acc[k]));
+    }
 }
 
 } // namespace detail::fwht_avx512
