@@ -283,6 +283,40 @@ inline int last_block_planes(const M& w) noexcept {
     return static_cast<int>((w.cols() - (w.blocks_per_row() - 1) * bw + 63) / 64);
 }
 
+/// Base 3, one token, four rows in the linear form (`base3_dot_planes`): row j's block b at
+/// p + j·row_stride + b·block_stride (rows: row_stride = row bytes, block_stride = 64; 4-row tiles:
+/// 64 and 256); r[j] = Σ_c u_jc·x_c. The last block multiplies its first `last_planes` planes; the
+/// pairs are folded every `base3_chunk_blocks` blocks; `Prefetch`: the 4 rows' lines of each block
+/// are prefetched (the tile stream; the row GEMV leaves it to the hardware).
+template <bool Prefetch>
+LOWBIT_AVX512_TARGET inline void base3_dot4(const std::uint8_t* p, Eigen::Index row_stride, Eigen::Index block_stride,
+                                            const std::int8_t* x, Eigen::Index nblocks, int last_planes, std::int32_t* r) {
+    __m128i tot = _mm_setzero_si128();
+    for (Eigen::Index c0 = 0; c0 < nblocks; c0 += base3_chunk_blocks) {
+        const Eigen::Index c1 = c0 + base3_chunk_blocks < nblocks ? c0 + base3_chunk_blocks : nblocks;
+        __m512i pa[4], na[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) pa[j] = na[j] = _mm512_setzero_si512();
+        const std::uint8_t* q = p + c0 * block_stride;
+        const std::int8_t* xb = x + c0 * 320;
+        for (Eigen::Index b = c0; b < c1; ++b, q += block_stride, xb += 320) {
+            const int planes = b + 1 == nblocks ? last_planes : 5;
+            if constexpr (Prefetch)
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; ++j) prefetch_ahead(q + j * row_stride);
+            __m512i xv[5];
+#pragma GCC unroll 5
+            for (int k = 0; k < 5; ++k) xv[k] = k < planes ? load_pinned(xb + 64 * k) : _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) base3_dot_planes(load_pinned(q + j * row_stride), xv, planes, pa[j], na[j]);
+        }
+        tot = _mm_add_epi32(tot, _mm_srai_epi32(reduce4_add_epi32(base3_fold(pa[0], na[0]), base3_fold(pa[1], na[1]),
+                                                                  base3_fold(pa[2], na[2]), base3_fold(pa[3], na[3])),
+                                                8));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(r), tot);
+}
+
 /// One token, four rows (row j at p + j·rb): r[j] = Σ_c u_jc·x_c. Each activation vector is loaded
 /// once for the four rows, the four sums are reduced together, and the last block multiplies only
 /// its first `last_planes` 64-column planes (the others meet zero-padded activations: skipping
@@ -293,28 +327,8 @@ LOWBIT_AVX512_TARGET inline void digit_dot_rows4(const std::uint8_t* p, Eigen::I
                                                  Eigen::Index nblocks, int last_planes, std::int32_t* r) {
     using T = pack_format<F>;
     constexpr int all_planes = T::block_weights / 64;
-    if constexpr (std::is_same_v<F, ternary_base3>) { // linear form (base3_dot_planes), no trit decode
-        __m128i tot = _mm_setzero_si128();
-        for (Eigen::Index c0 = 0; c0 < nblocks; c0 += base3_chunk_blocks) {
-            const Eigen::Index c1 = c0 + base3_chunk_blocks < nblocks ? c0 + base3_chunk_blocks : nblocks;
-            __m512i pa[4], na[4];
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; ++j) pa[j] = na[j] = _mm512_setzero_si512();
-            const std::uint8_t* q = p + c0 * T::block_bytes;
-            const std::int8_t* xb = x + c0 * T::block_weights;
-            for (Eigen::Index b = c0; b < c1; ++b, q += T::block_bytes, xb += T::block_weights) {
-                const int planes = b + 1 == nblocks ? last_planes : all_planes;
-                __m512i xv[5];
-#pragma GCC unroll 5
-                for (int k = 0; k < 5; ++k) xv[k] = k < planes ? _mm512_loadu_si512(xb + 64 * k) : _mm512_setzero_si512();
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; ++j) base3_dot_planes(load_pinned(q + j * rb), xv, planes, pa[j], na[j]);
-            }
-            tot = _mm_add_epi32(tot, _mm_srai_epi32(reduce4_add_epi32(base3_fold(pa[0], na[0]), base3_fold(pa[1], na[1]),
-                                                                      base3_fold(pa[2], na[2]), base3_fold(pa[3], na[3])),
-                                                    8));
-        }
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(r), tot);
+    if constexpr (std::is_same_v<F, ternary_base3>) { // linear form, no trit decode
+        base3_dot4<false>(p, rb, T::block_bytes, x, nblocks, last_planes, r);
         return;
     }
     __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
@@ -476,27 +490,8 @@ LOWBIT_AVX512_TARGET inline void tile_dot4(const std::uint8_t* p, const std::int
                                            std::int32_t* r) {
     using T = pack_format<F>;
     constexpr int bb = T::block_bytes;
-    if constexpr (std::is_same_v<F, ternary_base3>) { // linear form (base3_dot_planes), no trit decode
-        __m128i tot = _mm_setzero_si128();
-        for (Eigen::Index k0 = 0; k0 < nblocks; k0 += base3_chunk_blocks) {
-            const Eigen::Index k1 = k0 + base3_chunk_blocks < nblocks ? k0 + base3_chunk_blocks : nblocks;
-            __m512i pa[4], na[4];
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; ++j) pa[j] = na[j] = _mm512_setzero_si512();
-            const std::uint8_t* q = p + k0 * 4 * bb;
-            const std::int8_t* xb = x + k0 * T::block_weights;
-            for (Eigen::Index b = k0; b < k1; ++b, q += 4 * bb, xb += T::block_weights) {
-                for (int l = 0; l < 4 * bb; l += 64) prefetch_ahead(q + l);
-                const __m512i xv[5] = {load_pinned(xb), load_pinned(xb + 64), load_pinned(xb + 128), load_pinned(xb + 192),
-                                       load_pinned(xb + 256)};
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; ++j) base3_dot_planes(load_pinned(q + j * bb), xv, 5, pa[j], na[j]);
-            }
-            tot = _mm_add_epi32(tot, _mm_srai_epi32(reduce4_add_epi32(base3_fold(pa[0], na[0]), base3_fold(pa[1], na[1]),
-                                                                      base3_fold(pa[2], na[2]), base3_fold(pa[3], na[3])),
-                                                    8));
-        }
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(r), tot);
+    if constexpr (std::is_same_v<F, ternary_base3>) { // linear form, no trit decode
+        base3_dot4<true>(p, bb, 4 * bb, x, nblocks, 5, r);
         return;
     }
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, e0 = a0, e1 = a0;
