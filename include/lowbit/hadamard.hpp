@@ -582,8 +582,8 @@ public:
             }
             left_f_ = left_d_.cast<float>();
             if (info_.is_hadamard() && info_.block >= sign_bits_min_block && info_.block <= sign_bits_max_block) {
-                // the ±1 block as bits for the AVX-512 one-column path (row i of Aᵀ: bit j set where +)
-                // (sign_table_matvec's layout: per 16-row group and 4-column group, the 16 rows' sign nibbles)
+                // the ±1 block (row i of Aᵀ) as sign nibbles for the AVX-512 one-column path, bit j % 4 set
+                // where +; sign_table_matvec's layout: per 16-row group and 4-column group, the 16 rows' nibbles
                 const Eigen::Index K = info_.block;
                 sign_qgroups_ = (K + 3) / 4;
                 sign_rgroups_ = (K + 63) / 64 * 4; // 16-row groups, a multiple of 4
