@@ -144,6 +144,7 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
         qo.calib_windows = 1;
         qo.calib_window = 64;
         lowbit::quantized_model q{builtin.low_rank > 0 ? cheap_psp(builtin) : name == kotms.name ? kotms : builtin, {}, {}, {}, {}};
+        if (q.spec.tune_steps > 0) q.spec.tune_steps = 2; // the tuned fp16 scales travel; 2 steps suffice
         q.model = lowbit::quantize_model(fx().fp32, q.spec, fx().calib, qo, &q.records);
         const auto path = dir / (name + ".safetensors");
         lowbit::save_quantized_model(path, q);
@@ -288,6 +289,9 @@ TEST_CASE("every recipe field travels: each set to a non-default value reloads a
         {"spec_alpha", "specquant-w4", "solver=rtn", "0.25"},
         {"spec_eta", "specquant-w4", "solver=rtn", "0.5"},
         {"spec_k_max", "specquant-w4", "solver=rtn", "3"},
+        {"tune_steps", "absmean-w1.58", "tune_lr=0.01", "2"},
+        {"tune_lr", "absmean-w1.58", "tune_steps=2", "0.01"},
+        {"tune_windows", "absmean-w1.58", "tune_steps=2;tune_lr=0.01", "2"},
     };
     std::set<std::string> keys;
     for (const auto& [k, v] : lowbit::detail::split_fields(lowbit::recipe_fields(lowbit::find_recipe("fp32")), ';', "test"))

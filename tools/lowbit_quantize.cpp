@@ -409,7 +409,7 @@ int cmd_quantize(const parsed_args& a) {
     std::size_t done = 0;
     const auto t0 = clock_type::now();
     qo.progress = [&](const std::string& s) {
-        if (s.starts_with("ila-amp")) { // ILA-AMP table and allocation lines: not a layer
+        if (s.starts_with("ila-amp") || s.starts_with("scale tuning")) { // ILA-AMP and scale tuning lines: not a layer
             std::fprintf(stderr, "[%.0f s] %s\n", std::chrono::duration<double>(clock_type::now() - t0).count(), s.c_str());
             return;
         }
@@ -580,7 +580,9 @@ const std::vector<std::string> default_recipes = {
     "fp32-a4-hadamard", "mxfp4-w4a4", "mxfp4-w4a4-hadamard",
     // the papers' learned rotations, grouped TRA-GPTQ and NLI operators
     "twla-w1.58-kotms", "twla-w1.58a4-kotms", "twla-tra-kotms", "bwla-w1-okt", "bwla-w1a6-okt", "bwla-w1a6-okt-psp", "mxfp4-w4a4-torq",
-    "fp32-nli", "twla-w1.58a8-kotms-nli"};
+    "fp32-nli", "twla-w1.58a8-kotms-nli",
+    // end-to-end tuning of the fp16 scales and offsets (codes fixed)
+    "gptq-w4-e2e", "twla-w1.58a8-e2e", "twla-w1.58-kotms-e2e", "bwla-w1a6-e2e"};
 
 std::vector<std::string> split(const std::string& s) {
     std::vector<std::string> out;

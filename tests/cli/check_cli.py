@@ -113,6 +113,21 @@ st = models / "stories260K" / "stories260K.bin"
 p = run("generate", st, "-n", "20")
 check("Once upon a time" in p.stdout, "llama2.c greedy text starts as llama2.c's")
 
+# compare with a recipe variant ("base:field=value:..."): end-to-end scale tuning on stories260K, one
+# progress line per step, the held-out verdict, the variant named in the table; a bad field fails
+# before any work
+st_text = models / "stories260K" / "tinystories_dev.txt"
+cmp_out = work / "compare-tuned"
+p = run("compare", st, "--text", st_text, "--recipes", "rtn-w4:tune_steps=2:tune_windows=2", "--eval-chars", "3000",
+        "--max-windows", "1", "--calib-windows", "2", "--repeats", "1", "--decode-tokens", "8", "--out", cmp_out)
+check("scale tuning: step 2/2" in p.stderr and "scale tuning: held-out loss" in p.stderr,
+      f"compare runs scale tuning with progress:\n{p.stderr[-800:]}")
+check((cmp_out / "results.md").exists() and "rtn-w4:tune_steps=2:tune_windows=2" in (cmp_out / "results.md").read_text(),
+      "compare's table names the recipe variant")
+p = run("compare", st, "--text", st_text, "--recipes", "rtn-w4:tune_step=2", "--out", work / "compare-bad", expect=1)
+check("unknown recipe field 'tune_step'" in p.stderr and not (work / "compare-bad" / "results.md").exists(),
+      f"compare refuses an unknown recipe field before any work: {p.stderr}")
+
 # GGUF out and in: rtn-w4's codes export exactly as Q4_0; the file runs like the lowbit model
 w4 = work / "llama-w4.safetensors"
 w4_gguf = work / "llama-w4.gguf"

@@ -58,6 +58,7 @@
 #include <lowbit/model/llama.hpp>
 #include <lowbit/model/moe_experts.hpp>
 #include <lowbit/model/residual_rotation.hpp>
+#include <lowbit/model/scale_tuning.hpp>
 #include <lowbit/mxfp.hpp>
 #include <lowbit/okt.hpp>
 #include <lowbit/orthogonal.hpp>
@@ -198,9 +199,17 @@ struct recipe {
     double spec_alpha = 0.5;   ///< SpecQuant smoothing strength α ∈ [0, 1] (`smoothquant_scales_from_absmax`)
     double spec_eta = 0.995;   ///< SpecQuant energy fraction η ∈ (0, 1] kept per row (`spectral_truncation::eta`)
     int spec_k_max = 0;        ///< SpecQuant cap on the kept frequencies per row (0: no cap)
+    /// End-to-end scale tuning (EfficientQAT's E2E-QP, model/scale_tuning.hpp): after every block is
+    /// quantized, this many Adam steps, each on the next `tune_windows` calibration windows, move the
+    /// fp16 scales and offsets of the packed linears (codes fixed) along the gradient of the
+    /// calibration loss; the last `tune_windows` windows are held out and decide whether the tuned
+    /// values are kept. 0: none.
+    int tune_steps = 0;
+    double tune_lr = 2e-3;     ///< scale tuning step relative to each row's initial |α| (> 0)
+    int tune_windows = 4;      ///< scale tuning: calibration windows per step, and held out (≥ 1)
     [[nodiscard]] bool needs_calibration() const {
         return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq || ila_mean_bits > 0 ||
-               specquant;
+               specquant || tune_steps > 0;
     }
 };
 
@@ -324,6 +333,14 @@ struct recipe {
         x.gram_stage2 = x.affine_refit = true;
         x.damp = 0.1;
     }
+    // End-to-end scale tuning (EfficientQAT's E2E-QP) after the packed recipes that lose most to FP32
+    for (const char* base : {"gptq-w4", "twla-w1.58a8", "twla-w1.58-kotms", "bwla-w1a6"}) {
+        recipe q = *std::find_if(r.begin(), r.end(), [&](const recipe& x) { return x.name == base; });
+        q.name += "-e2e";
+        q.description = std::string(base) + " + end-to-end tuning of the fp16 scales and offsets (codes fixed)";
+        q.tune_steps = 40;
+        add(q);
+    }
     return r;
 }
 
@@ -378,7 +395,8 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep = ';'
 struct quantize_options {
     int calib_window = -1;      ///< calibration window (tokens; −1: seq_len − 1)
     int calib_windows = 8;      ///< calibration windows used (at most)
-    /// Progress callback, called once per quantized block linear ("layers.3.w2 ...").
+    /// Progress callback, called once per quantized block linear ("layers.3.w2 ..."), plus ILA-AMP's
+    /// allocation line ("ila-amp: ...") and one line per scale-tuning step ("scale tuning: ...").
     std::function<void(const std::string&)> progress;
 };
 
@@ -855,6 +873,9 @@ inline void check_recipe(const recipe& r) {
             "recipe spec_alpha must lie in [0, 1]");
     require(r.spec_eta > 0 && r.spec_eta <= 1, where, "recipe spec_eta must lie in (0, 1]");
     require(r.spec_k_max >= 0, where, "recipe spec_k_max must be >= 0 (0: no cap)");
+    require(r.tune_steps >= 0, where, "recipe tune_steps must be >= 0 (0: no scale tuning)");
+    require(std::isfinite(r.tune_lr) && r.tune_lr > 0, where, "recipe tune_lr must be finite and > 0");
+    require(r.tune_windows >= 1, where, "recipe tune_windows must be >= 1");
     const bool packed = r.weights != weight_scheme::fp32 && r.weights != weight_scheme::mxfp4 &&
                         r.weights != weight_scheme::tra_ternary;
     require(!(packed && (r.activation == activation_kind::int_asymmetric || r.activation == activation_kind::mxfp4)),
@@ -1217,6 +1238,74 @@ template <class = void> // compiled only where called (docs/compile_time.md)
 /// ("layers.3.wq", "layers.1.experts.5.w2").
 using linear_records = std::map<std::string, linear_record>;
 
+namespace detail {
+
+/// The tunable view of a packed record (per-row or grouped int4 formats; not records with a low-rank
+/// correction, SpecQuant parts or an expert format), or nothing.
+template <class = void> // compiled only where called (docs/compile_time.md)
+std::optional<tunable_linear> tunable_of_record(const linear_id& id, const linear_record& rec, const block_rotation& rot) {
+    if (rec.correction || rec.smoothing.size() || !rec.spectrum.empty()) return std::nullopt;
+    tunable_linear t;
+    t.id = id;
+    const auto decode = [&]<class F>(F) {
+        typename packed_matrix<F>::buffer bytes(rec.codes.begin(), rec.codes.end());
+        return decode_codes(packed_matrix<F>(rec.rows, rec.cols, std::move(bytes), vector_f::Ones(rec.rows)));
+    };
+    if (rec.format == pack_format<int4>::name) t.codes = decode(int4{});
+    else if (rec.format == "int4_g128" || rec.format == "int4_g256") {
+        (void)grouped_of_record(rec); // validates the scale and offset counts
+        t.codes = decode(int4{});
+        t.group_cols = rec.format == "int4_g256" ? 256 : 128;
+    } else if (rec.format == pack_format<ternary2>::name) t.codes = decode(ternary2{});
+    else if (rec.format == pack_format<ternary_base3>::name) t.codes = decode(ternary_base3{});
+    else if (rec.format == pack_format<binary1>::name) t.codes = decode(binary1{});
+    else return std::nullopt;
+    t.scale = rec.scale;
+    t.offset = rec.offset;
+    if (!rot.empty()) t.input_transform = [rot](Eigen::Ref<matrix_f> g) { rot.apply_rows(g); };
+    return t;
+}
+
+/// `recipe::tune_steps` > 0: E2E scale tuning of every tunable record of `m` (model/scale_tuning.hpp);
+/// the records and `m` get the kept fp16 scales and offsets.
+template <class RotationFor>
+void tune_record_scales(llama_model& m, const recipe& r, linear_records& records, std::span<const int> calib_tokens,
+                        const quantize_options& opt, RotationFor& rotation_for) {
+    std::vector<tunable_linear> layers;
+    std::vector<linear_record*> recs;
+    for (int l = 0; l < static_cast<int>(m.blocks.size()); ++l)
+        for (const linear_id& id : m.block_linears(l)) {
+            const auto it = records.find(id.name());
+            if (it == records.end()) continue;
+            auto t = tunable_of_record(id, it->second, block_rotation::from(rotation_for(it->second.cols), it->second.rotation));
+            if (!t) continue;
+            layers.push_back(std::move(*t));
+            recs.push_back(&it->second);
+        }
+    std::map<std::string, std::size_t> index;
+    for (std::size_t n = 0; n < layers.size(); ++n) index.emplace(layers[n].id.name(), n);
+    const tunable_rebuild rebuild = [&](const tunable_linear& t) {
+        linear_record& rec = *recs[index.at(t.id.name())];
+        rec.scale = t.scale;
+        rec.offset = t.offset;
+        return build_linear(r, rec, rotation_for(rec.cols));
+    };
+    scale_tuning_options so;
+    so.steps = r.tune_steps;
+    so.lr = r.tune_lr;
+    so.window = opt.calib_window;
+    so.windows = r.tune_windows;
+    so.holdout_windows = r.tune_windows;
+    so.progress = opt.progress;
+    (void)tune_quantization_scales(m, layers, rebuild, calib_tokens, so);
+    for (std::size_t n = 0; n < layers.size(); ++n) {
+        recs[n]->scale = layers[n].scale;
+        recs[n]->offset = layers[n].offset;
+    }
+}
+
+} // namespace detail
+
 /// Quantizes every block linear of `fp32` (a model whose block linears are FP32 `dense_linear`s,
 /// e.g. `model_from_llama2c`, `load_hf_model` or `random_llama`) with recipe `r`: attention
 /// linears, dense FFN linears and every expert's w1/w2/w3 (routers stay float). Calibrated
@@ -1248,6 +1337,8 @@ template <class = void>
     llama_model m = r.residual_rotation ? rotate_residual_stream(fp32, residual_rotation_matrix(fp32.config.dim, r.seed)) : fp32;
     m.nonlinear = recipe_nonlinear_ops(r); // calibration runs through the recipe's own operators
     if (records) records->clear();
+    linear_records own; // scale tuning works on the records even when the caller keeps none
+    linear_records* out = records ? records : r.tune_steps > 0 ? &own : nullptr;
     if (r.needs_calibration())
         detail::require<shape_error>(!calib_tokens.empty(), where, "calibrated recipes need calibration tokens");
     // Hessians / inputs per block (ILA-AMP alone needs the tokens only for its tables)
@@ -1401,9 +1492,10 @@ template <class = void>
                              r.name + (uncalibrated ? "; no calibration token routed here: H = I" : "") +
                              (rec.act_bits ? "; int" + std::to_string(rec.act_bits) + " activations (ILA-AMP)" : "") +
                              (rec.rotation_status.empty() ? "" : "; " + rec.rotation_status) + ")");
-            if (records) (*records)[key] = std::move(rec);
+            if (out) (*out)[key] = std::move(rec);
         }
     }
+    if (r.tune_steps > 0) detail::tune_record_scales(m, r, *out, calib_tokens, opt, rotation_for);
     return m;
 }
 
@@ -1511,7 +1603,8 @@ inline std::string real_text(double x) {
 /// weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, psp_gradient, base3,
 /// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation,
 /// gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, ila_bits (widths joined by '/', e.g.
-/// "2/4/6/8"), ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max. Numbers
+/// "2/4/6/8"), ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max, tune_steps,
+/// tune_lr, tune_windows. Numbers
 /// round-trip exactly.
 [[nodiscard]] inline std::string recipe_fields(const recipe& r) {
     std::string s;
@@ -1549,6 +1642,9 @@ inline std::string real_text(double x) {
     put("spec_alpha", detail::real_text(r.spec_alpha));
     put("spec_eta", detail::real_text(r.spec_eta));
     put("spec_k_max", std::to_string(r.spec_k_max));
+    put("tune_steps", std::to_string(r.tune_steps));
+    put("tune_lr", detail::real_text(r.tune_lr));
+    put("tune_windows", std::to_string(r.tune_windows));
     return s;
 }
 
@@ -1598,12 +1694,16 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep) {
         else if (k == "spec_alpha") r.spec_alpha = detail::parse_real(v, k);
         else if (k == "spec_eta") r.spec_eta = detail::parse_real(v, k);
         else if (k == "spec_k_max") r.spec_k_max = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "tune_steps") r.tune_steps = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "tune_lr") r.tune_lr = detail::parse_real(v, k);
+        else if (k == "tune_windows") r.tune_windows = static_cast<int>(detail::parse_integer(v, k));
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
                                    "psp_gradient, base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
                                    "residual_rotation, gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, "
-                                   "ila_bits, ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max)");
+                                   "ila_bits, ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max, "
+                                   "tune_steps, tune_lr, tune_windows)");
     }
 }
 

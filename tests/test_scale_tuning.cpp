@@ -1,0 +1,257 @@
+// Tests for lowbit/model/scale_tuning.hpp. Oracles: central finite differences of the double-precision
+// calibration loss (`calibration_loss`) with one scale or offset of a quantized stories260K linear
+// moved and the operator rebuilt; finite differences of an explicit linear functional for the group
+// and transform bookkeeping; a saved-and-reloaded model for what the records store.
+#include <lowbit/io/llama2c.hpp>
+#include <lowbit/io/tokenizer.hpp>
+#include <lowbit/model/recipes.hpp>
+#include <lowbit/model/scale_tuning.hpp>
+
+#include <doctest/doctest.h>
+
+#include "models.hpp"
+#include "test_files.hpp"
+
+#include <Eigen/QR>
+
+#include <cmath>
+#include <limits>
+#include <fstream>
+#include <random>
+#include <span>
+#include <sstream>
+
+namespace {
+struct fixture {
+    lowbit::llama_model fp32 = lowbit::model_from_llama2c(lowbit::io::read_llama2c(lowbit_test::stories260k("stories260K.bin")));
+    lowbit::io::tokenizer tok = lowbit::io::read_tokenizer(lowbit_test::stories260k("tok512.bin"));
+    std::vector<int> calib = [this] {
+        std::ifstream f(lowbit_test::stories260k("tinystories_dev.txt"));
+        std::stringstream ss;
+        ss << f.rdbuf();
+        return tok.encode(ss.str().substr(60000, 6000), false, false, lowbit::io::dummy_prefix::separate);
+    }();
+};
+const fixture& fx() {
+    static const fixture f;
+    return f;
+}
+constexpr int window = 64;
+
+struct quantized {
+    lowbit::recipe r;
+    lowbit::llama_model m;
+    lowbit::linear_records records;
+};
+quantized quantize(const std::string& name, const std::string& fields = "") {
+    quantized q;
+    q.r = lowbit::find_recipe(name);
+    if (!fields.empty()) lowbit::set_recipe_fields(q.r, fields, ',');
+    lowbit::quantize_options o;
+    o.calib_window = window;
+    o.calib_windows = 4;
+    q.m = lowbit::quantize_model(fx().fp32, q.r, fx().calib, o, &q.records);
+    return q;
+}
+lowbit::block_rotation rotation_of(const quantized& q, const lowbit::linear_record& rec) {
+    return lowbit::block_rotation::from(lowbit::recipe_rotation(q.r, rec.cols), rec.rotation);
+}
+} // namespace
+
+TEST_CASE("scale_gradients: groups, offsets and the input transform against finite differences of <G, W_q·Qᵀ>") {
+    std::mt19937_64 rng(7);
+    std::normal_distribution<double> nd;
+    const Eigen::Index rows = 3, cols = 8;
+    lowbit::tunable_linear t;
+    t.id = lowbit::linear_id{0, lowbit::linear_slot::wq};
+    t.codes.resize(rows, cols);
+    for (Eigen::Index i = 0; i < t.codes.size(); ++i) t.codes.data()[i] = static_cast<std::int8_t>(static_cast<int>(rng() % 15) - 8);
+    t.group_cols = 3; // groups of 3, 3, 2 columns
+    REQUIRE(t.groups() == 3);
+    t.scale = lowbit::vector_f::Constant(rows * 3, 0.5f);
+    t.offset = lowbit::vector_f::Zero(rows * 3);
+    // an orthogonal Q (QR of a Gaussian matrix); the transform maps each row g to g·Q
+    lowbit::matrix_d a(cols, cols);
+    for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = nd(rng);
+    const lowbit::matrix_d q = Eigen::HouseholderQR<lowbit::matrix_d>(a).householderQ();
+    t.input_transform = [q](Eigen::Ref<lowbit::matrix_f> g) { g = (g.cast<double>() * q).cast<float>(); };
+    lowbit::matrix_d g(rows, cols);
+    for (Eigen::Index i = 0; i < g.size(); ++i) g.data()[i] = nd(rng);
+    // L(α, μ) = Σ G ∘ W_eff with W_eff = W_q·Qᵀ (y = W_q·(x·Q)ᵀ), linear in α and μ: differences are exact
+    const auto loss = [&](const lowbit::vector_d& al, const lowbit::vector_d& mu) {
+        lowbit::matrix_d wq(rows, cols);
+        for (Eigen::Index i = 0; i < rows; ++i)
+            for (Eigen::Index j = 0; j < cols; ++j) wq(i, j) = al(i * 3 + j / 3) * t.codes(i, j) + mu(i * 3 + j / 3);
+        return (g.array() * (wq * q.transpose()).array()).sum();
+    };
+    const auto [da, dm] = lowbit::scale_gradients(t, g);
+    REQUIRE(da.size() == rows * 3);
+    REQUIRE(dm.size() == rows * 3);
+    const lowbit::vector_d a0 = lowbit::vector_d::Constant(rows * 3, 0.5), m0 = lowbit::vector_d::Zero(rows * 3);
+    for (Eigen::Index k = 0; k < rows * 3; ++k) {
+        lowbit::vector_d ap = a0, mp = m0;
+        ap(k) += 1.0;
+        mp(k) += 1.0;
+        CHECK(da(k) == doctest::Approx(loss(ap, m0) - loss(a0, m0)).epsilon(1e-5));
+        CHECK(dm(k) == doctest::Approx(loss(a0, mp) - loss(a0, m0)).epsilon(1e-5));
+    }
+    t.offset.resize(0); // no offset: no μ gradient
+    CHECK(lowbit::scale_gradients(t, g).second.size() == 0);
+    CHECK_THROWS_AS((void)lowbit::scale_gradients(t, lowbit::matrix_d::Zero(rows, cols + 1)), lowbit::shape_error);
+}
+
+TEST_CASE("scale gradients of a quantized stories260K model equal central differences of the calibration loss") {
+    // int4 with offsets behind the randomised Hadamard (the transform path), and base-3 ternary without
+    for (const auto& [name, fields] : {std::pair<std::string, std::string>{"rtn-w4", "rotation=hadamard"},
+                                       std::pair<std::string, std::string>{"absmean-w1.58", ""}}) {
+        CAPTURE(name);
+        quantized q = quantize(name, fields);
+        lowbit::gradient_options go;
+        go.window = window;
+        go.max_windows = 1;
+        const auto grads = lowbit::calibration_gradients(q.m, fx().calib, go);
+        for (const auto& id : {lowbit::linear_id{0, lowbit::linear_slot::wq}, lowbit::linear_id{2, lowbit::linear_slot::w2},
+                               lowbit::linear_id{4, lowbit::linear_slot::w3}}) {
+            CAPTURE(id.name());
+            lowbit::linear_record& rec = q.records.at(id.name());
+            const auto t = lowbit::detail::tunable_of_record(id, rec, rotation_of(q, rec));
+            REQUIRE(t.has_value());
+            const auto [da, dm] = lowbit::scale_gradients(*t, grads.weight(id));
+            for (Eigen::Index i : {Eigen::Index{0}, Eigen::Index{5}}) {
+                const auto fd = [&](lowbit::vector_f& v, float step) {
+                    const float keep = v(i);
+                    v(i) = keep + step;
+                    q.m.set_linear(id, lowbit::build_linear(q.r, rec, lowbit::recipe_rotation(q.r, rec.cols)));
+                    const double up = lowbit::calibration_loss(q.m, fx().calib, window);
+                    v(i) = keep - step;
+                    q.m.set_linear(id, lowbit::build_linear(q.r, rec, lowbit::recipe_rotation(q.r, rec.cols)));
+                    const double down = lowbit::calibration_loss(q.m, fx().calib, window);
+                    v(i) = keep;
+                    q.m.set_linear(id, lowbit::build_linear(q.r, rec, lowbit::recipe_rotation(q.r, rec.cols)));
+                    return (up - down) / (2.0 * static_cast<double>(step));
+                };
+                const float h = 2e-3f * std::abs(rec.scale(i));
+                const double fa = fd(rec.scale, h);
+                CHECK(da(i) == doctest::Approx(fa).epsilon(2e-2).scale(1e-4 * da.cwiseAbs().maxCoeff()));
+                if (rec.offset.size()) {
+                    const double fm = fd(rec.offset, h);
+                    CHECK(dm(i) == doctest::Approx(fm).epsilon(2e-2).scale(1e-4 * dm.cwiseAbs().maxCoeff()));
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("tune_steps lowers the held-out loss, stores fp16 scales and reloads to the same model") {
+    lowbit::quantize_options o;
+    o.calib_window = window;
+    o.calib_windows = 4;
+    std::vector<std::string> lines;
+    o.progress = [&](const std::string& s) { lines.push_back(s); };
+    lowbit::recipe r = lowbit::find_recipe("absmean-w1.58");
+    lowbit::set_recipe_fields(r, "tune_steps=6,tune_lr=0.01,tune_windows=2", ',');
+    lowbit::quantized_model q{r, {}, {}, "", {}};
+    q.model = lowbit::quantize_model(fx().fp32, r, fx().calib, o, &q.records);
+    lowbit::linear_records untuned;
+    const lowbit::llama_model plain = lowbit::quantize_model(fx().fp32, lowbit::find_recipe("absmean-w1.58"), {}, {}, &untuned);
+    // the two held-out windows (the last full windows of the calibration tokens), scored by the float
+    // forward pass (`perplexity`, an implementation independent of the double backward pass)
+    const std::size_t full = fx().calib.size() / window;
+    REQUIRE(full > 8);
+    const std::span<const int> held(fx().calib.data() + (full - 2) * window, 2 * window);
+    const double before = lowbit::perplexity(plain, held, window).perplexity;
+    const double after = lowbit::perplexity(q.model, held, window).perplexity;
+    MESSAGE("held-out perplexity untuned ", before, ", tuned ", after);
+    CHECK(after < 0.8 * before);
+    REQUIRE(!lines.empty());
+    CHECK(lines.back().find(": kept") != std::string::npos);
+    bool moved = false;
+    for (const auto& [name, rec] : q.records)
+        for (Eigen::Index i = 0; i < rec.scale.size(); ++i) {
+            REQUIRE(static_cast<float>(Eigen::half(rec.scale(i))) == rec.scale(i));
+            moved = moved || rec.scale(i) != untuned.at(name).scale(i);
+        }
+    CHECK(moved);
+    // the file stores the tuned values: the reloaded model scores the same, bit for bit
+    lowbit_test::temp_dir dir("lowbit_test_scale_tuning");
+    const auto path = dir.path / "tuned.safetensors";
+    lowbit::save_quantized_model(path, q);
+    const auto back = lowbit::load_quantized_model(path);
+    CHECK(back.spec.tune_steps == 6);
+    CHECK(lowbit::perplexity(back.model, held, window).perplexity == after);
+    // deterministic
+    const lowbit::llama_model again = lowbit::quantize_model(fx().fp32, r, fx().calib, o);
+    CHECK(lowbit::perplexity(again, held, window).perplexity == after);
+    // a step far too large makes the held-out loss worse: the untuned values are restored
+    lowbit::set_recipe_fields(r, "tune_steps=2,tune_lr=3", ',');
+    lines.clear();
+    lowbit::linear_records wild;
+    const lowbit::llama_model w = lowbit::quantize_model(fx().fp32, r, fx().calib, o, &wild);
+    CHECK(lines.back().find("not kept") != std::string::npos);
+    for (const auto& [name, rec] : wild) CHECK(rec.scale == untuned.at(name).scale);
+    CHECK(lowbit::perplexity(w, held, window).perplexity == before);
+}
+
+TEST_CASE("scale tuning refuses bad options and bad layers") {
+    lowbit::recipe r = lowbit::find_recipe("rtn-w4");
+    for (const char* f : {"tune_steps=-1", "tune_lr=0", "tune_lr=-0.1", "tune_windows=0"}) {
+        CAPTURE(f);
+        lowbit::recipe b = r;
+        lowbit::set_recipe_fields(b, f, ',');
+        CHECK_THROWS_WITH_AS((void)lowbit::quantize_model(fx().fp32, b, fx().calib), doctest::Contains("recipe tune_"),
+                             lowbit::invalid_argument);
+    }
+    CHECK_THROWS_AS(lowbit::set_recipe_fields(r, "tune_lr=nan", ','), lowbit::invalid_argument);
+    lowbit::recipe n = r;
+    n.tune_steps = 1;
+    n.tune_lr = std::numeric_limits<double>::quiet_NaN();
+    CHECK_THROWS_AS((void)lowbit::quantize_model(fx().fp32, n, fx().calib), lowbit::invalid_argument);
+    lowbit::recipe t = r;
+    t.tune_steps = 1;
+    CHECK_THROWS_AS((void)lowbit::quantize_model(fx().fp32, t, {}), lowbit::shape_error); // calibration needed
+    // one window of calibration tokens: nothing left to train on once one is held out
+    const std::vector<int> one(fx().calib.begin(), fx().calib.begin() + window);
+    lowbit::quantize_options o1;
+    o1.calib_window = window;
+    t.tune_windows = 1;
+    CHECK_THROWS_WITH_AS((void)lowbit::quantize_model(fx().fp32, t, one, o1), doctest::Contains("holdout_windows"),
+                         lowbit::shape_error);
+    quantized q = quantize("rtn-w4");
+    const lowbit::linear_id id{1, lowbit::linear_slot::wk};
+    auto layer = lowbit::detail::tunable_of_record(id, q.records.at(id.name()), rotation_of(q, q.records.at(id.name())));
+    REQUIRE(layer.has_value());
+    const lowbit::tunable_rebuild rebuild = [&](const lowbit::tunable_linear& x) {
+        lowbit::linear_record rec = q.records.at(x.id.name());
+        rec.scale = x.scale;
+        rec.offset = x.offset;
+        return lowbit::build_linear(q.r, rec, std::nullopt);
+    };
+    lowbit::scale_tuning_options so;
+    so.window = window;
+    so.steps = 1;
+    so.windows = so.holdout_windows = 2;
+    std::vector<lowbit::tunable_linear> bad{*layer};
+    bad[0].scale(3) = 0.0f;
+    CHECK_THROWS_WITH_AS((void)lowbit::tune_quantization_scales(q.m, bad, rebuild, fx().calib, so), doctest::Contains("zero scale"),
+                         lowbit::invalid_argument);
+    bad = {*layer};
+    bad[0].offset(0) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS((void)lowbit::tune_quantization_scales(q.m, bad, rebuild, fx().calib, so), lowbit::invalid_argument);
+    bad = {*layer};
+    bad[0].scale.conservativeResize(bad[0].scale.size() - 1);
+    CHECK_THROWS_AS((void)lowbit::tune_quantization_scales(q.m, bad, rebuild, fx().calib, so), lowbit::invalid_argument);
+    bad = {*layer};
+    bad[0].id = lowbit::linear_id{1, lowbit::linear_slot::w1}; // wk's codes against w1's shape
+    REQUIRE(q.m.linear(bad[0].id).out_features() != bad[0].codes.rows());
+    CHECK_THROWS_AS((void)lowbit::tune_quantization_scales(q.m, bad, rebuild, fx().calib, so), lowbit::shape_error);
+    so.lr = -1;
+    std::vector<lowbit::tunable_linear> ok{*layer};
+    CHECK_THROWS_AS((void)lowbit::tune_quantization_scales(q.m, ok, rebuild, fx().calib, so), lowbit::invalid_argument);
+    // zero steps: nothing changes
+    so.lr = 1e-3;
+    so.steps = 0;
+    const auto res = lowbit::tune_quantization_scales(q.m, ok, rebuild, fx().calib, so);
+    CHECK(res.loss.empty());
+    CHECK_FALSE(res.kept);
+    CHECK(ok[0].scale == layer->scale);
+}
