@@ -101,11 +101,17 @@ TEST_CASE("scale_gradients: groups, offsets and the input transform against fini
 }
 
 TEST_CASE("scale gradients of a quantized stories260K model equal central differences of the calibration loss") {
-    // int4 with offsets behind the randomised Hadamard (the transform path), and base-3 ternary without
-    for (const auto& [name, fields] : {std::pair<std::string, std::string>{"rtn-w4", "rotation=hadamard"},
-                                       std::pair<std::string, std::string>{"absmean-w1.58", ""}}) {
-        CAPTURE(name);
-        quantized q = quantize(name, fields);
+    // int4 behind the randomised Hadamard (the transform path; offsets tied μ = α), binary with free
+    // offsets behind the Hadamard, base-3 ternary without offsets
+    struct variant {
+        const char* name;
+        const char* fields;
+        bool tied, offsets;
+    };
+    for (const variant v : {variant{"rtn-w4", "rotation=hadamard", true, false}, variant{"binary-w1", "rotation=hadamard", false, true},
+                            variant{"absmean-w1.58", "", false, false}}) {
+        CAPTURE(v.name);
+        quantized q = quantize(v.name, v.fields);
         lowbit::gradient_options go;
         go.window = window;
         go.max_windows = 1;
@@ -114,32 +120,57 @@ TEST_CASE("scale gradients of a quantized stories260K model equal central differ
                                lowbit::linear_id{4, lowbit::linear_slot::w3}}) {
             CAPTURE(id.name());
             lowbit::linear_record& rec = q.records.at(id.name());
-            const auto t = lowbit::detail::tunable_of_record(id, rec, rotation_of(q, rec));
-            REQUIRE(t.has_value());
-            const auto [da, dm] = lowbit::scale_gradients(*t, grads.weight(id));
+            const auto tr = lowbit::detail::tunable_of_record(id, rec, rotation_of(q, rec));
+            REQUIRE(tr.has_value());
+            REQUIRE((tr->tie.size() > 0) == v.tied);
+            if (v.tied) CHECK((tr->tie.array() == 1.0f).all()); // lowbit's symmetric int4 grid α·(t + 1)
+            const auto& t = tr->layer;
+            REQUIRE((t.offset.size() > 0) == v.offsets);
+            const auto [da, dm] = lowbit::scale_gradients(t, grads.weight(id));
             for (Eigen::Index i : {Eigen::Index{0}, Eigen::Index{5}}) {
-                const auto fd = [&](lowbit::vector_f& v, float step) {
-                    const float keep = v(i);
-                    v(i) = keep + step;
-                    q.m.set_linear(id, lowbit::build_linear(q.r, rec, lowbit::recipe_rotation(q.r, rec.cols)));
-                    const double up = lowbit::calibration_loss(q.m, fx().calib, window);
-                    v(i) = keep - step;
-                    q.m.set_linear(id, lowbit::build_linear(q.r, rec, lowbit::recipe_rotation(q.r, rec.cols)));
-                    const double down = lowbit::calibration_loss(q.m, fx().calib, window);
-                    v(i) = keep;
+                // loss(+step) − loss(−step) over 2·step, moving α_i (and μ_i = k_i·α_i with it when tied) or μ_i
+                const auto fd = [&](bool offset, float step) {
+                    const float a = rec.scale(i), m = rec.offset.size() ? rec.offset(i) : 0.0f;
+                    const auto loss_at = [&](float s) {
+                        if (offset) rec.offset(i) = m + s;
+                        else {
+                            rec.scale(i) = a + s;
+                            if (v.tied) rec.offset(i) = tr->tie(i) * (a + s);
+                        }
+                        q.m.set_linear(id, lowbit::build_linear(q.r, rec, lowbit::recipe_rotation(q.r, rec.cols)));
+                        return lowbit::calibration_loss(q.m, fx().calib, window);
+                    };
+                    const double up = loss_at(step), down = loss_at(-step);
+                    rec.scale(i) = a;
+                    if (rec.offset.size()) rec.offset(i) = m;
                     q.m.set_linear(id, lowbit::build_linear(q.r, rec, lowbit::recipe_rotation(q.r, rec.cols)));
                     return (up - down) / (2.0 * static_cast<double>(step));
                 };
                 const float h = 2e-3f * std::abs(rec.scale(i));
-                const double fa = fd(rec.scale, h);
-                CHECK(da(i) == doctest::Approx(fa).epsilon(2e-2).scale(1e-4 * da.cwiseAbs().maxCoeff()));
-                if (rec.offset.size()) {
-                    const double fm = fd(rec.offset, h);
-                    CHECK(dm(i) == doctest::Approx(fm).epsilon(2e-2).scale(1e-4 * dm.cwiseAbs().maxCoeff()));
-                }
+                CHECK(da(i) == doctest::Approx(fd(false, h)).epsilon(2e-2).scale(1e-4 * da.cwiseAbs().maxCoeff()));
+                if (v.offsets) CHECK(dm(i) == doctest::Approx(fd(true, h)).epsilon(2e-2).scale(1e-4 * dm.cwiseAbs().maxCoeff()));
             }
         }
     }
+}
+
+TEST_CASE("tied offsets stay whole multiples of the scale through tuning (the GGUF-exportable int4 grid)") {
+    lowbit::quantize_options o;
+    o.calib_window = window;
+    o.calib_windows = 4;
+    lowbit::recipe r = lowbit::find_recipe("rtn-w4");
+    lowbit::set_recipe_fields(r, "tune_steps=4,tune_lr=0.01,tune_windows=2", ',');
+    lowbit::linear_records recs, plain;
+    (void)lowbit::quantize_model(fx().fp32, r, fx().calib, o, &recs);
+    (void)lowbit::quantize_model(fx().fp32, lowbit::find_recipe("rtn-w4"), {}, {}, &plain);
+    bool moved = false;
+    for (const auto& [name, rec] : recs) {
+        CAPTURE(name);
+        REQUIRE(rec.offset.size() == rec.scale.size());
+        CHECK((rec.offset.array() == rec.scale.array()).all()); // μ = 1·α, exactly
+        moved = moved || rec.scale != plain.at(name).scale;
+    }
+    CHECK(moved);
 }
 
 TEST_CASE("tune_steps lowers the held-out loss, stores fp16 scales and reloads to the same model") {
@@ -218,8 +249,11 @@ TEST_CASE("scale tuning refuses bad options and bad layers") {
                          lowbit::shape_error);
     quantized q = quantize("rtn-w4");
     const lowbit::linear_id id{1, lowbit::linear_slot::wk};
-    auto layer = lowbit::detail::tunable_of_record(id, q.records.at(id.name()), rotation_of(q, q.records.at(id.name())));
-    REQUIRE(layer.has_value());
+    auto tr = lowbit::detail::tunable_of_record(id, q.records.at(id.name()), rotation_of(q, q.records.at(id.name())));
+    REQUIRE(tr.has_value());
+    auto layer = std::optional<lowbit::tunable_linear>(tr->layer);
+    layer->offset = q.records.at(id.name()).offset; // tuned freely here (untie), so the offset checks below apply
+    layer->codes.array() -= 1;                      // back to the stored codes t (the tie added k = 1)
     const lowbit::tunable_rebuild rebuild = [&](const lowbit::tunable_linear& x) {
         lowbit::linear_record rec = q.records.at(x.id.name());
         rec.scale = x.scale;

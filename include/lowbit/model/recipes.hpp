@@ -1240,12 +1240,22 @@ using linear_records = std::map<std::string, linear_record>;
 
 namespace detail {
 
+/// A record's tunable view (`tunable_linear`) and how its offsets follow the scales: `tie` (rows) holds
+/// k_i when every row's offset is a whole multiple μ_i = k_i·α_i (|k_i| ≤ 2; lowbit's symmetric int4 grid
+/// has k = 1); then only α is tuned, on the codes t + k_i, and μ_i = k_i·α_i stays a whole multiple of
+/// α_i (fp16-exact for |k| ≤ 2) — so tuning keeps a record GGUF-exportable. Empty: α and μ tuned freely.
+struct tunable_record {
+    tunable_linear layer;
+    vector_f tie;
+};
+
 /// The tunable view of a packed record (per-row or grouped int4 formats; not records with a low-rank
 /// correction, SpecQuant parts or an expert format), or nothing.
 template <class = void> // compiled only where called (docs/compile_time.md)
-std::optional<tunable_linear> tunable_of_record(const linear_id& id, const linear_record& rec, const block_rotation& rot) {
+std::optional<tunable_record> tunable_of_record(const linear_id& id, const linear_record& rec, const block_rotation& rot) {
     if (rec.correction || rec.smoothing.size() || !rec.spectrum.empty()) return std::nullopt;
-    tunable_linear t;
+    tunable_record tr;
+    tunable_linear& t = tr.layer;
     t.id = id;
     const auto decode = [&]<class F>(F) {
         typename packed_matrix<F>::buffer bytes(rec.codes.begin(), rec.codes.end());
@@ -1262,8 +1272,23 @@ std::optional<tunable_linear> tunable_of_record(const linear_id& id, const linea
     else return std::nullopt;
     t.scale = rec.scale;
     t.offset = rec.offset;
+    if (t.group_cols == 0 && rec.offset.size() == rec.rows && rec.scale.size() == rec.rows) {
+        vector_f k(rec.rows);
+        bool whole = true;
+        for (Eigen::Index i = 0; i < rec.rows && whole; ++i) {
+            const float a = rec.scale(i), m = rec.offset(i);
+            k(i) = a != 0.0f ? std::round(m / a) : 0.0f;
+            whole = a != 0.0f && std::abs(k(i)) <= 2.0f && k(i) * a == m;
+        }
+        if (whole) {
+            for (Eigen::Index i = 0; i < rec.rows; ++i)
+                t.codes.row(i).array() += static_cast<std::int8_t>(k(i));
+            tr.tie = std::move(k);
+            t.offset.resize(0);
+        }
+    }
     if (!rot.empty()) t.input_transform = [rot](Eigen::Ref<matrix_f> g) { rot.apply_rows(g); };
-    return t;
+    return tr;
 }
 
 /// `recipe::tune_steps` > 0: E2E scale tuning of every tunable record of `m` (model/scale_tuning.hpp);
@@ -1272,6 +1297,7 @@ template <class RotationFor>
 void tune_record_scales(llama_model& m, const recipe& r, linear_records& records, std::span<const int> calib_tokens,
                         const quantize_options& opt, RotationFor& rotation_for) {
     std::vector<tunable_linear> layers;
+    std::vector<vector_f> ties;
     std::vector<linear_record*> recs;
     for (int l = 0; l < static_cast<int>(m.blocks.size()); ++l)
         for (const linear_id& id : m.block_linears(l)) {
@@ -1279,15 +1305,20 @@ void tune_record_scales(llama_model& m, const recipe& r, linear_records& records
             if (it == records.end()) continue;
             auto t = tunable_of_record(id, it->second, block_rotation::from(rotation_for(it->second.cols), it->second.rotation));
             if (!t) continue;
-            layers.push_back(std::move(*t));
+            layers.push_back(std::move(t->layer));
+            ties.push_back(std::move(t->tie));
             recs.push_back(&it->second);
         }
     std::map<std::string, std::size_t> index;
     for (std::size_t n = 0; n < layers.size(); ++n) index.emplace(layers[n].id.name(), n);
+    const auto offsets = [&](std::size_t n, const tunable_linear& t) { // μ = k·α for tied records
+        return ties[n].size() ? vector_f(ties[n].cwiseProduct(t.scale)) : t.offset;
+    };
     const tunable_rebuild rebuild = [&](const tunable_linear& t) {
-        linear_record& rec = *recs[index.at(t.id.name())];
+        const std::size_t n = index.at(t.id.name());
+        linear_record& rec = *recs[n];
         rec.scale = t.scale;
-        rec.offset = t.offset;
+        rec.offset = offsets(n, t);
         return build_linear(r, rec, rotation_for(rec.cols));
     };
     scale_tuning_options so;
@@ -1300,7 +1331,7 @@ void tune_record_scales(llama_model& m, const recipe& r, linear_records& records
     (void)tune_quantization_scales(m, layers, rebuild, calib_tokens, so);
     for (std::size_t n = 0; n < layers.size(); ++n) {
         recs[n]->scale = layers[n].scale;
-        recs[n]->offset = layers[n].offset;
+        recs[n]->offset = offsets(n, layers[n]);
     }
 }
 
