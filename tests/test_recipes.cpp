@@ -292,6 +292,7 @@ TEST_CASE("every recipe field travels: each set to a non-default value reloads a
         {"tune_steps", "absmean-w1.58", "tune_lr=0.01", "2"},
         {"tune_lr", "absmean-w1.58", "tune_steps=2", "0.01"},
         {"tune_windows", "absmean-w1.58", "tune_steps=2;tune_lr=0.01", "2"},
+        {"tune_code_lr", "absmean-w1.58", "tune_steps=2", "0.2"},
     };
     std::set<std::string> keys;
     for (const auto& [k, v] : lowbit::detail::split_fields(lowbit::recipe_fields(lowbit::find_recipe("fp32")), ';', "test"))

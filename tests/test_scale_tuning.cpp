@@ -15,6 +15,7 @@
 #include <Eigen/QR>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <fstream>
 #include <random>
@@ -288,4 +289,182 @@ TEST_CASE("scale tuning refuses bad options and bad layers") {
     CHECK(res.loss.empty());
     CHECK_FALSE(res.kept);
     CHECK(ok[0].scale == layer->scale);
+}
+
+TEST_CASE("nearest_code: the nearest allowed code against a search over the code set") {
+    struct set {
+        int lo, hi;
+        bool zero;
+        float shift;
+    };
+    for (const set cs : {set{-1, 1, true, 0}, set{-1, 1, false, 0}, set{-8, 7, true, 1}, set{-8, 7, true, -2}, set{-2, 1, true, 0}}) {
+        CAPTURE(cs.lo);
+        CAPTURE(cs.zero);
+        CAPTURE(cs.shift);
+        lowbit::tunable_linear t;
+        t.code_min = cs.lo;
+        t.code_max = cs.hi;
+        t.zero_code = cs.zero;
+        t.code_shift = lowbit::vector_f::Constant(2, cs.shift);
+        REQUIRE(t.codes_tunable());
+        for (float u = -12.0f; u <= 12.0f; u += 0.0625f) {
+            // search: smallest |u − c|; ties go to the code farther from the shift (away from zero), then up
+            int best = 0;
+            bool found = false;
+            for (int c = cs.lo; c <= cs.hi; ++c) {
+                if (!cs.zero && c == 0) continue;
+                const float v = static_cast<float>(c) + cs.shift;
+                if (!found) {
+                    best = c;
+                    found = true;
+                    continue;
+                }
+                const float d = std::abs(u - v), db = std::abs(u - (static_cast<float>(best) + cs.shift));
+                if (d < db || (d == db && (std::abs(c) > std::abs(best) || (std::abs(c) == std::abs(best) && c > best)))) best = c;
+            }
+            CAPTURE(u);
+            CHECK(static_cast<int>(t.nearest_code(1, u)) == best + static_cast<int>(cs.shift));
+        }
+    }
+    CHECK_FALSE(lowbit::tunable_linear{}.codes_tunable()); // default: codes fixed
+}
+
+TEST_CASE("code_gradients against finite differences of <G, W_q·Qᵀ> with real codes") {
+    std::mt19937_64 rng(11);
+    std::normal_distribution<double> nd;
+    const Eigen::Index rows = 3, cols = 8;
+    lowbit::tunable_linear t;
+    t.id = lowbit::linear_id{0, lowbit::linear_slot::wq};
+    t.codes = lowbit::matrix_i8::Zero(rows, cols);
+    t.group_cols = 3;
+    t.scale.resize(rows * 3);
+    for (Eigen::Index k = 0; k < t.scale.size(); ++k) t.scale(k) = 0.25f + 0.1f * static_cast<float>(k);
+    t.offset = lowbit::vector_f::Constant(rows * 3, 0.3f);
+    lowbit::matrix_d a(cols, cols);
+    for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = nd(rng);
+    const lowbit::matrix_d q = Eigen::HouseholderQR<lowbit::matrix_d>(a).householderQ();
+    t.input_transform = [q](Eigen::Ref<lowbit::matrix_f> g) { g = (g.cast<double>() * q).cast<float>(); };
+    lowbit::matrix_d g(rows, cols);
+    for (Eigen::Index i = 0; i < g.size(); ++i) g.data()[i] = nd(rng);
+    const auto loss = [&](const lowbit::matrix_d& codes) {
+        lowbit::matrix_d wq(rows, cols);
+        for (Eigen::Index i = 0; i < rows; ++i)
+            for (Eigen::Index j = 0; j < cols; ++j) wq(i, j) = t.scale(i * 3 + j / 3) * codes(i, j) + t.offset(i * 3 + j / 3);
+        return (g.array() * (wq * q.transpose()).array()).sum();
+    };
+    const lowbit::matrix_f dt = lowbit::code_gradients(t, g);
+    REQUIRE(dt.rows() == rows);
+    REQUIRE(dt.cols() == cols);
+    const lowbit::matrix_d c0 = lowbit::matrix_d::Zero(rows, cols);
+    for (Eigen::Index i = 0; i < rows; ++i)
+        for (Eigen::Index j = 0; j < cols; ++j) {
+            lowbit::matrix_d c = c0;
+            c(i, j) = 1.0;
+            CHECK(dt(i, j) == doctest::Approx(loss(c) - loss(c0)).epsilon(1e-5));
+        }
+    CHECK_THROWS_AS((void)lowbit::code_gradients(t, lowbit::matrix_d::Zero(rows + 1, cols)), lowbit::shape_error);
+}
+
+TEST_CASE("tune_code_lr moves codes within each format's code set, lowers the held-out loss and reloads") {
+    lowbit::quantize_options o;
+    o.calib_window = window;
+    o.calib_windows = 4;
+    std::vector<std::string> lines;
+    o.progress = [&](const std::string& s) { lines.push_back(s); };
+    const std::size_t full = fx().calib.size() / window;
+    const std::span<const int> held(fx().calib.data() + (full - 2) * window, 2 * window);
+    struct variant {
+        std::string name;
+        const char* fields;
+        double code_lr;
+    };
+    for (const variant v : {variant{"absmean-w1.58", "", 0.1}, variant{"binary-w1", "rotation=hadamard,", 0.1},
+                            variant{"rtn-w4", "rotation=hadamard,", 0.03}}) {
+        CAPTURE(v.name);
+        lowbit::recipe scales_only = lowbit::find_recipe(v.name);
+        lowbit::set_recipe_fields(scales_only, std::string(v.fields) + "tune_steps=6,tune_lr=0.01,tune_windows=2", ',');
+        lowbit::recipe r = scales_only;
+        r.tune_code_lr = v.code_lr;
+        lowbit::linear_records untuned, recs;
+        lowbit::recipe plain_r = lowbit::find_recipe(v.name);
+        if (*v.fields) lowbit::set_recipe_fields(plain_r, std::string(v.fields).substr(0, std::strlen(v.fields) - 1), ',');
+        const lowbit::llama_model plain = lowbit::quantize_model(fx().fp32, plain_r, fx().calib, o, &untuned);
+        lines.clear();
+        lowbit::quantized_model q{r, {}, {}, "", {}};
+        q.model = lowbit::quantize_model(fx().fp32, r, fx().calib, o, &q.records);
+        REQUIRE(!lines.empty());
+        CHECK(lines.back().find(": kept") != std::string::npos);
+        CHECK(lines.back().find(" 0 codes changed") == std::string::npos);
+        const double before = lowbit::perplexity(plain, held, window).perplexity;
+        const double after = lowbit::perplexity(q.model, held, window).perplexity;
+        MESSAGE(v.name, ": held-out perplexity untuned ", before, ", codes and scales tuned ", after);
+        CHECK(after < before);
+        // the codes moved, and every stored code is in the format's set (decoding checks the digits;
+        // binary digits are ±1 by construction, int4 stays tied μ = α)
+        long long changed = 0;
+        for (const auto& [name, rec] : q.records) {
+            CAPTURE(name);
+            const auto& u = untuned.at(name);
+            REQUIRE(rec.codes.size() == u.codes.size());
+            for (std::size_t b = 0; b < rec.codes.size(); ++b) changed += rec.codes[b] != u.codes[b];
+            const auto tr = lowbit::detail::tunable_of_record(lowbit::linear_id{0, lowbit::linear_slot::wq}, rec, {});
+            REQUIRE(tr.has_value());
+            const auto& c = tr->layer.codes;
+            CHECK(c.minCoeff() >= tr->layer.code_min + (tr->tie.size() ? tr->tie.minCoeff() : 0.0f));
+            CHECK(c.maxCoeff() <= tr->layer.code_max + (tr->tie.size() ? tr->tie.maxCoeff() : 0.0f));
+            if (v.name == "rtn-w4") CHECK((rec.offset.array() == rec.scale.array()).all());
+            if (v.name == "binary-w1") CHECK((c.array() != 0).all());
+        }
+        CHECK(changed > 0);
+        // saved and reloaded: the same model, bit for bit
+        lowbit_test::temp_dir dir("lowbit_test_code_tuning");
+        const auto path = dir.path / "tuned.safetensors";
+        lowbit::save_quantized_model(path, q);
+        const auto back = lowbit::load_quantized_model(path);
+        CHECK(back.spec.tune_code_lr == v.code_lr);
+        CHECK(lowbit::perplexity(back.model, held, window).perplexity == after);
+        // deterministic
+        CHECK(lowbit::perplexity(lowbit::quantize_model(fx().fp32, r, fx().calib, o), held, window).perplexity == after);
+    }
+    // a code step far too large: not kept, the input codes and scales come back exactly
+    lowbit::recipe r = lowbit::find_recipe("absmean-w1.58");
+    lowbit::set_recipe_fields(r, "tune_steps=2,tune_lr=3,tune_code_lr=100", ',');
+    lowbit::linear_records untuned, wild;
+    (void)lowbit::quantize_model(fx().fp32, lowbit::find_recipe("absmean-w1.58"), {}, {}, &untuned);
+    lines.clear();
+    (void)lowbit::quantize_model(fx().fp32, r, fx().calib, o, &wild);
+    CHECK(lines.back().find("not kept") != std::string::npos);
+    for (const auto& [name, rec] : wild) {
+        CHECK(rec.codes == untuned.at(name).codes);
+        CHECK(rec.scale == untuned.at(name).scale);
+    }
+}
+
+TEST_CASE("code tuning refuses a bad code step and codes outside the code set") {
+    lowbit::recipe r = lowbit::find_recipe("absmean-w1.58");
+    r.tune_steps = 1;
+    for (const double lr : {-0.1, std::numeric_limits<double>::quiet_NaN()}) {
+        r.tune_code_lr = lr;
+        CHECK_THROWS_WITH_AS((void)lowbit::quantize_model(fx().fp32, r, fx().calib), doctest::Contains("tune_code_lr"),
+                             lowbit::invalid_argument);
+    }
+    quantized q = quantize("absmean-w1.58");
+    const lowbit::linear_id id{1, lowbit::linear_slot::wk};
+    auto tr = lowbit::detail::tunable_of_record(id, q.records.at(id.name()), {});
+    REQUIRE(tr.has_value());
+    std::vector<lowbit::tunable_linear> bad{tr->layer};
+    bad[0].codes(2, 3) = 2; // not a ternary code
+    const lowbit::tunable_rebuild rebuild = [&](const lowbit::tunable_linear&) {
+        return lowbit::build_linear(q.r, q.records.at(id.name()), std::nullopt);
+    };
+    lowbit::scale_tuning_options so;
+    so.window = window;
+    so.steps = 1;
+    so.windows = so.holdout_windows = 2;
+    so.code_lr = 0.1;
+    CHECK_THROWS_WITH_AS((void)lowbit::tune_quantization_scales(q.m, bad, rebuild, fx().calib, so), doctest::Contains("outside its code set"),
+                         lowbit::invalid_argument);
+    so.code_lr = -1;
+    CHECK_THROWS_WITH_AS((void)lowbit::tune_quantization_scales(q.m, bad, rebuild, fx().calib, so), doctest::Contains("code_lr"),
+                         lowbit::invalid_argument);
 }

@@ -207,6 +207,9 @@ struct recipe {
     int tune_steps = 0;
     double tune_lr = 2e-3;     ///< scale tuning step relative to each row's initial |α| (> 0)
     int tune_windows = 4;      ///< scale tuning: calibration windows per step, and held out (≥ 1)
+    /// Scale tuning also moves the codes (straight-through latents, step in code units; 0: codes fixed;
+    /// `scale_tuning_options::code_lr`). Same formats and bits.
+    double tune_code_lr = 0.0;
     [[nodiscard]] bool needs_calibration() const {
         return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq || ila_mean_bits > 0 ||
                specquant || tune_steps > 0;
@@ -876,6 +879,7 @@ inline void check_recipe(const recipe& r) {
     require(r.tune_steps >= 0, where, "recipe tune_steps must be >= 0 (0: no scale tuning)");
     require(std::isfinite(r.tune_lr) && r.tune_lr > 0, where, "recipe tune_lr must be finite and > 0");
     require(r.tune_windows >= 1, where, "recipe tune_windows must be >= 1");
+    require(std::isfinite(r.tune_code_lr) && r.tune_code_lr >= 0, where, "recipe tune_code_lr must be finite and >= 0");
     const bool packed = r.weights != weight_scheme::fp32 && r.weights != weight_scheme::mxfp4 &&
                         r.weights != weight_scheme::tra_ternary;
     require(!(packed && (r.activation == activation_kind::int_asymmetric || r.activation == activation_kind::mxfp4)),
@@ -1259,6 +1263,9 @@ std::optional<tunable_record> tunable_of_record(const linear_id& id, const linea
     t.id = id;
     const auto decode = [&]<class F>(F) {
         typename packed_matrix<F>::buffer bytes(rec.codes.begin(), rec.codes.end());
+        t.code_min = pack_format<F>::code_min;
+        t.code_max = pack_format<F>::code_max;
+        t.zero_code = pack_format<F>::digit_mul == 1;
         return decode_codes(packed_matrix<F>(rec.rows, rec.cols, std::move(bytes), vector_f::Ones(rec.rows)));
     };
     if (rec.format == pack_format<int4>::name) t.codes = decode(int4{});
@@ -1283,6 +1290,7 @@ std::optional<tunable_record> tunable_of_record(const linear_id& id, const linea
         if (whole) {
             for (Eigen::Index i = 0; i < rec.rows; ++i)
                 t.codes.row(i).array() += static_cast<std::int8_t>(k(i));
+            t.code_shift = k;
             tr.tie = std::move(k);
             t.offset.resize(0);
         }
@@ -1314,14 +1322,29 @@ void tune_record_scales(llama_model& m, const recipe& r, linear_records& records
     const auto offsets = [&](std::size_t n, const tunable_linear& t) { // μ = k·α for tied records
         return ties[n].size() ? vector_f(ties[n].cwiseProduct(t.scale)) : t.offset;
     };
+    const auto repack = [&](std::size_t n, const tunable_linear& t, linear_record& rec) { // codes back into the record
+        matrix_i8 c = t.codes;
+        if (ties[n].size())
+            for (Eigen::Index i = 0; i < c.rows(); ++i) c.row(i).array() -= static_cast<std::int8_t>(ties[n](i));
+        const auto put = [&]<class F>(F) {
+            const auto p = pack<F>(c, vector_f::Ones(c.rows()));
+            rec.codes.assign(p.bytes().begin(), p.bytes().end());
+        };
+        if (rec.format == pack_format<ternary2>::name) put(ternary2{});
+        else if (rec.format == pack_format<ternary_base3>::name) put(ternary_base3{});
+        else if (rec.format == pack_format<binary1>::name) put(binary1{});
+        else put(int4{}); // int4 and the grouped int4 formats (tunable_of_record admits no other)
+    };
     const tunable_rebuild rebuild = [&](const tunable_linear& t) {
         const std::size_t n = index.at(t.id.name());
         linear_record& rec = *recs[n];
         rec.scale = t.scale;
         rec.offset = offsets(n, t);
+        if (r.tune_code_lr > 0) repack(n, t, rec);
         return build_linear(r, rec, rotation_for(rec.cols));
     };
     scale_tuning_options so;
+    so.code_lr = r.tune_code_lr;
     so.steps = r.tune_steps;
     so.lr = r.tune_lr;
     so.window = opt.calib_window;
@@ -1332,6 +1355,7 @@ void tune_record_scales(llama_model& m, const recipe& r, linear_records& records
     for (std::size_t n = 0; n < layers.size(); ++n) {
         recs[n]->scale = layers[n].scale;
         recs[n]->offset = offsets(n, layers[n]);
+        if (r.tune_code_lr > 0) repack(n, layers[n], *recs[n]);
     }
 }
 
@@ -1635,7 +1659,7 @@ inline std::string real_text(double x) {
 /// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation,
 /// gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, ila_bits (widths joined by '/', e.g.
 /// "2/4/6/8"), ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max, tune_steps,
-/// tune_lr, tune_windows. Numbers
+/// tune_lr, tune_windows, tune_code_lr. Numbers
 /// round-trip exactly.
 [[nodiscard]] inline std::string recipe_fields(const recipe& r) {
     std::string s;
@@ -1676,6 +1700,7 @@ inline std::string real_text(double x) {
     put("tune_steps", std::to_string(r.tune_steps));
     put("tune_lr", detail::real_text(r.tune_lr));
     put("tune_windows", std::to_string(r.tune_windows));
+    put("tune_code_lr", detail::real_text(r.tune_code_lr));
     return s;
 }
 
@@ -1728,13 +1753,14 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep) {
         else if (k == "tune_steps") r.tune_steps = static_cast<int>(detail::parse_integer(v, k));
         else if (k == "tune_lr") r.tune_lr = detail::parse_real(v, k);
         else if (k == "tune_windows") r.tune_windows = static_cast<int>(detail::parse_integer(v, k));
+        else if (k == "tune_code_lr") r.tune_code_lr = detail::parse_real(v, k);
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
                                    "psp_gradient, base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
                                    "residual_rotation, gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, "
                                    "ila_bits, ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max, "
-                                   "tune_steps, tune_lr, tune_windows)");
+                                   "tune_steps, tune_lr, tune_windows, tune_code_lr)");
     }
 }
 
