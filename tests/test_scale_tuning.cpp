@@ -57,34 +57,47 @@ quantized quantize(const std::string& name, const std::string& fields = "") {
 lowbit::block_rotation rotation_of(const quantized& q, const lowbit::linear_record& rec) {
     return lowbit::block_rotation::from(lowbit::recipe_rotation(q.r, rec.cols), rec.rotation);
 }
+
+// A 3x8 tunable linear with groups of 3, 3, 2 columns behind a random orthogonal Q (QR of a Gaussian
+// matrix; the transform maps each row g to g·Q), a Gaussian G, and the explicit functional
+// L = Σ G ∘ W_eff with W_eff = W_q·Qᵀ (y = W_q·(x·Q)ᵀ), W_q(i, j) = α_ig·c_ij + μ_ig: linear in α, μ
+// and real codes c, so its finite differences are exact.
+struct functional_case {
+    static constexpr Eigen::Index rows = 3, cols = 8, groups = 3;
+    lowbit::tunable_linear t;
+    lowbit::matrix_d q, g;
+    explicit functional_case(std::uint64_t seed) {
+        std::mt19937_64 rng(seed);
+        std::normal_distribution<double> nd;
+        t.id = lowbit::linear_id{0, lowbit::linear_slot::wq};
+        t.codes.resize(rows, cols);
+        for (Eigen::Index i = 0; i < t.codes.size(); ++i) t.codes.data()[i] = static_cast<std::int8_t>(static_cast<int>(rng() % 15) - 8);
+        t.group_cols = 3;
+        lowbit::matrix_d a(cols, cols);
+        for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = nd(rng);
+        q = Eigen::HouseholderQR<lowbit::matrix_d>(a).householderQ();
+        t.input_transform = [qq = q](Eigen::Ref<lowbit::matrix_f> x) { x = (x.cast<double>() * qq).cast<float>(); };
+        g.resize(rows, cols);
+        for (Eigen::Index i = 0; i < g.size(); ++i) g.data()[i] = nd(rng);
+    }
+    [[nodiscard]] double loss(const lowbit::vector_d& al, const lowbit::vector_d& mu, const lowbit::matrix_d& c) const {
+        lowbit::matrix_d wq(rows, cols);
+        for (Eigen::Index i = 0; i < rows; ++i)
+            for (Eigen::Index j = 0; j < cols; ++j) wq(i, j) = al(i * groups + j / 3) * c(i, j) + mu(i * groups + j / 3);
+        return (g.array() * (wq * q.transpose()).array()).sum();
+    }
+};
 } // namespace
 
 TEST_CASE("scale_gradients: groups, offsets and the input transform against finite differences of <G, W_q·Qᵀ>") {
-    std::mt19937_64 rng(7);
-    std::normal_distribution<double> nd;
-    const Eigen::Index rows = 3, cols = 8;
-    lowbit::tunable_linear t;
-    t.id = lowbit::linear_id{0, lowbit::linear_slot::wq};
-    t.codes.resize(rows, cols);
-    for (Eigen::Index i = 0; i < t.codes.size(); ++i) t.codes.data()[i] = static_cast<std::int8_t>(static_cast<int>(rng() % 15) - 8);
-    t.group_cols = 3; // groups of 3, 3, 2 columns
+    functional_case fc(7);
+    auto& t = fc.t;
+    const auto& g = fc.g;
+    const Eigen::Index rows = fc.rows, cols = fc.cols;
     REQUIRE(t.groups() == 3);
     t.scale = lowbit::vector_f::Constant(rows * 3, 0.5f);
     t.offset = lowbit::vector_f::Zero(rows * 3);
-    // an orthogonal Q (QR of a Gaussian matrix); the transform maps each row g to g·Q
-    lowbit::matrix_d a(cols, cols);
-    for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = nd(rng);
-    const lowbit::matrix_d q = Eigen::HouseholderQR<lowbit::matrix_d>(a).householderQ();
-    t.input_transform = [q](Eigen::Ref<lowbit::matrix_f> g) { g = (g.cast<double>() * q).cast<float>(); };
-    lowbit::matrix_d g(rows, cols);
-    for (Eigen::Index i = 0; i < g.size(); ++i) g.data()[i] = nd(rng);
-    // L(α, μ) = Σ G ∘ W_eff with W_eff = W_q·Qᵀ (y = W_q·(x·Q)ᵀ), linear in α and μ: differences are exact
-    const auto loss = [&](const lowbit::vector_d& al, const lowbit::vector_d& mu) {
-        lowbit::matrix_d wq(rows, cols);
-        for (Eigen::Index i = 0; i < rows; ++i)
-            for (Eigen::Index j = 0; j < cols; ++j) wq(i, j) = al(i * 3 + j / 3) * t.codes(i, j) + mu(i * 3 + j / 3);
-        return (g.array() * (wq * q.transpose()).array()).sum();
-    };
+    const lowbit::matrix_d codes = t.codes.cast<double>();
     const auto [da, dm] = lowbit::scale_gradients(t, g);
     REQUIRE(da.size() == rows * 3);
     REQUIRE(dm.size() == rows * 3);
@@ -93,8 +106,8 @@ TEST_CASE("scale_gradients: groups, offsets and the input transform against fini
         lowbit::vector_d ap = a0, mp = m0;
         ap(k) += 1.0;
         mp(k) += 1.0;
-        CHECK(da(k) == doctest::Approx(loss(ap, m0) - loss(a0, m0)).epsilon(1e-5));
-        CHECK(dm(k) == doctest::Approx(loss(a0, mp) - loss(a0, m0)).epsilon(1e-5));
+        CHECK(da(k) == doctest::Approx(fc.loss(ap, m0, codes) - fc.loss(a0, m0, codes)).epsilon(1e-5));
+        CHECK(dm(k) == doctest::Approx(fc.loss(a0, mp, codes) - fc.loss(a0, m0, codes)).epsilon(1e-5));
     }
     t.offset.resize(0); // no offset: no μ gradient
     CHECK(lowbit::scale_gradients(t, g).second.size() == 0);
@@ -330,28 +343,15 @@ TEST_CASE("nearest_code: the nearest allowed code against a search over the code
 }
 
 TEST_CASE("code_gradients against finite differences of <G, W_q·Qᵀ> with real codes") {
-    std::mt19937_64 rng(11);
-    std::normal_distribution<double> nd;
-    const Eigen::Index rows = 3, cols = 8;
-    lowbit::tunable_linear t;
-    t.id = lowbit::linear_id{0, lowbit::linear_slot::wq};
-    t.codes = lowbit::matrix_i8::Zero(rows, cols);
-    t.group_cols = 3;
+    functional_case fc(11);
+    auto& t = fc.t;
+    const auto& g = fc.g;
+    const Eigen::Index rows = fc.rows, cols = fc.cols;
     t.scale.resize(rows * 3);
     for (Eigen::Index k = 0; k < t.scale.size(); ++k) t.scale(k) = 0.25f + 0.1f * static_cast<float>(k);
     t.offset = lowbit::vector_f::Constant(rows * 3, 0.3f);
-    lowbit::matrix_d a(cols, cols);
-    for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = nd(rng);
-    const lowbit::matrix_d q = Eigen::HouseholderQR<lowbit::matrix_d>(a).householderQ();
-    t.input_transform = [q](Eigen::Ref<lowbit::matrix_f> g) { g = (g.cast<double>() * q).cast<float>(); };
-    lowbit::matrix_d g(rows, cols);
-    for (Eigen::Index i = 0; i < g.size(); ++i) g.data()[i] = nd(rng);
-    const auto loss = [&](const lowbit::matrix_d& codes) {
-        lowbit::matrix_d wq(rows, cols);
-        for (Eigen::Index i = 0; i < rows; ++i)
-            for (Eigen::Index j = 0; j < cols; ++j) wq(i, j) = t.scale(i * 3 + j / 3) * codes(i, j) + t.offset(i * 3 + j / 3);
-        return (g.array() * (wq * q.transpose()).array()).sum();
-    };
+    const lowbit::vector_d al = t.scale.cast<double>(), mu = t.offset.cast<double>();
+    const auto loss = [&](const lowbit::matrix_d& c) { return fc.loss(al, mu, c); };
     const lowbit::matrix_f dt = lowbit::code_gradients(t, g);
     REQUIRE(dt.rows() == rows);
     REQUIRE(dt.cols() == cols);
@@ -378,7 +378,7 @@ TEST_CASE("tune_code_lr moves codes within each format's code set, lowers the he
         const char* fields;
         double code_lr;
     };
-    for (const variant v : {variant{"absmean-w1.58", "", 0.1}, variant{"binary-w1", "rotation=hadamard,", 0.1},
+    for (const variant& v : {variant{"absmean-w1.58", "", 0.1}, variant{"binary-w1", "rotation=hadamard,", 0.1},
                             variant{"rtn-w4", "rotation=hadamard,", 0.03}}) {
         CAPTURE(v.name);
         lowbit::recipe scales_only = lowbit::find_recipe(v.name);
