@@ -13,6 +13,8 @@
 
 #include <doctest/doctest.h>
 
+#include "gptq_problem.hpp"
+
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -24,38 +26,10 @@ namespace {
 using lowbit::matrix_d;
 using lowbit::matrix_f;
 
-// Correlated calibration inputs: X = Z·A with a random mixing A and uneven channel scales.
-matrix_f correlated_inputs(Eigen::Index tokens, Eigen::Index n, std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> g(0.0f, 1.0f);
-    matrix_f z(tokens, n), a(n, n);
-    for (Eigen::Index i = 0; i < z.size(); ++i) z.data()[i] = g(rng);
-    for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = g(rng) * 0.3f;
-    a.diagonal().array() += 1.0f;
-    matrix_f x = z * a;
-    for (Eigen::Index j = 0; j < n; ++j) x.col(j) *= 0.5f + static_cast<float>(j % 5);
-    return x;
-}
-
-matrix_f random_weights(Eigen::Index m, Eigen::Index n, std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> g(0.0f, 1.0f);
-    matrix_f w(m, n);
-    for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = g(rng);
-    return w;
-}
-
-matrix_d hessian_of(const matrix_f& x) {
-    lowbit::gptq_hessian h(x.cols());
-    h.add(x);
-    return h.matrix();
-}
-
-// tr(Δ S Δᵀ) in double.
-double output_error(const matrix_f& w, const matrix_f& q, const matrix_d& s) {
-    const Eigen::MatrixXd d = (w - q).cast<double>();
-    return (d * s * d.transpose()).trace();
-}
+using lowbit_test::correlated_inputs;
+using lowbit_test::hessian_of;
+using lowbit_test::output_error;
+using lowbit_test::random_weights;
 
 // The reference problem: dead columns fixed (H_jj = 1, W_:j = 0), processing order by diag H descending
 // with act order, W and the undamped H in that order.

@@ -170,6 +170,14 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
                     CHECK(rec.dense_bits >= 2.6 + per_row);
                     CHECK(rec.dense_bits <= 4.2 + per_row + 8.0 / static_cast<double>(rec.rows));
                 }
+        if (q.spec.weights == lowbit::weight_scheme::billm_binary)
+            for (const auto& [name, rec] : q.records) {
+                // one sign and one group bit (or a second sign) per weight, 4 fp16 per row per block of
+                // 128 columns plus 3 with salient columns; at most a column index per column on top
+                const double blocks = static_cast<double>((rec.cols + 127) / 128), cols = static_cast<double>(rec.cols);
+                CHECK(rec.dense_bits >= 2.0 + 64.0 * blocks / cols);
+                CHECK(rec.dense_bits <= 2.0 + 112.0 * blocks / cols + 1.0 / static_cast<double>(rec.rows));
+            }
         CHECK(back.model.bits_per_weight() == q.model.bits_per_weight());
         const std::vector<int> toks(fx().eval.begin(), fx().eval.begin() + 40);
         lowbit::kv_cache c1(q.model.config), c2(back.model.config);

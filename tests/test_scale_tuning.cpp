@@ -44,13 +44,25 @@ struct quantized {
     lowbit::llama_model m;
     lowbit::linear_records records;
 };
+/// The calibration set-up of every stories260K test here: 4 windows of 64 tokens, progress lines
+/// collected into `lines` when given.
+lowbit::quantize_options tuning_options(std::vector<std::string>* lines = nullptr) {
+    lowbit::quantize_options o;
+    o.calib_window = window;
+    o.calib_windows = 4;
+    if (lines) o.progress = [lines](const std::string& s) { lines->push_back(s); };
+    return o;
+}
+/// The two held-out windows of scale tuning (the last full windows of the calibration tokens).
+std::span<const int> held_out() {
+    const std::size_t full = fx().calib.size() / window;
+    return {fx().calib.data() + (full - 2) * window, 2 * window};
+}
 quantized quantize(const std::string& name, const std::string& fields = "") {
     quantized q;
     q.r = lowbit::find_recipe(name);
     if (!fields.empty()) lowbit::set_recipe_fields(q.r, fields, ',');
-    lowbit::quantize_options o;
-    o.calib_window = window;
-    o.calib_windows = 4;
+    const lowbit::quantize_options o = tuning_options();
     q.m = lowbit::quantize_model(fx().fp32, q.r, fx().calib, o, &q.records);
     return q;
 }
@@ -169,9 +181,7 @@ TEST_CASE("scale gradients of a quantized stories260K model equal central differ
 }
 
 TEST_CASE("tied offsets stay whole multiples of the scale through tuning (the GGUF-exportable int4 grid)") {
-    lowbit::quantize_options o;
-    o.calib_window = window;
-    o.calib_windows = 4;
+    const lowbit::quantize_options o = tuning_options();
     lowbit::recipe r = lowbit::find_recipe("rtn-w4");
     lowbit::set_recipe_fields(r, "tune_steps=4,tune_lr=0.01,tune_windows=2", ',');
     lowbit::linear_records recs, plain;
@@ -188,11 +198,8 @@ TEST_CASE("tied offsets stay whole multiples of the scale through tuning (the GG
 }
 
 TEST_CASE("tune_steps lowers the held-out loss, stores fp16 scales and reloads to the same model") {
-    lowbit::quantize_options o;
-    o.calib_window = window;
-    o.calib_windows = 4;
     std::vector<std::string> lines;
-    o.progress = [&](const std::string& s) { lines.push_back(s); };
+    const lowbit::quantize_options o = tuning_options(&lines);
     lowbit::recipe r = lowbit::find_recipe("absmean-w1.58");
     lowbit::set_recipe_fields(r, "tune_steps=6,tune_lr=0.01,tune_windows=2", ',');
     lowbit::quantized_model q{r, {}, {}, "", {}};
@@ -201,9 +208,8 @@ TEST_CASE("tune_steps lowers the held-out loss, stores fp16 scales and reloads t
     const lowbit::llama_model plain = lowbit::quantize_model(fx().fp32, lowbit::find_recipe("absmean-w1.58"), {}, {}, &untuned);
     // the two held-out windows (the last full windows of the calibration tokens), scored by the float
     // forward pass (`perplexity`, an implementation independent of the double backward pass)
-    const std::size_t full = fx().calib.size() / window;
-    REQUIRE(full > 8);
-    const std::span<const int> held(fx().calib.data() + (full - 2) * window, 2 * window);
+    REQUIRE(fx().calib.size() / window > 8);
+    const std::span<const int> held = held_out();
     const double before = lowbit::perplexity(plain, held, window).perplexity;
     const double after = lowbit::perplexity(q.model, held, window).perplexity;
     MESSAGE("held-out perplexity untuned ", before, ", tuned ", after);
@@ -366,13 +372,9 @@ TEST_CASE("code_gradients against finite differences of <G, W_q·Qᵀ> with real
 }
 
 TEST_CASE("tune_code_lr moves codes within each format's code set, lowers the held-out loss and reloads") {
-    lowbit::quantize_options o;
-    o.calib_window = window;
-    o.calib_windows = 4;
     std::vector<std::string> lines;
-    o.progress = [&](const std::string& s) { lines.push_back(s); };
-    const std::size_t full = fx().calib.size() / window;
-    const std::span<const int> held(fx().calib.data() + (full - 2) * window, 2 * window);
+    const lowbit::quantize_options o = tuning_options(&lines);
+    const std::span<const int> held = held_out();
     struct variant {
         std::string name;
         const char* fields;

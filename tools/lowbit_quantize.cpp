@@ -578,8 +578,8 @@ const std::vector<std::string> default_recipes = {
     "fp32",         "rtn-w4",       "gptq-w4",      "absmean-w1.58",   "twla-w1.58",      "twla-w1.58a8",
     "twla-w1.58a4", "binary-w1",    "bwla-w1",      "bwla-w1a6",       "bwla-w1a6-psp",   "fp32-a4",
     "fp32-a4-hadamard", "mxfp4-w4a4", "mxfp4-w4a4-hadamard",
-    // the papers' learned rotations, grouped TRA-GPTQ and NLI operators
-    "twla-w1.58-kotms", "twla-w1.58a4-kotms", "twla-tra-kotms", "bwla-w1-okt", "bwla-w1a6-okt", "bwla-w1a6-okt-psp", "mxfp4-w4a4-torq",
+    // the papers' learned rotations, grouped TRA-GPTQ and BiLLM, NLI operators
+    "twla-w1.58-kotms", "twla-w1.58a4-kotms", "twla-tra-kotms", "billm-w1", "bwla-w1-okt", "bwla-w1a6-okt", "bwla-w1a6-okt-psp", "mxfp4-w4a4-torq",
     "fp32-nli", "twla-w1.58a8-kotms-nli",
     // end-to-end tuning of the fp16 scales and offsets (codes fixed)
     "gptq-w4-e2e", "twla-w1.58a8-e2e", "twla-w1.58-kotms-e2e", "bwla-w1a6-e2e"};

@@ -288,8 +288,9 @@ inline double gptq_sweep(gptq_problem& p, const std::vector<std::pair<Eigen::Ind
     return loss;
 }
 
-template <class Params>
-inline void gptq_finish(gptq_result<Params>& r, const gptq_problem& p, const Eigen::MatrixXd& q) {
+/// Q back in original column order, the order and damping into a result (`gptq_result`, TRA-GPTQ's, BiLLM's).
+template <class Result>
+inline void gptq_finish(Result& r, const gptq_problem& p, const Eigen::MatrixXd& q) {
     r.weights.resize(q.rows(), q.cols());
     for (Eigen::Index j = 0; j < q.cols(); ++j) r.weights.col(p.order[static_cast<std::size_t>(j)]) = q.col(j).cast<float>();
     r.order = p.order;
@@ -465,7 +466,7 @@ matrix_f tra_greedy_ternary(const matrix_f& v, const group_mask& mask, int terms
 }
 
 /// Σ over masked entries of (approx − v)².
-inline double tra_masked_sse(const matrix_f& v, const matrix_f& approx, const group_mask& mask) {
+inline double masked_sse(const matrix_f& v, const matrix_f& approx, const group_mask& mask) {
     double e = 0.0;
     for (Eigen::Index i = 0; i < v.rows(); ++i)
         for (Eigen::Index j = 0; j < v.cols(); ++j)
@@ -477,7 +478,7 @@ inline double tra_masked_sse(const matrix_f& v, const matrix_f& approx, const gr
 }
 
 /// Linear-interpolation quantile (torch.quantile's default) of sorted values at q ∈ [0, 1].
-inline double tra_quantile(const std::vector<double>& sorted, double q) {
+inline double linear_quantile(const std::vector<double>& sorted, double q) {
     const double pos = q * static_cast<double>(sorted.size() - 1);
     const auto lo = static_cast<std::size_t>(std::floor(pos));
     const std::size_t hi = std::min(lo + 1, sorted.size() - 1);
@@ -515,7 +516,7 @@ inline double tra_split(const matrix_f& omega, const group_mask& region, int ste
     group_mask a, b;
     for (int k = 0; k < steps; ++k) {
         const double q = steps == 1 ? 0.5 : 0.1 + 0.8 * static_cast<double>(k) / static_cast<double>(steps - 1);
-        const double bp = tra_quantile(vals, q);
+        const double bp = linear_quantile(vals, q);
         apply(bp, a, b);
         const double e = score(a, b);
         if (e < best) {
@@ -547,8 +548,8 @@ tra_partition_result tra_partition(const matrix_f& omega, const matrix_d& s, con
     for (Eigen::Index k = 1; k <= kmax; ++k) {
         const matrix_f top = sorted_cols.leftCols(k), other = sorted_cols.rightCols(bw - k);
         const group_mask all_top = group_mask::Constant(m, k, true), all_other = group_mask::Constant(m, bw - k, true);
-        const double e = tra_masked_sse(top, tra_greedy_ternary(top, all_top, 2, eye.topLeftCorner(k, k)), all_top) +
-                         tra_masked_sse(other, tra_greedy_ternary(other, all_other, 2, eye.topLeftCorner(bw - k, bw - k)),
+        const double e = masked_sse(top, tra_greedy_ternary(top, all_top, 2, eye.topLeftCorner(k, k)), all_top) +
+                         masked_sse(other, tra_greedy_ternary(other, all_other, 2, eye.topLeftCorner(bw - k, bw - k)),
                                         all_other);
         if (e < best_e) {
             best_e = e;
@@ -581,8 +582,8 @@ tra_partition_result tra_partition(const matrix_f& omega, const matrix_d& s, con
         group_mask lo, hi;
         r.salient_break = tra_split(os, group_mask::Constant(m, k, true), opt.quantile_steps, lo, hi,
                                     [&](const group_mask& a, const group_mask& b) {
-                                        return tra_masked_sse(os, tra_greedy_ternary(os, a, 2, eye_k), a) +
-                                               tra_masked_sse(os, tra_greedy_ternary(os, b, 2, eye_k), b);
+                                        return masked_sse(os, tra_greedy_ternary(os, a, 2, eye_k), a) +
+                                               masked_sse(os, tra_greedy_ternary(os, b, 2, eye_k), b);
                                     });
         scatter(r.salient, lo, r.masks[0]);
         scatter(r.salient, hi, r.masks[1]);
@@ -635,8 +636,7 @@ template <class = void>
     detail::check_gptq_inputs(w, h, opt.gptq, where);
     auto p = detail::gptq_prepare(w, h, opt.gptq, where);
     const Eigen::Index n = w.cols();
-    std::vector<std::pair<Eigen::Index, Eigen::Index>> blocks;
-    for (Eigen::Index s = 0; s < n; s += opt.gptq.block_size) blocks.emplace_back(s, std::min(n, s + opt.gptq.block_size));
+    const auto blocks = detail::gptq_blocks(n, opt.gptq.block_size, {});
     tra_gptq_result r;
     matrix_f qblock;
     Eigen::MatrixXd q;
@@ -671,11 +671,7 @@ template <class = void>
         [&](const Eigen::MatrixXd&, Eigen::Index s, Eigen::Index j, const vector_f&, vector_f& out) {
             out = qblock.col(j - s);
         });
-    r.weights.resize(q.rows(), q.cols());
-    for (Eigen::Index j = 0; j < n; ++j) r.weights.col(p.order[static_cast<std::size_t>(j)]) = q.col(j).cast<float>();
-    r.order = p.order;
-    r.damp = p.damp;
-    r.damp_retries = p.retries;
+    detail::gptq_finish(r, p, q);
     return r;
 }
 

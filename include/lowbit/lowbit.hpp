@@ -9,6 +9,7 @@
 
 #include <lowbit/activations.hpp>
 #include <lowbit/asym_ternary.hpp>
+#include <lowbit/billm.hpp>
 #include <lowbit/binary.hpp>
 #include <lowbit/bit_allocation.hpp>
 #include <lowbit/concepts.hpp>

@@ -44,6 +44,7 @@
 
 #include <lowbit/activations.hpp>
 #include <lowbit/asym_ternary.hpp>
+#include <lowbit/billm.hpp>
 #include <lowbit/binary.hpp>
 #include <lowbit/config.hpp>
 #include <lowbit/error.hpp>
@@ -101,6 +102,7 @@ enum class weight_scheme {
     arb_binary,      ///< ARB-refined binary μ + α·b per row, packed binary with offsets
     mxfp4,           ///< OCP MXFP4 (E2M1, E8M0 per 32), dequantized dense
     tra_ternary,     ///< TRA-GPTQ (salient / non-salient groups, order-2 salient residuals), dequantized dense
+    billm_binary,    ///< BiLLM (salient columns order-2 binary, non-salient split in two), dequantized dense
 };
 
 /// Solver around the weight quantizer.
@@ -298,6 +300,13 @@ struct recipe {
     // TWLA's grouped TRA-GPTQ (salient groups, order-2 residuals), dense fake quantization, bits counted
     add({"twla-tra-kotms", "KOTMS + TRA-GPTQ grouped ternary (dense fake quant)", W::tra_ternary, S::gptq, R::kotms,
          A::fp32});
+    // BiLLM (binary, salient columns with a residual plane, split non-salient groups), dense, bits counted
+    {
+        recipe b{"billm-w1", "BiLLM: GPTQ + salient columns (order-2 residual) + split non-salient binary (dense fake quant)",
+                 W::billm_binary, S::gptq, R::none, A::fp32};
+        b.act_order = false; // as the paper runs it
+        add(b);
+    }
     // NLI piecewise-linear SiLU / exp / rsqrt in the forward pass
     recipe fnli{"fp32-nli", "FP32 weights, NLI SiLU/exp/rsqrt operators", W::fp32, S::rtn, R::none, A::fp32};
     fnli.nli = true;
@@ -881,7 +890,7 @@ inline void check_recipe(const recipe& r) {
     require(r.tune_windows >= 1, where, "recipe tune_windows must be >= 1");
     require(std::isfinite(r.tune_code_lr) && r.tune_code_lr >= 0, where, "recipe tune_code_lr must be finite and >= 0");
     const bool packed = r.weights != weight_scheme::fp32 && r.weights != weight_scheme::mxfp4 &&
-                        r.weights != weight_scheme::tra_ternary;
+                        r.weights != weight_scheme::tra_ternary && r.weights != weight_scheme::billm_binary;
     require(!(packed && (r.activation == activation_kind::int_asymmetric || r.activation == activation_kind::mxfp4)),
             where, "packed weights run the integer kernels: use fp32 or int_symmetric activations");
 }
@@ -996,6 +1005,22 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
             bits += k * std::ceil(std::log2(std::max(bw, 2.0))) + m * bw + m * (2.0 * k + (bw - k)) * 1.6 + m * 160.0;
         }
         rec.dense_bits = bits / (m * static_cast<double>(w.cols()));
+        return rec;
+    }
+    case weight_scheme::billm_binary: {
+        // BiLLM (billm.hpp): no packed kernel for its three groups, so the layer runs the dequantized
+        // weights densely; bits counted as stored (`billm_result::stored_bits`).
+        require(gptq, "quantize_model", "billm_binary needs the GPTQ solver (calibration Hessian)");
+        billm_options bo;
+        bo.gptq.damp = r.damp;
+        bo.gptq.act_order = r.act_order;
+        const auto res = billm_quantize(w, *h, bo);
+        linear_record rec;
+        rec.format = "dense";
+        rec.rows = w.rows();
+        rec.cols = w.cols();
+        rec.dense = res.weights;
+        rec.dense_bits = res.stored_bits();
         return rec;
     }
     case weight_scheme::int4: {
@@ -1322,7 +1347,11 @@ void tune_record_scales(llama_model& m, const recipe& r, linear_records& records
     const auto offsets = [&](std::size_t n, const tunable_linear& t) { // μ = k·α for tied records
         return ties[n].size() ? vector_f(ties[n].cwiseProduct(t.scale)) : t.offset;
     };
+    std::vector<std::uint64_t> packed(layers.size()); // code revision each record holds
+    for (std::size_t n = 0; n < layers.size(); ++n) packed[n] = layers[n].code_revision;
     const auto repack = [&](std::size_t n, const tunable_linear& t, linear_record& rec) { // codes back into the record
+        if (t.code_revision == packed[n]) return; // no code changed since the last pack
+        packed[n] = t.code_revision;
         matrix_i8 c = t.codes;
         if (ties[n].size())
             for (Eigen::Index i = 0; i < c.rows(); ++i) c.row(i).array() -= static_cast<std::int8_t>(ties[n](i));
@@ -1579,7 +1608,8 @@ inline constexpr enum_name weight_scheme_names[] = {
     {static_cast<int>(weight_scheme::absmean_ternary), "absmean_ternary"},
     {static_cast<int>(weight_scheme::e2m_atq), "e2m_atq"},     {static_cast<int>(weight_scheme::sign_binary), "sign_binary"},
     {static_cast<int>(weight_scheme::arb_binary), "arb_binary"}, {static_cast<int>(weight_scheme::mxfp4), "mxfp4"},
-    {static_cast<int>(weight_scheme::tra_ternary), "tra_ternary"}};
+    {static_cast<int>(weight_scheme::tra_ternary), "tra_ternary"},
+    {static_cast<int>(weight_scheme::billm_binary), "billm_binary"}};
 inline constexpr enum_name solver_names[] = {{static_cast<int>(solver_kind::rtn), "rtn"},
                                              {static_cast<int>(solver_kind::gptq), "gptq"}};
 inline constexpr enum_name rotation_names[] = {
@@ -1903,7 +1933,7 @@ inline std::vector<long long> split_ints(const std::string& s, std::size_t n, co
 
 /// Why a linear's record is not what `r` produces, or "" when it is: the packed format of the
 /// recipe's weight scheme (int4 → "int4", ternary → "ternary_base3" or "ternary2" by `base3`, binary
-/// → "binary1"), or "dense" — always for fp32/mxfp4/tra_ternary, and for a packed scheme only as a
+/// → "binary1"), or "dense" — always for fp32/mxfp4/tra_ternary/billm_binary, and for a packed scheme only as a
 /// counted fallback (`dense_bits` < 32, e.g. KBVQ's scalar-residual experts), or an expert format standing
 /// for the scheme's packed format (moe_experts.hpp: "cejd_binary1" for binary, "kbvq_vq" for int4; expert
 /// tensors only on such records); learned rotations only under a
@@ -1916,7 +1946,8 @@ inline std::string record_recipe_mismatch(const recipe& r, const linear_record& 
     switch (r.weights) {
     case weight_scheme::fp32:
     case weight_scheme::mxfp4:
-    case weight_scheme::tra_ternary: want = "dense"; break;
+    case weight_scheme::tra_ternary:
+    case weight_scheme::billm_binary: want = "dense"; break;
     case weight_scheme::int4: want = r.group_size > 0 ? "int4_g" + std::to_string(r.group_size) : pack_format<int4>::name; break;
     case weight_scheme::absmean_ternary:
     case weight_scheme::e2m_atq: want = r.base3 ? pack_format<ternary_base3>::name : pack_format<ternary2>::name; break;

@@ -69,6 +69,9 @@ struct tunable_linear {
     int code_min = 0, code_max = 0;
     bool zero_code = true;  ///< false: 0 is not a code (sign binary)
     vector_f code_shift;    ///< per-row shift of the code set (rows values, whole numbers) or empty (0)
+    /// Bumped by the tuner whenever it changes `codes` (a step that flips one, the restore): a rebuild
+    /// that re-packs codes can skip the work while the revision it last packed is current.
+    std::uint64_t code_revision = 0;
 
     /// True if the code set has more than one value (the codes can be tuned).
     [[nodiscard]] bool codes_tunable() const { return code_max > code_min; }
@@ -122,7 +125,7 @@ struct scale_tuning_result {
     double holdout_after = 0;      ///< held-out loss of the tuned values
     bool kept = false;             ///< true if the tuned values were kept (holdout_after < holdout_before)
     int tuned_linears = 0;         ///< linears tuned
-    long long parameters = 0;      ///< scalars tuned (α and μ)
+    long long parameters = 0;      ///< scalars tuned: α and μ, plus one latent per code with code tuning
     long long codes_changed = 0;   ///< codes that differ from the input's at the end (code tuning; 0 if not kept)
 };
 
@@ -165,7 +168,6 @@ inline void scale_code_gradient(const tunable_linear& t, matrix_f& g) {
         }
 }
 } // namespace detail
-
 
 /// dL/dα and dL/dμ of one tunable linear (each rows·groups values, index i·groups + g; dμ empty when the
 /// linear has no offset) from dL/dW_eff `[rows x cols]` (what `model_gradients::weight` gives).
@@ -310,6 +312,7 @@ scale_tuning_result tune_quantization_scales(llama_model& m, std::vector<tunable
                 s.vu = b2 * s.vu.array() + (1 - b2) * gq.array().square().rowwise().mean();
                 for (Eigen::Index i = 0; i < t.codes.rows(); ++i)
                     s.u.row(i) -= (lr / (std::sqrt(s.vu(i) / f2) + 1e-30f) / f1) * s.mu_u.row(i);
+                const long long flips_before = flips;
                 for (Eigen::Index i = 0; i < t.codes.rows(); ++i) {
                     const float sh = t.code_shift.size() ? t.code_shift(i) : 0.0f;
                     const float lo = static_cast<float>(t.code_min) + sh - 0.5f, hi = static_cast<float>(t.code_max) + sh + 0.5f;
@@ -321,6 +324,7 @@ scale_tuning_result tune_quantization_scales(llama_model& m, std::vector<tunable
                         t.codes(i, j) = c;
                     }
                 }
+                if (flips != flips_before) ++t.code_revision;
             }
             const auto adam = [&](vector_d& p, vector_d& mo, vector_d& ve, const vector_d& d) {
                 mo = b1 * mo + (1 - b1) * d;
@@ -343,7 +347,10 @@ scale_tuning_result tune_quantization_scales(llama_model& m, std::vector<tunable
         for (std::size_t n = 0; n < layers.size(); ++n) {
             layers[n].scale = st[n].init_a;
             layers[n].offset = st[n].init_mu;
-            if (st[n].init_codes.size()) layers[n].codes = st[n].init_codes;
+            if (st[n].init_codes.size()) {
+                layers[n].codes = st[n].init_codes;
+                ++layers[n].code_revision;
+            }
             m.set_linear(layers[n].id, rebuild(layers[n]));
         }
     if (res.kept)

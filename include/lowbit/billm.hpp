@@ -1,0 +1,313 @@
+#pragma once
+/// \file billm.hpp
+/// BiLLM (Huang et al. 2024, "BiLLM: Pushing the Limit of Post-Training Quantization for LLMs"):
+/// binary weights inside GPTQ with a structural salient-column split and residual binarization.
+///
+/// Per block of B = 128 columns (processing order), on the block's weights W1 as updated by the error
+/// feedback of the earlier blocks:
+/// 1. Saliency Ω_ij = W1_ij² / U_jj² (U the upper Cholesky factor of the damped H⁻¹, GPTQ's
+///    "hessian" metric).
+/// 2. Salient columns: the top-k columns by Σ_i Ω_ij, k = 1 … K − 1 (K = min(`salient_candidates`, B)),
+///    the k minimising ‖Ω − R₂(Ω; salient) − R₂(Ω; rest)‖² where R_o(V; M) is the order-o masked
+///    residual binarization (`binarize_masked`) of V on mask M. No candidate (K ≤ 1): no salient column.
+/// 3. Non-salient split ("bell-shaped distribution splitting"): a break point p among `quantile_steps`
+///    quantiles 10 %, …, 90 % (linear interpolation) of the block's Ω with the salient entries counted as
+///    0; the non-salient entries split into Ω < p and Ω ≥ p, the p minimising the order-1 error of both
+///    sides (first minimum).
+/// 4. W1 binarized in the three groups: salient order 2 (μ + α₀b₀ + α₁b₁), the two others order 1
+///    (μ + αb), each row of each group with its own μ and α.
+/// 5. GPTQ error feedback with these fixed values (gptq.hpp's blocked sweep).
+///
+/// Reconstruction notes (from the authors' released code, which this follows): the searches of steps 2–3
+/// binarize Ω itself, not W; the error feedback here is GPTQ's exact sequential update inside the block
+/// too (the released code propagates the block's error only to later blocks); sign(0) = +1 (torch's
+/// sign gives 0 — an entry exactly at its group mean). BiLLM quotes "1.08 bits": the sign bit plus the
+/// second plane of the salient columns (`billm_result::paper_bits`); what is stored — a group bit per
+/// non-salient weight, the salient column set, 7 fp16 per row per block — is `stored_bits`, about
+/// 2.9 bits per weight at B = 128. The layout has no packed kernel: `weights` are dequantized.
+///
+/// Compile time: the solver is a function template with a defaulted, unused parameter (as gptq.hpp).
+
+#include <lowbit/asym_ternary.hpp>
+#include <lowbit/config.hpp>
+#include <lowbit/error.hpp>
+#include <lowbit/gptq.hpp>
+#include <lowbit/types.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <utility>
+#include <vector>
+
+LOWBIT_BEGIN_NAMESPACE
+
+/// Order-o masked residual binarization of the rows of a matrix (BiLLM's "binary residual
+/// approximation"): on the entries of `mask` only, plane p binarizes the residual r_p of the previous
+/// planes (r_0 = w): μ_p = mean of r_p over the row's masked entries, α_p = mean |r_p − μ_p|,
+/// b_p = sign(r_p − μ_p) (sign(0) = +1). A row with no masked entry has μ = α = 0.
+struct masked_binary_rows {
+    group_mask mask;              ///< (rows, cols) the group
+    int order = 1;                ///< sign planes
+    vector_f mean;                ///< rows: μ = Σ_p μ_p
+    std::vector<vector_f> alpha;  ///< `order` vectors of rows: α_p
+    std::vector<matrix_i8> signs; ///< `order` (rows, cols) planes: b_p ∈ {−1, +1} on the mask, 0 outside
+
+    /// μ + Σ_p α_p b_p on the mask, 0 outside. O(order·rows·cols).
+    [[nodiscard]] matrix_f dequantize() const {
+        matrix_f out = matrix_f::Zero(mask.rows(), mask.cols());
+        for (Eigen::Index i = 0; i < mask.rows(); ++i)
+            for (Eigen::Index j = 0; j < mask.cols(); ++j) {
+                if (!mask(i, j)) continue;
+                double v = mean(i);
+                for (int p = 0; p < order; ++p) v += static_cast<double>(alpha[static_cast<std::size_t>(p)](i)) * signs[static_cast<std::size_t>(p)](i, j);
+                out(i, j) = static_cast<float>(v);
+            }
+        return out;
+    }
+};
+
+namespace detail {
+
+/// `binarize_masked` without checks (double accumulation per row).
+template <class = void>
+masked_binary_rows binarize_masked_impl(const cref_matrix_f& w, const group_mask& mask, int order) {
+    const Eigen::Index m = w.rows(), n = w.cols();
+    masked_binary_rows r;
+    r.mask = mask;
+    r.order = order;
+    r.mean = vector_f::Zero(m);
+    r.alpha.assign(static_cast<std::size_t>(order), vector_f::Zero(m));
+    r.signs.assign(static_cast<std::size_t>(order), matrix_i8::Zero(m, n));
+    std::vector<double> res(static_cast<std::size_t>(n));
+    for (Eigen::Index i = 0; i < m; ++i) {
+        Eigen::Index cnt = 0;
+        for (Eigen::Index j = 0; j < n; ++j) {
+            res[static_cast<std::size_t>(j)] = w(i, j);
+            cnt += mask(i, j) ? 1 : 0;
+        }
+        if (cnt == 0) continue;
+        double mu_total = 0.0;
+        for (int p = 0; p < order; ++p) {
+            double mu = 0.0;
+            for (Eigen::Index j = 0; j < n; ++j)
+                if (mask(i, j)) mu += res[static_cast<std::size_t>(j)];
+            mu /= static_cast<double>(cnt);
+            double a = 0.0;
+            for (Eigen::Index j = 0; j < n; ++j)
+                if (mask(i, j)) a += std::abs(res[static_cast<std::size_t>(j)] - mu);
+            a /= static_cast<double>(cnt);
+            auto& b = r.signs[static_cast<std::size_t>(p)];
+            for (Eigen::Index j = 0; j < n; ++j) {
+                if (!mask(i, j)) continue;
+                double& x = res[static_cast<std::size_t>(j)];
+                b(i, j) = x - mu >= 0.0 ? std::int8_t{1} : std::int8_t{-1};
+                x -= mu + a * b(i, j);
+            }
+            mu_total += mu;
+            r.alpha[static_cast<std::size_t>(p)](i) = static_cast<float>(a);
+        }
+        r.mean(i) = static_cast<float>(mu_total);
+    }
+    return r;
+}
+
+/// Order-o binarization error of `v` on `mask`.
+template <class = void>
+double masked_binary_sse(const matrix_f& v, const group_mask& mask, int order) {
+    return masked_sse(v, binarize_masked_impl(v, mask, order).dequantize(), mask);
+}
+
+/// The three groups of one block (steps 2–3 of the file comment).
+struct billm_partition_result {
+    group_mask salient, low, high;     // salient columns; Ω < split; Ω ≥ split
+    std::vector<Eigen::Index> columns; // salient columns, best score first
+    double split = 0.0;
+};
+
+template <class = void>
+billm_partition_result billm_partition(const matrix_f& omega, Eigen::Index candidates, int steps) {
+    const Eigen::Index m = omega.rows(), bw = omega.cols();
+    billm_partition_result r;
+    std::vector<Eigen::Index> cols(static_cast<std::size_t>(bw));
+    std::iota(cols.begin(), cols.end(), Eigen::Index{0});
+    const Eigen::VectorXd score = omega.cast<double>().cwiseAbs().colwise().sum().transpose();
+    std::stable_sort(cols.begin(), cols.end(), [&](Eigen::Index a, Eigen::Index b) { return score(a) > score(b); });
+    const Eigen::Index kmax = std::min(candidates, bw) - 1;
+    // Whole columns: the fits of a column subset equal those of the same entries as a mask.
+    matrix_f sorted_cols(m, bw);
+    for (Eigen::Index c = 0; c < bw; ++c) sorted_cols.col(c) = omega.col(cols[static_cast<std::size_t>(c)]);
+    Eigen::Index best_k = 0;
+    double best = std::numeric_limits<double>::infinity();
+    for (Eigen::Index k = 1; k <= kmax; ++k) {
+        const matrix_f top = sorted_cols.leftCols(k), rest = sorted_cols.rightCols(bw - k);
+        const double e = masked_binary_sse(top, group_mask::Constant(m, k, true), 2) +
+                         masked_binary_sse(rest, group_mask::Constant(m, bw - k, true), 2);
+        if (e < best) {
+            best = e;
+            best_k = k;
+        }
+    }
+    r.columns.assign(cols.begin(), cols.begin() + best_k);
+    r.salient = group_mask::Constant(m, bw, false);
+    for (Eigen::Index c : r.columns) r.salient.col(c).setConstant(true);
+    // Break point among the quantiles of Ω with salient entries as 0 (all m·bw values).
+    std::vector<double> vals(static_cast<std::size_t>(m * bw));
+    for (Eigen::Index i = 0; i < m; ++i)
+        for (Eigen::Index j = 0; j < bw; ++j)
+            vals[static_cast<std::size_t>(i * bw + j)] = r.salient(i, j) ? 0.0 : std::abs(static_cast<double>(omega(i, j)));
+    std::sort(vals.begin(), vals.end());
+    const auto quantile = [&](double q) { return linear_quantile(vals, q); };
+    const group_mask rest = !r.salient.array();
+    const auto split = [&](double p, group_mask& lo, group_mask& hi) {
+        lo = rest.array() && (omega.array().abs().cast<double>() < p);
+        hi = rest.array() && !(omega.array().abs().cast<double>() < p);
+    };
+    best = std::numeric_limits<double>::infinity();
+    r.split = quantile(0.5);
+    group_mask lo, hi;
+    for (int s = 0; s < steps; ++s) {
+        const double p = quantile(steps == 1 ? 0.5 : 0.1 + 0.8 * static_cast<double>(s) / static_cast<double>(steps - 1));
+        split(p, lo, hi);
+        const double e = masked_binary_sse(omega, lo, 1) + masked_binary_sse(omega, hi, 1);
+        if (e < best) {
+            best = e;
+            r.split = p;
+        }
+    }
+    split(r.split, r.low, r.high);
+    return r;
+}
+
+} // namespace detail
+
+/// Order-`order` masked residual binarization of every row of `w` `[rows x cols]` on `mask` (same
+/// shape); see `masked_binary_rows`. The BiLLM building block, usable alone.
+/// \throws shape_error (empty `w`, mask of another shape), numeric_error (NaN/Inf), invalid_argument
+///         (order < 1). O(order·rows·cols).
+template <class = void>
+[[nodiscard]] masked_binary_rows binarize_masked(const cref_matrix_f& w, const Eigen::Ref<const group_mask>& mask,
+                                                 int order) {
+    constexpr const char* where = "binarize_masked";
+    detail::require_nonempty(w, where, "w");
+    detail::require_finite(w, where, "w");
+    detail::require_dim(mask.rows(), w.rows(), where, "rows of 'mask'");
+    detail::require_dim(mask.cols(), w.cols(), where, "columns of 'mask'");
+    detail::require(order >= 1, where, "order must be >= 1");
+    return detail::binarize_masked_impl(w, group_mask(mask), order);
+}
+
+/// BiLLM settings (the authors' defaults).
+struct billm_options {
+    gptq_options gptq{128, 0.01, 5, false, false, false, false}; ///< block 128, damp 0.01, no act order
+    Eigen::Index salient_candidates = 50; ///< top-scored columns considered (the released code's up_lim); k ≤ candidates − 1
+    int quantile_steps = 81;              ///< break points at the 10 %, 11 %, …, 90 % quantiles (≥ 1)
+    bool keep_codes = false;              ///< return the three fits of every block
+
+    /// Throws `invalid_argument` naming the bad field.
+    void validate(const char* where) const {
+        gptq.validate(where);
+        detail::require(salient_candidates >= 1, where, "salient_candidates must be >= 1");
+        detail::require(quantile_steps >= 1, where, "quantile_steps must be >= 1");
+    }
+};
+
+/// What BiLLM chose for one block of columns (processing coordinates).
+struct billm_block {
+    Eigen::Index begin = 0;               ///< first processed column
+    Eigen::Index width = 0;               ///< columns
+    std::vector<Eigen::Index> salient;    ///< salient columns (block-relative), best score first
+    double split = 0.0;                   ///< break point on Ω between the two non-salient groups
+    /// With `keep_codes`: {salient (order 2), Ω < split (order 1), Ω ≥ split (order 1)}, their sum is
+    /// the block of `billm_result::weights` (processing order).
+    std::vector<masked_binary_rows> fits;
+};
+
+/// Result of `billm_quantize`.
+struct billm_result {
+    matrix_f weights;                 ///< (m, n) dequantized weights, original column order
+    std::vector<billm_block> blocks;  ///< per block choices
+    std::vector<Eigen::Index> order;  ///< processed column p is original column order[p]
+    double loss = 0.0;                ///< Σ_j ‖w_j − q_j‖²/U_jj² = tr(Δ H_damped Δᵀ)
+    double damp = 0.0;                ///< λ used
+    int damp_retries = 0;             ///< failed factorisations before success
+
+    /// Bits per weight of what must be stored to rebuild `weights`: per block of width w with k salient
+    /// columns and m rows, the column set min(w, k·⌈log₂ w⌉), one sign per weight, a second sign per
+    /// salient weight, one group bit per non-salient weight, and per row fp16 μ, α₀, α₁ of the salient
+    /// group (if k > 0) and μ, α of each other group. O(blocks).
+    [[nodiscard]] double stored_bits() const {
+        const double m = static_cast<double>(weights.rows());
+        double bits = 0.0;
+        for (const auto& b : blocks) {
+            const double k = static_cast<double>(b.salient.size()), w = static_cast<double>(b.width);
+            bits += std::min(w, k * std::ceil(std::log2(std::max(w, 2.0)))) + m * w + m * k + m * (w - k) +
+                    m * 16.0 * ((k > 0 ? 3.0 : 0.0) + 4.0);
+        }
+        return bits / (m * static_cast<double>(weights.cols()));
+    }
+    /// BiLLM's own count: one sign per weight plus the salient second plane (no group bits, column
+    /// sets or scales). O(blocks).
+    [[nodiscard]] double paper_bits() const {
+        double k = 0.0;
+        for (const auto& b : blocks) k += static_cast<double>(b.salient.size());
+        return 1.0 + k / static_cast<double>(weights.cols());
+    }
+};
+
+/// BiLLM of `w` `[m x n]` with the calibration Hessian `h` `[n x n]` (`gptq_hessian`): steps 1–5 of
+/// the file comment.
+/// \throws as `gptq_quantize` (shapes, NaN/Inf, a Hessian that stays singular), plus invalid_argument
+///         for bad options.
+/// Complexity per block of B columns: O(K·m·B) for the salient search, O(quantile_steps·m·B) for the
+/// split; plus GPTQ's O(n³ + m·n²).
+template <class = void>
+[[nodiscard]] billm_result billm_quantize(const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h,
+                                          const billm_options& opt = {}) {
+    constexpr const char* where = "billm_quantize";
+    opt.validate(where);
+    detail::check_gptq_inputs(w, h, opt.gptq, where);
+    auto p = detail::gptq_prepare(w, h, opt.gptq, where);
+    const Eigen::Index n = w.cols();
+    const auto blocks = detail::gptq_blocks(n, opt.gptq.block_size, {});
+    billm_result r;
+    matrix_f qblock;
+    Eigen::MatrixXd q;
+    r.loss = detail::gptq_sweep(
+        p, blocks, q,
+        [&](const Eigen::MatrixXd& w1, Eigen::Index s, Eigen::Index e) {
+            const Eigen::Index bw = e - s;
+            const matrix_f wf = w1.cast<float>();
+            matrix_f omega(w1.rows(), bw);
+            for (Eigen::Index j = 0; j < bw; ++j) {
+                const double d = p.u(s + j, s + j);
+                omega.col(j) = (w1.col(j).array().square() / (d * d)).cast<float>().matrix();
+            }
+            auto part = detail::billm_partition(omega, opt.salient_candidates, opt.quantile_steps);
+            billm_block info;
+            info.begin = s;
+            info.width = bw;
+            info.salient = std::move(part.columns);
+            info.split = part.split;
+            qblock = matrix_f::Zero(w1.rows(), bw);
+            const std::pair<const group_mask*, int> groups[] = {{&part.salient, 2}, {&part.low, 1}, {&part.high, 1}};
+            for (const auto& [mask, order] : groups) {
+                auto fit = detail::binarize_masked_impl(wf, *mask, order);
+                qblock += fit.dequantize();
+                if (opt.keep_codes) info.fits.push_back(std::move(fit));
+            }
+            r.blocks.push_back(std::move(info));
+        },
+        [&](const Eigen::MatrixXd&, Eigen::Index s, Eigen::Index j, const vector_f&, vector_f& out) {
+            out = qblock.col(j - s);
+        });
+    detail::gptq_finish(r, p, q);
+    return r;
+}
+
+LOWBIT_END_NAMESPACE
