@@ -59,19 +59,6 @@ double reference_sse(const matrix_f& v, const group_mask& mask, int order) {
     return e;
 }
 
-// Ω of the first block (it sees the original weights): W²/U_jj², U = upper Cholesky factor of the
-// damped H⁻¹ from an explicit inverse.
-matrix_f first_block_omega(const matrix_f& w, const matrix_d& h, double damp, Eigen::Index width) {
-    matrix_d hd = h;
-    hd.diagonal().array() += damp * h.diagonal().mean();
-    const Eigen::MatrixXd u = Eigen::MatrixXd(hd.inverse()).llt().matrixU();
-    matrix_f omega(w.rows(), width);
-    for (Eigen::Index j = 0; j < width; ++j)
-        for (Eigen::Index i = 0; i < w.rows(); ++i)
-            omega(i, j) = static_cast<float>(static_cast<double>(w(i, j)) * w(i, j) / (u(j, j) * u(j, j)));
-    return omega;
-}
-
 } // namespace
 
 TEST_CASE("binarize_masked equals the double-precision reference, orders 1-3, empty rows") {
@@ -164,11 +151,8 @@ TEST_CASE("billm_quantize: three groups, salient and split searches against brut
         CHECK((sum - r.weights.middleCols(b.begin, b.width)).cwiseAbs().maxCoeff() == 0.0f);
     }
     // Block 0: rebuild Ω and redo both searches by brute force with the reference binarization.
-    const matrix_f omega = first_block_omega(w, h, 0.01, 32);
-    std::vector<Eigen::Index> cols(32);
-    std::iota(cols.begin(), cols.end(), Eigen::Index{0});
-    const Eigen::VectorXd score = omega.cast<double>().colwise().sum().transpose();
-    std::stable_sort(cols.begin(), cols.end(), [&](Eigen::Index a, Eigen::Index b) { return score(a) > score(b); });
+    const matrix_f omega = lowbit_test::first_block_omega(w, h, 0.01, 32);
+    const std::vector<Eigen::Index> cols = lowbit_test::columns_by_score(omega);
     const auto& b0 = r.blocks[0];
     double best = std::numeric_limits<double>::infinity(), chosen = 0;
     group_mask sal_chosen;

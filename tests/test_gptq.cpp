@@ -550,17 +550,8 @@ TEST_CASE("TRA-GPTQ: partition, salient search against a brute-force oracle, kep
         CHECK((sum - r.weights.middleCols(b.begin, b.width)).cwiseAbs().maxCoeff() == 0.0f);
     }
     // Block 0 sees the original weights: rebuild Ω and check the salient search by brute force.
-    matrix_d hd = h;
-    hd.diagonal().array() += 0.1 * h.diagonal().mean();
-    const Eigen::MatrixXd U = Eigen::MatrixXd(hd.inverse()).llt().matrixU();
-    matrix_f omega(16, 32);
-    for (Eigen::Index j = 0; j < 32; ++j)
-        for (Eigen::Index i = 0; i < 16; ++i)
-            omega(i, j) = static_cast<float>(static_cast<double>(w(i, j)) * w(i, j) / (U(j, j) * U(j, j)));
-    std::vector<Eigen::Index> cols(32);
-    std::iota(cols.begin(), cols.end(), Eigen::Index{0});
-    const Eigen::VectorXd score = omega.cast<double>().colwise().sum().transpose();
-    std::stable_sort(cols.begin(), cols.end(), [&](Eigen::Index a, Eigen::Index b) { return score(a) > score(b); });
+    const matrix_f omega = lowbit_test::first_block_omega(w, h, 0.1, 32);
+    const std::vector<Eigen::Index> cols = lowbit_test::columns_by_score(omega);
     double best = std::numeric_limits<double>::infinity(), chosen = 0;
     const std::size_t k_chosen = r.blocks[0].salient.size();
     for (std::size_t k = 1; k <= 11; ++k) {

@@ -271,42 +271,26 @@ template <class = void>
                                           const billm_options& opt = {}) {
     constexpr const char* where = "billm_quantize";
     opt.validate(where);
-    detail::check_gptq_inputs(w, h, opt.gptq, where);
-    auto p = detail::gptq_prepare(w, h, opt.gptq, where);
-    const Eigen::Index n = w.cols();
-    const auto blocks = detail::gptq_blocks(n, opt.gptq.block_size, {});
     billm_result r;
-    matrix_f qblock;
-    Eigen::MatrixXd q;
-    r.loss = detail::gptq_sweep(
-        p, blocks, q,
-        [&](const Eigen::MatrixXd& w1, Eigen::Index s, Eigen::Index e) {
-            const Eigen::Index bw = e - s;
-            const matrix_f wf = w1.cast<float>();
-            matrix_f omega(w1.rows(), bw);
-            for (Eigen::Index j = 0; j < bw; ++j) {
-                const double d = p.u(s + j, s + j);
-                omega.col(j) = (w1.col(j).array().square() / (d * d)).cast<float>().matrix();
-            }
-            auto part = detail::billm_partition(omega, opt.salient_candidates, opt.quantile_steps);
-            billm_block info;
-            info.begin = s;
-            info.width = bw;
-            info.salient = std::move(part.columns);
-            info.split = part.split;
-            qblock = matrix_f::Zero(w1.rows(), bw);
-            const std::pair<const group_mask*, int> groups[] = {{&part.salient, 2}, {&part.low, 1}, {&part.high, 1}};
-            for (const auto& [mask, order] : groups) {
-                auto fit = detail::binarize_masked_impl(wf, *mask, order);
-                qblock += fit.dequantize();
-                if (opt.keep_codes) info.fits.push_back(std::move(fit));
-            }
-            r.blocks.push_back(std::move(info));
-        },
-        [&](const Eigen::MatrixXd&, Eigen::Index s, Eigen::Index j, const vector_f&, vector_f& out) {
-            out = qblock.col(j - s);
-        });
-    detail::gptq_finish(r, p, q);
+    detail::fixed_block_gptq(r, w, h, opt.gptq, where,
+                             [&](const detail::gptq_problem&, const matrix_f& wf, const matrix_f& omega, Eigen::Index s) {
+                                 auto part = detail::billm_partition(omega, opt.salient_candidates, opt.quantile_steps);
+                                 billm_block info;
+                                 info.begin = s;
+                                 info.width = wf.cols();
+                                 info.salient = std::move(part.columns);
+                                 info.split = part.split;
+                                 matrix_f qblock = matrix_f::Zero(wf.rows(), wf.cols());
+                                 const std::pair<const group_mask*, int> groups[] = {
+                                     {&part.salient, 2}, {&part.low, 1}, {&part.high, 1}};
+                                 for (const auto& [mask, order] : groups) {
+                                     auto fit = detail::binarize_masked_impl(wf, *mask, order);
+                                     qblock += fit.dequantize();
+                                     if (opt.keep_codes) info.fits.push_back(std::move(fit));
+                                 }
+                                 r.blocks.push_back(std::move(info));
+                                 return qblock;
+                             });
     return r;
 }
 

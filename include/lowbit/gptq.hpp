@@ -446,6 +446,35 @@ struct tra_gptq_result {
 
 namespace detail {
 
+/// The GPTQ sweep of TRA-GPTQ and BiLLM (billm.hpp): every block's values are fixed at its start by
+/// `fit(p, W1, Ω, s)` (W1 the block's current weights `[m x bw]` in float, Ω_ij = W1_ij²/U_jj², s its
+/// first processed column; returns the block's `[m x bw]` values), then GPTQ's error feedback. Fills
+/// `r.loss` and, through `gptq_finish`, `weights` (original order), `order`, `damp`, `damp_retries`.
+template <class Result, class Fit>
+void fixed_block_gptq(Result& r, const cref_matrix_f& w, const Eigen::Ref<const matrix_d>& h, const gptq_options& opt,
+                      const char* where, Fit&& fit) {
+    check_gptq_inputs(w, h, opt, where);
+    auto p = gptq_prepare(w, h, opt, where);
+    const auto blocks = gptq_blocks(w.cols(), opt.block_size, {});
+    matrix_f qblock;
+    Eigen::MatrixXd q;
+    r.loss = gptq_sweep(
+        p, blocks, q,
+        [&](const Eigen::MatrixXd& w1, Eigen::Index s, Eigen::Index e) {
+            const Eigen::Index bw = e - s;
+            matrix_f omega(w1.rows(), bw);
+            for (Eigen::Index j = 0; j < bw; ++j) {
+                const double d = p.u(s + j, s + j);
+                omega.col(j) = (w1.col(j).array().square() / (d * d)).cast<float>().matrix();
+            }
+            qblock = fit(static_cast<const gptq_problem&>(p), matrix_f(w1.cast<float>()), omega, s);
+        },
+        [&](const Eigen::MatrixXd&, Eigen::Index s, Eigen::Index j, const vector_f&, vector_f& out) {
+            out = qblock.col(j - s);
+        });
+    gptq_finish(r, p, q);
+}
+
 /// Greedy residual ternary approximation of `v` restricted to `mask`: `terms` successive E2M-ATQ
 /// stage-1 initialisations (steps 1–3: μ = mean, Δ = 0.75·mean|c|, t, α) each on the previous residual,
 /// no alternation (the BiLLM/TWLA mask-search approximation). Zero outside the mask.
@@ -633,45 +662,29 @@ template <class = void>
                                                        const tra_gptq_options& opt = {}) {
     constexpr const char* where = "tra_gptq_quantize";
     opt.validate(where);
-    detail::check_gptq_inputs(w, h, opt.gptq, where);
-    auto p = detail::gptq_prepare(w, h, opt.gptq, where);
-    const Eigen::Index n = w.cols();
-    const auto blocks = detail::gptq_blocks(n, opt.gptq.block_size, {});
     tra_gptq_result r;
-    matrix_f qblock;
-    Eigen::MatrixXd q;
-    r.loss = detail::gptq_sweep(
-        p, blocks, q,
-        [&](const Eigen::MatrixXd& w1, Eigen::Index s, Eigen::Index e) {
-            const Eigen::Index bw = e - s;
-            const matrix_f wf = w1.cast<float>();
-            matrix_f omega(w1.rows(), bw);
-            for (Eigen::Index j = 0; j < bw; ++j) {
-                const double d = p.u(s + j, s + j);
-                omega.col(j) = (w1.col(j).array().square() / (d * d)).cast<float>().matrix();
-            }
-            const matrix_d sblk = p.h.block(s, s, bw, bw) / 2.0;
-            auto part = detail::tra_partition(omega, sblk, opt);
-            tra_gptq_block info;
-            info.begin = s;
-            info.width = bw;
-            info.salient = part.salient;
-            info.salient_break = part.salient_break;
-            info.nonsalient_break = part.nonsalient_break;
-            qblock = matrix_f::Zero(w1.rows(), bw);
-            for (int g = 0; g < 4; ++g) {
-                e2m_atq cfg = opt.atq;
-                cfg.order = g < 2 ? 2 : 1;
-                auto fit = fit_e2m_atq(wf, part.masks[static_cast<std::size_t>(g)], sblk, cfg);
-                qblock += fit.dequantize();
-                if (opt.keep_codes) info.fits.push_back(std::move(fit));
-            }
-            r.blocks.push_back(std::move(info));
-        },
-        [&](const Eigen::MatrixXd&, Eigen::Index s, Eigen::Index j, const vector_f&, vector_f& out) {
-            out = qblock.col(j - s);
-        });
-    detail::gptq_finish(r, p, q);
+    detail::fixed_block_gptq(r, w, h, opt.gptq, where,
+                             [&](const detail::gptq_problem& p, const matrix_f& wf, const matrix_f& omega, Eigen::Index s) {
+                                 const Eigen::Index bw = wf.cols();
+                                 const matrix_d sblk = p.h.block(s, s, bw, bw) / 2.0;
+                                 auto part = detail::tra_partition(omega, sblk, opt);
+                                 tra_gptq_block info;
+                                 info.begin = s;
+                                 info.width = bw;
+                                 info.salient = part.salient;
+                                 info.salient_break = part.salient_break;
+                                 info.nonsalient_break = part.nonsalient_break;
+                                 matrix_f qblock = matrix_f::Zero(wf.rows(), bw);
+                                 for (int g = 0; g < 4; ++g) {
+                                     e2m_atq cfg = opt.atq;
+                                     cfg.order = g < 2 ? 2 : 1;
+                                     auto fit = fit_e2m_atq(wf, part.masks[static_cast<std::size_t>(g)], sblk, cfg);
+                                     qblock += fit.dequantize();
+                                     if (opt.keep_codes) info.fits.push_back(std::move(fit));
+                                 }
+                                 r.blocks.push_back(std::move(info));
+                                 return qblock;
+                             });
     return r;
 }
 
