@@ -196,6 +196,62 @@ TEST_CASE("billm_quantize: three groups, salient and split searches against brut
     CHECK(chosen_split <= best_split * (1 + 1e-5));
 }
 
+TEST_CASE("gram_fit: each group's rows never worse in e S e^T than the paper's fit, order 2 the S-weighted least squares") {
+    const matrix_f x = correlated_inputs(512, 128, 51);
+    const matrix_d h = hessian_of(x);
+    const matrix_d s = h / 2.0;
+    const matrix_f w = random_weights(24, 128, 52);
+    lowbit::billm_options opt;
+    opt.keep_codes = true;
+    const auto paper = lowbit::billm_quantize(w, h, opt);
+    opt.gram_fit = true;
+    const auto gram = lowbit::billm_quantize(w, h, opt);
+    REQUIRE(paper.blocks.size() == 1); // one block: both runs fit the same W1 with the same groups
+    const auto& pf = paper.blocks[0].fits;
+    const auto& gf = gram.blocks[0].fits;
+    REQUIRE(gf.size() == 3);
+    // e S eᵀ of one row of one group, the error restricted to the group's entries
+    const auto row_error = [&](const lowbit::masked_binary_rows& f, Eigen::Index i) {
+        const matrix_f q = f.dequantize();
+        Eigen::VectorXd e = Eigen::VectorXd::Zero(128);
+        for (Eigen::Index j = 0; j < 128; ++j)
+            if (f.mask(i, j)) e(j) = static_cast<double>(w(i, j)) - q(i, j);
+        return e.dot(s * e);
+    };
+    int improved = 0;
+    for (std::size_t g = 0; g < 3; ++g) {
+        CHECK(gf[g].mask == pf[g].mask);
+        for (Eigen::Index i = 0; i < w.rows(); ++i) {
+            const double eg = row_error(gf[g], i), ep = row_error(pf[g], i);
+            CHECK(eg <= ep * (1 + 1e-6) + 1e-9);
+            improved += eg < 0.99 * ep;
+        }
+    }
+    CHECK(improved > 24);
+    // The salient group keeps the residual signs; (μ, α₀, α₁) solve the S-weighted normal equations.
+    const auto& sal = gf[0];
+    CHECK(sal.signs[0] == pf[0].signs[0]);
+    CHECK(sal.signs[1] == pf[0].signs[1]);
+    for (Eigen::Index i = 0; i < w.rows(); ++i) {
+        Eigen::MatrixXd basis = Eigen::MatrixXd::Zero(3, 128);
+        Eigen::VectorXd target = Eigen::VectorXd::Zero(128);
+        for (Eigen::Index j = 0; j < 128; ++j)
+            if (sal.mask(i, j)) {
+                basis(0, j) = 1.0;
+                basis(1, j) = sal.signs[0](i, j);
+                basis(2, j) = sal.signs[1](i, j);
+                target(j) = w(i, j);
+            }
+        const Eigen::Vector3d want = (basis * s * basis.transpose()).ldlt().solve(basis * s * target);
+        CHECK(sal.mean(i) == doctest::Approx(want(0)).epsilon(1e-4).scale(1e-3));
+        CHECK(sal.alpha[0](i) == doctest::Approx(want(1)).epsilon(1e-4).scale(1e-3));
+        CHECK(sal.alpha[1](i) == doctest::Approx(want(2)).epsilon(1e-4).scale(1e-3));
+    }
+    const double e_paper = output_error(w, paper.weights, s), e_gram = output_error(w, gram.weights, s);
+    MESSAGE("tr(dS d^T): BiLLM " << e_paper << ", with gram_fit " << e_gram);
+    CHECK(e_gram < e_paper);
+}
+
 TEST_CASE("billm_quantize and binarize_masked: bad input") {
     const matrix_f w = random_weights(4, 8, 45);
     const matrix_d h = matrix_d::Identity(8, 8);
@@ -205,6 +261,9 @@ TEST_CASE("billm_quantize and binarize_masked: bad input") {
     CHECK_THROWS_AS((void)lowbit::billm_quantize(w, h, opt), lowbit::invalid_argument);
     opt = {};
     opt.quantile_steps = 0;
+    CHECK_THROWS_AS((void)lowbit::billm_quantize(w, h, opt), lowbit::invalid_argument);
+    opt = {};
+    opt.gram_iters = -1;
     CHECK_THROWS_AS((void)lowbit::billm_quantize(w, h, opt), lowbit::invalid_argument);
     opt = {};
     opt.gptq.block_size = 0;

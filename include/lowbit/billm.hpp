@@ -18,6 +18,13 @@
 ///    (μ + αb), each row of each group with its own μ and α.
 /// 5. GPTQ error feedback with these fixed values (gptq.hpp's blocked sweep).
 ///
+/// `billm_options::gram_fit` (ARB-X inside BiLLM's groups, as ARB-LLM_X runs it): each row of each group
+/// is then re-fitted for the layer-output error e S eᵀ with S = H/2 of the block (undamped), restricted
+/// to the row's entries in the group (the errors of the other groups do not enter): order 2 keeps the
+/// residual signs and solves (μ, α₀, α₁) by S-weighted least squares; order 1 alternates b = sign(w − μ)
+/// with the S-weighted (μ, α) `gram_iters` times. The best (signs, μ, α) seen by e S eᵀ are kept, so a
+/// row never ends worse than the paper's fit. Same bits.
+///
 /// Reconstruction notes (from the authors' released code, which this follows): the searches of steps 2–3
 /// binarize Ω itself, not W; the error feedback here is GPTQ's exact sequential update inside the block
 /// too (the released code propagates the block's error only to later blocks); sign(0) = +1 (torch's
@@ -30,6 +37,7 @@
 
 #include <lowbit/asym_ternary.hpp>
 #include <lowbit/config.hpp>
+#include <lowbit/detail/affine_codes.hpp>
 #include <lowbit/error.hpp>
 #include <lowbit/gptq.hpp>
 #include <lowbit/types.hpp>
@@ -115,6 +123,44 @@ masked_binary_rows binarize_masked_impl(const cref_matrix_f& w, const group_mask
         r.mean(i) = static_cast<float>(mu_total);
     }
     return r;
+}
+
+/// `billm_options::gram_fit` for one group fit `f` of the block `w` with S `[cols x cols]` (file comment).
+/// O(rows·cols²·(order + 1)·(1 + iters)).
+template <class = void>
+void billm_output_refit(const matrix_f& w, masked_binary_rows& f, const matrix_d& s, int iters) {
+    const Eigen::Index n = w.cols();
+    std::vector<std::int8_t> cur(static_cast<std::size_t>(n));
+    for (Eigen::Index i = 0; i < w.rows(); ++i) {
+        const bool* mk = f.mask.row(i).data();
+        if (std::none_of(mk, mk + n, [](bool b) { return b; })) continue;
+        affine_codes_row row{w.row(i).data(), mk, {}, n};
+        for (const auto& plane : f.signs) row.planes.push_back(plane.row(i).data());
+        vector_d best(f.order + 1);
+        best(0) = f.mean(i);
+        for (int q = 0; q < f.order; ++q) best(q + 1) = f.alpha[static_cast<std::size_t>(q)](i);
+        double best_obj = affine_codes_objective(row, &s, best);
+        vector_d x = affine_codes_solve(row, &s);
+        if (const double o = affine_codes_objective(row, &s, x); o < best_obj) {
+            best_obj = o;
+            best = x;
+        }
+        if (f.order == 1) { // ARB-X: signs around the latest μ, S-weighted (μ, α), the best kept
+            affine_codes_row alt{w.row(i).data(), mk, {cur.data()}, n};
+            for (int it = 0; it < iters; ++it) {
+                for (Eigen::Index j = 0; j < n; ++j)
+                    cur[static_cast<std::size_t>(j)] = !mk[j] ? std::int8_t{0} : w(i, j) - x(0) >= 0.0 ? std::int8_t{1} : std::int8_t{-1};
+                x = affine_codes_solve(alt, &s);
+                if (const double o = affine_codes_objective(alt, &s, x); o < best_obj) {
+                    best_obj = o;
+                    best = x;
+                    std::copy(cur.begin(), cur.end(), f.signs[0].row(i).data());
+                }
+            }
+        }
+        f.mean(i) = static_cast<float>(best(0));
+        for (int q = 0; q < f.order; ++q) f.alpha[static_cast<std::size_t>(q)](i) = static_cast<float>(best(q + 1));
+    }
 }
 
 /// Order-o binarization error of `v` on `mask`.
@@ -208,12 +254,15 @@ struct billm_options {
     Eigen::Index salient_candidates = 50; ///< top-scored columns considered (the released code's up_lim); k ≤ candidates − 1
     int quantile_steps = 81;              ///< break points at the 10 %, 11 %, …, 90 % quantiles (≥ 1)
     bool keep_codes = false;              ///< return the three fits of every block
+    bool gram_fit = false;                ///< re-fit every group's rows for e S eᵀ (ARB-X, file comment)
+    int gram_iters = 15;                  ///< ARB-X alternations of the order-1 groups with `gram_fit` (≥ 0)
 
     /// Throws `invalid_argument` naming the bad field.
     void validate(const char* where) const {
         gptq.validate(where);
         detail::require(salient_candidates >= 1, where, "salient_candidates must be >= 1");
         detail::require(quantile_steps >= 1, where, "quantile_steps must be >= 1");
+        detail::require(gram_iters >= 0, where, "gram_iters must be >= 0");
     }
 };
 
@@ -273,7 +322,7 @@ template <class = void>
     opt.validate(where);
     billm_result r;
     detail::fixed_block_gptq(r, w, h, opt.gptq, where,
-                             [&](const detail::gptq_problem&, const matrix_f& wf, const matrix_f& omega, Eigen::Index s) {
+                             [&](const detail::gptq_problem& p, const matrix_f& wf, const matrix_f& omega, Eigen::Index s) {
                                  auto part = detail::billm_partition(omega, opt.salient_candidates, opt.quantile_steps);
                                  billm_block info;
                                  info.begin = s;
@@ -281,10 +330,13 @@ template <class = void>
                                  info.salient = std::move(part.columns);
                                  info.split = part.split;
                                  matrix_f qblock = matrix_f::Zero(wf.rows(), wf.cols());
+                                 matrix_d sblk;
+                                 if (opt.gram_fit) sblk = p.h.block(s, s, wf.cols(), wf.cols()) / 2.0;
                                  const std::pair<const group_mask*, int> groups[] = {
                                      {&part.salient, 2}, {&part.low, 1}, {&part.high, 1}};
                                  for (const auto& [mask, order] : groups) {
                                      auto fit = detail::binarize_masked_impl(wf, *mask, order);
+                                     if (opt.gram_fit) detail::billm_output_refit(wf, fit, sblk, opt.gram_iters);
                                      qblock += fit.dequantize();
                                      if (opt.keep_codes) info.fits.push_back(std::move(fit));
                                  }

@@ -172,7 +172,8 @@ struct recipe {
     /// at inference time, so such models export to GGUF.
     bool residual_rotation = false;
     /// Under GPTQ, fit each row's parameters with the layer's input Gram S = H/2 (`gptq_options::gram_fit`):
-    /// E2M-ATQ's stage 2 ("manifold relocation") weighted by S as TWLA does; ARB binary becomes ARB-X.
+    /// E2M-ATQ's stage 2 ("manifold relocation") weighted by S as TWLA does; ARB binary becomes ARB-X;
+    /// BiLLM's groups are re-fitted for e S eᵀ (`billm_options::gram_fit`).
     bool gram_stage2 = false;
     /// After GPTQ (int4, ternary, binary weights): re-fit each row's offset and scale (μ, α) for the final
     /// codes to minimise the layer-output error e S eᵀ on the calibration inputs, S = H/2
@@ -1014,6 +1015,7 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
         billm_options bo;
         bo.gptq.damp = r.damp;
         bo.gptq.act_order = r.act_order;
+        bo.gram_fit = r.gram_stage2;
         const auto res = billm_quantize(w, *h, bo);
         linear_record rec;
         rec.format = "dense";
