@@ -252,6 +252,34 @@ TEST_CASE("gram_fit: each group's rows never worse in e S e^T than the paper's f
     CHECK(e_gram < e_paper);
 }
 
+TEST_CASE("split off: one non-salient group, fitted as the reference binarization, no group bits") {
+    const matrix_f x = correlated_inputs(512, 128, 61);
+    const matrix_d h = hessian_of(x);
+    const matrix_f w = random_weights(24, 128, 62);
+    lowbit::billm_options opt;
+    opt.keep_codes = true;
+    opt.split = false;
+    const auto r = lowbit::billm_quantize(w, h, opt);
+    REQUIRE(r.blocks.size() == 1);
+    const auto& b = r.blocks[0];
+    CHECK(!r.split);
+    CHECK(std::isinf(b.split));
+    REQUIRE(b.fits.size() == 3);
+    CHECK(!b.fits[2].mask.any());
+    CHECK(b.fits[1].mask == group_mask(!b.fits[0].mask.array()));
+    // block 0 sees W itself: the non-salient group is the order-1 reference binarization of W there
+    const Eigen::MatrixXd want = reference_binarize(w, b.fits[1].mask, 1);
+    CHECK((b.fits[1].dequantize().cast<double>() - want).cwiseAbs().maxCoeff() < 1e-5);
+    // bits: a sign per weight, a second sign per salient weight, the column set, 5 fp16 per row
+    const double k = static_cast<double>(b.salient.size());
+    CHECK(k > 0);
+    CHECK(r.stored_bits() == doctest::Approx((std::min(128.0, 7.0 * k) + 24.0 * (128.0 + k) + 24.0 * 80.0) / (24.0 * 128.0)));
+    opt.split = true;
+    const auto with = lowbit::billm_quantize(w, h, opt);
+    CHECK(with.stored_bits() > r.stored_bits() + 1.0);
+    CHECK(output_error(w, with.weights, h) < output_error(w, r.weights, h));
+}
+
 TEST_CASE("billm_quantize and binarize_masked: bad input") {
     const matrix_f w = random_weights(4, 8, 45);
     const matrix_d h = matrix_d::Identity(8, 8);

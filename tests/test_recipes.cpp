@@ -175,6 +175,7 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
                 // one sign and one group bit (or a second sign) per weight, 4 fp16 per row per block of
                 // 128 columns plus 3 with salient columns; at most a column index per column on top
                 const double blocks = static_cast<double>((rec.cols + 127) / 128), cols = static_cast<double>(rec.cols);
+                REQUIRE(q.spec.billm_split);
                 CHECK(rec.dense_bits >= 2.0 + 64.0 * blocks / cols);
                 CHECK(rec.dense_bits <= 2.0 + 112.0 * blocks / cols + 1.0 / static_cast<double>(rec.rows));
             }
@@ -301,6 +302,7 @@ TEST_CASE("every recipe field travels: each set to a non-default value reloads a
         {"tune_lr", "absmean-w1.58", "tune_steps=2", "0.01"},
         {"tune_windows", "absmean-w1.58", "tune_steps=2;tune_lr=0.01", "2"},
         {"tune_code_lr", "absmean-w1.58", "tune_steps=2", "0.2"},
+        {"billm_split", "billm-w1", "", "false"},
     };
     std::set<std::string> keys;
     for (const auto& [k, v] : lowbit::detail::split_fields(lowbit::recipe_fields(lowbit::find_recipe("fp32")), ';', "test"))

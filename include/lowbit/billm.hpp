@@ -13,7 +13,8 @@
 /// 3. Non-salient split ("bell-shaped distribution splitting"): a break point p among `quantile_steps`
 ///    quantiles 10 %, …, 90 % (linear interpolation) of the block's Ω with the salient entries counted as
 ///    0; the non-salient entries split into Ω < p and Ω ≥ p, the p minimising the order-1 error of both
-///    sides (first minimum).
+///    sides (first minimum). With `billm_options::split` off the non-salient weights stay one group
+///    (no group bit per weight; split = +∞).
 /// 4. W1 binarized in the three groups: salient order 2 (μ + α₀b₀ + α₁b₁), the two others order 1
 ///    (μ + αb), each row of each group with its own μ and α.
 /// 5. GPTQ error feedback with these fixed values (gptq.hpp's blocked sweep).
@@ -177,7 +178,7 @@ struct billm_partition_result {
 };
 
 template <class = void>
-billm_partition_result billm_partition(const matrix_f& omega, Eigen::Index candidates, int steps) {
+billm_partition_result billm_partition(const matrix_f& omega, Eigen::Index candidates, int steps, bool split_rest) {
     const Eigen::Index m = omega.rows(), bw = omega.cols();
     billm_partition_result r;
     std::vector<Eigen::Index> cols(static_cast<std::size_t>(bw));
@@ -210,6 +211,12 @@ billm_partition_result billm_partition(const matrix_f& omega, Eigen::Index candi
     std::sort(vals.begin(), vals.end());
     const auto quantile = [&](double q) { return linear_quantile(vals, q); };
     const group_mask rest = !r.salient.array();
+    if (!split_rest) {
+        r.low = rest;
+        r.high = group_mask::Constant(m, bw, false);
+        r.split = std::numeric_limits<double>::infinity();
+        return r;
+    }
     const auto split = [&](double p, group_mask& lo, group_mask& hi) {
         lo = rest.array() && (omega.array().abs().cast<double>() < p);
         hi = rest.array() && !(omega.array().abs().cast<double>() < p);
@@ -256,6 +263,7 @@ struct billm_options {
     bool keep_codes = false;              ///< return the three fits of every block
     bool gram_fit = false;                ///< re-fit every group's rows for e S eᵀ (ARB-X, file comment)
     int gram_iters = 15;                  ///< ARB-X alternations of the order-1 groups with `gram_fit` (≥ 0)
+    bool split = true;                    ///< split the non-salient weights in two groups (step 3); false: one group
 
     /// Throws `invalid_argument` naming the bad field.
     void validate(const char* where) const {
@@ -271,8 +279,9 @@ struct billm_block {
     Eigen::Index begin = 0;               ///< first processed column
     Eigen::Index width = 0;               ///< columns
     std::vector<Eigen::Index> salient;    ///< salient columns (block-relative), best score first
-    double split = 0.0;                   ///< break point on Ω between the two non-salient groups
-    /// With `keep_codes`: {salient (order 2), Ω < split (order 1), Ω ≥ split (order 1)}, their sum is
+    double split = 0.0;                   ///< break point on Ω between the two non-salient groups (+∞: no split)
+    /// With `keep_codes`: {salient (order 2), Ω < split (order 1), Ω ≥ split (order 1; empty without
+    /// `billm_options::split`)}, their sum is
     /// the block of `billm_result::weights` (processing order).
     std::vector<masked_binary_rows> fits;
 };
@@ -285,18 +294,19 @@ struct billm_result {
     double loss = 0.0;                ///< Σ_j ‖w_j − q_j‖²/U_jj² = tr(Δ H_damped Δᵀ)
     double damp = 0.0;                ///< λ used
     int damp_retries = 0;             ///< failed factorisations before success
+    bool split = true;                ///< the non-salient weights were split in two groups (`billm_options::split`)
 
     /// Bits per weight of what must be stored to rebuild `weights`: per block of width w with k salient
     /// columns and m rows, the column set min(w, k·⌈log₂ w⌉), one sign per weight, a second sign per
-    /// salient weight, one group bit per non-salient weight, and per row fp16 μ, α₀, α₁ of the salient
-    /// group (if k > 0) and μ, α of each other group. O(blocks).
+    /// salient weight, one group bit per non-salient weight (with `split`), and per row fp16 μ, α₀, α₁ of
+    /// the salient group (if k > 0) and μ, α of each other group (two with `split`, else one). O(blocks).
     [[nodiscard]] double stored_bits() const {
         const double m = static_cast<double>(weights.rows());
         double bits = 0.0;
         for (const auto& b : blocks) {
             const double k = static_cast<double>(b.salient.size()), w = static_cast<double>(b.width);
-            bits += std::min(w, k * std::ceil(std::log2(std::max(w, 2.0)))) + m * w + m * k + m * (w - k) +
-                    m * 16.0 * ((k > 0 ? 3.0 : 0.0) + 4.0);
+            bits += std::min(w, k * std::ceil(std::log2(std::max(w, 2.0)))) + m * w + m * k +
+                    (split ? m * (w - k) : 0.0) + m * 16.0 * ((k > 0 ? 3.0 : 0.0) + (split ? 4.0 : 2.0));
         }
         return bits / (m * static_cast<double>(weights.cols()));
     }
@@ -321,9 +331,10 @@ template <class = void>
     constexpr const char* where = "billm_quantize";
     opt.validate(where);
     billm_result r;
+    r.split = opt.split;
     detail::fixed_block_gptq(r, w, h, opt.gptq, where,
                              [&](const detail::gptq_problem& p, const matrix_f& wf, const matrix_f& omega, Eigen::Index s) {
-                                 auto part = detail::billm_partition(omega, opt.salient_candidates, opt.quantile_steps);
+                                 auto part = detail::billm_partition(omega, opt.salient_candidates, opt.quantile_steps, opt.split);
                                  billm_block info;
                                  info.begin = s;
                                  info.width = wf.cols();

@@ -147,9 +147,11 @@ struct recipe {
     bool base3 = true;         ///< ternary codes at 1.6 bits (base 3) instead of 2
     double damp = 0.01;        ///< GPTQ damping λ
     bool act_order = true;     ///< GPTQ activation order (columns by diag H descending)
-    /// int4 only: 0 = one symmetric scale per row; G > 0 = asymmetric int4 with an fp16 scale and
+    /// int4: 0 = one symmetric scale per row; G > 0 = asymmetric int4 with an fp16 scale and
     /// offset per row and per G contiguous input columns (GPTQ with static groups, so act order keeps
     /// the groups contiguous). G must divide every linear's input width.
+    /// BiLLM weights: the block width (salient columns, groups and their fp16 scales per row and block of
+    /// G processed columns; the last block may be narrower); 0 = one block per row.
     int group_size = 0;
     /// int4 groups: clip-ratio candidates linspace(1, 0.5, clip_grid) per row and group, the one
     /// minimising Σ_j H_jj·(w_ij − q_ij)² kept (RTN: unweighted); 0 or 1 = plain min/max range.
@@ -213,6 +215,9 @@ struct recipe {
     /// Scale tuning also moves the codes (straight-through latents, step in code units; 0: codes fixed;
     /// `scale_tuning_options::code_lr`). Same formats and bits.
     double tune_code_lr = 0.0;
+    /// BiLLM weights: split the non-salient weights in two groups at a searched break point (one group
+    /// bit per non-salient weight, the paper's); false: one group (`billm_options::split`).
+    bool billm_split = true;
     [[nodiscard]] bool needs_calibration() const {
         return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq || ila_mean_bits > 0 ||
                specquant || tune_steps > 0;
@@ -306,6 +311,7 @@ struct recipe {
         recipe b{"billm-w1", "BiLLM: GPTQ + salient columns (order-2 residual) + split non-salient binary (dense fake quant)",
                  W::billm_binary, S::gptq, R::none, A::fp32};
         b.act_order = false; // as the paper runs it
+        b.group_size = 128;  // blocks of 128 columns, scales per row and block
         add(b);
     }
     // NLI piecewise-linear SiLU / exp / rsqrt in the forward pass
@@ -869,8 +875,9 @@ inline void check_recipe(const recipe& r) {
     require(r.low_rank == 0 || r.weights == weight_scheme::sign_binary || r.weights == weight_scheme::arb_binary,
             where, "PSP low-rank correction applies to binary weights only");
     require(r.psp_iterations >= 1, where, "recipe psp_iterations must be >= 1");
-    require(r.group_size == 0 || ((r.group_size == 128 || r.group_size == 256) && r.weights == weight_scheme::int4), where,
-            "recipe group_size must be 0, or 128 / 256 with int4 weights");
+    require(r.group_size == 0 || ((r.group_size == 128 || r.group_size == 256) && r.weights == weight_scheme::int4) ||
+                (r.group_size > 0 && r.weights == weight_scheme::billm_binary),
+            where, "recipe group_size must be 0, or 128 / 256 with int4 weights, or > 0 with billm_binary weights");
     require(r.clip_grid >= 0, where, "recipe clip_grid must be >= 0");
     require(r.rotation_max_factor >= 0, where, "recipe rotation_max_factor must be >= 0 (0: no cap)");
     require(std::isfinite(r.rotation_max_bits) && r.rotation_max_bits >= 0, where,
@@ -1016,6 +1023,8 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
         bo.gptq.damp = r.damp;
         bo.gptq.act_order = r.act_order;
         bo.gram_fit = r.gram_stage2;
+        bo.split = r.billm_split;
+        bo.gptq.block_size = r.group_size > 0 ? r.group_size : w.cols(); // 0: one block, scales per row
         const auto res = billm_quantize(w, *h, bo);
         linear_record rec;
         rec.format = "dense";
@@ -1691,7 +1700,7 @@ inline std::string real_text(double x) {
 /// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation,
 /// gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, ila_bits (widths joined by '/', e.g.
 /// "2/4/6/8"), ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max, tune_steps,
-/// tune_lr, tune_windows, tune_code_lr. Numbers
+/// tune_lr, tune_windows, tune_code_lr, billm_split. Numbers
 /// round-trip exactly.
 [[nodiscard]] inline std::string recipe_fields(const recipe& r) {
     std::string s;
@@ -1733,6 +1742,7 @@ inline std::string real_text(double x) {
     put("tune_lr", detail::real_text(r.tune_lr));
     put("tune_windows", std::to_string(r.tune_windows));
     put("tune_code_lr", detail::real_text(r.tune_code_lr));
+    put("billm_split", r.billm_split ? "true" : "false");
     return s;
 }
 
@@ -1786,13 +1796,14 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep) {
         else if (k == "tune_lr") r.tune_lr = detail::parse_real(v, k);
         else if (k == "tune_windows") r.tune_windows = static_cast<int>(detail::parse_integer(v, k));
         else if (k == "tune_code_lr") r.tune_code_lr = detail::parse_real(v, k);
+        else if (k == "billm_split") r.billm_split = detail::parse_flag(v, k);
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
                                    "psp_gradient, base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
                                    "residual_rotation, gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, "
                                    "ila_bits, ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max, "
-                                   "tune_steps, tune_lr, tune_windows, tune_code_lr)");
+                                   "tune_steps, tune_lr, tune_windows, tune_code_lr, billm_split)");
     }
 }
 
