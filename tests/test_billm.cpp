@@ -316,3 +316,44 @@ TEST_CASE("billm_quantize and binarize_masked: bad input") {
     for (const auto& b : r.blocks) CHECK(b.salient.empty());
     CHECK(r.paper_bits() == 1.0);
 }
+
+TEST_CASE("pack_billm: the packed layout dequantizes to the result within fp16 rounding, every option") {
+    // 200 columns: blocks of 128 and 72 (padding to 80), act order permutes the columns
+    const matrix_f x = correlated_inputs(512, 200, 71);
+    const matrix_d h = hessian_of(x);
+    const matrix_f w = random_weights(12, 200, 72);
+    for (const bool act_order : {false, true})
+        for (const bool split : {true, false})
+            for (const bool gram : {false, true}) {
+                CAPTURE(act_order);
+                CAPTURE(split);
+                CAPTURE(gram);
+                lowbit::billm_options opt;
+                opt.keep_codes = true;
+                opt.split = split;
+                opt.gram_fit = gram;
+                opt.gram_iters = 3;
+                opt.gptq.act_order = act_order;
+                const auto r = lowbit::billm_quantize(w, h, opt);
+                const lowbit::salient_binary_matrix p = lowbit::pack_billm(r);
+                REQUIRE(p.rows() == 12);
+                REQUIRE(p.cols() == 200);
+                REQUIRE(p.padded_cols() == 208);
+                const matrix_f d = p.dequantize();
+                const Eigen::ArrayXXd err = (d.cast<double>() - r.weights.cast<double>()).array().abs();
+                CHECK((err <= std::ldexp(1.0, -11) * r.weights.cast<double>().array().abs() + std::ldexp(1.0, -24)).all());
+                // the blocks carry BiLLM's salient counts; bits per row: a p1 bit per padded position, p2
+                // bits on every position (split) or on the 16-column chunks holding salient columns,
+                // 8 fp16 per block; per matrix: count, flags, 2 × 2 uint16 per block, the uint16 map
+                double p2 = 0.0;
+                for (std::size_t b = 0; b < 2; ++b) {
+                    const auto k = static_cast<double>(r.blocks[b].salient.size());
+                    CHECK(p.blocks()[b].salient == static_cast<Eigen::Index>(r.blocks[b].salient.size()));
+                    p2 += split ? (b == 0 ? 128.0 : 80.0) : 16.0 * std::ceil(k / 16.0);
+                }
+                CHECK(p.split() == split);
+                CHECK(p.bits_per_weight() == doctest::Approx((12.0 * (208.0 + p2 + 256.0) + 8.0 * (4 + 4 + 8 + 416)) / 2400.0));
+            }
+    lowbit::billm_options opt; // no kept codes: refused
+    CHECK_THROWS_AS((void)lowbit::pack_billm(lowbit::billm_quantize(w, h, opt)), lowbit::invalid_argument);
+}

@@ -172,12 +172,16 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
                 }
         if (q.spec.weights == lowbit::weight_scheme::billm_binary)
             for (const auto& [name, rec] : q.records) {
-                // one sign and one group bit (or a second sign) per weight, 4 fp16 per row per block of
-                // 128 columns plus 3 with salient columns; at most a column index per column on top
+                // the salient-binary layout with the split: two code bits per weight (blocks of 128 padded
+                // to 16 columns), 8 fp16 per row and block, a uint16 column map entry per padded column,
+                // 4 bytes per block, a 4-byte count and 4-byte flags
+                REQUIRE(rec.format == "salient_binary");
                 const double blocks = static_cast<double>((rec.cols + 127) / 128), cols = static_cast<double>(rec.cols);
+                const double padded = static_cast<double>(rec.cols / 128 * 128 + (rec.cols % 128 + 15) / 16 * 16);
+                const double rows = static_cast<double>(rec.rows);
                 REQUIRE(q.spec.billm_split);
-                CHECK(rec.dense_bits >= 2.0 + 64.0 * blocks / cols);
-                CHECK(rec.dense_bits <= 2.0 + 112.0 * blocks / cols + 1.0 / static_cast<double>(rec.rows));
+                CHECK(rec.storage_bits() / (rows * cols) ==
+                      doctest::Approx(2.0 * padded / cols + 128.0 * blocks / cols + (64.0 + 32.0 * blocks + 16.0 * padded) / (rows * cols)));
             }
         CHECK(back.model.bits_per_weight() == q.model.bits_per_weight());
         const std::vector<int> toks(fx().eval.begin(), fx().eval.begin() + 40);

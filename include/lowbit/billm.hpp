@@ -41,6 +41,7 @@
 #include <lowbit/detail/affine_codes.hpp>
 #include <lowbit/error.hpp>
 #include <lowbit/gptq.hpp>
+#include <lowbit/salient_binary.hpp>
 #include <lowbit/types.hpp>
 
 #include <Eigen/Core>
@@ -50,7 +51,6 @@
 #include <cstdint>
 #include <limits>
 #include <numeric>
-#include <string>
 #include <utility>
 #include <vector>
 
@@ -355,6 +355,89 @@ template <class = void>
                                  return qblock;
                              });
     return r;
+}
+
+/// The packed layout (salient_binary.hpp) of a BiLLM result computed with `keep_codes`: per block its
+/// salient columns first, then the others in processing order; p1 = the first sign, p2 = the salient
+/// second sign or the non-salient group (1: Ω ≥ split; without `split` p2 is stored only where
+/// chunks hold salient columns); per row and block the 8 table entries
+/// μ_lo ∓ α_lo, μ_hi ∓ α_hi, μ_s ∓ α₀ ∓ α₁ (in double, rounded once to fp16). Its `dequantize()`
+/// equals `r.weights` up to that rounding: |Δw| ≤ 2⁻¹¹·|w| + 2⁻²⁴ (fp16 relative half-ulp and
+/// subnormal spacing), which the tests check.
+/// \throws invalid_argument (no kept codes, a block wider than 65534 columns), as the matrix constructor.
+/// O(rows·cols).
+template <class = void>
+[[nodiscard]] salient_binary_matrix pack_billm(const billm_result& r) {
+    constexpr const char* where = "pack_billm";
+    const Eigen::Index m = r.weights.rows(), n = r.weights.cols();
+    std::vector<salient_binary_block> blocks;
+    std::vector<std::int32_t> source;
+    std::vector<Eigen::Index> packed_col; // per packed position: block-relative processing column, −1 padding
+    for (const auto& b : r.blocks) {
+        detail::require(b.fits.size() == 3, where, "the result keeps no codes (billm_options::keep_codes)");
+        blocks.push_back({b.width, static_cast<Eigen::Index>(b.salient.size())});
+        std::vector<char> is_salient(static_cast<std::size_t>(b.width), 0);
+        for (const Eigen::Index j : b.salient) is_salient[static_cast<std::size_t>(j)] = 1;
+        std::vector<Eigen::Index> cols(b.salient.begin(), b.salient.end());
+        for (Eigen::Index j = 0; j < b.width; ++j)
+            if (!is_salient[static_cast<std::size_t>(j)]) cols.push_back(j);
+        const Eigen::Index padded = (b.width + 15) / 16 * 16;
+        for (Eigen::Index t = 0; t < padded; ++t) {
+            const bool real = t < b.width;
+            const Eigen::Index j = real ? cols[static_cast<std::size_t>(t)] : -1;
+            packed_col.push_back(j);
+            const Eigen::Index proc = b.begin + j;
+            source.push_back(real ? static_cast<std::int32_t>(r.order.empty() ? proc : r.order[static_cast<std::size_t>(proc)]) : -1);
+        }
+    }
+    const Eigen::Index chunks = static_cast<Eigen::Index>(packed_col.size()) / 16, nb = static_cast<Eigen::Index>(blocks.size());
+    std::vector<std::uint32_t> codes(static_cast<std::size_t>(m * chunks), 0u);
+    vector_f table(m * nb * salient_binary_matrix::table_entries);
+    Eigen::Index p0 = 0;
+    for (Eigen::Index bi = 0; bi < nb; ++bi) {
+        const auto& b = r.blocks[static_cast<std::size_t>(bi)];
+        const auto& sal = b.fits[0];
+        const auto& lo = b.fits[1];
+        const auto& hi = b.fits[2];
+        const Eigen::Index padded = (b.width + 15) / 16 * 16;
+        for (Eigen::Index i = 0; i < m; ++i) {
+            for (Eigen::Index t = 0; t < b.width; ++t) {
+                const Eigen::Index j = packed_col[static_cast<std::size_t>(p0 + t)];
+                bool p1 = false, p2 = false;
+                if (t < static_cast<Eigen::Index>(b.salient.size())) {
+                    p1 = sal.signs[0](i, j) > 0;
+                    p2 = sal.signs[1](i, j) > 0;
+                } else if (lo.mask(i, j)) {
+                    p1 = lo.signs[0](i, j) > 0;
+                } else {
+                    detail::require(hi.mask(i, j), where, "a weight lies in no group");
+                    p1 = hi.signs[0](i, j) > 0;
+                    p2 = true;
+                }
+                const Eigen::Index p = p0 + t;
+                auto& word = codes[static_cast<std::size_t>(i * chunks + p / 16)];
+                word |= (p1 ? 1u : 0u) << (p % 16);
+                word |= (p2 ? 1u : 0u) << (16 + p % 16);
+            }
+            const double ml = lo.mean(i), al = lo.alpha[0](i), mh = hi.mean(i), ah = hi.alpha[0](i);
+            const double ms = sal.mean(i), a0 = sal.alpha[0](i), a1 = sal.alpha[1](i);
+            const double e[8] = {ml - al, ml + al, mh - ah, mh + ah, ms - a0 - a1, ms + a0 - a1, ms - a0 + a1, ms + a0 + a1};
+            for (int k = 0; k < 8; ++k)
+                table((i * nb + bi) * 8 + k) = static_cast<float>(Eigen::half(static_cast<float>(e[k])));
+        }
+        p0 += padded;
+    }
+    // per row: the p1 half of every chunk, then the p2 half of the chunks that keep one (salient_binary.hpp)
+    std::vector<char> keeps_p2;
+    for (const auto& b : blocks)
+        for (Eigen::Index c = 0; c < (b.width + 15) / 16; ++c) keeps_p2.push_back(r.split || c * 16 < b.salient);
+    std::vector<std::uint16_t> words;
+    for (Eigen::Index i = 0; i < m; ++i) {
+        for (Eigen::Index c = 0; c < chunks; ++c) words.push_back(static_cast<std::uint16_t>(codes[static_cast<std::size_t>(i * chunks + c)]));
+        for (Eigen::Index c = 0; c < chunks; ++c)
+            if (keeps_p2[static_cast<std::size_t>(c)]) words.push_back(static_cast<std::uint16_t>(codes[static_cast<std::size_t>(i * chunks + c)] >> 16));
+    }
+    return salient_binary_matrix(m, n, std::move(blocks), std::move(source), r.split, std::move(words), table);
 }
 
 LOWBIT_END_NAMESPACE

@@ -35,6 +35,7 @@
 #include <lowbit/quantized_linear.hpp>
 #include <lowbit/rtn.hpp>
 #include <lowbit/rwkv_proxy.hpp>
+#include <lowbit/salient_binary.hpp>
 #include <lowbit/specquant.hpp>
 #include <lowbit/ternary.hpp>
 #include <lowbit/thread_pool.hpp>

@@ -255,6 +255,9 @@ inline gguf_encoded gguf_encode_linear(const linear_operator& op, const linear_r
     } else if (rec->format == pack_format<ternary2>::name) t = gguf_record_codes<ternary2>(*rec);
     else if (rec->format == pack_format<ternary_base3>::name) t = gguf_record_codes<ternary_base3>(*rec);
     else if (rec->format == pack_format<binary1>::name) t = gguf_record_codes<binary1>(*rec);
+    else if (rec->format == "salient_binary")
+        gguf_refuse(who + "BiLLM's salient-binary layout (three groups with their own scales per row and block) "
+                          "matches no GGUF block format");
     else gguf_refuse(who + "unknown record format '" + rec->format + "'");
     if (type != io::ggml_type::q4_0 && type != io::ggml_type::tq1_0 && type != io::ggml_type::tq2_0)
         gguf_refuse("options.ternary_type must be TQ1_0 or TQ2_0");

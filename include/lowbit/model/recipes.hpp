@@ -66,6 +66,7 @@
 #include <lowbit/pack.hpp>
 #include <lowbit/quantized_linear.hpp>
 #include <lowbit/rtn.hpp>
+#include <lowbit/salient_binary.hpp>
 #include <lowbit/specquant.hpp>
 #include <lowbit/ternary.hpp>
 #include <lowbit/torq.hpp>
@@ -102,7 +103,7 @@ enum class weight_scheme {
     arb_binary,      ///< ARB-refined binary μ + α·b per row, packed binary with offsets
     mxfp4,           ///< OCP MXFP4 (E2M1, E8M0 per 32), dequantized dense
     tra_ternary,     ///< TRA-GPTQ (salient / non-salient groups, order-2 salient residuals), dequantized dense
-    billm_binary,    ///< BiLLM (salient columns order-2 binary, non-salient split in two), dequantized dense
+    billm_binary,    ///< BiLLM (salient columns order-2 binary, non-salient split in two), packed "salient_binary"
 };
 
 /// Solver around the weight quantizer.
@@ -306,9 +307,9 @@ struct recipe {
     // TWLA's grouped TRA-GPTQ (salient groups, order-2 residuals), dense fake quantization, bits counted
     add({"twla-tra-kotms", "KOTMS + TRA-GPTQ grouped ternary (dense fake quant)", W::tra_ternary, S::gptq, R::kotms,
          A::fp32});
-    // BiLLM (binary, salient columns with a residual plane, split non-salient groups), dense, bits counted
+    // BiLLM (binary, salient columns with a residual plane, split non-salient groups), packed salient-binary layout
     {
-        recipe b{"billm-w1", "BiLLM: GPTQ + salient columns (order-2 residual) + split non-salient binary (dense fake quant)",
+        recipe b{"billm-w1", "BiLLM: GPTQ + salient columns (order-2 residual) + split non-salient binary (salient-binary kernel)",
                  W::billm_binary, S::gptq, R::none, A::fp32};
         b.act_order = false; // as the paper runs it
         b.group_size = 128;  // blocks of 128 columns, scales per row and block
@@ -440,7 +441,8 @@ struct stored_rotation {
 /// `build_linear` rebuilds the operator.
 struct linear_record {
     /// "dense", a packed format name ("int4", "ternary2", ...), "int4_g128" / "int4_g256" (grouped int4:
-    /// `scale` and `offset` hold rows·groups values, row-major, index i·groups + g) or an expert format
+    /// `scale` and `offset` hold rows·groups values, row-major, index i·groups + g), "salient_binary"
+    /// (BiLLM, salient_binary.hpp: `codes` = its `bytes()`, `scale` = its fp16 table) or an expert format
     /// (moe_experts.hpp)
     std::string format;
     Eigen::Index rows = 0;            ///< out features
@@ -480,6 +482,8 @@ struct linear_record {
             bits = ef->storage_bits({rows, cols, codes, scale, offset, expert});
         } else if (format == "dense") {
             bits = dense_bits * static_cast<double>(rows) * static_cast<double>(cols);
+        } else if (format == "salient_binary") { // BiLLM layout: its serialized bytes and fp16 table
+            bits = 8.0 * static_cast<double>(codes.size()) + 16.0 * static_cast<double>(scale.size());
         } else {
             const auto nb = [](int bb, int bw) { return 8.0 * bb / bw; };
             const double code_bits = format == "int4" ? nb(pack_format<int4>::block_bytes, pack_format<int4>::block_weights)
@@ -845,6 +849,9 @@ template <class = void>
     if (rec.format == pack_format<ternary2>::name) return detail::packed_from_record<ternary2>(r, rec, rot);
     if (rec.format == pack_format<ternary_base3>::name) return detail::packed_from_record<ternary_base3>(r, rec, rot);
     if (rec.format == pack_format<binary1>::name) return detail::packed_from_record<binary1>(r, rec, rot);
+    if (rec.format == "salient_binary")
+        return detail::with_activation(r, salient_binary_matrix::from_bytes(rec.rows, rec.cols, rec.codes, rec.scale), rot,
+                                       rec.correction, rec.storage_bits());
     if (const auto* ef = detail::find_expert_format(rec.format))
         return detail::build_expert_linear(*ef, {rec.rows, rec.cols, rec.codes, rec.scale, rec.offset, rec.expert},
                                            r.activation == activation_kind::fp32 && rot.empty() && !rec.correction);
@@ -1016,22 +1023,23 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
         return rec;
     }
     case weight_scheme::billm_binary: {
-        // BiLLM (billm.hpp): no packed kernel for its three groups, so the layer runs the dequantized
-        // weights densely; bits counted as stored (`billm_result::stored_bits`).
+        // BiLLM (billm.hpp): packed in its salient-binary layout (salient_binary.hpp), run by its kernels;
+        // bits counted from the stored bytes and table.
         require(gptq, "quantize_model", "billm_binary needs the GPTQ solver (calibration Hessian)");
         billm_options bo;
+        bo.keep_codes = true;
         bo.gptq.damp = r.damp;
         bo.gptq.act_order = r.act_order;
         bo.gram_fit = r.gram_stage2;
         bo.split = r.billm_split;
         bo.gptq.block_size = r.group_size > 0 ? r.group_size : w.cols(); // 0: one block, scales per row
-        const auto res = billm_quantize(w, *h, bo);
+        const salient_binary_matrix packed = pack_billm(billm_quantize(w, *h, bo));
         linear_record rec;
-        rec.format = "dense";
+        rec.format = "salient_binary";
         rec.rows = w.rows();
         rec.cols = w.cols();
-        rec.dense = res.weights;
-        rec.dense_bits = res.stored_bits();
+        rec.codes = packed.bytes();
+        rec.scale = packed.table();
         return rec;
     }
     case weight_scheme::int4: {
@@ -1946,7 +1954,7 @@ inline std::vector<long long> split_ints(const std::string& s, std::size_t n, co
 
 /// Why a linear's record is not what `r` produces, or "" when it is: the packed format of the
 /// recipe's weight scheme (int4 → "int4", ternary → "ternary_base3" or "ternary2" by `base3`, binary
-/// → "binary1"), or "dense" — always for fp32/mxfp4/tra_ternary/billm_binary, and for a packed scheme only as a
+/// → "binary1", billm_binary → "salient_binary"), or "dense" — always for fp32/mxfp4/tra_ternary, and for a packed scheme only as a
 /// counted fallback (`dense_bits` < 32, e.g. KBVQ's scalar-residual experts), or an expert format standing
 /// for the scheme's packed format (moe_experts.hpp: "cejd_binary1" for binary, "kbvq_vq" for int4; expert
 /// tensors only on such records); learned rotations only under a
@@ -1959,8 +1967,8 @@ inline std::string record_recipe_mismatch(const recipe& r, const linear_record& 
     switch (r.weights) {
     case weight_scheme::fp32:
     case weight_scheme::mxfp4:
-    case weight_scheme::tra_ternary:
-    case weight_scheme::billm_binary: want = "dense"; break;
+    case weight_scheme::tra_ternary: want = "dense"; break;
+    case weight_scheme::billm_binary: want = "salient_binary"; break;
     case weight_scheme::int4: want = r.group_size > 0 ? "int4_g" + std::to_string(r.group_size) : pack_format<int4>::name; break;
     case weight_scheme::absmean_ternary:
     case weight_scheme::e2m_atq: want = r.base3 ? pack_format<ternary_base3>::name : pack_format<ternary2>::name; break;
