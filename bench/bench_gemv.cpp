@@ -84,20 +84,7 @@ void pool_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool 
 /// activation quantization).
 template <class F>
 void packed_gemv_f32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
-    const auto w0 = lowbit_bench::random_packed<F>(rows, cols, 7);
-    const auto w = copies(w0, dram);
-    const lowbit::matrix_f x = random_activations(1, cols, 1);
-    lowbit::gemm_workspace ws;
-    lowbit::matrix_f y(1, rows);
-    std::size_t k = 0;
-    for (auto _ : st) {
-        lowbit::gemm_into(w[k], x, lowbit::act_fp32{}, y, ws);
-        benchmark::DoNotOptimize(y.data());
-        benchmark::ClobberMemory();
-        k = (k + 1) % w.size();
-    }
-    st.counters["packed_bytes"] = double(w0.bytes().size());
-    st.counters["bits_per_weight"] = w0.bits_per_weight();
+    lowbit_bench::packed_gemm_f32<F>(st, rows, cols, 1, dram);
 }
 
 /// The decode step of a quantized_linear layer: gemv_into (one token; activations, codes and dot

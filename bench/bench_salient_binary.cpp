@@ -1,7 +1,7 @@
 // BiLLM's packed layout (salient_binary.hpp) × fp32 activations, against baselines measured in the
 // same run: Eigen FP32 (the dense copy BiLLM ran as before) and lowbit's per-row binary1 weight-only
-// kernel (plain binarization, ≈ 1 b/w). Blocks of 128 columns with 8 salient columns each, as BiLLM
-// chooses on llama-21M-en; random codes and tables (the kernel's time does not depend on them).
+// kernel (plain binarization, ≈ 1 b/w). Blocks of 128 columns with 8 salient columns each and BiLLM's
+// split (both code planes everywhere); random codes and tables (the kernel's time does not depend on them).
 //   gemv/<kind>/<rows>x<cols>/<cache|dram>   one token (decode); dram cycles through ≥ 256 MiB
 //   gemm/<kind>/<rows>x<cols>/tokens:<T>      T tokens (prefill, perplexity), weights in cache
 //   kind: eigen_fp32, binary1_f32, salient_binary (ISA automatic), salient_binary_avx2, salient_binary_scalar
@@ -32,12 +32,12 @@ lowbit::salient_binary_matrix random_salient(Eigen::Index rows, Eigen::Index col
     std::size_t next = 0;
     for (const auto& b : blocks)
         for (Eigen::Index t = 0; t < (b.width + 15) / 16 * 16; ++t) source.push_back(t < b.width ? perm[next++] : -1);
-    std::vector<std::uint32_t> codes(static_cast<std::size_t>(rows) * source.size() / 16);
-    for (auto& c : codes) c = static_cast<std::uint32_t>(rng());
+    std::vector<std::uint16_t> codes(static_cast<std::size_t>(rows) * source.size() / 16 * 2); // p1 and p2 (split)
+    for (auto& c : codes) c = static_cast<std::uint16_t>(rng());
     lowbit::vector_f table(rows * static_cast<Eigen::Index>(blocks.size()) * 8);
     std::normal_distribution<float> g(0.0f, 0.02f);
     for (Eigen::Index e = 0; e < table.size(); ++e) table(e) = static_cast<float>(Eigen::half(g(rng)));
-    return lowbit::salient_binary_matrix(rows, cols, std::move(blocks), std::move(source), std::move(codes), table);
+    return lowbit::salient_binary_matrix(rows, cols, std::move(blocks), std::move(source), true, std::move(codes), table);
 }
 
 void salient_gemm(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Eigen::Index tokens, bool dram, kernel_isa isa) {
@@ -62,22 +62,6 @@ void salient_gemm(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Ei
     st.counters["bits_per_weight"] = w0.bits_per_weight();
 }
 
-void binary1_gemm(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Eigen::Index tokens, bool dram) {
-    const auto w0 = lowbit_bench::random_packed<lowbit::binary1>(rows, cols, 7);
-    const auto w = lowbit_bench::copies(w0, dram);
-    const lowbit::matrix_f x = lowbit_bench::random_activations(tokens, cols, 1);
-    lowbit::matrix_f y(tokens, rows);
-    lowbit::gemm_workspace ws;
-    std::size_t k = 0;
-    for (auto _ : st) {
-        lowbit::gemm_into(w[k], x, lowbit::act_fp32{}, y, ws);
-        benchmark::DoNotOptimize(y.data());
-        benchmark::ClobberMemory();
-        k = (k + 1) % w.size();
-    }
-    st.counters["bits_per_weight"] = w0.bits_per_weight();
-}
-
 std::string shape(Eigen::Index r, Eigen::Index c) { return std::to_string(r) + "x" + std::to_string(c); }
 
 const int registered = [] {
@@ -90,7 +74,7 @@ const int registered = [] {
             if (dram && r != 4096) continue;
             const std::string sh = shape(r, c) + (dram ? "/dram" : "/cache");
             reg("gemv/eigen_fp32/" + sh, [=](benchmark::State& s) { lowbit_bench::eigen_fp32_gemv(s, r, c, dram); });
-            reg("gemv/binary1_f32/" + sh, [=](benchmark::State& s) { binary1_gemm(s, r, c, 1, dram); });
+            reg("gemv/binary1_f32/" + sh, [=](benchmark::State& s) { lowbit_bench::packed_gemm_f32<lowbit::binary1>(s, r, c, 1, dram); });
             reg("gemv/salient_binary/" + sh, [=](benchmark::State& s) { salient_gemm(s, r, c, 1, dram, kernel_isa::automatic); });
             reg("gemv/salient_binary_avx2/" + sh, [=](benchmark::State& s) { salient_gemm(s, r, c, 1, dram, kernel_isa::avx2); });
             if (r != 4096)
@@ -99,7 +83,7 @@ const int registered = [] {
     for (Eigen::Index t : {4, 64, 512}) {
         const std::string sh = shape(1536, 512) + "/tokens:" + std::to_string(t);
         reg("gemm/eigen_fp32/" + sh, [=](benchmark::State& s) { lowbit_bench::eigen_fp32_gemm(s, t, 1536, 512); });
-        reg("gemm/binary1_f32/" + sh, [=](benchmark::State& s) { binary1_gemm(s, 1536, 512, t, false); });
+        reg("gemm/binary1_f32/" + sh, [=](benchmark::State& s) { lowbit_bench::packed_gemm_f32<lowbit::binary1>(s, 1536, 512, t, false); });
         reg("gemm/salient_binary/" + sh, [=](benchmark::State& s) { salient_gemm(s, 1536, 512, t, false, kernel_isa::automatic); });
     }
     return 0;

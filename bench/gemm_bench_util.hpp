@@ -46,6 +46,27 @@ inline lowbit::matrix_f random_activations(Eigen::Index tokens, Eigen::Index col
     return x;
 }
 
+/// Weight-only packed GEMM (GEMV for 1 token) with fp32 activations: gemm_into(w, x, act_fp32, y,
+/// workspace), one matrix ("cache") or cycling through >= dram_bytes of copies ("dram").
+/// Counters: packed_bytes, bits_per_weight.
+template <class F>
+void packed_gemm_f32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Eigen::Index tokens, bool dram) {
+    const auto w0 = random_packed<F>(rows, cols, 7);
+    const auto w = copies(w0, dram);
+    const lowbit::matrix_f x = random_activations(tokens, cols, 1);
+    lowbit::gemm_workspace ws;
+    lowbit::matrix_f y(tokens, rows);
+    std::size_t k = 0;
+    for (auto _ : st) {
+        lowbit::gemm_into(w[k], x, lowbit::act_fp32{}, y, ws);
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+        k = (k + 1) % w.size();
+    }
+    st.counters["packed_bytes"] = double(w0.bytes().size());
+    st.counters["bits_per_weight"] = w0.bits_per_weight();
+}
+
 /// Baseline GEMV y = W·x with Eigen FP32, 1 thread: one matrix ("cache") or cycling through
 /// >= dram_bytes of copies ("dram"). Counter packed_bytes = the FP32 weight bytes.
 inline void eigen_fp32_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {

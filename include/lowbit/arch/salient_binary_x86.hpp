@@ -4,8 +4,8 @@
 /// 16-column chunk, the entry index e = 4·[salient lane] + 2·p2 + p1 of every weight is built from the
 /// code bits and a float table of 8 entries per row and block (converted from fp16 once per row and
 /// block) is permuted by e (`vpermps`), then multiplied into the gathered activations with FMA.
-/// - AVX-512: the 16 bits of each plane are k-masks; e = sal4 + masked adds of 1 and 2; one
-///   `vpermps` per 16 weights. Up to 4 tokens share each decoded weight vector.
+/// - AVX-512: the 16 bits of each plane are k-masks loaded from memory; e = masked moves of 1 and 2
+///   (+ 4 on salient lanes); one `vpermps` per 16 weights. Up to 4 tokens share each decoded vector.
 /// - AVX2: 8 lanes at a time; each plane byte is broadcast, ANDed with the lane bits and compared.
 /// Per-function target attributes; salient_binary.hpp calls them only when the CPU has the ISA.
 ///
@@ -65,42 +65,86 @@ LOWBIT_SB_AVX512_TARGET inline __m512 table512(const std::uint16_t* lut8) {
     return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lut8))));
 }
 
-/// The 16 weights of one chunk: table[sal4 + p1 + 2·p2].
-LOWBIT_SB_AVX512_TARGET inline __m512 weights16(std::uint32_t code, __mmask16 sal, __m512 table) {
-    const __m512i one = _mm512_set1_epi32(1), two = _mm512_set1_epi32(2);
-    __m512i e = _mm512_maskz_mov_epi32(sal, _mm512_set1_epi32(4));
-    e = _mm512_mask_add_epi32(e, static_cast<__mmask16>(code & 0xFFFFu), e, one);
-    e = _mm512_mask_add_epi32(e, static_cast<__mmask16>(code >> 16), e, two);
+/// The weights of chunk c of a row whose code words start at `row`: table[4·sal + 2·p2 + p1], the p1
+/// and p2 lane masks loaded from memory (AllP2: every chunk stores p2, at word chunks + c). `Salient`:
+/// the chunk holds salient lanes (only the first chunks of a block do); the others take two masked
+/// moves, a permute and no mask transfer from a general register.
+template <bool AllP2, bool Salient>
+LOWBIT_SB_AVX512_TARGET inline __m512 chunk_weights(const salient_binary_rows& w, const std::uint16_t* row, Eigen::Index c,
+                                                    __m512 table) {
+    const __mmask16 p1 = avx512_kernels::load_mask16(reinterpret_cast<const std::uint8_t*>(row + c));
+    __mmask16 p2 = 0;
+    if constexpr (AllP2) {
+        p2 = avx512_kernels::load_mask16(reinterpret_cast<const std::uint8_t*>(row + w.chunks + c));
+    } else if (const std::int32_t j = w.chunk_p2[c]; j >= 0) {
+        p2 = avx512_kernels::load_mask16(reinterpret_cast<const std::uint8_t*>(row + w.chunks + j));
+    }
+    __m512i e = _mm512_maskz_mov_epi32(p1, _mm512_set1_epi32(1));
+    e = _mm512_mask_add_epi32(e, p2, e, _mm512_set1_epi32(2));
+    if constexpr (Salient)
+        e = _mm512_mask_add_epi32(e, static_cast<__mmask16>(w.chunk_salient[c]), e, _mm512_set1_epi32(4));
     return _mm512_maskz_permutexvar_ps(0xFFFF, e, table);
+}
+
+/// `dot_rows_avx512` for NT tokens (accumulators in registers: two per token); per block the chunks
+/// with salient lanes first, then the others in pairs.
+template <int NT, bool AllP2>
+LOWBIT_SB_AVX512_TARGET inline void dot_rows_tokens(const salient_binary_rows& w, Eigen::Index r0, Eigen::Index r1,
+                                                    const float* const* xp, float* out, Eigen::Index ldo) {
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        __m512 a0[NT], a1[NT];
+#pragma GCC unroll 4
+        for (int k = 0; k < NT; ++k) a0[k] = a1[k] = _mm512_setzero_ps();
+        const std::uint16_t* row = w.codes + i * w.stride;
+        for (Eigen::Index b = 0; b < w.blocks; ++b) {
+            const __m512 table = table512(w.lut + (i * w.blocks + b) * 8);
+            Eigen::Index c = w.block_first_chunk[b];
+            const Eigen::Index end = w.block_first_chunk[b + 1];
+            for (; c < end && w.chunk_salient[c] != 0; ++c) {
+                const __m512 w1 = chunk_weights<AllP2, true>(w, row, c, table);
+#pragma GCC unroll 4
+                for (int k = 0; k < NT; ++k) a1[k] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp[k] + 16 * c), a1[k]);
+            }
+            for (; c + 1 < end; c += 2) {
+                const __m512 w0 = chunk_weights<AllP2, false>(w, row, c, table);
+                const __m512 w1 = chunk_weights<AllP2, false>(w, row, c + 1, table);
+#pragma GCC unroll 4
+                for (int k = 0; k < NT; ++k) {
+                    a0[k] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp[k] + 16 * c), a0[k]);
+                    a1[k] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp[k] + 16 * c + 16), a1[k]);
+                }
+            }
+            if (c < end) {
+                const __m512 w0 = chunk_weights<AllP2, false>(w, row, c, table);
+#pragma GCC unroll 4
+                for (int k = 0; k < NT; ++k) a0[k] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp[k] + 16 * c), a0[k]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < NT; ++k) out[k * ldo + (i - r0)] = avx512_kernels::reduce_add_f32(_mm512_add_ps(a0[k], a1[k]));
+    }
 }
 
 /// out[k·ldo + (i − r0)] = Σ_p w_ip·xp[k][p] for rows [r0, r1) and nt ≤ max_tokens tokens (xp: the
 /// gathered, zero-padded activations of each token).
 LOWBIT_SB_AVX512_TARGET inline void dot_rows_avx512(const salient_binary_rows& w, Eigen::Index r0, Eigen::Index r1,
                                                     const float* const* xp, int nt, float* out, Eigen::Index ldo) {
-    for (Eigen::Index i = r0; i < r1; ++i) {
-        __m512 acc[max_tokens][2];
-        for (int k = 0; k < max_tokens; ++k) acc[k][0] = acc[k][1] = _mm512_setzero_ps();
-        const std::uint16_t* codes = w.codes + i * w.stride;
-        for (Eigen::Index b = 0; b < w.blocks; ++b) {
-            const __m512 table = table512(w.lut + (i * w.blocks + b) * 8);
-            for (Eigen::Index c = w.block_first_chunk[b]; c < w.block_first_chunk[b + 1]; ++c) {
-                const __m512 wv = weights16(w.code(codes, c), static_cast<__mmask16>(w.chunk_salient[c]), table);
-                const int h = static_cast<int>(c & 1);
-                for (int k = 0; k < nt; ++k) acc[k][h] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp[k] + 16 * c), acc[k][h]);
-            }
-        }
-        for (int k = 0; k < nt; ++k) out[k * ldo + (i - r0)] = avx512_kernels::reduce_add_f32(_mm512_add_ps(acc[k][0], acc[k][1]));
+    const bool all = w.stride == 2 * w.chunks;
+    switch (nt) {
+    case 1: return all ? dot_rows_tokens<1, true>(w, r0, r1, xp, out, ldo) : dot_rows_tokens<1, false>(w, r0, r1, xp, out, ldo);
+    case 2: return all ? dot_rows_tokens<2, true>(w, r0, r1, xp, out, ldo) : dot_rows_tokens<2, false>(w, r0, r1, xp, out, ldo);
+    case 3: return all ? dot_rows_tokens<3, true>(w, r0, r1, xp, out, ldo) : dot_rows_tokens<3, false>(w, r0, r1, xp, out, ldo);
+    default: return all ? dot_rows_tokens<4, true>(w, r0, r1, xp, out, ldo) : dot_rows_tokens<4, false>(w, r0, r1, xp, out, ldo);
     }
 }
 
 /// Row i decoded to float in packed order into dst (padded columns).
 LOWBIT_SB_AVX512_TARGET inline void decode_row_avx512(const salient_binary_rows& w, Eigen::Index i, float* dst) {
-    const std::uint16_t* codes = w.codes + i * w.stride;
+    const std::uint16_t* row = w.codes + i * w.stride;
     for (Eigen::Index b = 0; b < w.blocks; ++b) {
         const __m512 table = table512(w.lut + (i * w.blocks + b) * 8);
         for (Eigen::Index c = w.block_first_chunk[b]; c < w.block_first_chunk[b + 1]; ++c)
-            _mm512_storeu_ps(dst + 16 * c, weights16(w.code(codes, c), static_cast<__mmask16>(w.chunk_salient[c]), table));
+            _mm512_storeu_ps(dst + 16 * c, chunk_weights<false, true>(w, row, c, table));
     }
 }
 
