@@ -6,7 +6,7 @@
 /// block) is permuted by e (`vpermps`), then multiplied into the gathered activations with FMA.
 /// - AVX-512: the 16 bits of each plane are k-masks loaded from memory; e = masked moves of 1 and 2
 ///   (+ 4 on salient lanes); one `vpermps` per 16 weights. Up to 4 tokens share each decoded vector.
-/// - AVX2: 8 lanes at a time; each plane byte is broadcast, ANDed with the lane bits and compared.
+/// - AVX2: 8 lanes at a time; each plane byte expands to 0/1 int32 lanes through a constant table.
 /// Per-function target attributes; salient_binary.hpp calls them only when the CPU has the ISA.
 ///
 /// Error: products w·x are rounded once (FMA), sums in float in a fixed order per path, so
@@ -148,19 +148,27 @@ LOWBIT_SB_AVX512_TARGET inline void decode_row_avx512(const salient_binary_rows&
     }
 }
 
-/// 8 lanes of bits (bit l of `bits` → lane l all ones).
-LOWBIT_SB_AVX2_TARGET inline __m256i lanes8(unsigned bits) {
-    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), bit), bit);
+/// Bit expansion table of the AVX2 path: entry b holds the 8 bits of b as int32 lanes 0/1.
+struct bit_lanes8 {
+    alignas(32) std::int32_t lanes[256][8];
+    constexpr bit_lanes8() : lanes{} {
+        for (int b = 0; b < 256; ++b)
+            for (int l = 0; l < 8; ++l) lanes[b][l] = (b >> l) & 1;
+    }
+};
+inline constexpr bit_lanes8 bit_lanes8_table{};
+
+/// The lanes of byte b as int32 0/1.
+LOWBIT_SB_AVX2_TARGET inline __m256i lanes8(unsigned b) {
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(bit_lanes8_table.lanes[b & 0xFFu]));
 }
 
-/// The 8 weights of half h (lanes 8h..8h+7) of one chunk.
+/// The 8 weights of half h (lanes 8h..8h+7) of one chunk: table[4·sal + 2·p2 + p1].
 LOWBIT_SB_AVX2_TARGET inline __m256 weights8(std::uint32_t code, unsigned sal, int h, __m256 table) {
     const unsigned s = 8u * static_cast<unsigned>(h);
-    __m256i e = _mm256_and_si256(lanes8((sal >> s) & 0xFFu), _mm256_set1_epi32(4));
-    e = _mm256_sub_epi32(e, lanes8((code >> s) & 0xFFu));                            // + 1 where p1
-    e = _mm256_sub_epi32(e, _mm256_add_epi32(lanes8((code >> (16 + s)) & 0xFFu),      // + 2 where p2
-                                             lanes8((code >> (16 + s)) & 0xFFu)));
+    const __m256i p2 = lanes8(code >> (16 + s));
+    __m256i e = _mm256_add_epi32(lanes8(code >> s), _mm256_add_epi32(p2, p2));
+    if (const unsigned sb = (sal >> s) & 0xFFu; sb != 0) e = _mm256_add_epi32(e, _mm256_slli_epi32(lanes8(sb), 2));
     return _mm256_permutevar8x32_ps(table, e);
 }
 
