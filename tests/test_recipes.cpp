@@ -307,6 +307,7 @@ TEST_CASE("every recipe field travels: each set to a non-default value reloads a
         {"tune_windows", "absmean-w1.58", "tune_steps=2;tune_lr=0.01", "2"},
         {"tune_code_lr", "absmean-w1.58", "tune_steps=2", "0.2"},
         {"billm_split", "billm-w1", "", "false"},
+        {"int4_linears", "absmean-w1.58", "", "wv/layers.1.w2"},
     };
     std::set<std::string> keys;
     for (const auto& [k, v] : lowbit::detail::split_fields(lowbit::recipe_fields(lowbit::find_recipe("fp32")), ';', "test"))
@@ -572,6 +573,81 @@ TEST_CASE("grouped int4 recipes: packed int4_g128 records, bits counted from the
     CHECK_FALSE(lowbit::detail::record_recipe_mismatch(per_row, rec).empty());
     rec.format = "int4";
     CHECK_FALSE(lowbit::detail::record_recipe_mismatch(lowbit::find_recipe("gptq-w4-g128"), rec).empty());
+}
+
+TEST_CASE("int4_linears: the listed linears are grouped int4, the others as the recipe; saved, reloaded; refusals") {
+    lowbit_test::temp_dir d("lowbit_test_int4_linears");
+    lowbit::quantize_options qo;
+    qo.calib_windows = 1;
+    qo.calib_window = 64;
+    // RTN quantizes each linear on its own, so the mixed model's records must equal, linear by linear,
+    // those of the plain ternary recipe and of int4_linear_recipe (the grouped int4 recipe) run whole
+    const lowbit::recipe ternary = lowbit::find_recipe("absmean-w1.58");
+    lowbit::recipe mixed = ternary;
+    lowbit::set_recipe_fields(mixed, "int4_linears=wv/layers.1.w2");
+    const lowbit::recipe int4 = lowbit::int4_linear_recipe(mixed);
+    CHECK(int4.weights == lowbit::weight_scheme::int4);
+    CHECK(int4.group_size == 128);
+    CHECK(int4.int4_linears.empty());
+    lowbit::quantized_model q{mixed, {}, {}, {}, {}};
+    q.model = lowbit::quantize_model(fx().fp32, mixed, fx().calib, qo, &q.records);
+    lowbit::linear_records plain, grouped;
+    (void)lowbit::quantize_model(fx().fp32, ternary, fx().calib, qo, &plain);
+    (void)lowbit::quantize_model(fx().fp32, int4, fx().calib, qo, &grouped);
+    int n_int4 = 0;
+    for (const auto& [n, rec] : q.records) {
+        CAPTURE(n);
+        const bool listed = n.ends_with(".wv") || n == "layers.1.w2";
+        CHECK(lowbit::is_int4_linear(mixed, n) == listed);
+        CHECK(rec.format == (listed ? "int4_g128" : "ternary_base3"));
+        CHECK(same_record(rec, listed ? grouped.at(n) : plain.at(n)));
+        n_int4 += listed;
+    }
+    CHECK(n_int4 == static_cast<int>(fx().fp32.blocks.size()) + 1);
+    // the model's bits are between the two recipes' and count the int4 linears as stored
+    const double b_mixed = q.model.bits_per_weight();
+    lowbit::llama_model mt = lowbit::quantize_model(fx().fp32, ternary, fx().calib, qo);
+    CHECK(b_mixed > mt.bits_per_weight());
+    // saved and reloaded bit-exact
+    const auto path = d.path / "mixed.safetensors";
+    lowbit::save_quantized_model(path, q);
+    const auto back = lowbit::load_quantized_model(path);
+    CHECK(back.spec.int4_linears == "wv/layers.1.w2");
+    CHECK(same_records(back.records, q.records));
+    CHECK((logits(back.model).array() == logits(q.model).array()).all());
+    // a recorded list that does not produce the stored formats is refused (either way)
+    for (const char* list : {"", "wv", "wv/layers.1.w2/wq"}) {
+        CAPTURE(list);
+        lowbit::quantized_model bad = q;
+        bad.spec.int4_linears = list;
+        CHECK_THROWS_WITH_AS(lowbit::save_quantized_model(d.path / "bad.safetensors", bad), doctest::Contains("is stored as"),
+                             lowbit::invalid_argument);
+        CHECK(!std::filesystem::exists(d.path / "bad.safetensors"));
+        rewrite_metadata(path, d.path / "bad.safetensors", "lowbit.recipe_fields", lowbit::recipe_fields(bad.spec));
+        CHECK_THROWS_WITH_AS((void)lowbit::load_quantized_model(d.path / "bad.safetensors"),
+                             doctest::Contains("the recorded recipe cannot be rebuilt"), lowbit::format_error);
+        std::filesystem::remove(d.path / "bad.safetensors");
+    }
+    // matching: slot names match every layer and expert, full names one linear, nothing by prefix
+    lowbit::recipe m = ternary;
+    m.int4_linears = "w1/layers.1.w2";
+    CHECK(lowbit::is_int4_linear(m, "layers.3.w1"));
+    CHECK(lowbit::is_int4_linear(m, "layers.0.experts.7.w1"));
+    CHECK(lowbit::is_int4_linear(m, "layers.1.w2"));
+    CHECK_FALSE(lowbit::is_int4_linear(m, "layers.11.w2"));
+    CHECK_FALSE(lowbit::is_int4_linear(m, "layers.1.w3"));
+    // malformed lists and SpecQuant are refused with the field's name
+    for (const char* list : {"wv/", "/wv", "wv//wq", "w v", ".wv", "layers.1.", "WV", "wv,wq"}) {
+        CAPTURE(list);
+        lowbit::recipe r = ternary;
+        r.int4_linears = list;
+        CHECK_THROWS_WITH_AS((void)lowbit::quantize_model(fx().fp32, r, fx().calib, qo), doctest::Contains("int4_linears"),
+                             lowbit::invalid_argument);
+    }
+    lowbit::recipe sq = lowbit::find_recipe("specquant-w4");
+    sq.int4_linears = "wv";
+    CHECK_THROWS_WITH_AS((void)lowbit::quantize_model(fx().fp32, sq, fx().calib, qo), doctest::Contains("SpecQuant"),
+                         lowbit::invalid_argument);
 }
 
 TEST_CASE("ILA-AMP recipes: per-block widths from the tables, run, saved, reloaded; refusals") {

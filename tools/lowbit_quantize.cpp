@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -593,6 +594,15 @@ std::vector<std::string> split(const std::string& s) {
 }
 
 /// Median decode speed (tokens/s): one-token greedy steps from the first prompt token, `n` tokens.
+// A file name for a recipe (variants such as "base:int4_linears=wv/layers.0.w2" hold '/' and ':'):
+// every character other than letters, digits, '.', '-', '_', '=' and '+' becomes '_'.
+std::string recipe_file_name(const std::string& recipe) {
+    std::string f = recipe;
+    for (char& c : f)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_' && c != '=' && c != '+') c = '_';
+    return f + ".safetensors";
+}
+
 double decode_tokens_per_second(const lowbit::llama_model& m, int n, int repeats) {
     n = std::min(n, m.config.seq_len - 1);
     std::vector<double> rates;
@@ -730,7 +740,7 @@ int cmd_compare(const parsed_args& a) {
         std::fprintf(stderr, "[%s] %s\n", r.name.c_str(), r.description.c_str());
         lowbit::quantized_model q{r, {}, {}, tok.format(), tok.bytes()};
         q.model = lowbit::quantize_model(src.model, r, calib_ids, qo, &q.records);
-        lowbit::save_quantized_model(out / (r.name + ".safetensors"), q);
+        lowbit::save_quantized_model(out / recipe_file_name(r.name), q);
         row x{r.name, r.description, q.model.bits_per_weight()};
         po.progress = window_progress("  perplexity");
         const auto pr = lowbit::perplexity(q.model, eval_ids, po);

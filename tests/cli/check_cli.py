@@ -124,6 +124,14 @@ check("scale tuning: step 2/2" in p.stderr and "scale tuning: held-out loss" in 
       f"compare runs scale tuning with progress:\n{p.stderr[-800:]}")
 check((cmp_out / "results.md").exists() and "rtn-w4:tune_steps=2:tune_windows=2" in (cmp_out / "results.md").read_text(),
       "compare's table names the recipe variant")
+# a variant holding '/' (int4_linears: grouped int4 for the listed linears) is saved under a file name
+# with '/' and ':' replaced, and the progress says which linears are int4
+mix_out = work / "compare-mixed"
+p = run("compare", st, "--text", st_text, "--recipes", "absmean-w1.58:int4_linears=wv/layers.1.w2", "--eval-chars", "3000",
+        "--max-windows", "1", "--repeats", "1", "--decode-tokens", "8", "--out", mix_out)
+check((mix_out / "absmean-w1.58_int4_linears=wv_layers.1.w2.safetensors").exists(),
+      f"compare saves a '/' variant under a sanitized name: {sorted(x.name for x in mix_out.iterdir())}")
+check(p.stderr.count("grouped int4 (int4_linears)") == 6, f"the listed linears (5 wv + layers.1.w2) say so:\n{p.stderr[-800:]}")
 p = run("compare", st, "--text", st_text, "--recipes", "rtn-w4:tune_step=2", "--out", work / "compare-bad", expect=1)
 check("unknown recipe field 'tune_step'" in p.stderr and not (work / "compare-bad" / "results.md").exists(),
       f"compare refuses an unknown recipe field before any work: {p.stderr}")

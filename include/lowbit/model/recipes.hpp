@@ -219,6 +219,14 @@ struct recipe {
     /// BiLLM weights: split the non-salient weights in two groups at a searched break point (one group
     /// bit per non-salient weight, the paper's); false: one group (`billm_options::split`).
     bool billm_split = true;
+    /// Mixed precision, as llama-quantize's `--tensor-type` bumps chosen tensors: the block linears named
+    /// here are quantized to grouped int4 (`int4_linear_recipe`: asymmetric int4 with an fp16 scale and
+    /// offset per row and 128 columns, record format "int4_g128", under the recipe's own solver,
+    /// rotation and activations) and every other linear as the recipe says. Entries joined by '/', each
+    /// a slot name (wq, wk, wv, wo, w1, w2, w3: that slot in every layer and expert) or a full linear
+    /// name ("layers.0.w2", "layers.1.experts.3.w1"); e.g. "wv/layers.0.w2/layers.5.w2". Empty: none.
+    /// The bits of those linears count as stored (4.25 b/w plus their rotation), like every other.
+    std::string int4_linears;
     [[nodiscard]] bool needs_calibration() const {
         return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq || ila_mean_bits > 0 ||
                specquant || tune_steps > 0;
@@ -858,7 +866,44 @@ template <class = void>
     throw invalid_argument("lowbit: build_linear: unknown weight format '" + rec.format + "'");
 }
 
+/// The recipe a linear named in `r.int4_linears` is quantized and run with: `r` with grouped int4
+/// weights (asymmetric, fp16 scale and offset per row and 128 columns; GPTQ with static groups and the
+/// diag(H)-weighted clip search over 11 ratios when `r` runs GPTQ, damping 0.01 as `gptq-w4-g128-clip`)
+/// and no PSP term; rotation, activations, ILA-AMP and scale tuning as `r` says. O(1).
+[[nodiscard]] inline recipe int4_linear_recipe(const recipe& r) {
+    recipe x = r;
+    x.weights = weight_scheme::int4;
+    x.group_size = 128;
+    x.clip_grid = 11;
+    x.damp = 0.01;
+    x.low_rank = 0;
+    x.affine_refit = false;
+    x.gram_stage2 = false;
+    x.specquant = false;
+    x.int4_linears.clear();
+    return x;
+}
+
+/// True when the block linear `name` ("layers.L.slot" or "layers.L.experts.E.slot") is listed in
+/// `r.int4_linears` (by its slot name or its full name). O(length of the list).
+[[nodiscard]] inline bool is_int4_linear(const recipe& r, std::string_view name) {
+    const std::string_view slot = name.substr(name.rfind('.') == std::string_view::npos ? 0 : name.rfind('.') + 1);
+    std::string_view list = r.int4_linears;
+    while (!list.empty()) {
+        const std::size_t end = std::min(list.find('/'), list.size());
+        const std::string_view e = list.substr(0, end);
+        if (e == name || e == slot) return true;
+        list.remove_prefix(std::min(end + 1, list.size()));
+    }
+    return false;
+}
+
 namespace detail {
+
+/// The recipe of block linear `name` under `r`: `int4_linear_recipe(r)` if `r.int4_linears` lists it, else `r`.
+[[nodiscard]] inline recipe recipe_for_linear(const recipe& r, std::string_view name) {
+    return is_int4_linear(r, name) ? int4_linear_recipe(r) : r;
+}
 
 inline void check_recipe(const recipe& r) {
     const char* where = "quantize_model";
@@ -886,6 +931,21 @@ inline void check_recipe(const recipe& r) {
                 (r.group_size > 0 && r.weights == weight_scheme::billm_binary),
             where, "recipe group_size must be 0, or 128 / 256 with int4 weights, or > 0 with billm_binary weights");
     require(r.clip_grid >= 0, where, "recipe clip_grid must be >= 0");
+    {
+        std::string_view list = r.int4_linears;
+        while (!list.empty()) {
+            const std::size_t end = std::min(list.find('/'), list.size());
+            const std::string_view e = list.substr(0, end);
+            bool ok = !e.empty() && e.front() != '.' && e.back() != '.';
+            for (const char c : e) ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_');
+            require(ok, where,
+                    "recipe int4_linears: entry '" + std::string(e) +
+                        "' is not a slot name (wq, wk, wv, wo, w1, w2, w3) or a linear name (layers.L.slot); entries are joined by '/'");
+            list.remove_prefix(std::min(end + 1, list.size()));
+        }
+        require(r.int4_linears.empty() || r.int4_linears.back() != '/', where, "recipe int4_linears: an empty entry (a '/' at the end)");
+        require(r.int4_linears.empty() || !r.specquant, where, "recipe int4_linears does not combine with SpecQuant");
+    }
     require(r.rotation_max_factor >= 0, where, "recipe rotation_max_factor must be >= 0 (0: no cap)");
     require(std::isfinite(r.rotation_max_bits) && r.rotation_max_bits >= 0, where,
             "recipe rotation_max_bits must be finite and >= 0 (0: no bound)");
@@ -1584,7 +1644,7 @@ template <class = void>
                 const vector_f a = am != absmax.end() ? am->second : vector_f(vector_f::Zero(w.cols()));
                 rec = detail::specquant_record(r, w, r.solver == solver_kind::gptq ? &h : nullptr, a);
             } else {
-                rec = detail::quantize_linear(r, w, calibrate ? &h : nullptr);
+                rec = detail::quantize_linear(detail::recipe_for_linear(r, key), w, calibrate ? &h : nullptr);
             }
             rec.rotation = std::move(learned);
             rec.rotation_status = std::move(lr.status);
@@ -1592,7 +1652,8 @@ template <class = void>
             m.set_linear(id, build_linear(r, rec, rot));
             if (opt.progress)
                 opt.progress(key + " " + std::to_string(w.rows()) + "x" + std::to_string(w.cols()) + " quantized (" +
-                             r.name + (uncalibrated ? "; no calibration token routed here: H = I" : "") +
+                             r.name + (is_int4_linear(r, key) ? "; grouped int4 (int4_linears)" : "") +
+                             (uncalibrated ? "; no calibration token routed here: H = I" : "") +
                              (rec.act_bits ? "; int" + std::to_string(rec.act_bits) + " activations (ILA-AMP)" : "") +
                              (rec.rotation_status.empty() ? "" : "; " + rec.rotation_status) + ")");
             if (out) (*out)[key] = std::move(rec);
@@ -1708,7 +1769,7 @@ inline std::string real_text(double x) {
 /// damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, residual_rotation,
 /// gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, ila_bits (widths joined by '/', e.g.
 /// "2/4/6/8"), ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max, tune_steps,
-/// tune_lr, tune_windows, tune_code_lr, billm_split. Numbers
+/// tune_lr, tune_windows, tune_code_lr, billm_split, int4_linears (names joined by '/'). Numbers
 /// round-trip exactly.
 [[nodiscard]] inline std::string recipe_fields(const recipe& r) {
     std::string s;
@@ -1751,6 +1812,7 @@ inline std::string real_text(double x) {
     put("tune_windows", std::to_string(r.tune_windows));
     put("tune_code_lr", detail::real_text(r.tune_code_lr));
     put("billm_split", r.billm_split ? "true" : "false");
+    put("int4_linears", r.int4_linears);
     return s;
 }
 
@@ -1805,13 +1867,14 @@ inline void set_recipe_fields(recipe& r, std::string_view fields, char sep) {
         else if (k == "tune_windows") r.tune_windows = static_cast<int>(detail::parse_integer(v, k));
         else if (k == "tune_code_lr") r.tune_code_lr = detail::parse_real(v, k);
         else if (k == "billm_split") r.billm_split = detail::parse_flag(v, k);
+        else if (k == "int4_linears") r.int4_linears = std::string(v);
         else
             throw invalid_argument("lowbit: set_recipe_fields: unknown recipe field '" + k + "' (known: " +
                                    "weights, solver, rotation, activation, act_bits, act_clip, low_rank, psp_iterations, "
                                    "psp_gradient, base3, damp, act_order, seed, rotation_max_factor, rotation_max_bits, hadamard_first, nli, "
                                    "residual_rotation, gram_stage2, affine_refit, group_size, clip_grid, ila_mean_bits, "
                                    "ila_bits, ila_beta, ila_windows, specquant, spec_smooth, spec_alpha, spec_eta, spec_k_max, "
-                                   "tune_steps, tune_lr, tune_windows, tune_code_lr, billm_split)");
+                                   "tune_steps, tune_lr, tune_windows, tune_code_lr, billm_split, int4_linears)");
     }
 }
 
@@ -2065,7 +2128,7 @@ void save_quantized_model(const std::filesystem::path& path, const quantized_mod
             const auto it = q.records.find(n);
             detail::require(it != q.records.end() && !it->second.format.empty(), where, "missing record for " + n);
             const auto& rec = it->second;
-            if (const std::string why = detail::record_recipe_mismatch(q.spec, rec); !why.empty())
+            if (const std::string why = detail::record_recipe_mismatch(detail::recipe_for_linear(q.spec, n), rec); !why.empty())
                 throw invalid_argument(std::string("lowbit: save_quantized_model: record of '") + n + "' " + why);
             ++n_linears;
             out.set_metadata(n + ".format", rec.format);
@@ -2332,7 +2395,7 @@ template <class = void>
                 throw format_error("lowbit: load_quantized_model: '" + n + "' has shape " + std::to_string(rec.rows) + "x" +
                                    std::to_string(rec.cols) + ", lowbit.model implies " + std::to_string(want_r) + "x" +
                                    std::to_string(want_c));
-            if (const std::string why = detail::record_recipe_mismatch(q.spec, rec); !why.empty())
+            if (const std::string why = detail::record_recipe_mismatch(detail::recipe_for_linear(q.spec, n), rec); !why.empty())
                 throw format_error("lowbit: load_quantized_model: the recorded recipe cannot be rebuilt: layer '" + n + "' " + why);
             std::shared_ptr<const linear_operator> op;
             try {
