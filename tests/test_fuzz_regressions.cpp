@@ -12,6 +12,7 @@
 #include <lowbit/model/hf_model.hpp>
 #include <lowbit/model/recipes.hpp>
 #include <lowbit/pack.hpp>
+#include <lowbit/salient_binary.hpp>
 
 // Each harness defines LLVMFuzzerTestOneInput: renamed per target so that all fit in one program.
 #define LLVMFuzzerTestOneInput replay_fuzz_bpe_tokenizer
@@ -28,6 +29,9 @@
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput replay_fuzz_packed
 #include "fuzz/fuzz_packed.cpp"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput replay_fuzz_salient_binary
+#include "fuzz/fuzz_salient_binary.cpp"
 #undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput replay_fuzz_safetensors
 #include "fuzz/fuzz_safetensors.cpp"
@@ -54,6 +58,7 @@ const std::map<std::string, harness>& harnesses() {
         {"fuzz_bpe_tokenizer", replay_fuzz_bpe_tokenizer}, {"fuzz_gguf", replay_fuzz_gguf},
         {"fuzz_llama2c", replay_fuzz_llama2c},             {"fuzz_model_metadata", replay_fuzz_model_metadata},
         {"fuzz_packed", replay_fuzz_packed},               {"fuzz_safetensors", replay_fuzz_safetensors},
+        {"fuzz_salient_binary", replay_fuzz_salient_binary},
         {"fuzz_safetensors_index", replay_fuzz_safetensors_index}};
     return m;
 }
@@ -97,4 +102,23 @@ TEST_CASE("the harnesses run on small hand-made inputs (empty, valid, truncated)
             INFO("target " << target << ", input of " << s.size() << " bytes");
             CHECK(replay(h, s) == 0);
         }
+}
+
+TEST_CASE("the salient-binary harness accepts a valid matrix and checks its products") {
+    // 3 x 70: blocks of 40 (7 salient) and 30 (none), the column map reversed, with and without the split
+    for (const bool split : {false, true}) {
+        std::vector<std::int32_t> source;
+        for (int c = 0; c < 48; ++c) source.push_back(c < 40 ? 69 - c : -1);
+        for (int c = 0; c < 32; ++c) source.push_back(c < 30 ? c : -1);
+        const Eigen::Index words = 5 + (split ? 5 : 1);
+        std::vector<std::uint16_t> codes(static_cast<std::size_t>(3 * words));
+        for (std::size_t k = 0; k < codes.size(); ++k) codes[k] = static_cast<std::uint16_t>(0x9E37u * (k + 1));
+        lowbit::vector_f table(3 * 2 * 8);
+        for (Eigen::Index e = 0; e < table.size(); ++e) table(e) = static_cast<float>(e % 7 - 3) / 4.0f;
+        const lowbit::salient_binary_matrix m(3, 70, {{40, 7}, {30, 0}}, source, split, codes, table);
+        std::string input{'\0', '\2', '\x45', '\0'}; // rows 1 + 2 % 4 = 3, cols 1 + 69 = 70
+        for (const std::uint8_t b : m.bytes()) input.push_back(static_cast<char>(b));
+        CHECK(replay(replay_fuzz_salient_binary, input) == 0);
+        CHECK(replay(replay_fuzz_salient_binary, input.substr(0, input.size() - 1)) == 0); // truncated: refused
+    }
 }

@@ -143,6 +143,7 @@ public:
         std::size_t at = 0;
         auto take = [&](void* dst, std::size_t n) {
             detail::require<format_error>(bytes.size() - at >= n, where, "the bytes are truncated");
+            if (n == 0) return; // an empty vector's data() may be null, which memcpy must not see
             std::memcpy(dst, bytes.data() + at, n);
             at += n;
         };
@@ -290,11 +291,20 @@ private:
 /// them with all tokens (Eigen GEMM) instead of decoding the weights per token.
 inline constexpr Eigen::Index salient_binary_batched_tokens = 8;
 
+/// Below `salient_binary_batched_tokens`, tokens go through the row kernels in groups of this many
+/// (each decoded weight vector serves the whole group).
+inline constexpr int salient_binary_token_group = 4;
+#if LOWBIT_HAVE_X86_KERNELS
+static_assert(salient_binary_token_group == detail::salient_binary_x86::max_tokens,
+              "the x86 row kernels take exactly one token group");
+#endif
+
 /// Buffers of `gemm_into` for a salient-binary matrix (a call of a shape seen before allocates nothing).
 struct salient_binary_workspace {
     Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> x_packed; ///< tokens × padded cols
     Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> decoded;  ///< ≤ 64 × padded cols
     std::vector<float> dots;                                                        ///< per-token results
+    std::vector<float> row;                                                         ///< one decoded row (scalar path)
 };
 
 /// Y = X·Wᵀ `[tokens x rows]` into y for a salient-binary matrix with fp32 activations (see the file
@@ -336,11 +346,12 @@ inline void gemm_into(const salient_binary_matrix& w, const cref_matrix_f& x, ac
         }
         return;
     }
-    ws.dots.resize(static_cast<std::size_t>(rows) * 4);
-    std::vector<float> row;
-    for (Eigen::Index k0 = 0; k0 < tokens; k0 += 4) {
-        const int nt = static_cast<int>(std::min<Eigen::Index>(4, tokens - k0));
-        const float* xp[4] = {};
+    constexpr int group = salient_binary_token_group;
+    ws.dots.resize(static_cast<std::size_t>(rows) * group);
+    std::vector<float>& row = ws.row;
+    for (Eigen::Index k0 = 0; k0 < tokens; k0 += group) {
+        const int nt = static_cast<int>(std::min<Eigen::Index>(group, tokens - k0));
+        const float* xp[group] = {};
         for (int k = 0; k < nt; ++k) xp[k] = ws.x_packed.row(k0 + k).data();
         float* d = ws.dots.data();
 #if LOWBIT_HAVE_X86_KERNELS

@@ -4,6 +4,7 @@
 // (scripts/fuzz also adds the real tok512.bin and llama-21M-en's index when it finds them).
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/io/safetensors.hpp>
+#include <lowbit/salient_binary.hpp>
 
 #include <cstdint>
 #include <cstring>
@@ -69,6 +70,25 @@ int main(int argc, char** argv) {
         std::vector<std::byte> p{std::byte(fmt | (fmt % 2 ? 8 : 0)), std::byte{2}, std::byte{43}, std::byte{1}};
         for (int k = 0; k < 4 * 128; ++k) p.push_back(static_cast<std::byte>((k * 37 + fmt) & 0xFF));
         save(dir + "/fuzz_packed/packed_" + std::to_string(fmt) + ".bin", p);
+    }
+    // fuzz_salient_binary: table byte, rows, cols (2 bytes LE), then a valid serialized matrix of
+    // 2 x 40 (blocks of 24 columns with 5 salient and 16 with none; with and without the split)
+    std::filesystem::create_directories(dir + "/fuzz_salient_binary");
+    for (const bool split : {false, true}) {
+        std::vector<std::int32_t> source;
+        for (int c = 0; c < 24; ++c) source.push_back(39 - c);
+        for (int c = 24; c < 32; ++c) source.push_back(-1);
+        for (int c = 0; c < 16; ++c) source.push_back(c);
+        const std::vector<lowbit::salient_binary_block> blocks{{24, 5}, {16, 0}};
+        const Eigen::Index words = 3 + (split ? 3 : 1);
+        std::vector<std::uint16_t> codes(static_cast<std::size_t>(2 * words));
+        for (std::size_t k = 0; k < codes.size(); ++k) codes[k] = static_cast<std::uint16_t>(0x9E37u * (k + 1));
+        lowbit::vector_f table(2 * 2 * 8); // fp16-exact
+        for (Eigen::Index e = 0; e < table.size(); ++e) table(e) = static_cast<float>(e - 16) / 16.0f;
+        const lowbit::salient_binary_matrix m(2, 40, blocks, source, split, codes, table);
+        std::vector<std::byte> p{std::byte{0}, std::byte{1}, std::byte{39}, std::byte{0}};
+        for (const std::uint8_t b : m.bytes()) p.push_back(static_cast<std::byte>(b));
+        save(dir + "/fuzz_salient_binary/salient_" + std::to_string(split) + ".bin", p);
     }
     return 0;
 }
