@@ -226,7 +226,7 @@ struct recipe {
     /// a slot name (wq, wk, wv, wo, w1, w2, w3: that slot in every layer and expert) or a full linear
     /// name ("layers.0.w2", "layers.1.experts.3.w1"); e.g. "wv/layers.0.w2/layers.5.w2". Empty: none.
     /// The bits of those linears count as stored (4.25 b/w plus their rotation), like every other.
-    std::string int4_linears;
+    std::string int4_linears{};
     [[nodiscard]] bool needs_calibration() const {
         return solver == solver_kind::gptq || low_rank > 0 || rotation == rotation_kind::torq || ila_mean_bits > 0 ||
                specquant || tune_steps > 0;
