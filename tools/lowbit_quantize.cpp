@@ -593,7 +593,6 @@ std::vector<std::string> split(const std::string& s) {
     return out;
 }
 
-/// Median decode speed (tokens/s): one-token greedy steps from the first prompt token, `n` tokens.
 // A file name for a recipe (variants such as "base:int4_linears=wv/layers.0.w2" hold '/' and ':'):
 // every character other than letters, digits, '.', '-', '_', '=' and '+' becomes '_'.
 std::string recipe_file_name(const std::string& recipe) {
@@ -603,6 +602,7 @@ std::string recipe_file_name(const std::string& recipe) {
     return f + ".safetensors";
 }
 
+/// Median decode speed (tokens/s): one-token greedy steps from the first prompt token, `n` tokens.
 double decode_tokens_per_second(const lowbit::llama_model& m, int n, int repeats) {
     n = std::min(n, m.config.seq_len - 1);
     std::vector<double> rates;

@@ -884,17 +884,27 @@ template <class = void>
     return x;
 }
 
+namespace detail {
+/// The entries of a '/'-joined list (`recipe::int4_linears`); "" gives none, "a/" gives "a" and "".
+inline std::vector<std::string_view> slash_entries(std::string_view list) {
+    std::vector<std::string_view> out;
+    while (!list.empty()) {
+        const std::size_t end = std::min(list.find('/'), list.size());
+        out.push_back(list.substr(0, end));
+        if (end == list.size()) break;
+        list.remove_prefix(end + 1);
+        if (list.empty()) out.emplace_back(); // a trailing '/': an empty last entry
+    }
+    return out;
+}
+} // namespace detail
+
 /// True when the block linear `name` ("layers.L.slot" or "layers.L.experts.E.slot") is listed in
 /// `r.int4_linears` (by its slot name or its full name). O(length of the list).
 [[nodiscard]] inline bool is_int4_linear(const recipe& r, std::string_view name) {
     const std::string_view slot = name.substr(name.rfind('.') == std::string_view::npos ? 0 : name.rfind('.') + 1);
-    std::string_view list = r.int4_linears;
-    while (!list.empty()) {
-        const std::size_t end = std::min(list.find('/'), list.size());
-        const std::string_view e = list.substr(0, end);
+    for (const std::string_view e : detail::slash_entries(r.int4_linears))
         if (e == name || e == slot) return true;
-        list.remove_prefix(std::min(end + 1, list.size()));
-    }
     return false;
 }
 
@@ -931,21 +941,14 @@ inline void check_recipe(const recipe& r) {
                 (r.group_size > 0 && r.weights == weight_scheme::billm_binary),
             where, "recipe group_size must be 0, or 128 / 256 with int4 weights, or > 0 with billm_binary weights");
     require(r.clip_grid >= 0, where, "recipe clip_grid must be >= 0");
-    {
-        std::string_view list = r.int4_linears;
-        while (!list.empty()) {
-            const std::size_t end = std::min(list.find('/'), list.size());
-            const std::string_view e = list.substr(0, end);
-            bool ok = !e.empty() && e.front() != '.' && e.back() != '.';
-            for (const char c : e) ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_');
-            require(ok, where,
-                    "recipe int4_linears: entry '" + std::string(e) +
-                        "' is not a slot name (wq, wk, wv, wo, w1, w2, w3) or a linear name (layers.L.slot); entries are joined by '/'");
-            list.remove_prefix(std::min(end + 1, list.size()));
-        }
-        require(r.int4_linears.empty() || r.int4_linears.back() != '/', where, "recipe int4_linears: an empty entry (a '/' at the end)");
-        require(r.int4_linears.empty() || !r.specquant, where, "recipe int4_linears does not combine with SpecQuant");
+    for (const std::string_view e : slash_entries(r.int4_linears)) {
+        bool ok = !e.empty() && e.front() != '.' && e.back() != '.';
+        for (const char c : e) ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_');
+        require(ok, where,
+                "recipe int4_linears: entry '" + std::string(e) +
+                    "' is not a slot name (wq, wk, wv, wo, w1, w2, w3) or a linear name (layers.L.slot); entries are joined by '/'");
     }
+    require(r.int4_linears.empty() || !r.specquant, where, "recipe int4_linears does not combine with SpecQuant");
     require(r.rotation_max_factor >= 0, where, "recipe rotation_max_factor must be >= 0 (0: no cap)");
     require(std::isfinite(r.rotation_max_bits) && r.rotation_max_bits >= 0, where,
             "recipe rotation_max_bits must be finite and >= 0 (0: no bound)");
