@@ -108,10 +108,13 @@ void packed_gemv_into(benchmark::State& st, Eigen::Index rows, Eigen::Index cols
     st.counters["bits_per_weight"] = w.bits_per_weight();
 }
 
-/// Grouped int4 (fp16 scale and offset per `gc` columns, gemm.hpp grouped kernels): gemm_into with a
-/// reused workspace, 1 token; `Act` act_int{8} (quantized inside, timed) or act_fp32 (weight-only).
+/// Grouped int4 (fp16 scale and offset per `gc` columns, gemm.hpp grouped kernels), 1 token: `Act`
+/// act_int{8} (quantized inside, timed; gemm_into with a reused workspace) or act_fp32 (weight-only;
+/// gemv_into, what a layer's decode step runs); `isa` scalar = the portable loop that AVX2, NEON and
+/// xsimd requests run (the baseline of the AVX-512 kernel).
 template <class Act>
-void grouped_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Eigen::Index gc) {
+void grouped_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Eigen::Index gc,
+                  lowbit::kernel_isa isa = lowbit::kernel_isa::automatic) {
     const auto p = lowbit_bench::random_packed<lowbit::int4>(rows, cols, 7);
     lowbit::packed_matrix<lowbit::int4> codes(rows, cols, p.bytes(), lowbit::vector_f::Ones(rows));
     const Eigen::Index ng = (cols + gc - 1) / gc;
@@ -119,11 +122,13 @@ void grouped_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Ei
                                         lowbit::matrix_f::Constant(rows, ng, -0.25f));
     const lowbit::matrix_f x = random_activations(1, cols, 1);
     lowbit::matrix_f y(1, rows);
+    lowbit::vector_f yv(rows);
     lowbit::gemm_workspace ws;
     for (auto _ : st) {
-        if constexpr (std::is_same_v<Act, lowbit::act_int>) lowbit::gemm_into(w, x, lowbit::act_int{8}, y, ws);
-        else y = lowbit::gemm(w, x, lowbit::act_fp32{});
+        if constexpr (std::is_same_v<Act, lowbit::act_int>) lowbit::gemm_into(w, x, lowbit::act_int{8}, y, ws, isa);
+        else lowbit::gemv_into(w, x.row(0).transpose(), lowbit::act_fp32{}, yv, isa); // the decode step of a layer
         benchmark::DoNotOptimize(y.data());
+        benchmark::DoNotOptimize(yv.data());
         benchmark::ClobberMemory();
     }
     st.counters["packed_bytes"] = double(w.codes().bytes().size());
@@ -308,6 +313,9 @@ const int registered = [] {
                                          [=](benchmark::State& s) { grouped_gemv<lowbit::act_fp32>(s, r, c, gc); })
                 ->Unit(benchmark::kMicrosecond)->UseRealTime();
         }
+        benchmark::RegisterBenchmark(("gemv/int4g128_f32_portable/" + sh).c_str(),
+                                     [=](benchmark::State& s) { grouped_gemv<lowbit::act_fp32>(s, r, c, 128, lowbit::kernel_isa::scalar); })
+            ->Unit(benchmark::kMicrosecond)->UseRealTime();
     }
     for (bool dram : {false, true}) {
         const std::string sh = std::string("4096x4096") + (dram ? "/dram" : "/cache") + "/threads:1";

@@ -912,52 +912,61 @@ TEST_CASE("grouped int4: per-group integer sums bit-exact on every ISA path (int
 }
 
 TEST_CASE("grouped int4: gemm/gemv within the stated bounds of a double reference, identical on every path") {
-    const Eigen::Index rows = 9, cols = 1408, tokens = 3; // 1408 = 11 groups of 128, 5.5 groups of 256
-    for (Eigen::Index gc : {128, 256}) {
-        CAPTURE(gc);
-        const lowbit::matrix_i8 c = random_codes<lowbit::int4>(rows, cols, 21);
-        const Eigen::Index ng = (cols + gc - 1) / gc;
-        const lowbit::matrix_f al = fp16_params(rows, ng, 0.01f, 3), mu = fp16_params(rows, ng, -0.004f, 4);
-        const auto w = lowbit::pack_grouped_int4(c, gc, al, mu);
-        const lowbit::matrix_f x = random_x(tokens, cols, 22);
-        const auto a = lowbit::quantize_activations(x, 8);
-        const lowbit::matrix_f y_ref_path = lowbit::gemm(w, x, lowbit::act_int{8}, kernel_isa::scalar);
-        for (kernel_isa isa : all_isas) {
-            if (!lowbit::isa_available(isa)) continue;
-            CAPTURE(lowbit::isa_name(isa));
-            const lowbit::matrix_f y = lowbit::gemm(w, x, lowbit::act_int{8}, isa);
-            const lowbit::matrix_f yf = lowbit::gemm(w, x, lowbit::act_fp32{}, isa);
-            CHECK(y == y_ref_path);
-            for (Eigen::Index k = 0; k < tokens; ++k) {
-                CHECK(lowbit::gemv(w, x.row(k).transpose(), lowbit::act_int{8}, isa) == y.row(k).transpose());
-                CHECK(lowbit::gemv(w, x.row(k).transpose(), lowbit::act_fp32{}, isa) == yf.row(k).transpose());
-                for (Eigen::Index i = 0; i < rows; ++i) {
-                    long double ref = 0, reff = 0, mag = 0, magf = 0, magx = 0;
-                    for (Eigen::Index g = 0; g < ng; ++g) {
-                        long double d = 0, sx = 0, sax = 0, tx = 0, atx = 0;
-                        for (Eigen::Index j = g * gc; j < std::min(cols, (g + 1) * gc); ++j) {
-                            d += static_cast<long double>(c(i, j)) * a.q(k, j);
-                            sx += x(k, j);
-                            sax += std::fabs(x(k, j));
-                            tx += static_cast<long double>(c(i, j)) * x(k, j);
-                            atx += std::fabs(static_cast<long double>(c(i, j)) * x(k, j));
-                        }
-                        const long double term = static_cast<long double>(al(i, g)) * a.scale(k) * d;
-                        ref += term + static_cast<long double>(mu(i, g)) * sx;
-                        reff += static_cast<long double>(al(i, g)) * tx + static_cast<long double>(mu(i, g)) * sx;
-                        mag += std::fabs(term) + std::fabs(static_cast<long double>(mu(i, g))) * sax;
-                        magf += std::fabs(static_cast<long double>(al(i, g))) * atx;
-                        magx += std::fabs(static_cast<long double>(mu(i, g))) * sax;
+    // 1408 = 11 groups of 128 (the last block's high nibble half holds no column), 5.5 groups of 256;
+    // 3 tokens run the per-token paths, 40 the batched (decoded-rows) path of every non-scalar ISA
+    const Eigen::Index rows = 9, cols = 1408, np = 1536;
+    for (Eigen::Index tokens : {3, 40})
+        for (Eigen::Index gc : {128, 256}) {
+            CAPTURE(tokens);
+            CAPTURE(gc);
+            const lowbit::matrix_i8 c = random_codes<lowbit::int4>(rows, cols, 21);
+            const Eigen::Index ng = (cols + gc - 1) / gc;
+            const lowbit::matrix_f al = fp16_params(rows, ng, 0.01f, 3), mu = fp16_params(rows, ng, -0.004f, 4);
+            const auto w = lowbit::pack_grouped_int4(c, gc, al, mu);
+            const lowbit::matrix_f x = random_x(tokens, cols, 22);
+            const auto a = lowbit::quantize_activations(x, 8);
+            const lowbit::matrix_f y_ref_path = lowbit::gemm(w, x, lowbit::act_int{8}, kernel_isa::scalar);
+            for (kernel_isa isa : all_isas) {
+                if (!lowbit::isa_available(isa)) continue;
+                CAPTURE(lowbit::isa_name(isa));
+                const lowbit::matrix_f y = lowbit::gemm(w, x, lowbit::act_int{8}, isa);
+                const lowbit::matrix_f yf = lowbit::gemm(w, x, lowbit::act_fp32{}, isa);
+                CHECK(y == y_ref_path);
+                for (Eigen::Index k = 0; k < tokens; ++k) {
+                    CHECK(lowbit::gemv(w, x.row(k).transpose(), lowbit::act_int{8}, isa) == y.row(k).transpose());
+                    if (tokens < 4) { // one token = the per-token path of gemm, bit for bit
+                        CHECK(lowbit::gemv(w, x.row(k).transpose(), lowbit::act_fp32{}, isa) == yf.row(k).transpose());
+                        lowbit::vector_f yv = lowbit::vector_f::Constant(rows, -7.0f);
+                        lowbit::gemv_into(w, x.row(k).transpose(), lowbit::act_fp32{}, yv, isa);
+                        CHECK(yv == yf.row(k).transpose());
                     }
-                    const double bound = u32 * std::fabs(double(ref)) + (ng + 128) * std::ldexp(1.0, -52) * double(mag) + 1e-30;
-                    CHECK(std::fabs(double(y(k, i)) - double(ref)) <= bound);
-                    const double boundf = (gc + 8) * u32 * double(magf) + u32 * std::fabs(double(reff)) +
-                                          std::ldexp(1.0, -45) * double(magx) + 1e-30;
-                    CHECK(std::fabs(double(yf(k, i)) - double(reff)) <= boundf);
+                    for (Eigen::Index i = 0; i < rows; ++i) {
+                        long double ref = 0, reff = 0, mag = 0, magf = 0, magx = 0;
+                        for (Eigen::Index g = 0; g < ng; ++g) {
+                            long double d = 0, sx = 0, sax = 0, tx = 0, atx = 0;
+                            for (Eigen::Index j = g * gc; j < std::min(cols, (g + 1) * gc); ++j) {
+                                d += static_cast<long double>(c(i, j)) * a.q(k, j);
+                                sx += x(k, j);
+                                sax += std::fabs(x(k, j));
+                                tx += static_cast<long double>(c(i, j)) * x(k, j);
+                                atx += std::fabs(static_cast<long double>(c(i, j)) * x(k, j));
+                            }
+                            const long double term = static_cast<long double>(al(i, g)) * a.scale(k) * d;
+                            ref += term + static_cast<long double>(mu(i, g)) * sx;
+                            reff += static_cast<long double>(al(i, g)) * tx + static_cast<long double>(mu(i, g)) * sx;
+                            mag += std::fabs(term) + std::fabs(static_cast<long double>(mu(i, g))) * sax;
+                            magf += std::fabs(static_cast<long double>(al(i, g))) * atx;
+                            magx += std::fabs(static_cast<long double>(mu(i, g))) * sax;
+                        }
+                        const double bound = u32 * std::fabs(double(ref)) + (ng + 128) * std::ldexp(1.0, -52) * double(mag) + 1e-30;
+                        CHECK(std::fabs(double(y(k, i)) - double(ref)) <= bound);
+                        // gemm_into(grouped, act_fp32): (n + 2·groups + 8)·u·Σ_g(|α|Σ|t x| + |μ|Σ|x|) + u·|exact|
+                        const double boundf = double(np + 2 * ng + 8) * u32 * double(magf + magx) + u32 * std::fabs(double(reff)) + 1e-30;
+                        CHECK(std::fabs(double(yf(k, i)) - double(reff)) <= boundf);
+                    }
                 }
             }
         }
-    }
 }
 
 TEST_CASE("grouped int4: bad input") {
@@ -969,6 +978,13 @@ TEST_CASE("grouped int4: bad input") {
     nan(0, 3) = std::numeric_limits<float>::quiet_NaN();
     CHECK_THROWS_AS((void)lowbit::gemm(w, nan), lowbit::numeric_error);
     CHECK_THROWS_AS((void)lowbit::gemm(w, nan, lowbit::act_fp32{}), lowbit::numeric_error);
+    lowbit::vector_f yv(3), y_short(2);
+    CHECK_THROWS_AS(lowbit::gemv_into(w, nan.row(0).transpose(), lowbit::act_fp32{}, yv), lowbit::numeric_error);
+    CHECK_THROWS_AS(lowbit::gemv_into(w, lowbit::vector_f::Ones(256), lowbit::act_fp32{}, y_short), lowbit::shape_error);
+    CHECK_THROWS_AS(lowbit::gemv_into(w, lowbit::vector_f::Ones(255), lowbit::act_fp32{}, yv), lowbit::shape_error);
+    lowbit::gemm_workspace ws;
+    lowbit::matrix_f y_wrong(2, 4);
+    CHECK_THROWS_AS(lowbit::gemm_into(w, lowbit::matrix_f::Ones(2, 256), lowbit::act_fp32{}, y_wrong, ws), lowbit::shape_error);
     CHECK_THROWS_AS((void)lowbit::gemm(w, lowbit::matrix_f::Ones(1, 256), lowbit::act_int{9}), lowbit::invalid_argument);
     CHECK_THROWS_AS((void)lowbit::gemm(w, lowbit::matrix_f::Ones(1, 256), lowbit::act_int{1}), lowbit::invalid_argument);
     const auto a = lowbit::quantize_activations(lowbit::matrix_f::Ones(1, 256));

@@ -183,6 +183,25 @@ TEST_CASE("gguf_model: quantized records export exactly, unrepresentable recipes
     CHECK(refusal("rtn-w4a8").empty());
     CHECK(refusal("absmean-w1.58a8").empty());
     CHECK(refusal("fp32-a4").find("quantizes activations") != std::string::npos);
+    // grouped int4 (per-128-column α and μ): refused before any work, and from its records, saying why
+    CHECK_THROWS_WITH_AS(lowbit::gguf_check_recipe(lowbit::find_recipe("gptq-w4-g128"), {}),
+                         doctest::Contains("Q4_1"), lowbit::invalid_argument);
+    lowbit::recipe mixed = lowbit::find_recipe("absmean-w1.58");
+    mixed.int4_linears = "wv";
+    CHECK_THROWS_WITH_AS(lowbit::gguf_check_recipe(mixed, {}), doctest::Contains("int4_linears=wv"), lowbit::invalid_argument);
+    CHECK(refusal("gptq-w4-g128").find("m = μ − 8α") != std::string::npos);
+    { // without the recipe, the grouped records themselves are refused (RTN: no calibration, 1 layer)
+        lowbit::recipe rtn_g = lowbit::find_recipe("rtn-w4");
+        rtn_g.group_size = 128;
+        lowbit::llama_model small = src.model;
+        small.blocks.resize(1);
+        small.config.n_layers = 1;
+        std::map<std::string, lowbit::linear_record> recs;
+        const auto qm = lowbit::quantize_model(small, rtn_g, {}, {}, &recs);
+        CHECK(recs.begin()->second.format == "int4_g128");
+        CHECK_THROWS_WITH_AS((void)lowbit::make_gguf(qm, src.tok, {}, &recs, nullptr), doctest::Contains("its weights are grouped int4"),
+                             lowbit::invalid_argument);
+    }
 }
 
 TEST_CASE("gguf_model: llama2.c model with its SentencePiece tokenizer") {

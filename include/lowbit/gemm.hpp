@@ -26,7 +26,10 @@
 /// form exact int32 digit sums per nibble half of each block (`int4_half_dots` of every arch/ path:
 /// scalar, generic, avx2, avx512 — also run for an amx request —, neon baseline ASIMD), combined
 /// into d_ig = Σ_{j∈g} t_ij·q_j and y_i = Σ_g (α_ig·s)·d_ig + μ_ig·Σ_{j∈g} x_j in double (`gemm`,
-/// `gemm_into`, `gemv`, `dot_groups`; bounds at each).
+/// `gemm_into`, `gemv`, `dot_groups`; bounds at each). With fp32 activations (weight-only): an AVX-512
+/// kernel decoding the nibbles in registers and scaling each group's lane sums by α_ig (avx512 and
+/// amx requests), a portable loop elsewhere, Eigen GEMM on rows decoded to float from 4 (AVX-512: 32)
+/// tokens; bound at `gemm_into(grouped_int4_matrix, …, act_fp32, …)`.
 ///
 /// ISA: `kernel_isa::automatic` picks, once per call, the best of avx512 (F/BW/VL/VNNI/VPOPCNTDQ/VBMI),
 /// avx2, neon (aarch64; `sdot` / `smmla` when the CPU has them), generic (xsimd in the caller's
@@ -451,29 +454,31 @@ namespace detail {
 inline constexpr Eigen::Index fp32_batched_min_tokens = 4;
 inline constexpr Eigen::Index fp32_batched_min_tokens_avx512 = 32;
 
+/// Float codes t of row i into out[0 .. w.padded_cols()) (AVX-512 decoder on an avx512/amx path,
+/// the scalar unpack elsewhere; the same values).
+template <PackedWeights M>
+inline void decode_codes_row_f32(const M& w, Eigen::Index i, kernel_isa path, float* out) {
+    using traits = pack_format<typename M::format>;
+#if LOWBIT_HAVE_X86_KERNELS
+    if (path == kernel_isa::avx512 || path == kernel_isa::amx) return avx512_kernels::decode_row_f32(w, i, out);
+#endif
+    (void)path;
+    std::array<std::uint8_t, traits::block_weights> u{};
+    for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
+        unpack_block<typename M::format>(w.block_data(i, b), u.data());
+        for (Eigen::Index j = 0; j < traits::block_weights; ++j)
+            out[b * traits::block_weights + j] = static_cast<float>(traits::digit_mul * u[static_cast<std::size_t>(j)] - traits::digit_offset);
+    }
+}
+
 /// Float codes t of rows [r0, r0 + nr) times α_i plus μ_i into wf.topRows(nr) (`wf` has w.cols() columns).
 template <PackedWeights M>
 inline void decode_rows_f32(const M& w, Eigen::Index r0, Eigen::Index nr, kernel_isa path, matrix_f& wf,
                             std::vector<float>& buf) {
-    using traits = pack_format<typename M::format>;
     buf.resize(static_cast<std::size_t>(w.padded_cols()));
-    [[maybe_unused]] const bool avx512 = path == kernel_isa::avx512 || path == kernel_isa::amx;
-    std::array<std::uint8_t, traits::block_weights> u{};
     for (Eigen::Index i = 0; i < nr; ++i) {
         const float a = w.scale()(r0 + i), mu = w.has_offset() ? w.offset()(r0 + i) : 0.0f;
-#if LOWBIT_HAVE_X86_KERNELS
-        if (avx512) {
-            avx512_kernels::decode_row_f32(w, r0 + i, buf.data());
-        } else
-#endif
-        {
-            for (Eigen::Index b = 0; b < w.blocks_per_row(); ++b) {
-                unpack_block<typename M::format>(w.block_data(r0 + i, b), u.data());
-                for (Eigen::Index j = 0; j < traits::block_weights; ++j)
-                    buf[static_cast<std::size_t>(b * traits::block_weights + j)] =
-                        static_cast<float>(traits::digit_mul * u[static_cast<std::size_t>(j)] - traits::digit_offset);
-            }
-        }
+        decode_codes_row_f32(w, r0 + i, path, buf.data());
         wf.row(i) = (Eigen::Map<const Eigen::RowVectorXf>(buf.data(), w.cols()) * a).array() + mu;
     }
 }
@@ -525,7 +530,12 @@ inline void gemm_into(const M& w, const cref_matrix_f& x, act_fp32, Eigen::Ref<m
     if (avx512) {
         ws.x_rows.resize(static_cast<std::size_t>(tokens));
         ws.x_sums.resize(static_cast<std::size_t>(tokens));
+        if constexpr (std::is_same_v<typename M::format, ternary_base3>) ws.row.resize(static_cast<std::size_t>(w.padded_cols()));
         for (Eigen::Index k = 0; k < tokens; ++k) {
+            if constexpr (std::is_same_v<typename M::format, ternary_base3>) { // the kernel's activation order
+                std::copy_n(ws.x_padded.row(k).data(), w.padded_cols(), ws.row.data());
+                detail::avx512_kernels::base3_x_order(ws.row.data(), ws.x_padded.row(k).data(), w.padded_cols());
+            }
             ws.x_rows[static_cast<std::size_t>(k)] = ws.x_padded.row(k).data();
             ws.x_sums[static_cast<std::size_t>(k)] = static_cast<float>(ws.sums[static_cast<std::size_t>(k)]);
         }
@@ -645,12 +655,23 @@ inline void gemv_into(const M& w, const cref_vector_f& x, act_fp32 act, Eigen::R
     detail::require<numeric_error>(std::isfinite(sum), where, "argument 'x' contains NaN or Inf");
     for (Eigen::Index j = n; j < np; ++j) xp[j] = 0.0f;
     const float xsum = static_cast<float>(sum);
+#if LOWBIT_HAVE_X86_KERNELS
+    constexpr bool base3 = std::is_same_v<typename M::format, ternary_base3>;
+    alignas(64) float xo[base3 ? detail::gemv_stack_cols : 1];
+    const float* x_kernel = xp;
+    if constexpr (base3) {
+        if (avx512) { // the AVX-512 kernel's activation order
+            detail::avx512_kernels::base3_x_order(xp, xo, np);
+            x_kernel = xo;
+        }
+    }
+#endif
     float d[detail::gemv_stack_rows];
     for (Eigen::Index r0 = 0; r0 < w.rows(); r0 += detail::gemv_stack_rows) {
         const Eigen::Index r1 = std::min(w.rows(), r0 + detail::gemv_stack_rows);
 #if LOWBIT_HAVE_X86_KERNELS
         if (avx512) {
-            const float* rows[1] = {xp};
+            const float* rows[1] = {x_kernel};
             detail::avx512_kernels::dot_rows_f32(w, r0, r1, rows, &xsum, 1, d, r1 - r0);
         } else
 #endif
@@ -882,49 +903,162 @@ inline void gemm_into(const grouped_int4_matrix& w, const cref_matrix_f& x, act_
     return y;
 }
 
-/// Y = X·Wᵀ for a grouped int4 matrix with fp32 activations (weight-only): per row and group the
-/// codes are decoded (scalar unpack) and Σ_{j∈g} t_ij·x_kj accumulated in float over 8 interleaved
-/// partial sums, then y_ki = Σ_g α_ig·that + μ_ig·Σ_{j∈g} x_kj in double, rounded once. One portable
-/// path for every `isa` (no SIMD kernel for this pair; the compiler vectorizes the partial sums).
-/// |y − exact| ≤ (G + 8)·u·Σ_g (|α_ig|·Σ_{j∈g}|t_ij x_kj|) + 2^-24·|exact| + 2^-45·Σ_g|μ_ig|·Σ_{j∈g}|x_kj|.
-/// \throws shape_error (cols mismatch, empty x), numeric_error (NaN/Inf in x). O(tokens·rows·cols).
-[[nodiscard]] inline matrix_f gemm(const grouped_int4_matrix& w, const cref_matrix_f& x, act_fp32,
-                                   kernel_isa isa = kernel_isa::automatic) {
-    constexpr const char* where = "gemm";
-    detail::require_kernel_shape(w.codes(), x.cols(), where, "x.cols()");
-    detail::require_nonempty(x, where, "x");
-    detail::require_finite(x, where, "x");
-    (void)detail::resolve_isa(isa, where);
-    const packed_matrix<int4>& c = w.codes();
-    const Eigen::Index ng = w.groups(), gc = w.group_cols(), n = x.cols(), np = c.padded_cols();
-    matrix_f xp = matrix_f::Zero(x.rows(), np);
-    xp.leftCols(n) = x;
-    std::vector<double> xs(static_cast<std::size_t>(x.rows() * ng), 0.0);
-    for (Eigen::Index k = 0; k < x.rows(); ++k)
-        for (Eigen::Index j = 0; j < n; ++j) xs[static_cast<std::size_t>(k * ng + j / gc)] += static_cast<double>(x(k, j));
-    std::vector<float> t(static_cast<std::size_t>(np));
-    std::uint8_t u[256];
-    matrix_f y(x.rows(), w.rows());
-    for (Eigen::Index i = 0; i < w.rows(); ++i) {
-        for (Eigen::Index b = 0; b < c.blocks_per_row(); ++b) {
-            detail::unpack_block<int4>(c.block_data(i, b), u);
-            for (int j = 0; j < 256; ++j) t[static_cast<std::size_t>(256 * b + j)] = static_cast<float>(static_cast<int>(u[j]) - 8);
+namespace detail {
+
+/// Rows [r0, r0 + nr) of a grouped int4 matrix decoded to float weights into wf.topRows(nr):
+/// wf(i, j) = α_ig·t_ij + μ_ig (j ∈ g; one float rounding per weight). `wf` has w.cols() columns.
+inline void decode_grouped_rows_f32(const grouped_int4_matrix& w, Eigen::Index r0, Eigen::Index nr, kernel_isa path, matrix_f& wf,
+                                    std::vector<float>& buf) {
+    const Eigen::Index gc = w.group_cols(), n = w.cols();
+    buf.resize(static_cast<std::size_t>(w.codes().padded_cols()));
+    for (Eigen::Index i = 0; i < nr; ++i) {
+        decode_codes_row_f32(w.codes(), r0 + i, path, buf.data());
+        for (Eigen::Index g = 0; g < w.groups(); ++g) {
+            const Eigen::Index j0 = g * gc, len = std::min(gc, n - j0);
+            wf.row(i).segment(j0, len) =
+                (Eigen::Map<const Eigen::RowVectorXf>(buf.data() + j0, len) * w.scale()(r0 + i, g)).array() + w.offset()(r0 + i, g);
         }
-        for (Eigen::Index k = 0; k < x.rows(); ++k) {
-            const float* xk = xp.row(k).data();
+    }
+}
+
+/// The per-token fp32 path of the grouped int4 GEMM for rows [r0, r1): y[k·ldy + i] (absolute row i) =
+/// Σ_g α_ig·S_kig + Σ_g μ_ig·gsum[k·groups + g], S_kig = Σ_{j∈g} t_ij·x_k[j], the sum over g in
+/// double and rounded to float once. x[k]: token k's activations zero-padded to the packed width;
+/// gsum: Σ_{j∈g} x_kj in double. S: on an avx512 (or amx) path the AVX-512 kernel (lane sums scaled
+/// by α in float, arch/avx512_fp32.hpp); elsewhere the portable loop (codes decoded once per row into
+/// `tbuf`, 8 interleaved float partial sums per group, α·S added in double). Scratch: `dots`
+/// (tokens·(r1 − r0) floats), `tbuf` (padded-cols floats). O(tokens·(r1 − r0)·cols).
+inline void grouped_int4_f32_rows(const grouped_int4_matrix& w, Eigen::Index r0, Eigen::Index r1, const float* const* x,
+                                  const double* gsum, Eigen::Index tokens, kernel_isa path, float* dots, float* tbuf, float* y,
+                                  Eigen::Index ldy) {
+    const packed_matrix<int4>& c = w.codes();
+    const Eigen::Index ng = w.groups(), gc = w.group_cols(), np = c.padded_cols(), nr = r1 - r0;
+#if LOWBIT_HAVE_X86_KERNELS
+    if (path == kernel_isa::avx512 || path == kernel_isa::amx) {
+        avx512_kernels::dot_rows_grouped_int4_f32(c, w.scale().data(), ng, gc, r0, r1, x, tokens, dots, nr);
+        for (Eigen::Index k = 0; k < tokens; ++k)
+            for (Eigen::Index i = r0; i < r1; ++i) {
+                const float* mu = w.offset().row(i).data();
+                double acc = static_cast<double>(dots[k * nr + i - r0]);
+                for (Eigen::Index g = 0; g < ng; ++g) acc += static_cast<double>(mu[g]) * gsum[k * ng + g];
+                y[k * ldy + i] = static_cast<float>(acc);
+            }
+        return;
+    }
+#endif
+    (void)dots;
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        decode_codes_row_f32(c, i, kernel_isa::scalar, tbuf);
+        for (Eigen::Index k = 0; k < tokens; ++k) {
+            const float* xk = x[k];
             double acc = 0.0;
             for (Eigen::Index g = 0; g < ng; ++g) {
                 float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                 for (Eigen::Index j = g * gc; j < (g + 1) * gc && j < np; j += 8)
-                    for (int l = 0; l < 8; ++l) part[l] += t[static_cast<std::size_t>(j + l)] * xk[j + l];
+                    for (int l = 0; l < 8; ++l) part[l] += tbuf[j + l] * xk[j + l];
                 const float sg = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-                acc += static_cast<double>(w.scale()(i, g)) * static_cast<double>(sg) +
-                       static_cast<double>(w.offset()(i, g)) * xs[static_cast<std::size_t>(k * ng + g)];
+                acc += static_cast<double>(w.scale()(i, g)) * static_cast<double>(sg) + static_cast<double>(w.offset()(i, g)) * gsum[k * ng + g];
             }
-            y(k, i) = static_cast<float>(acc);
+            y[k * ldy + i] = static_cast<float>(acc);
         }
     }
+}
+
+} // namespace detail
+
+/// Y = X·Wᵀ into `y` `[tokens x rows]` for a grouped int4 matrix with fp32 activations (weight-only),
+/// buffers from `ws` (a call of a shape `ws` has seen allocates nothing). Per token (decode): the
+/// codes are decoded to float inside the dot products and y_ki = Σ_g α_ig·S_kig + μ_ig·Σ_{j∈g} x_kj
+/// (S_kig = Σ_{j∈g} t_ij x_kj) — AVX-512 kernel on an avx512/amx path (each decoded weight vector shared
+/// by up to 4 tokens, lane sums scaled by α in float), a portable loop on the others (avx2, neon,
+/// generic and scalar requests: float partial sums per group, α·S in double). From
+/// `fp32_batched_min_tokens` (4; AVX-512: 32) tokens on a non-scalar path: 64-row blocks decoded to
+/// float weights α·t + μ once and multiplied with all tokens (Eigen GEMM). Every path:
+///     |y − exact| ≤ (n + 2·groups + 8)·u·Σ_g (|α_ig|·Σ_{j∈g}|t_ij x_kj| + |μ_ig|·Σ_{j∈g}|x_kj|) + u·|exact|
+/// (n = padded columns, u = 2⁻²⁴). O(tokens·rows·cols).
+/// \throws shape_error (cols mismatch, empty x, y shape), numeric_error (NaN/Inf in x), invalid_argument (ISA).
+inline void gemm_into(const grouped_int4_matrix& w, const cref_matrix_f& x, act_fp32, Eigen::Ref<matrix_f> y, gemm_workspace& ws,
+                      kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "gemm";
+    detail::require_kernel_shape(w.codes(), x.cols(), where, "x.cols()");
+    detail::require_nonempty(x, where, "x");
+    detail::require_finite(x, where, "x");
+    detail::require_dim(y.rows(), x.rows(), where, "y.rows()");
+    detail::require_dim(y.cols(), w.rows(), where, "y.cols()");
+    const kernel_isa path = detail::resolve_isa(isa, where);
+    const bool avx512 = LOWBIT_HAVE_X86_KERNELS && (path == kernel_isa::avx512 || path == kernel_isa::amx);
+    const Eigen::Index batched_from = avx512 ? detail::fp32_batched_min_tokens_avx512 : detail::fp32_batched_min_tokens;
+    const Eigen::Index tokens = x.rows(), rows = w.rows(), n = x.cols(), np = w.codes().padded_cols(), ng = w.groups();
+    if (tokens >= batched_from && path != kernel_isa::scalar) {
+        constexpr Eigen::Index rows_per_block = 64;
+        ws.decoded.resize(std::min<Eigen::Index>(rows_per_block, rows), n);
+        for (Eigen::Index r0 = 0; r0 < rows; r0 += rows_per_block) {
+            const Eigen::Index nr = std::min(rows_per_block, rows - r0);
+            detail::decode_grouped_rows_f32(w, r0, nr, path, ws.decoded, ws.row);
+            y.middleCols(r0, nr).noalias() = x * ws.decoded.topRows(nr).transpose();
+        }
+        return;
+    }
+    ws.x_padded.resize(tokens, np);
+    ws.x_padded.leftCols(n) = x;
+    ws.x_padded.rightCols(np - n).setZero();
+    ws.sums.assign(static_cast<std::size_t>(tokens * ng), 0.0);
+    ws.x_rows.resize(static_cast<std::size_t>(tokens));
+    for (Eigen::Index k = 0; k < tokens; ++k) {
+        ws.x_rows[static_cast<std::size_t>(k)] = ws.x_padded.row(k).data();
+        for (Eigen::Index j = 0; j < n; ++j) ws.sums[static_cast<std::size_t>(k * ng + j / w.group_cols())] += static_cast<double>(x(k, j));
+    }
+    ws.fdots.resize(static_cast<std::size_t>(tokens * rows));
+    ws.row.resize(static_cast<std::size_t>(np));
+    detail::grouped_int4_f32_rows(w, 0, rows, ws.x_rows.data(), ws.sums.data(), tokens, path, ws.fdots.data(), ws.row.data(), y.data(),
+                                  y.outerStride());
+}
+
+/// Y = X·Wᵀ `[tokens x rows]` for a grouped int4 matrix with fp32 activations: `gemm_into` with a
+/// fresh workspace (same results and bound).
+/// \throws as gemm_into. O(tokens·rows·cols).
+[[nodiscard]] inline matrix_f gemm(const grouped_int4_matrix& w, const cref_matrix_f& x, act_fp32 act,
+                                   kernel_isa isa = kernel_isa::automatic) {
+    gemm_workspace ws;
+    matrix_f y(x.rows(), w.rows());
+    gemm_into(w, x, act, y, ws, isa);
     return y;
+}
+
+/// y = W·x for one token into `y` (length w.rows()) for a grouped int4 matrix with fp32 activations:
+/// bit-identical to `gemm(w, x as 1×n, act_fp32, isa)` (its per-token path). For padded widths ≤
+/// detail::gemv_stack_cols the padded activations, group sums and dot products live on the stack (no
+/// allocation: the decode step of a layer); wider rows take gemm_into with a local workspace.
+/// \throws shape_error (lengths), numeric_error (NaN/Inf in x), invalid_argument (ISA). O(rows·cols).
+inline void gemv_into(const grouped_int4_matrix& w, const cref_vector_f& x, act_fp32 act, Eigen::Ref<vector_f> y,
+                      kernel_isa isa = kernel_isa::automatic) {
+    constexpr const char* where = "gemv_into";
+    detail::require_kernel_shape(w.codes(), x.size(), where, "x length");
+    detail::require_dim(y.size(), w.rows(), where, "y length");
+    const Eigen::Index n = x.size(), np = w.codes().padded_cols();
+    if (np > detail::gemv_stack_cols) {
+        gemm_workspace ws;
+        matrix_f yr(1, w.rows());
+        gemm_into(w, Eigen::Map<const matrix_f>(x.data(), 1, n), act, yr, ws, isa);
+        y = yr.row(0).transpose();
+        return;
+    }
+    const kernel_isa path = detail::resolve_isa(isa, where);
+    alignas(64) float xp[detail::gemv_stack_cols];
+    alignas(64) float tbuf[detail::gemv_stack_cols];
+    double gsum[detail::gemv_stack_cols / 128] = {};
+    for (Eigen::Index j = 0; j < n; ++j) {
+        detail::require<numeric_error>(std::isfinite(x(j)), where, "argument 'x' contains NaN or Inf");
+        xp[j] = x(j);
+        gsum[j / w.group_cols()] += static_cast<double>(x(j));
+    }
+    std::fill(xp + n, xp + np, 0.0f);
+    const float* xr[1] = {xp};
+    float d[detail::gemv_stack_rows];
+    for (Eigen::Index r0 = 0; r0 < w.rows(); r0 += detail::gemv_stack_rows) {
+        const Eigen::Index r1 = std::min(w.rows(), r0 + detail::gemv_stack_rows);
+        detail::grouped_int4_f32_rows(w, r0, r1, xr, gsum, 1, path, d, tbuf, y.data(), 0);
+    }
 }
 
 /// y = W·x for a grouped int4 matrix (`act_int{bits}` or `act_fp32`), as `gemm` with one token.

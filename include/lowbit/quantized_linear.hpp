@@ -113,11 +113,23 @@ struct linear_kernel<packed_matrix<F>, Act> {
 };
 
 /// Grouped int4 weights (per-group scale and offset) × fp32 or integer activations: gemm.hpp's
-/// grouped kernels.
+/// grouped kernels. One token with fp32 activations (decode) runs `gemv_into` straight into y (no
+/// allocation); otherwise `gemm_into` with a workspace local to the call. Results are those of
+/// `gemm(w, x, act)` bit for bit.
 template <class Act>
     requires(std::is_same_v<Act, act_fp32> || std::is_same_v<Act, act_int>)
 struct linear_kernel<grouped_int4_matrix, Act> {
-    static void run(const grouped_int4_matrix& w, const Act& act, const cref_matrix_f& x, matrix_f& y) { y = gemm(w, x, act); }
+    static void run(const grouped_int4_matrix& w, const Act& act, const cref_matrix_f& x, matrix_f& y) {
+        y.resize(x.rows(), w.rows());
+        if constexpr (std::is_same_v<Act, act_fp32>) {
+            if (x.rows() == 1) {
+                gemv_into(w, Eigen::Map<const vector_f>(x.data(), x.cols()), act, Eigen::Map<vector_f>(y.data(), w.rows()));
+                return;
+            }
+        }
+        gemm_workspace ws;
+        gemm_into(w, x, act, y, ws);
+    }
 };
 
 /// Dense weights × fp32 activations: Eigen GEMM.

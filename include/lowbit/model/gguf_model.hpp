@@ -74,6 +74,13 @@ namespace detail {
 
 [[noreturn]] inline void gguf_refuse(const std::string& what) { throw invalid_argument("lowbit: export_gguf: " + what); }
 
+/// Why grouped int4 (records "int4_g128" / "int4_g256") has no exact GGUF form.
+[[nodiscard]] inline std::string grouped_int4_gguf_reason() {
+    return "grouped int4 (an fp16 scale α and offset μ per row and 128 or 256 columns, w = α·(u − 8) + μ), which has no "
+           "exact GGUF form: the nearest type, Q4_1 (w = d·u + m per 32 weights), needs m = μ − 8α as an fp16 value, which it "
+           "is not in general (per-row int4 recipes export as Q4_0)";
+}
+
 /// Row order of wq/wk when converting between RoPE layouts (see the file comment). `to_interleaved`:
 /// new row h·d + 2i + s takes old row h·d + s·d/2 + i; otherwise the inverse.
 inline std::vector<Eigen::Index> gguf_rope_rows(int heads, int d, bool to_interleaved) {
@@ -258,6 +265,7 @@ inline gguf_encoded gguf_encode_linear(const linear_operator& op, const linear_r
     else if (rec->format == "salient_binary")
         gguf_refuse(who + "BiLLM's salient-binary layout (three groups with their own scales per row and block) "
                           "matches no GGUF block format");
+    else if (rec->format.rfind("int4_g", 0) == 0) gguf_refuse(who + "its weights are " + grouped_int4_gguf_reason());
     else gguf_refuse(who + "unknown record format '" + rec->format + "'");
     if (type != io::ggml_type::q4_0 && type != io::ggml_type::tq1_0 && type != io::ggml_type::tq2_0)
         gguf_refuse("options.ternary_type must be TQ1_0 or TQ2_0");
@@ -366,7 +374,8 @@ inline void gguf_put_tokenizer(io::gguf_writer& w, const text_tokenizer& tok, in
 } // namespace detail
 
 /// Refuses a recipe whose run-time math llama.cpp cannot express (online rotations; activation
-/// quantization below 8 bits and NLI operators unless `o.weights_only`). Called by `make_gguf`, and
+/// quantization below 8 bits and NLI operators unless `o.weights_only`) or whose records have no
+/// exact GGUF block format (grouped int4: `group_size` with int4 weights, `int4_linears`). Called by `make_gguf`, and
 /// by tools before they spend minutes quantizing. \throws invalid_argument saying why.
 inline void gguf_check_recipe(const recipe& spec, const gguf_export_options& o) {
     if (spec.rotation != rotation_kind::none)
@@ -386,6 +395,11 @@ inline void gguf_check_recipe(const recipe& spec, const gguf_export_options& o) 
                             " bits); llama.cpp keeps them at 8 bits or more (set weights_only to export the weights anyway)");
     if (spec.nli && !o.weights_only)
         detail::gguf_refuse("recipe '" + spec.name + "' runs NLI piecewise-linear SiLU/exp/rsqrt; llama.cpp uses the exact functions (set weights_only)");
+    if (spec.weights == weight_scheme::int4 && spec.group_size > 0)
+        detail::gguf_refuse("recipe '" + spec.name + "' stores " + detail::grouped_int4_gguf_reason());
+    if (!spec.int4_linears.empty())
+        detail::gguf_refuse("recipe '" + spec.name + "' (int4_linears=" + spec.int4_linears + ") stores " +
+                            detail::grouped_int4_gguf_reason());
 }
 
 /// The GGUF architecture llama.cpp would run `m` as: "llama", "qwen3" or "qwen3moe".
