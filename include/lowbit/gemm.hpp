@@ -482,6 +482,35 @@ inline void decode_rows_f32(const M& w, Eigen::Index r0, Eigen::Index nr, kernel
         wf.row(i) = (Eigen::Map<const Eigen::RowVectorXf>(buf.data(), w.cols()) * a).array() + mu;
     }
 }
+
+/// The start every fp32-activation `gemm_into` shares: checks x against the packed `codes` and y
+/// against `rows`, resolves the ISA into `path`, and from `fp32_batched_min_tokens` (4; AVX-512: 32)
+/// tokens on a non-scalar path runs the batched product — `decode(r0, nr, path, wf, buf)` writes 64-row
+/// blocks of float weights into wf.topRows(nr), Eigen multiplies them with every token — and returns
+/// true; false: the caller runs its per-token path. \throws as the gemm_into overloads.
+template <class Codes, class Decode>
+[[nodiscard]] bool fp32_gemm_start(const Codes& codes, Eigen::Index rows, const cref_matrix_f& x, Eigen::Ref<matrix_f>& y,
+                                   gemm_workspace& ws, kernel_isa isa, kernel_isa& path, Decode&& decode) {
+    constexpr const char* where = "gemm";
+    require_kernel_shape(codes, x.cols(), where, "x.cols()");
+    require_nonempty(x, where, "x");
+    require_finite(x, where, "x");
+    require_dim(y.rows(), x.rows(), where, "y.rows()");
+    require_dim(y.cols(), rows, where, "y.cols()");
+    path = resolve_isa(isa, where);
+    const bool avx512 = LOWBIT_HAVE_X86_KERNELS && (path == kernel_isa::avx512 || path == kernel_isa::amx);
+    if (x.rows() < (avx512 ? fp32_batched_min_tokens_avx512 : fp32_batched_min_tokens) || path == kernel_isa::scalar) return false;
+    // Batched tokens (prefill, perplexity): decode a block of weight rows to float once and multiply
+    // it with every token (Eigen GEMM), instead of decoding the weights per token.
+    constexpr Eigen::Index rows_per_block = 64;
+    ws.decoded.resize(std::min<Eigen::Index>(rows_per_block, rows), x.cols());
+    for (Eigen::Index r0 = 0; r0 < rows; r0 += rows_per_block) {
+        const Eigen::Index nr = std::min(rows_per_block, rows - r0);
+        decode(r0, nr, path, ws.decoded, ws.row);
+        y.middleCols(r0, nr).noalias() = x * ws.decoded.topRows(nr).transpose();
+    }
+    return true;
+}
 } // namespace detail
 
 /// Y = X·Wᵀ into `y` `[tokens x out]` with fp32 activations (weight-only quantization), buffers from `ws`
@@ -495,27 +524,11 @@ inline void decode_rows_f32(const M& w, Eigen::Index r0, Eigen::Index nr, kernel
 template <PackedWeights M>
 inline void gemm_into(const M& w, const cref_matrix_f& x, act_fp32, Eigen::Ref<matrix_f> y, gemm_workspace& ws,
                       kernel_isa isa = kernel_isa::automatic) {
-    constexpr const char* where = "gemm";
-    detail::require_kernel_shape(w, x.cols(), where, "x.cols()");
-    detail::require_nonempty(x, where, "x");
-    detail::require_finite(x, where, "x");
-    detail::require_dim(y.rows(), x.rows(), where, "y.rows()");
-    detail::require_dim(y.cols(), w.rows(), where, "y.cols()");
-    const kernel_isa path = detail::resolve_isa(isa, where);
-    const bool avx512 = LOWBIT_HAVE_X86_KERNELS && (path == kernel_isa::avx512 || path == kernel_isa::amx);
-    const Eigen::Index batched_from = avx512 ? detail::fp32_batched_min_tokens_avx512 : detail::fp32_batched_min_tokens;
-    if (x.rows() >= batched_from && path != kernel_isa::scalar) {
-        // Batched tokens (prefill, perplexity): decode a block of weight rows to float once and
-        // multiply it with every token (Eigen GEMM), instead of decoding the weights per token.
-        constexpr Eigen::Index rows_per_block = 64;
-        ws.decoded.resize(std::min<Eigen::Index>(rows_per_block, w.rows()), w.cols());
-        for (Eigen::Index r0 = 0; r0 < w.rows(); r0 += rows_per_block) {
-            const Eigen::Index nr = std::min(rows_per_block, w.rows() - r0);
-            detail::decode_rows_f32(w, r0, nr, path, ws.decoded, ws.row);
-            y.middleCols(r0, nr).noalias() = x * ws.decoded.topRows(nr).transpose();
-        }
+    kernel_isa path{};
+    if (detail::fp32_gemm_start(w, w.rows(), x, y, ws, isa, path, [&](Eigen::Index r0, Eigen::Index nr, kernel_isa p, matrix_f& wf,
+                                                                     std::vector<float>& buf) { detail::decode_rows_f32(w, r0, nr, p, wf, buf); }))
         return;
-    }
+    [[maybe_unused]] const bool avx512 = LOWBIT_HAVE_X86_KERNELS && (path == kernel_isa::avx512 || path == kernel_isa::amx);
     // Per token: activations zero-padded to the packed width; Σx in double for the μ term.
     const Eigen::Index tokens = x.rows(), rows = w.rows();
     ws.x_padded.resize(tokens, w.padded_cols());
@@ -979,26 +992,13 @@ inline void grouped_int4_f32_rows(const grouped_int4_matrix& w, Eigen::Index r0,
 /// \throws shape_error (cols mismatch, empty x, y shape), numeric_error (NaN/Inf in x), invalid_argument (ISA).
 inline void gemm_into(const grouped_int4_matrix& w, const cref_matrix_f& x, act_fp32, Eigen::Ref<matrix_f> y, gemm_workspace& ws,
                       kernel_isa isa = kernel_isa::automatic) {
-    constexpr const char* where = "gemm";
-    detail::require_kernel_shape(w.codes(), x.cols(), where, "x.cols()");
-    detail::require_nonempty(x, where, "x");
-    detail::require_finite(x, where, "x");
-    detail::require_dim(y.rows(), x.rows(), where, "y.rows()");
-    detail::require_dim(y.cols(), w.rows(), where, "y.cols()");
-    const kernel_isa path = detail::resolve_isa(isa, where);
-    const bool avx512 = LOWBIT_HAVE_X86_KERNELS && (path == kernel_isa::avx512 || path == kernel_isa::amx);
-    const Eigen::Index batched_from = avx512 ? detail::fp32_batched_min_tokens_avx512 : detail::fp32_batched_min_tokens;
-    const Eigen::Index tokens = x.rows(), rows = w.rows(), n = x.cols(), np = w.codes().padded_cols(), ng = w.groups();
-    if (tokens >= batched_from && path != kernel_isa::scalar) {
-        constexpr Eigen::Index rows_per_block = 64;
-        ws.decoded.resize(std::min<Eigen::Index>(rows_per_block, rows), n);
-        for (Eigen::Index r0 = 0; r0 < rows; r0 += rows_per_block) {
-            const Eigen::Index nr = std::min(rows_per_block, rows - r0);
-            detail::decode_grouped_rows_f32(w, r0, nr, path, ws.decoded, ws.row);
-            y.middleCols(r0, nr).noalias() = x * ws.decoded.topRows(nr).transpose();
-        }
+    kernel_isa path{};
+    if (detail::fp32_gemm_start(w.codes(), w.rows(), x, y, ws, isa, path,
+                                [&](Eigen::Index r0, Eigen::Index nr, kernel_isa p, matrix_f& wf, std::vector<float>& buf) {
+                                    detail::decode_grouped_rows_f32(w, r0, nr, p, wf, buf);
+                                }))
         return;
-    }
+    const Eigen::Index tokens = x.rows(), rows = w.rows(), n = x.cols(), np = w.codes().padded_cols(), ng = w.groups();
     ws.x_padded.resize(tokens, np);
     ws.x_padded.leftCols(n) = x;
     ws.x_padded.rightCols(np - n).setZero();

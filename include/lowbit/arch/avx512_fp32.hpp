@@ -168,8 +168,8 @@ LOWBIT_AVX512_TARGET inline void accumulate_row_f32(const M& w, Eigen::Index i, 
                 const Eigen::Index c = c0 + 64 * k;
                 fma_tokens<NT>(acc, 0, lookup(_mm512_srli_epi16(te, 8), table), x, c);
                 fma_tokens<NT>(acc, 1, lookup(_mm512_srli_epi16(to, 8), table), x, c + 16);
-                fma_tokens<NT>(acc, 2, lookup(_mm512_srli_epi32(te, 24), table), x, c + 32);
-                fma_tokens<NT>(acc, 3, lookup(_mm512_srli_epi32(to, 24), table), x, c + 48);
+                fma_tokens<NT>(acc, 2, lookup(_mm512_maskz_srli_epi32(0xFFFF, te, 24), table), x, c + 32);
+                fma_tokens<NT>(acc, 3, lookup(_mm512_maskz_srli_epi32(0xFFFF, to, 24), table), x, c + 48);
                 se = _mm512_and_si512(te, word_low_byte);
                 so = _mm512_and_si512(to, word_low_byte);
             }
