@@ -945,9 +945,10 @@ inline void grouped_int4_f32_rows(const grouped_int4_matrix& w, Eigen::Index r0,
                                   const double* gsum, Eigen::Index tokens, kernel_isa path, float* dots, float* tbuf, float* y,
                                   Eigen::Index ldy) {
     const packed_matrix<int4>& c = w.codes();
-    const Eigen::Index ng = w.groups(), gc = w.group_cols(), np = c.padded_cols(), nr = r1 - r0;
+    const Eigen::Index ng = w.groups(), gc = w.group_cols(), np = c.padded_cols();
 #if LOWBIT_HAVE_X86_KERNELS
     if (path == kernel_isa::avx512 || path == kernel_isa::amx) {
+        const Eigen::Index nr = r1 - r0;
         avx512_kernels::dot_rows_grouped_int4_f32(c, w.scale().data(), ng, gc, r0, r1, x, tokens, dots, nr);
         for (Eigen::Index k = 0; k < tokens; ++k)
             for (Eigen::Index i = r0; i < r1; ++i) {
