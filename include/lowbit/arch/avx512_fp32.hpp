@@ -17,7 +17,8 @@
 ///   read in `base3_x_order` (the callers reorder each token's x once per call);
 /// - binary1: the 16 code bits, loaded as a k-mask, select the x_j with t_j = +1 for a masked add:
 ///   P = Σ_{t=+1} x_j, one ALU instruction per 16 weights; Σ t·x = 2P − Σx.
-/// Up to 4 tokens share each decoded weight vector (4 accumulators per token, one per digit plane).
+/// Up to 4 tokens share each decoded weight vector (4 accumulators per token: one per digit plane;
+/// base 3: one per byte position r).
 ///
 /// Error: every product t·x is exact (t ∈ small integers), the sums are float in a fixed order per
 /// compiled path, so |result − Σ_j t_ij x_j| ≤ (n + 2)·u·Σ_j |t_ij x_j| (n = padded columns, u = 2^-24),
