@@ -969,6 +969,21 @@ TEST_CASE("grouped int4: gemm/gemv within the stated bounds of a double referenc
         }
 }
 
+TEST_CASE("grouped int4: gemv_into on rows wider than its stack buffers equals gemm's per-token path") {
+    const Eigen::Index rows = 3, cols = 4400; // padded 4608 > detail::gemv_stack_cols: the gemm_into route
+    const lowbit::matrix_i8 c = random_codes<lowbit::int4>(rows, cols, 31);
+    const auto w = lowbit::pack_grouped_int4(c, 128, fp16_params(rows, 35, 0.01f, 5), fp16_params(rows, 35, 0.002f, 6));
+    REQUIRE(w.codes().padded_cols() > lowbit::detail::gemv_stack_cols);
+    const lowbit::matrix_f x = random_x(1, cols, 32);
+    for (kernel_isa isa : all_isas) {
+        if (!lowbit::isa_available(isa)) continue;
+        CAPTURE(lowbit::isa_name(isa));
+        lowbit::vector_f y(rows);
+        lowbit::gemv_into(w, x.row(0).transpose(), lowbit::act_fp32{}, y, isa);
+        CHECK(y == lowbit::gemm(w, x, lowbit::act_fp32{}, isa).row(0).transpose());
+    }
+}
+
 TEST_CASE("grouped int4: bad input") {
     const lowbit::matrix_i8 c = random_codes<lowbit::int4>(3, 256, 1);
     const auto w = lowbit::pack_grouped_int4(c, 128, fp16_params(3, 2, 0.01f, 1), fp16_params(3, 2, 0.01f, 2));

@@ -590,8 +590,9 @@ inline constexpr Eigen::Index gemv_stack_cols = 4096;
 inline constexpr Eigen::Index gemv_stack_rows = 1024;
 
 /// `gemv_into`'s path for rows wider than `gemv_stack_cols`: the one-token `gemm_into` with a local
-/// workspace (allocates). Same results as the stack path would give (both equal `gemm`).
-template <PackedWeights M, class Act>
+/// workspace (allocates). Same results as the stack path would give (both equal `gemm`). `M`: a
+/// packed matrix or a grouped_int4_matrix.
+template <class M, class Act>
 void gemv_by_gemm(const M& w, const cref_vector_f& x, const Act& act, Eigen::Ref<vector_f> y, kernel_isa isa) {
     gemm_workspace ws;
     matrix_f yr(1, w.rows());
@@ -1037,22 +1038,19 @@ inline void gemv_into(const grouped_int4_matrix& w, const cref_vector_f& x, act_
     detail::require_kernel_shape(w.codes(), x.size(), where, "x length");
     detail::require_dim(y.size(), w.rows(), where, "y length");
     const Eigen::Index n = x.size(), np = w.codes().padded_cols();
-    if (np > detail::gemv_stack_cols) {
-        gemm_workspace ws;
-        matrix_f yr(1, w.rows());
-        gemm_into(w, Eigen::Map<const matrix_f>(x.data(), 1, n), act, yr, ws, isa);
-        y = yr.row(0).transpose();
-        return;
-    }
+    if (np > detail::gemv_stack_cols) return detail::gemv_by_gemm(w, x, act, y, isa);
     const kernel_isa path = detail::resolve_isa(isa, where);
     alignas(64) float xp[detail::gemv_stack_cols];
     alignas(64) float tbuf[detail::gemv_stack_cols];
     double gsum[detail::gemv_stack_cols / 128] = {};
+    double sum = 0.0;
     for (Eigen::Index j = 0; j < n; ++j) {
-        detail::require<numeric_error>(std::isfinite(x(j)), where, "argument 'x' contains NaN or Inf");
         xp[j] = x(j);
         gsum[j / w.group_cols()] += static_cast<double>(x(j));
+        sum += static_cast<double>(x(j));
     }
+    // finite iff every x_j is (as in the packed gemv_into: no second pass over x)
+    detail::require<numeric_error>(std::isfinite(sum), where, "argument 'x' contains NaN or Inf");
     std::fill(xp + n, xp + np, 0.0f);
     const float* xr[1] = {xp};
     float d[detail::gemv_stack_rows];
