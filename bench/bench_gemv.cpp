@@ -163,7 +163,7 @@ void mxfp4_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool
     for (Eigen::Index i = 0; i < c.size(); ++i) c.data()[i] = static_cast<std::uint8_t>(dc(rng));
     for (Eigen::Index i = 0; i < e.size(); ++i) e.data()[i] = static_cast<std::uint8_t>(de(rng));
     const auto w0 = lowbit::pack_mxfp4<L>(c, e);
-    const std::size_t n = dram ? lowbit_bench::dram_bytes / w0.bytes().size() + 1 : 1;
+    const std::size_t n = dram ? lowbit_bench::dram_bytes() / w0.bytes().size() + 1 : 1;
     std::vector<lowbit::packed_mxfp4<L>> w(n, w0);
     const lowbit::matrix_f x = random_activations(1, cols, 1);
     lowbit::matrix_f y(1, rows);
@@ -202,6 +202,10 @@ const int registered = [] {
             benchmark::RegisterBenchmark(("gemv/eigen_fp32/" + shape(r, c) + where + "/threads:1").c_str(),
                                          [=](benchmark::State& s) { lowbit_bench::eigen_fp32_gemv(s, r, c, dram); })
                 ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            if (r == 4096 && c == 4096) // the same GEMV on two row halves: the two-thread read roof
+                benchmark::RegisterBenchmark(("gemv/eigen_fp32/" + shape(r, c) + where + "/threads:2").c_str(),
+                                             [=](benchmark::State& s) { lowbit_bench::eigen_fp32_gemv_threads(s, r, c, dram, 2); })
+                    ->Unit(benchmark::kMicrosecond)->UseRealTime();
             for (int t : {1, 2})
                 benchmark::RegisterBenchmark(("gemv/ternary2_i8/" + shape(r, c) + where + "/threads:" + std::to_string(t)).c_str(),
                                              [=](benchmark::State& s) { packed_gemv<lowbit::ternary2>(s, r, c, dram, t); })

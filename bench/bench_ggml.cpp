@@ -244,7 +244,7 @@ std::string probe(ggml_type type, ggml_backend_buffer_type_t buft, int tokens) {
 }
 
 std::size_t copy_count(std::size_t bytes, bool dram) {
-    return dram ? std::max<std::size_t>(2, lowbit_bench::dram_bytes / bytes + 1) : 1;
+    return dram ? std::max<std::size_t>(2, lowbit_bench::dram_bytes() / bytes + 1) : 1;
 }
 
 void set_counters(benchmark::State& st, std::size_t bytes, int rows, int cols) {

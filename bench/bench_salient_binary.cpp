@@ -47,7 +47,7 @@ void salient_gemm(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Ei
     }
     const auto w0 = random_salient(rows, cols, 7);
     const std::size_t bytes = w0.bytes().size();
-    const std::size_t n = dram ? std::max<std::size_t>(2, lowbit_bench::dram_bytes / bytes + 1) : 1;
+    const std::size_t n = dram ? std::max<std::size_t>(2, lowbit_bench::dram_bytes() / bytes + 1) : 1;
     std::vector<lowbit::salient_binary_matrix> w(n, w0);
     const lowbit::matrix_f x = lowbit_bench::random_activations(tokens, cols, 1);
     lowbit::matrix_f y(tokens, rows);

@@ -15,12 +15,21 @@
 #include <functional>
 #include <random>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 namespace lowbit_bench {
 
-/// Bytes that a "dram" case cycles through (well above the 32 MiB L3).
-inline constexpr std::size_t dram_bytes = std::size_t(256) << 20;
+/// Bytes that a "dram" case cycles through: 256 MiB, or twice the last-level cache the CPU reports
+/// (sysconf's L3 size; some server CPUs report 300 MiB and more), so that every call reads from DRAM.
+inline std::size_t dram_bytes() {
+    std::size_t bytes = std::size_t(256) << 20;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (l3 > 0 && 2 * static_cast<std::size_t>(l3) > bytes) bytes = 2 * static_cast<std::size_t>(l3);
+#endif
+    return bytes;
+}
 
 template <class F>
 lowbit::packed_matrix<F> random_packed(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed) {
@@ -28,10 +37,10 @@ lowbit::packed_matrix<F> random_packed(Eigen::Index rows, Eigen::Index cols, std
 }
 
 /// `n` independent copies of `w` (packed_matrix or interleaved_matrix; n = 1 for cache-resident
-/// cases, enough for dram_bytes otherwise).
+/// cases, enough for dram_bytes() otherwise).
 template <class M>
 std::vector<M> copies(const M& w, bool dram) {
-    const std::size_t n = dram ? std::max<std::size_t>(2, dram_bytes / w.bytes().size() + 1) : 1;
+    const std::size_t n = dram ? std::max<std::size_t>(2, dram_bytes() / w.bytes().size() + 1) : 1;
     std::vector<M> v;
     v.reserve(n);
     for (std::size_t i = 0; i < n; ++i) v.emplace_back(w.rows(), w.cols(), w.bytes(), w.scale(), w.offset());
@@ -47,7 +56,7 @@ inline lowbit::matrix_f random_activations(Eigen::Index tokens, Eigen::Index col
 }
 
 /// Weight-only packed GEMM (GEMV for 1 token) with fp32 activations: gemm_into(w, x, act_fp32, y,
-/// workspace), one matrix ("cache") or cycling through >= dram_bytes of copies ("dram").
+/// workspace), one matrix ("cache") or cycling through >= dram_bytes() of copies ("dram").
 /// Counters: packed_bytes, bits_per_weight.
 template <class F>
 void packed_gemm_f32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Eigen::Index tokens, bool dram) {
@@ -67,11 +76,17 @@ void packed_gemm_f32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols,
     st.counters["bits_per_weight"] = w0.bits_per_weight();
 }
 
+/// `eigen_fp32_gemv`'s weights: one random matrix ("cache") or >= dram_bytes() of copies ("dram").
+inline std::vector<lowbit::matrix_f> eigen_fp32_copies(Eigen::Index rows, Eigen::Index cols, bool dram) {
+    const std::size_t n = dram ? std::max<std::size_t>(2, dram_bytes() / (sizeof(float) * rows * cols) + 1) : 1;
+    return std::vector<lowbit::matrix_f>(n, lowbit::matrix_f::Random(rows, cols));
+}
+
 /// Baseline GEMV y = W·x with Eigen FP32, 1 thread: one matrix ("cache") or cycling through
-/// >= dram_bytes of copies ("dram"). Counter packed_bytes = the FP32 weight bytes.
+/// >= dram_bytes() of copies ("dram"). Counter packed_bytes = the FP32 weight bytes.
 inline void eigen_fp32_gemv(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram) {
-    const std::size_t n = dram ? std::max<std::size_t>(2, dram_bytes / (sizeof(float) * rows * cols) + 1) : 1;
-    std::vector<lowbit::matrix_f> w(n, lowbit::matrix_f::Random(rows, cols));
+    const std::vector<lowbit::matrix_f> w = eigen_fp32_copies(rows, cols, dram);
+    const std::size_t n = w.size();
     const lowbit::vector_f x = random_activations(1, cols, 1).row(0).transpose();
     lowbit::vector_f y(rows);
     std::size_t k = 0;
@@ -191,6 +206,32 @@ private:
 inline std::pair<Eigen::Index, Eigen::Index> part_rows(Eigen::Index rows, int p, int n) {
     const Eigen::Index h = (rows / n + 15) / 16 * 16;
     return {std::min(rows, h * p), p + 1 == n ? rows : std::min(rows, h * (p + 1))};
+}
+
+/// The Eigen FP32 GEMV of `eigen_fp32_gemv` split in two row halves over a thread_pair (1 thread:
+/// the plain GEMV): "dram" on 2 threads gives the two-thread read roof measured in the same process.
+/// Counters: packed_bytes (FP32 weight bytes), worker_share and part_cpu_us for 2 threads.
+inline void eigen_fp32_gemv_threads(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, bool dram, int threads) {
+    if (threads == 1) return eigen_fp32_gemv(st, rows, cols, dram);
+    const std::vector<lowbit::matrix_f> w = eigen_fp32_copies(rows, cols, dram);
+    const std::size_t n = w.size();
+    const lowbit::vector_f x = random_activations(1, cols, 1).row(0).transpose();
+    lowbit::vector_f y(rows);
+    thread_pair pool(threads);
+    std::size_t k = 0;
+    for (auto _ : st) {
+        const lowbit::matrix_f& wk = w[k];
+        pool.run([&](int p, int np) {
+            const auto [r0, r1] = part_rows(rows, p, np);
+            y.segment(r0, r1 - r0).noalias() = wk.middleRows(r0, r1 - r0) * x;
+        });
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+        k = (k + 1) % n;
+    }
+    st.counters["packed_bytes"] = double(sizeof(float) * rows * cols);
+    st.counters["worker_share"] = pool.worker_share();
+    st.counters["part_cpu_us"] = pool.part_cpu_us();
 }
 
 } // namespace lowbit_bench

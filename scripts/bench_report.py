@@ -36,12 +36,16 @@ for name in sorted(os.listdir(res_dir)):
 
 key = lambda r: (r["prog"], r["op"], r["shape"], r["regime"])
 base = {key(r): r for r in rows if r["kernel"] == "eigen_fp32" and r["threads"] == 1}
+# the same Eigen GEMV split over two threads (bench_gemv, 4096²): the two-thread read roof
+base2 = {key(r): r for r in rows if r["kernel"] == "eigen_fp32" and r["threads"] == 2}
 lowbit = [r for r in rows if not r["kernel"].startswith("ggml_") and r["kernel"] != "eigen_fp32"]
 peers = [r for r in rows if r["kernel"].startswith("ggml_")]
 
 
 def roof_frac(r):
-    b = base.get(key(r))
+    """GB/s of a DRAM GEMV case / the read roof of its thread count (2 threads: the two-thread Eigen
+    GEMV where measured, else the one-thread roof)."""
+    b = (base2 if r["threads"] == 2 and key(r) in base2 else base).get(key(r))
     if not b or r["regime"] != "dram" or not r["bytes"]:
         return None
     return (r["bytes"] / r["t"]) / (b["bytes"] / b["t"])
@@ -87,14 +91,16 @@ w(f"- command: `{meta['command']}`")
 if meta.get("peer"):
     w(f"- peer: {meta['peer']}")
 w("")
-w("Regimes: \"cache\" reuses one weight matrix; \"dram\" cycles through ≥ 256 MiB of copies. Kernels named")
+w("Regimes: \"cache\" reuses one weight matrix; \"dram\" cycles through max(256 MiB, 2 × the L3 size the CPU")
+w("reports) of copies. Kernels named")
 w("`*_r4_*` run on the 4-row interleaved layout; `*_pool_*` through `gemm_parallel` over a")
 w("`lowbit::thread_pool`; `*_i8` quantize their activations to int8 per call inside the timed region,")
 w("`*_f32` take fp32 activations (weight-only). ggml cases (`ggml_<type>`: the CPU type traits'")
 w("`vec_dot`; `_graph`: `ggml_mul_mat` on the CPU backend; `_repack` / `_amx`: weights in ggml's")
 w("repacking / AMX buffer) quantize their activations with the type's `vec_dot_type` inside the timed")
 w("region too. roof_frac (DRAM GEMV) = packed GB/s / the GB/s at which Eigen FP32 streamed its weights")
-w("in the same process — the read roof measured in the same run. 2-thread wall times are true two-thread")
+w("in the same process — the read roof measured in the same run (2-thread cases: the same Eigen GEMV")
+w("split in two row halves over 2 threads, where measured). 2-thread wall times are true two-thread")
 w("figures only when worker_share = 1.00 (the other core was free); cpu_speedup_2t = 1-thread CPU time /")
 w("max thread CPU time of the two halves (robust to other processes). Earlier runs and the roof")
 w("arithmetic: docs/benchmarks-history.md.")
@@ -184,12 +190,23 @@ for regime in ("cache", "dram"):
                 and r["regime"] == regime and r["threads"] == 2])
     one_pool = best([r for r in lowbit if r["kernel"] == "ternary2_r4_pool_i8" and r["op"] == "gemv" and r["shape"] == "4096x4096"
                      and r["regime"] == regime and r["threads"] == 1])
-    if two and one_pool:
+    if two and one_pool and regime == "cache":
         x = one_pool["t"] / two["t"]
-        goal = 1.8 if regime == "cache" else None
-        target_row(f"thread_pool, 2 threads, ternary2 4096² {regime}: ≥ 1.8× (cache) / the 2-thread roof (DRAM)",
-                   f"{x:.2f}× wall ({one_pool['t'] * 1e6:.0f} → {two['t'] * 1e6:.0f} µs)",
-                   (x >= 1.8) if goal else None, f"{1.8 / x:.2f}×" if goal and x < 1.8 else None)
+        target_row("thread_pool, 2 threads, ternary2 4096² cache: ≥ 1.8×",
+                   f"{x:.2f}× wall ({one_pool['t'] * 1e6:.0f} → {two['t'] * 1e6:.0f} µs)", x >= 1.8, f"{1.8 / x:.2f}×" if x < 1.8 else None)
+    elif two and one_pool:
+        # "the 2-thread roof": ≥ 90 % of the GB/s of the Eigen FP32 GEMV split over the same 2 threads
+        f = roof_frac(two) if key(two) in base2 else None
+        x = one_pool["t"] / two["t"]
+        measured = f"{x:.2f}× wall ({one_pool['t'] * 1e6:.0f} → {two['t'] * 1e6:.0f} µs)"
+        if f is None:
+            target_row("thread_pool, 2 threads, ternary2 4096² dram: ≥ 90 % of the 2-thread read roof",
+                       measured + "; no 2-thread Eigen FP32 case in this run", None)
+        else:
+            b2 = base2[key(two)]
+            target_row("thread_pool, 2 threads, ternary2 4096² dram: ≥ 90 % of the 2-thread read roof",
+                       f"{100 * f:.0f} % ({two['bytes'] / two['t'] / 1e9:.1f} GB/s vs Eigen FP32 on 2 threads "
+                       f"{b2['bytes'] / b2['t'] / 1e9:.1f} GB/s); {measured}", f >= 0.9, f"{90 - 100 * f:.0f} points" if f < 0.9 else None)
 w("")
 w("ARM NEON paths: tested bit-exact under qemu-aarch64 in CI; their speed cannot be measured on this")
 w("x86 machine.")

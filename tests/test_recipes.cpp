@@ -575,6 +575,16 @@ TEST_CASE("grouped int4 recipes: packed int4_g128 records, bits counted from the
     CHECK_FALSE(lowbit::detail::record_recipe_mismatch(lowbit::find_recipe("gptq-w4-g128"), rec).empty());
 }
 
+TEST_CASE("twla-w1.58-mix is the measured mixture: twla-w1.58-kotms-e2e with int4_linears=wv/layers.0.w2") {
+    // docs/results.md measured the variant; the built-in name must run exactly those fields
+    const lowbit::recipe named = lowbit::find_recipe("twla-w1.58-mix");
+    const lowbit::recipe variant = lowbit::find_recipe("twla-w1.58-kotms-e2e:int4_linears=wv/layers.0.w2");
+    CHECK(lowbit::recipe_fields(named) == lowbit::recipe_fields(variant));
+    CHECK(named.int4_linears == "wv/layers.0.w2");
+    CHECK(named.tune_steps == 40);
+    CHECK(named.rotation == lowbit::rotation_kind::kotms);
+}
+
 TEST_CASE("int4_linears: the listed linears are grouped int4, the others as the recipe; saved, reloaded; refusals") {
     lowbit_test::temp_dir d("lowbit_test_int4_linears");
     lowbit::quantize_options qo;

@@ -369,6 +369,16 @@ struct recipe {
         q.tune_steps = 40;
         add(q);
     }
+    // A llama-quantize-style mixture: twla-w1.58-kotms-e2e with every value projection and the first
+    // layer's down projection in grouped int4 (int4_linears; llama-21M-en, 16 dev windows: 25.357 at
+    // 2.02 b/w against Q2_K's 25.483 at 2.93; docs/results.md "Mixed precision")
+    {
+        recipe q = *std::find_if(r.begin(), r.end(), [](const recipe& x) { return x.name == "twla-w1.58-kotms-e2e"; });
+        q.name = "twla-w1.58-mix";
+        q.description = "twla-w1.58-kotms-e2e with wv and layers.0.w2 in grouped int4 (int4_linears)";
+        q.int4_linears = "wv/layers.0.w2";
+        add(q);
+    }
     return r;
 }
 
