@@ -332,6 +332,22 @@ const int registered = [] {
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
         benchmark::RegisterBenchmark(("gemv/int4_f32/" + sh).c_str(), [=](benchmark::State& s) { packed_gemv_f32<lowbit::int4>(s, 4096, 4096, dram); })
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        // the AVX2 kernels (arch/avx2_fp32.hpp) and the xsimd path that AVX2 requests ran before them
+        // ("_generic": xsimd in this build's architecture — SSE2 in a build without -march, AVX-512
+        // with LOWBIT_BENCH_NATIVE on such a CPU), on any CPU with AVX2
+        if (lowbit::detail::host_cpu_features().avx2)
+            for (const auto& [suffix, isa] : {std::pair{std::string("_avx2"), lowbit::kernel_isa::avx2},
+                                              std::pair{std::string("_generic"), lowbit::kernel_isa::generic}}) {
+                benchmark::RegisterBenchmark(("gemv/ternary2_f32" + suffix + "/" + sh).c_str(),
+                                             [=](benchmark::State& s) { lowbit_bench::packed_gemm_f32<lowbit::ternary2>(s, 4096, 4096, 1, dram, isa); })
+                    ->Unit(benchmark::kMicrosecond)->UseRealTime();
+                benchmark::RegisterBenchmark(("gemv/ternary_base3_f32" + suffix + "/" + sh).c_str(),
+                                             [=](benchmark::State& s) { lowbit_bench::packed_gemm_f32<lowbit::ternary_base3>(s, 4096, 4096, 1, dram, isa); })
+                    ->Unit(benchmark::kMicrosecond)->UseRealTime();
+                benchmark::RegisterBenchmark(("gemv/int4_f32" + suffix + "/" + sh).c_str(),
+                                             [=](benchmark::State& s) { lowbit_bench::packed_gemm_f32<lowbit::int4>(s, 4096, 4096, 1, dram, isa); })
+                    ->Unit(benchmark::kMicrosecond)->UseRealTime();
+            }
     }
     return 0;
 }();

@@ -56,10 +56,11 @@ inline lowbit::matrix_f random_activations(Eigen::Index tokens, Eigen::Index col
 }
 
 /// Weight-only packed GEMM (GEMV for 1 token) with fp32 activations: gemm_into(w, x, act_fp32, y,
-/// workspace), one matrix ("cache") or cycling through >= dram_bytes() of copies ("dram").
+/// workspace, isa), one matrix ("cache") or cycling through >= dram_bytes() of copies ("dram").
 /// Counters: packed_bytes, bits_per_weight.
 template <class F>
-void packed_gemm_f32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Eigen::Index tokens, bool dram) {
+void packed_gemm_f32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols, Eigen::Index tokens, bool dram,
+                     lowbit::kernel_isa isa = lowbit::kernel_isa::automatic) {
     const auto w0 = random_packed<F>(rows, cols, 7);
     const auto w = copies(w0, dram);
     const lowbit::matrix_f x = random_activations(tokens, cols, 1);
@@ -67,7 +68,7 @@ void packed_gemm_f32(benchmark::State& st, Eigen::Index rows, Eigen::Index cols,
     lowbit::matrix_f y(tokens, rows);
     std::size_t k = 0;
     for (auto _ : st) {
-        lowbit::gemm_into(w[k], x, lowbit::act_fp32{}, y, ws);
+        lowbit::gemm_into(w[k], x, lowbit::act_fp32{}, y, ws, isa);
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
         k = (k + 1) % w.size();

@@ -37,8 +37,9 @@
 /// GEMM of packed_matrix / interleaved_matrix with at least detail::amx_min_tokens tokens
 /// (prefill), `automatic` uses amx (AMX-INT8 tiles) when the CPU and OS provide it; an explicit
 /// `amx` request uses it for any token count. Explicitly requesting an ISA the CPU lacks throws
-/// invalid_argument. fp32 activations: avx512 (and an amx request) run their own kernels
-/// (arch/avx512_fp32.hpp); avx2, neon and generic requests run the generic (xsimd) path. MXFP4 and
+/// invalid_argument. fp32 activations: avx512 (and an amx request) and avx2 run their own kernels
+/// (arch/avx512_fp32.hpp, arch/avx2_fp32.hpp); neon and generic requests run the generic (xsimd)
+/// path (grouped int4: see above). MXFP4 and
 /// XNOR run their avx512 kernels for an amx request.
 ///
 /// Threads: none are created. `gemm_rows` / `dot_rows` compute a row range so callers can split
@@ -47,6 +48,7 @@
 
 #include <lowbit/arch/amx.hpp>
 #include <lowbit/arch/avx2.hpp>
+#include <lowbit/arch/avx2_fp32.hpp>
 #include <lowbit/arch/avx512.hpp>
 #include <lowbit/arch/avx512_fp32.hpp>
 #include <lowbit/arch/generic.hpp>
@@ -515,8 +517,9 @@ template <class Codes, class Decode>
 
 /// Y = X·Wᵀ into `y` `[tokens x out]` with fp32 activations (weight-only quantization), buffers from `ws`
 /// (a call of a shape `ws` has seen allocates nothing). Decode (few tokens): weights decoded to
-/// float inside the per-token dot-product kernel — scalar, xsimd (generic, avx2 requests), or AVX-512
-/// (arch/avx512_fp32.hpp: codes decoded in registers, each decoded vector shared by up to 4 tokens).
+/// float inside the per-token dot-product kernel — scalar, xsimd (generic and neon requests), AVX2
+/// (arch/avx2_fp32.hpp) or AVX-512 (arch/avx512_fp32.hpp): codes decoded in registers, each decoded
+/// vector shared by up to 4 tokens.
 /// From `fp32_batched_min_tokens` (4; AVX-512: 32) tokens on a non-scalar path: 64-row blocks of
 /// weights decoded to float once and multiplied with all tokens (Eigen GEMM; float results within the
 /// same bound, a different summation order). O(T·rows·cols).
@@ -553,6 +556,13 @@ inline void gemm_into(const M& w, const cref_matrix_f& x, act_fp32, Eigen::Ref<m
             ws.x_sums[static_cast<std::size_t>(k)] = static_cast<float>(ws.sums[static_cast<std::size_t>(k)]);
         }
         detail::avx512_kernels::dot_rows_f32(w, 0, rows, ws.x_rows.data(), ws.x_sums.data(), tokens, d, rows);
+    } else
+#endif
+#if LOWBIT_HAVE_X86_KERNELS
+    if (path == kernel_isa::avx2) {
+        ws.x_rows.resize(static_cast<std::size_t>(tokens));
+        for (Eigen::Index k = 0; k < tokens; ++k) ws.x_rows[static_cast<std::size_t>(k)] = ws.x_padded.row(k).data();
+        detail::avx2_kernels::dot_rows_f32(w, 0, rows, ws.x_rows.data(), tokens, d, rows);
     } else
 #endif
     {
@@ -687,6 +697,9 @@ inline void gemv_into(const M& w, const cref_vector_f& x, act_fp32 act, Eigen::R
         if (avx512) {
             const float* rows[1] = {x_kernel};
             detail::avx512_kernels::dot_rows_f32(w, r0, r1, rows, &xsum, 1, d, r1 - r0);
+        } else if (path == kernel_isa::avx2) {
+            const float* rows[1] = {xp};
+            detail::avx2_kernels::dot_rows_f32(w, r0, r1, rows, 1, d, r1 - r0);
         } else
 #endif
         if (path == kernel_isa::scalar)

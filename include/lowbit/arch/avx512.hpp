@@ -276,12 +276,6 @@ LOWBIT_AVX512_TARGET inline __m128i reduce4_add_epi32(__m512i a0, __m512i a1, __
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-/// 64-column planes of the last block of `w` that hold real columns (the rest is padding).
-template <class M>
-inline int last_block_planes(const M& w) noexcept {
-    constexpr Eigen::Index bw = pack_format<typename M::format>::block_weights;
-    return static_cast<int>((w.cols() - (w.blocks_per_row() - 1) * bw + 63) / 64);
-}
 
 /// Base 3, one token, four rows in the linear form (`base3_dot_planes`): row j's block b at
 /// p + j·row_stride + b·block_stride (rows: row_stride = row bytes, block_stride = 64; 4-row tiles:

@@ -24,6 +24,14 @@
 LOWBIT_BEGIN_NAMESPACE
 namespace detail {
 
+/// 64-column planes of the last block of `w` that hold real columns (the rest is padding; the SIMD
+/// kernels skip the planes past them, whose activations are zero).
+template <class M>
+inline int last_block_planes(const M& w) noexcept {
+    constexpr Eigen::Index bw = pack_format<typename M::format>::block_weights;
+    return static_cast<int>((w.cols() - (w.blocks_per_row() - 1) * bw + 63) / 64);
+}
+
 /// Rows per tile when several tokens share a weight tile (the tile stays in L1/L2 across tokens).
 inline constexpr Eigen::Index gemm_row_tile = 16;
 
