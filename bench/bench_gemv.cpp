@@ -320,6 +320,10 @@ const int registered = [] {
         benchmark::RegisterBenchmark(("gemv/int4g128_f32_portable/" + sh).c_str(),
                                      [=](benchmark::State& s) { grouped_gemv<lowbit::act_fp32>(s, r, c, 128, lowbit::kernel_isa::scalar); })
             ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        if (r == 4096 && lowbit::detail::host_cpu_features().avx2) // the AVX2 kernel (arch/avx2_fp32.hpp)
+            benchmark::RegisterBenchmark(("gemv/int4g128_f32_avx2/" + sh).c_str(),
+                                         [=](benchmark::State& s) { grouped_gemv<lowbit::act_fp32>(s, r, c, 128, lowbit::kernel_isa::avx2); })
+                ->Unit(benchmark::kMicrosecond)->UseRealTime();
     }
     for (bool dram : {false, true}) {
         const std::string sh = std::string("4096x4096") + (dram ? "/dram" : "/cache") + "/threads:1";

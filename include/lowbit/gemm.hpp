@@ -28,7 +28,7 @@
 /// into d_ig = Σ_{j∈g} t_ij·q_j and y_i = Σ_g (α_ig·s)·d_ig + μ_ig·Σ_{j∈g} x_j in double (`gemm`,
 /// `gemm_into`, `gemv`, `dot_groups`; bounds at each). With fp32 activations (weight-only): an AVX-512
 /// kernel decoding the nibbles in registers and scaling each group's lane sums by α_ig (avx512 and
-/// amx requests), a portable loop elsewhere, Eigen GEMM on rows decoded to float from 4 (AVX-512: 32)
+/// amx requests; an AVX2 one for avx2), a portable loop elsewhere, Eigen GEMM on rows decoded to float from 4 (AVX-512: 32)
 /// tokens; bound at `gemm_into(grouped_int4_matrix, …, act_fp32, …)`.
 ///
 /// ISA: `kernel_isa::automatic` picks, once per call, the best of avx512 (F/BW/VL/VNNI/VPOPCNTDQ/VBMI),
@@ -951,8 +951,8 @@ inline void decode_grouped_rows_f32(const grouped_int4_matrix& w, Eigen::Index r
 /// The per-token fp32 path of the grouped int4 GEMM for rows [r0, r1): y[k·ldy + i] (absolute row i) =
 /// Σ_g α_ig·S_kig + Σ_g μ_ig·gsum[k·groups + g], S_kig = Σ_{j∈g} t_ij·x_k[j], the sum over g in
 /// double and rounded to float once. x[k]: token k's activations zero-padded to the packed width;
-/// gsum: Σ_{j∈g} x_kj in double. S: on an avx512 (or amx) path the AVX-512 kernel (lane sums scaled
-/// by α in float, arch/avx512_fp32.hpp); elsewhere the portable loop (codes decoded once per row into
+/// gsum: Σ_{j∈g} x_kj in double. S: on an avx512 (or amx) / avx2 path the AVX-512 / AVX2 kernel (lane
+/// sums scaled by α in float, arch/avx512_fp32.hpp, arch/avx2_fp32.hpp); elsewhere the portable loop (codes decoded once per row into
 /// `tbuf`, 8 interleaved float partial sums per group, α·S added in double). Scratch: `dots`
 /// (tokens·(r1 − r0) floats), `tbuf` (padded-cols floats). O(tokens·(r1 − r0)·cols).
 inline void grouped_int4_f32_rows(const grouped_int4_matrix& w, Eigen::Index r0, Eigen::Index r1, const float* const* x,
@@ -961,9 +961,10 @@ inline void grouped_int4_f32_rows(const grouped_int4_matrix& w, Eigen::Index r0,
     const packed_matrix<int4>& c = w.codes();
     const Eigen::Index ng = w.groups(), gc = w.group_cols(), np = c.padded_cols();
 #if LOWBIT_HAVE_X86_KERNELS
-    if (path == kernel_isa::avx512 || path == kernel_isa::amx) {
+    if (path == kernel_isa::avx512 || path == kernel_isa::amx || path == kernel_isa::avx2) {
         const Eigen::Index nr = r1 - r0;
-        avx512_kernels::dot_rows_grouped_int4_f32(c, w.scale().data(), ng, gc, r0, r1, x, tokens, dots, nr);
+        if (path == kernel_isa::avx2) avx2_kernels::dot_rows_grouped_int4_f32(c, w.scale().data(), ng, gc, r0, r1, x, tokens, dots, nr);
+        else avx512_kernels::dot_rows_grouped_int4_f32(c, w.scale().data(), ng, gc, r0, r1, x, tokens, dots, nr);
         for (Eigen::Index k = 0; k < tokens; ++k)
             for (Eigen::Index i = r0; i < r1; ++i) {
                 const float* mu = w.offset().row(i).data();
@@ -997,9 +998,9 @@ inline void grouped_int4_f32_rows(const grouped_int4_matrix& w, Eigen::Index r0,
 /// Y = X·Wᵀ into `y` `[tokens x rows]` for a grouped int4 matrix with fp32 activations (weight-only),
 /// buffers from `ws` (a call of a shape `ws` has seen allocates nothing). Per token (decode): the
 /// codes are decoded to float inside the dot products and y_ki = Σ_g α_ig·S_kig + μ_ig·Σ_{j∈g} x_kj
-/// (S_kig = Σ_{j∈g} t_ij x_kj) — AVX-512 kernel on an avx512/amx path (each decoded weight vector shared
-/// by up to 4 tokens, lane sums scaled by α in float), a portable loop on the others (avx2, neon,
-/// generic and scalar requests: float partial sums per group, α·S in double). From
+/// (S_kig = Σ_{j∈g} t_ij x_kj) — AVX-512 kernel on an avx512/amx path, AVX2 kernel on an avx2 path (each
+/// decoded weight vector shared by up to 4 tokens, lane sums scaled by α in float), a portable loop on
+/// the others (neon, generic and scalar requests: float partial sums per group, α·S in double). From
 /// `fp32_batched_min_tokens` (4; AVX-512: 32) tokens on a non-scalar path: 64-row blocks decoded to
 /// float weights α·t + μ once and multiplied with all tokens (Eigen GEMM). Every path:
 ///     |y − exact| ≤ (n + 2·groups + 8)·u·Σ_g (|α_ig|·Σ_{j∈g}|t_ij x_kj| + |μ_ig|·Σ_{j∈g}|x_kj|) + u·|exact|

@@ -16,6 +16,8 @@
 /// - binary1: byte c of a block (columns 8c .. 8c + 7) broadcast, shifted per lane by 0..7
 ///   (`vpsrlvd`) and mapped by `vpermps` to t = 2·bit − 1.
 /// Up to 4 tokens share each decoded weight vector (2 accumulators per token, alternating planes).
+/// Grouped int4 (`dot_rows_grouped_int4_f32`): the int4 block decoder, each nibble half's lane sums
+/// scaled by its group's α, one reduction per row.
 ///
 /// Error: every t is exact, each product is added by one FMA (one rounding) into lane sums of a
 /// fixed order, so |result − Σ_j t_ij x_j| ≤ (n + 2)·u·Σ_j |t_ij x_j| (n = padded columns,
@@ -64,6 +66,24 @@ LOWBIT_AVX2_TARGET inline float reduce_add_f32(__m256 v) {
     return _mm_cvtss_f32(q);
 }
 
+/// One int4 block (256 columns from c0; byte j holds columns j (low nibble) and 128 + j (high
+/// nibble), t = u − 8): acc[k][0] += the products of columns c0 .. c0 + 127, acc[k][1] += those of
+/// c0 + 128 .. c0 + 255, only over the first `planes` 64-column planes.
+template <int NT>
+LOWBIT_AVX2_TARGET inline void accumulate_int4_block(const std::uint8_t* p, Eigen::Index c0, int planes, const float* const* x,
+                                                     __m256 (&acc)[NT][2]) {
+    const __m256i m15 = _mm256_set1_epi32(15);
+    const __m256 eight = _mm256_set1_ps(8.0f);
+#pragma GCC unroll 16
+    for (int c = 0; c < 16; ++c) {
+        if (planes <= c / 8) break; // columns 8c.. and 128 + 8c.. both start past the live planes
+        const __m256i v = widen8(p + 8 * c);
+        fma_tokens<NT>(acc, 0, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, m15)), eight), x, c0 + 8 * c);
+        if (planes > 2 + c / 8)
+            fma_tokens<NT>(acc, 1, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), eight), x, c0 + 128 + 8 * c);
+    }
+}
+
 /// acc[k][·] += the products t_ij·x_k[j] of row i for NT ≤ 4 tokens over every block; the last block
 /// only over its first `last_planes` 64-column planes (the others meet zero-padded activations).
 /// x_k zero-padded to w.padded_cols(). Either layout (blocks read through block_data).
@@ -107,17 +127,7 @@ LOWBIT_AVX2_TARGET inline void accumulate_row_f32(const M& w, Eigen::Index i, co
                 }
             }
         } else if constexpr (std::is_same_v<F, int4>) {
-            // byte j holds columns j (low nibble) and 128 + j (high nibble), t = u − 8
-            const __m256i m15 = _mm256_set1_epi32(15);
-            const __m256 eight = _mm256_set1_ps(8.0f);
-#pragma GCC unroll 16
-            for (int c = 0; c < 16; ++c) {
-                if (planes <= c / 8) break; // columns 8c.. and 128 + 8c.. both start past the live planes
-                const __m256i v = widen8(p + 8 * c);
-                fma_tokens<NT>(acc, 0, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, m15)), eight), x, c0 + 8 * c);
-                if (planes > 2 + c / 8)
-                    fma_tokens<NT>(acc, 1, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), eight), x, c0 + 128 + 8 * c);
-            }
+            accumulate_int4_block<NT>(p, c0, planes, x, acc);
         } else if constexpr (std::is_same_v<F, binary1>) {
             // bit j (LSB first) is column j: byte c broadcast, lane l shifted right by l
             const __m256i lane_shift = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -160,6 +170,61 @@ LOWBIT_AVX2_TARGET inline void dot_rows_f32(const M& w, Eigen::Index r0, Eigen::
     case 3: dot_rows_f32_tokens<3>(w, r0, r1, x + k, out + k * ldo, ldo); break;
     case 2: dot_rows_f32_tokens<2>(w, r0, r1, x + k, out + k * ldo, ldo); break;
     case 1: dot_rows_f32_tokens<1>(w, r0, r1, x + k, out + k * ldo, ldo); break;
+    default: break;
+    }
+}
+
+/// Grouped int4 (`grouped_int4_matrix`: per-group scale α over G = 128 or 256 columns): for rows
+/// [r0, r1) of the codes `w` and NT ≤ 4 tokens, out[k·ldo + i − r0] = Σ_g α_ig·Σ_{j∈g} t_ij·x_k[j]
+/// (the offsets' term is the caller's). Per block the two nibble halves' lane sums
+/// (`accumulate_int4_block`) are scaled lane-wise by their group's α (one FMA per half into a row
+/// accumulator) and the row accumulator is reduced once — the structure of the AVX-512 kernel, so
+/// the same bound: |out − Σ_g α_g Σ_{j∈g} t x| ≤ (n + 2·groups + 8)·u·Σ_g |α_g|·Σ_{j∈g}|t x|
+/// (n = padded columns). `alpha`: row-major `[rows x groups]`; x_k zero-padded to w.padded_cols().
+/// O((r1 − r0)·padded_cols·NT).
+template <int NT>
+LOWBIT_AVX2_TARGET inline void dot_rows_grouped_int4_f32_tokens(const packed_matrix<int4>& w, const float* alpha, Eigen::Index groups,
+                                                                Eigen::Index group_cols, Eigen::Index r0, Eigen::Index r1,
+                                                                const float* const* x, float* out, Eigen::Index ldo) {
+    const int last_planes = last_block_planes(w);
+    const Eigen::Index nb = w.blocks_per_row(), stride = packed_matrix<int4>::block_stride();
+    for (Eigen::Index i = r0; i < r1; ++i) {
+        const float* al = alpha + i * groups;
+        __m256 row[NT];
+#pragma GCC unroll 4
+        for (int k = 0; k < NT; ++k) row[k] = _mm256_setzero_ps();
+        const std::uint8_t* p = w.block_data(i, 0);
+        for (Eigen::Index b = 0; b < nb; ++b, p += stride) {
+            __m256 acc[NT][2];
+#pragma GCC unroll 4
+            for (int k = 0; k < NT; ++k) acc[k][0] = acc[k][1] = _mm256_setzero_ps();
+            accumulate_int4_block<NT>(p, b * 256, b + 1 == nb ? last_planes : 4, x, acc);
+            // the high half of the last block may hold no column (and then has no group): its sums are 0
+            const Eigen::Index g_lo = group_cols == 128 ? 2 * b : b, g_hi = group_cols == 128 ? 2 * b + 1 : b;
+            const __m256 a_lo = _mm256_set1_ps(al[g_lo]), a_hi = _mm256_set1_ps(g_hi < groups ? al[g_hi] : 0.0f);
+#pragma GCC unroll 4
+            for (int k = 0; k < NT; ++k) {
+                row[k] = _mm256_fmadd_ps(acc[k][0], a_lo, row[k]);
+                row[k] = _mm256_fmadd_ps(acc[k][1], a_hi, row[k]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < NT; ++k) out[k * ldo + (i - r0)] = reduce_add_f32(row[k]);
+    }
+}
+
+/// `dot_rows_grouped_int4_f32_tokens` for any token count (groups of up to 4 tokens share each
+/// decoded weight vector): out[k·ldo + i − r0].
+LOWBIT_AVX2_TARGET inline void dot_rows_grouped_int4_f32(const packed_matrix<int4>& w, const float* alpha, Eigen::Index groups,
+                                                         Eigen::Index group_cols, Eigen::Index r0, Eigen::Index r1,
+                                                         const float* const* x, Eigen::Index tokens, float* out, Eigen::Index ldo) {
+    Eigen::Index k = 0;
+    for (; k + 4 <= tokens; k += 4)
+        dot_rows_grouped_int4_f32_tokens<4>(w, alpha, groups, group_cols, r0, r1, x + k, out + k * ldo, ldo);
+    switch (tokens - k) {
+    case 3: dot_rows_grouped_int4_f32_tokens<3>(w, alpha, groups, group_cols, r0, r1, x + k, out + k * ldo, ldo); break;
+    case 2: dot_rows_grouped_int4_f32_tokens<2>(w, alpha, groups, group_cols, r0, r1, x + k, out + k * ldo, ldo); break;
+    case 1: dot_rows_grouped_int4_f32_tokens<1>(w, alpha, groups, group_cols, r0, r1, x + k, out + k * ldo, ldo); break;
     default: break;
     }
 }
