@@ -243,14 +243,9 @@ LOWBIT_AVX512_TARGET inline void dot_rows_f32_tokens(const M& w, Eigen::Index r0
 template <class M>
 LOWBIT_AVX512_TARGET inline void dot_rows_f32(const M& w, Eigen::Index r0, Eigen::Index r1, const float* const* x,
                                               const float* xsum, Eigen::Index tokens, float* out, Eigen::Index ldo) {
-    Eigen::Index k = 0;
-    for (; k + 4 <= tokens; k += 4) dot_rows_f32_tokens<4>(w, r0, r1, x + k, xsum + k, out + k * ldo, ldo);
-    switch (tokens - k) {
-    case 3: dot_rows_f32_tokens<3>(w, r0, r1, x + k, xsum + k, out + k * ldo, ldo); break;
-    case 2: dot_rows_f32_tokens<2>(w, r0, r1, x + k, xsum + k, out + k * ldo, ldo); break;
-    case 1: dot_rows_f32_tokens<1>(w, r0, r1, x + k, xsum + k, out + k * ldo, ldo); break;
-    default: break;
-    }
+    for_token_groups(tokens, [&](auto nt, Eigen::Index k) {
+        dot_rows_f32_tokens<decltype(nt)::value>(w, r0, r1, x + k, xsum + k, out + k * ldo, ldo);
+    });
 }
 
 /// One row of grouped int4 codes for NT ≤ 4 tokens: row[k] (16 lanes, not reduced) = Σ over blocks of
@@ -309,15 +304,9 @@ LOWBIT_AVX512_TARGET inline void dot_rows_grouped_int4_f32_tokens(const packed_m
 LOWBIT_AVX512_TARGET inline void dot_rows_grouped_int4_f32(const packed_matrix<int4>& w, const float* alpha, Eigen::Index groups,
                                                            Eigen::Index group_cols, Eigen::Index r0, Eigen::Index r1,
                                                            const float* const* x, Eigen::Index tokens, float* out, Eigen::Index ldo) {
-    Eigen::Index k = 0;
-    for (; k + 4 <= tokens; k += 4)
-        dot_rows_grouped_int4_f32_tokens<4>(w, alpha, groups, group_cols, r0, r1, x + k, out + k * ldo, ldo);
-    switch (tokens - k) {
-    case 3: dot_rows_grouped_int4_f32_tokens<3>(w, alpha, groups, group_cols, r0, r1, x + k, out + k * ldo, ldo); break;
-    case 2: dot_rows_grouped_int4_f32_tokens<2>(w, alpha, groups, group_cols, r0, r1, x + k, out + k * ldo, ldo); break;
-    case 1: dot_rows_grouped_int4_f32_tokens<1>(w, alpha, groups, group_cols, r0, r1, x + k, out + k * ldo, ldo); break;
-    default: break;
-    }
+    for_token_groups(tokens, [&](auto nt, Eigen::Index k) {
+        dot_rows_grouped_int4_f32_tokens<decltype(nt)::value>(w, alpha, groups, group_cols, r0, r1, x + k, out + k * ldo, ldo);
+    });
 }
 
 /// Decodes row i's codes to float t values, out[0 .. padded_cols) (the batched fp32 path's weight

@@ -32,6 +32,21 @@ inline int last_block_planes(const M& w) noexcept {
     return static_cast<int>((w.cols() - (w.blocks_per_row() - 1) * bw + 63) / 64);
 }
 
+/// Runs f(std::integral_constant<int, NT>{}, k) over the tokens [0, tokens) in groups of NT = 4 from
+/// k = 0, then one group of the remaining 1–3: the token grouping of the fp32 kernels, whose NT
+/// tokens share each decoded weight vector.
+template <class F>
+inline void for_token_groups(Eigen::Index tokens, F&& f) {
+    Eigen::Index k = 0;
+    for (; k + 4 <= tokens; k += 4) f(std::integral_constant<int, 4>{}, k);
+    switch (tokens - k) {
+    case 3: f(std::integral_constant<int, 3>{}, k); break;
+    case 2: f(std::integral_constant<int, 2>{}, k); break;
+    case 1: f(std::integral_constant<int, 1>{}, k); break;
+    default: break;
+    }
+}
+
 /// Rows per tile when several tokens share a weight tile (the tile stays in L1/L2 across tokens).
 inline constexpr Eigen::Index gemm_row_tile = 16;
 
