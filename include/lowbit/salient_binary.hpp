@@ -56,7 +56,7 @@ using salient_binary_block = salient_column_block;
 
 /// BiLLM's packed weights (see the file comment). Models the weight policy of `quantized_linear`
 /// (`rows()`, `cols()`, `bits_per_weight()`).
-class salient_binary_matrix {
+class salient_binary_matrix : public detail::salient_matrix_base<salient_binary_matrix> {
 public:
     static constexpr Eigen::Index chunk_cols = 16; ///< columns per code word
     static constexpr int table_entries = 8;        ///< table entries per row and block
@@ -76,10 +76,9 @@ public:
     ///         fp16-exact), numeric_error (NaN/Inf in the table). O(rows·blocks + cols).
     salient_binary_matrix(Eigen::Index rows, Eigen::Index cols, std::vector<salient_binary_block> blocks,
                           std::vector<std::int32_t> source, bool split, std::vector<std::uint16_t> codes, const vector_f& table)
-        : rows_(rows), cols_(cols), map_(cols, std::move(blocks), std::move(source), "salient_binary_matrix"), codes_(std::move(codes)),
+        : salient_matrix_base(rows, cols, std::move(blocks), std::move(source), std::move(codes), "salient_binary_matrix"),
           split_(split) {
         constexpr const char* where = "salient_binary_matrix";
-        detail::require<shape_error>(rows >= 1, where, "the matrix is empty");
         for (const auto& b : map_.blocks)
             for (Eigen::Index c = 0; c < (b.width + chunk_cols - 1) / chunk_cols; ++c)
                 chunk_p2_.push_back(split || c * chunk_cols < b.salient ? static_cast<std::int32_t>(p2_words_++) : -1);
@@ -101,26 +100,15 @@ public:
                                                           const vector_f& table) {
         constexpr const char* where = "salient_binary_matrix::from_bytes";
         detail::salient_byte_reader in{bytes, where};
-        detail::require<shape_error>(rows >= 1 && cols >= 1 && cols < 65535, where, "bad shape");
-        std::uint32_t nb = 0, flags = 0;
-        in.take(&nb, 4);
-        in.take(&flags, 4);
-        detail::require<format_error>(flags <= 1, where, "unknown flags");
-        auto [blocks, source] = in.read_columns(nb, cols);
-        Eigen::Index p2 = 0;
-        for (const auto& b : blocks)
-            p2 += (flags & 1u) ? (b.width + chunk_cols - 1) / chunk_cols : (b.salient + chunk_cols - 1) / chunk_cols;
-        const auto padded = static_cast<Eigen::Index>(source.size());
-        const auto words = static_cast<std::size_t>(rows * (padded / chunk_cols + p2));
-        detail::require<format_error>(in.left() == words * 2, where,
-                                      "the code bytes do not match rows × (chunks + p2 words) uint16");
-        std::vector<std::uint16_t> codes(words);
-        in.take(codes.data(), words * 2);
-        try {
-            return salient_binary_matrix(rows, cols, std::move(blocks), std::move(source), (flags & 1u) != 0, std::move(codes), table);
-        } catch (const error& e) { // shape, column map, table: the bytes (or table) are corrupt
-            throw format_error(std::string("lowbit: ") + where + ": inconsistent bytes or table: " + e.what());
-        }
+        auto h = in.read_header(rows, cols, 1);
+        Eigen::Index words = 0;
+        for (const auto& b : h.blocks)
+            words += (b.width + chunk_cols - 1) / chunk_cols +
+                     ((h.flags & 1u) ? (b.width + chunk_cols - 1) / chunk_cols : (b.salient + chunk_cols - 1) / chunk_cols);
+        std::vector<std::uint16_t> codes = in.read_codes(rows, words);
+        return detail::salient_from_bytes(where, [&] {
+            return salient_binary_matrix(rows, cols, std::move(h.blocks), std::move(h.source), (h.flags & 1u) != 0, std::move(codes), table);
+        });
     }
 
     /// The serialized form: uint32 block count, uint32 flags (bit 0: split), per block uint16 width and
@@ -148,37 +136,12 @@ public:
         return t;
     }
 
-    [[nodiscard]] Eigen::Index rows() const { return rows_; }                                   ///< out features
-    [[nodiscard]] Eigen::Index cols() const { return cols_; }                                   ///< in features
-    [[nodiscard]] Eigen::Index padded_cols() const { return map_.padded_cols(); }             ///< packed width
-    [[nodiscard]] const std::vector<salient_binary_block>& blocks() const { return map_.blocks; }   ///< the blocks
-    [[nodiscard]] const std::vector<std::int32_t>& source() const { return map_.source; }           ///< column map
-    [[nodiscard]] const std::vector<std::uint16_t>& codes() const { return codes_; }            ///< code words
-    [[nodiscard]] bool split() const { return split_; }                                         ///< p2 on every chunk
-    [[nodiscard]] Eigen::Index p2_words() const { return p2_words_; }                          ///< p2 words per row
-    [[nodiscard]] Eigen::Index row_words() const { return map_.chunks() + p2_words_; }   ///< code words per row
+    [[nodiscard]] bool split() const { return split_; }                                ///< p2 on every chunk
+    [[nodiscard]] Eigen::Index p2_words() const { return p2_words_; }                 ///< p2 words per row
+    [[nodiscard]] Eigen::Index row_words() const { return map_.chunks() + p2_words_; } ///< code words per row
 
     /// Bits stored: the serialized bytes plus 16 per table entry. O(1).
-    [[nodiscard]] double storage_bits() const {
-        const double bytes = 8.0 + static_cast<double>(map_.serialized_bytes()) + 2.0 * static_cast<double>(codes_.size());
-        return 8.0 * bytes + 16.0 * static_cast<double>(lut_.size());
-    }
-    /// storage_bits() per weight.
-    [[nodiscard]] double bits_per_weight() const {
-        return storage_bits() / (static_cast<double>(rows_) * static_cast<double>(cols_));
-    }
-
-    /// The weights `[rows x cols]` in the original column order. O(rows·cols).
-    [[nodiscard]] matrix_f dequantize() const {
-        matrix_f w(rows_, cols_);
-        std::vector<float> row(static_cast<std::size_t>(padded_cols()));
-        for (Eigen::Index i = 0; i < rows_; ++i) {
-            decode_row_scalar(i, row.data());
-            for (std::size_t p = 0; p < map_.source.size(); ++p)
-                if (map_.source[p] >= 0) w(i, map_.source[p]) = row[p];
-        }
-        return w;
-    }
+    [[nodiscard]] double storage_bits() const { return 8.0 * serialized_bytes() + 16.0 * static_cast<double>(lut_.size()); }
 
     /// The arrays the kernels read.
     [[nodiscard]] detail::salient_binary_rows view() const {
@@ -207,9 +170,6 @@ public:
     }
 
 private:
-    Eigen::Index rows_ = 0, cols_ = 0;
-    detail::salient_column_map map_;
-    std::vector<std::uint16_t> codes_;
     bool split_ = true;
     Eigen::Index p2_words_ = 0;
     std::vector<std::uint16_t> lut_;

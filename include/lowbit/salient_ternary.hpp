@@ -61,7 +61,7 @@ using salient_ternary_block = salient_column_block;
 
 /// TRA-GPTQ's packed weights (see the file comment). Models the weight policy of `quantized_linear`
 /// (`rows()`, `cols()`, `bits_per_weight()`).
-class salient_ternary_matrix {
+class salient_ternary_matrix : public detail::salient_matrix_base<salient_ternary_matrix> {
 public:
     static constexpr Eigen::Index chunk_cols = 16;    ///< columns per code word
     static constexpr int params_per_block = 10;       ///< fp16 parameters per row and block
@@ -80,10 +80,8 @@ public:
     ///         fp16-exact), numeric_error (NaN/Inf parameters). O(rows·(chunks + blocks) + cols).
     salient_ternary_matrix(Eigen::Index rows, Eigen::Index cols, std::vector<salient_ternary_block> blocks,
                            std::vector<std::int32_t> source, std::vector<std::uint16_t> codes, const vector_f& params)
-        : rows_(rows), cols_(cols), map_(cols, std::move(blocks), std::move(source), "salient_ternary_matrix"),
-          codes_(std::move(codes)) {
+        : salient_matrix_base(rows, cols, std::move(blocks), std::move(source), std::move(codes), "salient_ternary_matrix") {
         constexpr const char* where = "salient_ternary_matrix";
-        detail::require<shape_error>(rows >= 1, where, "the matrix is empty");
         for (const std::uint16_t s : map_.chunk_salient) stride_ += s != 0 ? 5 : 3;
         detail::require_dim(static_cast<Eigen::Index>(codes_.size()), rows * stride_, where, "code words");
         for (Eigen::Index i = 0; i < rows; ++i) {
@@ -117,28 +115,16 @@ public:
                                                            const vector_f& params) {
         constexpr const char* where = "salient_ternary_matrix::from_bytes";
         detail::salient_byte_reader in{bytes, where};
-        detail::require<shape_error>(rows >= 1 && cols >= 1 && cols < 65535, where, "bad shape");
-        std::uint32_t nb = 0, flags = 0;
-        in.take(&nb, 4);
-        in.take(&flags, 4);
-        detail::require<format_error>(flags == 0, where, "unknown flags");
-        auto [blocks, source] = in.read_columns(nb, cols);
-        Eigen::Index stride = 0;
-        for (const auto& b : blocks) {
+        auto h = in.read_header(rows, cols, 0);
+        Eigen::Index words = 0;
+        for (const auto& b : h.blocks) {
             const Eigen::Index chunks = (b.width + chunk_cols - 1) / chunk_cols, sal = (b.salient + chunk_cols - 1) / chunk_cols;
-            stride += 3 * chunks + 2 * std::min(sal, chunks);
+            words += 3 * chunks + 2 * std::min(sal, chunks);
         }
-        const std::size_t left = in.left(), row_bytes = 2 * static_cast<std::size_t>(stride);
-        detail::require<format_error>(row_bytes == 0 ? left == 0 : left % row_bytes == 0 && left / row_bytes == static_cast<std::size_t>(rows),
-                                      where, "the code bytes do not match rows × (3 words per chunk + 2 per salient chunk) uint16");
-        const std::size_t words = left / 2;
-        std::vector<std::uint16_t> codes(words);
-        in.take(codes.data(), words * 2);
-        try {
-            return salient_ternary_matrix(rows, cols, std::move(blocks), std::move(source), std::move(codes), params);
-        } catch (const error& e) { // shape, column map, planes, parameters: the bytes (or parameters) are corrupt
-            throw format_error(std::string("lowbit: ") + where + ": inconsistent bytes or parameters: " + e.what());
-        }
+        std::vector<std::uint16_t> codes = in.read_codes(rows, words);
+        return detail::salient_from_bytes(where, [&] {
+            return salient_ternary_matrix(rows, cols, std::move(h.blocks), std::move(h.source), std::move(codes), params);
+        });
     }
 
     /// The serialized form: uint32 block count, uint32 flags (0), per block uint16 width and salient
@@ -167,35 +153,10 @@ public:
         return t;
     }
 
-    [[nodiscard]] Eigen::Index rows() const { return rows_; }                                  ///< out features
-    [[nodiscard]] Eigen::Index cols() const { return cols_; }                                  ///< in features
-    [[nodiscard]] Eigen::Index padded_cols() const { return map_.padded_cols(); }             ///< packed width
-    [[nodiscard]] const std::vector<salient_ternary_block>& blocks() const { return map_.blocks; } ///< the blocks
-    [[nodiscard]] const std::vector<std::int32_t>& source() const { return map_.source; }     ///< column map
-    [[nodiscard]] const std::vector<std::uint16_t>& codes() const { return codes_; }           ///< code words
-    [[nodiscard]] Eigen::Index row_words() const { return stride_; }                           ///< code words per row
+    [[nodiscard]] Eigen::Index row_words() const { return stride_; } ///< code words per row
 
     /// Bits stored: the serialized bytes plus 16 per parameter. O(1).
-    [[nodiscard]] double storage_bits() const {
-        const double bytes = 8.0 + static_cast<double>(map_.serialized_bytes()) + 2.0 * static_cast<double>(codes_.size());
-        return 8.0 * bytes + 16.0 * static_cast<double>(params_.size());
-    }
-    /// storage_bits() per weight.
-    [[nodiscard]] double bits_per_weight() const {
-        return storage_bits() / (static_cast<double>(rows_) * static_cast<double>(cols_));
-    }
-
-    /// The weights `[rows x cols]` in the original column order. O(rows·cols).
-    [[nodiscard]] matrix_f dequantize() const {
-        matrix_f w(rows_, cols_);
-        std::vector<float> row(static_cast<std::size_t>(padded_cols()));
-        for (Eigen::Index i = 0; i < rows_; ++i) {
-            decode_row_scalar(i, row.data());
-            for (std::size_t p = 0; p < map_.source.size(); ++p)
-                if (map_.source[p] >= 0) w(i, map_.source[p]) = row[p];
-        }
-        return w;
-    }
+    [[nodiscard]] double storage_bits() const { return 8.0 * serialized_bytes() + 16.0 * static_cast<double>(params_.size()); }
 
     /// The arrays the kernels read.
     [[nodiscard]] detail::salient_ternary_rows view() const {
@@ -235,9 +196,6 @@ public:
     }
 
 private:
-    Eigen::Index rows_ = 0, cols_ = 0;
-    detail::salient_column_map map_;
-    std::vector<std::uint16_t> codes_;
     Eigen::Index stride_ = 0;
     std::vector<std::uint16_t> params_;
 };

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -152,6 +153,99 @@ struct salient_byte_reader {
         for (std::size_t p = 0; p < src16.size(); ++p) source[p] = src16[p] == 0xFFFF ? -1 : src16[p];
         return {std::move(blocks), std::move(source)};
     }
+
+    /// What `read_header` reads.
+    struct header {
+        std::uint32_t flags = 0;                  ///< the layout's flags
+        std::vector<salient_column_block> blocks; ///< the blocks
+        std::vector<std::int32_t> source;         ///< the column map
+    };
+    /// The header of a salient layout: uint32 block count, uint32 flags (≤ max_flags), then the blocks
+    /// and their column map, for a matrix of `rows` × `cols`.
+    /// \throws shape_error (rows < 1, cols outside 1..65534), format_error (truncated, unknown flags,
+    ///         block count or widths impossible for cols).
+    [[nodiscard]] header read_header(Eigen::Index rows, Eigen::Index cols, std::uint32_t max_flags) {
+        detail::require<shape_error>(rows >= 1 && cols >= 1 && cols < 65535, where, "bad shape");
+        std::uint32_t nb = 0;
+        header h;
+        take(&nb, 4);
+        take(&h.flags, 4);
+        detail::require<format_error>(h.flags <= max_flags, where, "unknown flags");
+        auto [blocks, source] = read_columns(nb, cols);
+        h.blocks = std::move(blocks);
+        h.source = std::move(source);
+        return h;
+    }
+
+    /// The rest of the bytes as `rows` rows of `row_words` uint16 code words.
+    /// \throws format_error (any other length).
+    [[nodiscard]] std::vector<std::uint16_t> read_codes(Eigen::Index rows, Eigen::Index row_words) {
+        const std::size_t row_bytes = 2 * static_cast<std::size_t>(row_words);
+        detail::require<format_error>(row_bytes == 0 ? left() == 0 : left() % row_bytes == 0 && left() / row_bytes == static_cast<std::size_t>(rows),
+                                      where, "the code bytes do not match rows × code words per row (uint16)");
+        std::vector<std::uint16_t> codes(left() / 2);
+        take(codes.data(), codes.size() * 2);
+        return codes;
+    }
+};
+
+/// `make()`, with every lowbit error it throws turned into format_error (a layout built from bytes:
+/// the bytes or their fp16 values are corrupt).
+template <class Make>
+[[nodiscard]] auto salient_from_bytes(const char* where, Make&& make) -> decltype(make()) {
+    try {
+        return make();
+    } catch (const error& e) {
+        throw format_error(std::string("lowbit: ") + where + ": inconsistent bytes or fp16 values: " + e.what());
+    }
+}
+
+/// What both salient layouts hold and show: the shape, the column map and the code words;
+/// `dequantize()` through the layout's `decode_row_scalar`, `bits_per_weight()` through its
+/// `storage_bits()` (CRTP).
+template <class Derived>
+class salient_matrix_base {
+public:
+    [[nodiscard]] Eigen::Index rows() const { return rows_; }                                        ///< out features
+    [[nodiscard]] Eigen::Index cols() const { return cols_; }                                        ///< in features
+    [[nodiscard]] Eigen::Index padded_cols() const { return map_.padded_cols(); }                   ///< packed width
+    [[nodiscard]] const std::vector<salient_column_block>& blocks() const { return map_.blocks; }   ///< the blocks
+    [[nodiscard]] const std::vector<std::int32_t>& source() const { return map_.source; }           ///< column map
+    [[nodiscard]] const std::vector<std::uint16_t>& codes() const { return codes_; }                ///< code words
+
+    /// storage_bits() per weight.
+    [[nodiscard]] double bits_per_weight() const {
+        return static_cast<const Derived&>(*this).storage_bits() / (static_cast<double>(rows_) * static_cast<double>(cols_));
+    }
+
+    /// The weights `[rows x cols]` in the original column order. O(rows·cols).
+    [[nodiscard]] matrix_f dequantize() const {
+        matrix_f w(rows_, cols_);
+        std::vector<float> row(static_cast<std::size_t>(padded_cols()));
+        for (Eigen::Index i = 0; i < rows_; ++i) {
+            static_cast<const Derived&>(*this).decode_row_scalar(i, row.data());
+            for (std::size_t p = 0; p < map_.source.size(); ++p)
+                if (map_.source[p] >= 0) w(i, map_.source[p]) = row[p];
+        }
+        return w;
+    }
+
+protected:
+    salient_matrix_base() = default;
+    /// \throws as `salient_column_map`, shape_error (rows < 1).
+    salient_matrix_base(Eigen::Index rows, Eigen::Index cols, std::vector<salient_column_block> blocks,
+                        std::vector<std::int32_t> source, std::vector<std::uint16_t> codes, const char* where)
+        : rows_(rows), cols_(cols), map_(cols, std::move(blocks), std::move(source), where), codes_(std::move(codes)) {
+        detail::require<shape_error>(rows >= 1, where, "the matrix is empty");
+    }
+    /// Bytes `bytes()` writes: 8 of header, the map, the code words.
+    [[nodiscard]] double serialized_bytes() const {
+        return 8.0 + static_cast<double>(map_.serialized_bytes()) + 2.0 * static_cast<double>(codes_.size());
+    }
+
+    Eigen::Index rows_ = 0, cols_ = 0;  ///< shape
+    salient_column_map map_;            ///< blocks, column map, chunk masks
+    std::vector<std::uint16_t> codes_;  ///< code words, row-major
 };
 
 /// The column map a salient layout gets from a solver's blocks (BiLLM's and TRA-GPTQ's results): per
