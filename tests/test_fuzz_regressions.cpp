@@ -13,6 +13,7 @@
 #include <lowbit/model/recipes.hpp>
 #include <lowbit/pack.hpp>
 #include <lowbit/salient_binary.hpp>
+#include <lowbit/salient_ternary.hpp>
 
 // Each harness defines LLVMFuzzerTestOneInput: renamed per target so that all fit in one program.
 #define LLVMFuzzerTestOneInput replay_fuzz_bpe_tokenizer
@@ -33,6 +34,9 @@
 #define LLVMFuzzerTestOneInput replay_fuzz_salient_binary
 #include "fuzz/fuzz_salient_binary.cpp"
 #undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput replay_fuzz_salient_ternary
+#include "fuzz/fuzz_salient_ternary.cpp"
+#undef LLVMFuzzerTestOneInput
 #define LLVMFuzzerTestOneInput replay_fuzz_safetensors
 #include "fuzz/fuzz_safetensors.cpp"
 #undef LLVMFuzzerTestOneInput
@@ -42,6 +46,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -58,7 +63,7 @@ const std::map<std::string, harness>& harnesses() {
         {"fuzz_bpe_tokenizer", replay_fuzz_bpe_tokenizer}, {"fuzz_gguf", replay_fuzz_gguf},
         {"fuzz_llama2c", replay_fuzz_llama2c},             {"fuzz_model_metadata", replay_fuzz_model_metadata},
         {"fuzz_packed", replay_fuzz_packed},               {"fuzz_safetensors", replay_fuzz_safetensors},
-        {"fuzz_salient_binary", replay_fuzz_salient_binary},
+        {"fuzz_salient_binary", replay_fuzz_salient_binary}, {"fuzz_salient_ternary", replay_fuzz_salient_ternary},
         {"fuzz_safetensors_index", replay_fuzz_safetensors_index}};
     return m;
 }
@@ -120,5 +125,38 @@ TEST_CASE("the salient-binary harness accepts a valid matrix and checks its prod
         for (const std::uint8_t b : m.bytes()) input.push_back(static_cast<char>(b));
         CHECK(replay(replay_fuzz_salient_binary, input) == 0);
         CHECK(replay(replay_fuzz_salient_binary, input.substr(0, input.size() - 1)) == 0); // truncated: refused
+    }
+}
+
+TEST_CASE("the salient-ternary harness accepts a valid matrix and checks its products") {
+    // 3 x 70: blocks of 40 (7 or 20 salient) and 30 (none), the column map reversed
+    for (const int salient : {7, 20}) {
+        std::vector<std::int32_t> source;
+        for (int c = 0; c < 48; ++c) source.push_back(c < 40 ? 69 - c : -1);
+        for (int c = 0; c < 32; ++c) source.push_back(c < 30 ? c : -1);
+        // per row, chunk by chunk: P, N, G (+ P1, N1 on chunks holding salient columns); padding lanes empty
+        std::vector<std::uint16_t> codes;
+        const int sal_lanes[5] = {std::min(salient, 16), std::max(0, salient - 16), 0, 0, 0};
+        const std::uint16_t real[5] = {0xFFFF, 0xFFFF, 0x00FF, 0xFFFF, 0x3FFF};
+        for (int i = 0; i < 3; ++i)
+            for (int c = 0; c < 5; ++c) {
+                const auto mix = static_cast<std::uint16_t>(0x9E37u * static_cast<unsigned>(i * 5 + c + 1));
+                const auto p = static_cast<std::uint16_t>(mix & real[c]);
+                codes.push_back(p);
+                codes.push_back(static_cast<std::uint16_t>(~mix & 0x5555u & real[c]));
+                codes.push_back(static_cast<std::uint16_t>((mix >> 3) & real[c]));
+                if (sal_lanes[c] > 0) {
+                    const auto sal = static_cast<std::uint16_t>((1u << sal_lanes[c]) - 1u);
+                    codes.push_back(static_cast<std::uint16_t>(0x0F0Fu & sal));
+                    codes.push_back(static_cast<std::uint16_t>(0x3030u & sal));
+                }
+            }
+        lowbit::vector_f params(3 * 2 * 10);
+        for (Eigen::Index e = 0; e < params.size(); ++e) params(e) = static_cast<float>(e % 7 - 3) / 4.0f;
+        const lowbit::salient_ternary_matrix m(3, 70, {{40, salient}, {30, 0}}, source, codes, params);
+        std::string input{'\0', '\2', '\x45', '\0'}; // rows 1 + 2 % 4 = 3, cols 1 + 69 = 70
+        for (const std::uint8_t b : m.bytes()) input.push_back(static_cast<char>(b));
+        CHECK(replay(replay_fuzz_salient_ternary, input) == 0);
+        CHECK(replay(replay_fuzz_salient_ternary, input.substr(0, input.size() - 1)) == 0); // truncated: refused
     }
 }

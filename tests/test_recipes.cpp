@@ -164,12 +164,22 @@ TEST_CASE("a quantized model written to safetensors and read back gives bit-iden
         CHECK(back.model.nonlinear.exact() == !q.spec.nli);
         if (q.spec.weights == lowbit::weight_scheme::tra_ternary)
             for (const auto& [name, rec] : q.records) {
-                    // at least one group bit and one 1.6-bit trit per weight plus 10 fp16 per row per
-                    // block of 128 columns; at most two trits per weight and every column index on top
-                    const double per_row = 160.0 * static_cast<double>((rec.cols + 127) / 128) / static_cast<double>(rec.cols);
-                    CHECK(rec.dense_bits >= 2.6 + per_row);
-                    CHECK(rec.dense_bits <= 4.2 + per_row + 8.0 / static_cast<double>(rec.rows));
-                }
+                // the salient-ternary layout: the stored bytes and fp16 parameters are what is counted;
+                // per row 3 plane words per 16 columns (+ 2 per chunk holding salient columns) and 10 fp16
+                // per row per block of 128 columns, a uint16 column map entry per padded column
+                REQUIRE(rec.format == "salient_ternary");
+                const auto pm = lowbit::salient_ternary_matrix::from_bytes(rec.rows, rec.cols, rec.codes, rec.scale);
+                const double own = rec.storage_bits() - (rec.rotation ? rec.rotation->storage_bits() : 0.0); // KOTMS factors aside
+                CHECK(own == 8.0 * static_cast<double>(rec.codes.size()) + 16.0 * static_cast<double>(rec.scale.size()));
+                CHECK(pm.storage_bits() == own);
+                const double blocks = static_cast<double>((rec.cols + 127) / 128), cols = static_cast<double>(rec.cols);
+                const double padded = static_cast<double>(rec.cols / 128 * 128 + (rec.cols % 128 + 15) / 16 * 16);
+                const double rows = static_cast<double>(rec.rows);
+                CHECK(rec.scale.size() == rec.rows * 10 * static_cast<Eigen::Index>(blocks));
+                const double least = 3.0 * padded / cols + 160.0 * blocks / cols + (64.0 + 32.0 * blocks + 16.0 * padded) / (rows * cols);
+                CHECK(own / (rows * cols) >= least - 1e-9);
+                CHECK(own / (rows * cols) <= least + 2.0 * padded / cols + 1e-9);
+            }
         if (q.spec.weights == lowbit::weight_scheme::billm_binary)
             for (const auto& [name, rec] : q.records) {
                 // the salient-binary layout with the split: two code bits per weight (blocks of 128 padded

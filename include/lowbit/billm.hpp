@@ -370,26 +370,9 @@ template <class = void>
 [[nodiscard]] salient_binary_matrix pack_billm(const billm_result& r) {
     constexpr const char* where = "pack_billm";
     const Eigen::Index m = r.weights.rows(), n = r.weights.cols();
-    std::vector<salient_binary_block> blocks;
-    std::vector<std::int32_t> source;
-    std::vector<Eigen::Index> packed_col; // per packed position: block-relative processing column, −1 padding
-    for (const auto& b : r.blocks) {
+    for (const auto& b : r.blocks)
         detail::require(b.fits.size() == 3, where, "the result keeps no codes (billm_options::keep_codes)");
-        blocks.push_back({b.width, static_cast<Eigen::Index>(b.salient.size())});
-        std::vector<char> is_salient(static_cast<std::size_t>(b.width), 0);
-        for (const Eigen::Index j : b.salient) is_salient[static_cast<std::size_t>(j)] = 1;
-        std::vector<Eigen::Index> cols(b.salient.begin(), b.salient.end());
-        for (Eigen::Index j = 0; j < b.width; ++j)
-            if (!is_salient[static_cast<std::size_t>(j)]) cols.push_back(j);
-        const Eigen::Index padded = (b.width + 15) / 16 * 16;
-        for (Eigen::Index t = 0; t < padded; ++t) {
-            const bool real = t < b.width;
-            const Eigen::Index j = real ? cols[static_cast<std::size_t>(t)] : -1;
-            packed_col.push_back(j);
-            const Eigen::Index proc = b.begin + j;
-            source.push_back(real ? static_cast<std::int32_t>(r.order.empty() ? proc : r.order[static_cast<std::size_t>(proc)]) : -1);
-        }
-    }
+    auto [blocks, source, packed_col] = detail::salient_packing_of(r.blocks, r.order);
     const Eigen::Index chunks = static_cast<Eigen::Index>(packed_col.size()) / 16, nb = static_cast<Eigen::Index>(blocks.size());
     std::vector<std::uint32_t> codes(static_cast<std::size_t>(m * chunks), 0u);
     vector_f table(m * nb * salient_binary_matrix::table_entries);

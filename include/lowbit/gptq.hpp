@@ -49,6 +49,7 @@
 #include <lowbit/error.hpp>
 #include <lowbit/granularity.hpp>
 #include <lowbit/pack.hpp>
+#include <lowbit/salient_ternary.hpp>
 #include <lowbit/types.hpp>
 
 #include <Eigen/Cholesky>
@@ -686,6 +687,78 @@ template <class = void>
                                  return qblock;
                              });
     return r;
+}
+
+/// The packed layout (salient_ternary.hpp) of a TRA-GPTQ result computed with
+/// `tra_gptq_options::keep_codes`: per block its salient columns first (in `salient` order), then the
+/// others in processing order, then padding; per weight the codes t₀ (and t₁ in salient columns) of
+/// the fit whose mask holds it and the group bit (1: the "> break" fit); per row and block the
+/// parameters μ, α₀, α₁ of the two salient fits and μ, α of the two other fits, each rounded once to
+/// fp16. Its `dequantize()` equals `r.weights` up to that rounding: per weight, with S = |μ| + |α₀| +
+/// |α₁| of its fit (α₁ = 0 outside the salient columns),
+///     |Δw| ≤ (2⁻¹¹ + 2⁻²¹)·S + 2⁻²³
+/// (fp16's relative half-ulp and half subnormal spacing per parameter, and the float rounding of both
+/// sums), which the tests check.
+/// \throws invalid_argument (no kept codes, fits of the wrong shape, a weight in no group or a code
+///         outside {−1, 0, 1}), numeric_error (a parameter beyond fp16's range), as the matrix
+///         constructor. O(rows·cols).
+template <class = void>
+[[nodiscard]] salient_ternary_matrix pack_tra(const tra_gptq_result& r) {
+    constexpr const char* where = "pack_tra";
+    const Eigen::Index m = r.weights.rows(), n = r.weights.cols();
+    for (const auto& b : r.blocks) {
+        detail::require(b.fits.size() == 4, where, "the result keeps no codes (tra_gptq_options::keep_codes)");
+        for (const auto& f : b.fits)
+            detail::require(f.mask.rows() == m && f.mask.cols() == b.width && f.codes[0].rows() == m &&
+                                f.codes[0].cols() == b.width && f.codes[1].rows() == m && f.codes[1].cols() == b.width &&
+                                f.mean.size() == m && f.alpha[0].size() == m && f.alpha[1].size() == m,
+                            where, "a kept fit does not have the block's shape");
+    }
+    auto [blocks, source, packed_col] = detail::salient_packing_of(r.blocks, r.order);
+    const auto nb = static_cast<Eigen::Index>(blocks.size());
+    constexpr int np = salient_ternary_matrix::params_per_block;
+    vector_f params(m * nb * np);
+    std::vector<std::uint16_t> words;
+    auto fp16 = [](float v) { return static_cast<float>(Eigen::half(v)); };
+    for (Eigen::Index i = 0; i < m; ++i) {
+        Eigen::Index p0 = 0;
+        for (Eigen::Index bi = 0; bi < nb; ++bi) {
+            const auto& b = r.blocks[static_cast<std::size_t>(bi)];
+            const auto k = static_cast<Eigen::Index>(b.salient.size());
+            const Eigen::Index chunks = (b.width + 15) / 16;
+            for (Eigen::Index c = 0; c < chunks; ++c) {
+                std::uint32_t plane[5] = {}; // P, N, G, P1, N1
+                for (Eigen::Index l = 0; l < 16 && 16 * c + l < b.width; ++l) {
+                    const Eigen::Index t = 16 * c + l, j = packed_col[static_cast<std::size_t>(p0 + t)];
+                    const int first = t < k ? 0 : 2; // the salient fits, or the others
+                    const int g = b.fits[static_cast<std::size_t>(first)].mask(i, j) ? 0 : b.fits[static_cast<std::size_t>(first) + 1].mask(i, j) ? 1 : -1;
+                    detail::require(g >= 0, where, "a weight lies in no group of its column kind");
+                    const auto& f = b.fits[static_cast<std::size_t>(first + g)];
+                    const int t0 = f.codes[0](i, j), t1 = f.codes[1](i, j);
+                    detail::require(t0 >= -1 && t0 <= 1 && t1 >= -1 && t1 <= 1 && (t < k || t1 == 0), where,
+                                    "a code lies outside {-1, 0, 1} (or t1 != 0 outside the salient columns)");
+                    plane[0] |= (t0 > 0 ? 1u : 0u) << l;
+                    plane[1] |= (t0 < 0 ? 1u : 0u) << l;
+                    plane[2] |= static_cast<std::uint32_t>(g) << l;
+                    plane[3] |= (t1 > 0 ? 1u : 0u) << l;
+                    plane[4] |= (t1 < 0 ? 1u : 0u) << l;
+                }
+                for (int q = 0; q < (16 * c < k ? 5 : 3); ++q) words.push_back(static_cast<std::uint16_t>(plane[q]));
+            }
+            float* p = params.data() + (i * nb + bi) * np;
+            for (int g = 0; g < 2; ++g) {
+                const auto& s = b.fits[static_cast<std::size_t>(g)];
+                const auto& o = b.fits[static_cast<std::size_t>(2 + g)];
+                p[3 * g] = fp16(s.mean(i));
+                p[3 * g + 1] = fp16(s.alpha[0](i));
+                p[3 * g + 2] = fp16(s.alpha[1](i));
+                p[6 + 2 * g] = fp16(o.mean(i));
+                p[6 + 2 * g + 1] = fp16(o.alpha[0](i));
+            }
+            p0 += chunks * 16;
+        }
+    }
+    return salient_ternary_matrix(m, n, std::move(blocks), std::move(source), std::move(words), params);
 }
 
 /// The per-row scale α and offset μ of a per-row GPTQ result for packed format `Format`, such that

@@ -36,6 +36,7 @@
 #include <lowbit/rtn.hpp>
 #include <lowbit/rwkv_proxy.hpp>
 #include <lowbit/salient_binary.hpp>
+#include <lowbit/salient_ternary.hpp>
 #include <lowbit/specquant.hpp>
 #include <lowbit/ternary.hpp>
 #include <lowbit/thread_pool.hpp>

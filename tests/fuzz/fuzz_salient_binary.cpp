@@ -11,10 +11,10 @@
 // Build and run: scripts/fuzz.
 #include <lowbit/salient_binary.hpp>
 
-#include <cmath>
+#include "salient_products.hpp"
+
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <span>
 #include <vector>
@@ -37,26 +37,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     } catch (const format_error&) {
         return 0;
     }
-    const std::vector<std::uint8_t> back = w.bytes();
-    if (back.size() != bytes.size() || !std::equal(back.begin(), back.end(), bytes.begin())) std::abort();
-    const matrix_f wf = w.dequantize();
-    const matrix_d wd = wf.cast<double>();
-    for (const Eigen::Index tokens : {1, 3, 9}) {
-        matrix_f x(tokens, cols);
-        for (Eigen::Index k = 0; k < tokens; ++k)
-            for (Eigen::Index j = 0; j < cols; ++j)
-                x(k, j) = static_cast<float>(static_cast<int>(data[static_cast<std::size_t>(j * 3 + k) % size]) - 128) / 16.0f;
-        const matrix_d want = x.cast<double>() * wd.transpose();
-        const matrix_d mass = x.cast<double>().cwiseAbs() * wd.cwiseAbs().transpose();
-        for (auto isa : {kernel_isa::scalar, kernel_isa::generic, kernel_isa::avx2, kernel_isa::avx512, kernel_isa::amx}) {
-            if (!isa_available(isa)) continue;
-            const matrix_f got = gemm(w, x, act_fp32{}, isa);
-            for (Eigen::Index k = 0; k < tokens; ++k)
-                for (Eigen::Index i = 0; i < rows; ++i) {
-                    const double bound = static_cast<double>(w.padded_cols() + 16) * 0x1p-24 * mass(k, i) + 1e-30;
-                    if (!(std::abs(static_cast<double>(got(k, i)) - want(k, i)) <= bound)) std::abort();
-                }
-        }
-    }
+    lowbit_fuzz::check_salient_layout(w, bytes, data, size);
     return 0;
 }

@@ -5,6 +5,7 @@
 #include <lowbit/io/llama2c.hpp>
 #include <lowbit/io/safetensors.hpp>
 #include <lowbit/salient_binary.hpp>
+#include <lowbit/salient_ternary.hpp>
 
 #include <cstdint>
 #include <cstring>
@@ -89,6 +90,33 @@ int main(int argc, char** argv) {
         std::vector<std::byte> p{std::byte{0}, std::byte{1}, std::byte{39}, std::byte{0}};
         for (const std::uint8_t b : m.bytes()) p.push_back(static_cast<std::byte>(b));
         save(dir + "/fuzz_salient_binary/salient_" + std::to_string(split) + ".bin", p);
+    }
+    // fuzz_salient_ternary: parameter byte, rows, cols (2 bytes LE), then a valid serialized matrix of
+    // 2 x 40 (blocks of 24 columns with 5 salient and 16 with none), and one with every column salient
+    std::filesystem::create_directories(dir + "/fuzz_salient_ternary");
+    for (const int salient : {5, 24}) {
+        std::vector<std::int32_t> source;
+        for (int c = 0; c < 24; ++c) source.push_back(39 - c);
+        for (int c = 24; c < 32; ++c) source.push_back(-1);
+        for (int c = 0; c < 16; ++c) source.push_back(c);
+        const std::vector<lowbit::salient_ternary_block> blocks{{24, salient}, {16, 0}};
+        // per row: chunk 0 of block 0 (P, N, G, P1, N1), chunk 1 (3 words, or 5 if it holds salient
+        // columns; lanes 0..7 real), block 1's chunk (3 words)
+        const bool second = salient > 16;
+        std::vector<std::uint16_t> row{0x1234, 0x4100, 0x0F0F, 0x0011, 0x0006, 0x0081, 0x0042, 0x00F0};
+        if (second) {
+            row.push_back(0x0001);
+            row.push_back(0x0002);
+        }
+        for (const std::uint16_t v : {0x8001, 0x0100, 0xFF00}) row.push_back(v);
+        std::vector<std::uint16_t> codes(row);
+        codes.insert(codes.end(), row.begin(), row.end());
+        lowbit::vector_f params(2 * 2 * 10); // fp16-exact
+        for (Eigen::Index e = 0; e < params.size(); ++e) params(e) = static_cast<float>(e - 20) / 16.0f;
+        const lowbit::salient_ternary_matrix m(2, 40, blocks, source, codes, params);
+        std::vector<std::byte> p{std::byte{0}, std::byte{1}, std::byte{39}, std::byte{0}};
+        for (const std::uint8_t b : m.bytes()) p.push_back(static_cast<std::byte>(b));
+        save(dir + "/fuzz_salient_ternary/salient_" + std::to_string(salient) + ".bin", p);
     }
     return 0;
 }

@@ -172,6 +172,14 @@ LOWBIT_SB_AVX2_TARGET inline __m256 weights8(std::uint32_t code, unsigned sal, i
     return _mm256_permutevar8x32_ps(table, e);
 }
 
+/// Horizontal float sum of a ymm (fixed order; also the salient-ternary AVX2 kernels').
+LOWBIT_SB_AVX2_TARGET inline float reduce_add256(__m256 s8) {
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    return _mm_cvtss_f32(s4);
+}
+
 /// As `dot_rows_avx512` with 8-lane vectors, one token at a time.
 LOWBIT_SB_AVX2_TARGET inline void dot_rows_avx2(const salient_binary_rows& w, Eigen::Index r0, Eigen::Index r1,
                                                 const float* const* xp, int nt, float* out, Eigen::Index ldo) {
@@ -189,11 +197,7 @@ LOWBIT_SB_AVX2_TARGET inline void dot_rows_avx2(const salient_binary_rows& w, Ei
                     acc1 = _mm256_fmadd_ps(weights8(code, sal, 1, table), _mm256_loadu_ps(xp[k] + 16 * c + 8), acc1);
                 }
             }
-            const __m256 s8 = _mm256_add_ps(acc0, acc1);
-            __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-            s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-            out[k * ldo + (i - r0)] = _mm_cvtss_f32(s4);
+            out[k * ldo + (i - r0)] = reduce_add256(_mm256_add_ps(acc0, acc1));
         }
 }
 

@@ -252,7 +252,7 @@ inline gguf_encoded gguf_encode_linear(const linear_operator& op, const linear_r
             return e;
         }
         gguf_refuse(who + "its weights (" + std::to_string(rec->dense_bits) +
-                    " bits, e.g. TRA-GPTQ salient/non-salient groups with residuals) match no GGUF block format");
+                    " bits per weight) match no GGUF block format");
     }
     matrix_i8 t;
     io::ggml_type type = o.ternary_type;
@@ -265,6 +265,9 @@ inline gguf_encoded gguf_encode_linear(const linear_operator& op, const linear_r
     else if (rec->format == "salient_binary")
         gguf_refuse(who + "BiLLM's salient-binary layout (three groups with their own scales per row and block) "
                           "matches no GGUF block format");
+    else if (rec->format == "salient_ternary")
+        gguf_refuse(who + "TRA-GPTQ's salient-ternary layout (four groups with their own scales and offsets per row and "
+                          "block, order-2 residuals on the salient columns) matches no GGUF block format");
     else if (rec->format.rfind("int4_g", 0) == 0) gguf_refuse(who + "its weights are " + grouped_int4_gguf_reason());
     else gguf_refuse(who + "unknown record format '" + rec->format + "'");
     if (type != io::ggml_type::q4_0 && type != io::ggml_type::tq1_0 && type != io::ggml_type::tq2_0)

@@ -67,6 +67,7 @@
 #include <lowbit/quantized_linear.hpp>
 #include <lowbit/rtn.hpp>
 #include <lowbit/salient_binary.hpp>
+#include <lowbit/salient_ternary.hpp>
 #include <lowbit/specquant.hpp>
 #include <lowbit/ternary.hpp>
 #include <lowbit/torq.hpp>
@@ -102,7 +103,7 @@ enum class weight_scheme {
     sign_binary,     ///< μ + α·sign(w − μ) per row, packed binary with offsets
     arb_binary,      ///< ARB-refined binary μ + α·b per row, packed binary with offsets
     mxfp4,           ///< OCP MXFP4 (E2M1, E8M0 per 32), dequantized dense
-    tra_ternary,     ///< TRA-GPTQ (salient / non-salient groups, order-2 salient residuals), dequantized dense
+    tra_ternary,     ///< TRA-GPTQ (salient / non-salient groups, order-2 salient residuals), packed "salient_ternary"
     billm_binary,    ///< BiLLM (salient columns order-2 binary, non-salient split in two), packed "salient_binary"
 };
 
@@ -312,8 +313,8 @@ struct recipe {
     add(okt_psp);
     add({"mxfp4-w4a4-torq", "mxfp4-w4a4 with TORQ rotations learned per linear", W::mxfp4, S::rtn, R::torq,
          A::mxfp4});
-    // TWLA's grouped TRA-GPTQ (salient groups, order-2 residuals), dense fake quantization, bits counted
-    add({"twla-tra-kotms", "KOTMS + TRA-GPTQ grouped ternary (dense fake quant)", W::tra_ternary, S::gptq, R::kotms,
+    // TWLA's grouped TRA-GPTQ (salient groups, order-2 residuals), packed salient-ternary layout
+    add({"twla-tra-kotms", "KOTMS + TRA-GPTQ grouped ternary (salient-ternary kernel)", W::tra_ternary, S::gptq, R::kotms,
          A::fp32});
     // BiLLM (binary, salient columns with a residual plane, split non-salient groups), packed salient-binary layout
     {
@@ -460,7 +461,8 @@ struct stored_rotation {
 struct linear_record {
     /// "dense", a packed format name ("int4", "ternary2", ...), "int4_g128" / "int4_g256" (grouped int4:
     /// `scale` and `offset` hold rows·groups values, row-major, index i·groups + g), "salient_binary"
-    /// (BiLLM, salient_binary.hpp: `codes` = its `bytes()`, `scale` = its fp16 table) or an expert format
+    /// (BiLLM, salient_binary.hpp: `codes` = its `bytes()`, `scale` = its fp16 table), "salient_ternary"
+    /// (TRA-GPTQ, salient_ternary.hpp: `codes` = its `bytes()`, `scale` = its fp16 parameters) or an expert format
     /// (moe_experts.hpp)
     std::string format;
     Eigen::Index rows = 0;            ///< out features
@@ -500,7 +502,7 @@ struct linear_record {
             bits = ef->storage_bits({rows, cols, codes, scale, offset, expert});
         } else if (format == "dense") {
             bits = dense_bits * static_cast<double>(rows) * static_cast<double>(cols);
-        } else if (format == "salient_binary") { // BiLLM layout: its serialized bytes and fp16 table
+        } else if (format == "salient_binary" || format == "salient_ternary") { // serialized bytes and fp16 table / parameters
             bits = 8.0 * static_cast<double>(codes.size()) + 16.0 * static_cast<double>(scale.size());
         } else {
             const auto nb = [](int bb, int bw) { return 8.0 * bb / bw; };
@@ -870,6 +872,9 @@ template <class = void>
     if (rec.format == "salient_binary")
         return detail::with_activation(r, salient_binary_matrix::from_bytes(rec.rows, rec.cols, rec.codes, rec.scale), rot,
                                        rec.correction, rec.storage_bits());
+    if (rec.format == "salient_ternary")
+        return detail::with_activation(r, salient_ternary_matrix::from_bytes(rec.rows, rec.cols, rec.codes, rec.scale), rot,
+                                       rec.correction, rec.storage_bits());
     if (const auto* ef = detail::find_expert_format(rec.format))
         return detail::build_expert_linear(*ef, {rec.rows, rec.cols, rec.codes, rec.scale, rec.offset, rec.expert},
                                            r.activation == activation_kind::fp32 && rot.empty() && !rec.correction);
@@ -978,7 +983,7 @@ inline void check_recipe(const recipe& r) {
     require(r.tune_windows >= 1, where, "recipe tune_windows must be >= 1");
     require(std::isfinite(r.tune_code_lr) && r.tune_code_lr >= 0, where, "recipe tune_code_lr must be finite and >= 0");
     const bool packed = r.weights != weight_scheme::fp32 && r.weights != weight_scheme::mxfp4 &&
-                        r.weights != weight_scheme::tra_ternary && r.weights != weight_scheme::billm_binary;
+                        r.weights != weight_scheme::billm_binary;
     require(!(packed && (r.activation == activation_kind::int_asymmetric || r.activation == activation_kind::mxfp4)),
             where, "packed weights run the integer kernels: use fp32 or int_symmetric activations");
 }
@@ -1074,25 +1079,18 @@ linear_record quantize_linear(const recipe& r, const matrix_f& w, const matrix_d
         return rec;
     }
     case weight_scheme::tra_ternary: {
-        // TWLA's grouped ternary GPTQ (§2.4); no packed kernel for its mixed groups, so the layer runs
-        // the dequantized weights densely. Bits counted per 128-column block b (m rows, width w_b,
-        // k_b salient columns): salient column indices k_b·⌈log2 w_b⌉, one group bit per weight,
-        // trits at 1.6 bits (two per salient weight, one otherwise), 10 fp16 per row (μ, α₀, α₁ for
-        // each salient group, μ, α for each other group).
+        // TWLA's grouped ternary GPTQ (§2.4): packed in its salient-ternary layout (salient_ternary.hpp),
+        // run by its kernels; bits counted from the stored bytes and parameters.
         require(gptq, "quantize_model", "tra_ternary needs the GPTQ solver (calibration Hessian)");
-        const auto res = tra_gptq_quantize(w, *h);
+        tra_gptq_options to;
+        to.keep_codes = true;
+        const salient_ternary_matrix packed = pack_tra(tra_gptq_quantize(w, *h, to));
         linear_record rec;
-        rec.format = "dense";
+        rec.format = "salient_ternary";
         rec.rows = w.rows();
         rec.cols = w.cols();
-        rec.dense = res.weights;
-        double bits = 0.0;
-        const double m = static_cast<double>(w.rows());
-        for (const auto& b : res.blocks) {
-            const double k = static_cast<double>(b.salient.size()), bw = static_cast<double>(b.width);
-            bits += k * std::ceil(std::log2(std::max(bw, 2.0))) + m * bw + m * (2.0 * k + (bw - k)) * 1.6 + m * 160.0;
-        }
-        rec.dense_bits = bits / (m * static_cast<double>(w.cols()));
+        rec.codes = packed.bytes();
+        rec.scale = packed.params();
         return rec;
     }
     case weight_scheme::billm_binary: {
@@ -2030,7 +2028,7 @@ inline std::vector<long long> split_ints(const std::string& s, std::size_t n, co
 
 /// Why a linear's record is not what `r` produces, or "" when it is: the packed format of the
 /// recipe's weight scheme (int4 → "int4", ternary → "ternary_base3" or "ternary2" by `base3`, binary
-/// → "binary1", billm_binary → "salient_binary"), or "dense" — always for fp32/mxfp4/tra_ternary, and for a packed scheme only as a
+/// → "binary1", billm_binary → "salient_binary", tra_ternary → "salient_ternary"), or "dense" — always for fp32/mxfp4, and for a packed scheme only as a
 /// counted fallback (`dense_bits` < 32, e.g. KBVQ's scalar-residual experts), or an expert format standing
 /// for the scheme's packed format (moe_experts.hpp: "cejd_binary1" for binary, "kbvq_vq" for int4; expert
 /// tensors only on such records); learned rotations only under a
@@ -2042,8 +2040,8 @@ inline std::string record_recipe_mismatch(const recipe& r, const linear_record& 
     std::string want;
     switch (r.weights) {
     case weight_scheme::fp32:
-    case weight_scheme::mxfp4:
-    case weight_scheme::tra_ternary: want = "dense"; break;
+    case weight_scheme::mxfp4: want = "dense"; break;
+    case weight_scheme::tra_ternary: want = "salient_ternary"; break;
     case weight_scheme::billm_binary: want = "salient_binary"; break;
     case weight_scheme::int4: want = r.group_size > 0 ? "int4_g" + std::to_string(r.group_size) : pack_format<int4>::name; break;
     case weight_scheme::absmean_ternary:
