@@ -20,23 +20,5 @@
 #include <vector>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    using namespace lowbit;
-    if (size < 4) return 0;
-    const Eigen::Index rows = 1 + data[1] % 4;
-    const Eigen::Index cols = 1 + (data[2] | (data[3] << 8)) % 300;
-    const std::span<const std::uint8_t> bytes(data + 4, size - 4);
-    std::uint32_t nb = 0;
-    if (bytes.size() >= 4) std::memcpy(&nb, bytes.data(), 4);
-    const Eigen::Index blocks = std::min<Eigen::Index>(nb, cols);
-    vector_f table(rows * blocks * salient_binary_matrix::table_entries);
-    for (Eigen::Index e = 0; e < table.size(); ++e) // fp16-exact: k/32, k in −128..127 (byte 0 shifts the pattern)
-        table(e) = static_cast<float>(static_cast<int>(data[static_cast<std::size_t>(e + data[0]) % size]) - 128) / 32.0f;
-    salient_binary_matrix w;
-    try {
-        w = salient_binary_matrix::from_bytes(rows, cols, bytes, table);
-    } catch (const format_error&) {
-        return 0;
-    }
-    lowbit_fuzz::check_salient_layout(w, bytes, data, size);
-    return 0;
+    return lowbit_fuzz::fuzz_salient_layout<lowbit::salient_binary_matrix>(data, size, lowbit::salient_binary_matrix::table_entries);
 }

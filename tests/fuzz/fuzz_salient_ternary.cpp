@@ -21,23 +21,5 @@
 #include <vector>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    using namespace lowbit;
-    if (size < 4) return 0;
-    const Eigen::Index rows = 1 + data[1] % 4;
-    const Eigen::Index cols = 1 + (data[2] | (data[3] << 8)) % 300;
-    const std::span<const std::uint8_t> bytes(data + 4, size - 4);
-    std::uint32_t nb = 0;
-    if (bytes.size() >= 4) std::memcpy(&nb, bytes.data(), 4);
-    const Eigen::Index blocks = std::min<Eigen::Index>(nb, cols);
-    vector_f params(rows * blocks * salient_ternary_matrix::params_per_block);
-    for (Eigen::Index e = 0; e < params.size(); ++e) // fp16-exact: k/32, k in −128..127 (byte 0 shifts the pattern)
-        params(e) = static_cast<float>(static_cast<int>(data[static_cast<std::size_t>(e + data[0]) % size]) - 128) / 32.0f;
-    salient_ternary_matrix w;
-    try {
-        w = salient_ternary_matrix::from_bytes(rows, cols, bytes, params);
-    } catch (const format_error&) {
-        return 0;
-    }
-    lowbit_fuzz::check_salient_layout(w, bytes, data, size);
-    return 0;
+    return lowbit_fuzz::fuzz_salient_layout<lowbit::salient_ternary_matrix>(data, size, lowbit::salient_ternary_matrix::params_per_block);
 }

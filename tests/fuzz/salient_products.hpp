@@ -3,6 +3,7 @@
 // an accepted matrix serializes back to exactly the input bytes, and its fp32-activation products on
 // every ISA path this CPU runs (1, 3 and 9 tokens: the row kernels and the batched decode) stay within
 // (n + 16)·2⁻²⁴·Σ|w||x| + 1e-30 of a double product with its own dequantized weights. Aborts otherwise.
+#include <lowbit/error.hpp>
 #include <lowbit/gemm.hpp>
 #include <lowbit/types.hpp>
 
@@ -11,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <span>
 #include <vector>
 
@@ -42,6 +44,33 @@ void check_salient_layout(const W& w, std::span<const std::uint8_t> bytes, const
                 }
         }
     }
+}
+
+/// The whole fuzz target of a salient layout W (`salient_binary_matrix` or `salient_ternary_matrix`):
+/// byte 0 picks the fp16 values, byte 1 the rows (1..4), bytes 2-3 the columns (1..300), the rest are
+/// the serialized bytes handed to W::from_bytes with rows × min(block count, cols) × `per_block`
+/// values; a format_error is the expected refusal, anything accepted meets check_salient_layout.
+template <class W>
+int fuzz_salient_layout(const std::uint8_t* data, std::size_t size, Eigen::Index per_block) {
+    using namespace lowbit;
+    if (size < 4) return 0;
+    const Eigen::Index rows = 1 + data[1] % 4;
+    const Eigen::Index cols = 1 + (data[2] | (data[3] << 8)) % 300;
+    const std::span<const std::uint8_t> bytes(data + 4, size - 4);
+    std::uint32_t nb = 0;
+    if (bytes.size() >= 4) std::memcpy(&nb, bytes.data(), 4);
+    const Eigen::Index blocks = std::min<Eigen::Index>(nb, cols);
+    vector_f values(rows * blocks * per_block);
+    for (Eigen::Index e = 0; e < values.size(); ++e) // fp16-exact: k/32, k in −128..127 (byte 0 shifts the pattern)
+        values(e) = static_cast<float>(static_cast<int>(data[static_cast<std::size_t>(e + data[0]) % size]) - 128) / 32.0f;
+    W w;
+    try {
+        w = W::from_bytes(rows, cols, bytes, values);
+    } catch (const format_error&) {
+        return 0;
+    }
+    check_salient_layout(w, bytes, data, size);
+    return 0;
 }
 
 } // namespace lowbit_fuzz
